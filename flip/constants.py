@@ -1,0 +1,92 @@
+"""Names shared by the server, the sites and the job builder: tasks, events, meta keys, files, statuses."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class FlipTask:
+    """Task names sent by our workflows (NVFlare's own names where NVFlare's workflows send them)."""
+
+    INIT_TRAINING = "init_training"
+    TRAIN = "train"
+    VALIDATE = "validate"
+    EVALUATE = "evaluate"
+
+
+class FlipEvent:
+    """Events fired by flip components (local to the site or server that fires them)."""
+
+    SITES_PREPARED = "flip.sites_prepared"
+    EVALUATION_RESULT_RECEIVED = "flip.evaluation_result_received"
+    SITE_ERROR = "flip.site_error"
+
+
+class FlipMeta:
+    """Keys in DXO meta and Shareable headers that flip puts on the wire."""
+
+    METRICS = "flip_metrics"
+    NUM_SAMPLES = "flip_num_samples"
+    STAGE = "flip_stage"
+    TOTAL_ROUNDS = "flip_total_rounds"
+    ERROR_REASON = "flip_error_reason"
+    SITE_NAME = "flip_site_name"
+
+
+class ComponentId:
+    """Component ids written once here and used by the job builder and the components that look peers up."""
+
+    PERSISTOR = "persistor"
+    SHAREABLE_GENERATOR = "shareable_generator"
+    AGGREGATOR = "aggregator"
+    MODEL_LOCATOR = "model_locator"
+    JSON_GENERATOR = "json_generator"
+    PERSIST_AND_CLEANUP = "persist_and_cleanup"
+    SERVER_EVENT_HANDLER = "server_event_handler"
+    CLIENT_EVENT_HANDLER = "client_event_handler"
+
+
+class UserFile:
+    """Files of the user's code in a job's custom/ folder, and what each must define."""
+
+    TRAINER = "trainer.py"
+    VALIDATOR = "validator.py"
+    EVALUATOR = "evaluator.py"
+    MODELS = "models.py"
+    CONFIG = "config.json"
+
+    TRAINER_CLASS = "FLIP_TRAINER"
+    VALIDATOR_CLASS = "FLIP_VALIDATOR"
+    EVALUATOR_CLASS = "FLIP_EVALUATOR"
+    MODEL_FUNCTION = "get_model"
+
+
+class RunFile:
+    """Files a run writes in the server's run folder and uploads."""
+
+    GLOBAL_MODEL = "global_model.pt"
+    BEST_MODEL = "best_global_model.pt"
+    METRICS = "metrics.json"
+    MANIFEST = "manifest.json"
+    RESULTS_DIR = "results"
+    STAGING_DIR = "flip_upload"
+    UPLOAD_PENDING = "upload_pending.json"
+
+
+class RunStatus(str, Enum):
+    """The run's status lifecycle (DESIGN.md). The DLR demonstrator's states map onto it."""
+
+    INITIATED = "INITIATED"
+    PREPARED = "PREPARED"
+    TRAINING_STARTED = "TRAINING_STARTED"
+    RESULTS_UPLOADED = "RESULTS_UPLOADED"
+    ERROR = "ERROR"
+    STOPPED = "STOPPED"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (RunStatus.RESULTS_UPLOADED, RunStatus.ERROR, RunStatus.STOPPED)
+
+
+#: The job id NVFlare's simulator gives every run; flip makes it unique per run for the S3 key.
+SIMULATOR_JOB_ID = "simulate_job"

@@ -1,0 +1,39 @@
+"""Errors flip raises. Each names the bad value and what is allowed; none carries a secret."""
+
+from __future__ import annotations
+
+
+class FlipError(Exception):
+    """Base of every error flip raises on purpose."""
+
+
+class SettingsError(FlipError, ValueError):
+    """A FLIP_* setting is missing or invalid; the message names the environment variable."""
+
+
+class PlatformError(FlipError):
+    """The platform (dev files or the prod hub) could not do what was asked."""
+
+
+class UserCodeError(FlipError):
+    """The user's code in the job's custom/ folder is missing, malformed or returned something unusable."""
+
+
+class PrivacyError(FlipError, ValueError):
+    """A privacy filter could not do its job; the update must not be shared."""
+
+
+class StorageError(FlipError):
+    """Base of S3 storage errors."""
+
+
+class UploadError(StorageError):
+    """An upload to S3 did not complete."""
+
+
+class VerificationError(StorageError):
+    """What is in S3 does not match the run's manifest."""
+
+
+class CleanupError(FlipError):
+    """The workspace could not be cleaned (or a path to delete was refused)."""

@@ -1,0 +1,6 @@
+"""Platforms: ``dev`` (local files) and ``prod`` (the FLIP hub), behind one small interface."""
+
+from flip.platform.base import Platform, check_path_name
+from flip.platform.dev import LocalPlatform
+
+__all__ = ["LocalPlatform", "Platform", "check_path_name"]

@@ -1,0 +1,103 @@
+"""All of flip's settings in one pydantic-settings model (environment prefix ``FLIP_``).
+
+S3 endpoint and credentials are not here: boto3 reads its own chain (``AWS_ENDPOINT_URL_S3``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``), so the same code runs
+against the embedded SeaweedFS server and real AWS.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flip.errors import SettingsError
+
+ENV_PREFIX = "FLIP_"
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+BUCKET_RULE = "3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+
+
+def check_bucket_name(name: str) -> str:
+    """Return ``name`` if it is a valid S3 bucket name, else raise ValueError naming it and the rule."""
+    if not isinstance(name, str) or not _BUCKET_RE.match(name) or ".." in name or _IP_RE.match(name):
+        raise ValueError(f"bucket name {name!r} is invalid: a bucket name is {BUCKET_RULE}")
+    return name
+
+
+class FlipSettings(BaseSettings):
+    """flip's settings, read from ``FLIP_*`` environment variables.
+
+    Attributes:
+        env: ``dev`` (local files under ``local_dir``) or ``prod`` (the FLIP hub's HTTP API).
+        models_bucket: S3 bucket that receives each run's model and results.
+        local_dir: the dev platform's folder (status, metrics, cohorts, images).
+        hub_url: the hub's base URL (prod, server only).
+        hub_api_key: the hub's API key (prod, server only); never printed.
+        s3_create_bucket: create ``models_bucket`` if it is missing (otherwise a missing bucket is an error).
+        s3_sse: server-side encryption for uploads (``AES256`` or ``aws:kms``), or none.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    env: Literal["dev", "prod"] = "dev"
+    models_bucket: str = "flip-models"
+    local_dir: Path = Path("./.flip")
+    hub_url: str | None = None
+    hub_api_key: SecretStr | None = None
+    s3_create_bucket: bool = False
+    s3_sse: Literal["AES256", "aws:kms"] | None = None
+
+    @field_validator("models_bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        return check_bucket_name(value)
+
+    @field_validator("hub_url")
+    @classmethod
+    def _hub_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"hub URL {value!r} is invalid: expected http(s)://host[:port][/path]")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _prod_needs_hub(self) -> "FlipSettings":
+        if self.env == "prod":
+            missing = [name for name, val in (("HUB_URL", self.hub_url), ("HUB_API_KEY", self.hub_api_key)) if not val]
+            if missing:
+                names = ", ".join(ENV_PREFIX + m for m in missing)
+                raise ValueError(f"FLIP_ENV=prod needs {names} to be set")
+        return self
+
+
+_SECRET_FIELDS = {"hub_api_key"}
+
+
+def load_settings(**overrides) -> FlipSettings:
+    """Read the settings from the environment (``overrides`` win), naming the variable on any error.
+
+    Raises:
+        SettingsError: a variable is missing or invalid; the message names it and what is allowed, and
+            never echoes a secret's value.
+    """
+    try:
+        return FlipSettings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            var = ENV_PREFIX + field.upper() if field else "FLIP_* settings"
+            message = err["msg"].removeprefix("Value error, ")
+            if field in _SECRET_FIELDS:
+                message = "invalid value (not shown)"
+            elif field and "input" in err and field not in message and err["type"] != "value_error":
+                message = f"{message} (got {err['input']!r})"
+            problems.append(f"{var}: {message}")
+        raise SettingsError("invalid flip settings: " + "; ".join(problems)) from None

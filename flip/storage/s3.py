@@ -1,0 +1,303 @@
+"""Upload a run's artifacts to S3 under ``<model_id>/<run_id>/`` with a manifest, and verify them.
+
+Every object is uploaded with boto3's managed transfer and an S3 SHA-256 checksum, so the server itself checks
+every byte (each part of a multipart upload) against what we computed locally; the full-file sha256 also goes in
+the object's metadata and in ``manifest.json``, which is written last. A run is uploaded iff its manifest exists and
+every object matches it. Re-running an upload skips objects that already match.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.utils import ChunksizeAdjuster
+
+from flip.constants import RunFile
+from flip.errors import StorageError, UploadError, VerificationError
+from flip.platform.base import check_path_name
+
+MANIFEST_FORMAT = 1
+_READ_BLOCK = 8 * 1024 * 1024
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+#: Measured against weed mini with benchmarks/s3_upload.py (see README, performance).
+DEFAULT_TRANSFER = TransferConfig(
+    multipart_threshold=64 * 1024 * 1024,
+    multipart_chunksize=32 * 1024 * 1024,
+    max_concurrency=4,
+    use_threads=True,
+)
+
+
+def check_model_id(model_id: Any) -> str:
+    """Return the canonical form of ``model_id`` if it is a UUID, else raise ValueError naming it."""
+    if isinstance(model_id, str):
+        try:
+            return str(uuid.UUID(model_id))
+        except ValueError:
+            pass
+    raise ValueError(f"model_id must be a UUID such as '0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90', got {model_id!r}")
+
+
+def check_object_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative object key (no '..', no absolute path), else raise ValueError."""
+    if not isinstance(key, str) or not _KEY_RE.match(key) or any(p in (".", "..") for p in key.split("/")):
+        raise ValueError(f"object key {key!r} is invalid: expected names of letters, digits, '.', '_', '-' joined by '/'")
+    return key
+
+
+def run_prefix(model_id: str, run_id: str) -> str:
+    """Return the S3 prefix of one run: ``<model_id>/<run_id>/`` (both checked)."""
+    return f"{check_model_id(model_id)}/{check_path_name('run id', run_id)}/"
+
+
+def make_s3_client(*, max_attempts: int = 5, connect_timeout: float = 10, read_timeout: float = 120):
+    """Build an S3 client from boto3's own settings chain (``AWS_*`` variables, profiles, instance roles).
+
+    Retries use botocore's standard mode; a custom endpoint (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, e.g.
+    SeaweedFS) gets path-style addressing; the region defaults to us-east-1.
+    """
+    session = boto3.session.Session()
+    custom_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    config = Config(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        s3={"addressing_style": "path" if custom_endpoint else "auto"},
+    )
+    return session.client("s3", region_name=session.region_name or "us-east-1", config=config)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short cause for an S3 failure (an error code or exception type; never credentials)."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'ClientError')} (HTTP {exc.response.get('ResponseMetadata', {}).get('HTTPStatusCode', '?')})"
+    return type(exc).__name__
+
+
+@dataclass(frozen=True)
+class ObjectEntry:
+    """One uploaded object as recorded in the manifest."""
+
+    key: str
+    size: int
+    sha256: str
+    s3_checksum: str
+
+
+def part_size_for(size: int, transfer: TransferConfig) -> int | None:
+    """The part size boto3's managed transfer will use for a file of ``size`` bytes (None: one request)."""
+    if size < transfer.multipart_threshold:
+        return None
+    return ChunksizeAdjuster().adjust_chunksize(transfer.multipart_chunksize, size)
+
+
+def describe_file(path: Path, key: str, transfer: TransferConfig = DEFAULT_TRANSFER) -> ObjectEntry:
+    """Hash a file once: its sha256 and the S3 SHA-256 checksum the server will compute for it."""
+    size = path.stat().st_size
+    part_size = part_size_for(size, transfer)
+    full = hashlib.sha256()
+    parts: list[bytes] = []
+    part = hashlib.sha256()
+    in_part = 0
+    with open(path, "rb") as f:
+        while block := f.read(_READ_BLOCK if part_size is None else min(_READ_BLOCK, part_size - in_part)):
+            full.update(block)
+            if part_size is not None:
+                part.update(block)
+                in_part += len(block)
+                if in_part == part_size:
+                    parts.append(part.digest())
+                    part, in_part = hashlib.sha256(), 0
+    if part_size is None:
+        checksum = base64.b64encode(full.digest()).decode()
+    else:
+        if in_part:
+            parts.append(part.digest())
+        checksum = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode() + f"-{len(parts)}"
+    return ObjectEntry(key=check_object_key(key), size=size, sha256=full.hexdigest(), s3_checksum=checksum)
+
+
+def _head(client, bucket: str, key: str) -> dict | None:
+    try:
+        return client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
+def _matches(head: dict | None, entry: ObjectEntry) -> bool:
+    if head is None or head.get("ContentLength") != entry.size:
+        return False
+    if head.get("Metadata", {}).get("sha256") != entry.sha256:
+        return False
+    server = head.get("ChecksumSHA256")
+    return server is None or server == entry.s3_checksum
+
+
+def ensure_bucket(client, bucket: str, *, create: bool = False) -> None:
+    """Check that ``bucket`` exists and is reachable; create it only when ``create`` is true.
+
+    Raises:
+        StorageError: the bucket is missing (and not to be created) or not accessible.
+    """
+    try:
+        client.head_bucket(Bucket=bucket)
+        return
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code not in ("404", "NoSuchBucket", "NotFound"):
+            raise StorageError(f"bucket {bucket!r} is not accessible: {describe_error(exc)}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot reach the S3 server for bucket {bucket!r}: {describe_error(exc)}") from exc
+    if not create:
+        raise StorageError(f"bucket {bucket!r} does not exist (set FLIP_S3_CREATE_BUCKET=true to create it)")
+    try:
+        client.create_bucket(Bucket=bucket)
+    except (ClientError, BotoCoreError) as exc:
+        raise StorageError(f"cannot create bucket {bucket!r}: {describe_error(exc)}") from exc
+
+
+def upload_run(
+    client,
+    bucket: str,
+    prefix: str,
+    files: Mapping[str, Path],
+    info: Mapping[str, Any],
+    *,
+    sse: str | None = None,
+    transfer: TransferConfig = DEFAULT_TRANSFER,
+    on_object: Callable[[ObjectEntry, bool], None] | None = None,
+) -> dict[str, Any]:
+    """Upload ``files`` (relative key -> local path) under ``prefix`` and write ``manifest.json`` last.
+
+    Objects already present with the same size and checksums are skipped, so a re-run completes an
+    interrupted upload without duplicating or half-overwriting anything.
+
+    Args:
+        client: an S3 client (see make_s3_client).
+        bucket: destination bucket (must exist).
+        prefix: ``<model_id>/<run_id>/`` from run_prefix.
+        files: relative object keys to local files.
+        info: extra manifest fields (job id, rounds, sites, versions...).
+        sse: server-side encryption (``AES256`` or ``aws:kms``) or None.
+        transfer: boto3 managed-transfer settings.
+        on_object: called with each entry and whether it was uploaded (False: already there).
+
+    Returns:
+        The manifest that was written.
+
+    Raises:
+        UploadError: an object could not be uploaded, or the server's checksum disagrees with ours.
+    """
+    extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"}
+    if sse:
+        extra["ServerSideEncryption"] = sse
+    entries: list[ObjectEntry] = []
+    for rel_key in sorted(files):
+        if rel_key == RunFile.MANIFEST:
+            raise ValueError(f"{RunFile.MANIFEST} is written by upload_run itself; do not pass it in files")
+        entry = describe_file(Path(files[rel_key]), rel_key, transfer)
+        key = prefix + entry.key
+        try:
+            if _matches(_head(client, bucket, key), entry):
+                entries.append(entry)
+                if on_object:
+                    on_object(entry, False)
+                continue
+            client.upload_file(
+                str(files[rel_key]), bucket, key, ExtraArgs={**extra, "Metadata": {"sha256": entry.sha256}}, Config=transfer
+            )
+            landed = _head(client, bucket, key)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise UploadError(f"upload to {bucket}/{key} failed: {describe_error(exc)}") from exc
+        if not _matches(landed, entry):
+            raise UploadError(f"upload to {bucket}/{key} failed: the stored object does not match the local file")
+        entries.append(entry)
+        if on_object:
+            on_object(entry, True)
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        **info,
+        "prefix": prefix,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "objects": [asdict(e) for e in entries],
+    }
+    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    manifest_key = prefix + RunFile.MANIFEST
+    try:
+        client.put_object(Bucket=bucket, Key=manifest_key, Body=body, ContentType="application/json", **extra)
+    except (ClientError, BotoCoreError) as exc:
+        raise UploadError(f"upload to {bucket}/{manifest_key} failed: {describe_error(exc)}") from exc
+    return manifest
+
+
+def read_manifest(client, bucket: str, prefix: str) -> dict[str, Any] | None:
+    """Return the run's manifest, or None if it has none (an unfinished upload)."""
+    try:
+        body = client.get_object(Bucket=bucket, Key=prefix + RunFile.MANIFEST)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise StorageError(f"cannot read {bucket}/{prefix}{RunFile.MANIFEST}: {describe_error(exc)}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot read {bucket}/{prefix}{RunFile.MANIFEST}: {describe_error(exc)}") from exc
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise VerificationError(f"{bucket}/{prefix}{RunFile.MANIFEST} is not valid JSON") from exc
+
+
+def _download_sha256(client, bucket: str, key: str) -> str:
+    digest = hashlib.sha256()
+    stream = client.get_object(Bucket=bucket, Key=key)["Body"]
+    for block in iter(lambda: stream.read(_READ_BLOCK), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_run(client, bucket: str, prefix: str) -> dict[str, Any]:
+    """Check every object of the run against its manifest and return the manifest.
+
+    Sizes, the metadata sha256 and the server-computed S3 checksum must all match; where a server keeps no
+    checksum, the object is downloaded and hashed.
+
+    Raises:
+        VerificationError: no manifest, or an object is missing or differs (the first few are named).
+    """
+    manifest = read_manifest(client, bucket, prefix)
+    if manifest is None:
+        raise VerificationError(f"{bucket}/{prefix} has no {RunFile.MANIFEST}: the upload did not finish")
+    problems = []
+    try:
+        for raw in manifest.get("objects", []):
+            entry = ObjectEntry(**raw)
+            key = prefix + check_object_key(entry.key)
+            head = _head(client, bucket, key)
+            if head is None:
+                problems.append(f"{entry.key}: missing")
+            elif not _matches(head, entry):
+                problems.append(f"{entry.key}: differs from the manifest")
+            elif head.get("ChecksumSHA256") is None and _download_sha256(client, bucket, key) != entry.sha256:
+                problems.append(f"{entry.key}: content differs from the manifest")
+    except (ClientError, BotoCoreError) as exc:
+        raise VerificationError(f"cannot verify {bucket}/{prefix}: {describe_error(exc)}") from exc
+    if problems:
+        raise VerificationError(f"{bucket}/{prefix} does not match its manifest: " + "; ".join(problems[:5]))
+    return manifest
