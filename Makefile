@@ -1,0 +1,35 @@
+# FLIP on NVFlare. `make demo` and `make test` create .venv on first use (torch first, pinned: see README).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH  := torch==2.13.0
+
+.PHONY: demo test venv jobs bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch (or one pulled in by another package) downloads GBs of CUDA wheels
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/flip demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+jobs: $(STAMP)
+	$(VENV)/bin/flip jobs export --out jobs
+
+bench: $(STAMP)
+	$(PY) benchmarks/privacy_filter.py
+	$(PY) benchmarks/s3_upload.py
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache

@@ -1,0 +1,97 @@
+"""The ``flip`` command."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+
+from flip.errors import FlipError
+
+
+def _cmd_demo(args) -> int:
+    from flip.demo.run import run_demo
+
+    return run_demo(sites=args.sites, rounds=args.rounds, threads=args.threads, workdir=args.dir,
+                    percentile=args.percentile, gamma=args.gamma)
+
+
+def _cmd_s3_serve(args) -> int:
+    from flip.storage.weed import WeedS3
+
+    server = WeedS3(bucket=args.bucket, root=args.dir).start()
+    print("# SeaweedFS S3 server running; use it with:")
+    for key, value in server.env.items():
+        print(f"export {key}={shlex.quote(value)}")
+    print(f"# pid {server.pid}; Ctrl-C stops it", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def _cmd_jobs_export(args) -> int:
+    from flip.jobs import JOBS, write_job
+
+    for name in args.names or sorted(JOBS):
+        print(write_job(name, args.out))
+    return 0
+
+
+def _cmd_simulate(args) -> int:
+    from flip.simulate import run_simulator
+
+    return run_simulator(args.job, args.workspace, sites=args.sites, threads=args.threads, quiet=not args.verbose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flip", description="FLIP on NVFlare")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the demo: N hospitals train a digits model in the simulator")
+    demo.add_argument("--sites", type=int, default=2)
+    demo.add_argument("--rounds", type=int, default=3)
+    demo.add_argument("--threads", type=int, default=None, help="sites running at once (default: all)")
+    demo.add_argument("--percentile", type=float, default=10)
+    demo.add_argument("--gamma", type=float, default=0.01)
+    demo.add_argument("--dir", default=".demo", help="the demo's working folder (recreated)")
+    demo.set_defaults(func=_cmd_demo)
+
+    s3 = sub.add_parser("s3", help="the embedded S3 server").add_subparsers(dest="s3_command", required=True)
+    serve = s3.add_parser("serve", help="start SeaweedFS weed mini on 127.0.0.1 and print the env vars to use")
+    serve.add_argument("--bucket", default="flip-models")
+    serve.add_argument("--dir", default=None, help="data folder (default: a new temporary folder)")
+    serve.set_defaults(func=_cmd_s3_serve)
+
+    jobs = sub.add_parser("jobs", help="job folders").add_subparsers(dest="jobs_command", required=True)
+    export = jobs.add_parser("export", help="write the job folders from flip/jobs")
+    export.add_argument("names", nargs="*", help="jobs to write (default: all)")
+    export.add_argument("--out", default="jobs")
+    export.set_defaults(func=_cmd_jobs_export)
+
+    simulate = sub.add_parser("simulate", help="run a job folder in the NVFlare simulator")
+    simulate.add_argument("job")
+    simulate.add_argument("--workspace", default="workspace")
+    simulate.add_argument("--sites", type=int, default=2)
+    simulate.add_argument("--threads", type=int, default=None)
+    simulate.add_argument("--verbose", action="store_true", help="show NVFlare's full console log")
+    simulate.set_defaults(func=_cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FlipError, ValueError) as exc:
+        print(f"flip: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

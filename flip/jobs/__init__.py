@@ -1,0 +1,71 @@
+"""The one Python source of the job folders under ``jobs/`` (written with NVFlare's job API).
+
+``write_job("standard", out_dir)`` writes ``out_dir/standard``; ``flip jobs export`` rewrites ``jobs/``; a test
+compares the checked-in folders with what this module writes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from nvflare.job_config.api import FedJob
+
+from flip.jobs.standard import standard_job
+
+#: job name -> builder(**options) -> FedJob
+JOBS: dict[str, Callable[..., FedJob]] = {"standard": standard_job}
+
+DEMO_APP_DIR = Path(__file__).resolve().parent.parent / "demo" / "app"
+_SHORT_PACKAGES = ("flip.nvflare.components", "flip.nvflare.executors", "flip.nvflare.controllers")
+
+
+def _public_path(path: str) -> str:
+    """``flip.nvflare.components.percentile_privacy.PercentilePrivacy`` -> ``flip.nvflare.components.PercentilePrivacy``."""
+    import importlib
+
+    for package in _SHORT_PACKAGES:
+        if path.startswith(package + "."):
+            name = path.rsplit(".", 1)[1]
+            if name in getattr(importlib.import_module(package), "__all__", ()):
+                return f"{package}.{name}"
+    return path
+
+
+def _shorten_paths(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _public_path(v) if k == "path" and isinstance(v, str) else _shorten_paths(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_shorten_paths(v) for v in node]
+    return node
+
+
+def export_job(job: FedJob, out_dir: str | Path) -> Path:
+    """Export ``job`` to ``out_dir/<job name>`` with component paths in their public form; return the folder."""
+    out_dir = Path(out_dir)
+    job.export_job(str(out_dir))
+    folder = out_dir / job.name
+    for config in sorted(folder.glob("*/config/*.json")):
+        data = json.loads(config.read_text())
+        config.write_text(json.dumps(_shorten_paths(data), indent=4) + "\n")
+    meta = folder / "meta.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text()), indent=4) + "\n")
+    for cache in folder.rglob("__pycache__"):
+        shutil.rmtree(cache)
+    return folder
+
+
+def write_job(name: str, out_dir: str | Path, **options: Any) -> Path:
+    """Build job ``name`` with ``options`` and export it under ``out_dir``; return the job folder.
+
+    Raises:
+        ValueError: unknown job name or a bad option (the message names it).
+    """
+    if name not in JOBS:
+        raise ValueError(f"unknown job {name!r}: expected one of {sorted(JOBS)}")
+    return export_job(JOBS[name](**options), out_dir)
+
+
+__all__ = ["DEMO_APP_DIR", "JOBS", "export_job", "write_job"]

@@ -1,0 +1,68 @@
+"""Metrics as they travel from a site's trainer to metrics.json: named finite numbers only."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from flip.errors import UserCodeError
+
+MAX_METRICS = 64
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-/]{0,63}$")
+NUM_SAMPLES = "num_samples"
+NUM_STEPS = "num_steps"
+
+
+def to_number(value: Any) -> float | int | None:
+    """A plain int/float for a python/numpy number or a one-element tensor; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if hasattr(value, "numel") and hasattr(value, "item") and value.numel() == 1:
+        return to_number(value.item())
+    return None
+
+
+def clean_metrics(raw: Any, where: str) -> dict[str, float | int]:
+    """Check a metrics dict from user code: names are identifiers, values finite numbers.
+
+    Raises:
+        UserCodeError: naming ``where`` and the bad key (never the value of a non-number: it could be data).
+    """
+    if not isinstance(raw, Mapping):
+        raise UserCodeError(f"{where} must return a dict of metrics, got {type(raw).__name__}")
+    if len(raw) > MAX_METRICS:
+        raise UserCodeError(f"{where} returned {len(raw)} metrics: at most {MAX_METRICS} are allowed")
+    clean: dict[str, float | int] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not _NAME_RE.match(key):
+            raise UserCodeError(
+                f"{where} returned a metric named {key!r}: names are 1-64 letters, digits, '_', '.', '-', '/' "
+                "starting with a letter"
+            )
+        number = to_number(value)
+        if number is None:
+            raise UserCodeError(f"{where} returned metric {key!r} of type {type(value).__name__}: expected a number")
+        if not math.isfinite(number):
+            raise UserCodeError(f"{where} returned metric {key!r} that is not finite (NaN or Inf)")
+        clean[key] = number
+    return clean
+
+
+def weighted_means(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Mean of each metric present at every site, weighted by the sites' ``num_samples`` (equal if absent)."""
+    if not per_site:
+        return {}
+    sites = list(per_site.values())
+    weights = [float(m.get(NUM_SAMPLES, 1) or 1) for m in sites]
+    common = set(sites[0]).intersection(*sites[1:]) - {NUM_SAMPLES, NUM_STEPS}
+    total = sum(weights)
+    result: dict[str, float] = {name: sum(w * m[name] for w, m in zip(weights, sites)) / total for name in sorted(common)}
+    result[NUM_SAMPLES] = int(sum(m.get(NUM_SAMPLES, 0) for m in sites))
+    return result

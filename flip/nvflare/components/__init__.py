@@ -1,0 +1,19 @@
+"""The public components job configs name as ``flip.nvflare.components.<Class>`` (see SPEC.md)."""
+
+from flip.nvflare.components.cleanup_images import CleanupImages
+from flip.nvflare.components.client_event_handler import ClientEventHandler
+from flip.nvflare.components.percentile_privacy import PercentilePrivacy
+from flip.nvflare.components.persist_to_s3_and_cleanup import PersistToS3AndCleanup
+from flip.nvflare.components.pt_model_locator import PTModelLocator
+from flip.nvflare.components.server_event_handler import ServerEventHandler
+from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
+
+__all__ = [
+    "CleanupImages",
+    "ClientEventHandler",
+    "PTModelLocator",
+    "PercentilePrivacy",
+    "PersistToS3AndCleanup",
+    "ServerEventHandler",
+    "ValidationJsonGenerator",
+]

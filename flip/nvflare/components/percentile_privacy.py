@@ -1,0 +1,108 @@
+"""PercentilePrivacy: the "largest percentile to share" policy as an NVFlare result filter."""
+
+from __future__ import annotations
+
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.dxo_filter import DXOFilter
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+
+from flip.errors import PrivacyError
+from flip.privacy.percentile import check_gamma, check_percentile, percentile_filter
+
+#: kinds the policy applies to: it is defined on model *differences*
+FILTERABLE_KINDS = (DataKind.WEIGHT_DIFF,)
+
+
+class PercentilePrivacy(DXOFilter):
+    """Share only the largest changes of a site's model update, clipped.
+
+    "Largest percentile to share" (Shokri & Shmatikov, Privacy-preserving deep learning, CCS '15): compute the
+    ``percentile`` of abs(ΔW) over the whole update, set every entry whose abs value is not greater than it to
+    0, and clip the rest to [-gamma, gamma]. Like NVFlare's built-in filter, when the DXO carries
+    ``NUM_STEPS_CURRENT_ROUND`` the update is divided by it first and multiplied back after, so gamma bounds the
+    per-step change. Unlike it, scalars are filtered too, entries exactly at the threshold are not shared, and
+    the threshold is found by selection, not by sorting a copy of the update.
+
+    Fails closed: a WEIGHTS update (a full model), a non-finite update or anything it cannot filter raises, and
+    NVFlare then sends an error instead of the update. Other kinds (e.g. METRICS) pass unchanged.
+
+    Args:
+        percentile: in [0, 100]. Default 10 (share about 90% of the entries).
+        gamma: > 0, the clip bound per step. Default 0.01.
+        data_kinds: kinds to filter; only ``["WEIGHT_DIFF"]`` is allowed (the default).
+        off: pass every update unchanged (a warning is logged for every update).
+
+    Raises:
+        ValueError: an argument is out of range (the message names it and what is allowed).
+    """
+
+    #: written into job configs even at their defaults, so every job shows its privacy setting
+    _always_serialize_args = ("percentile", "gamma")
+
+    def __init__(self, percentile=10, gamma=0.01, data_kinds: list[str] | None = None, off: bool = False):
+        check_percentile(percentile)
+        check_gamma(gamma)
+        if data_kinds is not None:
+            if not isinstance(data_kinds, list) or not data_kinds or not all(k in FILTERABLE_KINDS for k in data_kinds):
+                raise ValueError(
+                    f"data_kinds must be a non-empty list of {list(FILTERABLE_KINDS)} (the policy applies to model "
+                    f"differences only), got {data_kinds!r}"
+                )
+        if not isinstance(off, bool):
+            raise ValueError(f"off must be True or False, got {off!r}")
+        super().__init__(supported_data_kinds=list(FILTERABLE_KINDS), data_kinds_to_filter=data_kinds)
+        self.percentile = percentile
+        self.gamma = gamma
+        self.off = off
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        # A full model (WEIGHTS) must never pass unfiltered: refuse it before the base class lets it through.
+        if not self.off and shareable.get_return_code(ReturnCode.OK) == ReturnCode.OK:
+            refused = [k for k in _leaf_kinds(shareable) if k == DataKind.WEIGHTS]
+            if refused:
+                raise PrivacyError(
+                    f"{type(self).__name__} refuses a WEIGHTS update: only WEIGHT_DIFF can be filtered "
+                    "(send weight differences, never full weights)"
+                )
+        return super().process(shareable, fl_ctx)
+
+    def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
+        if self.off:
+            self.log_warning(fl_ctx, f"privacy filter is OFF: {dxo.data_kind} update shared unfiltered")
+            return dxo
+        return self.filter_dxo(dxo, fl_ctx)
+
+    def filter_dxo(self, dxo: DXO, fl_ctx: FLContext, label: str = "update") -> DXO:
+        """Filter one WEIGHT_DIFF DXO in place and log one line of counts."""
+        if not isinstance(dxo.data, dict):
+            raise PrivacyError(f"{label}: a WEIGHT_DIFF DXO must hold a dict of arrays, got {type(dxo.data).__name__}")
+        num_steps = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
+        filtered, stats = percentile_filter(
+            dxo.data, self.percentile, self.gamma, num_steps=num_steps or 1, inplace=True
+        )
+        dxo.data = filtered
+        self.log_info(
+            fl_ctx,
+            f"{label}: percentile {self.percentile} threshold {stats.threshold:.3g}, shared "
+            f"{stats.fraction_shared:.1%} of {stats.total} values, clipped {stats.fraction_clipped:.1%} "
+            f"(gamma {self.gamma}, steps {num_steps})",
+        )
+        return dxo
+
+
+def _leaf_kinds(shareable: Shareable) -> list[str]:
+    """Data kinds of every leaf DXO in a shareable (none if it is not a DXO shareable)."""
+    try:
+        root = from_shareable(shareable)
+    except (ValueError, TypeError, KeyError):
+        return []
+    kinds, stack = [], [root]
+    while stack:
+        dxo = stack.pop()
+        if dxo.data_kind == DataKind.COLLECTION and isinstance(dxo.data, (dict, list)):
+            stack.extend(v for v in (dxo.data.values() if isinstance(dxo.data, dict) else dxo.data) if isinstance(v, DXO))
+        else:
+            kinds.append(dxo.data_kind)
+    return kinds

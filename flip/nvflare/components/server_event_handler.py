@@ -1,0 +1,256 @@
+"""ServerEventHandler: the run's status lifecycle, the sites' metrics, and the ordered end of the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from nvflare.apis.dxo import from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+
+from flip.constants import ComponentId, FlipEvent, FlipMeta, RunFile, RunStatus
+from flip.errors import FlipError
+from flip.metrics import clean_metrics, weighted_means
+from flip.nvflare.components.persist_to_s3_and_cleanup import (
+    RESULT_FILES_PROP,
+    RUN_INFO_PROP,
+    PersistToS3AndCleanup,
+)
+from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
+from flip.nvflare.utils import RUN_ID_PROP, LookupFailed, get_component, new_run_id, run_dir, short_reason
+from flip.storage.s3 import check_model_id
+
+#: statuses in the order they may be reported; a final status ends the lifecycle
+_ORDER = [RunStatus.INITIATED, RunStatus.PREPARED, RunStatus.TRAINING_STARTED]
+
+
+class ServerEventHandler(FLComponent):
+    """Own the run's status lifecycle and end the run in a fixed order.
+
+    Statuses (each reported once, in order): INITIATED at START_RUN; PREPARED when every site answered the
+    init task; TRAINING_STARTED at the first round; then RESULTS_UPLOADED once the model and results are
+    verified in S3, or ERROR (with a short reason: never a traceback or a secret) or STOPPED (aborted).
+    At END_RUN it calls the validation JSON generator, then persist-and-cleanup, in that order.
+
+    It also collects every site's per-round metrics (they travel in the train result's DXO meta), logs one
+    line per site and round, reports them to the platform and keeps ``metrics.json`` in the run folder.
+
+    Args:
+        model_id: the model's UUID.
+        validation_json_generator_id: id of the ValidationJsonGenerator. Default ``json_generator``.
+        persist_and_cleanup_id: id of the PersistToS3AndCleanup. Default ``persist_and_cleanup``.
+        flip: the platform; default: ``FLIP()`` at run start.
+
+    Raises:
+        ValueError: model_id is not a valid UUID.
+    """
+
+    def __init__(
+        self,
+        model_id: str = "",
+        validation_json_generator_id=ComponentId.JSON_GENERATOR,
+        persist_and_cleanup_id=ComponentId.PERSIST_AND_CLEANUP,
+        flip=None,
+    ):
+        super().__init__()
+        self.model_id = check_model_id(model_id)
+        self.validation_json_generator_id = validation_json_generator_id
+        self.validation_json_generator = None
+        self.persist_and_cleanup_id = persist_and_cleanup_id
+        self.persist_and_cleanup = None
+        self.flip = flip
+        self.fatal_error = False
+        self.final_status: RunStatus | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.platform = None
+        self.fatal_error = False
+        self.final_status = None
+        self.reported: list[RunStatus] = []
+        self.error_reason: str | None = None
+        self.site_errors: dict[str, str] = {}
+        self.rounds: dict[int, dict[str, Any]] = {}
+        self.num_rounds: int | None = None
+        self.run_id = ""
+        self.job_id = ""
+        self.upload_key: str | None = None
+
+    # -- status ---------------------------------------------------------------------------------------------
+    def report_status(self, fl_ctx: FLContext, status: RunStatus, reason: str | None = None) -> None:
+        """Report ``status`` once, in lifecycle order (earlier or repeated statuses are ignored)."""
+        if self.final_status is not None or status in self.reported:
+            return
+        if status in _ORDER and self.reported and _ORDER.index(status) < _ORDER.index(self.reported[-1]):
+            return
+        self.reported.append(status)
+        if status.is_final:
+            self.final_status = status
+        reason = short_reason(reason) if reason else None
+        message = f"run status {status.value}" + (f": {reason}" if reason else "")
+        (self.log_error if status == RunStatus.ERROR else self.log_info)(fl_ctx, message)
+        if self.platform is None:
+            return
+        try:
+            self.platform.report_status(self.model_id, self.run_id or self.job_id, status, reason)
+        except FlipError as exc:
+            self.log_error(fl_ctx, f"could not report status {status.value}: {short_reason(exc)}")
+            if status == RunStatus.RESULTS_UPLOADED:
+                self.final_status = None
+                self.report_status(fl_ctx, RunStatus.ERROR, f"the final status could not be delivered: {exc}")
+
+    # -- events ---------------------------------------------------------------------------------------------
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        if event_type == EventType.START_RUN:
+            self._start(fl_ctx)
+        elif event_type == FlipEvent.SITES_PREPARED:
+            self.report_status(fl_ctx, RunStatus.PREPARED)
+        elif event_type == AppEventType.ROUND_STARTED:
+            self._round_started(fl_ctx)
+        elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
+            self._contribution(fl_ctx)
+        elif event_type == AppEventType.ROUND_DONE:
+            self._round_done(fl_ctx)
+        elif event_type == FlipEvent.SITE_ERROR:
+            self._site_error(fl_ctx)
+        elif event_type == EventType.FATAL_SYSTEM_ERROR:
+            self.fatal_error = True
+            reason = fl_ctx.get_prop(FLContextKey.EVENT_DATA, "") or "fatal system error"
+            self.error_reason = self.error_reason or short_reason(reason)
+        elif event_type == EventType.END_RUN:
+            self._end(fl_ctx)
+
+    def _start(self, fl_ctx: FLContext) -> None:
+        self._reset()
+        self.job_id = fl_ctx.get_job_id()
+        self.run_id = new_run_id(self.job_id)
+        try:
+            if self.flip is None:
+                from flip import FLIP
+
+                self.platform = FLIP()
+            else:
+                self.platform = self.flip
+            self.validation_json_generator = get_component(
+                fl_ctx, self.validation_json_generator_id, ValidationJsonGenerator, "validation JSON generator"
+            )
+            self.persist_and_cleanup = get_component(
+                fl_ctx, self.persist_and_cleanup_id, PersistToS3AndCleanup, "persist-and-cleanup"
+            )
+        except (FlipError, LookupFailed) as exc:
+            self.fatal_error = True
+            self.error_reason = short_reason(exc)
+            self.system_panic(f"{type(self).__name__}: {exc}", fl_ctx)
+            return
+        self.log_info(fl_ctx, f"model {self.model_id}, run {self.run_id}, platform {self.platform.name}")
+        self.report_status(fl_ctx, RunStatus.INITIATED)
+
+    def _round_started(self, fl_ctx: FLContext) -> None:
+        self.report_status(fl_ctx, RunStatus.TRAINING_STARTED)
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
+        self.num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS, self.num_rounds)
+        total = f"/{self.num_rounds}" if self.num_rounds else ""
+        self.log_info(fl_ctx, f"round {current + 1}{total} started")
+
+    def _contribution(self, fl_ctx: FLContext) -> None:
+        result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
+        site = fl_ctx.get_peer_context().get_identity_name() if fl_ctx.get_peer_context() else "?"
+        if not isinstance(result, Shareable):
+            return
+        try:
+            meta = from_shareable(result).meta or {}
+            metrics = clean_metrics(meta.get(FlipMeta.METRICS, {}), f"{site}'s metrics")
+        except (ValueError, TypeError, FlipError) as exc:
+            self.log_warning(fl_ctx, f"round {current + 1}: unusable metrics from {site}: {short_reason(exc)}")
+            return
+        self.rounds.setdefault(current, {"sites": {}})["sites"][site] = metrics
+        self.log_info(fl_ctx, f"round {current + 1} {site}: " + _format(metrics))
+        self._report_metrics(fl_ctx, current, site, metrics)
+
+    def _round_done(self, fl_ctx: FLContext) -> None:
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
+        entry = self.rounds.setdefault(current, {"sites": {}})
+        entry["global"] = weighted_means(entry["sites"])
+        entry["done"] = time.time()
+        self.log_info(fl_ctx, f"round {current + 1} done, sites' mean: " + _format(entry["global"]))
+        self._report_metrics(fl_ctx, current, "global", entry["global"])
+        self._write_metrics(fl_ctx)
+
+    def _report_metrics(self, fl_ctx: FLContext, current: int, site: str, metrics: dict) -> None:
+        if self.platform is None or not metrics:
+            return
+        try:
+            self.platform.report_metrics(self.model_id, self.run_id, current + 1, site, metrics)
+        except FlipError as exc:
+            self.log_warning(fl_ctx, f"could not report metrics of {site}: {short_reason(exc)}")
+
+    def _site_error(self, fl_ctx: FLContext) -> None:
+        data = fl_ctx.get_prop(FLContextKey.EVENT_DATA)
+        site = fl_ctx.get_peer_context().get_identity_name() if fl_ctx.get_peer_context() else None
+        if isinstance(data, Shareable):
+            site = data.get_header(FlipMeta.SITE_NAME, site) or "?"
+            reason = short_reason(data.get_header(FlipMeta.ERROR_REASON, "error"))
+            self.site_errors[site] = reason
+            self.log_error(fl_ctx, f"site {site} reported: {reason}")
+
+    def metrics_document(self) -> dict[str, Any]:
+        """What ``metrics.json`` holds: per round (1-based), per site and the sites' weighted mean."""
+        return {
+            "model_id": self.model_id,
+            "job_id": self.job_id,
+            "run_id": self.run_id,
+            "num_rounds": self.num_rounds,
+            "rounds": [{"round": r + 1, **self.rounds[r]} for r in sorted(self.rounds)],
+        }
+
+    def _write_metrics(self, fl_ctx: FLContext) -> None:
+        path = run_dir(fl_ctx) / RunFile.METRICS
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.metrics_document(), indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+    # -- the end --------------------------------------------------------------------------------------------
+    def _end(self, fl_ctx: FLContext) -> None:
+        abort = fl_ctx.get_run_abort_signal()
+        if self.fatal_error or fl_ctx.get_prop(FLContextKey.FATAL_SYSTEM_ERROR, False):
+            reason = self._failure_reason()
+            self.report_status(fl_ctx, RunStatus.ERROR, reason)
+            self.log_error(fl_ctx, "the run failed: nothing was uploaded and nothing was deleted")
+            return
+        if abort is not None and abort.triggered:
+            self.report_status(fl_ctx, RunStatus.STOPPED, "the run was aborted")
+            return
+        try:
+            results = self.validation_json_generator.write_results(fl_ctx)
+            self._write_metrics(fl_ctx)
+            sites = sorted({s for r in self.rounds.values() for s in r["sites"]})
+            fl_ctx.set_prop(RUN_ID_PROP, self.run_id, private=True, sticky=False)
+            fl_ctx.set_prop(RESULT_FILES_PROP, [str(results)], private=True, sticky=False)
+            fl_ctx.set_prop(RUN_INFO_PROP, {"rounds": len(self.rounds), "sites": sites}, private=True, sticky=False)
+            manifest = self.persist_and_cleanup.execute(fl_ctx)
+        except (FlipError, OSError, ValueError) as exc:
+            self.report_status(fl_ctx, RunStatus.ERROR, f"results not uploaded: {exc}")
+            self.log_error(fl_ctx, "nothing was deleted: finish with `flip upload --resume <run folder>`")
+            return
+        self.upload_key = f"s3://{self.persist_and_cleanup.bucket_name}/{manifest['prefix']}"
+        self.log_info(fl_ctx, f"model and results verified at {self.upload_key}")
+        self.report_status(fl_ctx, RunStatus.RESULTS_UPLOADED)
+
+    def _failure_reason(self) -> str:
+        if self.site_errors:
+            site, reason = sorted(self.site_errors.items())[0]
+            return f"site {site}: {reason}"
+        return self.error_reason or "the run failed"
+
+
+def _format(metrics: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()) or "no metrics"

@@ -1,0 +1,76 @@
+"""InitTraining: the first step of a FLIP run: every site prepares (cleans stale images) and reports ready."""
+
+from __future__ import annotations
+
+from nvflare.apis.client import Client
+from nvflare.apis.controller_spec import Task
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.impl.controller import Controller
+from nvflare.apis.shareable import Shareable
+from nvflare.apis.signal import Signal
+
+from flip.constants import FlipEvent, FlipMeta, FlipTask
+from flip.nvflare.utils import short_reason
+
+
+def check_positive_int(name: str, value, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class InitTraining(Controller):
+    """Send ``init_training`` to every site and wait until at least ``min_clients`` answered OK.
+
+    Sites run :class:`~flip.nvflare.components.CleanupImages` for it (a clean slate for this run's images).
+    When enough sites are ready it fires ``flip.sites_prepared`` (the run becomes PREPARED); otherwise the
+    run fails with the sites' reasons.
+
+    Args:
+        min_clients: sites that must be ready (>= 1). Default 1.
+        timeout: seconds to wait for them (>= 1). Default 600.
+    """
+
+    def __init__(self, min_clients: int = 1, timeout: int = 600):
+        super().__init__()
+        self.min_clients = check_positive_int("min_clients", min_clients)
+        self.timeout = check_positive_int("timeout", timeout)
+
+    def start_controller(self, fl_ctx: FLContext) -> None:
+        clients = self._engine.get_clients()
+        if len(clients) < self.min_clients:
+            self.system_panic(
+                f"InitTraining: min_clients is {self.min_clients} but only {len(clients)} sites joined the run",
+                fl_ctx,
+            )
+
+    def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        task = Task(name=FlipTask.INIT_TRAINING, data=Shareable(), timeout=self.timeout)
+        self.broadcast_and_wait(task=task, fl_ctx=fl_ctx, min_responses=self.min_clients, abort_signal=abort_signal)
+        if abort_signal.triggered:
+            return
+        ready, failed = [], {}
+        for client_task in task.client_tasks:
+            result = client_task.result
+            rc = result.get_return_code(ReturnCode.OK) if isinstance(result, Shareable) else "NO_ANSWER"
+            if rc == ReturnCode.OK:
+                ready.append(client_task.client.name)
+            else:
+                reason = result.get_header(FlipMeta.ERROR_REASON) if isinstance(result, Shareable) else None
+                failed[client_task.client.name] = short_reason(reason or rc)
+        if len(ready) < self.min_clients:
+            details = "; ".join(f"{site}: {why}" for site, why in sorted(failed.items())) or "no answer"
+            self.system_panic(f"only {len(ready)} of {self.min_clients} required sites are ready ({details})", fl_ctx)
+            return
+        self.log_info(fl_ctx, f"{len(ready)} sites ready: {', '.join(sorted(ready))}")
+        self.fire_event(FlipEvent.SITES_PREPARED, fl_ctx)
+
+    def stop_controller(self, fl_ctx: FLContext) -> None:
+        self.cancel_all_tasks(fl_ctx=fl_ctx)
+
+    def process_result_of_unknown_task(
+        self, client: Client, task_name: str, client_task_id: str, result: Shareable, fl_ctx: FLContext
+    ) -> None:
+        self.log_warning(fl_ctx, f"ignored a late {task_name} result from {client.name}")

@@ -1,0 +1,85 @@
+"""RUN_TRAINER: run the user's FLIP_TRAINER on the global model and send back a weight difference."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+from nvflare.apis.signal import Signal
+
+from flip.constants import FlipMeta, FlipTask, UserFile
+from flip.errors import UserCodeError
+from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics, to_number
+from flip.nvflare.executors.base import TaskFailed, UserCodeExecutor, call_user
+from flip.nvflare.executors.user_code import instantiate, load_class
+from flip.nvflare.models import load_weights, state_to_numpy
+
+
+def training_result(raw: dict, where: str) -> tuple[int, int, dict]:
+    """Split what ``train`` returned into (num_samples, num_steps, metrics), all checked."""
+    metrics = clean_metrics(raw, where)
+    num_samples = to_number(metrics.pop(NUM_SAMPLES, None))
+    if not isinstance(num_samples, int) or num_samples <= 0:
+        raise UserCodeError(f"{where} must return 'num_samples', a positive integer (the samples trained on)")
+    num_steps = metrics.pop(NUM_STEPS, 1)
+    if not isinstance(num_steps, int) or num_steps <= 0:
+        raise UserCodeError(f"{where} returned 'num_steps' {num_steps!r}: expected a positive integer")
+    return num_samples, num_steps, metrics
+
+
+class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor name
+    """Train the received global model with the user's ``trainer.py`` and reply with ΔW.
+
+    Receives WEIGHTS (the global model), loads them into ``models.get_model()``, calls
+    ``FLIP_TRAINER(config).train(model, ctx)`` and replies with a WEIGHT_DIFF DXO (new − received, for every
+    floating-point entry received) so the site's privacy filter sees the difference, never the full model.
+    The DXO meta carries ``NUM_STEPS_CURRENT_ROUND`` (the trainer's ``num_steps``), the number of samples and
+    the trainer's metrics. Integer buffers (e.g. BatchNorm's counters) are not exchanged.
+    """
+
+    tasks = (FlipTask.TRAIN,)
+
+    def run_task(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        try:
+            incoming = from_shareable(shareable)
+        except ValueError as exc:
+            raise TaskFailed(f"the train task carried no model: {exc}") from exc
+        if incoming.data_kind != DataKind.WEIGHTS or not isinstance(incoming.data, dict):
+            raise TaskFailed(f"the train task carried {incoming.data_kind}: expected WEIGHTS")
+        global_weights = incoming.data
+        ctx = self.context(fl_ctx, shareable, abort_signal)
+        trainer = self.user_object("trainer", lambda: instantiate(
+            load_class(self.custom_dir, UserFile.TRAINER, UserFile.TRAINER_CLASS, ("train",)), self.config,
+            UserFile.TRAINER))
+        model = self.new_model()
+        try:
+            load_weights(model, global_weights, "the global model")
+        except ValueError as exc:
+            raise UserCodeError(f"custom/{UserFile.MODELS}: get_model() does not fit the global model: {exc}") from exc
+        model.to(ctx.device)
+
+        started = time.monotonic()
+        where = f"custom/{UserFile.TRAINER}: {UserFile.TRAINER_CLASS}.train"
+        raw = call_user(where, trainer.train, model, ctx)
+        if abort_signal.triggered:
+            return Shareable()
+        num_samples, num_steps, metrics = training_result(raw, where)
+
+        names = [n for n, v in global_weights.items() if np.asarray(v).dtype.kind == "f"]
+        new = state_to_numpy(model.cpu(), names)
+        diff = {n: (new[n] - np.asarray(global_weights[n])).astype(new[n].dtype, copy=False) for n in names}
+        meta = {
+            MetaKey.NUM_STEPS_CURRENT_ROUND: num_steps,
+            FlipMeta.NUM_SAMPLES: num_samples,
+            FlipMeta.METRICS: {NUM_SAMPLES: num_samples, **metrics},
+        }
+        summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        self.log_info(
+            fl_ctx,
+            f"round {ctx.round + 1}/{ctx.total_rounds}: trained on {num_samples} samples, {num_steps} steps in "
+            f"{time.monotonic() - started:.2f} s; {summary}",
+        )
+        return DXO(data_kind=DataKind.WEIGHT_DIFF, data=diff, meta=meta).to_shareable()

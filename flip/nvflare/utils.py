@@ -1,0 +1,68 @@
+"""Small helpers the NVFlare adapters share: context lookups, component lookups, safe reasons, run ids."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from nvflare.apis.fl_context import FLContext
+
+from flip.constants import SIMULATOR_JOB_ID
+
+#: fl_ctx property through which the ServerEventHandler hands the run id (the S3 key's job part) to its peers
+RUN_ID_PROP = "flip.run_id"
+
+_MAX_REASON = 300
+_SECRETISH = re.compile(r"(?i)(key|secret|token|password|passwd|credential)[^\s,;:=]*\s*[:=]\s*\S+")
+
+
+class LookupFailed(Exception):
+    """A peer component is missing or of the wrong type (the message names the id and the type found)."""
+
+
+def get_component(fl_ctx: FLContext, comp_id: str, expected: type | tuple[type, ...], role: str) -> Any:
+    """Return the component ``comp_id`` if it is an instance of ``expected``.
+
+    Raises:
+        LookupFailed: naming the id, what was expected and what was found.
+    """
+    component = fl_ctx.get_engine().get_component(comp_id)
+    names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
+    if component is None:
+        raise LookupFailed(f"{role} component {comp_id!r} not found: expected a {names} with that id in the job")
+    if not isinstance(component, expected):
+        raise LookupFailed(
+            f"{role} component {comp_id!r} is a {type(component).__name__}: expected a {names}"
+        )
+    return component
+
+
+def run_dir(fl_ctx: FLContext) -> Path:
+    """The run's folder in this site's workspace."""
+    return Path(fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id()))
+
+
+def workspace_root(fl_ctx: FLContext) -> Path:
+    return Path(fl_ctx.get_engine().get_workspace().get_root_dir())
+
+
+def app_custom_dir(fl_ctx: FLContext) -> Path:
+    """The job app's custom/ folder at this site (where the user's code lives)."""
+    return Path(fl_ctx.get_engine().get_workspace().get_app_custom_dir(fl_ctx.get_job_id()))
+
+
+def new_run_id(job_id: str) -> str:
+    """The job part of the run's S3 key: the NVFlare job id, made unique for the simulator's fixed id."""
+    if job_id == SIMULATOR_JOB_ID:
+        return f"{job_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+    return job_id
+
+
+def short_reason(text: Any, limit: int = _MAX_REASON) -> str:
+    """A one-line reason safe to send off-site: first line only, secrets masked, bounded length."""
+    line = str(text).strip().splitlines()[0] if str(text).strip() else "unknown error"
+    line = _SECRETISH.sub(lambda m: m.group(1) + "=***", line)
+    return line if len(line) <= limit else line[: limit - 3] + "..."

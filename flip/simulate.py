@@ -1,0 +1,78 @@
+"""Run a job folder in NVFlare's simulator (Python API), with flip's progress lines on the console."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from flip.platform.base import check_path_name
+
+_LOG_CONFIG = "log_config.json"
+
+
+def site_names(sites: int | list[str]) -> list[str]:
+    """``2`` -> ``["site-1", "site-2"]``; a list of names is checked and returned."""
+    if isinstance(sites, int) and not isinstance(sites, bool):
+        if sites < 1:
+            raise ValueError(f"the number of sites must be >= 1, got {sites}")
+        return [f"site-{i}" for i in range(1, sites + 1)]
+    names = [check_path_name("site name", s) for s in sites]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"site names must be distinct and at least one, got {names!r}")
+    return names
+
+
+def console_log_config() -> dict:
+    """NVFlare's default logging, with the console showing flip's INFO lines and everyone's warnings."""
+    import nvflare.fuel.utils.log_utils as log_utils
+
+    config = json.loads((Path(log_utils.__file__).parent / "log_config.json").read_text())
+    config["filters"]["FlipConsole"] = {
+        "()": "nvflare.fuel.utils.log_utils.LoggerNameFilter",
+        "logger_names": ["flip"],
+        "allow_all_error_logs": True,
+    }
+    config["formatters"]["flipConsole"] = {
+        "()": "nvflare.fuel.utils.log_utils.BaseFormatter",
+        "fmt": "%(asctime)s %(levelname)s %(fl_ctx)s %(message)s",
+        "datefmt": "%H:%M:%S",
+    }
+    config["handlers"]["consoleHandler"]["filters"] = ["FlipConsole"]
+    config["handlers"]["consoleHandler"]["formatter"] = "flipConsole"
+    return config
+
+
+def run_simulator(job_dir: str | Path, workspace: str | Path, sites: int | list[str] = 2, threads: int | None = None,
+                  end_run_for_all: bool = True, quiet: bool = True) -> int:
+    """Run ``job_dir`` in the simulator and return its exit code (0: the run ended without a fatal error).
+
+    Args:
+        job_dir: the job folder (e.g. ``jobs/standard``).
+        workspace: the simulator's workspace (wiped at start, but its startup/ and local/).
+        sites: number of sites or their names.
+        threads: sites running at once (default: all).
+        end_run_for_all: deliver END_RUN to every site even when threads < sites (CleanupImages needs it).
+        quiet: console shows flip's lines and warnings only (full logs stay in the workspace).
+    """
+    from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
+
+    names = site_names(sites)
+    threads = threads or len(names)
+    if not 1 <= threads <= len(names):
+        raise ValueError(f"threads must be between 1 and the number of sites ({len(names)}), got {threads}")
+    job_dir = Path(job_dir).resolve()
+    if not (job_dir / "meta.json").is_file():
+        raise ValueError(f"{job_dir} is not a job folder: it has no meta.json")
+    workspace = Path(workspace).resolve()
+    local = workspace / "local"
+    local.mkdir(parents=True, exist_ok=True)
+    if quiet:
+        (local / _LOG_CONFIG).write_text(json.dumps(console_log_config(), indent=2))
+    elif (local / _LOG_CONFIG).exists():
+        (local / _LOG_CONFIG).unlink()
+    if "FLIP_LOCAL_DIR" in os.environ:  # the simulator changes directories: make it absolute
+        os.environ["FLIP_LOCAL_DIR"] = str(Path(os.environ["FLIP_LOCAL_DIR"]).resolve())
+    runner = SimulatorRunner(job_folder=str(job_dir), workspace=str(workspace), clients=",".join(names),
+                             threads=threads, end_run_for_all=end_run_for_all)
+    return runner.run()
