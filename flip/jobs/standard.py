@@ -57,6 +57,7 @@ def standard_job(
     min_clients: int = 2,
     percentile: float = 10,
     gamma: float = 0.01,
+    wait_after_min_clients: int = 60,
     app_dir: str | Path | None = None,
 ) -> FedJob:
     """Build the standard job.
@@ -67,6 +68,8 @@ def standard_job(
         num_rounds: scatter-gather rounds (>= 1). Default 3.
         min_clients: sites needed to start and in each round (>= 1). Default 2.
         percentile, gamma: the sites' PercentilePrivacy filter. Defaults 10 / 0.01 (share ~90% of each update).
+        wait_after_min_clients: once min_clients sites answered a task, seconds to wait for the others (no wait
+            once all answered); later answers are discarded as stale. Default 60.
         app_dir: the user's code to put in custom/ (default: the demo app).
 
     Raises:
@@ -77,6 +80,7 @@ def standard_job(
     model_id = check_model_id(model_id)
     check_positive_int("num_rounds", num_rounds)
     check_positive_int("min_clients", min_clients)
+    check_positive_int("wait_after_min_clients", wait_after_min_clients, minimum=0)
     job = FedJob(name=name, min_clients=min_clients)
     job.set_app_packages(["flip"])
 
@@ -88,13 +92,15 @@ def standard_job(
     job.to_server(ValidationJsonGenerator(), id=ComponentId.JSON_GENERATOR)
     job.to_server(PersistToS3AndCleanup(model_id=model_id), id=ComponentId.PERSIST_AND_CLEANUP)
     job.to_server(ServerEventHandler(model_id=model_id), id=ComponentId.SERVER_EVENT_HANDLER)
-    job.to_server(InitTraining(min_clients=min_clients), id="init_training")
+    job.to_server(
+        InitTraining(min_clients=min_clients, wait_time_after_min_received=wait_after_min_clients), id="init_training"
+    )
     job.to_server(
         explicit(
             ScatterAndGather(
                 min_clients=min_clients,
                 num_rounds=num_rounds,
-                wait_time_after_min_received=0,
+                wait_time_after_min_received=wait_after_min_clients,
                 aggregator_id=ComponentId.AGGREGATOR,
                 persistor_id=ComponentId.PERSISTOR,
                 shareable_generator_id=ComponentId.SHAREABLE_GENERATOR,

@@ -47,7 +47,7 @@ class PercentilePrivacy(DXOFilter):
         if data_kinds is not None:
             if not isinstance(data_kinds, list) or not data_kinds or not all(k in FILTERABLE_KINDS for k in data_kinds):
                 raise ValueError(
-                    f"data_kinds must be a non-empty list of {list(FILTERABLE_KINDS)} (the policy applies to model "
+                    f"data_kinds must be a non-empty list of {[k.value for k in FILTERABLE_KINDS]} (the policy applies to model "
                     f"differences only), got {data_kinds!r}"
                 )
         if not isinstance(off, bool):

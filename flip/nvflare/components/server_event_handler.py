@@ -40,8 +40,8 @@ class ServerEventHandler(FLComponent):
     verified in S3, or ERROR (with a short reason: never a traceback or a secret) or STOPPED (aborted).
     At END_RUN it calls the validation JSON generator, then persist-and-cleanup, in that order.
 
-    It also collects every site's per-round metrics (they travel in the train result's DXO meta), logs one
-    line per site and round, reports them to the platform and keeps ``metrics.json`` in the run folder.
+    It also collects every site's per-round metrics (they travel in the train result's DXO meta) of the updates
+    the aggregator accepted, logs one line per site and round, reports them to the platform and keeps ``metrics.json`` in the run folder.
 
     Args:
         model_id: the model's UUID.
@@ -115,7 +115,7 @@ class ServerEventHandler(FLComponent):
             self.report_status(fl_ctx, RunStatus.PREPARED)
         elif event_type == AppEventType.ROUND_STARTED:
             self._round_started(fl_ctx)
-        elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
+        elif event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT:
             self._contribution(fl_ctx)
         elif event_type == AppEventType.ROUND_DONE:
             self._round_done(fl_ctx)
@@ -165,6 +165,9 @@ class ServerEventHandler(FLComponent):
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
         site = fl_ctx.get_peer_context().get_identity_name() if fl_ctx.get_peer_context() else "?"
         if not isinstance(result, Shareable):
+            return
+        if not fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED, False):
+            self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} was not aggregated; its metrics are not recorded")
             return
         try:
             meta = from_shareable(result).meta or {}

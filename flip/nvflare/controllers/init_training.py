@@ -31,12 +31,17 @@ class InitTraining(Controller):
     Args:
         min_clients: sites that must be ready (>= 1). Default 1.
         timeout: seconds to wait for them (>= 1). Default 600.
+        wait_time_after_min_received: once min_clients answered, seconds to wait for the others (>= 0).
+            Default 60 (no wait once every site answered).
     """
 
-    def __init__(self, min_clients: int = 1, timeout: int = 600):
+    def __init__(self, min_clients: int = 1, timeout: int = 600, wait_time_after_min_received: int = 60):
         super().__init__()
         self.min_clients = check_positive_int("min_clients", min_clients)
         self.timeout = check_positive_int("timeout", timeout)
+        self.wait_time_after_min_received = check_positive_int(
+            "wait_time_after_min_received", wait_time_after_min_received, minimum=0
+        )
 
     def start_controller(self, fl_ctx: FLContext) -> None:
         clients = self._engine.get_clients()
@@ -48,7 +53,9 @@ class InitTraining(Controller):
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         task = Task(name=FlipTask.INIT_TRAINING, data=Shareable(), timeout=self.timeout)
-        self.broadcast_and_wait(task=task, fl_ctx=fl_ctx, min_responses=self.min_clients, abort_signal=abort_signal)
+        self.broadcast_and_wait(task=task, fl_ctx=fl_ctx, min_responses=self.min_clients,
+                                wait_time_after_min_received=self.wait_time_after_min_received,
+                                abort_signal=abort_signal)
         if abort_signal.triggered:
             return
         ready, failed = [], {}

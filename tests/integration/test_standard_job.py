@@ -1,0 +1,117 @@
+"""jobs/standard end to end: the real simulator (3 sites, 2 threads), a real S3 server, real files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+
+import pytest
+import torch
+
+from flip.constants import RunFile
+from flip.demo.data import holdout_accuracy
+from flip.jobs.standard import DEFAULT_MODEL_ID
+from flip.nvflare.components.persist_to_s3_and_cleanup import is_log_file
+from flip.storage import s3
+
+pytestmark = [pytest.mark.simulator, pytest.mark.s3]
+
+
+@pytest.fixture(scope="module")
+def uploaded(standard_run, weed):
+    """The run's S3 prefix, manifest and every object's bytes."""
+    statuses = standard_run.statuses(DEFAULT_MODEL_ID)
+    run_id = statuses[-1]["job_id"]
+    prefix = s3.run_prefix(DEFAULT_MODEL_ID, run_id)
+    client = weed._client()
+    listing = client.list_objects_v2(Bucket=weed.bucket, Prefix=prefix).get("Contents", [])
+    objects = {o["Key"][len(prefix):]: client.get_object(Bucket=weed.bucket, Key=o["Key"])["Body"].read()
+               for o in listing}
+    return prefix, json.loads(objects[RunFile.MANIFEST]), objects
+
+
+def test_simulator_ends_cleanly(standard_run):
+    assert standard_run.rc == 0
+
+
+def test_status_lifecycle_in_order_once_each(standard_run):
+    statuses = [s["status"] for s in standard_run.statuses(DEFAULT_MODEL_ID)]
+    assert statuses == ["INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED"]
+
+
+def test_every_manifest_sha256_matches_the_stored_bytes(uploaded, weed):
+    prefix, manifest, objects = uploaded
+    listed = {e["key"] for e in manifest["objects"]}
+    assert listed == set(objects) - {RunFile.MANIFEST}
+    assert {RunFile.GLOBAL_MODEL, RunFile.METRICS, "results/cross_val_results.json"} <= listed
+    for entry in manifest["objects"]:
+        body = objects[entry["key"]]
+        assert len(body) == entry["size"]
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"]
+    assert s3.verify_run(weed._client(), weed.bucket, prefix)["run_id"] == manifest["run_id"]
+    assert manifest["model_id"] == DEFAULT_MODEL_ID
+    assert manifest["sites"] == ["site-1", "site-2", "site-3"]
+    assert manifest["rounds"] == 3
+    assert set(manifest["versions"]) == {"flip", "nvflare", "torch"}
+
+
+def test_global_model_loads_safely_and_beats_chance(uploaded):
+    _, _, objects = uploaded
+    state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    accuracy = holdout_accuracy(state, site_names=["site-1", "site-2", "site-3"])
+    assert accuracy >= 0.8, f"held-out accuracy {accuracy:.3f} (chance is 0.1)"
+
+
+def test_no_best_model_is_fabricated(uploaded):
+    _, _, objects = uploaded
+    assert RunFile.BEST_MODEL not in objects  # no model selector in this job, so there is no "best" model
+
+
+def test_metrics_json_has_every_round_and_site(uploaded):
+    _, _, objects = uploaded
+    metrics = json.loads(objects[RunFile.METRICS])
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
+    for entry in metrics["rounds"]:
+        assert set(entry["sites"]) == {"site-1", "site-2", "site-3"}
+        for site_metrics in entry["sites"].values():
+            assert site_metrics["num_samples"] > 0
+            assert 0.0 <= site_metrics["accuracy"] <= 1.0
+        assert entry["global"]["num_samples"] == sum(m["num_samples"] for m in entry["sites"].values())
+    assert metrics["rounds"][-1]["global"]["accuracy"] > metrics["rounds"][0]["global"]["accuracy"]
+
+
+def test_cross_site_validation_covers_every_site(uploaded):
+    _, _, objects = uploaded
+    results = json.loads(objects["results/cross_val_results.json"])
+    assert set(results) == {"site-1", "site-2", "site-3"}
+    for site, models in results.items():
+        assert set(models) == {"SRV_FL_global_model.pt"}
+        assert models["SRV_FL_global_model.pt"]["accuracy"] > 0.5, site
+
+
+def test_server_run_folder_is_cleaned_but_logs_kept(standard_run):
+    run_folder = standard_run.workspace / "server" / "simulate_job"
+    left = [p.name for p in run_folder.iterdir()] if run_folder.exists() else []
+    assert all(is_log_file(name) for name in left), left
+    assert not list(standard_run.workspace.glob("server/**/FL_global_model.pt"))
+    assert not list(standard_run.workspace.glob(f"server/**/{RunFile.UPLOAD_PENDING}"))
+
+
+def test_images_are_gone_at_every_site_even_with_more_sites_than_threads(standard_run):
+    images = standard_run.local_dir / "images"
+    for site in standard_run.sites:
+        assert not (images / site / "simulate_job").exists(), site
+        assert f"run end: removed" in standard_run.log_text(site), site
+        # the hospitals' own image stores are untouched
+        assert any((standard_run.local_dir / "cohorts" / site).rglob("*.png")), site
+
+
+def test_every_site_filtered_every_update(standard_run):
+    for site in standard_run.sites:
+        lines = re.findall(r"update: percentile 10 threshold \S+, shared ([\d.]+)% of (\d+) values", standard_run.log_text(site))
+        assert len(lines) == 3, site  # one filtered update per round
+        for shared, total in lines:
+            assert 0 < float(shared) <= 90.0 and int(total) > 0

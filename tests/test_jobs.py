@@ -1,0 +1,56 @@
+"""The checked-in job folders are exactly what flip/jobs writes (one Python source of truth)."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+
+import pytest
+
+from flip.jobs import JOBS, write_job
+from flip.nvflare import components
+from tests.conftest import REPO
+
+
+def _tree(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_checked_in_job_equals_generator_output(tmp_path, name):
+    generated = write_job(name, tmp_path)
+    committed = REPO / "jobs" / name
+    assert _tree(generated) == _tree(committed), "run `make jobs` and commit jobs/"
+    for rel in _tree(generated):
+        assert filecmp.cmp(generated / rel, committed / rel, shallow=False), f"{name}/{rel} differs: run `make jobs`"
+
+
+def test_standard_job_names_public_component_paths_and_documented_privacy_defaults():
+    client = json.loads((REPO / "jobs/standard/app/config/config_fed_client.json").read_text())
+    server = json.loads((REPO / "jobs/standard/app/config/config_fed_server.json").read_text())
+    paths = {c["path"] for c in server["components"] + client["components"]}
+    assert {f"flip.nvflare.components.{n}" for n in ("ServerEventHandler", "PersistToS3AndCleanup",
+                                                      "ValidationJsonGenerator", "PTModelLocator",
+                                                      "ClientEventHandler")} <= paths
+    (train_filter,) = [f for f in client["task_result_filters"] if f["tasks"] == ["train"]]
+    (privacy,) = train_filter["filters"]
+    assert privacy["path"] == "flip.nvflare.components.PercentilePrivacy"
+    assert privacy["args"]["percentile"] == 10 and privacy["args"]["gamma"] == 0.01
+    assert all(p.split(".")[-1] in components.__all__ for p in paths if p.startswith("flip.nvflare.components"))
+
+
+def test_standard_job_carries_the_user_app():
+    custom = REPO / "jobs/standard/app/custom"
+    assert {"trainer.py", "validator.py", "models.py", "config.json"} <= {p.name for p in custom.iterdir()}
+    assert not list(custom.rglob("__pycache__"))
+
+
+def test_job_builder_names_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="num_rounds must be an integer >= 1, got 0"):
+        write_job("standard", tmp_path, num_rounds=0)
+    with pytest.raises(ValueError, match="model_id must be a UUID"):
+        write_job("standard", tmp_path, model_id="not-a-uuid")
+    with pytest.raises(ValueError, match="percentile must be in \\[0, 100\\], got 120"):
+        write_job("standard", tmp_path, percentile=120)
+    with pytest.raises(ValueError, match="unknown job 'nope'"):
+        write_job("nope", tmp_path)
