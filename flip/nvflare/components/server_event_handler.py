@@ -10,7 +10,7 @@ from typing import Any
 from nvflare.apis.dxo import from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
-from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
@@ -27,6 +27,13 @@ from flip.nvflare.components.persist_to_s3_and_cleanup import (
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
 from flip.nvflare.utils import RUN_ID_PROP, LookupFailed, get_component, new_run_id, run_dir, short_reason
 from flip.storage.s3 import check_model_id
+
+#: what a failed result's return code means, when the site sent no reason of its own
+_RC_REASONS = {
+    ReturnCode.TASK_RESULT_FILTER_ERROR: "its privacy filter refused the update (nothing was sent)",
+    ReturnCode.TASK_DATA_FILTER_ERROR: "a task data filter failed",
+    ReturnCode.TASK_UNKNOWN: "the site has no executor for the task",
+}
 
 #: statuses in the order they may be reported; a final status ends the lifecycle
 _ORDER = [RunStatus.INITIATED, RunStatus.PREPARED, RunStatus.TRAINING_STARTED]
@@ -119,6 +126,8 @@ class ServerEventHandler(FLComponent):
             self._contribution(fl_ctx)
         elif event_type == AppEventType.ROUND_DONE:
             self._round_done(fl_ctx)
+        elif event_type == EventType.BEFORE_PROCESS_SUBMISSION:
+            self._submission(fl_ctx)
         elif event_type == FlipEvent.SITE_ERROR:
             self._site_error(fl_ctx)
         elif event_type == EventType.FATAL_SYSTEM_ERROR:
@@ -196,14 +205,29 @@ class ServerEventHandler(FLComponent):
         except FlipError as exc:
             self.log_warning(fl_ctx, f"could not report metrics of {site}: {short_reason(exc)}")
 
+    def _submission(self, fl_ctx: FLContext) -> None:
+        """A site's failed task result names its reason in a header: keep it (it arrives with the result)."""
+        result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
+        if not isinstance(result, Shareable):
+            return
+        rc = result.get_return_code(ReturnCode.OK)
+        if rc in (ReturnCode.OK, ReturnCode.TASK_ABORTED):
+            return
+        site = fl_ctx.get_peer_context().get_identity_name() if fl_ctx.get_peer_context() else "?"
+        task = fl_ctx.get_prop(FLContextKey.TASK_NAME, "task")
+        reason = result.get_header(FlipMeta.ERROR_REASON) or _RC_REASONS.get(rc, f"{task} failed ({rc})")
+        self.site_errors.setdefault(site, short_reason(reason))
+        self.log_error(fl_ctx, f"site {site}: {self.site_errors[site]}")
+
     def _site_error(self, fl_ctx: FLContext) -> None:
         data = fl_ctx.get_prop(FLContextKey.EVENT_DATA)
         site = fl_ctx.get_peer_context().get_identity_name() if fl_ctx.get_peer_context() else None
         if isinstance(data, Shareable):
             site = data.get_header(FlipMeta.SITE_NAME, site) or "?"
             reason = short_reason(data.get_header(FlipMeta.ERROR_REASON, "error"))
-            self.site_errors[site] = reason
-            self.log_error(fl_ctx, f"site {site} reported: {reason}")
+            if site not in self.site_errors:
+                self.site_errors[site] = reason
+                self.log_error(fl_ctx, f"site {site} reported: {reason}")
 
     def metrics_document(self) -> dict[str, Any]:
         """What ``metrics.json`` holds: per round (1-based), per site and the sites' weighted mean."""
