@@ -28,6 +28,8 @@ class FlipMeta:
     METRICS = "flip_metrics"
     NUM_SAMPLES = "flip_num_samples"
     STAGE = "flip_stage"
+    STAGE_PARAMS = "flip_stage_params"
+    STAGE_STEPS = "flip_stage_steps"
     TOTAL_ROUNDS = "flip_total_rounds"
     ERROR_REASON = "flip_error_reason"
     SITE_NAME = "flip_site_name"

@@ -6,6 +6,7 @@ from flip.nvflare.components.percentile_privacy import PercentilePrivacy
 from flip.nvflare.components.persist_to_s3_and_cleanup import PersistToS3AndCleanup
 from flip.nvflare.components.pt_model_locator import PTModelLocator
 from flip.nvflare.components.server_event_handler import ServerEventHandler
+from flip.nvflare.components.stage_percentile_privacy import StagePercentilePrivacy
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "PercentilePrivacy",
     "PersistToS3AndCleanup",
     "ServerEventHandler",
+    "StagePercentilePrivacy",
     "ValidationJsonGenerator",
 ]
