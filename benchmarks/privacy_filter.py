@@ -3,7 +3,8 @@
 For updates of 1M, 10M and 50M float32 parameters in a CNN-like mix of layer sizes: the time (min of
 ``--repeats``) of ours (flip.privacy.percentile_filter, in place on the DXO's arrays, as the filter runs) and of
 NVFlare's built-in filter on the same update, and the peak extra memory of each relative to the update's size
-(measured in a fresh process: the peak resident set is reset with /proc/self/clear_refs, then read as VmHWM).
+(measured in a fresh process with tracemalloc, which sees every numpy buffer and Python object both filters
+allocate; the resident-set peak is not used because freed heap pages are reused without growing it).
 
 Last line: ``privacy_filter params=50000000 ratio_vs_nvflare=<ours/theirs> extra_memory_vs_update=<x>``.
 """
@@ -72,29 +73,22 @@ def _nvflare(update):
 IMPLEMENTATIONS = {"ours": _ours, "nvflare": _nvflare}
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_memory(impl: str, n_params: int) -> float:
-    """In this (fresh) process: peak extra resident memory of ``impl`` / update size."""
+    """In this (fresh) process: peak memory ``impl`` allocates beyond the update / update size."""
     import logging
+    import tracemalloc
 
     logging.disable(logging.CRITICAL)
     IMPLEMENTATIONS[impl](make_update(1000))  # import and warm up before measuring
     update = make_update(n_params)
     nbytes = sum(a.nbytes for a in update.values())
     gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak resident set size (VmHWM) to the current one
-    before = _status_kib("VmRSS")
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
     IMPLEMENTATIONS[impl](update)
-    peak = _status_kib("VmHWM")
-    return max(0, peak - before) * 1024 / nbytes
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return max(0, peak - before) / nbytes
 
 
 def time_impl(impl: str, update: dict[str, np.ndarray], repeats: int) -> float:
