@@ -1,8 +1,9 @@
 """Upload a run's artifacts to S3 under ``<model_id>/<run_id>/`` with a manifest, and verify them.
 
-Every object is uploaded with boto3's managed transfer and an S3 SHA-256 checksum, so the server itself checks
-every byte (each part of a multipart upload) against what we computed locally; the full-file sha256 also goes in
-the object's metadata and in ``manifest.json``, which is written last. A run is uploaded iff its manifest exists and
+Every object is sent with a checksum the S3 server checks on receipt and keeps (CRC32 for one request, SHA-256 for
+each part of a multipart upload through boto3's managed transfer); we work the same checksum out locally, plus the
+file's sha256, and compare with what the server kept. ``manifest.json``, written last, lists every object's key,
+size, sha256 and checksum. A run is uploaded iff its manifest exists and
 every object matches it. Re-running an upload skips objects that already match.
 """
 
@@ -15,6 +16,8 @@ import os
 import re
 import time
 import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -23,6 +26,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from boto3.exceptions import S3UploadFailedError as S3TransferFailed
 from s3transfer.utils import ChunksizeAdjuster
 
 from flip.constants import RunFile
@@ -33,13 +37,25 @@ MANIFEST_FORMAT = 1
 _READ_BLOCK = 8 * 1024 * 1024
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
-#: Measured against weed mini with benchmarks/s3_upload.py (see README, performance).
-DEFAULT_TRANSFER = TransferConfig(
-    multipart_threshold=64 * 1024 * 1024,
-    multipart_chunksize=32 * 1024 * 1024,
-    max_concurrency=4,
-    use_threads=True,
-)
+_MIB = 1024 * 1024
+#: Defaults measured with benchmarks/s3_upload.py (README, performance): up to 1 GiB an object goes in one
+#: request whose SHA-256 we computed while describing the file (botocore does not hash it again); above,
+#: 64 MiB parts, 4 at a time (smaller parts or more threads were slower).
+DEFAULT_THRESHOLD_MB = 1024
+DEFAULT_PART_SIZE_MB = 64
+DEFAULT_CONCURRENCY = 4
+
+
+def transfer_config(threshold_mb: int = DEFAULT_THRESHOLD_MB, part_size_mb: int = DEFAULT_PART_SIZE_MB,
+                    concurrency: int = DEFAULT_CONCURRENCY) -> TransferConfig:
+    """boto3 managed-transfer settings: objects of ``threshold_mb`` or more go in ``part_size_mb`` parts."""
+    if part_size_mb < 5:
+        raise ValueError(f"part size must be at least 5 MiB (an S3 limit), got {part_size_mb}")
+    return TransferConfig(multipart_threshold=threshold_mb * _MIB, multipart_chunksize=part_size_mb * _MIB,
+                          max_concurrency=concurrency, use_threads=True)
+
+
+DEFAULT_TRANSFER = transfer_config()
 
 
 def check_model_id(model_id: Any) -> str:
@@ -91,12 +107,18 @@ def describe_error(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class ObjectEntry:
-    """One uploaded object as recorded in the manifest."""
+    """One uploaded object as recorded in the manifest.
+
+    ``s3_checksum`` is what the S3 server itself computes and keeps for the object, worked out locally from the
+    file: a CRC32 for an object sent in one request, the composite SHA-256 (of the parts' SHA-256s, ``-N``
+    suffix) for a multipart one.
+    """
 
     key: str
     size: int
     sha256: str
     s3_checksum: str
+    s3_checksum_algorithm: str = "SHA256"
 
 
 def part_size_for(size: int, transfer: TransferConfig) -> int | None:
@@ -107,29 +129,32 @@ def part_size_for(size: int, transfer: TransferConfig) -> int | None:
 
 
 def describe_file(path: Path, key: str, transfer: TransferConfig = DEFAULT_TRANSFER) -> ObjectEntry:
-    """Hash a file once: its sha256 and the S3 SHA-256 checksum the server will compute for it."""
+    """Hash a file once: its sha256 and the checksum the S3 server will compute for it (see ObjectEntry)."""
     size = path.stat().st_size
     part_size = part_size_for(size, transfer)
     full = hashlib.sha256()
+    crc = 0
     parts: list[bytes] = []
     part = hashlib.sha256()
     in_part = 0
     with open(path, "rb") as f:
         while block := f.read(_READ_BLOCK if part_size is None else min(_READ_BLOCK, part_size - in_part)):
             full.update(block)
-            if part_size is not None:
-                part.update(block)
-                in_part += len(block)
-                if in_part == part_size:
-                    parts.append(part.digest())
-                    part, in_part = hashlib.sha256(), 0
+            if part_size is None:
+                crc = zlib.crc32(block, crc)
+                continue
+            part.update(block)
+            in_part += len(block)
+            if in_part == part_size:
+                parts.append(part.digest())
+                part, in_part = hashlib.sha256(), 0
     if part_size is None:
-        checksum = base64.b64encode(full.digest()).decode()
-    else:
-        if in_part:
-            parts.append(part.digest())
-        checksum = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode() + f"-{len(parts)}"
-    return ObjectEntry(key=check_object_key(key), size=size, sha256=full.hexdigest(), s3_checksum=checksum)
+        return ObjectEntry(check_object_key(key), size, full.hexdigest(),
+                           base64.b64encode(crc.to_bytes(4, "big")).decode(), "CRC32")
+    if in_part:
+        parts.append(part.digest())
+    checksum = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode() + f"-{len(parts)}"
+    return ObjectEntry(check_object_key(key), size, full.hexdigest(), checksum, "SHA256")
 
 
 def _head(client, bucket: str, key: str) -> dict | None:
@@ -141,13 +166,14 @@ def _head(client, bucket: str, key: str) -> dict | None:
         raise
 
 
-def _matches(head: dict | None, entry: ObjectEntry) -> bool:
+def _matches(head: dict | None, entry: ObjectEntry, *, require_checksum: bool) -> bool:
+    """Does the stored object (its HEAD) match ``entry``? Without a server checksum: only if not required."""
     if head is None or head.get("ContentLength") != entry.size:
         return False
-    if head.get("Metadata", {}).get("sha256") != entry.sha256:
-        return False
-    server = head.get("ChecksumSHA256")
-    return server is None or server == entry.s3_checksum
+    server = head.get(f"Checksum{entry.s3_checksum_algorithm}")
+    if server is None:
+        return not require_checksum
+    return server == entry.s3_checksum
 
 
 def ensure_bucket(client, bucket: str, *, create: bool = False) -> None:
@@ -205,32 +231,40 @@ def upload_run(
     Raises:
         UploadError: an object could not be uploaded, or the server's checksum disagrees with ours.
     """
-    extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"}
-    if sse:
-        extra["ServerSideEncryption"] = sse
+    extra: dict[str, Any] = {"ServerSideEncryption": sse} if sse else {}
     entries: list[ObjectEntry] = []
-    for rel_key in sorted(files):
-        if rel_key == RunFile.MANIFEST:
-            raise ValueError(f"{RunFile.MANIFEST} is written by upload_run itself; do not pass it in files")
-        entry = describe_file(Path(files[rel_key]), rel_key, transfer)
-        key = prefix + entry.key
-        try:
-            if _matches(_head(client, bucket, key), entry):
-                entries.append(entry)
-                if on_object:
-                    on_object(entry, False)
-                continue
-            client.upload_file(
-                str(files[rel_key]), bucket, key, ExtraArgs={**extra, "Metadata": {"sha256": entry.sha256}}, Config=transfer
-            )
-            landed = _head(client, bucket, key)
-        except (ClientError, BotoCoreError, OSError) as exc:
-            raise UploadError(f"upload to {bucket}/{key} failed: {describe_error(exc)}") from exc
-        if not _matches(landed, entry):
-            raise UploadError(f"upload to {bucket}/{key} failed: the stored object does not match the local file")
-        entries.append(entry)
-        if on_object:
-            on_object(entry, True)
+    # The file is hashed on a second thread while it is being sent: the hashes are needed only to check what
+    # the server stored, so hashing costs no wall time (the server checks each request's checksum itself).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flip-hash") as hasher:
+        for rel_key in sorted(files):
+            if rel_key == RunFile.MANIFEST:
+                raise ValueError(f"{RunFile.MANIFEST} is written by upload_run itself; do not pass it in files")
+            path = Path(files[rel_key])
+            key = prefix + check_object_key(rel_key)
+            hashed = hasher.submit(describe_file, path, rel_key, transfer)
+            try:
+                present = _head(client, bucket, key)
+                if present is not None and present.get("ContentLength") == path.stat().st_size:
+                    if _matches(present, hashed.result(), require_checksum=True):
+                        entries.append(hashed.result())
+                        if on_object:
+                            on_object(hashed.result(), False)
+                        continue
+                if part_size_for(path.stat().st_size, transfer) is None:
+                    with open(path, "rb") as body:
+                        client.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="CRC32", **extra)
+                else:
+                    client.upload_file(str(path), bucket, key, Config=transfer,
+                                       ExtraArgs={"ChecksumAlgorithm": "SHA256", **extra})
+                landed = _head(client, bucket, key)
+            except (ClientError, BotoCoreError, S3TransferFailed, OSError) as exc:
+                raise UploadError(f"upload to {bucket}/{key} failed: {describe_error(exc)}") from exc
+            entry = hashed.result()
+            if not _matches(landed, entry, require_checksum=False):
+                raise UploadError(f"upload to {bucket}/{key} failed: the stored object does not match the local file")
+            entries.append(entry)
+            if on_object:
+                on_object(entry, True)
 
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -242,7 +276,8 @@ def upload_run(
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     manifest_key = prefix + RunFile.MANIFEST
     try:
-        client.put_object(Bucket=bucket, Key=manifest_key, Body=body, ContentType="application/json", **extra)
+        client.put_object(Bucket=bucket, Key=manifest_key, Body=body, ContentType="application/json",
+                          ChecksumAlgorithm="CRC32", **extra)
     except (ClientError, BotoCoreError) as exc:
         raise UploadError(f"upload to {bucket}/{manifest_key} failed: {describe_error(exc)}") from exc
     return manifest
@@ -292,9 +327,11 @@ def verify_run(client, bucket: str, prefix: str) -> dict[str, Any]:
             head = _head(client, bucket, key)
             if head is None:
                 problems.append(f"{entry.key}: missing")
-            elif not _matches(head, entry):
+            elif not _matches(head, entry, require_checksum=False):
                 problems.append(f"{entry.key}: differs from the manifest")
-            elif head.get("ChecksumSHA256") is None and _download_sha256(client, bucket, key) != entry.sha256:
+            elif head.get(f"Checksum{entry.s3_checksum_algorithm}") is None and (
+                _download_sha256(client, bucket, key) != entry.sha256
+            ):
                 problems.append(f"{entry.key}: content differs from the manifest")
     except (ClientError, BotoCoreError) as exc:
         raise VerificationError(f"cannot verify {bucket}/{prefix}: {describe_error(exc)}") from exc
