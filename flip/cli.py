@@ -48,6 +48,58 @@ def _cmd_simulate(args) -> int:
     return run_simulator(args.job, args.workspace, sites=args.sites, threads=args.threads, quiet=not args.verbose)
 
 
+def _cmd_upload(args) -> int:
+    from flip import FLIP
+    from flip.settings import load_settings
+    from flip.storage.pending import resume
+
+    settings = load_settings()
+    resume(args.resume, create_bucket=settings.s3_create_bucket, transfer=settings.transfer(), platform=FLIP())
+    return 0
+
+
+def _registry(args):
+    from flip.storage.registry import ModelRegistry
+
+    return ModelRegistry(bucket=args.bucket)
+
+
+def _cmd_models_list(args) -> int:
+    registry = _registry(args)
+    ids = registry.model_ids()
+    if not ids:
+        print(f"no models in s3://{registry.bucket}")
+        return 0
+    print(f"{'model id':36}  {'runs':>9}  latest verified run")
+    for model_id in ids:
+        runs = registry.runs(model_id)
+        verified = [r for r in runs if r.verified]
+        latest = f"{verified[-1].run_id} ({verified[-1].created})" if verified else "-"
+        print(f"{model_id:36}  {len(verified):>3} of {len(runs):<3}  {latest}")
+    return 0
+
+
+def _cmd_models_show(args) -> int:
+    import json
+
+    print(json.dumps(_registry(args).show(args.model_id), indent=2))
+    return 0
+
+
+def _cmd_models_download(args) -> int:
+    path = _registry(args).download(args.model_id, args.job, args.output)
+    print(path)
+    return 0
+
+
+def _cmd_models_remove(args) -> int:
+    if not args.yes:
+        print(f"flip: removing model {args.model_id} deletes all its runs; add --yes to confirm", file=sys.stderr)
+        return 2
+    print(f"removed {_registry(args).remove(args.model_id)} objects of model {args.model_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flip", description="FLIP on NVFlare")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--threads", type=int, default=None)
     simulate.add_argument("--verbose", action="store_true", help="show NVFlare's full console log")
     simulate.set_defaults(func=_cmd_simulate)
+    upload = sub.add_parser("upload", help="finish a run's upload that failed (S3 down, wrong credentials...)")
+    upload.add_argument("--resume", required=True, metavar="PATH",
+                        help="a run folder with upload_pending.json, or a workspace holding such folders")
+    upload.set_defaults(func=_cmd_upload)
+
+    models = sub.add_parser("models", help="the model registry (verified runs only are served)")
+    models.add_argument("--bucket", default=None, help="default: FLIP_MODELS_BUCKET")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="every model and its verified runs").set_defaults(func=_cmd_models_list)
+    show = msub.add_parser("show", help="a model's runs, rounds, sites, final metrics and sizes")
+    show.add_argument("model_id")
+    show.set_defaults(func=_cmd_models_show)
+    download = msub.add_parser("download", help="the global model of the latest (or a given) verified run")
+    download.add_argument("model_id")
+    download.add_argument("--job", default=None, help="run id (default: the latest verified run)")
+    download.add_argument("-o", "--output", default=None, help="file to write")
+    download.set_defaults(func=_cmd_models_download)
+    remove = msub.add_parser("remove", help="delete a model and all its runs")
+    remove.add_argument("model_id")
+    remove.add_argument("--yes", action="store_true", help="confirm")
+    remove.set_defaults(func=_cmd_models_remove)
     return parser
 
 

@@ -73,6 +73,7 @@ class RunFile:
     RESULTS_DIR = "results"
     STAGING_DIR = "flip_upload"
     UPLOAD_PENDING = "upload_pending.json"
+    PREPROCESSING = "preprocessing.py"
 
 
 class RunStatus(str, Enum):

@@ -41,6 +41,8 @@ class FlipSettings(BaseSettings):
         hub_api_key: the hub's API key (prod, server only); never printed.
         s3_create_bucket: create ``models_bucket`` if it is missing (otherwise a missing bucket is an error).
         s3_sse: server-side encryption for uploads (``AES256`` or ``aws:kms``), or none.
+        s3_multipart_threshold_mb: objects of this size or more are uploaded in parts (>= 5). Default 1024.
+        s3_part_size_mb: the part size of a multipart upload (>= 5, an S3 limit). Default 64.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
@@ -52,6 +54,8 @@ class FlipSettings(BaseSettings):
     hub_api_key: SecretStr | None = None
     s3_create_bucket: bool = False
     s3_sse: Literal["AES256", "aws:kms"] | None = None
+    s3_multipart_threshold_mb: int = Field(default=1024, ge=5)
+    s3_part_size_mb: int = Field(default=64, ge=5)
 
     @field_validator("models_bucket")
     @classmethod
@@ -75,6 +79,13 @@ class FlipSettings(BaseSettings):
                 names = ", ".join(ENV_PREFIX + m for m in missing)
                 raise ValueError(f"FLIP_ENV=prod needs {names} to be set")
         return self
+
+
+    def transfer(self):
+        """boto3 managed-transfer settings from the S3 part settings."""
+        from flip.storage.s3 import transfer_config
+
+        return transfer_config(self.s3_multipart_threshold_mb, self.s3_part_size_mb)
 
 
 _SECRET_FIELDS = {"hub_api_key"}

@@ -283,6 +283,19 @@ def upload_run(
     return manifest
 
 
+def abort_incomplete_uploads(client, bucket: str, prefix: str) -> int:
+    """Abort multipart uploads left unfinished under ``prefix`` (e.g. by a server killed mid-transfer)."""
+    aborted = 0
+    try:
+        listing = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+        for upload in listing.get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            aborted += 1
+    except (ClientError, BotoCoreError) as exc:
+        raise StorageError(f"cannot list unfinished uploads in {bucket}/{prefix}: {describe_error(exc)}") from exc
+    return aborted
+
+
 def read_manifest(client, bucket: str, prefix: str) -> dict[str, Any] | None:
     """Return the run's manifest, or None if it has none (an unfinished upload)."""
     try:

@@ -13,7 +13,7 @@ import torch
 from flip.constants import RunFile
 from flip.demo.data import holdout_accuracy
 from flip.jobs.standard import DEFAULT_MODEL_ID
-from flip.nvflare.components.persist_to_s3_and_cleanup import is_log_file
+from flip.storage.pending import is_log_file
 from flip.storage import s3
 
 pytestmark = [pytest.mark.simulator, pytest.mark.s3]

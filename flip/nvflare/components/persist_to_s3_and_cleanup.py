@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -17,23 +16,24 @@ from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
 import flip
 from flip.constants import ComponentId, RunFile
-from flip.errors import CleanupError, SettingsError, UploadError
-from flip.nvflare.utils import RUN_ID_PROP, LookupFailed, get_component, new_run_id, run_dir, workspace_root
+from flip.errors import SettingsError, UploadError
+from flip.nvflare.utils import (
+    RUN_ID_PROP,
+    LookupFailed,
+    app_custom_dir,
+    get_component,
+    new_run_id,
+    run_dir,
+    workspace_root,
+)
 from flip.settings import load_settings
 from flip.storage import s3
+from flip.storage.pending import clean_run_dir, complete_upload, write_pending
 
 #: fl_ctx property: result files (paths) to upload under ``results/``, set by the ServerEventHandler
 RESULT_FILES_PROP = "flip.result_files"
 #: fl_ctx property: extra manifest fields (rounds, sites...), set by the ServerEventHandler
 RUN_INFO_PROP = "flip.run_info"
-
-_LOG_PREFIXES = ("log", "error_log")
-
-
-def is_log_file(name: str) -> bool:
-    """NVFlare's run logs (kept for the operator after cleanup): log.txt, log.json, error_log.txt, rotations."""
-    return name.startswith(_LOG_PREFIXES) and (".txt" in name or ".json" in name)
-
 
 def state_dict_from_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a persistor checkpoint (``{"model": ..., "train_conf": ...}`` or a bare state dict) safely."""
@@ -44,38 +44,13 @@ def state_dict_from_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in state.items()}
 
 
-def clean_run_dir(folder: Path, root: Path) -> list[str]:
-    """Delete everything the run created in ``folder`` except NVFlare's logs; return the names deleted.
-
-    Refuses (CleanupError) a folder that is a symlink or resolves outside ``root``; symlinks inside are
-    removed as links, never followed.
-    """
-    root = root.resolve()
-    if folder.is_symlink() or not folder.resolve().is_relative_to(root) or folder.resolve() == root:
-        raise CleanupError(f"refusing to clean {folder}: it is not a run folder inside the workspace {root}")
-    deleted = []
-    try:
-        for child in sorted(folder.iterdir()):
-            if is_log_file(child.name):
-                continue
-            if child.is_symlink() or not child.is_dir():
-                child.unlink()
-            else:
-                if not child.resolve().is_relative_to(folder.resolve()):
-                    raise CleanupError(f"refusing to delete {child}: it resolves outside {folder}")
-                shutil.rmtree(child)
-            deleted.append(child.name)
-    except OSError as exc:
-        raise CleanupError(f"cleanup of {folder} failed at {exc.filename}: {exc.strerror}") from exc
-    return deleted
-
-
 class PersistToS3AndCleanup(FLComponent):
     """Save the aggregated model and reports of a run to S3, verify, then delete the run's files.
 
     Layout: ``s3://<FLIP_MODELS_BUCKET>/<model_id>/<run_id>/`` with ``global_model.pt`` (a plain state dict,
     loadable with ``torch.load(..., weights_only=True)``), ``best_global_model.pt`` (only if a model selector
-    saved one), ``results/*.json``, ``metrics.json`` and ``manifest.json`` written last. The run folder is
+    saved one), ``results/*.json``, ``metrics.json``, ``preprocessing.py`` (if the job's custom/ folder has one)
+    and ``manifest.json`` written last. The run folder is
     cleaned (logs kept) only after every object was verified against the manifest. On any failure nothing is
     deleted and ``upload_pending.json`` stays in the run folder so ``flip upload --resume`` can finish later.
 
@@ -101,8 +76,8 @@ class PersistToS3AndCleanup(FLComponent):
         self.model_dir = ""
         self.bucket_name = ""
         self.flip = flip
-        self._sse: str | None = None
-        self._create_bucket = False
+        self.settings = None
+        self.manifest: dict[str, Any] | None = None
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.START_RUN:
@@ -112,9 +87,8 @@ class PersistToS3AndCleanup(FLComponent):
             except (LookupFailed, SettingsError) as exc:
                 self.system_panic(f"{type(self).__name__}: {exc}", fl_ctx)
                 return
+            self.settings = settings
             self.bucket_name = settings.models_bucket
-            self._sse = settings.s3_sse
-            self._create_bucket = settings.s3_create_bucket
 
     # -- the three steps ------------------------------------------------------------------------------------
     def execute(self, fl_ctx: FLContext) -> dict[str, Any]:
@@ -129,8 +103,8 @@ class PersistToS3AndCleanup(FLComponent):
 
     def upload_results_to_s3_bucket(self, fl_ctx: FLContext) -> dict[str, Any]:
         """Stage the artifacts, record ``upload_pending.json``, upload, verify; return the manifest."""
-        if self.model_persistor is None:
-            raise UploadError(f"persistor {self.persistor_id!r} was not found at run start")
+        if self.model_persistor is None or self.settings is None:
+            raise UploadError(f"{type(self).__name__} was not set up at run start (see the earlier error)")
         folder = run_dir(fl_ctx)
         run_id = fl_ctx.get_prop(RUN_ID_PROP) or new_run_id(fl_ctx.get_job_id())
         prefix = s3.run_prefix(self.model_id, run_id)
@@ -142,15 +116,16 @@ class PersistToS3AndCleanup(FLComponent):
             **(fl_ctx.get_prop(RUN_INFO_PROP) or {}),
             "versions": {"flip": flip.__version__, "nvflare": nvflare.__version__, "torch": torch.__version__},
         }
-        pending = {"bucket": self.bucket_name, "prefix": prefix, "sse": self._sse, "info": info,
+        pending = {"bucket": self.bucket_name, "prefix": prefix, "sse": self.settings.s3_sse, "info": info,
+                   "workspace_root": str(workspace_root(fl_ctx)),
                    "files": {k: str(v.relative_to(folder)) for k, v in files.items()}}
-        _write_json(folder / RunFile.UPLOAD_PENDING, pending)
+        write_pending(folder, pending)
         self.log_info(fl_ctx, f"uploading {len(files)} objects to s3://{self.bucket_name}/{prefix}")
-        manifest = upload_pending(folder, self.bucket_name, pending, create_bucket=self._create_bucket,
-                                  log=lambda msg: self.log_info(fl_ctx, msg))
+        self.manifest = complete_upload(folder, pending, create_bucket=self.settings.s3_create_bucket,
+                                        transfer=self.settings.transfer(), log=lambda msg: self.log_info(fl_ctx, msg))
         self.log_info(fl_ctx, f"verified s3://{self.bucket_name}/{prefix}{RunFile.MANIFEST}: "
-                              f"{len(manifest['objects'])} objects match")
-        return manifest
+                              f"{len(self.manifest['objects'])} objects match")
+        return self.manifest
 
     def cleanup(self, fl_ctx: FLContext) -> list[str]:
         """Delete the run's files (logs kept). Only call after a verified upload."""
@@ -187,34 +162,10 @@ class PersistToS3AndCleanup(FLComponent):
                 target.parent.mkdir(exist_ok=True)
                 shutil.copyfile(result, target)
                 files[f"{RunFile.RESULTS_DIR}/{result.name}"] = target
-        metrics = run_dir(fl_ctx) / RunFile.METRICS
-        if metrics.is_file():
-            shutil.copyfile(metrics, staging / RunFile.METRICS)
-            files[RunFile.METRICS] = staging / RunFile.METRICS
+        extras = [(run_dir(fl_ctx) / RunFile.METRICS, RunFile.METRICS),
+                  (app_custom_dir(fl_ctx) / RunFile.PREPROCESSING, RunFile.PREPROCESSING)]
+        for source, key in extras:
+            if source.is_file():
+                shutil.copyfile(source, staging / key)
+                files[key] = staging / key
         return files
-
-
-def upload_pending(folder: Path, bucket: str, pending: dict[str, Any], *, create_bucket: bool = False,
-                   log=None) -> dict[str, Any]:
-    """Upload and verify what ``upload_pending.json`` describes (relative to ``folder``); return the manifest."""
-    client = s3.make_s3_client()
-    s3.ensure_bucket(client, bucket, create=create_bucket)
-    files = {key: folder / rel for key, rel in pending["files"].items()}
-    missing = [str(p) for p in files.values() if not p.is_file()]
-    if missing:
-        raise UploadError(f"staged files are missing: {', '.join(missing[:3])}")
-
-    def on_object(entry, uploaded):
-        if log:
-            log(f"{'uploaded' if uploaded else 'already present'}: {entry.key} ({entry.size} bytes)")
-
-    s3.upload_run(client, bucket, pending["prefix"], files, pending["info"], sse=pending.get("sse"),
-                  on_object=on_object)
-    return s3.verify_run(client, bucket, pending["prefix"])
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-

@@ -17,7 +17,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
 from flip.constants import ComponentId, FlipEvent, FlipMeta, RunFile, RunStatus
-from flip.errors import FlipError
+from flip.errors import CleanupError, FlipError
 from flip.metrics import clean_metrics, weighted_means
 from flip.nvflare.components.persist_to_s3_and_cleanup import (
     RESULT_FILES_PROP,
@@ -264,9 +264,15 @@ class ServerEventHandler(FLComponent):
             fl_ctx.set_prop(RESULT_FILES_PROP, [str(results)], private=True, sticky=False)
             fl_ctx.set_prop(RUN_INFO_PROP, {"rounds": len(self.rounds), "sites": sites}, private=True, sticky=False)
             manifest = self.persist_and_cleanup.execute(fl_ctx)
+        except CleanupError as exc:
+            uploaded = self.persist_and_cleanup.manifest
+            where = f"s3://{self.persist_and_cleanup.bucket_name}/{uploaded['prefix']}" if uploaded else "S3"
+            self.report_status(fl_ctx, RunStatus.ERROR, f"results verified at {where} but cleanup failed: {exc}")
+            self.log_error(fl_ctx, f"fix the cause, then finish with `flip upload --resume {run_dir(fl_ctx)}`")
+            return
         except (FlipError, OSError, ValueError) as exc:
             self.report_status(fl_ctx, RunStatus.ERROR, f"results not uploaded: {exc}")
-            self.log_error(fl_ctx, "nothing was deleted: finish with `flip upload --resume <run folder>`")
+            self.log_error(fl_ctx, f"nothing was deleted: finish with `flip upload --resume {run_dir(fl_ctx)}`")
             return
         self.upload_key = f"s3://{self.persist_and_cleanup.bucket_name}/{manifest['prefix']}"
         self.log_info(fl_ctx, f"model and results verified at {self.upload_key}")

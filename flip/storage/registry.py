@@ -1,0 +1,253 @@
+"""The model registry: models by id, their runs and artifacts, read from the S3 layout only.
+
+``s3://<bucket>/<model_id>/<run_id>/`` with ``manifest.json`` written last: a run is *verified* iff its manifest
+exists and every object matches it, and only verified runs are ever served. Artifacts load safely:
+``torch.load(..., weights_only=True)`` for a state dict, ``torch.jit.load`` for a TorchScript archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from botocore.exceptions import BotoCoreError, ClientError
+
+from flip.constants import RunFile
+from flip.errors import FlipError, StorageError, VerificationError
+from flip.platform.base import check_path_name
+from flip.storage import s3
+
+
+class RegistryError(FlipError):
+    """The registry cannot serve what was asked (unknown model, no verified run, bad artifact)."""
+
+
+@dataclass
+class RunRecord:
+    """One run of a model, as the registry sees it."""
+
+    model_id: str
+    run_id: str
+    verified: bool
+    problem: str | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def created(self) -> str:
+        return self.manifest.get("created", "")
+
+    @property
+    def size(self) -> int:
+        return sum(o["size"] for o in self.manifest.get("objects", []))
+
+    @property
+    def keys(self) -> list[str]:
+        return [o["key"] for o in self.manifest.get("objects", [])]
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive is a zip with a ``code/`` folder (a ``torch.save`` file has none)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def load_model_file(path: str | Path) -> Any:
+    """Load a model artifact without running pickled code: a state dict (weights_only) or TorchScript.
+
+    Raises:
+        RegistryError: the file is neither (e.g. a pickle that needs arbitrary code to load).
+    """
+    path = Path(path)
+    if is_torchscript(path):
+        return torch.jit.load(str(path), map_location="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a file it refuses to load safely
+        raise RegistryError(f"{path.name} is neither a weights-only torch.save file nor TorchScript") from exc
+
+
+class ModelRegistry:
+    """Models in the models bucket (Python API behind ``flip models``).
+
+    Args:
+        client: an S3 client (default: boto3's chain, see flip.storage.s3.make_s3_client).
+        bucket: the models bucket (default: FLIP_MODELS_BUCKET).
+    """
+
+    def __init__(self, client=None, bucket: str | None = None):
+        from flip.settings import check_bucket_name, load_settings
+
+        self.client = client or s3.make_s3_client()
+        self.bucket = check_bucket_name(bucket) if bucket else load_settings().models_bucket
+
+    def _prefixes(self, prefix: str) -> list[str]:
+        found, token = [], None
+        try:
+            while True:
+                kwargs = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
+                if token:
+                    kwargs["ContinuationToken"] = token
+                page = self.client.list_objects_v2(**kwargs)
+                found += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+                if not page.get("IsTruncated"):
+                    return found
+                token = page["NextContinuationToken"]
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot list s3://{self.bucket}/{prefix}: {s3.describe_error(exc)}") from exc
+
+    def model_ids(self) -> list[str]:
+        """Every model id that has at least one run folder."""
+        ids = []
+        for name in self._prefixes(""):
+            try:
+                ids.append(s3.check_model_id(name))
+            except ValueError:
+                continue  # not ours: the bucket may hold other things
+        return sorted(ids)
+
+    def runs(self, model_id: str) -> list[RunRecord]:
+        """The model's runs, oldest first, each verified against its manifest."""
+        model_id = s3.check_model_id(model_id)
+        records = []
+        for run_id in self._prefixes(f"{model_id}/"):
+            try:
+                check_path_name("run id", run_id)
+            except ValueError:
+                continue
+            prefix = s3.run_prefix(model_id, run_id)
+            try:
+                manifest = s3.verify_run(self.client, self.bucket, prefix)
+                records.append(RunRecord(model_id, run_id, True, manifest=manifest))
+            except VerificationError as exc:
+                partial = s3.read_manifest(self.client, self.bucket, prefix) or {}
+                records.append(RunRecord(model_id, run_id, False, problem=str(exc), manifest=partial))
+        return sorted(records, key=lambda r: (r.created, r.run_id))
+
+    def run(self, model_id: str, run_id: str | None = None) -> RunRecord:
+        """The given run, or the latest verified one. Unverified runs are never served.
+
+        Raises:
+            RegistryError: no such model or run, or the run does not verify.
+        """
+        records = self.runs(model_id)
+        if not records:
+            raise RegistryError(f"model {model_id} has no runs in s3://{self.bucket}")
+        if run_id is None:
+            verified = [r for r in records if r.verified]
+            if not verified:
+                raise RegistryError(f"model {model_id} has no verified run ({len(records)} unfinished or damaged)")
+            return verified[-1]
+        for record in records:
+            if record.run_id == run_id:
+                if not record.verified:
+                    raise RegistryError(f"run {run_id} of model {model_id} is not served: {record.problem}")
+                return record
+        raise RegistryError(f"model {model_id} has no run {run_id!r} (runs: {', '.join(r.run_id for r in records)})")
+
+    def metrics(self, record: RunRecord) -> dict[str, Any]:
+        """The run's metrics.json (empty if it has none)."""
+        if RunFile.METRICS not in record.keys:
+            return {}
+        return json.loads(self._get(record, RunFile.METRICS))
+
+    def _get(self, record: RunRecord, key: str) -> bytes:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=f"{record.model_id}/{record.run_id}/{key}")
+            return body["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot read {key} of run {record.run_id}: {s3.describe_error(exc)}") from exc
+
+    def show(self, model_id: str) -> dict[str, Any]:
+        """Runs (verified or not), rounds, sites, the final metrics and sizes of a model."""
+        runs = []
+        for record in self.runs(model_id):
+            entry = {"run_id": record.run_id, "verified": record.verified, "created": record.created,
+                     "rounds": record.manifest.get("rounds"), "sites": record.manifest.get("sites"),
+                     "bytes": record.size, "artifacts": record.keys}
+            if record.verified:
+                rounds = self.metrics(record).get("rounds") or []
+                entry["final_metrics"] = rounds[-1].get("global", {}) if rounds else {}
+            else:
+                entry["problem"] = record.problem
+            runs.append(entry)
+        if not runs:
+            raise RegistryError(f"model {model_id} has no runs in s3://{self.bucket}")
+        return {"model_id": s3.check_model_id(model_id), "bucket": self.bucket, "runs": runs}
+
+    def download(self, model_id: str, run_id: str | None = None, out: str | Path | None = None,
+                 artifact: str = RunFile.GLOBAL_MODEL) -> Path:
+        """Download an artifact of a verified run (default: the latest), check its sha256 and that it loads.
+
+        Returns:
+            The written file (``out``, default ``<model_id>-<run_id>-<artifact>`` in the current folder).
+        """
+        record = self.run(model_id, run_id)
+        entry = next((o for o in record.manifest["objects"] if o["key"] == s3.check_object_key(artifact)), None)
+        if entry is None:
+            raise RegistryError(f"run {record.run_id} has no {artifact} (it has {', '.join(record.keys)})")
+        target = Path(out) if out else Path(f"{record.model_id}-{record.run_id}-{Path(artifact).name}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".download-", delete=False) as tmp:
+            data = self._get(record, artifact)
+            tmp.write(data)
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            os.unlink(tmp.name)
+            raise RegistryError(f"{artifact} of run {record.run_id} does not match its manifest sha256")
+        if artifact.endswith(".pt"):
+            try:
+                load_model_file(tmp.name)
+            except RegistryError:
+                os.unlink(tmp.name)
+                raise
+        shutil.move(tmp.name, target)
+        return target
+
+    def load(self, model_id: str, run_id: str | None = None) -> Any:
+        """The global model of a verified run: a state dict, or a TorchScript module."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return load_model_file(self.download(model_id, run_id, Path(tmp) / RunFile.GLOBAL_MODEL))
+
+    def upload(self, model_id: str, model_file: str | Path, run_id: str | None = None) -> dict[str, Any]:
+        """Register a model file (a weights-only torch.save state or a TorchScript archive) as a verified run."""
+        model_file = Path(model_file)
+        load_model_file(model_file)  # refuse what cannot be loaded safely
+        run_id = run_id or f"upload-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        prefix = s3.run_prefix(model_id, run_id)
+        s3.upload_run(self.client, self.bucket, prefix, {RunFile.GLOBAL_MODEL: model_file},
+                      {"model_id": s3.check_model_id(model_id), "run_id": run_id, "source": "upload",
+                       "format": "torchscript" if is_torchscript(model_file) else "state_dict"})
+        return s3.verify_run(self.client, self.bucket, prefix)
+
+    def remove(self, model_id: str) -> int:
+        """Delete every object of the model (manifests first, so no run looks complete meanwhile)."""
+        model_id = s3.check_model_id(model_id)
+        keys, token = [], None
+        try:
+            while True:
+                kwargs = {"Bucket": self.bucket, "Prefix": f"{model_id}/"}
+                if token:
+                    kwargs["ContinuationToken"] = token
+                page = self.client.list_objects_v2(**kwargs)
+                keys += [o["Key"] for o in page.get("Contents", [])]
+                if not page.get("IsTruncated"):
+                    break
+                token = page["NextContinuationToken"]
+            if not keys:
+                raise RegistryError(f"model {model_id} has no objects in s3://{self.bucket}")
+            keys.sort(key=lambda k: not k.endswith("/" + RunFile.MANIFEST))
+            for key in keys:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot remove model {model_id}: {s3.describe_error(exc)}") from exc
+        return len(keys)
