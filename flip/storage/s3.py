@@ -83,13 +83,16 @@ def run_prefix(model_id: str, run_id: str) -> str:
 def make_s3_client(*, max_attempts: int = 5, connect_timeout: float = 10, read_timeout: float = 120):
     """Build an S3 client from boto3's own settings chain (``AWS_*`` variables, profiles, instance roles).
 
-    Retries use botocore's standard mode; a custom endpoint (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, e.g.
-    SeaweedFS) gets path-style addressing; the region defaults to us-east-1.
+    Retries use botocore's standard mode (``AWS_RETRY_MODE=adaptive`` and ``AWS_MAX_ATTEMPTS`` are honoured);
+    a custom endpoint (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, e.g. SeaweedFS) gets path-style addressing;
+    the region defaults to us-east-1.
     """
     session = boto3.session.Session()
+    max_attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", max_attempts))
+    mode = os.environ.get("AWS_RETRY_MODE", "standard")
     custom_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     config = Config(
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": mode if mode in ("standard", "adaptive") else "standard", "max_attempts": max_attempts},
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         s3={"addressing_style": "path" if custom_endpoint else "auto"},
@@ -97,11 +100,19 @@ def make_s3_client(*, max_attempts: int = 5, connect_timeout: float = 10, read_t
     return session.client("s3", region_name=session.region_name or "us-east-1", config=config)
 
 
+_DENIED = {"403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken"}
+
+
 def describe_error(exc: BaseException) -> str:
     """A short cause for an S3 failure (an error code or exception type; never credentials)."""
     if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'ClientError')} (HTTP {exc.response.get('ResponseMetadata', {}).get('HTTPStatusCode', '?')})"
+        code = exc.response.get("Error", {}).get("Code", "ClientError")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        hint = ": access denied, check the S3 credentials" if code in _DENIED else ""
+        return f"{code} (HTTP {status}){hint}"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, S3TransferFailed) and cause is not None:
+        return describe_error(cause)
     return type(exc).__name__
 
 

@@ -67,6 +67,7 @@ class WeedS3:
         self.secret_key = secret_key or secrets.token_urlsafe(30)
         self.process: subprocess.Popen | None = None
         self.s3_port: int | None = None
+        self.ports: dict[str, int] = {}
 
     @property
     def endpoint(self) -> str:
@@ -91,9 +92,21 @@ class WeedS3:
 
     def start(self, timeout: float = 60.0) -> "WeedS3":
         data_dir = self.root / "data"
-        log_dir = self.root / "logs"
         shutil.rmtree(data_dir, ignore_errors=True)  # weed keeps mini.options in its data dir
         data_dir.mkdir(parents=True)
+        self.ports = dict(zip([f"{s}.port{g}" for s in _SERVICES for g in ("", ".grpc")],
+                              free_ports(2 * len(_SERVICES))))
+        return self._launch(timeout)
+
+    def restart(self, timeout: float = 60.0) -> "WeedS3":
+        """Start again on the same data and ports (after stop() or kill()): buckets and objects survive."""
+        if self.alive():
+            raise StorageError("weed mini is still running: stop or kill it before restarting")
+        return self._launch(timeout)
+
+    def _launch(self, timeout: float) -> "WeedS3":
+        data_dir = self.root / "data"
+        log_dir = self.root / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         identities = self.root / "s3_identities.json"
         identities.write_text(json.dumps({"identities": [{
@@ -103,14 +116,13 @@ class WeedS3:
         }]}))
         identities.chmod(0o600)
 
-        ports = dict(zip([f"{s}.port{g}" for s in _SERVICES for g in ("", ".grpc")], free_ports(2 * len(_SERVICES))))
-        self.s3_port = ports["s3.port"]
+        self.s3_port = self.ports["s3.port"]
         args = [find_weed(), f"-logdir={log_dir}", "mini", f"-dir={data_dir}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
                 "-s3.port.lance=0", f"-s3.config={identities}"]
-        args += [f"-{name}={port}" for name, port in ports.items()]
+        args += [f"-{name}={port}" for name, port in self.ports.items()]
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        self._log = open(log_dir / "weed.out", "wb")
+        self._log = open(log_dir / "weed.out", "ab")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=child_env,
                                         start_new_session=True)
         try:
@@ -164,7 +176,8 @@ class WeedS3:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
-    def stop(self) -> None:
+    def stop(self, remove_data: bool = True) -> None:
+        """Stop the server; remove its folder if it made it (and ``remove_data``)."""
         if self.process is not None and self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -173,7 +186,7 @@ class WeedS3:
                 self.kill()
         if getattr(self, "_log", None):
             self._log.close()
-        if self._own_root:
+        if self._own_root and remove_data:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> "WeedS3":

@@ -1,0 +1,213 @@
+"""Faults during a run's upload, on a real S3 server (weed mini) and the real simulator.
+
+For each fault: the run ends in ERROR naming the cause, its workspace is intact (model, staged artifacts,
+upload_pending.json), then, once the fault is removed, ``flip upload --resume`` completes, the manifest
+verifies, the registry serves the model and the run folder is cleaned.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from flip.cli import main as flip_cli
+from flip.constants import RunFile
+from flip.jobs import DEMO_APP_DIR, write_job
+from flip.storage import s3
+from flip.storage.pending import is_log_file
+from flip.storage.registry import ModelRegistry
+from flip.storage.weed import WeedS3
+from tests.conftest import environ
+from tests.integration.conftest import simulate
+from tests.integration.tcp_proxy import TcpProxy
+
+pytestmark = [pytest.mark.simulator, pytest.mark.s3]
+
+BIG_BUFFER = 1_600_000  # 6.4 MB of float32: the model is uploaded in two parts (5 MiB + the rest)
+FAST_FAIL = {"AWS_MAX_ATTEMPTS": "2", "FLIP_S3_MULTIPART_THRESHOLD_MB": "5", "FLIP_S3_PART_SIZE_MB": "5"}
+
+
+@pytest.fixture(scope="module")
+def big_app(tmp_path_factory):
+    """The demo app with a 12 MB buffer in its model, so that every upload is multipart."""
+    app = tmp_path_factory.mktemp("big_app") / "app"
+    shutil.copytree(DEMO_APP_DIR, app, ignore=shutil.ignore_patterns("__pycache__"))
+    models = app / "models.py"
+    models.write_text(models.read_text() + f'''
+
+class BigDigitsNet(DigitsNet):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("lookup_table", torch.linspace(0, 1, {BIG_BUFFER}))
+
+
+def get_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return BigDigitsNet()
+''')
+    return app
+
+
+class FaultRun:
+    """One simulator run of the big job under a fault, and what it left."""
+
+    def __init__(self, tmp: Path, big_app: Path, server: WeedS3, env: dict, inject=None):
+        self.model_id = str(uuid.uuid4())
+        job = write_job("standard", tmp / "jobs", model_id=self.model_id, num_rounds=1, app_dir=big_app)
+        self.server = server
+        stop = threading.Event()
+        injector = threading.Thread(target=inject, args=(tmp / "workspace", stop), daemon=True) if inject else None
+        if injector:
+            injector.start()
+        try:
+            self.run = simulate(tmp, job, server, ["site-1", "site-2"], threads=2, extra_env={**FAST_FAIL, **env})
+        finally:
+            stop.set()
+            if injector:
+                injector.join(timeout=30)
+        self.folder = self.run.workspace / "server" / "simulate_job"
+
+    @property
+    def statuses(self) -> list[dict]:
+        return self.run.statuses(self.model_id)
+
+    def assert_failed_and_intact(self, cause: str) -> None:
+        final = self.statuses[-1]
+        assert final["status"] == "ERROR", self.statuses
+        assert cause in final["reason"], final["reason"]
+        assert "Traceback" not in final["reason"]
+        assert self.server.secret_key not in final["reason"]
+        assert (self.folder / RunFile.UPLOAD_PENDING).is_file()
+        assert (self.folder / RunFile.STAGING_DIR / RunFile.GLOBAL_MODEL).is_file()
+        assert list(self.folder.glob("app_server/FL_global_model.pt"))
+
+    def resume(self, server: WeedS3, **env) -> int:
+        with environ(**{**self.run.env, **FAST_FAIL, **server.env, **env}):
+            return flip_cli(["upload", "--resume", str(self.run.workspace)])
+
+    def assert_resumed(self, server: WeedS3) -> None:
+        assert self.statuses[-1]["status"] == "RESULTS_UPLOADED", self.statuses
+        client = server._client()
+        prefix = s3.run_prefix(self.model_id, self.statuses[-1]["job_id"])
+        manifest = s3.verify_run(client, server.bucket, prefix)
+        assert RunFile.GLOBAL_MODEL in {o["key"] for o in manifest["objects"]}
+        state = ModelRegistry(client, server.bucket).load(self.model_id)
+        assert state["lookup_table"].shape == (BIG_BUFFER,)
+        assert torch.equal(state["lookup_table"], torch.linspace(0, 1, BIG_BUFFER))  # untouched by training
+        assert all(is_log_file(p.name) for p in self.folder.iterdir())
+        assert not s3.abort_incomplete_uploads(client, server.bucket, prefix)  # nothing unfinished left behind
+
+
+@pytest.fixture
+def own_weed(tmp_path):
+    server = WeedS3(bucket="flip-models", root=tmp_path / "own_weed").start()
+    yield server
+    server.stop()
+
+
+def test_server_killed_before_the_upload(tmp_path, big_app, own_weed):
+    own_weed.kill()  # SIGKILL by pid: the S3 server is gone before the run even starts
+    assert not own_weed.alive()
+    fault = FaultRun(tmp_path, big_app, own_weed, {})
+    fault.assert_failed_and_intact("cannot reach the S3 server")
+    own_weed.restart()
+    assert fault.resume(own_weed) == 0
+    fault.assert_resumed(own_weed)
+
+
+def test_server_killed_in_the_middle_of_a_multipart_upload_then_network_cut_during_resume(tmp_path, big_app, own_weed):
+    proxy = TcpProxy(own_weed.s3_port, trip_after=5_500_000, on_trip=own_weed.kill)
+    try:
+        fault = FaultRun(tmp_path, big_app, own_weed, {"AWS_ENDPOINT_URL_S3": proxy.endpoint})
+    finally:
+        proxy.close()
+    assert proxy.tripped.is_set() and not own_weed.alive()
+    fault.assert_failed_and_intact("results not uploaded: upload to flip-models/")
+    own_weed.restart()
+    client = own_weed._client()
+    assert client.list_multipart_uploads(Bucket=own_weed.bucket).get("Uploads"), "the killed upload left parts"
+
+    # the server is back, but the network drops in the middle of the resumed upload
+    cut = TcpProxy(own_weed.s3_port, trip_after=3_000_000, cut=True)
+    try:
+        assert fault.resume(own_weed, AWS_ENDPOINT_URL_S3=cut.endpoint) == 2
+    finally:
+        cut.close()
+    assert cut.tripped.is_set() and own_weed.alive()
+    fault.assert_failed_and_intact("resume failed: upload to flip-models/")
+
+    assert fault.resume(own_weed) == 0
+    fault.assert_resumed(own_weed)
+
+
+def test_wrong_secret(tmp_path, big_app, weed):
+    fault = FaultRun(tmp_path, big_app, weed, {"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
+    fault.assert_failed_and_intact("access denied, check the S3 credentials")
+    assert "not-the-secret" not in fault.statuses[-1]["reason"]
+    assert "not-the-secret" not in (fault.run.workspace / "server" / "log.txt").read_text()
+    assert fault.resume(weed) == 0
+    fault.assert_resumed(weed)
+
+
+def test_bucket_missing(tmp_path, big_app, weed):
+    fault = FaultRun(tmp_path, big_app, weed, {"FLIP_MODELS_BUCKET": "no-such-bucket"})
+    fault.assert_failed_and_intact("bucket 'no-such-bucket' does not exist (set FLIP_S3_CREATE_BUCKET=true")
+    assert fault.resume(weed, FLIP_S3_CREATE_BUCKET="true") == 0
+    assert fault.statuses[-1]["status"] == "RESULTS_UPLOADED"
+    state = ModelRegistry(weed._client(), "no-such-bucket").load(fault.model_id)
+    assert state["lookup_table"].shape == (BIG_BUFFER,)
+
+
+def _make_read_only(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+    else:
+        path.chmod(0o555)
+
+
+def _make_writable(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], check=True, capture_output=True)
+    else:
+        path.chmod(0o755)
+
+
+def test_read_only_workspace_at_cleanup(tmp_path, big_app, weed):
+    if os.geteuid() == 0 and shutil.which("chattr") is None:
+        pytest.skip("running as root without chattr: a read-only folder cannot be made")
+    locked: list[Path] = []
+
+    def lock_config_once_training_runs(workspace: Path, stop: threading.Event) -> None:
+        log, config = workspace / "server" / "log.txt", workspace / "server" / "simulate_job" / "app_server" / "config"
+        while not stop.is_set():
+            if log.is_file() and "run status TRAINING_STARTED" in log.read_text(errors="replace"):
+                _make_read_only(config)
+                locked.append(config)
+                return
+            time.sleep(0.2)
+
+    fault = FaultRun(tmp_path, big_app, weed, {}, inject=lock_config_once_training_runs)
+    assert locked, "the run ended before its config folder could be locked"
+    try:
+        final = fault.statuses[-1]
+        assert final["status"] == "ERROR" and "but cleanup failed" in final["reason"], final
+        assert f"verified at s3://{weed.bucket}/{fault.model_id}/" in final["reason"]
+        assert (fault.folder / RunFile.UPLOAD_PENDING).is_file()
+        # the upload itself was verified before anything was deleted
+        prefix = s3.run_prefix(fault.model_id, final["job_id"])
+        s3.verify_run(weed._client(), weed.bucket, prefix)
+        with environ(**{**fault.run.env, **FAST_FAIL}):
+            assert flip_cli(["upload", "--resume", str(fault.folder)]) == 2  # still read-only: refused, named
+        assert fault.statuses[-1]["status"] == "ERROR" and "cleanup" in fault.statuses[-1]["reason"]
+    finally:
+        _make_writable(locked[0])
+    assert fault.resume(weed) == 0
+    fault.assert_resumed(weed)
