@@ -107,13 +107,15 @@ class ModelRegistry:
             raise StorageError(f"cannot list s3://{self.bucket}/{prefix}: {s3.describe_error(exc)}") from exc
 
     def model_ids(self) -> list[str]:
-        """Every model id that has at least one run folder."""
+        """Every model id that has objects in the bucket."""
         ids = []
         for name in self._prefixes(""):
             try:
-                ids.append(s3.check_model_id(name))
+                model_id = s3.check_model_id(name)
             except ValueError:
                 continue  # not ours: the bucket may hold other things
+            if self._has_objects(f"{model_id}/"):
+                ids.append(model_id)
         return sorted(ids)
 
     def runs(self, model_id: str) -> list[RunRecord]:
@@ -130,9 +132,17 @@ class ModelRegistry:
                 manifest = s3.verify_run(self.client, self.bucket, prefix)
                 records.append(RunRecord(model_id, run_id, True, manifest=manifest))
             except VerificationError as exc:
-                partial = s3.read_manifest(self.client, self.bucket, prefix) or {}
-                records.append(RunRecord(model_id, run_id, False, problem=str(exc), manifest=partial))
+                partial = s3.read_manifest(self.client, self.bucket, prefix)
+                if partial is None and not self._has_objects(prefix):
+                    continue  # an empty folder left by a removal: not a run
+                records.append(RunRecord(model_id, run_id, False, problem=str(exc), manifest=partial or {}))
         return sorted(records, key=lambda r: (r.created, r.run_id))
+
+    def _has_objects(self, prefix: str) -> bool:
+        try:
+            return self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0) > 0
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot list s3://{self.bucket}/{prefix}: {s3.describe_error(exc)}") from exc
 
     def run(self, model_id: str, run_id: str | None = None) -> RunRecord:
         """The given run, or the latest verified one. Unverified runs are never served.
