@@ -116,3 +116,14 @@ def test_cli_list_show_download_remove(weed, tmp_path, capsys):
 def test_bad_model_id_is_named(registry):
     with pytest.raises(ValueError, match="model_id must be a UUID"):
         registry.runs("../../etc")
+
+
+def test_server_side_encryption_is_applied_when_configured(registry, tmp_path):
+    model_id = str(uuid.uuid4())
+    model = tmp_path / "m.pt"
+    torch.save(Net().state_dict(), model)
+    prefix = s3.run_prefix(model_id, "sse")
+    s3.upload_run(registry.client, registry.bucket, prefix, {RunFile.GLOBAL_MODEL: model}, {}, sse="AES256")
+    head = registry.client.head_object(Bucket=registry.bucket, Key=prefix + RunFile.GLOBAL_MODEL)
+    assert head["ServerSideEncryption"] == "AES256"
+    assert registry.run(model_id).verified
