@@ -12,26 +12,26 @@ if TYPE_CHECKING:
 
 
 def FLIP(settings: "FlipSettings | None" = None) -> "Platform":  # noqa: N802 - the platform's documented name
-    """Return the platform of the current environment (``FLIP_ENV``).
+    """Return the platform of the current environment (``FLIP_ENV``): dev (local files) or prod (the hub).
+
+    The prod platform needs FLIP_HUB_URL and FLIP_HUB_API_KEY on the server only; the server checks them at
+    run start (``require_hub``). Sites never hold the key.
 
     Args:
         settings: settings to use; default: read from the environment.
 
     Raises:
-        SettingsError: a FLIP_* variable is missing or invalid (named in the message).
-        PlatformError: the environment's platform is not available.
+        SettingsError: a FLIP_* variable is invalid (named in the message).
     """
-    from flip.errors import PlatformError
     from flip.platform.dev import LocalPlatform
+    from flip.platform.hub import HubPlatform
     from flip.settings import load_settings
 
     settings = settings or load_settings()
     if settings.env == "dev":
         return LocalPlatform(settings.local_dir)
-    raise PlatformError(
-        "FLIP_ENV=prod: the production platform (the FLIP hub's HTTP API) is not available in this version "
-        "of flip; use FLIP_ENV=dev (local files under FLIP_LOCAL_DIR)"
-    )
+    return HubPlatform(settings.hub_url, settings.hub_api_key, settings.local_dir,
+                       timeout=settings.hub_timeout, attempts=settings.hub_retries)
 
 
 __all__ = ["FLIP", "__version__"]

@@ -100,6 +100,37 @@ def _cmd_models_remove(args) -> int:
     return 0
 
 
+def _cmd_status(args) -> int:
+    import time
+
+    from flip import FLIP
+    from flip.storage.s3 import check_model_id
+
+    model_id = check_model_id(args.model_id)
+    platform = FLIP()
+    statuses = platform.read_statuses(model_id)
+    if not statuses:
+        print(f"no status recorded for model {model_id} ({platform.name} platform)")
+        return 1
+    runs: dict[str, list[dict]] = {}
+    for record in statuses:
+        runs.setdefault(record["run_id"], []).append(record)
+    metrics = platform.read_metrics(model_id)
+    for run_id, records in runs.items():
+        print(f"run {run_id}")
+        for r in records:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
+            print(f"  {when}  {r['status']}" + (f": {r['reason']}" if r.get("reason") else ""))
+        mine = [m for m in metrics if m["run_id"] == run_id]
+        if mine:
+            last_round = max(m["round"] for m in mine)
+            print(f"  metrics of round {last_round}:")
+            for m in sorted((m for m in mine if m["round"] == last_round), key=lambda m: m["site"]):
+                values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m["metrics"].items())
+                print(f"    {m['site']:>12}: {values}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flip", description="FLIP on NVFlare")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--resume", required=True, metavar="PATH",
                         help="a run folder with upload_pending.json, or a workspace holding such folders")
     upload.set_defaults(func=_cmd_upload)
+
+    status = sub.add_parser("status", help="a model's run status lifecycle and latest metrics")
+    status.add_argument("model_id")
+    status.set_defaults(func=_cmd_status)
 
     models = sub.add_parser("models", help="the model registry (verified runs only are served)")
     models.add_argument("--bucket", default=None, help="default: FLIP_MODELS_BUCKET")

@@ -33,6 +33,11 @@ class FlipMeta:
     TOTAL_ROUNDS = "flip_total_rounds"
     ERROR_REASON = "flip_error_reason"
     SITE_NAME = "flip_site_name"
+    PRIVACY = "flip_privacy"
+
+
+#: fl_ctx property through which an executor hands its task's metrics to the ClientEventHandler
+TASK_METRICS_PROP = "flip.task_metrics"
 
 
 class ComponentId:

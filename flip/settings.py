@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flip.errors import SettingsError
@@ -37,8 +37,10 @@ class FlipSettings(BaseSettings):
         env: ``dev`` (local files under ``local_dir``) or ``prod`` (the FLIP hub's HTTP API).
         models_bucket: S3 bucket that receives each run's model and results.
         local_dir: the dev platform's folder (status, metrics, cohorts, images).
-        hub_url: the hub's base URL (prod, server only).
-        hub_api_key: the hub's API key (prod, server only); never printed.
+        hub_url: the hub's base URL (prod, server only; the server checks it at run start).
+        hub_api_key: the hub's API key (prod, server only); never printed. Sites never hold it.
+        hub_timeout: seconds per hub request (> 0). Default 5.
+        hub_retries: attempts per hub request (>= 1), with backoff. Default 4.
         s3_create_bucket: create ``models_bucket`` if it is missing (otherwise a missing bucket is an error).
         s3_sse: server-side encryption for uploads (``AES256`` or ``aws:kms``), or none.
         s3_multipart_threshold_mb: objects of this size or more are uploaded in parts (>= 5). Default 1024.
@@ -56,6 +58,8 @@ class FlipSettings(BaseSettings):
     s3_sse: Literal["AES256", "aws:kms"] | None = None
     s3_multipart_threshold_mb: int = Field(default=1024, ge=5)
     s3_part_size_mb: int = Field(default=64, ge=5)
+    hub_timeout: float = Field(default=5.0, gt=0)
+    hub_retries: int = Field(default=4, ge=1)
 
     @field_validator("models_bucket")
     @classmethod
@@ -70,15 +74,6 @@ class FlipSettings(BaseSettings):
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError(f"hub URL {value!r} is invalid: expected http(s)://host[:port][/path]")
         return value.rstrip("/")
-
-    @model_validator(mode="after")
-    def _prod_needs_hub(self) -> "FlipSettings":
-        if self.env == "prod":
-            missing = [name for name, val in (("HUB_URL", self.hub_url), ("HUB_API_KEY", self.hub_api_key)) if not val]
-            if missing:
-                names = ", ".join(ENV_PREFIX + m for m in missing)
-                raise ValueError(f"FLIP_ENV=prod needs {names} to be set")
-        return self
 
 
     def transfer(self):

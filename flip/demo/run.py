@@ -77,13 +77,18 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
             return 1
 
         client = s3.make_s3_client()
-        prefix = s3.run_prefix(model_id, final["job_id"])
+        prefix = s3.run_prefix(model_id, final["run_id"])
         try:
             manifest = s3.verify_run(client, server.bucket, prefix)
             metrics = json.loads(client.get_object(Bucket=server.bucket, Key=prefix + RunFile.METRICS)["Body"].read())
             results = json.loads(client.get_object(
                 Bucket=server.bucket, Key=prefix + "results/cross_val_results.json")["Body"].read())
             body = client.get_object(Bucket=server.bucket, Key=prefix + RunFile.GLOBAL_MODEL)["Body"].read()
+            report_dir = workdir / "report"
+            report_dir.mkdir()
+            for entry in manifest["objects"]:
+                if entry["key"].startswith("report/"):
+                    client.download_file(server.bucket, prefix + entry["key"], str(report_dir / entry["key"][7:]))
         except FlipError as exc:
             _say(f"FAILED: {exc}")
             return 1
@@ -102,6 +107,7 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
     print(f"Model:    s3://{server.bucket}/{prefix}{RunFile.GLOBAL_MODEL}")
     print(f"Verified: {len(manifest['objects'])} objects match s3://{server.bucket}/{prefix}{RunFile.MANIFEST}")
     print(f"Status:   " + " -> ".join(s["status"] for s in statuses))
+    print(f"Report:   {report_dir / 'index.html'} (curves: {report_dir / 'curves.png'})")
     print(f"Logs:     {workdir / 'workspace' / 'server' / 'log.txt'}")
     print(f"Time:     simulator run {run_seconds:.1f} s, whole demo {time.monotonic() - started:.1f} s")
     if accuracy < 0.8:

@@ -27,11 +27,11 @@ class Platform(ABC):
     name: str = "platform"
 
     @abstractmethod
-    def report_status(self, model_id: str, job_id: str, status: RunStatus, reason: str | None = None) -> None:
+    def report_status(self, model_id: str, run_id: str, status: RunStatus, reason: str | None = None) -> None:
         """Record the run's new status (``reason`` is short and free of tracebacks and secrets)."""
 
     @abstractmethod
-    def report_metrics(self, model_id: str, job_id: str, round_num: int, site: str, metrics: dict[str, Any]) -> None:
+    def report_metrics(self, model_id: str, run_id: str, round_num: int, site: str, metrics: dict[str, Any]) -> None:
         """Record one site's metrics for one round (``site`` may be ``"global"``)."""
 
     @abstractmethod
@@ -45,3 +45,14 @@ class Platform(ABC):
     @abstractmethod
     def site_images_dir(self, site_name: str, job_id: str) -> Path:
         """Return the folder where this run's images live at ``site_name`` (it may not exist)."""
+
+    def require_hub(self) -> None:
+        """Check what the server needs to report to this platform (nothing for local files)."""
+
+    @abstractmethod
+    def read_statuses(self, model_id: str | None = None) -> list[dict[str, Any]]:
+        """The recorded status changes, oldest first (optionally of one model)."""
+
+    @abstractmethod
+    def read_metrics(self, model_id: str | None = None) -> list[dict[str, Any]]:
+        """The recorded metrics, oldest first (optionally of one model)."""

@@ -47,14 +47,14 @@ class LocalPlatform(Platform):
         except OSError as exc:
             raise PlatformError(f"cannot write {path}: {exc.strerror}") from exc
 
-    def report_status(self, model_id: str, job_id: str, status: RunStatus, reason: str | None = None) -> None:
-        record = {"time": time.time(), "model_id": model_id, "job_id": job_id, "status": RunStatus(status).value}
+    def report_status(self, model_id: str, run_id: str, status: RunStatus, reason: str | None = None) -> None:
+        record = {"time": time.time(), "model_id": model_id, "run_id": run_id, "status": RunStatus(status).value}
         if reason:
             record["reason"] = reason
         self._append(STATUS_FILE, record)
 
-    def report_metrics(self, model_id: str, job_id: str, round_num: int, site: str, metrics: dict[str, Any]) -> None:
-        record = {"time": time.time(), "model_id": model_id, "job_id": job_id, "round": round_num, "site": site}
+    def report_metrics(self, model_id: str, run_id: str, round_num: int, site: str, metrics: dict[str, Any]) -> None:
+        record = {"time": time.time(), "model_id": model_id, "run_id": run_id, "round": round_num, "site": site}
         record["metrics"] = metrics
         self._append(METRICS_FILE, record)
 

@@ -38,10 +38,12 @@ class SimRun:
         return (self.workspace / site / "log.txt").read_text()
 
 
-def simulate(tmp: Path, job_dir: Path, weed, sites: list[str], threads: int, extra_env: dict | None = None) -> SimRun:
-    """Write the sites' cohorts, run ``job_dir`` in the simulator against ``weed``; return the run's traces."""
+def simulate(tmp: Path, job_dir: Path, weed, sites: list[str], threads: int, extra_env: dict | None = None,
+             cohorts_ready: bool = False) -> SimRun:
+    """Write the sites' cohorts (unless ready), run ``job_dir`` in the simulator against ``weed``."""
     local_dir = tmp / "flip"
-    write_cohorts(local_dir, sites)
+    if not cohorts_ready:
+        write_cohorts(local_dir, sites)
     env = {**weed.env, "FLIP_LOCAL_DIR": str(local_dir), "FLIP_ENV": "dev", **(extra_env or {})}
     started = time.monotonic()
     with environ(**env):

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.simulator, pytest.mark.s3]
 def uploaded(standard_run, weed):
     """The run's S3 prefix, manifest and every object's bytes."""
     statuses = standard_run.statuses(DEFAULT_MODEL_ID)
-    run_id = statuses[-1]["job_id"]
+    run_id = statuses[-1]["run_id"]
     prefix = s3.run_prefix(DEFAULT_MODEL_ID, run_id)
     client = weed._client()
     listing = client.list_objects_v2(Bucket=weed.bucket, Prefix=prefix).get("Contents", [])

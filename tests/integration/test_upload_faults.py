@@ -96,7 +96,7 @@ class FaultRun:
     def assert_resumed(self, server: WeedS3) -> None:
         assert self.statuses[-1]["status"] == "RESULTS_UPLOADED", self.statuses
         client = server._client()
-        prefix = s3.run_prefix(self.model_id, self.statuses[-1]["job_id"])
+        prefix = s3.run_prefix(self.model_id, self.statuses[-1]["run_id"])
         manifest = s3.verify_run(client, server.bucket, prefix)
         assert RunFile.GLOBAL_MODEL in {o["key"] for o in manifest["objects"]}
         state = ModelRegistry(client, server.bucket).load(self.model_id)
@@ -202,7 +202,7 @@ def test_read_only_workspace_at_cleanup(tmp_path, big_app, weed):
         assert f"verified at s3://{weed.bucket}/{fault.model_id}/" in final["reason"]
         assert (fault.folder / RunFile.UPLOAD_PENDING).is_file()
         # the upload itself was verified before anything was deleted
-        prefix = s3.run_prefix(fault.model_id, final["job_id"])
+        prefix = s3.run_prefix(fault.model_id, final["run_id"])
         s3.verify_run(weed._client(), weed.bucket, prefix)
         with environ(**{**fault.run.env, **FAST_FAIL}):
             assert flip_cli(["upload", "--resume", str(fault.folder)]) == 2  # still read-only: refused, named

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from flip import FLIP
-from flip.errors import PlatformError, SettingsError
+from flip.errors import SettingsError
 from flip.platform.dev import LocalPlatform
+from flip.platform.hub import HubPlatform
 from flip.settings import load_settings
 
 
@@ -42,15 +43,13 @@ def test_bad_env_is_named(monkeypatch):
         load_settings()
 
 
-def test_prod_needs_hub_url_and_key_and_never_echoes_the_key(monkeypatch):
+def test_bad_hub_url_is_named_and_the_key_never_echoed(monkeypatch):
     monkeypatch.setenv("FLIP_ENV", "prod")
-    with pytest.raises(SettingsError, match="FLIP_ENV=prod needs FLIP_HUB_URL, FLIP_HUB_API_KEY to be set"):
-        load_settings()
     monkeypatch.setenv("FLIP_HUB_URL", "ftp://hub")
     monkeypatch.setenv("FLIP_HUB_API_KEY", "s3cr3t-hub-key")
     with pytest.raises(SettingsError) as err:
         load_settings()
-    assert "FLIP_HUB_URL" in str(err.value) and "s3cr3t-hub-key" not in str(err.value)
+    assert "FLIP_HUB_URL: hub URL 'ftp://hub' is invalid" in str(err.value) and "s3cr3t-hub-key" not in str(err.value)
 
 
 def test_secret_is_not_printed(monkeypatch):
@@ -68,9 +67,11 @@ def test_flip_factory_gives_the_dev_platform(monkeypatch, tmp_path):
     assert isinstance(platform, LocalPlatform) and platform.local_dir == tmp_path.resolve()
 
 
-def test_flip_prod_fails_clearly_until_the_hub_platform_exists(monkeypatch):
+def test_flip_prod_gives_the_hub_platform(monkeypatch, tmp_path):
     monkeypatch.setenv("FLIP_ENV", "prod")
-    monkeypatch.setenv("FLIP_HUB_URL", "https://hub.example")
+    monkeypatch.setenv("FLIP_HUB_URL", "https://hub.example/")
     monkeypatch.setenv("FLIP_HUB_API_KEY", "k")
-    with pytest.raises(PlatformError, match="FLIP_ENV=prod: the production platform .* is not available"):
-        FLIP()
+    monkeypatch.setenv("FLIP_LOCAL_DIR", str(tmp_path))
+    platform = FLIP()
+    assert isinstance(platform, HubPlatform) and platform.hub_url == "https://hub.example"
+    platform.require_hub()

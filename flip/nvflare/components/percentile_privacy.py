@@ -9,7 +9,8 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
 from flip.errors import PrivacyError
-from flip.privacy.percentile import check_gamma, check_percentile, percentile_filter
+from flip.constants import FlipMeta
+from flip.privacy.percentile import FilterStats, check_gamma, check_percentile, percentile_filter
 
 #: kinds the policy applies to: it is defined on model *differences*
 FILTERABLE_KINDS = (DataKind.WEIGHT_DIFF,)
@@ -71,11 +72,22 @@ class PercentilePrivacy(DXOFilter):
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
         if self.off:
             self.log_warning(fl_ctx, f"privacy filter is OFF: {dxo.data_kind} update shared unfiltered")
+            dxo.set_meta_prop(FlipMeta.PRIVACY, {"filter": type(self).__name__, "off": True})
             return dxo
-        return self.filter_dxo(dxo, fl_ctx)
+        stats = self.filter_dxo(dxo, fl_ctx)
+        self.annotate(dxo, {"update": stats})
+        return dxo
 
-    def filter_dxo(self, dxo: DXO, fl_ctx: FLContext, label: str = "update") -> DXO:
-        """Filter one WEIGHT_DIFF DXO in place and log one line of counts."""
+    def annotate(self, dxo: DXO, parts: dict[str, FilterStats]) -> None:
+        """Record on the update what was applied (settings and shared/clipped fractions: never values)."""
+        dxo.set_meta_prop(FlipMeta.PRIVACY, {
+            "filter": type(self).__name__, "percentile": self.percentile, "gamma": self.gamma,
+            "parts": {k: {"shared": round(v.fraction_shared, 4), "clipped": round(v.fraction_clipped, 4)}
+                      for k, v in parts.items()},
+        })
+
+    def filter_dxo(self, dxo: DXO, fl_ctx: FLContext, label: str = "update") -> FilterStats:
+        """Filter one WEIGHT_DIFF DXO in place, log one line of counts, return them."""
         if not isinstance(dxo.data, dict):
             raise PrivacyError(f"{label}: a WEIGHT_DIFF DXO must hold a dict of arrays, got {type(dxo.data).__name__}")
         num_steps = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
@@ -89,7 +101,7 @@ class PercentilePrivacy(DXOFilter):
             f"{stats.fraction_shared:.1%} of {stats.total} values, clipped {stats.fraction_clipped:.1%} "
             f"(gamma {self.gamma}, steps {num_steps})",
         )
-        return dxo
+        return stats
 
 
 def _leaf_kinds(shareable: Shareable) -> list[str]:

@@ -30,8 +30,9 @@ from flip.settings import load_settings
 from flip.storage import s3
 from flip.storage.pending import clean_run_dir, complete_upload, write_pending
 
-#: fl_ctx property: result files (paths) to upload under ``results/``, set by the ServerEventHandler
-RESULT_FILES_PROP = "flip.result_files"
+#: fl_ctx property: the run's other artifacts to upload, object key -> local path (results JSON, metrics.json,
+#: report/...), set by the ServerEventHandler
+ARTIFACTS_PROP = "flip.artifacts"
 #: fl_ctx property: extra manifest fields (rounds, sites...), set by the ServerEventHandler
 RUN_INFO_PROP = "flip.run_info"
 
@@ -49,8 +50,9 @@ class PersistToS3AndCleanup(FLComponent):
 
     Layout: ``s3://<FLIP_MODELS_BUCKET>/<model_id>/<run_id>/`` with ``global_model.pt`` (a plain state dict,
     loadable with ``torch.load(..., weights_only=True)``), ``best_global_model.pt`` (only if a model selector
-    saved one), ``results/*.json``, ``metrics.json``, ``preprocessing.py`` (if the job's custom/ folder has one)
-    and ``manifest.json`` written last. The run folder is
+    saved one), the artifacts the ServerEventHandler hands over (``results/*.json``, ``metrics.json``,
+    ``report/curves.png``, ``report/index.html``), ``preprocessing.py`` (if the job's custom/ folder has one) and
+    ``manifest.json`` written last. The run folder is
     cleaned (logs kept) only after every object was verified against the manifest. On any failure nothing is
     deleted and ``upload_pending.json`` stays in the run folder so ``flip upload --resume`` can finish later.
 
@@ -155,17 +157,13 @@ class PersistToS3AndCleanup(FLComponent):
             target = staging / key
             torch.save(state_dict_from_checkpoint(Path(desc.location)), target)
             files[key] = target
-        for result in fl_ctx.get_prop(RESULT_FILES_PROP) or []:
-            result = Path(result)
-            if result.is_file():
-                target = staging / RunFile.RESULTS_DIR / result.name
-                target.parent.mkdir(exist_ok=True)
-                shutil.copyfile(result, target)
-                files[f"{RunFile.RESULTS_DIR}/{result.name}"] = target
-        extras = [(run_dir(fl_ctx) / RunFile.METRICS, RunFile.METRICS),
-                  (app_custom_dir(fl_ctx) / RunFile.PREPROCESSING, RunFile.PREPROCESSING)]
-        for source, key in extras:
+        artifacts = {RunFile.PREPROCESSING: app_custom_dir(fl_ctx) / RunFile.PREPROCESSING,
+                     **(fl_ctx.get_prop(ARTIFACTS_PROP) or {})}
+        for key, source in artifacts.items():
+            source = Path(source)
             if source.is_file():
-                shutil.copyfile(source, staging / key)
-                files[key] = staging / key
+                target = staging / s3.check_object_key(key)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+                files[key] = target
         return files

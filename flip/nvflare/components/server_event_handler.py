@@ -20,13 +20,14 @@ from flip.constants import ComponentId, FlipEvent, FlipMeta, RunFile, RunStatus
 from flip.errors import CleanupError, FlipError
 from flip.metrics import clean_metrics, weighted_means
 from flip.nvflare.components.persist_to_s3_and_cleanup import (
-    RESULT_FILES_PROP,
+    ARTIFACTS_PROP,
     RUN_INFO_PROP,
     PersistToS3AndCleanup,
 )
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
 from flip.nvflare.utils import RUN_ID_PROP, LookupFailed, get_component, new_run_id, run_dir, short_reason
-from flip.storage.s3 import check_model_id
+from flip.report import write_report
+from flip.storage.s3 import check_model_id, run_prefix
 
 #: what a failed result's return code means, when the site sent no reason of its own
 _RC_REASONS = {
@@ -148,6 +149,7 @@ class ServerEventHandler(FLComponent):
                 self.platform = FLIP()
             else:
                 self.platform = self.flip
+            self.platform.require_hub()
             self.validation_json_generator = get_component(
                 fl_ctx, self.validation_json_generator_id, ValidationJsonGenerator, "validation JSON generator"
             )
@@ -179,12 +181,17 @@ class ServerEventHandler(FLComponent):
             self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} was not aggregated; its metrics are not recorded")
             return
         try:
-            meta = from_shareable(result).meta or {}
-            metrics = clean_metrics(meta.get(FlipMeta.METRICS, {}), f"{site}'s metrics")
-        except (ValueError, TypeError, FlipError) as exc:
+            metrics = clean_metrics(result.get_header(FlipMeta.METRICS) or {}, f"{site}'s metrics")
+        except FlipError as exc:
             self.log_warning(fl_ctx, f"round {current + 1}: unusable metrics from {site}: {short_reason(exc)}")
-            return
-        self.rounds.setdefault(current, {"sites": {}})["sites"][site] = metrics
+            metrics = {}
+        try:
+            privacy = from_shareable(result).get_meta_prop(FlipMeta.PRIVACY)
+        except (ValueError, TypeError):
+            privacy = None
+        entry = self.rounds.setdefault(current, {"sites": {}})
+        entry["sites"][site] = metrics
+        entry.setdefault("privacy", {})[site] = privacy if isinstance(privacy, dict) else {"filter": None}
         self.log_info(fl_ctx, f"round {current + 1} {site}: " + _format(metrics))
         self._report_metrics(fl_ctx, current, site, metrics)
 
@@ -260,8 +267,10 @@ class ServerEventHandler(FLComponent):
             results = self.validation_json_generator.write_results(fl_ctx)
             self._write_metrics(fl_ctx)
             sites = sorted({s for r in self.rounds.values() for s in r["sites"]})
+            artifacts = {RunFile.METRICS: run_dir(fl_ctx) / RunFile.METRICS, f"{RunFile.RESULTS_DIR}/{results.name}": results}
+            artifacts.update(self._write_report(fl_ctx, sites))
             fl_ctx.set_prop(RUN_ID_PROP, self.run_id, private=True, sticky=False)
-            fl_ctx.set_prop(RESULT_FILES_PROP, [str(results)], private=True, sticky=False)
+            fl_ctx.set_prop(ARTIFACTS_PROP, artifacts, private=True, sticky=False)
             fl_ctx.set_prop(RUN_INFO_PROP, {"rounds": len(self.rounds), "sites": sites}, private=True, sticky=False)
             manifest = self.persist_and_cleanup.execute(fl_ctx)
         except CleanupError as exc:
@@ -277,6 +286,28 @@ class ServerEventHandler(FLComponent):
         self.upload_key = f"s3://{self.persist_and_cleanup.bucket_name}/{manifest['prefix']}"
         self.log_info(fl_ctx, f"model and results verified at {self.upload_key}")
         self.report_status(fl_ctx, RunStatus.RESULTS_UPLOADED)
+
+    def _write_report(self, fl_ctx: FLContext, sites: list[str]) -> dict[str, Any]:
+        """Curves and a one-page summary in <run folder>/report/ (a failure here never stops the upload)."""
+        import nvflare
+        import torch
+
+        import flip
+
+        doc = {
+            **self.metrics_document(),
+            "sites": sites,
+            "validation": self.validation_json_generator.results,
+            "statuses": [s.value for s in self.reported],
+            "s3": f"s3://{self.persist_and_cleanup.bucket_name}/{run_prefix(self.model_id, self.run_id)}",
+            "versions": {"flip": flip.__version__, "nvflare": nvflare.__version__, "torch": torch.__version__},
+        }
+        try:
+            written = write_report(doc, run_dir(fl_ctx) / "report")
+        except (OSError, ValueError, RuntimeError) as exc:
+            self.log_warning(fl_ctx, f"no report: {short_reason(exc)}")
+            return {}
+        return {f"report/{name}": path for name, path in written.items()}
 
     def _failure_reason(self) -> str:
         if self.site_errors:

@@ -34,7 +34,9 @@ class StagePercentilePrivacy(PercentilePrivacy):
             return super().process_dxo(dxo, shareable, fl_ctx)
         groups = dxo.get_meta_prop(FlipMeta.STAGE_PARAMS)
         if not groups:
-            return self.filter_dxo(dxo, fl_ctx, label=f"stage {dxo.get_meta_prop(FlipMeta.STAGE) or '-'}")
+            stage = dxo.get_meta_prop(FlipMeta.STAGE) or "update"
+            self.annotate(dxo, {stage: self.filter_dxo(dxo, fl_ctx, label=f"stage {stage}")})
+            return dxo
         if not isinstance(groups, dict) or not isinstance(dxo.data, dict):
             raise PrivacyError(f"{FlipMeta.STAGE_PARAMS} must map stage names to parameter names")
         owner: dict[str, str] = {}
@@ -49,9 +51,12 @@ class StagePercentilePrivacy(PercentilePrivacy):
         steps = dxo.get_meta_prop(FlipMeta.STAGE_STEPS) or {}
         default_steps = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
         filtered: dict = {}
+        stats = {}
         for stage, names in groups.items():
             part = DXO(data_kind=dxo.data_kind, data={n: dxo.data[n] for n in names if n in dxo.data},
                        meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps.get(stage, default_steps)})
-            filtered.update(self.filter_dxo(part, fl_ctx, label=f"stage {stage}").data)
+            stats[stage] = self.filter_dxo(part, fl_ctx, label=f"stage {stage}")
+            filtered.update(part.data)
         dxo.data = {k: filtered[k] for k in dxo.data}
+        self.annotate(dxo, stats)
         return dxo

@@ -10,7 +10,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
-from flip.constants import FlipMeta, FlipTask, UserFile
+from flip.constants import TASK_METRICS_PROP, FlipMeta, FlipTask, UserFile
 from flip.errors import UserCodeError
 from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics, to_number
 from flip.nvflare.executors.base import TaskFailed, UserCodeExecutor, call_user
@@ -36,8 +36,9 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
     Receives WEIGHTS (the global model), loads them into ``models.get_model()``, calls
     ``FLIP_TRAINER(config).train(model, ctx)`` and replies with a WEIGHT_DIFF DXO (new − received, for every
     floating-point entry received) so the site's privacy filter sees the difference, never the full model.
-    The DXO meta carries ``NUM_STEPS_CURRENT_ROUND`` (the trainer's ``num_steps``), the number of samples and
-    the trainer's metrics. Integer buffers (e.g. BatchNorm's counters) are not exchanged.
+    The DXO meta carries ``NUM_STEPS_CURRENT_ROUND`` (the trainer's ``num_steps``) and the number of samples;
+    the trainer's metrics go to the ClientEventHandler, which sends them with the result. Integer buffers (e.g.
+    BatchNorm's counters) are not exchanged.
     """
 
     tasks = (FlipTask.TRAIN,)
@@ -71,11 +72,9 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
         names = [n for n, v in global_weights.items() if np.asarray(v).dtype.kind == "f"]
         new = state_to_numpy(model.cpu(), names)
         diff = {n: (new[n] - np.asarray(global_weights[n])).astype(new[n].dtype, copy=False) for n in names}
-        meta = {
-            MetaKey.NUM_STEPS_CURRENT_ROUND: num_steps,
-            FlipMeta.NUM_SAMPLES: num_samples,
-            FlipMeta.METRICS: {NUM_SAMPLES: num_samples, **metrics},
-        }
+        meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: num_steps, FlipMeta.NUM_SAMPLES: num_samples}
+        # the ClientEventHandler checks these and sends them with the result (see ClientEventHandler)
+        fl_ctx.set_prop(TASK_METRICS_PROP, {NUM_SAMPLES: num_samples, **metrics}, private=True, sticky=False)
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         self.log_info(
             fl_ctx,

@@ -1,0 +1,115 @@
+"""The run report people look at: learning curves (PNG) and a one-page HTML summary."""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Any
+
+CURVES = "curves.png"
+SUMMARY = "index.html"
+_PLOTTED = ("accuracy", "loss")
+
+
+def _series(rounds: list[dict], name: str) -> dict[str, list[tuple[int, float]]]:
+    series: dict[str, list[tuple[int, float]]] = {}
+    for entry in rounds:
+        for site, metrics in sorted(entry.get("sites", {}).items()):
+            if isinstance(metrics.get(name), (int, float)):
+                series.setdefault(site, []).append((entry["round"], metrics[name]))
+        if isinstance(entry.get("global", {}).get(name), (int, float)):
+            series.setdefault("mean of sites", []).append((entry["round"], entry["global"][name]))
+    return series
+
+
+def write_curves(rounds: list[dict], path: Path) -> Path | None:
+    """Plot accuracy and loss (whichever the sites reported) per round, per site and their mean."""
+    names = [n for n in _PLOTTED if _series(rounds, n)]
+    if not names:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        for label, points in _series(rounds, name).items():
+            xs, ys = zip(*points)
+            mean = label == "mean of sites"
+            axis.plot(xs, ys, marker="o", linewidth=2.5 if mean else 1.2, color="black" if mean else None, label=label)
+        axis.set_xlabel("round")
+        axis.set_ylabel(name)
+        axis.set_title(f"{name} per round (site's local model, own validation data)", fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
+    """One HTML page: job, sites, rounds, final metrics, cross-site validation, privacy, S3 key, status."""
+    rounds = doc.get("rounds", [])
+    last = rounds[-1] if rounds else {}
+    sites = doc.get("sites", [])
+    names = sorted({k for m in last.get("sites", {}).values() for k in m})
+    final_rows = [[s] + [last.get("sites", {}).get(s, {}).get(n) for n in names] for s in sites]
+    final_rows.append(["mean of sites"] + [last.get("global", {}).get(n) for n in names])
+    validation = doc.get("validation", {})
+    val_names = sorted({k for models in validation.values() for m in models.values() for k in m})
+    val_rows = [[site, model] + [m.get(n) for n in val_names]
+                for site, models in sorted(validation.items()) for model, m in sorted(models.items())]
+    privacy = last.get("privacy", {})
+    privacy_rows = []
+    for site in sites:
+        p = privacy.get(site) or {}
+        parts = p.get("parts", {})
+        shared = ", ".join(f"{k}: {v.get('shared', 0):.1%}" for k, v in parts.items()) or ("OFF" if p.get("off") else "-")
+        privacy_rows.append([site, p.get("filter") or "none", p.get("percentile"), p.get("gamma"), shared])
+    facts = [["model id", doc.get("model_id")], ["run id", doc.get("run_id")], ["NVFlare job id", doc.get("job_id")],
+             ["sites", ", ".join(sites)], ["rounds", f"{len(rounds)} of {doc.get('num_rounds') or len(rounds)}"],
+             ["status", " → ".join(doc.get("statuses", []))], ["model in S3", doc.get("s3", "-")],
+             ["versions", ", ".join(f"{k} {v}" for k, v in sorted(doc.get("versions", {}).items()))],
+             ["written", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())]]
+    image = f'<p><img src="{html.escape(curves.name)}" alt="learning curves"></p>' if curves else ""
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>FLIP run {html.escape(str(doc.get('run_id')))}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:72em}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}
+td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}th{{background:#f3f3f3}}img{{max-width:100%}}</style>
+</head><body>
+<h1>FLIP run report</h1>
+{_table(["", ""], facts)}
+<h2>Final round: each site's locally trained model on its own validation data</h2>
+{_table(["site"] + names, final_rows)}
+{image}
+<h2>Cross-site validation of the global model</h2>
+{_table(["site", "model"] + val_names, val_rows) if val_rows else "<p>none</p>"}
+<h2>Privacy filter applied by each site (last round)</h2>
+{_table(["site", "filter", "percentile", "gamma", "shared"], privacy_rows)}
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def write_report(doc: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """Write ``curves.png`` and ``index.html`` into ``folder``; return them by file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    curves = write_curves(doc.get("rounds", []), folder / CURVES)
+    summary = write_summary(doc, folder / SUMMARY, curves)
+    return {p.name: p for p in (curves, summary) if p is not None}

@@ -1,0 +1,123 @@
+"""The prod platform in a real run: the hub gets the lifecycle and every site's metrics; nothing secret or
+patient-identifying leaves in logs, hub requests or uploaded files; an undeliverable final status ends in ERROR."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import pytest
+from PIL import Image
+
+from flip.constants import RunFile
+from flip.jobs import write_job
+from flip.storage import s3
+from tests.hub_server import HubServer
+from tests.integration.conftest import simulate
+
+pytestmark = [pytest.mark.simulator, pytest.mark.s3]
+
+HUB_KEY = "FAKE-HUB-KEY-1f6c2b"
+PATIENT_ID = "PATIENT-7733-ZX"
+SITES = ["site-1", "site-2"]
+
+
+def _tag_cohorts_with_a_patient_id(local_dir):
+    """Image names and a sidecar file that carry a patient identifier, as real exports do."""
+    for site in SITES:
+        cohort = local_dir / "cohorts" / site
+        for image in cohort.rglob("*.png"):
+            image.rename(image.with_name(f"{PATIENT_ID}_{image.name}"))
+        (cohort / "patients.csv").write_text(f"patient_id,label\n{PATIENT_ID},3\n")
+
+
+@pytest.fixture(scope="module")
+def hub_run(tmp_path_factory, weed):
+    tmp = tmp_path_factory.mktemp("hub_run")
+    model_id = str(uuid.uuid4())
+    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=2)
+    from flip.demo.data import write_cohorts
+
+    write_cohorts(tmp / "flip", SITES)
+    _tag_cohorts_with_a_patient_id(tmp / "flip")
+    with HubServer(api_key=HUB_KEY) as hub:
+        env = {"FLIP_ENV": "prod", "FLIP_HUB_URL": hub.url, "FLIP_HUB_API_KEY": HUB_KEY}
+        run = simulate(tmp, job, weed, SITES, threads=2, extra_env=env, cohorts_ready=True)
+    return model_id, hub, run
+
+
+def test_hub_gets_the_lifecycle_in_order(hub_run):
+    model_id, hub, run = hub_run
+    assert run.rc == 0
+    assert [s["status"] for s in hub.statuses(model_id)] == ["INITIATED", "PREPARED", "TRAINING_STARTED",
+                                                            "RESULTS_UPLOADED"]
+    assert len({s["run_id"] for s in hub.statuses(model_id)}) == 1
+
+
+def test_hub_gets_every_sites_metrics_every_round(hub_run):
+    model_id, hub, _ = hub_run
+    metrics = hub.metrics(model_id)
+    assert {(m["round"], m["site"]) for m in metrics} == {(r, s) for r in (1, 2) for s in SITES + ["global"]}
+    for m in metrics:
+        assert {"num_samples", "loss", "accuracy"} <= set(m["metrics"])
+        assert all(isinstance(v, (int, float)) for v in m["metrics"].values())
+
+
+def _uploaded(weed, model_id, hub):
+    run_id = hub.statuses(model_id)[-1]["run_id"]
+    prefix = s3.run_prefix(model_id, run_id)
+    client = weed._client()
+    manifest = s3.verify_run(client, weed.bucket, prefix)
+    objects = {e["key"]: client.get_object(Bucket=weed.bucket, Key=prefix + e["key"])["Body"].read()
+               for e in manifest["objects"]}
+    return prefix, manifest, objects
+
+
+def test_report_is_uploaded_and_opens(hub_run, weed):
+    model_id, hub, _ = hub_run
+    prefix, _, objects = _uploaded(weed, model_id, hub)
+    image = Image.open(io.BytesIO(objects["report/curves.png"]))
+    assert image.format == "PNG" and image.size[0] > 400
+    page = objects["report/index.html"].decode()
+    assert f"s3://{weed.bucket}/{prefix}" in page and "site-1" in page and "site-2" in page
+    assert "PercentilePrivacy" in page and "SRV_FL_global_model.pt" in page
+    metrics = json.loads(objects[RunFile.METRICS])
+    assert metrics["rounds"][-1]["privacy"]["site-1"]["filter"] == "PercentilePrivacy"
+    assert metrics["rounds"][-1]["privacy"]["site-1"]["gamma"] == 0.01
+
+
+def test_nothing_secret_or_patient_identifying_leaves(hub_run, weed):
+    model_id, hub, run = hub_run
+    forbidden = [HUB_KEY, weed.secret_key, PATIENT_ID]
+    logs = [p for p in run.workspace.rglob("*") if p.is_file() and p.suffix in (".txt", ".json")]
+    assert any(p.name == "log.txt" for p in logs)
+    texts = {str(p): p.read_text(errors="replace") for p in logs}
+    texts.update({f"hub request {i}": b.decode(errors="replace") for i, b in enumerate(hub.bodies)})
+    texts.update({f"hub path {i}": p for i, p in enumerate(hub.paths)})
+    _, _, objects = _uploaded(weed, model_id, hub)
+    texts.update({f"s3 object {k}": v.decode(errors="replace") for k, v in objects.items()})
+    for where, text in texts.items():
+        for secret in forbidden:
+            assert secret not in text, f"{secret!r} found in {where}"
+    assert (run.local_dir / "cohorts" / "site-1" / "patients.csv").exists()  # the hospital's data is untouched
+
+
+@pytest.fixture(scope="module")
+def undeliverable_final_status(tmp_path_factory, weed):
+    tmp = tmp_path_factory.mktemp("hub_down_at_the_end")
+    model_id = str(uuid.uuid4())
+    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=1)
+    with HubServer(api_key=HUB_KEY) as hub:
+        hub.reject_status = {"RESULTS_UPLOADED"}
+        env = {"FLIP_ENV": "prod", "FLIP_HUB_URL": hub.url, "FLIP_HUB_API_KEY": HUB_KEY, "FLIP_HUB_RETRIES": "2"}
+        run = simulate(tmp, job, weed, SITES, threads=2, extra_env=env)
+    return model_id, hub, run
+
+
+def test_an_undeliverable_final_status_ends_the_run_in_error(undeliverable_final_status):
+    model_id, hub, run = undeliverable_final_status
+    statuses = hub.statuses(model_id)
+    assert [s["status"] for s in statuses] == ["INITIATED", "PREPARED", "TRAINING_STARTED", "ERROR"]
+    assert "final status could not be delivered" in statuses[-1]["reason"]
+    assert "hub unreachable after 2 attempts (HTTP 500)" in (run.workspace / "server" / "log.txt").read_text()
