@@ -32,6 +32,7 @@ def write_curves(rounds: list[dict], path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
     for axis, name in zip(axes[0], names):
@@ -40,6 +41,7 @@ def write_curves(rounds: list[dict], path: Path) -> Path | None:
             mean = label == "mean of sites"
             axis.plot(xs, ys, marker="o", linewidth=2.5 if mean else 1.2, color="black" if mean else None, label=label)
         axis.set_xlabel("round")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(name)
         axis.set_title(f"{name} per round (site's local model, own validation data)", fontsize=9)
         axis.grid(alpha=0.3)
