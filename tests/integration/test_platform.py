@@ -13,6 +13,8 @@ from PIL import Image
 from flip.constants import RunFile
 from flip.jobs import write_job
 from flip.storage import s3
+from flip.cli import main as flip_cli
+from tests.conftest import environ
 from tests.hub_server import HubServer
 from tests.integration.conftest import simulate
 
@@ -44,7 +46,7 @@ def hub_run(tmp_path_factory, weed):
     with HubServer(api_key=HUB_KEY) as hub:
         env = {"FLIP_ENV": "prod", "FLIP_HUB_URL": hub.url, "FLIP_HUB_API_KEY": HUB_KEY}
         run = simulate(tmp, job, weed, SITES, threads=2, extra_env=env, cohorts_ready=True)
-    return model_id, hub, run
+        yield model_id, hub, run
 
 
 def test_hub_gets_the_lifecycle_in_order(hub_run):
@@ -85,6 +87,16 @@ def test_report_is_uploaded_and_opens(hub_run, weed):
     metrics = json.loads(objects[RunFile.METRICS])
     assert metrics["rounds"][-1]["privacy"]["site-1"]["filter"] == "PercentilePrivacy"
     assert metrics["rounds"][-1]["privacy"]["site-1"]["gamma"] == 0.01
+
+
+def test_flip_status_shows_the_lifecycle_and_latest_metrics_from_the_hub(hub_run, capsys):
+    model_id, hub, run = hub_run
+    with environ(**run.env):
+        assert flip_cli(["status", model_id]) == 0
+    out = capsys.readouterr().out
+    assert out.index("INITIATED") < out.index("PREPARED") < out.index("TRAINING_STARTED") < out.index("RESULTS_UPLOADED")
+    assert "metrics of round 2:" in out and "site-1: num_samples=" in out and "global:" in out
+    assert HUB_KEY not in out
 
 
 def test_nothing_secret_or_patient_identifying_leaves(hub_run, weed):

@@ -10,11 +10,13 @@ import re
 import pytest
 import torch
 
+from flip.cli import main as flip_cli
 from flip.constants import RunFile
 from flip.demo.data import holdout_accuracy
 from flip.jobs.standard import DEFAULT_MODEL_ID
 from flip.storage.pending import is_log_file
 from flip.storage import s3
+from tests.conftest import environ
 
 pytestmark = [pytest.mark.simulator, pytest.mark.s3]
 
@@ -115,3 +117,12 @@ def test_every_site_filtered_every_update(standard_run):
         assert len(lines) == 3, site  # one filtered update per round
         for shared, total in lines:
             assert 0 < float(shared) <= 90.0 and int(total) > 0
+
+
+def test_flip_status_reads_the_dev_platform(standard_run, capsys):
+    with environ(FLIP_LOCAL_DIR=str(standard_run.local_dir)):
+        assert flip_cli(["status", DEFAULT_MODEL_ID]) == 0
+    out = capsys.readouterr().out
+    assert "RESULTS_UPLOADED" in out and "metrics of round 3:" in out
+    for site in standard_run.sites + ["global"]:
+        assert f"{site}: num_samples=" in out
