@@ -18,6 +18,7 @@ class FlipEvent:
     """Events fired by flip components (local to the site or server that fires them)."""
 
     SITES_PREPARED = "flip.sites_prepared"
+    EVALUATION_STARTED = "flip.evaluation_started"
     EVALUATION_RESULT_RECEIVED = "flip.evaluation_result_received"
     SITE_ERROR = "flip.site_error"
 
@@ -30,6 +31,8 @@ class FlipMeta:
     STAGE = "flip_stage"
     STAGE_PARAMS = "flip_stage_params"
     STAGE_STEPS = "flip_stage_steps"
+    STAGE_ROUND = "flip_stage_round"
+    STAGE_ROUNDS = "flip_stage_rounds"
     TOTAL_ROUNDS = "flip_total_rounds"
     ERROR_REASON = "flip_error_reason"
     SITE_NAME = "flip_site_name"

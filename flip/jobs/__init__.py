@@ -13,12 +13,19 @@ from typing import Any, Callable
 
 from nvflare.job_config.api import FedJob
 
+from flip.jobs.common import DEFAULT_MODEL_ID, DEMO_APP_DIR, MULTISTAGE_APP_DIR
+from flip.jobs.evaluation import evaluation_job
+from flip.jobs.fed_opt import fed_opt_job
+from flip.jobs.multi_stage import multi_stage_job
 from flip.jobs.standard import standard_job
 
 #: job name -> builder(**options) -> FedJob
-JOBS: dict[str, Callable[..., FedJob]] = {"standard": standard_job}
-
-DEMO_APP_DIR = Path(__file__).resolve().parent.parent / "demo" / "app"
+JOBS: dict[str, Callable[..., FedJob]] = {
+    "standard": standard_job,
+    "evaluation": evaluation_job,
+    "fed_opt": fed_opt_job,
+    "multi_stage": multi_stage_job,
+}
 _SHORT_PACKAGES = ("flip.nvflare.components", "flip.nvflare.executors", "flip.nvflare.controllers")
 
 
@@ -68,4 +75,4 @@ def write_job(name: str, out_dir: str | Path, **options: Any) -> Path:
     return export_job(JOBS[name](**options), out_dir)
 
 
-__all__ = ["DEMO_APP_DIR", "JOBS", "export_job", "write_job"]
+__all__ = ["DEFAULT_MODEL_ID", "DEMO_APP_DIR", "JOBS", "MULTISTAGE_APP_DIR", "export_job", "write_job"]

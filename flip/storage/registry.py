@@ -144,8 +144,9 @@ class ModelRegistry:
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot list s3://{self.bucket}/{prefix}: {s3.describe_error(exc)}") from exc
 
-    def run(self, model_id: str, run_id: str | None = None) -> RunRecord:
-        """The given run, or the latest verified one. Unverified runs are never served.
+    def run(self, model_id: str, run_id: str | None = None, artifact: str | None = None) -> RunRecord:
+        """The given run, or the latest verified one (holding ``artifact``, if given). Unverified runs are never
+        served.
 
         Raises:
             RegistryError: no such model or run, or the run does not verify.
@@ -154,9 +155,10 @@ class ModelRegistry:
         if not records:
             raise RegistryError(f"model {model_id} has no runs in s3://{self.bucket}")
         if run_id is None:
-            verified = [r for r in records if r.verified]
+            verified = [r for r in records if r.verified and (artifact is None or artifact in r.keys)]
             if not verified:
-                raise RegistryError(f"model {model_id} has no verified run ({len(records)} unfinished or damaged)")
+                what = f"verified run with {artifact}" if artifact else "verified run"
+                raise RegistryError(f"model {model_id} has no {what} ({len(records)} runs in all)")
             return verified[-1]
         for record in records:
             if record.run_id == run_id:
@@ -202,7 +204,7 @@ class ModelRegistry:
         Returns:
             The written file (``out``, default ``<model_id>-<run_id>-<artifact>`` in the current folder).
         """
-        record = self.run(model_id, run_id)
+        record = self.run(model_id, run_id, artifact)
         entry = next((o for o in record.manifest["objects"] if o["key"] == s3.check_object_key(artifact)), None)
         if entry is None:
             raise RegistryError(f"run {record.run_id} has no {artifact} (it has {', '.join(record.keys)})")

@@ -13,7 +13,7 @@ import torch
 from flip.cli import main as flip_cli
 from flip.constants import RunFile
 from flip.demo.data import holdout_accuracy
-from flip.jobs.standard import DEFAULT_MODEL_ID
+from flip.jobs import DEFAULT_MODEL_ID
 from flip.storage.pending import is_log_file
 from flip.storage import s3
 from tests.conftest import environ
@@ -92,6 +92,40 @@ def test_cross_site_validation_covers_every_site(uploaded):
     for site, models in results.items():
         assert set(models) == {"SRV_FL_global_model.pt"}
         assert models["SRV_FL_global_model.pt"]["accuracy"] > 0.5, site
+
+
+def test_cross_site_validation_values_equal_a_direct_validation(uploaded, standard_run):
+    """Layout: {site: {"SRV_FL_global_model.pt": {"accuracy", "loss", "num_samples"}}}; values as the validator."""
+    import importlib.util
+    import sys
+
+    from flip.jobs import DEMO_APP_DIR
+
+    _, _, objects = uploaded
+    results = json.loads(objects["results/cross_val_results.json"])
+    state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), map_location="cpu", weights_only=True)
+    sys.path.insert(0, str(DEMO_APP_DIR))
+    try:
+        modules = {}
+        for name in ("models", "digits_data"):
+            spec = importlib.util.spec_from_file_location(f"_csv_{name}", DEMO_APP_DIR / f"{name}.py")
+            modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(modules[name])
+    finally:
+        sys.path.remove(str(DEMO_APP_DIR))
+    model = modules["models"].get_model()
+    model.load_state_dict(state)
+    model.eval()
+    for site in standard_run.sites:
+        loaded = modules["digits_data"].load_folder(standard_run.local_dir / "cohorts" / site)
+        _, _, x_val, y_val = modules["digits_data"].train_val_split(*loaded)
+        with torch.no_grad():
+            logits = model(x_val)
+        got = results[site]["SRV_FL_global_model.pt"]
+        assert set(got) == {"accuracy", "loss", "num_samples"}
+        assert got["num_samples"] == len(y_val)
+        assert got["accuracy"] == pytest.approx((logits.argmax(1) == y_val).float().mean().item(), abs=1e-6)
+        assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y_val).item(), rel=1e-5)
 
 
 def test_server_run_folder_is_cleaned_but_logs_kept(standard_run):

@@ -2,6 +2,9 @@
 
 from flip.nvflare.components.cleanup_images import CleanupImages
 from flip.nvflare.components.client_event_handler import ClientEventHandler
+from flip.nvflare.components.evaluation_json_generator import EvaluationJsonGenerator
+from flip.nvflare.components.evaluation_pt_model_locator import EvaluationPTModelLocator
+from flip.nvflare.components.initial_pt_model_locator import InitialPTModelLocator
 from flip.nvflare.components.percentile_privacy import PercentilePrivacy
 from flip.nvflare.components.persist_to_s3_and_cleanup import PersistToS3AndCleanup
 from flip.nvflare.components.pt_model_locator import PTModelLocator
@@ -12,6 +15,9 @@ from flip.nvflare.components.validation_json_generator import ValidationJsonGene
 __all__ = [
     "CleanupImages",
     "ClientEventHandler",
+    "EvaluationJsonGenerator",
+    "EvaluationPTModelLocator",
+    "InitialPTModelLocator",
     "PTModelLocator",
     "PercentilePrivacy",
     "PersistToS3AndCleanup",

@@ -60,7 +60,8 @@ class PersistToS3AndCleanup(FLComponent):
 
     Args:
         model_id: the model's UUID (the first part of the S3 key).
-        persistor_id: id of the run's PTFileModelPersistor. Default ``persistor``.
+        persistor_id: id of the run's PTFileModelPersistor. Default ``persistor``. ``""`` for a job that trains
+            no model (evaluation-only): then only its artifacts are uploaded.
         flip: the platform; default: ``FLIP()`` at run start.
 
     Raises:
@@ -70,8 +71,8 @@ class PersistToS3AndCleanup(FLComponent):
     def __init__(self, model_id: str, persistor_id: str = ComponentId.PERSISTOR, flip=None):
         super().__init__()
         self.model_id = s3.check_model_id(model_id)
-        if not isinstance(persistor_id, str) or not persistor_id:
-            raise ValueError(f"persistor_id must be a non-empty component id, got {persistor_id!r}")
+        if not isinstance(persistor_id, str):
+            raise ValueError(f"persistor_id must be a component id (or '' for no model), got {persistor_id!r}")
         self.persistor_id = persistor_id
         self.model_persistor: PTFileModelPersistor | None = None
         self.model_inventory: dict = {}
@@ -84,7 +85,8 @@ class PersistToS3AndCleanup(FLComponent):
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.START_RUN:
             try:
-                self.model_persistor = get_component(fl_ctx, self.persistor_id, PTFileModelPersistor, "persistor")
+                if self.persistor_id:
+                    self.model_persistor = get_component(fl_ctx, self.persistor_id, PTFileModelPersistor, "persistor")
                 settings = load_settings()
             except (LookupFailed, SettingsError) as exc:
                 self.system_panic(f"{type(self).__name__}: {exc}", fl_ctx)
@@ -105,7 +107,7 @@ class PersistToS3AndCleanup(FLComponent):
 
     def upload_results_to_s3_bucket(self, fl_ctx: FLContext) -> dict[str, Any]:
         """Stage the artifacts, record ``upload_pending.json``, upload, verify; return the manifest."""
-        if self.model_persistor is None or self.settings is None:
+        if (self.persistor_id and self.model_persistor is None) or self.settings is None:
             raise UploadError(f"{type(self).__name__} was not set up at run start (see the earlier error)")
         folder = run_dir(fl_ctx)
         run_id = fl_ctx.get_prop(RUN_ID_PROP) or new_run_id(fl_ctx.get_job_id())
@@ -138,6 +140,22 @@ class PersistToS3AndCleanup(FLComponent):
 
     # -- helpers --------------------------------------------------------------------------------------------
     def _stage_artifacts(self, fl_ctx: FLContext, staging: Path) -> dict[str, Path]:
+        staging.mkdir(parents=True, exist_ok=True)
+        files = self._stage_models(fl_ctx, staging) if self.model_persistor is not None else {}
+        artifacts = {RunFile.PREPROCESSING: app_custom_dir(fl_ctx) / RunFile.PREPROCESSING,
+                     **(fl_ctx.get_prop(ARTIFACTS_PROP) or {})}
+        for key, source in artifacts.items():
+            source = Path(source)
+            if source.is_file():
+                target = staging / s3.check_object_key(key)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+                files[key] = target
+        if not files:
+            raise UploadError("the run produced nothing to upload")
+        return files
+
+    def _stage_models(self, fl_ctx: FLContext, staging: Path) -> dict[str, Path]:
         self.model_inventory = self.model_persistor.get_model_inventory(fl_ctx) or {}
         final = self.model_inventory.get(self.model_persistor.global_model_file_name)
         if final is None:
@@ -146,7 +164,6 @@ class PersistToS3AndCleanup(FLComponent):
                 f"({self.model_persistor.global_model_file_name}): nothing to upload"
             )
         self.model_dir = os.path.dirname(final.location)
-        staging.mkdir(parents=True, exist_ok=True)
         files: dict[str, Path] = {}
         wanted = [(self.model_persistor.global_model_file_name, RunFile.GLOBAL_MODEL),
                   (self.model_persistor.best_global_model_file_name, RunFile.BEST_MODEL)]
@@ -157,13 +174,4 @@ class PersistToS3AndCleanup(FLComponent):
             target = staging / key
             torch.save(state_dict_from_checkpoint(Path(desc.location)), target)
             files[key] = target
-        artifacts = {RunFile.PREPROCESSING: app_custom_dir(fl_ctx) / RunFile.PREPROCESSING,
-                     **(fl_ctx.get_prop(ARTIFACTS_PROP) or {})}
-        for key, source in artifacts.items():
-            source = Path(source)
-            if source.is_file():
-                target = staging / s3.check_object_key(key)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
-                files[key] = target
         return files

@@ -26,6 +26,7 @@ from flip.nvflare.components.persist_to_s3_and_cleanup import (
 )
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
 from flip.nvflare.utils import RUN_ID_PROP, LookupFailed, get_component, new_run_id, run_dir, short_reason
+from flip.nvflare.fedopt import SERVER_STEP_PROP
 from flip.report import write_report
 from flip.storage.s3 import check_model_id, run_prefix
 
@@ -123,6 +124,8 @@ class ServerEventHandler(FLComponent):
             self.report_status(fl_ctx, RunStatus.PREPARED)
         elif event_type == AppEventType.ROUND_STARTED:
             self._round_started(fl_ctx)
+        elif event_type == FlipEvent.EVALUATION_STARTED:
+            self.report_status(fl_ctx, RunStatus.TRAINING_STARTED)  # an evaluation-only run's "training" phase
         elif event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT:
             self._contribution(fl_ctx)
         elif event_type == AppEventType.ROUND_DONE:
@@ -186,11 +189,14 @@ class ServerEventHandler(FLComponent):
             self.log_warning(fl_ctx, f"round {current + 1}: unusable metrics from {site}: {short_reason(exc)}")
             metrics = {}
         try:
-            privacy = from_shareable(result).get_meta_prop(FlipMeta.PRIVACY)
+            dxo = from_shareable(result)
+            privacy, stage = dxo.get_meta_prop(FlipMeta.PRIVACY), dxo.get_meta_prop(FlipMeta.STAGE)
         except (ValueError, TypeError):
-            privacy = None
+            privacy = stage = None
         entry = self.rounds.setdefault(current, {"sites": {}})
         entry["sites"][site] = metrics
+        if stage:
+            entry["stage"] = stage
         entry.setdefault("privacy", {})[site] = privacy if isinstance(privacy, dict) else {"filter": None}
         self.log_info(fl_ctx, f"round {current + 1} {site}: " + _format(metrics))
         self._report_metrics(fl_ctx, current, site, metrics)
@@ -200,6 +206,9 @@ class ServerEventHandler(FLComponent):
         entry = self.rounds.setdefault(current, {"sites": {}})
         entry["global"] = weighted_means(entry["sites"])
         entry["done"] = time.time()
+        step = fl_ctx.get_prop(SERVER_STEP_PROP)
+        if step:
+            entry["server"] = dict(step)
         self.log_info(fl_ctx, f"round {current + 1} done, sites' mean: " + _format(entry["global"]))
         self._report_metrics(fl_ctx, current, "global", entry["global"])
         self._write_metrics(fl_ctx)

@@ -14,7 +14,7 @@ from flip.constants import TASK_METRICS_PROP, FlipMeta, FlipTask, UserFile
 from flip.errors import UserCodeError
 from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics, to_number
 from flip.nvflare.executors.base import TaskFailed, UserCodeExecutor, call_user
-from flip.nvflare.executors.user_code import instantiate, load_class
+from flip.nvflare.executors.user_code import instantiate, load_class, load_module
 from flip.nvflare.models import load_weights, state_to_numpy
 
 
@@ -39,6 +39,10 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
     The DXO meta carries ``NUM_STEPS_CURRENT_ROUND`` (the trainer's ``num_steps``) and the number of samples;
     the trainer's metrics go to the ClientEventHandler, which sends them with the result. Integer buffers (e.g.
     BatchNorm's counters) are not exchanged.
+
+    In a multi-stage job the task carries its stage (``ctx.stage``); ``models.py`` then defines
+    ``STAGES = {stage: [parameter name prefixes]}`` and only the stage's parameters are sent (DXO meta
+    ``flip_stage``), for StagePercentilePrivacy to filter with the stage's own threshold.
     """
 
     tasks = (FlipTask.TRAIN,)
@@ -73,12 +77,34 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
         new = state_to_numpy(model.cpu(), names)
         diff = {n: (new[n] - np.asarray(global_weights[n])).astype(new[n].dtype, copy=False) for n in names}
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: num_steps, FlipMeta.NUM_SAMPLES: num_samples}
+        if ctx.stage:
+            diff = self._stage_part(fl_ctx, ctx.stage, diff)
+            meta[FlipMeta.STAGE] = ctx.stage
         # the ClientEventHandler checks these and sends them with the result (see ClientEventHandler)
         fl_ctx.set_prop(TASK_METRICS_PROP, {NUM_SAMPLES: num_samples, **metrics}, private=True, sticky=False)
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        stage = f" (stage {ctx.stage})" if ctx.stage else ""
         self.log_info(
             fl_ctx,
-            f"round {ctx.round + 1}/{ctx.total_rounds}: trained on {num_samples} samples, {num_steps} steps in "
+            f"round {ctx.round + 1}/{ctx.total_rounds}{stage}: trained on {num_samples} samples, {num_steps} steps in "
             f"{time.monotonic() - started:.2f} s; {summary}",
         )
         return DXO(data_kind=DataKind.WEIGHT_DIFF, data=diff, meta=meta).to_shareable()
+
+    def _stage_part(self, fl_ctx: FLContext, stage: str, diff: dict) -> dict:
+        """Only the stage's parameters (``STAGES[stage]`` name prefixes in models.py) leave the site."""
+        stages = getattr(load_module(self.custom_dir, UserFile.MODELS, "STAGES = {stage: [parameter prefixes]}"),
+                         "STAGES", None)
+        if not isinstance(stages, dict) or stage not in stages:
+            known = sorted(stages) if isinstance(stages, dict) else "none"
+            raise UserCodeError(f"custom/{UserFile.MODELS} must define STAGES = {{stage: [parameter name prefixes]}} "
+                                f"with stage {stage!r} (defined: {known})")
+        prefixes = tuple(stages[stage])
+        part = {n: d for n, d in diff.items() if n.startswith(prefixes)}
+        if not part:
+            raise UserCodeError(f"custom/{UserFile.MODELS}: STAGES[{stage!r}] = {list(prefixes)} matches no parameter")
+        moved = [n for n, d in diff.items() if n not in part and np.any(d)]
+        if moved:
+            self.log_warning(fl_ctx, f"stage {stage}: {len(moved)} parameters outside the stage changed (e.g. "
+                                     f"{moved[0]!r}); they are not sent: freeze them in the trainer")
+        return part

@@ -1,4 +1,4 @@
-"""RUN_VALIDATOR: evaluate a model sent by the server with the user's FLIP_VALIDATOR."""
+"""RUN_VALIDATOR and RUN_EVALUATOR: score a model sent by the server with the user's validator/evaluator."""
 
 from __future__ import annotations
 
@@ -16,26 +16,25 @@ from flip.nvflare.executors.user_code import instantiate, load_class
 from flip.nvflare.models import load_weights
 
 
-class RUN_VALIDATOR(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor name
-    """Load the received model into ``models.get_model()`` and reply with ``FLIP_VALIDATOR.validate``'s metrics.
+class ModelScoringExecutor(UserCodeExecutor):
+    """Load the received WEIGHTS into ``models.get_model()`` and reply with the user's metrics (METRICS DXO)."""
 
-    Serves NVFlare's cross-site validation task (``validate``): the reply is a METRICS DXO.
-    """
-
-    tasks = (FlipTask.VALIDATE,)
+    user_file = ""
+    user_class = ""
+    user_method = ""
 
     def run_task(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         try:
             incoming = from_shareable(shareable)
         except ValueError as exc:
-            raise TaskFailed(f"the validate task carried no model: {exc}") from exc
+            raise TaskFailed(f"the {task_name} task carried no model: {exc}") from exc
         if incoming.data_kind != DataKind.WEIGHTS or not isinstance(incoming.data, dict):
-            raise TaskFailed(f"the validate task carried {incoming.data_kind}: expected WEIGHTS")
+            raise TaskFailed(f"the {task_name} task carried {incoming.data_kind}: expected WEIGHTS")
         owner = shareable.get_header(AppConstants.MODEL_OWNER, "model")
         ctx = self.context(fl_ctx, shareable, abort_signal)
-        validator = self.user_object("validator", lambda: instantiate(
-            load_class(self.custom_dir, UserFile.VALIDATOR, UserFile.VALIDATOR_CLASS, ("validate",)), self.config,
-            UserFile.VALIDATOR))
+        scorer = self.user_object(self.user_class, lambda: instantiate(
+            load_class(self.custom_dir, self.user_file, self.user_class, (self.user_method,)), self.config,
+            self.user_file))
         model = self.new_model()
         try:
             load_weights(model, incoming.data, f"model {owner}")
@@ -43,7 +42,21 @@ class RUN_VALIDATOR(UserCodeExecutor):  # noqa: N801 - FLIP's documented executo
             raise UserCodeError(f"custom/{UserFile.MODELS}: get_model() does not fit {owner}: {exc}") from exc
         model.to(ctx.device)
         model.eval()
-        where = f"custom/{UserFile.VALIDATOR}: {UserFile.VALIDATOR_CLASS}.validate"
-        metrics = clean_metrics(call_user(where, validator.validate, model, ctx), where)
-        self.log_info(fl_ctx, f"validated {owner}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        where = f"custom/{self.user_file}: {self.user_class}.{self.user_method}"
+        metrics = clean_metrics(call_user(where, getattr(scorer, self.user_method), model, ctx), where)
+        self.log_info(fl_ctx, f"{task_name} {owner}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         return DXO(data_kind=DataKind.METRICS, data=metrics).to_shareable()
+
+
+class RUN_VALIDATOR(ModelScoringExecutor):  # noqa: N801 - FLIP's documented executor name
+    """Cross-site validation (``validate``): ``FLIP_VALIDATOR(config).validate(model, ctx) -> metrics``."""
+
+    tasks = (FlipTask.VALIDATE,)
+    user_file, user_class, user_method = UserFile.VALIDATOR, UserFile.VALIDATOR_CLASS, "validate"
+
+
+class RUN_EVALUATOR(ModelScoringExecutor):  # noqa: N801 - FLIP's documented executor name
+    """Evaluation-only jobs (``evaluate``): ``FLIP_EVALUATOR(config).evaluate(model, ctx) -> metrics``."""
+
+    tasks = (FlipTask.EVALUATE,)
+    user_file, user_class, user_method = UserFile.EVALUATOR, UserFile.EVALUATOR_CLASS, "evaluate"

@@ -1,0 +1,109 @@
+"""Pieces every FLIP job shares, so each job module says only what is its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nvflare.apis.dxo import DataKind
+from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
+from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
+from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
+from nvflare.job_config.api import FedJob
+from nvflare.job_config.defs import FilterType
+
+from flip.constants import ComponentId, FlipTask, UserFile
+from flip.nvflare.components import (
+    CleanupImages,
+    ClientEventHandler,
+    PersistToS3AndCleanup,
+    PTModelLocator,
+    ServerEventHandler,
+    ValidationJsonGenerator,
+)
+from flip.nvflare.controllers import InitTraining
+from flip.nvflare.controllers.init_training import check_positive_int
+from flip.nvflare.executors import RUN_TRAINER, RUN_VALIDATOR
+from flip.storage.s3 import check_model_id
+
+#: the model id of the checked-in job folders (the hub sets a real one per model)
+DEFAULT_MODEL_ID = "5f2b7c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"
+DEMO_APP_DIR = Path(__file__).resolve().parent.parent / "demo" / "app"
+MULTISTAGE_APP_DIR = Path(__file__).resolve().parent.parent / "demo" / "multistage"
+_APP_SUFFIXES = (".py", ".json")
+
+
+def explicit(component, *args: str):
+    """Have the job API write ``args`` even at their defaults (ids and task names are then visible in the job)."""
+    component._always_serialize_args = args
+    return component
+
+
+def new_job(name: str, model_id: str, min_clients: int, wait_after_min_clients: int) -> FedJob:
+    """A job with the checks every job makes on its arguments."""
+    check_model_id(model_id)
+    check_positive_int("min_clients", min_clients)
+    check_positive_int("wait_after_min_clients", wait_after_min_clients, minimum=0)
+    job = FedJob(name=name, min_clients=min_clients)
+    job.set_app_packages(["flip"])
+    return job
+
+
+def add_lifecycle(job: FedJob, model_id: str, json_generator, persistor_id: str = ComponentId.PERSISTOR,
+                  min_clients: int = 1, wait_after_min_clients: int = 60) -> None:
+    """Server: results JSON, persist-and-cleanup and the event handler; the InitTraining workflow first."""
+    job.to_server(json_generator, id=ComponentId.JSON_GENERATOR)
+    job.to_server(PersistToS3AndCleanup(model_id=check_model_id(model_id), persistor_id=persistor_id),
+                  id=ComponentId.PERSIST_AND_CLEANUP)
+    job.to_server(ServerEventHandler(model_id=check_model_id(model_id)), id=ComponentId.SERVER_EVENT_HANDLER)
+    job.to_server(InitTraining(min_clients=min_clients, wait_time_after_min_received=wait_after_min_clients),
+                  id="init_training")
+
+
+def add_training_server(job: FedJob, shareable_generator, training_workflow) -> None:
+    """Server: the model persisted from models.get_model(), averaging, the training workflow, then
+    cross-site validation of the server's model(s)."""
+    job.to_server(PTFileModelPersistor(model={"path": f"models.{UserFile.MODEL_FUNCTION}"}), id=ComponentId.PERSISTOR)
+    job.to_server(shareable_generator, id=ComponentId.SHAREABLE_GENERATOR)
+    job.to_server(InTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHT_DIFF), id=ComponentId.AGGREGATOR)
+    job.to_server(PTModelLocator(), id=ComponentId.MODEL_LOCATOR)
+    job.to_server(training_workflow, id="scatter_and_gather")
+    job.to_server(
+        explicit(
+            CrossSiteModelEval(
+                model_locator_id=ComponentId.MODEL_LOCATOR,
+                submit_model_task_name="",  # only the server's models are validated: local models never leave a site
+                validation_task_name=FlipTask.VALIDATE,
+            ),
+            "validation_task_name",
+        ),
+        id="cross_site_validate",
+    )
+
+
+def add_training_sites(job: FedJob, privacy_filter) -> None:
+    """Sites: train and validate the user's code; the privacy filter on every train result."""
+    job.to_clients(RUN_TRAINER(), tasks=[FlipTask.TRAIN])
+    job.to_clients(RUN_VALIDATOR(), tasks=[FlipTask.VALIDATE])
+    job.to_clients(privacy_filter, filter_type=FilterType.TASK_RESULT, tasks=[FlipTask.TRAIN])
+
+
+def add_site_basics(job: FedJob, app_dir: str | Path) -> None:
+    """Sites: image cleanup, the event handler, and the user's code in custom/."""
+    job.to_clients(CleanupImages(), tasks=[FlipTask.INIT_TRAINING])
+    job.to_clients(ClientEventHandler(), id=ComponentId.CLIENT_EVENT_HANDLER)
+    add_user_app(job, app_dir)
+
+
+def add_user_app(job: FedJob, app_dir: str | Path) -> None:
+    """Copy the user's app (``*.py``, ``*.json``) into the job's custom/ folder."""
+    app_dir = Path(app_dir)
+    missing = [f for f in (UserFile.MODELS, UserFile.CONFIG) if not (app_dir / f).is_file()]
+    if missing:
+        raise ValueError(f"app_dir {str(app_dir)!r} lacks {', '.join(missing)}: it must hold the user's code")
+    for path in sorted(app_dir.iterdir()):
+        if path.is_file() and path.suffix in _APP_SUFFIXES:
+            job.add_file_to_clients(str(path))
+
+
+def default_json_generator() -> ValidationJsonGenerator:
+    return ValidationJsonGenerator()

@@ -1,0 +1,40 @@
+"""The multi-stage job: stages of scatter-gather rounds, each training its own part of the model."""
+
+from __future__ import annotations
+
+from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
+from nvflare.job_config.api import FedJob
+
+from flip.jobs.common import (
+    DEFAULT_MODEL_ID,
+    MULTISTAGE_APP_DIR,
+    add_lifecycle,
+    add_site_basics,
+    add_training_server,
+    add_training_sites,
+    new_job,
+)
+from flip.nvflare.components import StagePercentilePrivacy, ValidationJsonGenerator
+from flip.nvflare.controllers import MultiStageScatterAndGather
+
+DEFAULT_STAGES = [{"name": "denoise", "num_rounds": 2}, {"name": "classify", "num_rounds": 2}]
+
+
+def multi_stage_job(name: str = "multi_stage", model_id: str = DEFAULT_MODEL_ID, stages: list[dict] | None = None,
+                    min_clients: int = 2, percentile: float = 10, gamma: float = 0.01,
+                    wait_after_min_clients: int = 60, app_dir=None) -> FedJob:
+    """Build the multi-stage job (default: the two-stage demo, 2 rounds "denoise" then 2 rounds "classify").
+
+    Raises:
+        ValueError: a bad argument (named), e.g. a stage without rounds.
+    """
+    job = new_job(name, model_id, min_clients, wait_after_min_clients)
+    add_lifecycle(job, model_id, ValidationJsonGenerator(), min_clients=min_clients,
+                  wait_after_min_clients=wait_after_min_clients)
+    workflow = MultiStageScatterAndGather(stages=stages or DEFAULT_STAGES, min_clients=min_clients,
+                                          wait_time_after_min_received=wait_after_min_clients)
+    workflow._always_serialize_args = ("stages",)
+    add_training_server(job, FullModelShareableGenerator(), workflow)
+    add_training_sites(job, StagePercentilePrivacy(percentile=percentile, gamma=gamma))
+    add_site_basics(job, app_dir or MULTISTAGE_APP_DIR)
+    return job

@@ -1,0 +1,36 @@
+"""EvaluationJsonGenerator: each evaluated model's metrics per site, as JSON."""
+
+from __future__ import annotations
+
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+
+from flip.constants import FlipEvent
+from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
+
+
+class EvaluationJsonGenerator(ValidationJsonGenerator):
+    """Collect ``flip.evaluation_result_received`` results; write ``{site: {model_id: metrics}}`` on request.
+
+    The ServerEventHandler (its ``validation_json_generator_id`` names this component in an evaluation job)
+    writes the file at the end of the run, before the results are uploaded.
+
+    Args:
+        results_dir: folder under the run folder. Default ``cross_site_eval``.
+        json_file_name: file name. Default ``evaluation_results.json``.
+    """
+
+    def __init__(self, results_dir="cross_site_eval", json_file_name="evaluation_results.json"):
+        super().__init__(results_dir=results_dir, json_file_name=json_file_name)
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        from flip.nvflare.controllers.evaluate_models import EVALUATION_RESULT_PROP
+
+        if event_type == AppEventType.VALIDATION_RESULT_RECEIVED:
+            return  # cross-site validation results belong to the ValidationJsonGenerator
+        if event_type == FlipEvent.EVALUATION_RESULT_RECEIVED:
+            fl_ctx.set_prop(AppConstants.VALIDATION_RESULT, fl_ctx.get_prop(EVALUATION_RESULT_PROP), private=True,
+                            sticky=False)
+            event_type = AppEventType.VALIDATION_RESULT_RECEIVED  # the parent records it the same way
+        super().handle_event(event_type, fl_ctx)

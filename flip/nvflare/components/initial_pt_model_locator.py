@@ -1,0 +1,122 @@
+"""InitialPTModelLocator: a run's initial model, from the workspace or else the platform's safehouse copy."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.abstract.model_locator import ModelLocator
+
+from flip.constants import ComponentId
+from flip.errors import FlipError
+from flip.nvflare.models import check_weights_fit, resolve_model
+from flip.nvflare.utils import LookupFailed, app_custom_dir, get_component
+
+INITIAL_MODEL = "initial_model"
+INITIAL_MODEL_FILE = "initial_model.pt"
+
+
+def to_numpy_state(loaded: Any) -> dict[str, np.ndarray]:
+    """A state dict (or a TorchScript module's) as numpy arrays."""
+    if isinstance(loaded, torch.jit.ScriptModule):
+        loaded = loaded.state_dict()
+    if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
+        loaded = loaded["model"]  # an NVFlare persistor checkpoint
+    if not isinstance(loaded, dict):
+        raise ValueError(f"expected a state dict, got {type(loaded).__name__}")
+    return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in loaded.items()}
+
+
+def check_exclude_vars(exclude_vars) -> str | None:
+    if exclude_vars is not None:
+        try:
+            re.compile(exclude_vars)
+        except (re.error, TypeError) as exc:
+            raise ValueError(f"exclude_vars must be a regular expression or None, got {exclude_vars!r}") from exc
+    return exclude_vars
+
+
+def weights_dxo(state: dict[str, np.ndarray], exclude_vars: str | None) -> DXO:
+    if exclude_vars:
+        pattern = re.compile(exclude_vars)
+        state = {k: v for k, v in state.items() if not pattern.search(k)}
+    return DXO(data_kind=DataKind.WEIGHTS, data=state)
+
+
+def server_model_id(fl_ctx: FLContext) -> str:
+    """The run's model id, as the ServerEventHandler knows it."""
+    from flip.nvflare.components.server_event_handler import ServerEventHandler
+
+    return get_component(fl_ctx, ComponentId.SERVER_EVENT_HANDLER, ServerEventHandler, "server event handler").model_id
+
+
+def initial_state(fl_ctx: FLContext, model_id: str, platform=None) -> tuple[dict[str, np.ndarray], str] | None:
+    """The initial weights of ``model_id``: the job's custom/initial_model.pt, else the safehouse copy."""
+    from flip.storage.registry import load_model_file
+
+    workspace_copy = app_custom_dir(fl_ctx) / INITIAL_MODEL_FILE
+    if workspace_copy.is_file():
+        return to_numpy_state(load_model_file(workspace_copy)), "workspace"
+    if platform is None:
+        from flip import FLIP
+
+        platform = FLIP()
+    path = platform.initial_model_path(model_id)
+    if path is not None and Path(path).is_file():
+        return to_numpy_state(load_model_file(path)), f"{platform.name} safehouse"
+    return None
+
+
+class InitialPTModelLocator(ModelLocator):
+    """Locate the initial model of a run (model name ``initial_model``).
+
+    Looks for ``initial_model.pt`` in the job's custom/ folder (the workspace); when it is not there, fetches
+    the platform's safehouse copy for the run's model id (dev: ``FLIP_LOCAL_DIR/safehouse/<model_id>/``; prod:
+    the hub). The file may be a weights-only ``torch.save`` state dict or TorchScript.
+
+    Args:
+        exclude_vars: regex of parameter names to leave out, or None.
+        model: a torch module or ``{"path": ...}`` to check the weights against, or None.
+    """
+
+    def __init__(self, exclude_vars=None, model=None):
+        super().__init__()
+        self.exclude_vars = check_exclude_vars(exclude_vars)
+        self.model = model
+        self._model_module = None
+        self.model_id: str | None = None
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        if event_type == EventType.START_RUN:
+            try:
+                self.model_id = server_model_id(fl_ctx)
+                self._model_module = resolve_model(self.model) if self.model is not None else None
+            except (LookupFailed, ValueError) as exc:
+                self.system_panic(f"{type(self).__name__}: {exc}", fl_ctx)
+
+    def get_model_names(self, fl_ctx: FLContext) -> list[str]:
+        return [INITIAL_MODEL]
+
+    def locate_model(self, model_name: str, fl_ctx: FLContext) -> DXO | None:
+        if model_name != INITIAL_MODEL:
+            raise ValueError(f"{type(self).__name__} locates {INITIAL_MODEL!r} only, not {model_name!r}")
+        try:
+            found = initial_state(fl_ctx, self.model_id)
+        except (FlipError, ValueError) as exc:
+            self.log_error(fl_ctx, f"cannot load the initial model of {self.model_id}: {exc}")
+            return None
+        if found is None:
+            self.log_warning(fl_ctx, f"no initial model for {self.model_id}: none in the workspace or the safehouse")
+            return None
+        state, source = found
+        dxo = weights_dxo(state, self.exclude_vars)
+        if self._model_module is not None:
+            check_weights_fit(dxo.data, self._model_module, "the initial model")
+        self.log_info(fl_ctx, f"initial model of {self.model_id} from the {source}: {len(dxo.data)} tensors")
+        return dxo

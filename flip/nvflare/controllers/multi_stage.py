@@ -1,0 +1,67 @@
+"""MultiStageScatterAndGather: scatter-gather rounds in stages (e.g. a diffusion model trained in two parts)."""
+
+from __future__ import annotations
+
+from nvflare.apis.controller_spec import ClientTask
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+
+from flip.constants import ComponentId, FlipMeta, FlipTask
+from flip.nvflare.controllers.init_training import check_positive_int
+from flip.platform.base import check_path_name
+
+
+def check_stages(stages) -> list[dict]:
+    """Return ``stages`` if it is a non-empty list of {"name": str, "num_rounds": int >= 1}, names distinct."""
+    if not isinstance(stages, list) or not stages:
+        raise ValueError(f"stages must be a non-empty list of {{'name': ..., 'num_rounds': ...}}, got {stages!r}")
+    names = []
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, dict) or set(stage) != {"name", "num_rounds"}:
+            raise ValueError(f"stages[{i}] must be {{'name': ..., 'num_rounds': ...}}, got {stage!r}")
+        names.append(check_path_name(f"stages[{i}].name", stage["name"]))
+        check_positive_int(f"stages[{i}].num_rounds", stage["num_rounds"])
+    if len(set(names)) != len(names):
+        raise ValueError(f"stage names must be distinct, got {names}")
+    return stages
+
+
+class MultiStageScatterAndGather(ScatterAndGather):
+    """NVFlare's ScatterAndGather, with every train task carrying its stage.
+
+    Rounds run stage after stage (``stages[0]["num_rounds"]`` rounds of the first, then the next...). Each
+    task's data carries the headers ``flip_stage`` (the stage's name), ``flip_stage_round`` (0-based within the
+    stage) and ``flip_stage_rounds``; RUN_TRAINER gives the stage to the user's trainer (``ctx.stage``) and sends
+    back only that stage's parameters, which StagePercentilePrivacy filters with the stage's own threshold.
+
+    Args:
+        stages: ``[{"name": "stage1", "num_rounds": 3}, {"name": "stage2", "num_rounds": 2}]``.
+        Other arguments: as ScatterAndGather (``num_rounds`` is the sum of the stages' rounds).
+    """
+
+    def __init__(self, stages: list[dict], min_clients: int = 1, wait_time_after_min_received: int = 10,
+                 aggregator_id=ComponentId.AGGREGATOR, persistor_id=ComponentId.PERSISTOR,
+                 shareable_generator_id=ComponentId.SHAREABLE_GENERATOR, train_task_name=FlipTask.TRAIN,
+                 train_timeout: int = 0):
+        self.stages = check_stages(stages)
+        super().__init__(min_clients=min_clients, num_rounds=sum(s["num_rounds"] for s in stages),
+                         wait_time_after_min_received=wait_time_after_min_received, aggregator_id=aggregator_id,
+                         persistor_id=persistor_id, shareable_generator_id=shareable_generator_id,
+                         train_task_name=train_task_name, train_timeout=train_timeout)
+
+    def stage_of(self, round_num: int) -> tuple[str, int, int]:
+        """(stage name, round within the stage, rounds of the stage) of a 0-based global round."""
+        for stage in self.stages:
+            if round_num < stage["num_rounds"]:
+                return stage["name"], round_num, stage["num_rounds"]
+            round_num -= stage["num_rounds"]
+        raise ValueError(f"round {round_num} is past the last stage")
+
+    def _prepare_train_task_data(self, client_task: ClientTask, fl_ctx: FLContext) -> None:
+        data = client_task.task.data
+        stage, stage_round, stage_rounds = self.stage_of(data.get_header(AppConstants.CURRENT_ROUND, 0))
+        data.set_header(FlipMeta.STAGE, stage)
+        data.set_header(FlipMeta.STAGE_ROUND, stage_round)
+        data.set_header(FlipMeta.STAGE_ROUNDS, stage_rounds)
+        super()._prepare_train_task_data(client_task, fl_ctx)

@@ -1,0 +1,205 @@
+"""Every job type end to end in the simulator: evaluation-only, FedOpt and multi-stage, results verified in S3."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from flip.constants import RunFile
+from flip.demo.data import holdout_accuracy
+from flip.jobs import DEFAULT_MODEL_ID, DEMO_APP_DIR, MULTISTAGE_APP_DIR, write_job
+from flip.storage import s3
+from tests.conftest import REPO
+from tests.integration.conftest import simulate
+
+pytestmark = [pytest.mark.simulator, pytest.mark.s3]
+SITES = ["site-1", "site-2"]
+
+
+def _load_app_module(app_dir, name):
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(app_dir))
+    try:
+        spec = importlib.util.spec_from_file_location(f"_test_{app_dir.name}_{name}", app_dir / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(app_dir))
+
+
+def _run_objects(weed, model_id, run):
+    final = run.statuses(model_id)[-1]
+    prefix = s3.run_prefix(model_id, final["run_id"])
+    client = weed._client()
+    manifest = s3.verify_run(client, weed.bucket, prefix)
+    return manifest, {e["key"]: client.get_object(Bucket=weed.bucket, Key=prefix + e["key"])["Body"].read()
+                      for e in manifest["objects"]}
+
+
+# -- evaluation-only ---------------------------------------------------------------------------------------------
+
+SAFEHOUSE_ONLY = "7c9d1e2f-3a4b-4c5d-8e6f-0a1b2c3d4e5f"
+
+
+@pytest.fixture(scope="module")
+def evaluation_run(tmp_path_factory, weed, standard_run):
+    """Evaluate the standard job's model (from the registry) and a model that only has a safehouse copy."""
+    tmp = tmp_path_factory.mktemp("evaluation")
+    safehouse = tmp / "flip" / "safehouse" / SAFEHOUSE_ONLY
+    safehouse.mkdir(parents=True)
+    untrained = _load_app_module(DEMO_APP_DIR, "models").DigitsNet()
+    torch.save(untrained.state_dict(), safehouse / "initial_model.pt")
+    job = write_job("evaluation", tmp / "jobs", model_id=DEFAULT_MODEL_ID, model_ids=[DEFAULT_MODEL_ID, SAFEHOUSE_ONLY])
+    return simulate(tmp, job, weed, SITES, threads=2)
+
+
+def _direct_evaluation(state, cohort):
+    models = _load_app_module(DEMO_APP_DIR, "models")
+    images, labels = _load_app_module(DEMO_APP_DIR, "digits_data").load_folder(cohort)
+    model = models.get_model()
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+    return {"accuracy": (logits.argmax(1) == labels).float().mean().item(),
+            "loss": torch.nn.functional.cross_entropy(logits, labels).item(), "num_samples": len(labels)}
+
+
+def test_evaluation_job_lifecycle_and_upload(evaluation_run, weed):
+    assert evaluation_run.rc == 0
+    assert [s["status"] for s in evaluation_run.statuses(DEFAULT_MODEL_ID)] == [
+        "INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED"]
+    manifest, objects = _run_objects(weed, DEFAULT_MODEL_ID, evaluation_run)
+    assert "results/evaluation_results.json" in objects
+    assert RunFile.GLOBAL_MODEL not in objects  # nothing was trained: no model is uploaded
+    assert not list((evaluation_run.workspace / "server" / "simulate_job").glob("cross_site_eval"))
+
+
+def test_evaluation_results_match_a_direct_evaluation_at_every_site(evaluation_run, weed, standard_run):
+    _, objects = _run_objects(weed, DEFAULT_MODEL_ID, evaluation_run)
+    results = json.loads(objects["results/evaluation_results.json"])
+    assert set(results) == set(SITES)
+    trained_run = standard_run.statuses(DEFAULT_MODEL_ID)[-1]["run_id"]
+    trained = torch.load(io.BytesIO(weed._client().get_object(
+        Bucket=weed.bucket, Key=f"{DEFAULT_MODEL_ID}/{trained_run}/{RunFile.GLOBAL_MODEL}")["Body"].read()),
+        weights_only=True)
+    untrained = torch.load(evaluation_run.local_dir / "safehouse" / SAFEHOUSE_ONLY / "initial_model.pt",
+                           weights_only=True)
+    for site in SITES:
+        assert set(results[site]) == {DEFAULT_MODEL_ID, SAFEHOUSE_ONLY}
+        cohort = evaluation_run.local_dir / "cohorts" / site
+        for model_id, state in ((DEFAULT_MODEL_ID, trained), (SAFEHOUSE_ONLY, untrained)):
+            expected = _direct_evaluation(state, cohort)
+            got = results[site][model_id]
+            assert got["num_samples"] == expected["num_samples"]
+            assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+            assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+        assert results[site][DEFAULT_MODEL_ID]["accuracy"] > results[site][SAFEHOUSE_ONLY]["accuracy"] + 0.3
+
+
+# -- FedOpt ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fed_opt_run(tmp_path_factory, weed):
+    tmp = tmp_path_factory.mktemp("fed_opt")
+    job = tmp / "fed_opt"
+    shutil.copytree(REPO / "jobs" / "fed_opt", job)
+    return simulate(tmp, job, weed, SITES, threads=2)
+
+
+def test_fed_opt_moves_the_global_model_every_round_as_the_optimizer_predicts(fed_opt_run, weed):
+    assert fed_opt_run.rc == 0
+    _, objects = _run_objects(weed, DEFAULT_MODEL_ID, fed_opt_run)
+    config = json.loads((REPO / "jobs/fed_opt/app/config/config_fed_server.json").read_text())
+    (generator,) = [c for c in config["components"] if c["id"] == "shareable_generator"]
+    lr = generator["args"]["lr"]
+    rounds = json.loads(objects[RunFile.METRICS])["rounds"]
+    assert len(rounds) == 3
+    steps = [r["server"] for r in rounds]
+    assert all(s["optimizer"] == "sgd" and s["step_norm"] > 0 for s in steps)  # the global model moves every round
+    # round 1: the momentum buffer is the first pseudo-gradient, so the step is exactly lr x the averaged update
+    assert steps[0]["step_norm"] == pytest.approx(lr * steps[0]["update_norm"], rel=1e-6)
+    assert lr != 1.0  # ... which is not FedAvg's step (lr 1)
+    # later rounds carry momentum: no longer lr x the update
+    assert steps[1]["step_norm"] != pytest.approx(lr * steps[1]["update_norm"], rel=1e-3)
+
+
+def test_fed_opt_still_converges(fed_opt_run, weed):
+    _, objects = _run_objects(weed, DEFAULT_MODEL_ID, fed_opt_run)
+    state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), weights_only=True)
+    assert holdout_accuracy(state, site_names=SITES) >= 0.8
+
+
+# -- multi-stage -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def multi_stage_run(tmp_path_factory, weed):
+    tmp = tmp_path_factory.mktemp("multi_stage")
+    job = tmp / "multi_stage"
+    shutil.copytree(REPO / "jobs" / "multi_stage", job)
+    return simulate(tmp, job, weed, SITES, threads=2)
+
+
+def test_both_stages_run_their_rounds_in_order(multi_stage_run, weed):
+    assert multi_stage_run.rc == 0
+    assert multi_stage_run.statuses(DEFAULT_MODEL_ID)[-1]["status"] == "RESULTS_UPLOADED"
+    _, objects = _run_objects(weed, DEFAULT_MODEL_ID, multi_stage_run)
+    rounds = json.loads(objects[RunFile.METRICS])["rounds"]
+    assert [r["stage"] for r in rounds] == ["denoise", "denoise", "classify", "classify"]
+    assert all("denoise_loss" in m for r in rounds[:2] for m in r["sites"].values())
+    assert all("accuracy" in m for r in rounds[2:] for m in r["sites"].values())
+
+
+def test_each_stage_is_filtered_with_its_own_threshold_at_every_site(multi_stage_run):
+    for site in SITES:
+        log = multi_stage_run.log_text(site)
+        for stage in ("denoise", "classify"):
+            lines = re.findall(rf"stage {stage}: percentile 10 threshold \S+, shared ([\d.]+)% of (\d+) values", log)
+            assert len(lines) == 2, (site, stage)
+            assert all(0 < float(shared) <= 90.0 for shared, _ in lines)
+        sizes = {stage: {int(n) for _, n in re.findall(rf"stage {stage}: percentile \S+ threshold \S+, shared "
+                                                         rf"([\d.]+)% of (\d+) values", log)} for stage in ("denoise", "classify")}
+        assert sizes["denoise"] != sizes["classify"]  # each update held only its own stage's parameters
+
+
+def test_the_final_model_holds_both_trained_stages(multi_stage_run, weed):
+    _, objects = _run_objects(weed, DEFAULT_MODEL_ID, multi_stage_run)
+    state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), weights_only=True)
+    initial = _load_app_module(MULTISTAGE_APP_DIR, "models").get_model().state_dict()
+    assert set(state) == set(initial)
+    for prefix in ("denoiser.", "classifier."):
+        changed = [k for k in state if k.startswith(prefix) and not torch.equal(state[k], initial[k])]
+        assert changed, f"no {prefix} parameter changed"
+    validation = json.loads(objects["results/cross_val_results.json"])
+    assert all(v["SRV_FL_global_model.pt"]["accuracy"] > 0.5 for v in validation.values())
+
+
+# -- arguments checked at run start ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def too_few_sites_run(tmp_path_factory, weed):
+    tmp = tmp_path_factory.mktemp("too_few_sites")
+    model_id = str(uuid.uuid4())
+    job = write_job("standard", tmp / "jobs", model_id=model_id, min_clients=3, num_rounds=1)
+    return model_id, simulate(tmp, job, weed, SITES, threads=2)
+
+
+def test_min_clients_above_the_number_of_sites_fails_at_start_naming_it(too_few_sites_run):
+    model_id, run = too_few_sites_run
+    assert run.rc != 0
+    final = run.statuses(model_id)[-1]
+    assert final["status"] == "ERROR" and "min_clients is 3 but only 2 sites joined the run" in final["reason"]
+    assert "round 1/1 started" not in (run.workspace / "server" / "log.txt").read_text()
