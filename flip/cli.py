@@ -14,7 +14,7 @@ def _cmd_demo(args) -> int:
     from flip.demo.run import run_demo
 
     return run_demo(sites=args.sites, rounds=args.rounds, threads=args.threads, workdir=args.dir,
-                    percentile=args.percentile, gamma=args.gamma)
+                    percentile=args.percentile, gamma=args.gamma, job=args.job)
 
 
 def _cmd_s3_serve(args) -> int:
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the demo: N hospitals train a digits model in the simulator")
+    demo.add_argument("--job", default="standard", choices=["standard", "fed_opt", "multi_stage", "evaluation"],
+                      help="the job type to show (evaluation: train with standard, then evaluate that model)")
     demo.add_argument("--sites", type=int, default=2)
     demo.add_argument("--rounds", type=int, default=3)
     demo.add_argument("--threads", type=int, default=None, help="sites running at once (default: all)")

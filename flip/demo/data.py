@@ -69,13 +69,15 @@ def write_cohorts(local_dir: Path, site_names: list[str], seed: int = 0) -> dict
     return counts
 
 
-def holdout_accuracy(state_dict, seed: int = 0, site_names: list[str] | None = None) -> float:
-    """Accuracy on the held-out digits of the demo model with ``state_dict`` loaded."""
+def holdout_accuracy(state_dict, seed: int = 0, site_names: list[str] | None = None,
+                     app_dir: Path | None = None) -> float:
+    """Accuracy on the held-out digits of the demo model (``app_dir``'s models.py) with ``state_dict`` loaded."""
     import importlib.util
 
     import torch
 
-    spec = importlib.util.spec_from_file_location("flip_demo_models", Path(__file__).parent / "app" / "models.py")
+    models = Path(app_dir or Path(__file__).parent / "app") / "models.py"
+    spec = importlib.util.spec_from_file_location(f"flip_demo_models_{models.parent.name}", models)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     model = module.get_model()

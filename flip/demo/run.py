@@ -1,8 +1,11 @@
-"""``make demo`` / ``flip demo``: two hospitals train a digits classifier in the NVFlare simulator.
+"""``make demo`` / ``flip demo``: hospitals train (or evaluate) a digits classifier in the NVFlare simulator.
 
-Steps: write each site's images (non-IID) -> start an embedded S3 server -> write the standard job with a new
-model id -> run it in the simulator with the privacy filter on -> verify the uploaded manifest -> download the
-model, score it on held-out digits -> print a summary. Exits non-zero on any failure.
+Steps: write each site's images (non-IID) -> start an embedded S3 server -> write the job with a new model id ->
+run it in the simulator with the privacy filter on -> verify the uploaded manifest -> download the model and the
+report, score the model on held-out digits -> print a summary. Exits non-zero on any failure.
+
+``--job``: ``standard`` (default), ``fed_opt``, ``multi_stage``, or ``evaluation`` (trains with the standard
+job first, then evaluates that model at every site).
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from flip.constants import RunFile, RunStatus
 from flip.errors import FlipError
+
+DEMO_JOBS = ("standard", "fed_opt", "multi_stage", "evaluation")
 
 
 def _say(message: str) -> None:
@@ -28,88 +34,121 @@ def _table(metrics: dict, sites: list[str], name: str) -> list[str]:
     lines = [f"{'round':>5}  " + "  ".join(f"{s:>10}" for s in sites) + f"  {'mean':>10}"]
     for entry in metrics.get("rounds", []):
         row = [entry["sites"].get(s, {}).get(name) for s in sites] + [entry.get("global", {}).get(name)]
-        lines.append(f"{entry['round']:>5}  " + "  ".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in row))
+        stage = f"  ({entry['stage']})" if entry.get("stage") else ""
+        lines.append(f"{entry['round']:>5}  " + "  ".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in row)
+                     + stage)
     return lines
 
 
+class _Demo:
+    """One demo: its folder, sites, S3 server and the runs it made."""
+
+    def __init__(self, workdir: Path, names: list[str], threads: int | None, server):
+        self.workdir, self.names, self.threads, self.server = workdir, names, threads, server
+        self.local_dir = workdir / "flip"
+        self.run_seconds = 0.0
+
+    def run(self, job: str, model_id: str, **options: Any) -> dict[str, Any]:
+        """Write and simulate ``job``; return its verified manifest, objects and statuses (or raise FlipError)."""
+        from flip.jobs import write_job
+        from flip.platform.dev import LocalPlatform
+        from flip.simulate import run_simulator
+        from flip.storage import s3
+
+        job_dir = write_job(job, self.workdir / "jobs", model_id=model_id, min_clients=len(self.names), **options)
+        _say(f"{job} job {job_dir} (model {model_id}), {len(self.names)} sites in the simulator")
+        started = time.monotonic()
+        rc = run_simulator(job_dir, self.workdir / f"workspace-{job}", sites=self.names, threads=self.threads)
+        self.run_seconds += time.monotonic() - started
+        statuses = [s for s in LocalPlatform(self.local_dir).read_statuses(model_id)]
+        final = statuses[-1] if statuses else {}
+        if rc != 0 or final.get("status") != RunStatus.RESULTS_UPLOADED.value:
+            raise FlipError(f"{job}: simulator exit code {rc}, final status {final.get('status')}: "
+                            f"{final.get('reason', 'see the logs')} (logs: {self.workdir / f'workspace-{job}'})")
+        client = s3.make_s3_client()
+        prefix = s3.run_prefix(model_id, final["run_id"])
+        manifest = s3.verify_run(client, self.server.bucket, prefix)
+        objects = {e["key"]: client.get_object(Bucket=self.server.bucket, Key=prefix + e["key"])["Body"].read()
+                   for e in manifest["objects"]}
+        statuses = [s for s in statuses if s["run_id"] == final["run_id"]]
+        return {"manifest": manifest, "objects": objects, "statuses": statuses, "prefix": prefix}
+
+
 def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdir: str | Path = ".demo",
-             percentile: float = 10, gamma: float = 0.01) -> int:
+             percentile: float = 10, gamma: float = 0.01, job: str = "standard") -> int:
     """Run the demo end to end; return 0 on success, 1 on failure (with the reason printed)."""
     import torch
 
     from flip.demo.data import holdout_accuracy, write_cohorts
-    from flip.jobs import write_job
-    from flip.platform.dev import LocalPlatform
-    from flip.simulate import run_simulator, site_names
-    from flip.storage import s3
+    from flip.jobs import MULTISTAGE_APP_DIR
+    from flip.simulate import site_names
     from flip.storage.weed import WeedS3
 
+    if job not in DEMO_JOBS:
+        raise ValueError(f"job must be one of {list(DEMO_JOBS)}, got {job!r}")
     started = time.monotonic()
     workdir = Path(workdir).resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     names = site_names(sites)
-    local_dir = workdir / "flip"
-    os.environ["FLIP_LOCAL_DIR"] = str(local_dir)
+    os.environ["FLIP_LOCAL_DIR"] = str(workdir / "flip")
     os.environ.setdefault("FLIP_ENV", "dev")
-    counts = write_cohorts(local_dir, names)
+    counts = write_cohorts(workdir / "flip", names)
     _say("hospitals' images: " + ", ".join(f"{s} {n} digits" for s, n in counts.items()) + " (non-IID split)")
-
-    model_id = str(uuid.uuid4())
-    job_dir = write_job("standard", workdir / "jobs", model_id=model_id, num_rounds=rounds, min_clients=len(names),
-                        percentile=percentile, gamma=gamma)
-    _say(f"job {job_dir} (model {model_id}, {rounds} rounds, PercentilePrivacy {percentile}/{gamma})")
 
     with WeedS3(root=workdir / "s3") as server:
         os.environ.update(server.env)
         _say(f"S3 server (SeaweedFS weed mini) on {server.endpoint}, bucket {server.bucket}, auth enforced")
-        run_started = time.monotonic()
-        _say(f"running the simulator: {len(names)} sites, workspace {workdir / 'workspace'}")
-        rc = run_simulator(job_dir, workdir / "workspace", sites=names, threads=threads)
-        run_seconds = time.monotonic() - run_started
-
-        statuses = LocalPlatform(local_dir).read_statuses(model_id)
-        final = statuses[-1] if statuses else {}
-        if rc != 0 or final.get("status") != RunStatus.RESULTS_UPLOADED.value:
-            reason = final.get("reason", "see the logs")
-            _say(f"FAILED: simulator exit code {rc}, final status {final.get('status')}: {reason}")
-            _say(f"logs: {workdir / 'workspace' / 'server' / 'log.txt'}")
-            return 1
-
-        client = s3.make_s3_client()
-        prefix = s3.run_prefix(model_id, final["run_id"])
+        demo = _Demo(workdir, names, threads, server)
+        model_id = str(uuid.uuid4())
+        training = {"percentile": percentile, "gamma": gamma}
         try:
-            manifest = s3.verify_run(client, server.bucket, prefix)
-            metrics = json.loads(client.get_object(Bucket=server.bucket, Key=prefix + RunFile.METRICS)["Body"].read())
-            results = json.loads(client.get_object(
-                Bucket=server.bucket, Key=prefix + "results/cross_val_results.json")["Body"].read())
-            body = client.get_object(Bucket=server.bucket, Key=prefix + RunFile.GLOBAL_MODEL)["Body"].read()
-            report_dir = workdir / "report"
-            report_dir.mkdir()
-            for entry in manifest["objects"]:
-                if entry["key"].startswith("report/"):
-                    client.download_file(server.bucket, prefix + entry["key"], str(report_dir / entry["key"][7:]))
+            if job == "multi_stage":
+                result = demo.run(job, model_id, **training)
+            else:
+                result = demo.run("standard" if job == "evaluation" else job, model_id, num_rounds=rounds, **training)
+            evaluation = demo.run("evaluation", model_id) if job == "evaluation" else None
         except FlipError as exc:
             _say(f"FAILED: {exc}")
             return 1
-        state = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
-        accuracy = holdout_accuracy(state, site_names=names)
+        objects = result["objects"]
+        report_dir = workdir / "report"
+        report_dir.mkdir()
+        for key, body in objects.items():
+            if key.startswith("report/"):
+                (report_dir / key[len("report/"):]).write_bytes(body)
+        state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), map_location="cpu", weights_only=True)
+        app = MULTISTAGE_APP_DIR if job == "multi_stage" else None
+        accuracy = holdout_accuracy(state, site_names=names, app_dir=app)
 
+    metrics = json.loads(objects[RunFile.METRICS])
+    validation = json.loads(objects["results/cross_val_results.json"])
     print()
-    print("Accuracy of each site's locally trained model on its own validation images, per round:")
-    print("\n".join(_table(metrics, names, "accuracy")))
+    name = "accuracy" if any("accuracy" in m for r in metrics["rounds"] for m in r["sites"].values()) else "loss"
+    print(f"{name} of each site's locally trained model on its own validation images, per round:")
+    print("\n".join(_table(metrics, names, name)))
+    if metrics["rounds"] and metrics["rounds"][0].get("server"):
+        steps = ", ".join(f"{r['server']['step_norm']:.3g}" for r in metrics["rounds"])
+        print(f"Server optimizer {metrics['rounds'][0]['server']['optimizer']}: global model moved {steps} per round")
     print()
     print("Cross-site validation of the final global model:")
     for site in names:
-        m = results.get(site, {}).get("SRV_FL_global_model.pt", {})
-        print(f"  {site}: accuracy {m.get('accuracy', float('nan')):.3f}, loss {m.get('loss', float('nan')):.3f}")
+        m = validation.get(site, {}).get("SRV_FL_global_model.pt", {})
+        print(f"  {site}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k != "num_samples"))
+    if evaluation:
+        results = json.loads(evaluation["objects"]["results/evaluation_results.json"])
+        print("Evaluation-only job, the same model on all of each site's images:")
+        for site in names:
+            m = results[site][model_id]
+            print(f"  {site}: accuracy {m['accuracy']:.3f} on {m['num_samples']} images")
     print(f"Held-out digits no site ever saw: accuracy {accuracy:.3f}")
-    print(f"Model:    s3://{server.bucket}/{prefix}{RunFile.GLOBAL_MODEL}")
-    print(f"Verified: {len(manifest['objects'])} objects match s3://{server.bucket}/{prefix}{RunFile.MANIFEST}")
-    print(f"Status:   " + " -> ".join(s["status"] for s in statuses))
+    print(f"Model:    s3://{server.bucket}/{result['prefix']}{RunFile.GLOBAL_MODEL}")
+    print(f"Verified: {len(result['manifest']['objects'])} objects match "
+          f"s3://{server.bucket}/{result['prefix']}{RunFile.MANIFEST}")
+    print("Status:   " + " -> ".join(s["status"] for s in result["statuses"]))
     print(f"Report:   {report_dir / 'index.html'} (curves: {report_dir / 'curves.png'})")
-    print(f"Logs:     {workdir / 'workspace' / 'server' / 'log.txt'}")
-    print(f"Time:     simulator run {run_seconds:.1f} s, whole demo {time.monotonic() - started:.1f} s")
+    print(f"Logs:     {workdir}/workspace-*/server/log.txt")
+    print(f"Time:     simulator {demo.run_seconds:.1f} s, whole demo {time.monotonic() - started:.1f} s")
     if accuracy < 0.8:
         _say(f"FAILED: held-out accuracy {accuracy:.3f} is below 0.8")
         return 1
