@@ -10,6 +10,7 @@ class FlipTask:
 
     INIT_TRAINING = "init_training"
     TRAIN = "train"
+    SWAG = "swag"
     VALIDATE = "validate"
     EVALUATE = "evaluate"
 
@@ -19,6 +20,8 @@ class FlipEvent:
 
     SITES_PREPARED = "flip.sites_prepared"
     EVALUATION_STARTED = "flip.evaluation_started"
+    ROUND_VALIDATED = "flip.round_validated"
+    SWAG_STARTED = "flip.swag_started"
     EVALUATION_RESULT_RECEIVED = "flip.evaluation_result_received"
     SITE_ERROR = "flip.site_error"
 
@@ -31,6 +34,9 @@ class FlipMeta:
     STAGE = "flip_stage"
     STAGE_PARAMS = "flip_stage_params"
     STAGE_STEPS = "flip_stage_steps"
+    FEDPROX_MU = "flip_fedprox_mu"
+    REPORT_CHECKSUM = "flip_report_checksum"
+    SWAG_EPOCHS = "flip_swag_epochs"
     STAGE_ROUND = "flip_stage_round"
     STAGE_ROUNDS = "flip_stage_rounds"
     TOTAL_ROUNDS = "flip_total_rounds"
@@ -82,6 +88,11 @@ class RunFile:
     STAGING_DIR = "flip_upload"
     UPLOAD_PENDING = "upload_pending.json"
     PREPROCESSING = "preprocessing.py"
+    ARTIFACTS_DIR = "flip_artifacts"
+    LOCAL_MODELS_DIR = "local_models"
+    ENSEMBLE = "ensemble.pt"
+    SWAG = "swag.pt"
+    UNCERTAINTY = "uncertainty.json"
 
 
 class RunStatus(str, Enum):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nvflare.apis.dxo import DataKind
-from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
 from flip.constants import ComponentId, FlipTask, UserFile
+from flip.nvflare.aggregator import SampleWeightedAggregator
 from flip.nvflare.components import (
     CleanupImages,
     ClientEventHandler,
@@ -59,14 +58,20 @@ def add_lifecycle(job: FedJob, model_id: str, json_generator, persistor_id: str 
                   id="init_training")
 
 
-def add_training_server(job: FedJob, shareable_generator, training_workflow) -> None:
-    """Server: the model persisted from models.get_model(), averaging, the training workflow, then
-    cross-site validation of the server's model(s)."""
+def add_training_server(job: FedJob, shareable_generator, training_workflow, aggregator=None,
+                        after_training: list | None = None, model_tests: bool = True) -> None:
+    """Server: the model persisted from models.get_model(), averaging, the training workflow (and what follows
+    it, e.g. the SWAG round), then cross-site validation of the server's model(s) unless ``model_tests`` is off."""
     job.to_server(PTFileModelPersistor(model={"path": f"models.{UserFile.MODEL_FUNCTION}"}), id=ComponentId.PERSISTOR)
-    job.to_server(shareable_generator, id=ComponentId.SHAREABLE_GENERATOR)
-    job.to_server(InTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHT_DIFF), id=ComponentId.AGGREGATOR)
+    if shareable_generator is not None:
+        job.to_server(shareable_generator, id=ComponentId.SHAREABLE_GENERATOR)
+    job.to_server(aggregator or SampleWeightedAggregator(), id=ComponentId.AGGREGATOR)
     job.to_server(PTModelLocator(), id=ComponentId.MODEL_LOCATOR)
-    job.to_server(training_workflow, id="scatter_and_gather")
+    job.to_server(training_workflow, id="training")
+    for workflow, workflow_id in after_training or []:
+        job.to_server(workflow, id=workflow_id)
+    if not model_tests:
+        return
     job.to_server(
         explicit(
             CrossSiteModelEval(
@@ -80,11 +85,12 @@ def add_training_server(job: FedJob, shareable_generator, training_workflow) -> 
     )
 
 
-def add_training_sites(job: FedJob, privacy_filter) -> None:
-    """Sites: train and validate the user's code; the privacy filter on every train result."""
-    job.to_clients(RUN_TRAINER(), tasks=[FlipTask.TRAIN])
+def add_training_sites(job: FedJob, privacy_filter, swag: bool = False) -> None:
+    """Sites: train and validate the user's code; the privacy filter on every train (and SWAG) result."""
+    tasks = [FlipTask.TRAIN, FlipTask.SWAG] if swag else [FlipTask.TRAIN]
+    job.to_clients(RUN_TRAINER(), tasks=tasks)
     job.to_clients(RUN_VALIDATOR(), tasks=[FlipTask.VALIDATE])
-    job.to_clients(privacy_filter, filter_type=FilterType.TASK_RESULT, tasks=[FlipTask.TRAIN])
+    job.to_clients(privacy_filter, filter_type=FilterType.TASK_RESULT, tasks=tasks)
 
 
 def add_site_basics(job: FedJob, app_dir: str | Path) -> None:

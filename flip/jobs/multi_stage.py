@@ -14,6 +14,7 @@ from flip.jobs.common import (
     add_training_sites,
     new_job,
 )
+from flip.nvflare.aggregator import SampleWeightedAggregator
 from flip.nvflare.components import StagePercentilePrivacy, ValidationJsonGenerator
 from flip.nvflare.controllers import MultiStageScatterAndGather
 
@@ -34,7 +35,9 @@ def multi_stage_job(name: str = "multi_stage", model_id: str = DEFAULT_MODEL_ID,
     workflow = MultiStageScatterAndGather(stages=stages or DEFAULT_STAGES, min_clients=min_clients,
                                           wait_time_after_min_received=wait_after_min_clients)
     workflow._always_serialize_args = ("stages",)
-    add_training_server(job, FullModelShareableGenerator(), workflow)
+    aggregator = SampleWeightedAggregator(min_accepted=min_clients)
+    aggregator._always_serialize_args = ("min_accepted",)
+    add_training_server(job, FullModelShareableGenerator(), workflow, aggregator)
     add_training_sites(job, StagePercentilePrivacy(percentile=percentile, gamma=gamma))
     add_site_basics(job, app_dir or MULTISTAGE_APP_DIR)
     return job

@@ -1,11 +1,10 @@
-"""The standard FLIP job: init training -> scatter-gather rounds -> cross-site validation -> S3."""
+"""The standard FLIP job: init training -> rounds -> cross-site validation -> S3, with FLIP's methods and options."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
-from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.job_config.api import FedJob
 
 from flip.constants import ComponentId, FlipTask
@@ -19,23 +18,55 @@ from flip.jobs.common import (
     explicit,
     new_job,
 )
+from flip.nvflare.aggregator import SampleWeightedAggregator
 from flip.nvflare.components import PercentilePrivacy, ValidationJsonGenerator
+from flip.nvflare.controllers.feddc import FedDCController
 from flip.nvflare.controllers.init_training import check_positive_int
+from flip.nvflare.controllers.swag import SwagRound
+from flip.nvflare.controllers.training import FlipScatterAndGather, check_mu
+from flip.nvflare.uncertainty import METHODS, UncertaintyPlan
+
+AGGREGATIONS = ("fedavg", "fedprox", "feddc")
 
 
-def scatter_and_gather(min_clients: int, num_rounds: int, wait_after_min_clients: int) -> ScatterAndGather:
-    return explicit(
-        ScatterAndGather(
-            min_clients=min_clients,
-            num_rounds=check_positive_int("num_rounds", num_rounds),
-            wait_time_after_min_received=wait_after_min_clients,
-            aggregator_id=ComponentId.AGGREGATOR,
-            persistor_id=ComponentId.PERSISTOR,
-            shareable_generator_id=ComponentId.SHAREABLE_GENERATOR,
-            train_task_name=FlipTask.TRAIN,
-        ),
-        "aggregator_id", "persistor_id", "shareable_generator_id", "train_task_name",
+def check_options(aggregation: str, uncertainty: str, fedprox_mu: float, model_test_after_each_round: bool,
+                  skip_model_tests: bool, delete_local_models_after_aggregation: bool) -> None:
+    """Raise ValueError naming the first bad or conflicting option."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
+    if uncertainty not in METHODS:
+        raise ValueError(f"uncertainty must be one of {list(METHODS)}, got {uncertainty!r}")
+    if aggregation == "fedprox" and not check_mu(fedprox_mu) > 0:
+        raise ValueError(f"aggregation 'fedprox' needs fedprox_mu > 0, got {fedprox_mu!r}")
+    for name, value in (("model_test_after_each_round", model_test_after_each_round),
+                        ("skip_model_tests", skip_model_tests),
+                        ("delete_local_models_after_aggregation", delete_local_models_after_aggregation)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    if skip_model_tests and model_test_after_each_round:
+        raise ValueError("skip_model_tests and model_test_after_each_round cannot both be True")
+
+
+def training_workflow(aggregation: str, min_clients: int, num_rounds: int, wait_after_min_clients: int,
+                      fedprox_mu: float, daisy_chain_period: int, seed: int, model_test_after_each_round: bool):
+    check_positive_int("num_rounds", num_rounds)
+    if aggregation == "feddc":
+        workflow = FedDCController(num_rounds=num_rounds, daisy_chain_period=daisy_chain_period,
+                                   min_clients=min_clients, seed=seed,
+                                   model_test_after_each_round=model_test_after_each_round)
+        return explicit(workflow, "daisy_chain_period", "seed")
+    workflow = FlipScatterAndGather(
+        min_clients=min_clients,
+        num_rounds=num_rounds,
+        wait_time_after_min_received=wait_after_min_clients,
+        aggregator_id=ComponentId.AGGREGATOR,
+        persistor_id=ComponentId.PERSISTOR,
+        shareable_generator_id=ComponentId.SHAREABLE_GENERATOR,
+        train_task_name=FlipTask.TRAIN,
+        fedprox_mu=fedprox_mu if aggregation == "fedprox" else 0.0,
+        model_test_after_each_round=model_test_after_each_round,
     )
+    return explicit(workflow, "aggregator_id", "persistor_id", "shareable_generator_id", "train_task_name")
 
 
 def standard_job(
@@ -48,28 +79,58 @@ def standard_job(
     wait_after_min_clients: int = 60,
     app_dir: str | Path | None = None,
     shareable_generator=None,
+    aggregation: str = "fedavg",
+    fedprox_mu: float = 0.01,
+    daisy_chain_period: int = 2,
+    seed: int = 0,
+    uncertainty: str = "none",
+    swag_epochs: int = 3,
+    model_test_after_each_round: bool = False,
+    skip_model_tests: bool = False,
+    delete_local_models_after_aggregation: bool = False,
 ) -> FedJob:
     """Build the standard job.
 
     Args:
         name: job (folder) name.
         model_id: the model's UUID (the S3 key's first part).
-        num_rounds: scatter-gather rounds (>= 1). Default 3.
+        num_rounds: training rounds (>= 1). Default 3.
         min_clients: sites needed to start and in each round (>= 1). Default 2.
         percentile, gamma: the sites' PercentilePrivacy filter. Defaults 10 / 0.01 (share ~90% of each update).
         wait_after_min_clients: once min_clients sites answered a task, seconds to wait for the others (no wait
             once all answered); later answers are discarded as stale. Default 60.
         app_dir: the user's code to put in custom/ (default: the demo app).
-        shareable_generator: how the averaged update becomes the global model (default: add it, FedAvg).
+        shareable_generator: how the averaged update becomes the global model (default: add it; FedOpt's generator
+            makes it a server optimizer step).
+        aggregation: ``fedavg`` (weighted by samples), ``fedprox`` (with ``fedprox_mu`` > 0) or ``feddc`` (local
+            models daisy-chained between sites, averaged every ``daisy_chain_period`` rounds, routes from ``seed``).
+        uncertainty: ``none``, ``ensemble`` (keep every site's last local model), ``mc_dropout`` (record it, check
+            the model has dropout) or ``swag`` (one SWAG round of ``swag_epochs`` snapshots after training).
+        model_test_after_each_round: every site validates each new global model; skip_model_tests: no validation
+            at all (no cross-site validation); delete_local_models_after_aggregation: no site model file stays on
+            the server once its round is aggregated.
 
     Raises:
-        ValueError: a bad argument (named).
+        ValueError: a bad or conflicting argument (named).
     """
+    check_options(aggregation, uncertainty, fedprox_mu, model_test_after_each_round, skip_model_tests,
+                  delete_local_models_after_aggregation)
+    if aggregation == "feddc" and shareable_generator is not None:
+        raise ValueError("aggregation 'feddc' averages local models itself: it takes no shareable_generator")
     job = new_job(name, model_id, min_clients, wait_after_min_clients)
     add_lifecycle(job, model_id, ValidationJsonGenerator(), min_clients=min_clients,
                   wait_after_min_clients=wait_after_min_clients)
-    add_training_server(job, shareable_generator or FullModelShareableGenerator(),
-                        scatter_and_gather(min_clients, num_rounds, wait_after_min_clients))
-    add_training_sites(job, PercentilePrivacy(percentile=percentile, gamma=gamma))
+    if uncertainty != "none":
+        job.to_server(UncertaintyPlan(method=uncertainty), id="uncertainty")
+    aggregator = SampleWeightedAggregator(
+        min_accepted=min_clients, ensemble=uncertainty == "ensemble",
+        delete_local_models_after_aggregation=delete_local_models_after_aggregation)
+    aggregator._always_serialize_args = ("min_accepted",)
+    after = [(SwagRound(swag_epochs=swag_epochs, min_clients=min_clients), "swag")] if uncertainty == "swag" else []
+    generator = None if aggregation == "feddc" else shareable_generator or FullModelShareableGenerator()
+    workflow = training_workflow(aggregation, min_clients, num_rounds, wait_after_min_clients, fedprox_mu,
+                                 daisy_chain_period, seed, model_test_after_each_round)
+    add_training_server(job, generator, workflow, aggregator, after, model_tests=not skip_model_tests)
+    add_training_sites(job, PercentilePrivacy(percentile=percentile, gamma=gamma), swag=uncertainty == "swag")
     add_site_basics(job, app_dir or DEMO_APP_DIR)
     return job

@@ -26,6 +26,9 @@ from flip.nvflare.components.persist_to_s3_and_cleanup import (
 )
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
 from flip.nvflare.utils import RUN_ID_PROP, LookupFailed, get_component, new_run_id, run_dir, short_reason
+from flip.nvflare.aggregator import AGGREGATION_REPORT_PROP
+from flip.nvflare.controllers.feddc import FEDDC_REPORT_PROP
+from flip.nvflare.controllers.training import ROUND_VALIDATION_PROP
 from flip.nvflare.fedopt import SERVER_STEP_PROP
 from flip.report import write_report
 from flip.storage.s3 import check_model_id, run_prefix
@@ -124,6 +127,10 @@ class ServerEventHandler(FLComponent):
             self.report_status(fl_ctx, RunStatus.PREPARED)
         elif event_type == AppEventType.ROUND_STARTED:
             self._round_started(fl_ctx)
+        elif event_type == FlipEvent.ROUND_VALIDATED:
+            self._round_validated(fl_ctx)
+        elif event_type == FlipEvent.SWAG_STARTED:
+            self.log_info(fl_ctx, "SWAG round started (the DLR demonstrator's SWAG_ROUND; status stays TRAINING_STARTED)")
         elif event_type == FlipEvent.EVALUATION_STARTED:
             self.report_status(fl_ctx, RunStatus.TRAINING_STARTED)  # an evaluation-only run's "training" phase
         elif event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT:
@@ -209,8 +216,26 @@ class ServerEventHandler(FLComponent):
         step = fl_ctx.get_prop(SERVER_STEP_PROP)
         if step:
             entry["server"] = dict(step)
+        report = fl_ctx.get_prop(AGGREGATION_REPORT_PROP)
+        if report:
+            entry["accepted"], entry["excluded"] = report["accepted"], report["excluded"]
+        feddc = fl_ctx.get_prop(FEDDC_REPORT_PROP)
+        if feddc:
+            entry["feddc"] = dict(feddc)
         self.log_info(fl_ctx, f"round {current + 1} done, sites' mean: " + _format(entry["global"]))
         self._report_metrics(fl_ctx, current, "global", entry["global"])
+        self._write_metrics(fl_ctx)
+
+    def _round_validated(self, fl_ctx: FLContext) -> None:
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
+        site = fl_ctx.get_prop(AppConstants.DATA_CLIENT) or "?"
+        try:
+            metrics = clean_metrics(fl_ctx.get_prop(ROUND_VALIDATION_PROP) or {}, f"{site}'s validation")
+        except FlipError as exc:
+            self.log_warning(fl_ctx, f"round {current + 1}: unusable validation from {site}: {short_reason(exc)}")
+            return
+        self.rounds.setdefault(current, {"sites": {}}).setdefault("validation", {})[site] = metrics
+        self.log_info(fl_ctx, f"round {current + 1} global model at {site}: " + _format(metrics))
         self._write_metrics(fl_ctx)
 
     def _report_metrics(self, fl_ctx: FLContext, current: int, site: str, metrics: dict) -> None:
@@ -277,6 +302,9 @@ class ServerEventHandler(FLComponent):
             self._write_metrics(fl_ctx)
             sites = sorted({s for r in self.rounds.values() for s in r["sites"]})
             artifacts = {RunFile.METRICS: run_dir(fl_ctx) / RunFile.METRICS, f"{RunFile.RESULTS_DIR}/{results.name}": results}
+            extra = run_dir(fl_ctx) / RunFile.ARTIFACTS_DIR
+            if extra.is_dir():
+                artifacts.update({p.relative_to(extra).as_posix(): p for p in sorted(extra.rglob("*")) if p.is_file()})
             artifacts.update(self._write_report(fl_ctx, sites))
             fl_ctx.set_prop(RUN_ID_PROP, self.run_id, private=True, sticky=False)
             fl_ctx.set_prop(ARTIFACTS_PROP, artifacts, private=True, sticky=False)

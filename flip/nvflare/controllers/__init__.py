@@ -1,7 +1,17 @@
 """Our workflows, where NVFlare's own do not serve."""
 
 from flip.nvflare.controllers.evaluate_models import EvaluateModels
+from flip.nvflare.controllers.feddc import FedDCController
 from flip.nvflare.controllers.init_training import InitTraining
 from flip.nvflare.controllers.multi_stage import MultiStageScatterAndGather
+from flip.nvflare.controllers.swag import SwagRound
+from flip.nvflare.controllers.training import FlipScatterAndGather
 
-__all__ = ["EvaluateModels", "InitTraining", "MultiStageScatterAndGather"]
+__all__ = [
+    "EvaluateModels",
+    "FedDCController",
+    "FlipScatterAndGather",
+    "InitTraining",
+    "MultiStageScatterAndGather",
+    "SwagRound",
+]

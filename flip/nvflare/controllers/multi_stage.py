@@ -5,10 +5,10 @@ from __future__ import annotations
 from nvflare.apis.controller_spec import ClientTask
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
-from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
 from flip.constants import ComponentId, FlipMeta, FlipTask
 from flip.nvflare.controllers.init_training import check_positive_int
+from flip.nvflare.controllers.training import FlipScatterAndGather
 from flip.platform.base import check_path_name
 
 
@@ -27,8 +27,8 @@ def check_stages(stages) -> list[dict]:
     return stages
 
 
-class MultiStageScatterAndGather(ScatterAndGather):
-    """NVFlare's ScatterAndGather, with every train task carrying its stage.
+class MultiStageScatterAndGather(FlipScatterAndGather):
+    """ScatterAndGather (with FLIP's options), every train task carrying its stage.
 
     Rounds run stage after stage (``stages[0]["num_rounds"]`` rounds of the first, then the next...). Each
     task's data carries the headers ``flip_stage`` (the stage's name), ``flip_stage_round`` (0-based within the
@@ -37,18 +37,19 @@ class MultiStageScatterAndGather(ScatterAndGather):
 
     Args:
         stages: ``[{"name": "stage1", "num_rounds": 3}, {"name": "stage2", "num_rounds": 2}]``.
-        Other arguments: as ScatterAndGather (``num_rounds`` is the sum of the stages' rounds).
+        Other arguments: as FlipScatterAndGather (``num_rounds`` is the sum of the stages' rounds).
     """
 
     def __init__(self, stages: list[dict], min_clients: int = 1, wait_time_after_min_received: int = 10,
                  aggregator_id=ComponentId.AGGREGATOR, persistor_id=ComponentId.PERSISTOR,
                  shareable_generator_id=ComponentId.SHAREABLE_GENERATOR, train_task_name=FlipTask.TRAIN,
-                 train_timeout: int = 0):
+                 train_timeout: int = 0, fedprox_mu: float = 0.0, model_test_after_each_round: bool = False):
         self.stages = check_stages(stages)
         super().__init__(min_clients=min_clients, num_rounds=sum(s["num_rounds"] for s in stages),
                          wait_time_after_min_received=wait_time_after_min_received, aggregator_id=aggregator_id,
                          persistor_id=persistor_id, shareable_generator_id=shareable_generator_id,
-                         train_task_name=train_task_name, train_timeout=train_timeout)
+                         train_task_name=train_task_name, train_timeout=train_timeout, fedprox_mu=fedprox_mu,
+                         model_test_after_each_round=model_test_after_each_round)
 
     def stage_of(self, round_num: int) -> tuple[str, int, int]:
         """(stage name, round within the stage, rounds of the stage) of a 0-based global round."""

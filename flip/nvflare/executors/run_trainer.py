@@ -10,6 +10,10 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
+from flip.aggregation import swag
+from flip.aggregation.swag import MEAN, SECOND
+from flip.aggregation.fedprox import proximal_term
+from flip.aggregation.weighted import checksum
 from flip.constants import TASK_METRICS_PROP, FlipMeta, FlipTask, UserFile
 from flip.errors import UserCodeError
 from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics, to_number
@@ -40,20 +44,25 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
     the trainer's metrics go to the ClientEventHandler, which sends them with the result. Integer buffers (e.g.
     BatchNorm's counters) are not exchanged.
 
-    In a multi-stage job the task carries its stage (``ctx.stage``); ``models.py`` then defines
-    ``STAGES = {stage: [parameter name prefixes]}`` and only the stage's parameters are sent (DXO meta
-    ``flip_stage``), for StagePercentilePrivacy to filter with the stage's own threshold.
+    - FedProx: when the task carries ``flip_fedprox_mu``, the proximal term ``mu/2·||w − w_global||²`` is added
+      to the user's loss through the gradients while ``train`` runs (user code unchanged).
+    - Multi-stage: the task carries its stage (``ctx.stage``); ``models.py`` then defines
+      ``STAGES = {stage: [parameter name prefixes]}`` and only the stage's parameters are sent (DXO meta
+      ``flip_stage``), for StagePercentilePrivacy to filter with the stage's own threshold.
+    - SWAG (task ``swag``): ``train`` is called ``flip_swag_epochs`` times from the global model; the reply is a
+      COLLECTION of the weights' first and second moments as differences to the global model's.
     """
 
-    tasks = (FlipTask.TRAIN,)
+    tasks = (FlipTask.TRAIN, FlipTask.SWAG)
+    where = f"custom/{UserFile.TRAINER}: {UserFile.TRAINER_CLASS}.train"
 
     def run_task(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         try:
             incoming = from_shareable(shareable)
         except ValueError as exc:
-            raise TaskFailed(f"the train task carried no model: {exc}") from exc
+            raise TaskFailed(f"the {task_name} task carried no model: {exc}") from exc
         if incoming.data_kind != DataKind.WEIGHTS or not isinstance(incoming.data, dict):
-            raise TaskFailed(f"the train task carried {incoming.data_kind}: expected WEIGHTS")
+            raise TaskFailed(f"the {task_name} task carried {incoming.data_kind}: expected WEIGHTS")
         global_weights = incoming.data
         ctx = self.context(fl_ctx, shareable, abort_signal)
         trainer = self.user_object("trainer", lambda: instantiate(
@@ -65,31 +74,54 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
         except ValueError as exc:
             raise UserCodeError(f"custom/{UserFile.MODELS}: get_model() does not fit the global model: {exc}") from exc
         model.to(ctx.device)
+        names = [n for n, v in global_weights.items() if np.asarray(v).dtype.kind == "f"]
+        if task_name == FlipTask.SWAG:
+            return self._swag(fl_ctx, shareable, ctx, trainer, model, global_weights, names, abort_signal)
 
         started = time.monotonic()
-        where = f"custom/{UserFile.TRAINER}: {UserFile.TRAINER_CLASS}.train"
-        raw = call_user(where, trainer.train, model, ctx)
+        mu = float(shareable.get_header(FlipMeta.FEDPROX_MU) or 0.0)
+        with proximal_term(model, mu):
+            raw = call_user(self.where, trainer.train, model, ctx)
         if abort_signal.triggered:
             return Shareable()
-        num_samples, num_steps, metrics = training_result(raw, where)
-
-        names = [n for n, v in global_weights.items() if np.asarray(v).dtype.kind == "f"]
+        num_samples, num_steps, metrics = training_result(raw, self.where)
         new = state_to_numpy(model.cpu(), names)
         diff = {n: (new[n] - np.asarray(global_weights[n])).astype(new[n].dtype, copy=False) for n in names}
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: num_steps, FlipMeta.NUM_SAMPLES: num_samples}
         if ctx.stage:
             diff = self._stage_part(fl_ctx, ctx.stage, diff)
             meta[FlipMeta.STAGE] = ctx.stage
+        metrics["update_norm"] = float(np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in diff.values())))
+        if shareable.get_header(FlipMeta.REPORT_CHECKSUM):
+            metrics["received_checksum"] = checksum(global_weights)
         # the ClientEventHandler checks these and sends them with the result (see ClientEventHandler)
         fl_ctx.set_prop(TASK_METRICS_PROP, {NUM_SAMPLES: num_samples, **metrics}, private=True, sticky=False)
-        summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "received_checksum")
         stage = f" (stage {ctx.stage})" if ctx.stage else ""
+        prox = f", FedProx mu={mu:g}" if mu else ""
         self.log_info(
             fl_ctx,
             f"round {ctx.round + 1}/{ctx.total_rounds}{stage}: trained on {num_samples} samples, {num_steps} steps in "
-            f"{time.monotonic() - started:.2f} s; {summary}",
+            f"{time.monotonic() - started:.2f} s{prox}; {summary}",
         )
         return DXO(data_kind=DataKind.WEIGHT_DIFF, data=diff, meta=meta).to_shareable()
+
+    def _swag(self, fl_ctx, shareable, ctx, trainer, model, global_weights, names, abort_signal) -> Shareable:
+        epochs = int(shareable.get_header(FlipMeta.SWAG_EPOCHS) or 3)
+        snapshots, steps, samples = [], 0, 0
+        for _ in range(epochs):
+            raw = call_user(self.where, trainer.train, model, ctx)
+            if abort_signal.triggered:
+                return Shareable()
+            num_samples, num_steps, _ = training_result(raw, self.where)
+            samples, steps = max(samples, num_samples), steps + num_steps
+            snapshots.append(state_to_numpy(model, names))
+        mean, second = swag.site_moments(snapshots, {n: global_weights[n] for n in names})
+        meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: steps}
+        parts = {MEAN: DXO(DataKind.WEIGHT_DIFF, data=mean, meta=dict(meta)),
+                 SECOND: DXO(DataKind.WEIGHT_DIFF, data=second, meta=dict(meta))}
+        self.log_info(fl_ctx, f"SWAG: {epochs} snapshots over {steps} steps on {samples} samples")
+        return DXO(DataKind.COLLECTION, data=parts, meta={FlipMeta.NUM_SAMPLES: samples}).to_shareable()
 
     def _stage_part(self, fl_ctx: FLContext, stage: str, diff: dict) -> dict:
         """Only the stage's parameters (``STAGES[stage]`` name prefixes in models.py) leave the site."""

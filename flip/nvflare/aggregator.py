@@ -1,0 +1,174 @@
+"""SampleWeightedAggregator: FedAvg weighted by samples, after every update passed the acceptance checks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+from nvflare.app_common.abstract.aggregator import Aggregator
+from nvflare.app_common.abstract.model import ModelLearnableKey
+from nvflare.app_common.app_constant import AppConstants
+
+from flip.aggregation.weighted import check_update, weighted_mean
+from flip.constants import FlipMeta, RunFile
+from flip.errors import FlipError
+from flip.nvflare.utils import run_dir
+
+#: fl_ctx property: which sites' updates were aggregated this round and why others were excluded
+AGGREGATION_REPORT_PROP = "flip.aggregation_report"
+
+
+class AggregationFailed(FlipError):
+    """Too few updates passed the checks for the round to complete."""
+
+
+class LocalModelStore:
+    """Sites' local models on the server's disk: ``<run>/local_models/round_<n>/<site>.pt``, and the ensemble."""
+
+    def __init__(self, folder: Path):
+        self.root = folder / RunFile.LOCAL_MODELS_DIR
+        self.artifacts = folder / RunFile.ARTIFACTS_DIR
+
+    def save(self, round_num: int, site: str, weights: dict[str, Any]) -> Path:
+        path = self.root / f"round_{round_num + 1}" / f"{site}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()}, path)
+        return path
+
+    def delete_round(self, round_num: int) -> int:
+        folder = self.root / f"round_{round_num + 1}"
+        count = len(list(folder.glob("*.pt"))) if folder.is_dir() else 0
+        shutil.rmtree(folder, ignore_errors=True)
+        return count
+
+    def write_ensemble(self, members: dict[str, dict[str, Any]]) -> Path:
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        path = self.artifacts / RunFile.ENSEMBLE
+        torch.save({site: {k: torch.as_tensor(np.asarray(v)) for k, v in w.items()} for site, w in members.items()},
+                   path)
+        return path
+
+
+def reconstruct(base: dict[str, Any], diff: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A site's local model: the model it started from plus its (filtered) update."""
+    local = {k: np.asarray(v) for k, v in base.items()}
+    for name, d in diff.items():
+        local[name] = (local[name] + np.asarray(d)).astype(local[name].dtype)
+    return local
+
+
+class SampleWeightedAggregator(Aggregator):
+    """Average the round's WEIGHT_DIFF updates weighted by each site's number of samples (FedAvg).
+
+    An update is excluded, with its reason logged and written to metrics.json, when it is for another round,
+    is the site's second update in the round, is not a WEIGHT_DIFF, has NaN/Inf, parameters the global model
+    lacks or shapes it does not have, or ``num_samples`` <= 0. The round completes if at least ``min_accepted``
+    updates remain; otherwise the run ends in ERROR naming the reasons.
+
+    Accepted sites' local models (the model they started from plus their update) are kept on the server's disk
+    for the round (``local_models/round_<n>/<site>.pt``) and deleted once it is aggregated if
+    ``delete_local_models_after_aggregation``; with ``ensemble``, the last round's local models become the run's
+    ``ensemble.pt`` artifact.
+
+    Args:
+        min_accepted: updates needed to aggregate (>= 1). Default 1.
+        delete_local_models_after_aggregation: remove each round's local model files once aggregated.
+        ensemble: keep every site's last local model as the ``ensemble.pt`` artifact.
+    """
+
+    def __init__(self, min_accepted: int = 1, delete_local_models_after_aggregation: bool = False,
+                 ensemble: bool = False):
+        super().__init__()
+        if isinstance(min_accepted, bool) or not isinstance(min_accepted, int) or min_accepted < 1:
+            raise ValueError(f"min_accepted must be an integer >= 1, got {min_accepted!r}")
+        if ensemble and delete_local_models_after_aggregation:
+            raise ValueError("ensemble keeps every site's last local model: it cannot be combined with "
+                             "delete_local_models_after_aggregation=True")
+        self.min_accepted = min_accepted
+        self.delete_local_models_after_aggregation = delete_local_models_after_aggregation
+        self.ensemble = ensemble
+        self.accepted: dict[str, tuple[dict[str, Any], int]] = {}
+        self.excluded: dict[str, str] = {}
+        #: FedDC: each site's starting model this round (None: everyone started from the global model)
+        self.bases: dict[str, dict[str, Any]] | None = None
+
+    def reset(self, fl_ctx: FLContext) -> None:
+        self.accepted, self.excluded = {}, {}
+
+    def _reason(self, shareable: Shareable, fl_ctx: FLContext, site: str, current: int, base: dict) -> str | None:
+        if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            return f"the site reported {shareable.get_return_code()}"
+        contribution = shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND)
+        if contribution != current:
+            return f"it is for round {contribution + 1 if isinstance(contribution, int) else contribution}, " \
+                   f"this is round {current + 1}"
+        if site in self.accepted:
+            return f"{site} already sent its update for round {current + 1}"
+        try:
+            dxo = from_shareable(shareable)
+        except ValueError:
+            return "it is not a DXO"
+        if dxo.data_kind != DataKind.WEIGHT_DIFF:
+            return f"it is {getattr(dxo.data_kind, 'value', dxo.data_kind)}, expected WEIGHT_DIFF"
+        return check_update(dxo.data, base, dxo.get_meta_prop(FlipMeta.NUM_SAMPLES))
+
+    def _base(self, fl_ctx: FLContext, site: str) -> dict[str, Any]:
+        if self.bases and site in self.bases:
+            return self.bases[site]
+        model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+        return model[ModelLearnableKey.WEIGHTS] if model else {}
+
+    def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
+        peer = fl_ctx.get_peer_context()
+        site = peer.get_identity_name() if peer else "?"
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        base = self._base(fl_ctx, site)
+        reason = self._reason(shareable, fl_ctx, site, current, base)
+        if reason:
+            self.excluded.setdefault(site, reason)
+            self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} is excluded: {reason}")
+            return False
+        dxo = from_shareable(shareable)
+        self.accepted[site] = (dxo.data, int(dxo.get_meta_prop(FlipMeta.NUM_SAMPLES)))
+        LocalModelStore(run_dir(fl_ctx)).save(current, site, reconstruct(base, dxo.data))
+        return True
+
+    def check_enough(self, fl_ctx: FLContext) -> None:
+        """Raise AggregationFailed (naming why updates were excluded) if fewer than min_accepted remain."""
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        fl_ctx.set_prop(AGGREGATION_REPORT_PROP, {"accepted": sorted(self.accepted), "excluded": dict(self.excluded)},
+                        private=True, sticky=False)
+        if len(self.accepted) < self.min_accepted:
+            why = "; ".join(f"{site}: {reason}" for site, reason in sorted(self.excluded.items())) or "no update"
+            raise AggregationFailed(f"round {current + 1}: {len(self.accepted)} update(s) accepted, "
+                                    f"{self.min_accepted} needed ({why})")
+
+    def finish_round(self, fl_ctx: FLContext, members: dict[str, dict[str, Any]] | None = None) -> None:
+        """After aggregating: the ensemble artifact on the last round, then the local model files if asked."""
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        store = LocalModelStore(run_dir(fl_ctx))
+        num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS)
+        start = fl_ctx.get_prop(AppConstants.START_ROUND, 0) or 0
+        if self.ensemble and num_rounds and current == start + num_rounds - 1:
+            if members is None:
+                members = {s: reconstruct(self._base(fl_ctx, s), d) for s, (d, _) in self.accepted.items()}
+            store.write_ensemble(members)
+            self.log_info(fl_ctx, f"ensemble of {len(members)} sites' last local models kept: {RunFile.ENSEMBLE}")
+        if self.delete_local_models_after_aggregation:
+            self.log_info(fl_ctx, f"round {current + 1}: deleted {store.delete_round(current)} local model files")
+
+    def aggregate(self, fl_ctx: FLContext) -> Shareable:
+        self.check_enough(fl_ctx)
+        mean = weighted_mean([(d, n) for d, n in self.accepted.values()])
+        total = sum(n for _, n in self.accepted.values())
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        self.log_info(fl_ctx, f"round {current + 1}: averaged {len(self.accepted)} updates over {total} samples")
+        self.finish_round(fl_ctx)
+        return DXO(data_kind=DataKind.WEIGHT_DIFF, data=mean, meta={FlipMeta.NUM_SAMPLES: total}).to_shareable()

@@ -1,0 +1,93 @@
+"""FlipScatterAndGather: NVFlare's ScatterAndGather with FLIP's trainer options (FedProx, per-round tests)."""
+
+from __future__ import annotations
+
+import math
+
+from nvflare.apis.controller_spec import ClientTask, Task
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.model import ModelLearnableKey
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+
+from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask
+
+#: fl_ctx property with a ROUND_VALIDATED event: the site's metrics for the round's new global model
+ROUND_VALIDATION_PROP = "flip.round_validation"
+
+
+def check_mu(fedprox_mu) -> float:
+    if isinstance(fedprox_mu, bool) or not isinstance(fedprox_mu, (int, float)) or not (
+            math.isfinite(fedprox_mu) and fedprox_mu >= 0):
+        raise ValueError(f"fedprox_mu must be a finite number >= 0, got {fedprox_mu!r}")
+    return float(fedprox_mu)
+
+
+class FlipScatterAndGather(ScatterAndGather):
+    """ScatterAndGather plus FLIP's options.
+
+    Args:
+        fedprox_mu: > 0 makes it FedProx: every train task carries ``mu`` and RUN_TRAINER adds the proximal term
+            ``mu/2·||w − w_global||²`` to the user's loss (through the gradients; user code unchanged). Default 0.
+        model_test_after_each_round: after each round, every site validates the new global model (RUN_VALIDATOR);
+            the metrics go to metrics.json under the round. Default False.
+        validation_timeout: seconds for those tests (>= 1). Default 600.
+        Other arguments: as ScatterAndGather.
+    """
+
+    def __init__(self, min_clients: int = 1, num_rounds: int = 5, wait_time_after_min_received: int = 10,
+                 aggregator_id=ComponentId.AGGREGATOR, persistor_id=ComponentId.PERSISTOR,
+                 shareable_generator_id=ComponentId.SHAREABLE_GENERATOR, train_task_name=FlipTask.TRAIN,
+                 train_timeout: int = 0, fedprox_mu: float = 0.0, model_test_after_each_round: bool = False,
+                 validation_timeout: int = 600):
+        super().__init__(min_clients=min_clients, num_rounds=num_rounds,
+                         wait_time_after_min_received=wait_time_after_min_received, aggregator_id=aggregator_id,
+                         persistor_id=persistor_id, shareable_generator_id=shareable_generator_id,
+                         train_task_name=train_task_name, train_timeout=train_timeout)
+        self.fedprox_mu = check_mu(fedprox_mu)
+        if not isinstance(model_test_after_each_round, bool):
+            raise ValueError(f"model_test_after_each_round must be True or False, got {model_test_after_each_round!r}")
+        self.model_test_after_each_round = model_test_after_each_round
+        self.validation_timeout = validation_timeout
+        self._abort_signal: Signal | None = None
+
+    def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        self._abort_signal = abort_signal
+        super().control_flow(abort_signal, fl_ctx)
+
+    def _prepare_train_task_data(self, client_task: ClientTask, fl_ctx: FLContext) -> None:
+        if self.fedprox_mu:
+            client_task.task.data.set_header(FlipMeta.FEDPROX_MU, self.fedprox_mu)
+        super()._prepare_train_task_data(client_task, fl_ctx)
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        super().handle_event(event_type, fl_ctx)
+        if event_type == AppEventType.ROUND_DONE and self.model_test_after_each_round and self._abort_signal:
+            model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+            if model:
+                validate_at_sites(self, model[ModelLearnableKey.WEIGHTS], fl_ctx.get_prop(AppConstants.CURRENT_ROUND),
+                                  self._min_clients, self.validation_timeout, fl_ctx, self._abort_signal)
+
+
+def validate_at_sites(controller, weights: dict, round_num: int, min_clients: int, timeout: int, fl_ctx: FLContext,
+                      abort_signal: Signal) -> None:
+    """Send the round's global model to every site's validator; fire ROUND_VALIDATED for each answer."""
+    data = DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable()
+    data.set_header(AppConstants.MODEL_OWNER, f"global_round_{round_num + 1}")
+
+    def received(client_task: ClientTask, ctx: FLContext) -> None:
+        result = client_task.result
+        if isinstance(result, Shareable) and result.get_return_code(ReturnCode.OK) == ReturnCode.OK:
+            ctx.set_prop(AppConstants.DATA_CLIENT, client_task.client.name, private=True, sticky=False)
+            ctx.set_prop(ROUND_VALIDATION_PROP, from_shareable(result).data, private=True, sticky=False)
+            ctx.set_prop(AppConstants.CURRENT_ROUND, round_num, private=True, sticky=False)
+            controller.fire_event(FlipEvent.ROUND_VALIDATED, ctx)
+        client_task.result = None
+
+    task = Task(name=FlipTask.VALIDATE, data=data, timeout=timeout, result_received_cb=received)
+    controller.broadcast_and_wait(task=task, fl_ctx=fl_ctx, min_responses=min_clients, abort_signal=abort_signal)

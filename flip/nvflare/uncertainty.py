@@ -1,0 +1,57 @@
+"""UncertaintyPlan: the run's uncertainty method, recorded with the model and checked at the start."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_context import FLContext
+
+from flip.constants import ComponentId, RunFile
+from flip.nvflare.utils import run_dir
+
+METHODS = ("none", "ensemble", "mc_dropout", "swag")
+
+
+class UncertaintyPlan(FLComponent):
+    """Record the run's uncertainty method as the ``uncertainty.json`` artifact (what was stored and how to use
+    it: see flip.uncertainty), and check what the method needs before any training: MC_DROPOUT needs dropout
+    layers in ``models.get_model()``.
+
+    Args:
+        method: ``none``, ``ensemble``, ``mc_dropout`` or ``swag``.
+        mc_dropout_samples: forward passes suggested for MC dropout (>= 2). Default 20.
+    """
+
+    def __init__(self, method: str = "none", mc_dropout_samples: int = 20):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        if isinstance(mc_dropout_samples, bool) or not isinstance(mc_dropout_samples, int) or mc_dropout_samples < 2:
+            raise ValueError(f"mc_dropout_samples must be an integer >= 2, got {mc_dropout_samples!r}")
+        self.method = method
+        self.mc_dropout_samples = mc_dropout_samples
+        self._checked = False
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        if event_type == EventType.START_RUN:
+            self._checked = False
+            plan = {"method": self.method.upper(), "helper": {
+                "none": None, "ensemble": "flip.uncertainty.ensemble_predict (members in ensemble.pt)",
+                "mc_dropout": "flip.uncertainty.mc_dropout_predict", "swag": "flip.uncertainty.swag_predict (swag.pt)",
+            }[self.method]}
+            if self.method == "mc_dropout":
+                plan["samples"] = self.mc_dropout_samples
+            folder = run_dir(fl_ctx) / RunFile.ARTIFACTS_DIR
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / RunFile.UNCERTAINTY).write_text(json.dumps(plan, indent=2))
+        elif event_type == EventType.START_WORKFLOW and not self._checked:
+            self._checked = True
+            if self.method == "mc_dropout":
+                persistor = fl_ctx.get_engine().get_component(ComponentId.PERSISTOR)
+                model = getattr(persistor, "model", None)
+                if isinstance(model, torch.nn.Module) and not any(
+                        isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in model.modules()):
+                    self.system_panic("uncertainty MC_DROPOUT needs dropout layers in models.get_model()", fl_ctx)
