@@ -56,13 +56,13 @@ def clean_metrics(raw: Any, where: str) -> dict[str, float | int]:
 
 
 def weighted_means(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Mean of each metric present at every site, weighted by the sites' ``num_samples`` (equal if absent)."""
-    if not per_site:
-        return {}
-    sites = list(per_site.values())
-    weights = [float(m.get(NUM_SAMPLES, 1) or 1) for m in sites]
-    common = set(sites[0]).intersection(*sites[1:]) - {NUM_SAMPLES, NUM_STEPS}
-    total = sum(weights)
-    result: dict[str, float] = {name: sum(w * m[name] for w, m in zip(weights, sites)) / total for name in sorted(common)}
-    result[NUM_SAMPLES] = int(sum(m.get(NUM_SAMPLES, 0) for m in sites))
+    """Each metric's mean over the sites that reported it, weighted by their ``num_samples`` (1 if absent);
+    ``num_samples`` itself is summed."""
+    names = sorted({k for m in per_site.values() for k in m} - {NUM_SAMPLES, NUM_STEPS})
+    result: dict[str, float] = {}
+    for name in names:
+        pairs = [(float(m.get(NUM_SAMPLES, 1) or 1), m[name]) for m in per_site.values() if name in m]
+        result[name] = sum(w * v for w, v in pairs) / sum(w for w, _ in pairs)
+    if per_site:
+        result[NUM_SAMPLES] = int(sum(m.get(NUM_SAMPLES, 0) for m in per_site.values()))
     return result

@@ -298,10 +298,12 @@ class ServerEventHandler(FLComponent):
             self.report_status(fl_ctx, RunStatus.STOPPED, "the run was aborted")
             return
         try:
-            results = self.validation_json_generator.write_results(fl_ctx)
             self._write_metrics(fl_ctx)
             sites = sorted({s for r in self.rounds.values() for s in r["sites"]})
-            artifacts = {RunFile.METRICS: run_dir(fl_ctx) / RunFile.METRICS, f"{RunFile.RESULTS_DIR}/{results.name}": results}
+            artifacts = {RunFile.METRICS: run_dir(fl_ctx) / RunFile.METRICS}
+            if self.validation_json_generator.results:  # none when the job skips model tests
+                results = self.validation_json_generator.write_results(fl_ctx)
+                artifacts[f"{RunFile.RESULTS_DIR}/{results.name}"] = results
             extra = run_dir(fl_ctx) / RunFile.ARTIFACTS_DIR
             if extra.is_dir():
                 artifacts.update({p.relative_to(extra).as_posix(): p for p in sorted(extra.rglob("*")) if p.is_file()})

@@ -80,13 +80,13 @@ def validate_at_sites(controller, weights: dict, round_num: int, min_clients: in
     data = DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable()
     data.set_header(AppConstants.MODEL_OWNER, f"global_round_{round_num + 1}")
 
-    def received(client_task: ClientTask, ctx: FLContext) -> None:
+    def received(client_task: ClientTask, fl_ctx: FLContext) -> None:  # NVFlare passes these by name
         result = client_task.result
         if isinstance(result, Shareable) and result.get_return_code(ReturnCode.OK) == ReturnCode.OK:
-            ctx.set_prop(AppConstants.DATA_CLIENT, client_task.client.name, private=True, sticky=False)
-            ctx.set_prop(ROUND_VALIDATION_PROP, from_shareable(result).data, private=True, sticky=False)
-            ctx.set_prop(AppConstants.CURRENT_ROUND, round_num, private=True, sticky=False)
-            controller.fire_event(FlipEvent.ROUND_VALIDATED, ctx)
+            fl_ctx.set_prop(AppConstants.DATA_CLIENT, client_task.client.name, private=True, sticky=False)
+            fl_ctx.set_prop(ROUND_VALIDATION_PROP, from_shareable(result).data, private=True, sticky=False)
+            fl_ctx.set_prop(AppConstants.CURRENT_ROUND, round_num, private=True, sticky=False)
+            controller.fire_event(FlipEvent.ROUND_VALIDATED, fl_ctx)
         client_task.result = None
 
     task = Task(name=FlipTask.VALIDATE, data=data, timeout=timeout, result_received_cb=received)

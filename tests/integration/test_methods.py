@@ -1,0 +1,261 @@
+"""Aggregation methods, uncertainty methods and trainer options in real simulator runs.
+
+Each run's upload is sent to a missing bucket first, so the server's workspace stays on disk to be inspected
+(local model files kept or deleted), then ``flip upload --resume`` finishes it and the artifacts are checked in S3.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from flip.aggregation.feddc import daisy_chain, is_aggregation_round
+from flip.cli import main as flip_cli
+from flip.constants import RunFile
+from flip.jobs import DEMO_APP_DIR, write_job
+from flip.storage import s3
+from flip.uncertainty import ensemble_predict, swag_predict
+from tests.conftest import environ
+from tests.integration.conftest import simulate
+
+pytestmark = [pytest.mark.simulator, pytest.mark.s3]
+MISSING = {"FLIP_MODELS_BUCKET": "not-created-yet"}
+
+
+def _run_then_resume(tmp, weed, job, sites, threads):
+    """Run with the bucket missing (workspace kept), snapshot the workspace, resume; return what was uploaded."""
+    run = simulate(tmp, job, weed, sites, threads=threads, extra_env=MISSING)
+    server = run.workspace / "server" / "simulate_job"
+    kept = sorted(p.relative_to(server).as_posix() for p in server.rglob("*.pt"))
+    with environ(**{**run.env, **weed.env, "FLIP_MODELS_BUCKET": weed.bucket}):
+        pending = json.loads((server / RunFile.UPLOAD_PENDING).read_text())
+        pending["bucket"] = weed.bucket  # the operator fixes the bucket setting, then resumes
+        (server / RunFile.UPLOAD_PENDING).write_text(json.dumps(pending))
+        resumed = flip_cli(["upload", "--resume", str(run.workspace)])
+    client = weed._client()
+    manifest = s3.verify_run(client, weed.bucket, pending["prefix"])
+    objects = {e["key"]: client.get_object(Bucket=weed.bucket, Key=pending["prefix"] + e["key"])["Body"].read()
+               for e in manifest["objects"]}
+    return run, kept, resumed, objects
+
+
+def _models():
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(DEMO_APP_DIR))
+    try:
+        spec = importlib.util.spec_from_file_location("_methods_models", DEMO_APP_DIR / "models.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(DEMO_APP_DIR))
+
+
+# -- FedDC + ensemble + a test of each new global model + local models kept ----------------------------------------
+
+FEDDC_SITES = ["site-1", "site-2", "site-3"]
+
+
+@pytest.fixture(scope="module")
+def feddc_run(tmp_path_factory, weed):
+    tmp = tmp_path_factory.mktemp("feddc")
+    model_id = str(uuid.uuid4())
+    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=4, min_clients=3, aggregation="feddc",
+                    daisy_chain_period=2, seed=5, uncertainty="ensemble", model_test_after_each_round=True)
+    return (model_id, *_run_then_resume(tmp, weed, job, FEDDC_SITES, threads=3))
+
+
+def test_feddc_aggregates_exactly_every_period_and_at_the_end(feddc_run):
+    _, run, _, resumed, objects = feddc_run
+    assert resumed == 0
+    rounds = json.loads(objects[RunFile.METRICS])["rounds"]
+    assert [r["feddc"]["aggregated"] for r in rounds] == [is_aggregation_round(i, 2, 4) for i in range(4)]
+    assert [r["feddc"]["aggregated"] for r in rounds] == [False, True, False, True]
+
+
+def test_feddc_routes_local_models_between_sites_as_seeded(feddc_run):
+    """Which site trained which model in which round: the fingerprint each site reports of the model it received
+    is the fingerprint of the local model the route says it gets."""
+    _, _, _, _, objects = feddc_run
+    rounds = json.loads(objects[RunFile.METRICS])["rounds"]
+    for i, entry in enumerate(rounds[:-1]):
+        following = rounds[i + 1]
+        received = {site: m["received_checksum"] for site, m in following["sites"].items()}
+        if entry["feddc"]["aggregated"]:
+            assert "routing" not in entry["feddc"]
+            assert all(v == pytest.approx(entry["feddc"]["global_checksum"], rel=1e-12) for v in received.values())
+        else:
+            routing = entry["feddc"]["routing"]
+            assert routing == daisy_chain(FEDDC_SITES, 5, i)
+            for receiver, sender in routing.items():
+                assert receiver != sender
+                assert received[receiver] == pytest.approx(entry["feddc"]["local_checksums"][sender], rel=1e-12)
+                assert received[receiver] != pytest.approx(entry["feddc"]["local_checksums"][receiver], rel=1e-9)
+
+
+def test_each_new_global_model_is_tested_at_every_site(feddc_run):
+    _, _, _, _, objects = feddc_run
+    rounds = json.loads(objects[RunFile.METRICS])["rounds"]
+    for entry in rounds:
+        if entry["feddc"]["aggregated"]:
+            assert set(entry["validation"]) == set(FEDDC_SITES)
+            assert all(0 <= m["accuracy"] <= 1 for m in entry["validation"].values())
+        else:
+            assert "validation" not in entry  # no new global model in a daisy-chain round
+
+
+def test_local_models_stay_on_disk_without_the_delete_option(feddc_run):
+    _, _, kept, _, _ = feddc_run
+    for round_num in range(1, 5):
+        for site in FEDDC_SITES:
+            assert f"{RunFile.LOCAL_MODELS_DIR}/round_{round_num}/{site}.pt" in kept
+
+
+def test_ensemble_holds_every_sites_last_local_model(feddc_run):
+    _, _, _, _, objects = feddc_run
+    members = torch.load(io.BytesIO(objects[RunFile.ENSEMBLE]), weights_only=True)
+    final = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), weights_only=True)
+    assert set(members) == set(FEDDC_SITES)
+    for state in members.values():
+        assert set(state) == set(final) and not all(torch.equal(state[k], final[k]) for k in final)
+    mean, std = ensemble_predict(_models().get_model, members, torch.rand(8, 8, 8))
+    assert torch.allclose(mean.sum(1), torch.ones(8)) and std.max() > 0
+    assert json.loads(objects[RunFile.UNCERTAINTY])["method"] == "ENSEMBLE"
+
+
+# -- FedProx + SWAG + no model tests + local models deleted ---------------------------------------------------------
+
+PROX_SITES = ["site-1", "site-2"]
+
+
+@pytest.fixture(scope="module")
+def prox_swag_run(tmp_path_factory, weed):
+    tmp = tmp_path_factory.mktemp("prox_swag")
+    model_id = str(uuid.uuid4())
+    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=2, aggregation="fedprox", fedprox_mu=0.1,
+                    uncertainty="swag", swag_epochs=3, skip_model_tests=True,
+                    delete_local_models_after_aggregation=True)
+    return (model_id, *_run_then_resume(tmp, weed, job, PROX_SITES, threads=2))
+
+
+def test_fedprox_reaches_every_sites_training(prox_swag_run):
+    _, run, _, _, _ = prox_swag_run
+    for site in PROX_SITES:
+        assert len(re.findall(r"round \d/2: trained on .*FedProx mu=0.1;", run.log_text(site))) == 2
+
+
+def test_no_local_model_file_remains_after_aggregation(prox_swag_run):
+    _, _, kept, _, _ = prox_swag_run
+    assert not [p for p in kept if p.startswith(RunFile.LOCAL_MODELS_DIR)], kept
+    assert "app_server/FL_global_model.pt" in kept  # the global model itself is kept until uploaded
+
+
+def test_swag_round_stores_mean_and_clamped_variance(prox_swag_run):
+    _, run, _, resumed, objects = prox_swag_run
+    assert resumed == 0
+    posterior = torch.load(io.BytesIO(objects[RunFile.SWAG]), weights_only=True)
+    final = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), weights_only=True)
+    assert set(posterior["mean"]) == set(posterior["variance"]) == {k for k, v in final.items() if v.is_floating_point()}
+    assert posterior["sites"] == PROX_SITES and posterior["swag_epochs"] == 3 and posterior["num_samples"] > 0
+    assert all((v >= 0).all() for v in posterior["variance"].values())
+    assert any((v > 0).any() for v in posterior["variance"].values())
+    assert any(not torch.equal(posterior["mean"][k], final[k]) for k in posterior["mean"])
+    for site in PROX_SITES:
+        assert "SWAG: 3 snapshots" in run.log_text(site)
+    mean, std = swag_predict(_models().get_model, posterior, torch.rand(4, 8, 8), samples=5)
+    assert std.max() > 0
+    assert json.loads(objects[RunFile.UNCERTAINTY])["method"] == "SWAG"
+
+
+def test_skip_model_tests_runs_no_validation(prox_swag_run):
+    _, run, _, _, objects = prox_swag_run
+    assert not [k for k in objects if k.startswith("results/")]
+    for site in PROX_SITES:
+        assert "RUN_VALIDATOR" not in run.log_text(site) and "validate SRV" not in run.log_text(site)
+
+
+# -- a misbehaving site ---------------------------------------------------------------------------------------------
+
+MISBEHAVING = Path(__file__).with_name("misbehaving_site.py")
+
+
+def _with_misbehaving_site(job: Path, site: str) -> None:
+    """Give ``site`` its own app: the job's, but training with MisbehavingTrainer and no privacy filter."""
+    bad = job / "app_bad"
+    shutil.copytree(job / "app", bad)
+    shutil.copy(MISBEHAVING, bad / "custom" / "misbehaving_site.py")
+    config_path = bad / "config" / "config_fed_client.json"
+    config = json.loads(config_path.read_text())
+    for entry in config["executors"]:
+        if "train" in entry["tasks"]:
+            entry["executor"] = {"path": "misbehaving_site.MisbehavingTrainer", "args": {}}
+    config["task_result_filters"] = []
+    config_path.write_text(json.dumps(config, indent=2))
+    meta_path = job / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    others = [s for s in ("server", "site-1", "site-2", "site-3") if s != site]
+    meta["deploy_map"] = {"app": others, "app_bad": [site]}
+    meta_path.write_text(json.dumps(meta, indent=2))
+
+
+@pytest.fixture(scope="module")
+def misbehaving_run(tmp_path_factory, weed):
+    tmp = tmp_path_factory.mktemp("misbehaving")
+    model_id = str(uuid.uuid4())
+    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=5, min_clients=2,
+                    wait_after_min_clients=5, skip_model_tests=True)
+    _with_misbehaving_site(job, "site-3")
+    return model_id, simulate(tmp, job, weed, ["site-1", "site-2", "site-3"], threads=3)
+
+
+def test_bad_updates_are_excluded_with_reasons_and_the_run_completes(misbehaving_run, weed):
+    model_id, run = misbehaving_run
+    final = run.statuses(model_id)[-1]
+    assert final["status"] == "RESULTS_UPLOADED", final
+    prefix = s3.run_prefix(model_id, final["run_id"])
+    rounds = json.loads(weed._client().get_object(Bucket=weed.bucket, Key=prefix + RunFile.METRICS)["Body"].read())[
+        "rounds"]
+    excluded = {r["round"]: r.get("excluded", {}).get("site-3", "") for r in rounds}
+    assert "holds NaN or Inf" in excluded[1]
+    assert "has shape (3, 3), the global model" in excluded[2]
+    assert "num_samples must be a positive integer, got 0" in excluded[3]
+    for entry in rounds:
+        assert {"site-1", "site-2"} <= set(entry["accepted"])
+        if entry["round"] in (1, 2, 3, 4):
+            assert "site-3" not in entry["accepted"]  # round 4: its update came after the round had closed
+    assert "site-3" in rounds[4]["accepted"]  # a good update is taken again
+    server_log = (run.workspace / "server" / "log.txt").read_text()
+    assert "round 1: the update of site-3 is excluded: parameter" in server_log
+    # NVFlare itself drops the late result (the site asks whether its task still stands); a stale update that
+    # reaches the aggregator anyway is excluded by round (tests/unit/test_methods.py)
+    assert re.search(r"peer=site-3.*task \S+ is not found", server_log)
+
+
+@pytest.fixture(scope="module")
+def too_few_run(tmp_path_factory, weed):
+    tmp = tmp_path_factory.mktemp("too_few")
+    model_id = str(uuid.uuid4())
+    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=2, min_clients=2, skip_model_tests=True)
+    meta = json.loads((job / "meta.json").read_text())
+    _with_misbehaving_site(job, "site-2")
+    meta = json.loads((job / "meta.json").read_text())
+    meta["deploy_map"] = {"app": ["server", "site-1"], "app_bad": ["site-2"]}
+    (job / "meta.json").write_text(json.dumps(meta, indent=2))
+    return model_id, simulate(tmp, job, weed, ["site-1", "site-2"], threads=2)
+
+
+def test_too_few_good_updates_end_the_run_in_error_naming_the_reason(too_few_run):
+    model_id, run = too_few_run
+    final = run.statuses(model_id)[-1]
+    assert final["status"] == "ERROR"
+    assert "round 1: 1 update(s) accepted, 2 needed (site-2: parameter" in final["reason"]
+    assert "holds NaN or Inf" in final["reason"]
