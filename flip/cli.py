@@ -14,7 +14,8 @@ def _cmd_demo(args) -> int:
     from flip.demo.run import run_demo
 
     return run_demo(sites=args.sites, rounds=args.rounds, threads=args.threads, workdir=args.dir,
-                    percentile=args.percentile, gamma=args.gamma, job=args.job)
+                    percentile=args.percentile, gamma=args.gamma, job=args.job, aggregation=args.aggregation,
+                    uncertainty=args.uncertainty, model_test_after_each_round=args.model_test_after_each_round)
 
 
 def _cmd_s3_serve(args) -> int:
@@ -138,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo: N hospitals train a digits model in the simulator")
     demo.add_argument("--job", default="standard", choices=["standard", "fed_opt", "multi_stage", "evaluation"],
                       help="the job type to show (evaluation: train with standard, then evaluate that model)")
+    demo.add_argument("--aggregation", default="fedavg", choices=["fedavg", "fedprox", "feddc"])
+    demo.add_argument("--uncertainty", default="none", choices=["none", "ensemble", "mc_dropout", "swag"])
+    demo.add_argument("--model-test-after-each-round", action="store_true",
+                      help="every site tests each new global model")
     demo.add_argument("--sites", type=int, default=2)
     demo.add_argument("--rounds", type=int, default=3)
     demo.add_argument("--threads", type=int, default=None, help="sites running at once (default: all)")

@@ -75,8 +75,13 @@ class _Demo:
 
 
 def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdir: str | Path = ".demo",
-             percentile: float = 10, gamma: float = 0.01, job: str = "standard") -> int:
-    """Run the demo end to end; return 0 on success, 1 on failure (with the reason printed)."""
+             percentile: float = 10, gamma: float = 0.01, job: str = "standard", aggregation: str = "fedavg",
+             uncertainty: str = "none", model_test_after_each_round: bool = False) -> int:
+    """Run the demo end to end; return 0 on success, 1 on failure (with the reason printed).
+
+    ``aggregation`` (fedavg, fedprox, feddc), ``uncertainty`` (none, ensemble, mc_dropout, swag) and
+    ``model_test_after_each_round`` apply to the standard, fed_opt and evaluation demos' training.
+    """
     import torch
 
     from flip.demo.data import holdout_accuracy, write_cohorts
@@ -102,11 +107,14 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
         demo = _Demo(workdir, names, threads, server)
         model_id = str(uuid.uuid4())
         training = {"percentile": percentile, "gamma": gamma}
+        methods = {"aggregation": aggregation, "uncertainty": uncertainty,
+                   "model_test_after_each_round": model_test_after_each_round}
         try:
             if job == "multi_stage":
                 result = demo.run(job, model_id, **training)
             else:
-                result = demo.run("standard" if job == "evaluation" else job, model_id, num_rounds=rounds, **training)
+                result = demo.run("standard" if job == "evaluation" else job, model_id, num_rounds=rounds,
+                                  **training, **methods)
             evaluation = demo.run("evaluation", model_id) if job == "evaluation" else None
         except FlipError as exc:
             _say(f"FAILED: {exc}")
@@ -141,6 +149,14 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
         for site in names:
             m = results[site][model_id]
             print(f"  {site}: accuracy {m['accuracy']:.3f} on {m['num_samples']} images")
+    validated = [r for r in metrics["rounds"] if r.get("validation")]
+    if validated:
+        print("Each new global model tested at every site (accuracy): " + "; ".join(
+            f"round {r['round']}: " + ", ".join(f"{s} {m.get('accuracy', 0):.3f}" for s, m in sorted(r["validation"].items()))
+            for r in validated))
+    extras = [k for k in (RunFile.ENSEMBLE, RunFile.SWAG, RunFile.UNCERTAINTY) if k in objects]
+    if extras:
+        print(f"Uncertainty ({uncertainty}): stored {', '.join(extras)} with the model (see flip.uncertainty)")
     print(f"Held-out digits no site ever saw: accuracy {accuracy:.3f}")
     print(f"Model:    s3://{server.bucket}/{result['prefix']}{RunFile.GLOBAL_MODEL}")
     print(f"Verified: {len(result['manifest']['objects'])} objects match "
