@@ -22,6 +22,7 @@ class FlipEvent:
     EVALUATION_STARTED = "flip.evaluation_started"
     ROUND_VALIDATED = "flip.round_validated"
     SWAG_STARTED = "flip.swag_started"
+    TRAINING_STOPPED = "flip.training_stopped"
     EVALUATION_RESULT_RECEIVED = "flip.evaluation_result_received"
     SITE_ERROR = "flip.site_error"
 

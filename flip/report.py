@@ -79,10 +79,19 @@ def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
     privacy = last.get("privacy", {})
     privacy_rows = []
     for site in sites:
-        p = privacy.get(site) or {}
-        parts = p.get("parts", {})
-        shared = ", ".join(f"{k}: {v.get('shared', 0):.1%}" for k, v in parts.items()) or ("OFF" if p.get("off") else "-")
-        privacy_rows.append([site, p.get("filter") or "none", p.get("percentile"), p.get("gamma"), shared])
+        applied = privacy.get(site) or [{}]
+        for p in applied:
+            if p.get("off"):
+                detail = "OFF: shared unfiltered"
+            elif "epsilon" in p:
+                detail = (f"clip {p.get('clip_norm')}, noise multiplier {p.get('noise_multiplier'):.3g}, "
+                          f"ε spent {p['epsilon']:.3g} (δ {p.get('delta')})")
+            elif p.get("parts"):
+                detail = f"percentile {p.get('percentile')}, gamma {p.get('gamma')}, shared " + ", ".join(
+                    f"{k} {v.get('shared', 0):.1%}" for k, v in p["parts"].items())
+            else:
+                detail = "-"
+            privacy_rows.append([site, p.get("filter") or "none", detail])
     facts = [["model id", doc.get("model_id")], ["run id", doc.get("run_id")], ["NVFlare job id", doc.get("job_id")],
              ["sites", ", ".join(sites)], ["rounds", f"{len(rounds)} of {doc.get('num_rounds') or len(rounds)}"],
              ["status", " → ".join(doc.get("statuses", []))], ["model in S3", doc.get("s3", "-")],
@@ -101,8 +110,9 @@ td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}th{{background:
 {image}
 <h2>Cross-site validation of the global model</h2>
 {_table(["site", "model"] + val_names, val_rows) if val_rows else "<p>none</p>"}
-<h2>Privacy filter applied by each site (last round)</h2>
-{_table(["site", "filter", "percentile", "gamma", "shared"], privacy_rows)}
+<h2>Privacy filters applied by each site (last round, in order)</h2>
+{f"<p><b>Training stopped early:</b> {html.escape(str(doc['stopped_early']))}</p>" if doc.get("stopped_early") else ""}
+{_table(["site", "filter", "settings and effect"], privacy_rows)}
 </body></html>
 """
     path.write_text(page, encoding="utf-8")

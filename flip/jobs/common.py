@@ -85,12 +85,15 @@ def add_training_server(job: FedJob, shareable_generator, training_workflow, agg
     )
 
 
-def add_training_sites(job: FedJob, privacy_filter, swag: bool = False) -> None:
-    """Sites: train and validate the user's code; the privacy filter on every train (and SWAG) result."""
+def add_training_sites(job: FedJob, privacy_filter, swag: bool = False, dp_filter=None) -> None:
+    """Sites: train and validate the user's code; the privacy filter(s) on every train (and SWAG) result, the
+    differential-privacy filter last (noise is the last thing applied)."""
     tasks = [FlipTask.TRAIN, FlipTask.SWAG] if swag else [FlipTask.TRAIN]
     job.to_clients(RUN_TRAINER(), tasks=tasks)
     job.to_clients(RUN_VALIDATOR(), tasks=[FlipTask.VALIDATE])
     job.to_clients(privacy_filter, filter_type=FilterType.TASK_RESULT, tasks=tasks)
+    if dp_filter is not None:
+        job.to_clients(dp_filter, filter_type=FilterType.TASK_RESULT, tasks=tasks)
 
 
 def add_site_basics(job: FedJob, app_dir: str | Path) -> None:

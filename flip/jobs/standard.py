@@ -19,7 +19,7 @@ from flip.jobs.common import (
     new_job,
 )
 from flip.nvflare.aggregator import SampleWeightedAggregator
-from flip.nvflare.components import PercentilePrivacy, ValidationJsonGenerator
+from flip.nvflare.components import GaussianPrivacy, PercentilePrivacy, ValidationJsonGenerator
 from flip.nvflare.controllers.feddc import FedDCController
 from flip.nvflare.controllers.init_training import check_positive_int
 from flip.nvflare.controllers.swag import SwagRound
@@ -88,6 +88,11 @@ def standard_job(
     model_test_after_each_round: bool = False,
     skip_model_tests: bool = False,
     delete_local_models_after_aggregation: bool = False,
+    dp_epsilon: float | None = None,
+    dp_noise_multiplier: float | None = None,
+    dp_delta: float = 1e-5,
+    dp_clip_norm: float = 1.0,
+    dp_max_epsilon: float | None = None,
 ) -> FedJob:
     """Build the standard job.
 
@@ -109,12 +114,19 @@ def standard_job(
         model_test_after_each_round: every site validates each new global model; skip_model_tests: no validation
             at all (no cross-site validation); delete_local_models_after_aggregation: no site model file stays on
             the server once its round is aggregated.
+        dp_epsilon or dp_noise_multiplier: add GaussianPrivacy at every site (after PercentilePrivacy): client-level
+            (ε, δ)-DP, ``dp_epsilon`` spent over ``num_rounds`` (the noise is calibrated) or a given noise
+            multiplier; updates clipped to ``dp_clip_norm``; the budget ``dp_max_epsilon`` (default dp_epsilon)
+            stops training cleanly before any site would exceed it.
 
     Raises:
         ValueError: a bad or conflicting argument (named).
     """
     check_options(aggregation, uncertainty, fedprox_mu, model_test_after_each_round, skip_model_tests,
                   delete_local_models_after_aggregation)
+    if (dp_epsilon is not None or dp_noise_multiplier is not None) and uncertainty == "swag":
+        raise ValueError("differential privacy and uncertainty 'swag' cannot be combined: the SWAG round would "
+                         "need its own privacy budget")
     if aggregation == "feddc" and shareable_generator is not None:
         raise ValueError("aggregation 'feddc' averages local models itself: it takes no shareable_generator")
     job = new_job(name, model_id, min_clients, wait_after_min_clients)
@@ -131,6 +143,12 @@ def standard_job(
     workflow = training_workflow(aggregation, min_clients, num_rounds, wait_after_min_clients, fedprox_mu,
                                  daisy_chain_period, seed, model_test_after_each_round)
     add_training_server(job, generator, workflow, aggregator, after, model_tests=not skip_model_tests)
-    add_training_sites(job, PercentilePrivacy(percentile=percentile, gamma=gamma), swag=uncertainty == "swag")
+    dp_filter = None
+    if dp_epsilon is not None or dp_noise_multiplier is not None:
+        dp_filter = GaussianPrivacy(clip_norm=dp_clip_norm, noise_multiplier=dp_noise_multiplier, epsilon=dp_epsilon,
+                                    delta=dp_delta, rounds=num_rounds if dp_epsilon is not None else None,
+                                    max_epsilon=dp_max_epsilon)
+    add_training_sites(job, PercentilePrivacy(percentile=percentile, gamma=gamma), swag=uncertainty == "swag",
+                       dp_filter=dp_filter)
     add_site_basics(job, app_dir or DEMO_APP_DIR)
     return job

@@ -72,7 +72,7 @@ class PercentilePrivacy(DXOFilter):
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
         if self.off:
             self.log_warning(fl_ctx, f"privacy filter is OFF: {dxo.data_kind} update shared unfiltered")
-            dxo.set_meta_prop(FlipMeta.PRIVACY, {"filter": type(self).__name__, "off": True})
+            annotate(dxo, {"filter": type(self).__name__, "off": True})
             return dxo
         stats = self.filter_dxo(dxo, fl_ctx)
         self.annotate(dxo, {"update": stats})
@@ -80,7 +80,7 @@ class PercentilePrivacy(DXOFilter):
 
     def annotate(self, dxo: DXO, parts: dict[str, FilterStats]) -> None:
         """Record on the update what was applied (settings and shared/clipped fractions: never values)."""
-        dxo.set_meta_prop(FlipMeta.PRIVACY, {
+        annotate(dxo, {
             "filter": type(self).__name__, "percentile": self.percentile, "gamma": self.gamma,
             "parts": {k: {"shared": round(v.fraction_shared, 4), "clipped": round(v.fraction_clipped, 4)}
                       for k, v in parts.items()},
@@ -118,3 +118,9 @@ def _leaf_kinds(shareable: Shareable) -> list[str]:
         else:
             kinds.append(dxo.data_kind)
     return kinds
+
+
+def annotate(dxo: DXO, record: dict) -> None:
+    """Append what a privacy filter did to the update's ``flip_privacy`` meta (a list, in the order applied)."""
+    applied = dxo.get_meta_prop(FlipMeta.PRIVACY)
+    dxo.set_meta_prop(FlipMeta.PRIVACY, (applied if isinstance(applied, list) else []) + [record])

@@ -28,7 +28,7 @@ from flip.nvflare.components.validation_json_generator import ValidationJsonGene
 from flip.nvflare.utils import RUN_ID_PROP, LookupFailed, get_component, new_run_id, run_dir, short_reason
 from flip.nvflare.aggregator import AGGREGATION_REPORT_PROP
 from flip.nvflare.controllers.feddc import FEDDC_REPORT_PROP
-from flip.nvflare.controllers.training import ROUND_VALIDATION_PROP
+from flip.nvflare.controllers.training import ROUND_VALIDATION_PROP, STOP_REASON_PROP
 from flip.nvflare.fedopt import SERVER_STEP_PROP
 from flip.report import write_report
 from flip.storage.s3 import check_model_id, run_prefix
@@ -95,6 +95,7 @@ class ServerEventHandler(FLComponent):
         self.run_id = ""
         self.job_id = ""
         self.upload_key: str | None = None
+        self.stopped_early: str | None = None
 
     # -- status ---------------------------------------------------------------------------------------------
     def report_status(self, fl_ctx: FLContext, status: RunStatus, reason: str | None = None) -> None:
@@ -129,6 +130,9 @@ class ServerEventHandler(FLComponent):
             self._round_started(fl_ctx)
         elif event_type == FlipEvent.ROUND_VALIDATED:
             self._round_validated(fl_ctx)
+        elif event_type == FlipEvent.TRAINING_STOPPED:
+            self.stopped_early = fl_ctx.get_prop(STOP_REASON_PROP)
+            self.log_warning(fl_ctx, f"training stopped early {self.stopped_early}")
         elif event_type == FlipEvent.SWAG_STARTED:
             self.log_info(fl_ctx, "SWAG round started (the DLR demonstrator's SWAG_ROUND; status stays TRAINING_STARTED)")
         elif event_type == FlipEvent.EVALUATION_STARTED:
@@ -201,10 +205,14 @@ class ServerEventHandler(FLComponent):
         except (ValueError, TypeError):
             privacy = stage = None
         entry = self.rounds.setdefault(current, {"sites": {}})
+        privacy = privacy if isinstance(privacy, list) else []
+        for applied in privacy:
+            if isinstance(applied, dict) and isinstance(applied.get("epsilon"), (int, float)):
+                metrics["dp_epsilon"] = applied["epsilon"]  # the site's privacy spent so far
         entry["sites"][site] = metrics
         if stage:
             entry["stage"] = stage
-        entry.setdefault("privacy", {})[site] = privacy if isinstance(privacy, dict) else {"filter": None}
+        entry.setdefault("privacy", {})[site] = privacy
         self.log_info(fl_ctx, f"round {current + 1} {site}: " + _format(metrics))
         self._report_metrics(fl_ctx, current, site, metrics)
 
@@ -277,6 +285,7 @@ class ServerEventHandler(FLComponent):
             "job_id": self.job_id,
             "run_id": self.run_id,
             "num_rounds": self.num_rounds,
+            "stopped_early": self.stopped_early,
             "rounds": [{"round": r + 1, **self.rounds[r]} for r in sorted(self.rounds)],
         }
 
@@ -310,7 +319,10 @@ class ServerEventHandler(FLComponent):
             artifacts.update(self._write_report(fl_ctx, sites))
             fl_ctx.set_prop(RUN_ID_PROP, self.run_id, private=True, sticky=False)
             fl_ctx.set_prop(ARTIFACTS_PROP, artifacts, private=True, sticky=False)
-            fl_ctx.set_prop(RUN_INFO_PROP, {"rounds": len(self.rounds), "sites": sites}, private=True, sticky=False)
+            info = {"rounds": len(self.rounds), "sites": sites}
+            if self.stopped_early:
+                info["stopped_early"] = self.stopped_early
+            fl_ctx.set_prop(RUN_INFO_PROP, info, private=True, sticky=False)
             manifest = self.persist_and_cleanup.execute(fl_ctx)
         except CleanupError as exc:
             uploaded = self.persist_and_cleanup.manifest

@@ -19,6 +19,22 @@ from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask
 
 #: fl_ctx property with a ROUND_VALIDATED event: the site's metrics for the round's new global model
 ROUND_VALIDATION_PROP = "flip.round_validation"
+#: fl_ctx property with a TRAINING_STOPPED event: why training ended before its planned rounds
+STOP_REASON_PROP = "flip.stop_reason"
+
+
+def budget_exceeded_next(result: Shareable, site: str, next_round: int) -> str | None:
+    """A reason to stop if a site's update says its next one would exceed its privacy budget."""
+    try:
+        applied = from_shareable(result).get_meta_prop(FlipMeta.PRIVACY) or []
+    except (ValueError, TypeError):
+        return None
+    for record in applied if isinstance(applied, list) else []:
+        following, budget = record.get("next_epsilon"), record.get("max_epsilon")
+        if isinstance(following, (int, float)) and isinstance(budget, (int, float)) and following > budget:
+            return (f"privacy budget: {site} would spend ε={following:.3g} > max_epsilon {budget:g} in round "
+                    f"{next_round}")
+    return None
 
 
 def check_mu(fedprox_mu) -> float:
@@ -30,6 +46,10 @@ def check_mu(fedprox_mu) -> float:
 
 class FlipScatterAndGather(ScatterAndGather):
     """ScatterAndGather plus FLIP's options.
+
+    Training stops cleanly before its planned rounds (the model so far is validated and uploaded) when a site's
+    update says its next one would exceed its privacy budget (GaussianPrivacy's ``max_epsilon``); the reason goes
+    to the log, metrics.json and the report.
 
     Args:
         fedprox_mu: > 0 makes it FedProx: every train task carries ``mu`` and RUN_TRAINER adds the proximal term
@@ -55,6 +75,7 @@ class FlipScatterAndGather(ScatterAndGather):
         self.model_test_after_each_round = model_test_after_each_round
         self.validation_timeout = validation_timeout
         self._abort_signal: Signal | None = None
+        self._stop_reason: str | None = None
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         self._abort_signal = abort_signal
@@ -67,11 +88,25 @@ class FlipScatterAndGather(ScatterAndGather):
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         super().handle_event(event_type, fl_ctx)
-        if event_type == AppEventType.ROUND_DONE and self.model_test_after_each_round and self._abort_signal:
-            model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
-            if model:
-                validate_at_sites(self, model[ModelLearnableKey.WEIGHTS], fl_ctx.get_prop(AppConstants.CURRENT_ROUND),
-                                  self._min_clients, self.validation_timeout, fl_ctx, self._abort_signal)
+        if event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT and fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED):
+            peer = fl_ctx.get_peer_context()
+            current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
+            reason = budget_exceeded_next(fl_ctx.get_prop(AppConstants.TRAINING_RESULT),
+                                          peer.get_identity_name() if peer else "?", current + 2)
+            self._stop_reason = self._stop_reason or reason
+        elif event_type == AppEventType.ROUND_DONE and self._abort_signal:
+            current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+            if self.model_test_after_each_round:
+                model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+                if model:
+                    validate_at_sites(self, model[ModelLearnableKey.WEIGHTS], current, self._min_clients,
+                                      self.validation_timeout, fl_ctx, self._abort_signal)
+            if self._stop_reason and current < self._start_round + self._num_rounds - 1:
+                self.log_warning(fl_ctx, f"training stops after round {current + 1}: {self._stop_reason}")
+                self._num_rounds = current - self._start_round + 1  # the round loop ends after this round
+                fl_ctx.set_prop(STOP_REASON_PROP, f"after round {current + 1}: {self._stop_reason}", private=True,
+                                sticky=False)
+                self.fire_event(FlipEvent.TRAINING_STOPPED, fl_ctx)
 
 
 def validate_at_sites(controller, weights: dict, round_num: int, min_clients: int, timeout: int, fl_ctx: FLContext,

@@ -1,0 +1,129 @@
+"""GaussianPrivacy: client-level (ε, δ) differential privacy for a site's updates, with a budget that fails closed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.dxo_filter import DXOFilter
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+
+from flip.errors import PrivacyError
+from flip.nvflare.components.percentile_privacy import annotate
+from flip.nvflare.utils import run_dir
+from flip.privacy.gaussian import calibrate_noise, clip_and_noise, epsilon_after, make_rng
+
+BUDGET_FILE = "flip_dp_budget.json"
+
+
+def _positive(name: str, value, allow_none: bool = False, integer: bool = False):
+    if value is None and allow_none:
+        return None
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
+        what = "an integer" if integer else "a finite number"
+        raise ValueError(f"{name} must be {what} > 0, got {value!r}")
+    return value
+
+
+class GaussianPrivacy(DXOFilter):
+    """Clip each update to L2 norm ``clip_norm`` and add Gaussian noise: client-level (ε, δ)-DP per site.
+
+    The site's whole update (every round's release) is clipped to ``clip_norm`` and gets N(0, σ²) noise per
+    entry with σ = noise_multiplier × clip_norm, drawn from a generator seeded by the OS's cryptographic
+    randomness. Give either ``noise_multiplier``, or a target ``epsilon`` with the planned ``rounds`` (the noise
+    is then calibrated so that ``rounds`` releases spend exactly ``epsilon`` at ``delta``).
+
+    Accounting (dp-accounting's RDP accountant, see flip.privacy.gaussian): after every round the ε spent so far
+    at ``delta`` is logged and recorded on the update (the server writes it to metrics.json as ``dp_epsilon``).
+    The count of rounds released is kept in the site's run folder. When the next release would exceed
+    ``max_epsilon`` (default: ``epsilon``), the filter refuses: nothing is sent, the run cannot take more from
+    this site (the server's workflow sees the budget coming and stops training cleanly first).
+
+    Fails closed: anything but WEIGHT_DIFF (e.g. full WEIGHTS or metrics), NaN/Inf, or an exhausted budget raises;
+    the update is never returned unfiltered. Place it after PercentilePrivacy (noise last); it composes with a
+    site's privacy policy the same way (a job cannot remove a site-scope filter).
+
+    Args:
+        clip_norm: L2 bound of an update (> 0). Default 1.0.
+        noise_multiplier: σ / clip_norm (> 0), or None to calibrate from ``epsilon`` and ``rounds``.
+        epsilon: target ε for ``rounds`` releases (> 0), or None.
+        delta: δ (0 < δ < 1). Default 1e-5.
+        rounds: planned releases (>= 1), needed with ``epsilon``.
+        max_epsilon: budget (> 0); default ``epsilon`` (None with ``noise_multiplier``: no budget stop).
+        seed: fixed seed, for tests only (a warning is logged): production noise must be unpredictable.
+
+    Raises:
+        ValueError: naming a bad or missing argument.
+    """
+
+    def __init__(self, clip_norm: float = 1.0, noise_multiplier: float | None = None, epsilon: float | None = None,
+                 delta: float = 1e-5, rounds: int | None = None, max_epsilon: float | None = None,
+                 seed: int | None = None):
+        super().__init__(supported_data_kinds=None, data_kinds_to_filter=None)
+        self.clip_norm = _positive("clip_norm", clip_norm)
+        self.noise_multiplier = _positive("noise_multiplier", noise_multiplier, allow_none=True)
+        self.epsilon = _positive("epsilon", epsilon, allow_none=True)
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        self.delta = delta
+        self.rounds = _positive("rounds", rounds, allow_none=True, integer=True)
+        self.max_epsilon = _positive("max_epsilon", max_epsilon, allow_none=True)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        self.seed = seed
+        if (noise_multiplier is None) == (epsilon is None):
+            raise ValueError("give exactly one of noise_multiplier or epsilon (with rounds)")
+        if epsilon is not None and rounds is None:
+            raise ValueError("epsilon needs rounds: the number of rounds the noise is calibrated for")
+        self.sigma = noise_multiplier if noise_multiplier is not None else calibrate_noise(epsilon, delta, rounds)
+        self.budget = max_epsilon if max_epsilon is not None else epsilon
+        self._rng = make_rng(seed)
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        if self.seed is not None:
+            self.log_warning(fl_ctx, "GaussianPrivacy has a fixed seed: its noise is predictable (tests only)")
+        return super().process(shareable, fl_ctx)
+
+    def _state_file(self, fl_ctx: FLContext) -> Path:
+        return run_dir(fl_ctx) / BUDGET_FILE
+
+    def released(self, fl_ctx: FLContext) -> int:
+        """How many updates this site released in this run so far (kept on disk: survives restarts)."""
+        path = self._state_file(fl_ctx)
+        return int(json.loads(path.read_text())["released"]) if path.is_file() else 0
+
+    def _record(self, fl_ctx: FLContext, released: int) -> None:
+        path = self._state_file(fl_ctx)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"released": released, "noise_multiplier": self.sigma, "delta": self.delta}))
+        os.replace(tmp, path)
+
+    def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
+        if dxo.data_kind != DataKind.WEIGHT_DIFF:
+            kind = getattr(dxo.data_kind, "value", dxo.data_kind)
+            raise PrivacyError(f"GaussianPrivacy refuses a {kind} result: only WEIGHT_DIFF updates can be privatised")
+        if not isinstance(dxo.data, dict):
+            raise PrivacyError("a WEIGHT_DIFF DXO must hold a dict of arrays")
+        released = self.released(fl_ctx)
+        spent_next = epsilon_after(released + 1, self.sigma, self.delta)
+        if self.budget is not None and spent_next > self.budget:
+            raise PrivacyError(
+                f"privacy budget exhausted: releasing update {released + 1} would spend ε={spent_next:.3g} > "
+                f"max_epsilon {self.budget:g} (δ={self.delta:g}); nothing is sent"
+            )
+        data, stats = clip_and_noise(dxo.data, self.clip_norm, self.sigma, self._rng)
+        dxo.data = data
+        self._record(fl_ctx, released + 1)
+        following = epsilon_after(released + 2, self.sigma, self.delta)
+        annotate(dxo, {"filter": type(self).__name__, "clip_norm": self.clip_norm, "noise_multiplier": self.sigma,
+                       "delta": self.delta, "epsilon": round(spent_next, 6), "next_epsilon": round(following, 6),
+                       "max_epsilon": self.budget, "released": released + 1})
+        self.log_info(fl_ctx, f"update {released + 1}: norm {stats.norm:.3g} clipped to {self.clip_norm:g} "
+                              f"(scale {stats.scale:.3g}), noise σ={stats.noise_std:.3g}; ε spent {spent_next:.3g} "
+                              f"at δ={self.delta:g}" + (f" of {self.budget:g}" if self.budget else ""))
+        return dxo

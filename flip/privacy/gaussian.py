@@ -1,0 +1,89 @@
+"""Client-level (ε, δ) differential privacy for a site's updates: clip + Gaussian noise, and its accounting.
+
+Each round a site releases its whole update clipped to L2 norm ``clip_norm`` plus N(0, (z·clip_norm)²) noise on
+every entry: a Gaussian mechanism with sensitivity ``clip_norm`` on the site's contribution (McMahan et al.,
+"Learning Differentially Private Recurrent Language Models", ICLR 2018). Every site takes part in every round (no
+subsampling), so after k rounds the site's whole contribution is the k-fold composition of that mechanism.
+
+Accounting uses Google's ``dp-accounting`` library, its RDP accountant (Mironov, "Rényi Differential Privacy", CSF
+2017): maintained, without heavy dependencies, a few milliseconds per evaluation, and an upper bound on ε (a
+budget check that errs on the safe side). Its PLD accountant is tighter but takes seconds per evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from flip.errors import PrivacyError
+
+
+@dataclass(frozen=True)
+class NoiseStats:
+    norm: float  # L2 norm of the update before clipping
+    scale: float  # factor applied by clipping (1: not clipped)
+    noise_std: float  # per-entry standard deviation of the noise added
+
+
+def make_rng(seed: int | None = None) -> np.random.Generator:
+    """A generator seeded from the OS's cryptographic randomness (``seed`` only for tests)."""
+    return np.random.default_rng(seed if seed is not None else secrets.randbits(128))
+
+
+def clip_and_noise(update: Mapping[str, Any], clip_norm: float, noise_multiplier: float,
+                   rng: np.random.Generator) -> tuple[dict[str, np.ndarray], NoiseStats]:
+    """Clip the whole update to L2 norm ``clip_norm``, then add N(0, (noise_multiplier·clip_norm)²) per entry.
+
+    Works in place on float numpy arrays (dtypes kept; noise drawn in float64).
+
+    Raises:
+        PrivacyError: a non-floating or non-finite entry.
+    """
+    arrays = {}
+    total = 0.0
+    for key, value in update.items():
+        array = np.asarray(value)
+        if array.dtype.kind != "f":
+            raise PrivacyError(f"update entry {key!r} has dtype {array.dtype}: only floating-point weight diffs")
+        square = float(np.sum(np.square(array, dtype=np.float64)))
+        if not math.isfinite(square):
+            raise PrivacyError(f"update entry {key!r} contains NaN or Inf: a non-finite update is never shared")
+        total += square
+        arrays[key] = array
+    norm = math.sqrt(total)
+    scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    std = noise_multiplier * clip_norm
+    for key, array in arrays.items():
+        noisy = array.astype(np.float64) * scale + rng.normal(0.0, std, size=array.shape)
+        if array.flags.writeable and array.ndim:
+            np.copyto(array, noisy, casting="unsafe")
+        else:
+            arrays[key] = noisy.astype(array.dtype)
+    return arrays, NoiseStats(norm=norm, scale=scale, noise_std=std)
+
+
+def epsilon_after(rounds: int, noise_multiplier: float, delta: float) -> float:
+    """ε spent after ``rounds`` releases of the Gaussian mechanism with ``noise_multiplier``, at ``delta``."""
+    import dp_accounting
+    from dp_accounting import rdp
+
+    if rounds <= 0:
+        return 0.0
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(noise_multiplier), rounds))
+    return float(accountant.get_epsilon(delta))
+
+
+def calibrate_noise(epsilon: float, delta: float, rounds: int) -> float:
+    """The noise multiplier at which ``rounds`` releases spend ``epsilon`` at ``delta``."""
+    import dp_accounting
+    from dp_accounting import rdp
+
+    return float(dp_accounting.calibrate_dp_mechanism(
+        rdp.RdpAccountant,
+        lambda z: dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds),
+        epsilon, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, 1e4)))
