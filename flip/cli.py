@@ -133,6 +133,22 @@ def _cmd_status(args) -> int:
     return 0
 
 
+def _cmd_provision(args) -> int:
+    from flip.provisioning import add_site, provision
+
+    if args.add_site:
+        prod = add_site(args.add_site, args.out)
+        print(f"added {args.add_site}: give the hospital the kit {prod / args.add_site} (other kits are unchanged)")
+        return 0
+    if not args.sites:
+        raise ValueError("give --sites (a number or comma-separated names) or --add-site NAME")
+    sites = [f"site-{i}" for i in range(1, int(args.sites) + 1)] if args.sites.isdigit() else args.sites.split(",")
+    prod = provision(sites, args.out, fed_learn_port=args.fed_port, admin_port=args.admin_port,
+                     percentile=args.percentile, gamma=args.gamma)
+    print(f"startup kits in {prod}: " + ", ".join(sorted(p.name for p in prod.iterdir() if p.is_dir())))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flip", description="FLIP on NVFlare")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--resume", required=True, metavar="PATH",
                         help="a run folder with upload_pending.json, or a workspace holding such folders")
     upload.set_defaults(func=_cmd_upload)
+
+    prov = sub.add_parser("provision", help="startup kits for a server, hospital sites and an admin (nvflare provision)")
+    prov.add_argument("--sites", default=None, help="number of sites, or comma-separated site names")
+    prov.add_argument("--out", required=True, help="folder for project.yml and the kits (workspace/<project>/prod_NN)")
+    prov.add_argument("--add-site", default=None, metavar="NAME", help="add one site to an existing --out")
+    prov.add_argument("--fed-port", type=int, default=8002)
+    prov.add_argument("--admin-port", type=int, default=8003)
+    prov.add_argument("--percentile", type=float, default=10, help="the sites' enforced PercentilePrivacy")
+    prov.add_argument("--gamma", type=float, default=0.01)
+    prov.set_defaults(func=_cmd_provision)
 
     status = sub.add_parser("status", help="a model's run status lifecycle and latest metrics")
     status.add_argument("model_id")

@@ -1,0 +1,162 @@
+"""Provisioning for hospitals: a project.yml for one server, N sites and an admin, run through ``nvflare provision``.
+
+``FlipSiteBuilder`` (a builder named in project.yml, so ``nvflare provision`` and ``nvflare poc prepare -i`` use
+it too) adds what FLIP needs to every startup kit:
+
+- ``flip.`` in the kit's class allow list (``local/resources.json.default``), so FLIP's components load even in a
+  job without a custom/ folder;
+- at each hospital site, ``local/privacy.json``: a default privacy scope whose task-result filter is
+  ``PercentilePrivacy``. NVFlare applies a site's scope filters before the job's own, to every result the site
+  sends, whatever the job says: the site, not the job submitter, controls what leaves it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from nvflare.lighter.spec import Builder
+
+from flip.errors import FlipError
+from flip.privacy.percentile import check_gamma, check_percentile
+
+ALLOW_PREFIX = "flip."
+PROJECT_FILE = "project.yml"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+def site_privacy_policy(percentile: float = 10, gamma: float = 0.01) -> dict[str, Any]:
+    """The privacy.json a hospital site enforces on every job: PercentilePrivacy on all task results."""
+    return {
+        "scopes": [{
+            "name": "default",
+            "properties": {"policy": "flip site-enforced PercentilePrivacy"},
+            "task_result_filters": [{
+                "path": "flip.nvflare.components.PercentilePrivacy",
+                "args": {"percentile": check_percentile(percentile), "gamma": check_gamma(gamma)},
+            }],
+        }],
+        "default_scope": "default",
+    }
+
+
+class FlipSiteBuilder(Builder):
+    """Add FLIP's class allow-list entry to every kit and the site privacy policy to every hospital site.
+
+    Args:
+        percentile, gamma: the site-enforced PercentilePrivacy. Defaults 10 / 0.01.
+        enforce_privacy: write ``local/privacy.json`` at the sites. Default True.
+    """
+
+    def __init__(self, percentile: float = 10, gamma: float = 0.01, enforce_privacy: bool = True):
+        self.policy = site_privacy_policy(percentile, gamma)
+        self.enforce_privacy = enforce_privacy
+
+    def build(self, project, ctx):
+        for participant in [project.get_server(), *project.get_clients()]:
+            local = Path(ctx.get_local_dir(participant))
+            resources = local / "resources.json.default"
+            if resources.is_file():
+                data = json.loads(resources.read_text())
+                allow = data.get("class_allow_list")
+                if isinstance(allow, list) and ALLOW_PREFIX not in allow:
+                    data["class_allow_list"] = allow + [ALLOW_PREFIX]
+                    resources.write_text(json.dumps(data, indent=4))
+        if self.enforce_privacy:
+            for client in project.get_clients():
+                (Path(ctx.get_local_dir(client)) / "privacy.json").write_text(json.dumps(self.policy, indent=4))
+
+
+def check_site_names(sites: list[str]) -> list[str]:
+    for name in sites:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(f"site name {name!r} is invalid: 1-63 letters, digits, '_' or '-'")
+    if len(set(sites)) != len(sites) or not sites:
+        raise ValueError(f"site names must be distinct and at least one, got {sites!r}")
+    return sites
+
+
+def project_config(sites: list[str], name: str = "flip", server: str = "server", admin: str = "admin@flip.org",
+                   fed_learn_port: int = 8002, admin_port: int = 8003, percentile: float = 10,
+                   gamma: float = 0.01) -> dict[str, Any]:
+    """The project.yml content: one server, the hospital sites, a project admin, NVFlare's builders + ours."""
+    check_site_names(sites)
+    for port_name, port in (("fed_learn_port", fed_learn_port), ("admin_port", admin_port)):
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ValueError(f"{port_name} must be a TCP port (1-65535), got {port!r}")
+    org = "flip"
+    participants = [{"name": server, "type": "server", "org": org, "fed_learn_port": fed_learn_port,
+                     "admin_port": admin_port}]
+    participants += [{"name": site, "type": "client", "org": org} for site in sites]
+    participants.append({"name": admin, "type": "admin", "org": org, "role": "project_admin"})
+    return {
+        "api_version": 3,
+        "name": name,
+        "description": "FLIP on NVFlare: a server and hospital sites",
+        "participants": participants,
+        "builders": [
+            {"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder",
+             "args": {"template_file": ["master_template.yml"]}},
+            {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}},
+            {"path": "flip.provisioning.FlipSiteBuilder", "args": {"percentile": percentile, "gamma": gamma}},
+            {"path": "nvflare.lighter.impl.cert.CertBuilder"},
+            {"path": "nvflare.lighter.impl.signature.SignatureBuilder"},
+        ],
+    }
+
+
+def render_project(config: dict[str, Any]) -> str:
+    """project.yml text (JSON is valid YAML; a header says how it was made)."""
+    return "# Written by `flip provision`; JSON is valid YAML.\n" + json.dumps(config, indent=2) + "\n"
+
+
+def _nvflare(*args: str, cwd: Path) -> None:
+    command = [str(Path(sys.executable).with_name("nvflare")), *args]
+    result = subprocess.run(command, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise FlipError(f"nvflare {args[0]} failed (exit {result.returncode}): {' | '.join(tail)}")
+
+
+def latest_prod(out: Path, name: str) -> Path:
+    prods = sorted((out / "workspace" / name).glob("prod_*"))
+    if not prods:
+        raise FlipError(f"no startup kits under {out / 'workspace' / name}")
+    return prods[-1]
+
+
+def provision(sites: list[str], out: str | Path, **options: Any) -> Path:
+    """Write ``out/project.yml`` and provision every startup kit; return the folder holding them (prod_NN)."""
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    config = project_config(sites, **options)
+    (out / PROJECT_FILE).write_text(render_project(config))
+    _nvflare("provision", "-p", PROJECT_FILE, "-w", "workspace", "--force", cwd=out)
+    return latest_prod(out, config["name"])
+
+
+def add_site(name: str, out: str | Path) -> Path:
+    """Add a hospital site to a provisioned project, keeping its root CA and every existing certificate.
+
+    The new kit is in the returned prod_NN folder; only that site's kit needs to be sent to the new hospital.
+    """
+    out = Path(out).resolve()
+    check_site_names([name])
+    project = out / PROJECT_FILE
+    if not project.is_file():
+        raise FlipError(f"{project} not found: provision the project first (flip provision --sites ...)")
+    config = json.loads("\n".join(line for line in project.read_text().splitlines() if not line.startswith("#")))
+    if any(p["name"] == name for p in config["participants"]):
+        raise ValueError(f"site {name!r} is already in {project}")
+    client = out / f"add_{name}.yml"
+    client.write_text(json.dumps({"name": name, "org": "flip"}) + "\n")
+    _nvflare("provision", "-p", PROJECT_FILE, "-w", "workspace", "--add_client", client.name, "--force", cwd=out)
+    client.unlink()
+    admin_index = next(i for i, p in enumerate(config["participants"]) if p["type"] == "admin")
+    config["participants"].insert(admin_index, {"name": name, "type": "client", "org": "flip"})
+    project.write_text(render_project(config))  # later provisioning keeps the new site
+    return latest_prod(out, config["name"])
