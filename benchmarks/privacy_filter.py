@@ -70,7 +70,13 @@ def _nvflare(update):
     )
 
 
-IMPLEMENTATIONS = {"ours": _ours, "nvflare": _nvflare}
+def _gaussian(update):
+    from flip.privacy.gaussian import clip_and_noise, make_rng
+
+    return clip_and_noise(update, clip_norm=1.0, noise_multiplier=1.0, rng=make_rng())
+
+
+IMPLEMENTATIONS = {"ours": _ours, "nvflare": _nvflare, "gaussian": _gaussian}
 
 
 def measure_memory(impl: str, n_params: int) -> float:
@@ -131,14 +137,16 @@ def main() -> None:
             IMPLEMENTATIONS[impl]({k: v.copy() for k, v in make_update(1000).items()})
         ours = time_impl("ours", update, args.repeats)
         theirs = time_impl("nvflare", update, args.repeats)
+        gaussian = time_impl("gaussian", update, args.repeats) if n == args.sizes[-1] else None
         del update
         gc.collect()
         mem_ours = memory_in_subprocess("ours", n)
         mem_theirs = memory_in_subprocess("nvflare", n)
         print(f"{n:>10} {n * 4 / _MIB:>6.0f} {ours:>8.3f} {theirs:>9.3f} {ours / theirs:>6.2f} {mem_ours:>8.2f} {mem_theirs:>11.2f}",
               flush=True)
-        last = (n, ours / theirs, mem_ours)
-    n, ratio, mem = last
+        last = (n, ours / theirs, mem_ours, gaussian, ours)
+    n, ratio, mem, gaussian, ours = last
+    print(f"gaussian_privacy params={n} seconds={gaussian:.3f} ratio_vs_percentile={gaussian / ours:.2f}")
     print(f"privacy_filter params={n} ratio_vs_nvflare={ratio:.3f} extra_memory_vs_update={mem:.3f}")
 
 

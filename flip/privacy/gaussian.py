@@ -34,11 +34,21 @@ def make_rng(seed: int | None = None) -> np.random.Generator:
     return np.random.default_rng(seed if seed is not None else secrets.randbits(128))
 
 
+CHUNK = 1 << 20
+
+
+def _flat_chunks(array: np.ndarray):
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, CHUNK):
+        yield flat[start : start + CHUNK]
+
+
 def clip_and_noise(update: Mapping[str, Any], clip_norm: float, noise_multiplier: float,
                    rng: np.random.Generator) -> tuple[dict[str, np.ndarray], NoiseStats]:
     """Clip the whole update to L2 norm ``clip_norm``, then add N(0, (noise_multiplier·clip_norm)²) per entry.
 
-    Works in place on float numpy arrays (dtypes kept; noise drawn in float64).
+    Works in place, chunk by chunk, on float numpy arrays (dtypes kept; the norm is summed in float64; float16
+    and float32 entries get float32 noise, float64 entries float64 noise).
 
     Raises:
         PrivacyError: a non-floating or non-finite entry.
@@ -49,7 +59,9 @@ def clip_and_noise(update: Mapping[str, Any], clip_norm: float, noise_multiplier
         array = np.asarray(value)
         if array.dtype.kind != "f":
             raise PrivacyError(f"update entry {key!r} has dtype {array.dtype}: only floating-point weight diffs")
-        square = float(np.sum(np.square(array, dtype=np.float64)))
+        if not array.flags.writeable or not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array).copy()
+        square = sum(float(np.dot(c64, c64)) for c64 in (c.astype(np.float64) for c in _flat_chunks(array)))
         if not math.isfinite(square):
             raise PrivacyError(f"update entry {key!r} contains NaN or Inf: a non-finite update is never shared")
         total += square
@@ -57,12 +69,14 @@ def clip_and_noise(update: Mapping[str, Any], clip_norm: float, noise_multiplier
     norm = math.sqrt(total)
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     std = noise_multiplier * clip_norm
-    for key, array in arrays.items():
-        noisy = array.astype(np.float64) * scale + rng.normal(0.0, std, size=array.shape)
-        if array.flags.writeable and array.ndim:
-            np.copyto(array, noisy, casting="unsafe")
-        else:
-            arrays[key] = noisy.astype(array.dtype)
+    for array in arrays.values():
+        noise_dtype = np.float64 if array.dtype == np.float64 else np.float32
+        for chunk in _flat_chunks(array):
+            noise = rng.standard_normal(chunk.size, dtype=noise_dtype)
+            noise *= std
+            if scale != 1.0:
+                chunk *= chunk.dtype.type(scale)
+            chunk += noise.astype(chunk.dtype, copy=False)
     return arrays, NoiseStats(norm=norm, scale=scale, noise_std=std)
 
 

@@ -1,0 +1,207 @@
+"""POC end to end, as a hospital network would use it: provisioned kits with FLIP's builder, the system started
+with `nvflare poc start`, jobs submitted through the FLARE API (what the admin console's `submit_job` does) and
+once with `nvflare job submit`, the status lifecycle and the verified model checked, the system stopped, and no
+process of it left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flip.demo.data import write_cohorts
+from flip.jobs import DEFAULT_MODEL_ID, DEMO_APP_DIR, write_job
+from flip.platform.dev import LocalPlatform
+from flip.provisioning import project_config, render_project
+from flip.storage import s3
+from flip.storage.registry import ModelRegistry
+from flip.storage.weed import free_ports
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.s3]
+SITES = ["site-1", "site-2"]
+ADMIN = "admin@flip.org"
+JOB_TIMEOUT = 240
+
+
+class Poc:
+    """A POC system in a temporary HOME and workspace, with FLIP's settings in its processes' environment."""
+
+    def __init__(self, root: Path, weed):
+        self.root = root
+        self.local_dir = root / "flip"
+        fed_port, admin_port = free_ports(2)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("FLIP_", "AWS_", "NVFLARE_"))}
+        self.env.update(weed.env)
+        self.env.update({
+            "HOME": str(root / "home"),
+            "NVFLARE_POC_WORKSPACE": str(root / "poc"),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "FLIP_ENV": "dev",
+            "FLIP_LOCAL_DIR": str(self.local_dir),
+        })
+        (root / "home").mkdir()
+        project = root / "project.yml"
+        project.write_text(render_project(project_config(SITES, fed_learn_port=fed_port, admin_port=admin_port)))
+        self.nvflare("poc", "prepare", "-i", str(project), "--force")
+        self.prod = root / "poc" / "flip" / "prod_00"
+        write_cohorts(self.local_dir, SITES)
+
+    def nvflare(self, *args: str, timeout: float = 180) -> str:
+        result = subprocess.run([str(Path(sys.executable).with_name("nvflare")), *args], env=self.env,
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, f"nvflare {' '.join(args)}: {result.stdout[-2000:]} {result.stderr[-2000:]}"
+        return result.stdout
+
+    def pids(self) -> list[int]:
+        found = []
+        for name in ("pid.fl", "daemon_pid.fl"):
+            for path in self.prod.glob(f"*/{name}"):
+                text = path.read_text().strip()
+                if text.isdigit():
+                    found.append(int(text))
+        return found
+
+    def session(self):
+        from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+        return new_secure_session(ADMIN, str(self.prod / ADMIN), timeout=30.0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+    def stop(self) -> list[int]:
+        """`nvflare poc stop`, then wait for every process it started; return those still alive."""
+        if getattr(self, "sess", None):
+            self.sess.close()
+            self.sess = None
+        self.nvflare("poc", "stop", timeout=120)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(p) for p in self.started):
+            time.sleep(0.5)
+        self.stopped = True
+        return [p for p in self.started if _alive(p)]
+
+
+@pytest.fixture(scope="module")
+def poc(tmp_path_factory, weed):
+    system = Poc(tmp_path_factory.mktemp("poc"), weed)
+    system.nvflare("poc", "start", timeout=120)
+    system.started = system.pids()
+    system.sess = system.session()
+    system.stopped = False
+    try:
+        yield system
+    finally:
+        if not system.stopped:
+            system.stop()
+
+
+def _run(poc, job_folder: Path) -> tuple[str, dict]:
+    from nvflare.fuel.flare_api.api_spec import MonitorReturnCode
+
+    job_id = poc.sess.submit_job(str(job_folder))
+    rc = poc.sess.monitor_job(job_id, timeout=JOB_TIMEOUT, poll_interval=1.0)
+    assert rc == MonitorReturnCode.JOB_FINISHED, f"job {job_id} did not finish in {JOB_TIMEOUT} s"
+    return job_id, poc.sess.get_job_meta(job_id)
+
+
+@pytest.fixture(scope="module")
+def standard_via_api(poc, tmp_path_factory):
+    job = tmp_path_factory.mktemp("jobs") / "standard"
+    shutil.copytree(REPO / "jobs" / "standard", job)
+    return _run(poc, job)
+
+
+def test_standard_job_via_the_flare_api_lands_a_verified_model(poc, standard_via_api, weed):
+    job_id, meta = standard_via_api
+    assert meta["status"] == "FINISHED:COMPLETED"
+    statuses = [s for s in LocalPlatform(poc.local_dir).read_statuses(DEFAULT_MODEL_ID) if s["run_id"] == job_id]
+    assert [s["status"] for s in statuses] == ["INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED"]
+    client = weed._client()
+    manifest = s3.verify_run(client, weed.bucket, s3.run_prefix(DEFAULT_MODEL_ID, job_id))
+    assert manifest["job_id"] == job_id and manifest["sites"] == SITES
+    record = ModelRegistry(client, weed.bucket).run(DEFAULT_MODEL_ID, job_id)
+    assert record.verified
+
+
+def test_sites_enforce_their_privacy_policy_whatever_the_job_says(poc, tmp_path_factory, weed):
+    """A job whose own PercentilePrivacy is off still sends only filtered updates: the site's scope applies."""
+    job = write_job("standard", tmp_path_factory.mktemp("off_job"), num_rounds=2)
+    config_path = job / "app" / "config" / "config_fed_client.json"
+    config = json.loads(config_path.read_text())
+    for entry in config["task_result_filters"]:
+        for flt in entry["filters"]:
+            flt["args"]["off"] = True
+    config_path.write_text(json.dumps(config, indent=2))
+    job_id, meta = _run(poc, job)
+    assert meta["status"] == "FINISHED:COMPLETED"
+    prefix = s3.run_prefix(DEFAULT_MODEL_ID, job_id)
+    metrics = json.loads(weed._client().get_object(Bucket=weed.bucket, Key=prefix + "metrics.json")["Body"].read())
+    for entry in metrics["rounds"]:
+        for site in SITES:
+            applied = entry["privacy"][site]
+            assert applied[0]["filter"] == "PercentilePrivacy" and not applied[0].get("off")  # the site's scope
+            assert applied[0]["parts"]["update"]["shared"] < 0.95
+            assert applied[1] == {"filter": "PercentilePrivacy", "off": True}  # the job's own, switched off
+    for site in SITES:
+        log = (poc.prod / site / job_id / "log.txt").read_text()
+        assert "privacy filter is OFF" in log and "update: percentile 10.0 threshold" in log
+
+
+def test_nvflare_job_submit_runs_the_job_folder_as_it_is(poc):
+    out = poc.nvflare("--format", "json", "job", "submit", "-j", str(REPO / "jobs" / "standard"),
+                      "--startup-kit", str(poc.prod / ADMIN))
+    job_id = json.loads(out.strip().splitlines()[-1])["data"]["job_id"]
+    from nvflare.fuel.flare_api.api_spec import MonitorReturnCode
+
+    assert poc.sess.monitor_job(job_id, timeout=JOB_TIMEOUT, poll_interval=1.0) == MonitorReturnCode.JOB_FINISHED
+    assert poc.sess.get_job_meta(job_id)["status"] == "FINISHED:COMPLETED"
+    statuses = [s["status"] for s in LocalPlatform(poc.local_dir).read_statuses(DEFAULT_MODEL_ID)
+                if s["run_id"] == job_id]
+    assert statuses[-1] == "RESULTS_UPLOADED"
+
+
+def test_a_job_without_its_trainer_fails_naming_the_file_through_the_admin_api(poc, tmp_path_factory):
+    app = tmp_path_factory.mktemp("broken_app") / "app"
+    shutil.copytree(DEMO_APP_DIR, app, ignore=shutil.ignore_patterns("__pycache__", "trainer.py"))
+    job = write_job("standard", tmp_path_factory.mktemp("broken_job"), num_rounds=1, app_dir=app)
+    job_id, meta = _run(poc, job)
+    assert meta["status"] != "FINISHED:COMPLETED"
+    errors = json.dumps(poc.sess.show_errors(job_id, "all"))
+    logs = json.dumps(poc.sess.get_job_logs(job_id, target="server"))
+    assert "custom/trainer.py not found" in errors + logs
+
+
+def test_a_bad_component_argument_fails_at_job_start_naming_it(poc, tmp_path_factory):
+    job = write_job("standard", tmp_path_factory.mktemp("bad_arg_job"), num_rounds=1)
+    config_path = job / "app" / "config" / "config_fed_client.json"
+    config = json.loads(config_path.read_text())
+    config["task_result_filters"][0]["filters"][0]["args"]["percentile"] = 150
+    config_path.write_text(json.dumps(config, indent=2))
+    job_id, meta = _run(poc, job)
+    assert meta["status"] != "FINISHED:COMPLETED"
+    seen = json.dumps(poc.sess.show_errors(job_id, "all")) + json.dumps(poc.sess.get_job_logs(job_id, target="all"))
+    assert "percentile must be in [0, 100], got 150" in seen
+
+
+def test_stopping_the_poc_leaves_no_process(poc):
+    """Last in this module: stop the system and check that every process it started is gone."""
+    assert len(poc.started) >= 2 * (len(SITES) + 1), f"expected a daemon and a process per participant: {poc.started}"
+    assert all(_alive(p) for p in poc.started)
+    assert poc.stop() == []
