@@ -27,6 +27,7 @@ from tests.conftest import REPO
 pytestmark = [pytest.mark.s3]
 SITES = ["site-1", "site-2"]
 ADMIN = "admin@flip.org"
+ADMIN_CLIENT = Path(__file__).with_name("admin_client.py")
 JOB_TIMEOUT = 240
 
 
@@ -68,10 +69,22 @@ class Poc:
                     found.append(int(text))
         return found
 
-    def session(self):
-        from nvflare.fuel.flare_api.flare_api import new_secure_session
+    def admin(self, command: str, target: str) -> dict:
+        """Submit-and-monitor (``run``) or monitor (``wait``) through the FLARE API, in its own process."""
+        result = subprocess.run([sys.executable, str(ADMIN_CLIENT), str(self.prod / ADMIN), ADMIN, command, target,
+                                 str(JOB_TIMEOUT)], env=self.env, capture_output=True, text=True,
+                                timeout=JOB_TIMEOUT + 120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
 
-        return new_secure_session(ADMIN, str(self.prod / ADMIN), timeout=30.0)
+    def stop(self) -> list[int]:
+        """`nvflare poc stop`, then wait for every process it started; return those still alive."""
+        self.nvflare("poc", "stop", timeout=120)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(p) for p in self.started):
+            time.sleep(0.5)
+        self.stopped = True
+        return [p for p in self.started if _alive(p)]
 
 
 def _alive(pid: int) -> bool:
@@ -85,40 +98,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
-    def stop(self) -> list[int]:
-        """`nvflare poc stop`, then wait for every process it started; return those still alive."""
-        if getattr(self, "sess", None):
-            self.sess.close()
-            self.sess = None
-        self.nvflare("poc", "stop", timeout=120)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(_alive(p) for p in self.started):
-            time.sleep(0.5)
-        self.stopped = True
-        return [p for p in self.started if _alive(p)]
-
-
 @pytest.fixture(scope="module")
 def poc(tmp_path_factory, weed):
     system = Poc(tmp_path_factory.mktemp("poc"), weed)
     system.nvflare("poc", "start", timeout=120)
     system.started = system.pids()
-    system.sess = system.session()
     system.stopped = False
     try:
         yield system
     finally:
         if not system.stopped:
             system.stop()
+        for pid in system.started:  # whatever happened above, leave nothing running
+            if _alive(pid):
+                os.kill(pid, 9)
 
 
 def _run(poc, job_folder: Path) -> tuple[str, dict]:
-    from nvflare.fuel.flare_api.api_spec import MonitorReturnCode
-
-    job_id = poc.sess.submit_job(str(job_folder))
-    rc = poc.sess.monitor_job(job_id, timeout=JOB_TIMEOUT, poll_interval=1.0)
-    assert rc == MonitorReturnCode.JOB_FINISHED, f"job {job_id} did not finish in {JOB_TIMEOUT} s"
-    return job_id, poc.sess.get_job_meta(job_id)
+    result = poc.admin("run", str(job_folder))
+    assert result["finished"], f"job {result['job_id']} did not finish in {JOB_TIMEOUT} s"
+    return result["job_id"], result
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +167,8 @@ def test_nvflare_job_submit_runs_the_job_folder_as_it_is(poc):
     out = poc.nvflare("--format", "json", "job", "submit", "-j", str(REPO / "jobs" / "standard"),
                       "--startup-kit", str(poc.prod / ADMIN))
     job_id = json.loads(out.strip().splitlines()[-1])["data"]["job_id"]
-    from nvflare.fuel.flare_api.api_spec import MonitorReturnCode
-
-    assert poc.sess.monitor_job(job_id, timeout=JOB_TIMEOUT, poll_interval=1.0) == MonitorReturnCode.JOB_FINISHED
-    assert poc.sess.get_job_meta(job_id)["status"] == "FINISHED:COMPLETED"
+    result = poc.admin("wait", job_id)
+    assert result["finished"] and result["status"] == "FINISHED:COMPLETED"
     statuses = [s["status"] for s in LocalPlatform(poc.local_dir).read_statuses(DEFAULT_MODEL_ID)
                 if s["run_id"] == job_id]
     assert statuses[-1] == "RESULTS_UPLOADED"
@@ -181,11 +178,10 @@ def test_a_job_without_its_trainer_fails_naming_the_file_through_the_admin_api(p
     app = tmp_path_factory.mktemp("broken_app") / "app"
     shutil.copytree(DEMO_APP_DIR, app, ignore=shutil.ignore_patterns("__pycache__", "trainer.py"))
     job = write_job("standard", tmp_path_factory.mktemp("broken_job"), num_rounds=1, app_dir=app)
-    job_id, meta = _run(poc, job)
-    assert meta["status"] != "FINISHED:COMPLETED"
-    errors = json.dumps(poc.sess.show_errors(job_id, "all"))
-    logs = json.dumps(poc.sess.get_job_logs(job_id, target="server"))
-    assert "custom/trainer.py not found" in errors + logs
+    job_id, result = _run(poc, job)
+    assert result["status"] != "FINISHED:COMPLETED"
+    logs = result["logs"]["logs"]
+    assert "custom/trainer.py not found" in logs["server"]  # the site's reason, named in the server's log
 
 
 def test_a_bad_component_argument_fails_at_job_start_naming_it(poc, tmp_path_factory):
@@ -194,10 +190,10 @@ def test_a_bad_component_argument_fails_at_job_start_naming_it(poc, tmp_path_fac
     config = json.loads(config_path.read_text())
     config["task_result_filters"][0]["filters"][0]["args"]["percentile"] = 150
     config_path.write_text(json.dumps(config, indent=2))
-    job_id, meta = _run(poc, job)
-    assert meta["status"] != "FINISHED:COMPLETED"
-    seen = json.dumps(poc.sess.show_errors(job_id, "all")) + json.dumps(poc.sess.get_job_logs(job_id, target="all"))
-    assert "percentile must be in [0, 100], got 150" in seen
+    job_id, result = _run(poc, job)
+    assert result["status"] != "FINISHED:COMPLETED"
+    site_errors = result["site_error_logs"]  # the sites' error logs, through the admin API
+    assert any("percentile must be in [0, 100], got 150" in text for text in site_errors.values()), site_errors.keys()
 
 
 def test_stopping_the_poc_leaves_no_process(poc):
