@@ -196,6 +196,24 @@ def test_a_bad_component_argument_fails_at_job_start_naming_it(poc, tmp_path_fac
     assert any("percentile must be in [0, 100], got 150" in text for text in site_errors.values()), site_errors.keys()
 
 
+def test_an_aborted_run_ends_stopped(poc, tmp_path_factory, weed):
+    job = write_job("standard", tmp_path_factory.mktemp("long_job"), num_rounds=200)
+    job_id = poc.admin("submit", str(job))["job_id"]
+    platform = LocalPlatform(poc.local_dir)
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while time.monotonic() < deadline and "TRAINING_STARTED" not in [
+            s["status"] for s in platform.read_statuses(DEFAULT_MODEL_ID) if s["run_id"] == job_id]:
+        time.sleep(1)
+    poc.admin("abort", job_id)
+    result = poc.admin("wait", job_id)
+    assert result["finished"] and "ABORTED" in result["status"]
+    statuses = [s for s in platform.read_statuses(DEFAULT_MODEL_ID) if s["run_id"] == job_id]
+    assert [s["status"] for s in statuses] == ["INITIATED", "PREPARED", "TRAINING_STARTED", "STOPPED"]
+    assert statuses[-1]["reason"] == "the run was aborted"
+    listing = weed._client().list_objects_v2(Bucket=weed.bucket, Prefix=f"{DEFAULT_MODEL_ID}/{job_id}/")
+    assert listing.get("KeyCount", 0) == 0  # an aborted run uploads nothing
+
+
 def test_stopping_the_poc_leaves_no_process(poc):
     """Last in this module: stop the system and check that every process it started is gone."""
     assert len(poc.started) >= 2 * (len(SITES) + 1), f"expected a daemon and a process per participant: {poc.started}"
