@@ -8,7 +8,6 @@ import re
 import shutil
 import uuid
 
-import numpy as np
 import pytest
 import torch
 

@@ -140,7 +140,7 @@ def test_images_are_gone_at_every_site_even_with_more_sites_than_threads(standar
     images = standard_run.local_dir / "images"
     for site in standard_run.sites:
         assert not (images / site / "simulate_job").exists(), site
-        assert f"run end: removed" in standard_run.log_text(site), site
+        assert "run end: removed" in standard_run.log_text(site), site
         # the hospitals' own image stores are untouched
         assert any((standard_run.local_dir / "cohorts" / site).rglob("*.png")), site
 

@@ -15,9 +15,12 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils.log_utils import get_obj_logger
 from nvflare.security.logging import secure_log_traceback
 
-from flip.constants import FlipMeta
+from nvflare.apis.dxo import DataKind, from_shareable
+
+from flip.constants import FlipMeta, UserFile
 from flip.errors import FlipError, UserCodeError
-from flip.nvflare.executors.user_code import TaskContext, build_model, load_config
+from flip.nvflare.executors.user_code import TaskContext, build_model, instantiate, load_class, load_config
+from flip.nvflare.models import load_weights
 from flip.nvflare.utils import app_custom_dir, short_reason
 
 
@@ -57,6 +60,32 @@ class UserCodeExecutor(Executor):
 
     def new_model(self) -> torch.nn.Module:
         return build_model(self.custom_dir)
+
+    def user_instance(self, file_name: str, class_name: str, method: str) -> Any:
+        """The user's ``class_name(config)`` from ``file_name`` (created once per run), checked for ``method``."""
+        return self.user_object(class_name, lambda: instantiate(
+            load_class(self.custom_dir, file_name, class_name, (method,)), self.config, file_name))
+
+    def model_from_task(self, task_name: str, shareable: Shareable, device: str) -> tuple[dict, torch.nn.Module]:
+        """The WEIGHTS the task carries, and ``models.get_model()`` holding them on ``device``.
+
+        Raises:
+            TaskFailed: the task carries no WEIGHTS DXO.
+            UserCodeError: get_model() does not fit the weights (names the parameter).
+        """
+        try:
+            incoming = from_shareable(shareable)
+        except ValueError as exc:
+            raise TaskFailed(f"the {task_name} task carried no model: {exc}") from exc
+        if incoming.data_kind != DataKind.WEIGHTS or not isinstance(incoming.data, dict):
+            raise TaskFailed(f"the {task_name} task carried {incoming.data_kind}: expected WEIGHTS")
+        owner = shareable.get_header(AppConstants.MODEL_OWNER, "the global model")
+        model = self.new_model()
+        try:
+            load_weights(model, incoming.data, str(owner))
+        except ValueError as exc:
+            raise UserCodeError(f"custom/{UserFile.MODELS}: get_model() does not fit {owner}: {exc}") from exc
+        return incoming.data, model.to(device)
 
     def data_dir(self, fl_ctx: FLContext) -> Path:
         if self.platform is None:

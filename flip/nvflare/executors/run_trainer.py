@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.dxo import DXO, DataKind, MetaKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
@@ -17,9 +17,9 @@ from flip.aggregation.weighted import checksum
 from flip.constants import TASK_METRICS_PROP, FlipMeta, FlipTask, UserFile
 from flip.errors import UserCodeError
 from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics, to_number
-from flip.nvflare.executors.base import TaskFailed, UserCodeExecutor, call_user
-from flip.nvflare.executors.user_code import instantiate, load_class, load_module
-from flip.nvflare.models import load_weights, state_to_numpy
+from flip.nvflare.executors.base import UserCodeExecutor, call_user
+from flip.nvflare.executors.user_code import load_module
+from flip.nvflare.models import state_to_numpy
 
 
 def training_result(raw: dict, where: str) -> tuple[int, int, dict]:
@@ -57,23 +57,9 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
     where = f"custom/{UserFile.TRAINER}: {UserFile.TRAINER_CLASS}.train"
 
     def run_task(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        try:
-            incoming = from_shareable(shareable)
-        except ValueError as exc:
-            raise TaskFailed(f"the {task_name} task carried no model: {exc}") from exc
-        if incoming.data_kind != DataKind.WEIGHTS or not isinstance(incoming.data, dict):
-            raise TaskFailed(f"the {task_name} task carried {incoming.data_kind}: expected WEIGHTS")
-        global_weights = incoming.data
         ctx = self.context(fl_ctx, shareable, abort_signal)
-        trainer = self.user_object("trainer", lambda: instantiate(
-            load_class(self.custom_dir, UserFile.TRAINER, UserFile.TRAINER_CLASS, ("train",)), self.config,
-            UserFile.TRAINER))
-        model = self.new_model()
-        try:
-            load_weights(model, global_weights, "the global model")
-        except ValueError as exc:
-            raise UserCodeError(f"custom/{UserFile.MODELS}: get_model() does not fit the global model: {exc}") from exc
-        model.to(ctx.device)
+        trainer = self.user_instance(UserFile.TRAINER, UserFile.TRAINER_CLASS, "train")
+        global_weights, model = self.model_from_task(task_name, shareable, ctx.device)
         names = [n for n, v in global_weights.items() if np.asarray(v).dtype.kind == "f"]
         if task_name == FlipTask.SWAG:
             return self._swag(fl_ctx, shareable, ctx, trainer, model, global_weights, names, abort_signal)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
 from flip.constants import FlipTask, UserFile
-from flip.errors import UserCodeError
 from flip.metrics import clean_metrics
-from flip.nvflare.executors.base import TaskFailed, UserCodeExecutor, call_user
-from flip.nvflare.executors.user_code import instantiate, load_class
-from flip.nvflare.models import load_weights
+from flip.nvflare.executors.base import UserCodeExecutor, call_user
 
 
 class ModelScoringExecutor(UserCodeExecutor):
@@ -24,23 +21,10 @@ class ModelScoringExecutor(UserCodeExecutor):
     user_method = ""
 
     def run_task(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        try:
-            incoming = from_shareable(shareable)
-        except ValueError as exc:
-            raise TaskFailed(f"the {task_name} task carried no model: {exc}") from exc
-        if incoming.data_kind != DataKind.WEIGHTS or not isinstance(incoming.data, dict):
-            raise TaskFailed(f"the {task_name} task carried {incoming.data_kind}: expected WEIGHTS")
         owner = shareable.get_header(AppConstants.MODEL_OWNER, "model")
         ctx = self.context(fl_ctx, shareable, abort_signal)
-        scorer = self.user_object(self.user_class, lambda: instantiate(
-            load_class(self.custom_dir, self.user_file, self.user_class, (self.user_method,)), self.config,
-            self.user_file))
-        model = self.new_model()
-        try:
-            load_weights(model, incoming.data, f"model {owner}")
-        except ValueError as exc:
-            raise UserCodeError(f"custom/{UserFile.MODELS}: get_model() does not fit {owner}: {exc}") from exc
-        model.to(ctx.device)
+        scorer = self.user_instance(self.user_file, self.user_class, self.user_method)
+        _, model = self.model_from_task(task_name, shareable, ctx.device)
         model.eval()
         where = f"custom/{self.user_file}: {self.user_class}.{self.user_method}"
         metrics = clean_metrics(call_user(where, getattr(scorer, self.user_method), model, ctx), where)
