@@ -30,6 +30,7 @@ jobs: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/privacy_filter.py
 	$(PY) benchmarks/s3_upload.py
+	$(PY) benchmarks/dp_utility.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache
