@@ -9,6 +9,12 @@ useful updates than this, so its accuracy under DP is lower still.
 
 One line per site count: ``dp_utility epsilon=8 sites=<n> best_case_accuracy=<a> no_dp=<b>`` (mean over
 ``--draws`` noise draws; chance is 0.1).
+
+Then the fine-tuning case, the usual way out for few clients: the sites start from a model trained on public
+images (``--public`` of them, taken from the sites' pool, as a platform's safehouse model would be) and send the
+ideal update towards the all-sites model, scaled to total length L (the clip norm summed over rounds). Near a good
+model the update's gain is first order in L and the noise's harm second order, so some small L might help: one line
+per L, ``dp_utility epsilon=8 sites=<n> fine_tune public=<p> step=<L> accuracy=<a> start=<s>``.
 """
 
 from __future__ import annotations
@@ -58,11 +64,39 @@ def best_case(epsilon: float, sites: int, draws: int, clip_norm: float = 1.0) ->
     return float(np.mean(scores)), accuracy(weights, held_out, labels)
 
 
+def fine_tune(epsilon: float, sites: int, public: int, steps: list[float], draws: int) -> tuple[float, dict]:
+    """Held-out accuracy of the public model, and mean accuracy after one ideal noisy update of each length."""
+    from sklearn.linear_model import LogisticRegression
+
+    shares, (images, labels) = split_digits(["all-sites"])
+    (x, y), = shares.values()
+    x = as_model_input(x).reshape(len(x), -1)
+    held_out = np.concatenate([as_model_input(images).reshape(len(images), -1), np.ones((len(images), 1))], axis=1)
+    rng = make_rng(0)
+    chosen = rng.permutation(len(x))[:public]
+
+    def fit(rows):
+        model = LogisticRegression(max_iter=3000).fit(x[rows], y[rows])
+        return np.concatenate([model.coef_, model.intercept_[:, None]], axis=1)
+
+    start, target = fit(chosen), fit(np.arange(len(x)))
+    direction = (target - start) / np.linalg.norm(target - start)
+    z = calibrate_noise(epsilon, DELTA, rounds=1)
+    scores = {}
+    for step in steps:
+        noisy = [start + step * (direction + rng.standard_normal(direction.shape) * z / np.sqrt(sites))
+                 for _ in range(draws)]
+        scores[step] = float(np.mean([accuracy(w, held_out, labels) for w in noisy]))
+    return accuracy(start, held_out, labels), scores
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--sites", type=int, nargs="+", default=[2, 10, 50, 200])
     parser.add_argument("--draws", type=int, default=20)
+    parser.add_argument("--public", type=int, default=100, help="public images behind the fine-tuning start model")
+    parser.add_argument("--steps", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0])
     args = parser.parse_args(argv)
     print(f"noise multiplier of the single best release at ε={args.epsilon:g}, δ={DELTA:g}: "
           f"{calibrate_noise(args.epsilon, DELTA, rounds=1):.3f}")
@@ -70,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         best, clear = best_case(args.epsilon, sites, args.draws)
         print(f"dp_utility epsilon={args.epsilon:g} sites={sites} best_case_accuracy={best:.3f} no_dp={clear:.3f}",
               flush=True)
+    start, scores = fine_tune(args.epsilon, min(args.sites), args.public, args.steps, args.draws)
+    for step, score in scores.items():
+        print(f"dp_utility epsilon={args.epsilon:g} sites={min(args.sites)} fine_tune public={args.public} "
+              f"step={step:g} accuracy={score:.3f} start={start:.3f}", flush=True)
 
 
 if __name__ == "__main__":
