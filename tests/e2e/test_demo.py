@@ -1,0 +1,86 @@
+"""The demo as a researcher runs it (``flip demo``, what ``make demo`` calls), in a process of its own: it trains,
+uploads, verifies, prints where the model and the report are, and the report opens. Once with the methods of the
+DLR demonstrator (FedProx + SWAG), once under client-level differential privacy."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.simulator, pytest.mark.s3]
+
+
+def _run_demo(tmp: Path, *options: str) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FLIP_"))}
+    env["HOME"] = str(tmp / "home")
+    done = subprocess.run([sys.executable, "-m", "flip.cli", "demo", "--dir", str(tmp / "demo"), *options],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _line(output: str, pattern: str) -> re.Match:
+    match = re.search(pattern, output, re.MULTILINE)
+    assert match, f"no line matching {pattern!r} in the demo's output:\n{output[-3000:]}"
+    return match
+
+
+@pytest.fixture(scope="module")
+def methods_demo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo_methods")
+    return _run_demo(tmp, "--aggregation", "fedprox", "--uncertainty", "swag")
+
+
+@pytest.fixture(scope="module")
+def dp_demo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo_dp")
+    return _run_demo(tmp, "--dp-epsilon", "8", "--rounds", "2")
+
+
+def test_demo_learns_and_says_where_the_verified_model_is(methods_demo):
+    rc, output = methods_demo
+    assert rc == 0, output[-3000:]
+    assert float(_line(output, r"^Held-out digits no site ever saw: accuracy ([0-9.]+)$").group(1)) >= 0.8
+    key = _line(output, r"^Model:    s3://flip-models/([0-9a-f-]{36})/(\S+)/global_model\.pt$")
+    verified = _line(output, r"^Verified: (\d+) objects match s3://flip-models/(\S+)manifest\.json$")
+    assert verified.group(2) == f"{key.group(1)}/{key.group(2)}/"
+    assert int(verified.group(1)) >= 5
+    status = _line(output, r"^Status:   (.+)$").group(1).split(" -> ")
+    assert status[0] == "INITIATED" and status[-1] == "RESULTS_UPLOADED"
+    assert "Uncertainty (swag): stored" in output and "swag.pt" in output
+
+
+def test_demo_report_opens_as_png_and_html(methods_demo):
+    rc, output = methods_demo
+    report = _line(output, r"^Report:   (\S+index\.html) \(curves: (\S+\.png)\)$")
+    page, curves = Path(report.group(1)), Path(report.group(2))
+    with Image.open(curves) as image:
+        assert image.format == "PNG" and image.size[0] >= 400 and image.size[1] >= 200
+        image.verify()
+    text = page.read_text()
+    assert text.lstrip().lower().startswith("<!doctype html>") and text.rstrip().endswith("</html>")
+    model_id = _line(output, r"^Model:    s3://flip-models/([0-9a-f-]{36})/").group(1)
+    assert model_id in text and "site-1" in text and "site-2" in text
+    for src in re.findall(r'<img src="([^"]+)"', text):
+        assert (page.parent / html.unescape(src)).is_file(), f"the report links a missing image {src}"
+
+
+def test_demo_runs_under_differential_privacy_and_reports_the_budget(dp_demo):
+    rc, output = dp_demo
+    assert rc == 0, output[-3000:]
+    spent = _line(output, r"^Differential privacy: each site's ε spent \(δ=1e-5\): (\{.*?\}) of 8$").group(1)
+    spent = json.loads(spent.replace("'", '"'))
+    assert sorted(spent) == ["site-1", "site-2"]
+    assert all(7.9 <= v <= 8.0 for v in spent.values()), spent  # calibrated to spend exactly the budget, not more
+    accuracy = float(_line(output, r"^Held-out digits no site ever saw: accuracy ([0-9.]+)$").group(1))
+    assert 0.0 <= accuracy <= 1.0
+    assert _line(output, r"^Status:   (.+)$").group(1).endswith("RESULTS_UPLOADED")
