@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -143,9 +144,11 @@ def _cmd_provision(args) -> int:
     if not args.sites:
         raise ValueError("give --sites (a number or comma-separated names) or --add-site NAME")
     sites = [f"site-{i}" for i in range(1, int(args.sites) + 1)] if args.sites.isdigit() else args.sites.split(",")
-    prod = provision(sites, args.out, fed_learn_port=args.fed_port, admin_port=args.admin_port,
+    prod = provision(sites, args.out, server=args.server, fed_learn_port=args.fed_port, admin_port=args.admin_port,
                      percentile=args.percentile, gamma=args.gamma)
     print(f"startup kits in {prod}: " + ", ".join(sorted(p.name for p in prod.iterdir() if p.is_dir())))
+    print(f"sites connect to {args.server}:{args.fed_port} and admins to {args.server}:{args.admin_port}: "
+          f"that name must resolve to the server at every site and admin machine")
     return 0
 
 
@@ -199,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--sites", default=None, help="number of sites, or comma-separated site names")
     prov.add_argument("--out", required=True, help="folder for project.yml and the kits (workspace/<project>/prod_NN)")
     prov.add_argument("--add-site", default=None, metavar="NAME", help="add one site to an existing --out")
+    prov.add_argument("--server", default="server", metavar="HOST",
+                      help="the server's DNS name, as sites and admins reach it (e.g. fl.example.org; localhost "
+                           "for a trial on one machine); it names the server's kit and certificate")
     prov.add_argument("--fed-port", type=int, default=8002)
     prov.add_argument("--admin-port", type=int, default=8003)
     prov.add_argument("--percentile", type=float, default=10, help="the sites' enforced PercentilePrivacy")
@@ -235,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FlipError, ValueError) as exc:
         print(f"flip: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `flip status ... | head`: the reader has gone, stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from flip.privacy.percentile import check_gamma, check_percentile
 ALLOW_PREFIX = "flip."
 PROJECT_FILE = "project.yml"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 def site_privacy_policy(percentile: float = 10, gamma: float = 0.01) -> dict[str, Any]:
@@ -80,11 +81,21 @@ def check_site_names(sites: list[str]) -> list[str]:
     return sites
 
 
+def check_server_name(server: str) -> str:
+    """The server's name is the host every site and admin connects to (and its certificate's name): a DNS name."""
+    if (not isinstance(server, str) or len(server) > 253
+            or not all(_HOST_LABEL_RE.match(label) for label in server.split("."))):
+        raise ValueError(f"server name {server!r} is invalid: the DNS name sites and admins reach the server by "
+                         "(labels of letters, digits and '-', separated by '.'), e.g. fl.example.org or localhost")
+    return server
+
+
 def project_config(sites: list[str], name: str = "flip", server: str = "server", admin: str = "admin@flip.org",
                    fed_learn_port: int = 8002, admin_port: int = 8003, percentile: float = 10,
                    gamma: float = 0.01) -> dict[str, Any]:
     """The project.yml content: one server, the hospital sites, a project admin, NVFlare's builders + ours."""
     check_site_names(sites)
+    check_server_name(server)
     for port_name, port in (("fed_learn_port", fed_learn_port), ("admin_port", admin_port)):
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ValueError(f"{port_name} must be a TCP port (1-65535), got {port!r}")

@@ -79,6 +79,21 @@ def test_bad_site_names_and_ports_are_named(tmp_path):
     with pytest.raises(ValueError, match="fed_learn_port must be a TCP port"):
         project_config(["a"], fed_learn_port=70000)
     assert flip_cli(["provision", "--add-site", "hospital-z", "--out", str(tmp_path)]) == 2
+    for bad in ("my server", "-server", "fl..example.org", "a" * 64):
+        with pytest.raises(ValueError, match=f"server name '{bad}' is invalid: the DNS name"):
+            project_config(["a"], server=bad)
+
+
+def test_the_server_name_is_the_host_every_kit_connects_to(tmp_path, capsys):
+    assert flip_cli(["provision", "--sites", "1", "--server", "localhost", "--fed-port", "9102",
+                     "--admin-port", "9103", "--out", str(tmp_path)]) == 0
+    assert "sites connect to localhost:9102 and admins to localhost:9103" in capsys.readouterr().out
+    prod = tmp_path / "workspace" / "flip" / "prod_00"
+    client = json.loads((prod / "site-1" / "startup" / "fed_client.json").read_text())
+    assert client["servers"][0]["service"]["target"] == "localhost:9102"
+    admin = json.loads((prod / "admin@flip.org" / "startup" / "fed_admin.json").read_text())
+    assert (admin["admin"]["host"], admin["admin"]["port"]) == ("localhost", 9103)
+    assert (prod / "localhost" / "startup" / "start.sh").is_file()
 
 
 def test_checked_in_template_is_what_flip_provision_writes():
