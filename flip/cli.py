@@ -90,7 +90,11 @@ def _cmd_models_show(args) -> int:
 
 
 def _cmd_models_download(args) -> int:
-    path = _registry(args).download(args.model_id, args.job, args.output)
+    registry = _registry(args)
+    if args.report:
+        path = registry.download_report(args.model_id, args.job, args.report)
+    else:
+        path = registry.download(args.model_id, args.job, args.output, artifact=args.artifact)
     print(path)
     return 0
 
@@ -222,10 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     show = msub.add_parser("show", help="a model's runs, rounds, sites, final metrics and sizes")
     show.add_argument("model_id")
     show.set_defaults(func=_cmd_models_show)
-    download = msub.add_parser("download", help="the global model of the latest (or a given) verified run")
+    download = msub.add_parser("download", help="the global model (or another artifact, or the report) of the latest "
+                                                "(or a given) verified run, checked against its manifest")
     download.add_argument("model_id")
     download.add_argument("--job", default=None, help="run id (default: the latest verified run)")
     download.add_argument("-o", "--output", default=None, help="file to write")
+    download.add_argument("--artifact", default="global_model.pt", metavar="KEY",
+                          help="another object of the run, e.g. best_global_model.pt, metrics.json, swag.pt, "
+                               "results/cross_val_results.json (flip models show lists them)")
+    download.add_argument("--report", default=None, metavar="DIR",
+                          help="instead: the run report (index.html and its curves) into DIR")
     download.set_defaults(func=_cmd_models_download)
     remove = msub.add_parser("remove", help="delete a model and all its runs")
     remove.add_argument("model_id")

@@ -94,6 +94,7 @@ class RunFile:
     ENSEMBLE = "ensemble.pt"
     SWAG = "swag.pt"
     UNCERTAINTY = "uncertainty.json"
+    REPORT_INDEX = "report/index.html"
 
 
 class RunStatus(str, Enum):

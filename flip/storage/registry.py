@@ -225,6 +225,15 @@ class ModelRegistry:
         shutil.move(tmp.name, target)
         return target
 
+    def download_report(self, model_id: str, run_id: str | None = None, folder: str | Path = "report") -> Path:
+        """Download the run report (``report/index.html`` and its images) of a verified run into ``folder``."""
+        record = self.run(model_id, run_id, RunFile.REPORT_INDEX)
+        folder = Path(folder)
+        for key in record.keys:
+            if key.startswith("report/"):
+                self.download(model_id, record.run_id, folder / key[len("report/"):], artifact=key)
+        return folder / Path(RunFile.REPORT_INDEX).name
+
     def load(self, model_id: str, run_id: str | None = None) -> Any:
         """The global model of a verified run: a state dict, or a TorchScript module."""
         with tempfile.TemporaryDirectory() as tmp:

@@ -113,6 +113,28 @@ def test_cli_list_show_download_remove(weed, tmp_path, capsys):
     assert registry.client.list_objects_v2(Bucket=weed.bucket, Prefix=model_id).get("KeyCount", 0) == 0
 
 
+def test_cli_downloads_other_artifacts_and_the_report(weed, tmp_path, capsys):
+    model_id = str(uuid.uuid4())
+    registry = ModelRegistry(weed._client(), weed.bucket)
+    model, page, curves = tmp_path / "m.pt", tmp_path / "index.html", tmp_path / "curves.png"
+    torch.save(Net().state_dict(), model)
+    page.write_text('<!doctype html><img src="curves.png">')
+    curves.write_bytes(b"\x89PNG fake but hashed")
+    s3.upload_run(registry.client, registry.bucket, s3.run_prefix(model_id, "job-r"),
+                  {RunFile.GLOBAL_MODEL: model, "report/index.html": page, "report/curves.png": curves}, {})
+    with environ(**weed.env):
+        assert flip_cli(["models", "download", model_id, "--report", str(tmp_path / "got")]) == 0
+        assert capsys.readouterr().out.strip() == str(tmp_path / "got" / "index.html")
+        assert (tmp_path / "got" / "index.html").read_text() == page.read_text()
+        assert (tmp_path / "got" / "curves.png").read_bytes() == curves.read_bytes()
+        out = tmp_path / "page.html"
+        assert flip_cli(["models", "download", model_id, "--artifact", "report/index.html", "-o", str(out)]) == 0
+        assert out.read_text() == page.read_text()
+        capsys.readouterr()
+        assert flip_cli(["models", "download", model_id, "--artifact", "metrics.json"]) == 2
+        assert f"model {model_id} has no verified run with metrics.json" in capsys.readouterr().err
+
+
 def test_bad_model_id_is_named(registry):
     with pytest.raises(ValueError, match="model_id must be a UUID"):
         registry.runs("../../etc")
