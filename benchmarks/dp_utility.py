@@ -33,53 +33,45 @@ from flip.privacy.gaussian import calibrate_noise, clip_and_noise, make_rng  # n
 DELTA = 1e-5
 
 
-def ideal_update() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The best non-private linear classifier's weights (with bias column), and the held-out images and labels.
-
-    Trained on every image the sites hold together (the split between sites does not change the pool).
-    """
-    from sklearn.linear_model import LogisticRegression
-
+def pooled_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every image the sites hold together, flattened (the split between sites does not change the pool), and the
+    held-out images with a bias column, and their labels."""
     shares, (images, labels) = split_digits(["all-sites"])
     (x, y), = shares.values()
-    x = as_model_input(x).reshape(len(x), -1)
-    model = LogisticRegression(C=0.1, max_iter=2000).fit(x, y)
-    weights = np.concatenate([model.coef_, model.intercept_[:, None]], axis=1)
     held_out = np.concatenate([as_model_input(images).reshape(len(images), -1), np.ones((len(images), 1))], axis=1)
-    return weights, held_out, labels
+    return as_model_input(x).reshape(len(x), -1), y, held_out, labels
+
+
+def fit_linear(x: np.ndarray, y: np.ndarray, **options) -> np.ndarray:
+    """A non-private logistic regression's weights, with the bias as the last column."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(**options).fit(x, y)
+    return np.concatenate([model.coef_, model.intercept_[:, None]], axis=1)
 
 
 def accuracy(weights: np.ndarray, held_out: np.ndarray, labels: np.ndarray) -> float:
     return float(((held_out @ weights.T).argmax(axis=1) == labels).mean())
 
 
-def best_case(epsilon: float, sites: int, draws: int, clip_norm: float = 1.0) -> tuple[float, float]:
-    weights, held_out, labels = ideal_update()
+def best_case(weights: np.ndarray, held_out: np.ndarray, labels: np.ndarray, epsilon: float, sites: int, draws: int,
+              clip_norm: float = 1.0) -> float:
+    """Mean accuracy of ``sites`` noisy releases of the ideal update ``weights``, averaged."""
     z = calibrate_noise(epsilon, DELTA, rounds=1)
     rng = make_rng(0)
     scores = []
     for _ in range(draws):
         releases = [clip_and_noise({"w": weights.astype(np.float32)}, clip_norm, z, rng)[0]["w"] for _ in range(sites)]
         scores.append(accuracy(np.mean(releases, axis=0), held_out, labels))
-    return float(np.mean(scores)), accuracy(weights, held_out, labels)
+    return float(np.mean(scores))
 
 
-def fine_tune(epsilon: float, sites: int, public: int, steps: list[float], draws: int) -> tuple[float, dict]:
+def fine_tune(x: np.ndarray, y: np.ndarray, held_out: np.ndarray, labels: np.ndarray, epsilon: float, sites: int,
+              public: int, steps: list[float], draws: int) -> tuple[float, dict]:
     """Held-out accuracy of the public model, and mean accuracy after one ideal noisy update of each length."""
-    from sklearn.linear_model import LogisticRegression
-
-    shares, (images, labels) = split_digits(["all-sites"])
-    (x, y), = shares.values()
-    x = as_model_input(x).reshape(len(x), -1)
-    held_out = np.concatenate([as_model_input(images).reshape(len(images), -1), np.ones((len(images), 1))], axis=1)
     rng = make_rng(0)
     chosen = rng.permutation(len(x))[:public]
-
-    def fit(rows):
-        model = LogisticRegression(max_iter=3000).fit(x[rows], y[rows])
-        return np.concatenate([model.coef_, model.intercept_[:, None]], axis=1)
-
-    start, target = fit(chosen), fit(np.arange(len(x)))
+    start, target = fit_linear(x[chosen], y[chosen], max_iter=3000), fit_linear(x, y, max_iter=3000)
     direction = (target - start) / np.linalg.norm(target - start)
     z = calibrate_noise(epsilon, DELTA, rounds=1)
     scores = {}
@@ -100,11 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     print(f"noise multiplier of the single best release at ε={args.epsilon:g}, δ={DELTA:g}: "
           f"{calibrate_noise(args.epsilon, DELTA, rounds=1):.3f}")
+    x, y, held_out, labels = pooled_digits()
+    ideal = fit_linear(x, y, C=0.1, max_iter=2000)
+    clear = accuracy(ideal, held_out, labels)
     for sites in args.sites:
-        best, clear = best_case(args.epsilon, sites, args.draws)
+        best = best_case(ideal, held_out, labels, args.epsilon, sites, args.draws)
         print(f"dp_utility epsilon={args.epsilon:g} sites={sites} best_case_accuracy={best:.3f} no_dp={clear:.3f}",
               flush=True)
-    start, scores = fine_tune(args.epsilon, min(args.sites), args.public, args.steps, args.draws)
+    start, scores = fine_tune(x, y, held_out, labels, args.epsilon, min(args.sites), args.public, args.steps,
+                              args.draws)
     for step, score in scores.items():
         print(f"dp_utility epsilon={args.epsilon:g} sites={min(args.sites)} fine_tune public={args.public} "
               f"step={step:g} accuracy={score:.3f} start={start:.3f}", flush=True)
