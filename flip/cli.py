@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 
+from flip.constants import RunFile
 from flip.errors import FlipError
 
 
@@ -231,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("model_id")
     download.add_argument("--job", default=None, help="run id (default: the latest verified run)")
     download.add_argument("-o", "--output", default=None, help="file to write")
-    download.add_argument("--artifact", default="global_model.pt", metavar="KEY",
+    download.add_argument("--artifact", default=RunFile.GLOBAL_MODEL, metavar="KEY",
                           help="another object of the run, e.g. best_global_model.pt, metrics.json, swag.pt, "
                                "results/cross_val_results.json (flip models show lists them)")
     download.add_argument("--report", default=None, metavar="DIR",

@@ -94,6 +94,7 @@ class RunFile:
     ENSEMBLE = "ensemble.pt"
     SWAG = "swag.pt"
     UNCERTAINTY = "uncertainty.json"
+    REPORT_DIR = "report"  # its objects are report/<file>
     REPORT_INDEX = "report/index.html"
 
 

@@ -123,11 +123,11 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
             _say(f"FAILED: {exc}")
             return 1
         objects = result["objects"]
-        report_dir = workdir / "report"
+        report_dir = workdir / RunFile.REPORT_DIR
         report_dir.mkdir()
         for key, body in objects.items():
-            if key.startswith("report/"):
-                (report_dir / key[len("report/"):]).write_bytes(body)
+            if key.startswith(f"{RunFile.REPORT_DIR}/"):
+                (report_dir / Path(key).relative_to(RunFile.REPORT_DIR)).write_bytes(body)
         state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), map_location="cpu", weights_only=True)
         app = MULTISTAGE_APP_DIR if job == "multi_stage" else None
         accuracy = holdout_accuracy(state, site_names=names, app_dir=app)

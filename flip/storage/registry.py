@@ -205,10 +205,14 @@ class ModelRegistry:
             The written file (``out``, default ``<model_id>-<run_id>-<artifact>`` in the current folder).
         """
         record = self.run(model_id, run_id, artifact)
+        return self._download(record, artifact, Path(out) if out else None)
+
+    def _download(self, record: RunRecord, artifact: str, out: Path | None) -> Path:
+        """``download`` for a run already chosen: sha256 against its manifest, .pt files must load."""
         entry = next((o for o in record.manifest["objects"] if o["key"] == s3.check_object_key(artifact)), None)
         if entry is None:
             raise RegistryError(f"run {record.run_id} has no {artifact} (it has {', '.join(record.keys)})")
-        target = Path(out) if out else Path(f"{record.model_id}-{record.run_id}-{Path(artifact).name}")
+        target = out or Path(f"{record.model_id}-{record.run_id}-{Path(artifact).name}")
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".download-", delete=False) as tmp:
             data = self._get(record, artifact)
@@ -225,13 +229,13 @@ class ModelRegistry:
         shutil.move(tmp.name, target)
         return target
 
-    def download_report(self, model_id: str, run_id: str | None = None, folder: str | Path = "report") -> Path:
+    def download_report(self, model_id: str, run_id: str | None = None, folder: str | Path = RunFile.REPORT_DIR) -> Path:
         """Download the run report (``report/index.html`` and its images) of a verified run into ``folder``."""
         record = self.run(model_id, run_id, RunFile.REPORT_INDEX)
         folder = Path(folder)
         for key in record.keys:
-            if key.startswith("report/"):
-                self.download(model_id, record.run_id, folder / key[len("report/"):], artifact=key)
+            if key.startswith(f"{RunFile.REPORT_DIR}/"):
+                self._download(record, key, folder / Path(key).relative_to(RunFile.REPORT_DIR))
         return folder / Path(RunFile.REPORT_INDEX).name
 
     def load(self, model_id: str, run_id: str | None = None) -> Any:

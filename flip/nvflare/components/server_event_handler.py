@@ -354,11 +354,11 @@ class ServerEventHandler(FLComponent):
             "versions": {"flip": flip.__version__, "nvflare": nvflare.__version__, "torch": torch.__version__},
         }
         try:
-            written = write_report(doc, run_dir(fl_ctx) / "report")
+            written = write_report(doc, run_dir(fl_ctx) / RunFile.REPORT_DIR)
         except (OSError, ValueError, RuntimeError) as exc:
             self.log_warning(fl_ctx, f"no report: {short_reason(exc)}")
             return {}
-        return {f"report/{name}": path for name, path in written.items()}
+        return {f"{RunFile.REPORT_DIR}/{name}": path for name, path in written.items()}
 
     def _failure_reason(self) -> str:
         if self.site_errors:
