@@ -128,14 +128,15 @@ class ModelRegistry:
             except ValueError:
                 continue
             prefix = s3.run_prefix(model_id, run_id)
-            try:
-                manifest = s3.verify_run(self.client, self.bucket, prefix)
-                records.append(RunRecord(model_id, run_id, True, manifest=manifest))
-            except VerificationError as exc:
-                partial = s3.read_manifest(self.client, self.bucket, prefix)
-                if partial is None and not self._has_objects(prefix):
+            manifest = None
+            try:  # the manifest is read once: verified against, or shown as the partial run's
+                manifest = s3.read_manifest(self.client, self.bucket, prefix)
+                if manifest is None and not self._has_objects(prefix):
                     continue  # an empty folder left by a removal: not a run
-                records.append(RunRecord(model_id, run_id, False, problem=str(exc), manifest=partial or {}))
+                s3.verify_run(self.client, self.bucket, prefix, manifest)
+                records.append(RunRecord(model_id, run_id, True, manifest=manifest))
+            except VerificationError as exc:  # no manifest, one that is not JSON, or objects that differ
+                records.append(RunRecord(model_id, run_id, False, problem=str(exc), manifest=manifest or {}))
         return sorted(records, key=lambda r: (r.created, r.run_id))
 
     def _has_objects(self, prefix: str) -> bool:
@@ -205,10 +206,14 @@ class ModelRegistry:
             The written file (``out``, default ``<model_id>-<run_id>-<artifact>`` in the current folder).
         """
         record = self.run(model_id, run_id, artifact)
-        return self._download(record, artifact, Path(out) if out else None)
+        return self._download(record, artifact, Path(out) if out else None)[0]
 
-    def _download(self, record: RunRecord, artifact: str, out: Path | None) -> Path:
-        """``download`` for a run already chosen: sha256 against its manifest, .pt files must load."""
+    def _download(self, record: RunRecord, artifact: str, out: Path | None) -> tuple[Path, Any]:
+        """``download`` for a run already chosen: sha256 against its manifest, and a .pt file must load safely.
+
+        Returns:
+            The written file, and what it loaded as (None for a file other than .pt).
+        """
         entry = next((o for o in record.manifest["objects"] if o["key"] == s3.check_object_key(artifact)), None)
         if entry is None:
             raise RegistryError(f"run {record.run_id} has no {artifact} (it has {', '.join(record.keys)})")
@@ -220,14 +225,15 @@ class ModelRegistry:
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             os.unlink(tmp.name)
             raise RegistryError(f"{artifact} of run {record.run_id} does not match its manifest sha256")
+        loaded = None
         if artifact.endswith(".pt"):
             try:
-                load_model_file(tmp.name)
+                loaded = load_model_file(tmp.name)
             except RegistryError:
                 os.unlink(tmp.name)
                 raise
         shutil.move(tmp.name, target)
-        return target
+        return target, loaded
 
     def download_report(self, model_id: str, run_id: str | None = None, folder: str | Path = RunFile.REPORT_DIR) -> Path:
         """Download the run report (``report/index.html`` and its images) of a verified run into ``folder``."""
@@ -240,8 +246,12 @@ class ModelRegistry:
 
     def load(self, model_id: str, run_id: str | None = None) -> Any:
         """The global model of a verified run: a state dict, or a TorchScript module."""
+        return self.load_run(self.run(model_id, run_id, RunFile.GLOBAL_MODEL))
+
+    def load_run(self, record: RunRecord) -> Any:
+        """The global model of a run already chosen with ``run``."""
         with tempfile.TemporaryDirectory() as tmp:
-            return load_model_file(self.download(model_id, run_id, Path(tmp) / RunFile.GLOBAL_MODEL))
+            return self._download(record, RunFile.GLOBAL_MODEL, Path(tmp) / RunFile.GLOBAL_MODEL)[1]
 
     def upload(self, model_id: str, model_file: str | Path, run_id: str | None = None) -> dict[str, Any]:
         """Register a model file (a weights-only torch.save state or a TorchScript archive) as a verified run."""

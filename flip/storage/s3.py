@@ -331,8 +331,9 @@ def _download_sha256(client, bucket: str, key: str) -> str:
     return digest.hexdigest()
 
 
-def verify_run(client, bucket: str, prefix: str) -> dict[str, Any]:
-    """Check every object of the run against its manifest and return the manifest.
+def verify_run(client, bucket: str, prefix: str, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check every object of the run against its manifest (``manifest`` if the caller has read it already, else
+    read here) and return the manifest.
 
     Sizes, the metadata sha256 and the server-computed S3 checksum must all match; where a server keeps no
     checksum, the object is downloaded and hashed.
@@ -340,7 +341,8 @@ def verify_run(client, bucket: str, prefix: str) -> dict[str, Any]:
     Raises:
         VerificationError: no manifest, or an object is missing or differs (the first few are named).
     """
-    manifest = read_manifest(client, bucket, prefix)
+    if manifest is None:
+        manifest = read_manifest(client, bucket, prefix)
     if manifest is None:
         raise VerificationError(f"{bucket}/{prefix} has no {RunFile.MANIFEST}: the upload did not finish")
     problems = []

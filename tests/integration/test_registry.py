@@ -73,6 +73,18 @@ def test_a_damaged_object_makes_the_run_unservable(registry, tmp_path):
         registry.load(model_id)
 
 
+def test_a_run_whose_manifest_is_not_json_is_listed_unverified_and_the_others_still_served(registry, tmp_path):
+    model_id = str(uuid.uuid4())
+    state = Net().state_dict()
+    _upload_run(registry, model_id, "job-a", state, tmp_path)
+    registry.client.put_object(Bucket=registry.bucket, Key=f"{model_id}/job-b/{RunFile.GLOBAL_MODEL}", Body=b"x")
+    registry.client.put_object(Bucket=registry.bucket, Key=f"{model_id}/job-b/{RunFile.MANIFEST}", Body=b"{not json")
+    by_run = {r.run_id: r for r in registry.runs(model_id)}
+    assert by_run["job-a"].verified and not by_run["job-b"].verified
+    assert "manifest.json is not valid JSON" in by_run["job-b"].problem
+    assert torch.equal(registry.load(model_id)["fc.weight"], state["fc.weight"])
+
+
 def test_torchscript_artifacts_are_accepted(registry, tmp_path):
     model_id = str(uuid.uuid4())
     scripted = torch.jit.script(Net())

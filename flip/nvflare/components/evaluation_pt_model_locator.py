@@ -6,6 +6,7 @@ from nvflare.apis.dxo import DXO
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model_locator import ModelLocator
 
+from flip.constants import RunFile
 from flip.errors import FlipError
 from flip.nvflare.components.initial_pt_model_locator import (
     check_exclude_vars,
@@ -52,8 +53,8 @@ class EvaluationPTModelLocator(ModelLocator):
         self.models = {}
         for model_id in names:
             try:
-                record = registry.run(model_id, artifact="global_model.pt")
-                state, source = to_numpy_state(registry.load(model_id, record.run_id)), f"run {record.run_id}"
+                record = registry.run(model_id, artifact=RunFile.GLOBAL_MODEL)
+                state, source = to_numpy_state(registry.load_run(record)), f"run {record.run_id}"
             except RegistryError:
                 found = initial_state(fl_ctx, model_id)
                 if found is None:
