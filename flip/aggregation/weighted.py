@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -40,6 +40,11 @@ def weighted_mean(contributions: list[tuple[Mapping[str, Any], float]]) -> dict[
             sums[name] = sums.get(name, 0.0) + float(weight) * value.astype(np.float64)
             totals[name] = totals.get(name, 0.0) + float(weight)
     return {name: (sums[name] / totals[name]).astype(dtypes[name]) for name in sums}
+
+
+def l2_norm(arrays: Iterable[Any]) -> float:
+    """The L2 norm of all of ``arrays`` taken as one vector (squares summed in float64)."""
+    return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(a, dtype=np.float64)))) for a in arrays)))
 
 
 def checksum(weights: Mapping[str, Any]) -> float:

@@ -19,7 +19,7 @@ from nvflare.app_common.app_constant import AppConstants
 from flip.aggregation.weighted import check_update, weighted_mean
 from flip.constants import FlipMeta, RunFile
 from flip.errors import FlipError
-from flip.nvflare.utils import run_dir
+from flip.nvflare.utils import check_positive_int, peer_name, run_dir
 
 #: fl_ctx property: which sites' updates were aggregated this round and why others were excluded
 AGGREGATION_REPORT_PROP = "flip.aggregation_report"
@@ -86,8 +86,7 @@ class SampleWeightedAggregator(Aggregator):
     def __init__(self, min_accepted: int = 1, delete_local_models_after_aggregation: bool = False,
                  ensemble: bool = False):
         super().__init__()
-        if isinstance(min_accepted, bool) or not isinstance(min_accepted, int) or min_accepted < 1:
-            raise ValueError(f"min_accepted must be an integer >= 1, got {min_accepted!r}")
+        check_positive_int("min_accepted", min_accepted)
         if ensemble and delete_local_models_after_aggregation:
             raise ValueError("ensemble keeps every site's last local model: it cannot be combined with "
                              "delete_local_models_after_aggregation=True")
@@ -102,22 +101,23 @@ class SampleWeightedAggregator(Aggregator):
     def reset(self, fl_ctx: FLContext) -> None:
         self.accepted, self.excluded = {}, {}
 
-    def _reason(self, shareable: Shareable, fl_ctx: FLContext, site: str, current: int, base: dict) -> str | None:
+    def _check(self, shareable: Shareable, site: str, current: int, base: dict) -> tuple[DXO | None, str | None]:
+        """The update's DXO, and why it must be excluded (None if it may be aggregated)."""
         if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
-            return f"the site reported {shareable.get_return_code()}"
+            return None, f"the site reported {shareable.get_return_code()}"
         contribution = shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND)
         if contribution != current:
-            return f"it is for round {contribution + 1 if isinstance(contribution, int) else contribution}, " \
-                   f"this is round {current + 1}"
+            return None, (f"it is for round {contribution + 1 if isinstance(contribution, int) else contribution}, "
+                          f"this is round {current + 1}")
         if site in self.accepted:
-            return f"{site} already sent its update for round {current + 1}"
+            return None, f"{site} already sent its update for round {current + 1}"
         try:
             dxo = from_shareable(shareable)
         except ValueError:
-            return "it is not a DXO"
+            return None, "it is not a DXO"
         if dxo.data_kind != DataKind.WEIGHT_DIFF:
-            return f"it is {getattr(dxo.data_kind, 'value', dxo.data_kind)}, expected WEIGHT_DIFF"
-        return check_update(dxo.data, base, dxo.get_meta_prop(FlipMeta.NUM_SAMPLES))
+            return dxo, f"it is {getattr(dxo.data_kind, 'value', dxo.data_kind)}, expected WEIGHT_DIFF"
+        return dxo, check_update(dxo.data, base, dxo.get_meta_prop(FlipMeta.NUM_SAMPLES))
 
     def _base(self, fl_ctx: FLContext, site: str) -> dict[str, Any]:
         if self.bases and site in self.bases:
@@ -126,16 +126,14 @@ class SampleWeightedAggregator(Aggregator):
         return model[ModelLearnableKey.WEIGHTS] if model else {}
 
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
-        peer = fl_ctx.get_peer_context()
-        site = peer.get_identity_name() if peer else "?"
+        site = peer_name(fl_ctx)
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         base = self._base(fl_ctx, site)
-        reason = self._reason(shareable, fl_ctx, site, current, base)
+        dxo, reason = self._check(shareable, site, current, base)
         if reason:
             self.excluded.setdefault(site, reason)
             self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} is excluded: {reason}")
             return False
-        dxo = from_shareable(shareable)
         self.accepted[site] = (dxo.data, int(dxo.get_meta_prop(FlipMeta.NUM_SAMPLES)))
         LocalModelStore(run_dir(fl_ctx)).save(current, site, reconstruct(base, dxo.data))
         return True

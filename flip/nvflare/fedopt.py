@@ -11,13 +11,10 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 
 from flip.aggregation.fedopt import FedOptState, check_fedopt_args, fedopt_step
+from flip.aggregation.weighted import l2_norm
 
 #: fl_ctx property: what the server optimizer did this round (read by the ServerEventHandler for metrics.json)
 SERVER_STEP_PROP = "flip.server_step"
-
-
-def _norm(arrays) -> float:
-    return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(a, dtype=np.float64)))) for a in arrays)))
 
 
 class FedOptShareableGenerator(FullModelShareableGenerator):
@@ -58,8 +55,8 @@ class FedOptShareableGenerator(FullModelShareableGenerator):
         step = {
             "optimizer": self.optimizer,
             "lr": self.lr,
-            "update_norm": _norm(dxo.data.values()),
-            "step_norm": _norm(np.asarray(new[k], np.float64) - np.asarray(old[k], np.float64) for k in dxo.data),
+            "update_norm": l2_norm(dxo.data.values()),
+            "step_norm": l2_norm(np.asarray(new[k], np.float64) - np.asarray(old[k], np.float64) for k in dxo.data),
         }
         fl_ctx.set_prop(SERVER_STEP_PROP, step, private=True, sticky=False)
         self.log_info(fl_ctx, f"server {self.optimizer} step {self.state.step}: averaged update norm "

@@ -10,7 +10,7 @@ from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 
 from flip.constants import ComponentId, RunFile
-from flip.nvflare.utils import run_dir
+from flip.nvflare.utils import check_positive_int, run_dir
 
 METHODS = ("none", "ensemble", "mc_dropout", "swag")
 
@@ -29,8 +29,7 @@ class UncertaintyPlan(FLComponent):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-        if isinstance(mc_dropout_samples, bool) or not isinstance(mc_dropout_samples, int) or mc_dropout_samples < 2:
-            raise ValueError(f"mc_dropout_samples must be an integer >= 2, got {mc_dropout_samples!r}")
+        check_positive_int("mc_dropout_samples", mc_dropout_samples, minimum=2)
         self.method = method
         self.mc_dropout_samples = mc_dropout_samples
         self._checked = False

@@ -61,6 +61,19 @@ def new_run_id(job_id: str) -> str:
     return job_id
 
 
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def peer_name(fl_ctx: FLContext, default: str | None = "?") -> str | None:
+    """The identity name of the site the current message came from, or ``default`` when there is no peer."""
+    peer = fl_ctx.get_peer_context()
+    return peer.get_identity_name() if peer else default
+
+
 def short_reason(text: Any, limit: int = _MAX_REASON) -> str:
     """A one-line reason safe to send off-site: first line only, secrets masked, bounded length."""
     line = str(text).strip().splitlines()[0] if str(text).strip() else "unknown error"

@@ -9,13 +9,13 @@ the same upload: objects already in S3 and matching are skipped, unfinished mult
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from flip.constants import RunFile
 from flip.errors import CleanupError, StorageError, UploadError, VerificationError
+from flip.files import write_json_atomic
 from flip.storage import s3
 
 _LOG_PREFIXES = ("log", "error_log")
@@ -27,11 +27,7 @@ def is_log_file(name: str) -> bool:
 
 
 def write_pending(folder: Path, pending: dict[str, Any]) -> Path:
-    path = folder / RunFile.UPLOAD_PENDING
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(pending, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(folder / RunFile.UPLOAD_PENDING, pending, indent=2, sort_keys=True)
 
 
 def read_pending(folder: Path) -> dict[str, Any]:

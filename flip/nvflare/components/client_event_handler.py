@@ -58,8 +58,9 @@ class ClientEventHandler(FLComponent):
     def send_site_error(self, fl_ctx: FLContext, reason: str) -> None:
         """Send ``reason`` (made short and secret-free) to the server."""
         site = fl_ctx.get_identity_name()
+        reason = short_reason(reason)
         message = Shareable()
         message.set_header(FlipMeta.SITE_NAME, site)
-        message.set_header(FlipMeta.ERROR_REASON, short_reason(reason))
-        self.log_error(fl_ctx, f"reporting to the server: {short_reason(reason)}")
+        message.set_header(FlipMeta.ERROR_REASON, reason)
+        self.log_error(fl_ctx, f"reporting to the server: {reason}")
         self.fire_fed_event(FlipEvent.SITE_ERROR, message, fl_ctx)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from nvflare.apis.dxo import DXO, DataKind
@@ -13,6 +12,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
 from flip.errors import PrivacyError
+from flip.files import write_json_atomic
 from flip.nvflare.components.percentile_privacy import annotate
 from flip.nvflare.utils import run_dir
 from flip.privacy.gaussian import calibrate_noise, clip_and_noise, epsilon_after, make_rng
@@ -98,10 +98,8 @@ class GaussianPrivacy(DXOFilter):
         return int(json.loads(path.read_text())["released"]) if path.is_file() else 0
 
     def _record(self, fl_ctx: FLContext, released: int) -> None:
-        path = self._state_file(fl_ctx)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"released": released, "noise_multiplier": self.sigma, "delta": self.delta}))
-        os.replace(tmp, path)
+        write_json_atomic(self._state_file(fl_ctx),
+                          {"released": released, "noise_multiplier": self.sigma, "delta": self.delta})
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
         if dxo.data_kind != DataKind.WEIGHT_DIFF:

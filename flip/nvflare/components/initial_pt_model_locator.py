@@ -42,11 +42,16 @@ def check_exclude_vars(exclude_vars) -> str | None:
     return exclude_vars
 
 
-def weights_dxo(state: dict[str, np.ndarray], exclude_vars: str | None) -> DXO:
+def exclude_weights(state: dict[str, Any], exclude_vars: str | None) -> dict[str, Any]:
+    """``state`` without the entries whose name matches the regex ``exclude_vars`` (all of it if no regex)."""
     if exclude_vars:
         pattern = re.compile(exclude_vars)
         state = {k: v for k, v in state.items() if not pattern.search(k)}
-    return DXO(data_kind=DataKind.WEIGHTS, data=state)
+    return state
+
+
+def weights_dxo(state: dict[str, np.ndarray], exclude_vars: str | None) -> DXO:
+    return DXO(data_kind=DataKind.WEIGHTS, data=exclude_weights(state, exclude_vars))
 
 
 def server_model_id(fl_ctx: FLContext) -> str:
@@ -56,17 +61,16 @@ def server_model_id(fl_ctx: FLContext) -> str:
     return get_component(fl_ctx, ComponentId.SERVER_EVENT_HANDLER, ServerEventHandler, "server event handler").model_id
 
 
-def initial_state(fl_ctx: FLContext, model_id: str, platform=None) -> tuple[dict[str, np.ndarray], str] | None:
+def initial_state(fl_ctx: FLContext, model_id: str) -> tuple[dict[str, np.ndarray], str] | None:
     """The initial weights of ``model_id``: the job's custom/initial_model.pt, else the safehouse copy."""
     from flip.storage.registry import load_model_file
 
     workspace_copy = app_custom_dir(fl_ctx) / INITIAL_MODEL_FILE
     if workspace_copy.is_file():
         return to_numpy_state(load_model_file(workspace_copy)), "workspace"
-    if platform is None:
-        from flip import FLIP
+    from flip import FLIP
 
-        platform = FLIP()
+    platform = FLIP()
     path = platform.initial_model_path(model_id)
     if path is not None and Path(path).is_file():
         return to_numpy_state(load_model_file(path)), f"{platform.name} safehouse"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import torch
 from nvflare.apis.dxo import DXO
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
 
 from flip.constants import ComponentId
+from flip.nvflare.components.initial_pt_model_locator import check_exclude_vars, exclude_weights
 from flip.nvflare.models import check_weights_fit, resolve_model
 
 
@@ -29,12 +29,7 @@ class PTModelLocator(PTFileModelLocator):
 
     def __init__(self, exclude_vars=None, model=None):
         super().__init__(pt_persistor_id=ComponentId.PERSISTOR)
-        if exclude_vars is not None:
-            try:
-                re.compile(exclude_vars)
-            except (re.error, TypeError) as exc:
-                raise ValueError(f"exclude_vars must be a regular expression or None, got {exclude_vars!r}") from exc
-        self.exclude_vars = exclude_vars
+        self.exclude_vars = check_exclude_vars(exclude_vars)
         self.model = model
         self._model_module: torch.nn.Module | None = None
 
@@ -54,9 +49,7 @@ class PTModelLocator(PTFileModelLocator):
         dxo = super().locate_model(model_name, fl_ctx)
         if dxo is None:
             return None
-        if self.exclude_vars:
-            pattern = re.compile(self.exclude_vars)
-            dxo.data = {k: v for k, v in dxo.data.items() if not pattern.search(k)}
+        dxo.data = exclude_weights(dxo.data, self.exclude_vars)
         if self._model_module is not None:
             check_weights_fit(dxo.data, self._model_module, f"located model {model_name!r}")
         self.log_info(fl_ctx, f"located {model_name}: {len(dxo.data)} tensors")

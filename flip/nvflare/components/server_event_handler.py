@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Any
 
@@ -18,14 +16,15 @@ from nvflare.app_common.app_event_type import AppEventType
 
 from flip.constants import ComponentId, FlipEvent, FlipMeta, RunFile, RunStatus
 from flip.errors import CleanupError, FlipError
-from flip.metrics import clean_metrics, weighted_means
+from flip.files import write_json_atomic
+from flip.metrics import clean_metrics, format_metrics, weighted_means
 from flip.nvflare.components.persist_to_s3_and_cleanup import (
     ARTIFACTS_PROP,
     RUN_INFO_PROP,
     PersistToS3AndCleanup,
 )
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
-from flip.nvflare.utils import RUN_ID_PROP, LookupFailed, get_component, new_run_id, run_dir, short_reason
+from flip.nvflare.utils import RUN_ID_PROP, LookupFailed, get_component, new_run_id, peer_name, run_dir, short_reason
 from flip.nvflare.aggregator import AGGREGATION_REPORT_PROP
 from flip.nvflare.controllers.feddc import FEDDC_REPORT_PROP
 from flip.nvflare.controllers.training import ROUND_VALIDATION_PROP, STOP_REASON_PROP
@@ -79,14 +78,12 @@ class ServerEventHandler(FLComponent):
         self.persist_and_cleanup_id = persist_and_cleanup_id
         self.persist_and_cleanup = None
         self.flip = flip
-        self.fatal_error = False
-        self.final_status: RunStatus | None = None
         self._reset()
 
     def _reset(self) -> None:
         self.platform = None
         self.fatal_error = False
-        self.final_status = None
+        self.final_status: RunStatus | None = None
         self.reported: list[RunStatus] = []
         self.error_reason: str | None = None
         self.site_errors: dict[str, str] = {}
@@ -188,7 +185,7 @@ class ServerEventHandler(FLComponent):
     def _contribution(self, fl_ctx: FLContext) -> None:
         result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
-        site = fl_ctx.get_peer_context().get_identity_name() if fl_ctx.get_peer_context() else "?"
+        site = peer_name(fl_ctx)
         if not isinstance(result, Shareable):
             return
         if not fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED, False):
@@ -262,7 +259,7 @@ class ServerEventHandler(FLComponent):
         rc = result.get_return_code(ReturnCode.OK)
         if rc in (ReturnCode.OK, ReturnCode.TASK_ABORTED):
             return
-        site = fl_ctx.get_peer_context().get_identity_name() if fl_ctx.get_peer_context() else "?"
+        site = peer_name(fl_ctx)
         task = fl_ctx.get_prop(FLContextKey.TASK_NAME, "task")
         reason = result.get_header(FlipMeta.ERROR_REASON) or _RC_REASONS.get(rc, f"{task} failed ({rc})")
         self.site_errors.setdefault(site, short_reason(reason))
@@ -270,7 +267,7 @@ class ServerEventHandler(FLComponent):
 
     def _site_error(self, fl_ctx: FLContext) -> None:
         data = fl_ctx.get_prop(FLContextKey.EVENT_DATA)
-        site = fl_ctx.get_peer_context().get_identity_name() if fl_ctx.get_peer_context() else None
+        site = peer_name(fl_ctx, default=None)
         if isinstance(data, Shareable):
             site = data.get_header(FlipMeta.SITE_NAME, site) or "?"
             reason = short_reason(data.get_header(FlipMeta.ERROR_REASON, "error"))
@@ -290,10 +287,7 @@ class ServerEventHandler(FLComponent):
         }
 
     def _write_metrics(self, fl_ctx: FLContext) -> None:
-        path = run_dir(fl_ctx) / RunFile.METRICS
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.metrics_document(), indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        write_json_atomic(run_dir(fl_ctx) / RunFile.METRICS, self.metrics_document(), indent=2, sort_keys=True)
 
     # -- the end --------------------------------------------------------------------------------------------
     def _end(self, fl_ctx: FLContext) -> None:
@@ -368,4 +362,4 @@ class ServerEventHandler(FLComponent):
 
 
 def _format(metrics: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()) or "no metrics"
+    return format_metrics(metrics) or "no metrics"

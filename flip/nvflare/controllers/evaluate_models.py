@@ -12,9 +12,8 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
 from flip.constants import ComponentId, FlipEvent, FlipTask
-from flip.nvflare.controllers.init_training import check_positive_int
-from flip.nvflare.utils import LookupFailed, get_component
-from flip.storage.s3 import check_model_id
+from flip.nvflare.utils import LookupFailed, check_positive_int, get_component
+from flip.platform.base import check_model_id
 
 #: fl_ctx property: the model ids the evaluation locator must provide
 EVALUATE_MODEL_IDS_PROP = "flip.evaluate_model_ids"

@@ -21,9 +21,8 @@ from flip.aggregation.weighted import checksum, weighted_mean
 from flip.constants import ComponentId, FlipMeta, FlipTask
 from flip.errors import FlipError
 from flip.nvflare.aggregator import SampleWeightedAggregator, reconstruct
-from flip.nvflare.controllers.init_training import check_positive_int
 from flip.nvflare.controllers.training import validate_at_sites
-from flip.nvflare.utils import LookupFailed, get_component
+from flip.nvflare.utils import LookupFailed, check_positive_int, get_component
 
 #: fl_ctx property at ROUND_DONE: the round's routing, aggregation and model fingerprints (for metrics.json)
 FEDDC_REPORT_PROP = "flip.feddc_report"
@@ -126,7 +125,6 @@ class FedDCController(Controller):
         self.aggregator.bases = None
 
     def _train(self, models: dict, round_num: int, abort_signal: Signal, fl_ctx: FLContext) -> None:
-        tasks = []
         for site, weights in models.items():
             data = DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable()
             data.set_header(AppConstants.CURRENT_ROUND, round_num)
@@ -136,7 +134,6 @@ class FedDCController(Controller):
             task = Task(name=FlipTask.TRAIN, data=data, timeout=self.train_timeout,
                         result_received_cb=self._result_received)
             self.broadcast(task=task, fl_ctx=fl_ctx, targets=[site], min_responses=1)
-            tasks.append(task)
         while self.get_num_standing_tasks() and not abort_signal.triggered:
             time.sleep(0.2)
 

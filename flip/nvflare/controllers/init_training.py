@@ -11,14 +11,7 @@ from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
 from flip.constants import FlipEvent, FlipMeta, FlipTask
-from flip.nvflare.utils import short_reason
-
-
-def check_positive_int(name: str, value, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int >= ``minimum``, else raise ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+from flip.nvflare.utils import check_positive_int, short_reason  # check_positive_int: flip.jobs imports it from here
 
 
 class InitTraining(Controller):

@@ -7,8 +7,8 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 
 from flip.constants import ComponentId, FlipMeta, FlipTask
-from flip.nvflare.controllers.init_training import check_positive_int
 from flip.nvflare.controllers.training import FlipScatterAndGather
+from flip.nvflare.utils import check_positive_int
 from flip.platform.base import check_path_name
 
 

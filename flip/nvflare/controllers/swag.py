@@ -20,8 +20,7 @@ from flip.aggregation import swag
 from flip.aggregation.swag import MEAN, SECOND
 from flip.aggregation.weighted import check_update
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask, RunFile
-from flip.nvflare.controllers.init_training import check_positive_int
-from flip.nvflare.utils import LookupFailed, get_component, run_dir
+from flip.nvflare.utils import LookupFailed, check_positive_int, get_component, run_dir
 
 
 

@@ -16,6 +16,7 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask
+from flip.nvflare.utils import peer_name
 
 #: fl_ctx property with a ROUND_VALIDATED event: the site's metrics for the round's new global model
 ROUND_VALIDATION_PROP = "flip.round_validation"
@@ -89,10 +90,8 @@ class FlipScatterAndGather(ScatterAndGather):
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         super().handle_event(event_type, fl_ctx)
         if event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT and fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED):
-            peer = fl_ctx.get_peer_context()
             current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
-            reason = budget_exceeded_next(fl_ctx.get_prop(AppConstants.TRAINING_RESULT),
-                                          peer.get_identity_name() if peer else "?", current + 2)
+            reason = budget_exceeded_next(fl_ctx.get_prop(AppConstants.TRAINING_RESULT), peer_name(fl_ctx), current + 2)
             self._stop_reason = self._stop_reason or reason
         elif event_type == AppEventType.ROUND_DONE and self._abort_signal:
             current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)

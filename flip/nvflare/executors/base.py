@@ -19,7 +19,14 @@ from nvflare.apis.dxo import DataKind, from_shareable
 
 from flip.constants import FlipMeta, UserFile
 from flip.errors import FlipError, UserCodeError
-from flip.nvflare.executors.user_code import TaskContext, build_model, instantiate, load_class, load_config
+from flip.nvflare.executors.user_code import (
+    TaskContext,
+    build_model,
+    display_path,
+    instantiate,
+    load_class,
+    load_config,
+)
 from flip.nvflare.models import load_weights
 from flip.nvflare.utils import app_custom_dir, short_reason
 
@@ -84,7 +91,7 @@ class UserCodeExecutor(Executor):
         try:
             load_weights(model, incoming.data, str(owner))
         except ValueError as exc:
-            raise UserCodeError(f"custom/{UserFile.MODELS}: get_model() does not fit {owner}: {exc}") from exc
+            raise UserCodeError(f"{display_path(UserFile.MODELS)}: get_model() does not fit {owner}: {exc}") from exc
         return incoming.data, model.to(device)
 
     def data_dir(self, fl_ctx: FLContext) -> Path:
@@ -121,8 +128,6 @@ class UserCodeExecutor(Executor):
             result = self.run_task(task_name, shareable, fl_ctx, abort_signal)
         except TaskFailed as exc:
             return self.failure(fl_ctx, task_name, exc.reason, None)
-        except UserCodeError as exc:
-            return self.failure(fl_ctx, task_name, str(exc), exc)
         except FlipError as exc:
             return self.failure(fl_ctx, task_name, str(exc), exc)
         if abort_signal.triggered:

@@ -13,19 +13,19 @@ from nvflare.apis.signal import Signal
 from flip.aggregation import swag
 from flip.aggregation.swag import MEAN, SECOND
 from flip.aggregation.fedprox import proximal_term
-from flip.aggregation.weighted import checksum
+from flip.aggregation.weighted import checksum, l2_norm
 from flip.constants import TASK_METRICS_PROP, FlipMeta, FlipTask, UserFile
 from flip.errors import UserCodeError
-from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics, to_number
+from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics
 from flip.nvflare.executors.base import UserCodeExecutor, call_user
-from flip.nvflare.executors.user_code import load_module
+from flip.nvflare.executors.user_code import display_path, load_module
 from flip.nvflare.models import state_to_numpy
 
 
 def training_result(raw: dict, where: str) -> tuple[int, int, dict]:
     """Split what ``train`` returned into (num_samples, num_steps, metrics), all checked."""
     metrics = clean_metrics(raw, where)
-    num_samples = to_number(metrics.pop(NUM_SAMPLES, None))
+    num_samples = metrics.pop(NUM_SAMPLES, None)
     if not isinstance(num_samples, int) or num_samples <= 0:
         raise UserCodeError(f"{where} must return 'num_samples', a positive integer (the samples trained on)")
     num_steps = metrics.pop(NUM_STEPS, 1)
@@ -54,7 +54,7 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
     """
 
     tasks = (FlipTask.TRAIN, FlipTask.SWAG)
-    where = f"custom/{UserFile.TRAINER}: {UserFile.TRAINER_CLASS}.train"
+    where = f"{display_path(UserFile.TRAINER)}: {UserFile.TRAINER_CLASS}.train"
 
     def run_task(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         ctx = self.context(fl_ctx, shareable, abort_signal)
@@ -77,7 +77,7 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
         if ctx.stage:
             diff = self._stage_part(fl_ctx, ctx.stage, diff)
             meta[FlipMeta.STAGE] = ctx.stage
-        metrics["update_norm"] = float(np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in diff.values())))
+        metrics["update_norm"] = l2_norm(diff.values())
         if shareable.get_header(FlipMeta.REPORT_CHECKSUM):
             metrics["received_checksum"] = checksum(global_weights)
         # the ClientEventHandler checks these and sends them with the result (see ClientEventHandler)
@@ -115,12 +115,13 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
                          "STAGES", None)
         if not isinstance(stages, dict) or stage not in stages:
             known = sorted(stages) if isinstance(stages, dict) else "none"
-            raise UserCodeError(f"custom/{UserFile.MODELS} must define STAGES = {{stage: [parameter name prefixes]}} "
-                                f"with stage {stage!r} (defined: {known})")
+            raise UserCodeError(f"{display_path(UserFile.MODELS)} must define STAGES = "
+                                f"{{stage: [parameter name prefixes]}} with stage {stage!r} (defined: {known})")
         prefixes = tuple(stages[stage])
         part = {n: d for n, d in diff.items() if n.startswith(prefixes)}
         if not part:
-            raise UserCodeError(f"custom/{UserFile.MODELS}: STAGES[{stage!r}] = {list(prefixes)} matches no parameter")
+            raise UserCodeError(f"{display_path(UserFile.MODELS)}: STAGES[{stage!r}] = {list(prefixes)} "
+                                "matches no parameter")
         moved = [n for n, d in diff.items() if n not in part and np.any(d)]
         if moved:
             self.log_warning(fl_ctx, f"stage {stage}: {len(moved)} parameters outside the stage changed (e.g. "

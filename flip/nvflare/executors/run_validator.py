@@ -11,6 +11,7 @@ from nvflare.app_common.app_constant import AppConstants
 from flip.constants import FlipTask, UserFile
 from flip.metrics import clean_metrics
 from flip.nvflare.executors.base import UserCodeExecutor, call_user
+from flip.nvflare.executors.user_code import display_path
 
 
 class ModelScoringExecutor(UserCodeExecutor):
@@ -26,7 +27,7 @@ class ModelScoringExecutor(UserCodeExecutor):
         scorer = self.user_instance(self.user_file, self.user_class, self.user_method)
         _, model = self.model_from_task(task_name, shareable, ctx.device)
         model.eval()
-        where = f"custom/{self.user_file}: {self.user_class}.{self.user_method}"
+        where = f"{display_path(self.user_file)}: {self.user_class}.{self.user_method}"
         metrics = clean_metrics(call_user(where, getattr(scorer, self.user_method), model, ctx), where)
         self.log_info(fl_ctx, f"{task_name} {owner}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         return DXO(data_kind=DataKind.METRICS, data=metrics).to_shareable()

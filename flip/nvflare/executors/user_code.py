@@ -59,7 +59,8 @@ class TaskContext:
     log: Callable[[str], None] = field(default=print)
 
 
-def _display(custom_dir: Path, file_name: str) -> str:
+def display_path(file_name: str) -> str:
+    """How messages name the user's ``file_name``: ``custom/<file_name>``."""
     return f"custom/{file_name}"
 
 
@@ -70,7 +71,7 @@ def load_module(custom_dir: Path, file_name: str, expected: str) -> ModuleType:
         UserCodeError: the file is missing or fails to import (naming the file and ``expected``).
     """
     path = Path(custom_dir) / file_name
-    shown = _display(custom_dir, file_name)
+    shown = display_path(file_name)
     if not path.is_file():
         raise UserCodeError(f"{shown} not found: the job's custom/ folder must contain {file_name} defining {expected}")
     name = path.stem
@@ -101,7 +102,7 @@ def load_class(custom_dir: Path, file_name: str, class_name: str, methods: tuple
     expected = f"class {class_name} with method(s) {', '.join(methods)}"
     module = load_module(custom_dir, file_name, expected)
     cls = getattr(module, class_name, None)
-    shown = _display(custom_dir, file_name)
+    shown = display_path(file_name)
     if cls is None:
         raise UserCodeError(f"{shown} does not define {class_name}: expected {expected}")
     if not isinstance(cls, type):
@@ -118,7 +119,7 @@ def load_function(custom_dir: Path, file_name: str, function_name: str) -> Calla
     module = load_module(custom_dir, file_name, expected)
     function = getattr(module, function_name, None)
     if not callable(function):
-        raise UserCodeError(f"{_display(custom_dir, file_name)} does not define {function_name}(): expected {expected}")
+        raise UserCodeError(f"{display_path(file_name)} does not define {function_name}(): expected {expected}")
     return function
 
 
@@ -129,7 +130,7 @@ def load_config(custom_dir: Path) -> dict[str, Any]:
         UserCodeError: missing, not JSON (with the line), or not an object.
     """
     path = Path(custom_dir) / UserFile.CONFIG
-    shown = _display(custom_dir, UserFile.CONFIG)
+    shown = display_path(UserFile.CONFIG)
     if not path.is_file():
         raise UserCodeError(f"{shown} not found: the job's custom/ folder must contain {UserFile.CONFIG} (a JSON object)")
     try:
@@ -148,10 +149,11 @@ def build_model(custom_dir: Path) -> torch.nn.Module:
     try:
         model = get_model()
     except Exception as exc:  # noqa: BLE001 - user code boundary
-        raise UserCodeError(f"custom/{UserFile.MODELS}: get_model() raised {type(exc).__name__}") from exc
+        raise UserCodeError(f"{display_path(UserFile.MODELS)}: get_model() raised {type(exc).__name__}") from exc
     if not isinstance(model, torch.nn.Module):
         raise UserCodeError(
-            f"custom/{UserFile.MODELS}: get_model() returned a {type(model).__name__}, expected a torch.nn.Module"
+            f"{display_path(UserFile.MODELS)}: get_model() returned a {type(model).__name__}, "
+            "expected a torch.nn.Module"
         )
     return model
 
@@ -162,6 +164,6 @@ def instantiate(cls: type, config: dict[str, Any], file_name: str) -> Any:
         return cls(config)
     except Exception as exc:  # noqa: BLE001 - user code boundary
         raise UserCodeError(
-            f"custom/{file_name}: {cls.__name__}(config) raised {type(exc).__name__} "
+            f"{display_path(file_name)}: {cls.__name__}(config) raised {type(exc).__name__} "
             "(the constructor must accept the config dict)"
         ) from exc
