@@ -24,12 +24,13 @@ def FLIP(settings: "FlipSettings | None" = None) -> "Platform":  # noqa: N802 - 
         SettingsError: a FLIP_* variable is invalid (named in the message).
     """
     from flip.platform.dev import LocalPlatform
-    from flip.platform.hub import HubPlatform
     from flip.settings import load_settings
 
     settings = settings or load_settings()
     if settings.env == "dev":
         return LocalPlatform(settings.local_dir)
+    from flip.platform.hub import HubPlatform
+
     return HubPlatform(settings.hub_url, settings.hub_api_key, settings.local_dir,
                        timeout=settings.hub_timeout, attempts=settings.hub_retries)
 

@@ -58,7 +58,7 @@ def _cmd_upload(args) -> int:
     from flip.storage.pending import resume
 
     settings = load_settings()
-    resume(args.resume, create_bucket=settings.s3_create_bucket, transfer=settings.transfer(), platform=FLIP())
+    resume(args.resume, create_bucket=settings.s3_create_bucket, transfer=settings.transfer(), platform=FLIP(settings))
     return 0
 
 
@@ -112,7 +112,7 @@ def _cmd_status(args) -> int:
     import time
 
     from flip import FLIP
-    from flip.storage.s3 import check_model_id
+    from flip.platform.base import check_model_id
 
     model_id = check_model_id(args.model_id)
     platform = FLIP()
@@ -131,11 +131,12 @@ def _cmd_status(args) -> int:
             print(f"  {when}  {r['status']}" + (f": {r['reason']}" if r.get("reason") else ""))
         mine = [m for m in metrics if m["run_id"] == run_id]
         if mine:
+            from flip.metrics import format_metrics  # imports numpy: only when there are metrics to show
+
             last_round = max(m["round"] for m in mine)
             print(f"  metrics of round {last_round}:")
             for m in sorted((m for m in mine if m["round"] == last_round), key=lambda m: m["site"]):
-                values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m["metrics"].items())
-                print(f"    {m['site']:>12}: {values}")
+                print(f"    {m['site']:>12}: {format_metrics(m['metrics'])}")
     return 0
 
 

@@ -40,7 +40,6 @@ class FlipMeta:
     SWAG_EPOCHS = "flip_swag_epochs"
     STAGE_ROUND = "flip_stage_round"
     STAGE_ROUNDS = "flip_stage_rounds"
-    TOTAL_ROUNDS = "flip_total_rounds"
     ERROR_REASON = "flip_error_reason"
     SITE_NAME = "flip_site_name"
     PRIVACY = "flip_privacy"
@@ -115,3 +114,8 @@ class RunStatus(str, Enum):
 
 #: The job id NVFlare's simulator gives every run; flip makes it unique per run for the S3 key.
 SIMULATOR_JOB_ID = "simulate_job"
+
+#: S3 upload defaults in MiB (the FLIP_S3_* settings' defaults; see flip.storage.s3): objects of up to 1 GiB go in
+#: one request, larger ones in 64 MiB parts. Measured with benchmarks/s3_upload.py (README, performance).
+DEFAULT_THRESHOLD_MB = 1024
+DEFAULT_PART_SIZE_MB = 64

@@ -55,6 +55,11 @@ def clean_metrics(raw: Any, where: str) -> dict[str, float | int]:
     return clean
 
 
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """Format metrics as ``name=value`` pairs on one line, floats to 4 significant digits ("" for none)."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
 def weighted_means(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """Each metric's mean over the sites that reported it, weighted by their ``num_samples`` (1 if absent);
     ``num_samples`` itself is summed."""

@@ -25,8 +25,8 @@ def _series(rounds: list[dict], name: str) -> dict[str, list[tuple[int, float]]]
 
 def write_curves(rounds: list[dict], path: Path) -> Path | None:
     """Plot accuracy and loss (whichever the sites reported) per round, per site and their mean."""
-    names = [n for n in _PLOTTED if _series(rounds, n)]
-    if not names:
+    plotted = {name: series for name in _PLOTTED if (series := _series(rounds, name))}
+    if not plotted:
         return None
     import matplotlib
 
@@ -34,9 +34,9 @@ def write_curves(rounds: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    figure, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
-    for axis, name in zip(axes[0], names):
-        for label, points in _series(rounds, name).items():
+    figure, axes = plt.subplots(1, len(plotted), figsize=(5.5 * len(plotted), 3.8), squeeze=False)
+    for axis, (name, series) in zip(axes[0], plotted.items()):
+        for label, points in series.items():
             xs, ys = zip(*points)
             mean = label == "mean of sites"
             axis.plot(xs, ys, marker="o", linewidth=2.5 if mean else 1.2, color="black" if mean else None, label=label)

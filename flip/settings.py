@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flip.constants import DEFAULT_PART_SIZE_MB, DEFAULT_THRESHOLD_MB
 from flip.errors import SettingsError
 
 ENV_PREFIX = "FLIP_"
@@ -56,8 +57,8 @@ class FlipSettings(BaseSettings):
     hub_api_key: SecretStr | None = None
     s3_create_bucket: bool = False
     s3_sse: Literal["AES256", "aws:kms"] | None = None
-    s3_multipart_threshold_mb: int = Field(default=1024, ge=5)
-    s3_part_size_mb: int = Field(default=64, ge=5)
+    s3_multipart_threshold_mb: int = Field(default=DEFAULT_THRESHOLD_MB, ge=5)
+    s3_part_size_mb: int = Field(default=DEFAULT_PART_SIZE_MB, ge=5)
     hub_timeout: float = Field(default=5.0, gt=0)
     hub_retries: int = Field(default=4, ge=1)
 

@@ -69,8 +69,7 @@ def write_cohorts(local_dir: Path, site_names: list[str], seed: int = 0) -> dict
     return counts
 
 
-def holdout_accuracy(state_dict, seed: int = 0, site_names: list[str] | None = None,
-                     app_dir: Path | None = None) -> float:
+def holdout_accuracy(state_dict, seed: int = 0, app_dir: Path | None = None) -> float:
     """Accuracy on the held-out digits of the demo model (``app_dir``'s models.py) with ``state_dict`` loaded."""
     import importlib.util
 
@@ -83,7 +82,7 @@ def holdout_accuracy(state_dict, seed: int = 0, site_names: list[str] | None = N
     model = module.get_model()
     model.load_state_dict(state_dict)
     model.eval()
-    _, (x, y) = split_digits(site_names or ["site-1", "site-2"], seed)
+    _, (x, y) = split_digits(["site-1", "site-2"], seed)  # the held-out set does not depend on the sites
     with torch.no_grad():
         predicted = model(torch.from_numpy(as_model_input(x))).argmax(1).numpy()
     return float((predicted == y).mean())

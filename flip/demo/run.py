@@ -130,7 +130,7 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
                 (report_dir / Path(key).relative_to(RunFile.REPORT_DIR)).write_bytes(body)
         state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), map_location="cpu", weights_only=True)
         app = MULTISTAGE_APP_DIR if job == "multi_stage" else None
-        accuracy = holdout_accuracy(state, site_names=names, app_dir=app)
+        accuracy = holdout_accuracy(state, app_dir=app)
 
     metrics = json.loads(objects[RunFile.METRICS])
     validation = json.loads(objects["results/cross_val_results.json"])

@@ -17,12 +17,11 @@ from flip.nvflare.components import (
     PersistToS3AndCleanup,
     PTModelLocator,
     ServerEventHandler,
-    ValidationJsonGenerator,
 )
 from flip.nvflare.controllers import InitTraining
 from flip.nvflare.controllers.init_training import check_positive_int
 from flip.nvflare.executors import RUN_TRAINER, RUN_VALIDATOR
-from flip.storage.s3 import check_model_id
+from flip.platform.base import check_model_id
 
 #: the model id of the checked-in job folders (the hub sets a real one per model)
 DEFAULT_MODEL_ID = "5f2b7c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"
@@ -112,7 +111,3 @@ def add_user_app(job: FedJob, app_dir: str | Path) -> None:
     for path in sorted(app_dir.iterdir()):
         if path.is_file() and path.suffix in _APP_SUFFIXES:
             job.add_file_to_clients(str(path))
-
-
-def default_json_generator() -> ValidationJsonGenerator:
-    return ValidationJsonGenerator()

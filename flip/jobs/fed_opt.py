@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nvflare.job_config.api import FedJob
 
-from flip.jobs.common import DEFAULT_MODEL_ID
+from flip.jobs.common import DEFAULT_MODEL_ID, explicit
 from flip.jobs.standard import standard_job
 from flip.nvflare.fedopt import FedOptShareableGenerator
 
@@ -18,9 +18,8 @@ def fed_opt_job(name: str = "fed_opt", model_id: str = DEFAULT_MODEL_ID, num_rou
     Raises:
         ValueError: a bad argument (named), e.g. an unknown optimizer.
     """
-    generator = FedOptShareableGenerator(optimizer=optimizer, lr=lr, momentum=momentum, beta1=beta1, beta2=beta2,
-                                         eps=eps)
-    generator._always_serialize_args = ("optimizer", "lr", "momentum")
+    generator = explicit(FedOptShareableGenerator(optimizer=optimizer, lr=lr, momentum=momentum, beta1=beta1,
+                                                  beta2=beta2, eps=eps), "optimizer", "lr", "momentum")
     return standard_job(name=name, model_id=model_id, num_rounds=num_rounds, min_clients=min_clients,
                         percentile=percentile, gamma=gamma, wait_after_min_clients=wait_after_min_clients,
                         app_dir=app_dir, shareable_generator=generator)

@@ -12,6 +12,7 @@ from flip.jobs.common import (
     add_site_basics,
     add_training_server,
     add_training_sites,
+    explicit,
     new_job,
 )
 from flip.nvflare.aggregator import SampleWeightedAggregator
@@ -32,11 +33,9 @@ def multi_stage_job(name: str = "multi_stage", model_id: str = DEFAULT_MODEL_ID,
     job = new_job(name, model_id, min_clients, wait_after_min_clients)
     add_lifecycle(job, model_id, ValidationJsonGenerator(), min_clients=min_clients,
                   wait_after_min_clients=wait_after_min_clients)
-    workflow = MultiStageScatterAndGather(stages=stages or DEFAULT_STAGES, min_clients=min_clients,
-                                          wait_time_after_min_received=wait_after_min_clients)
-    workflow._always_serialize_args = ("stages",)
-    aggregator = SampleWeightedAggregator(min_accepted=min_clients)
-    aggregator._always_serialize_args = ("min_accepted",)
+    workflow = explicit(MultiStageScatterAndGather(stages=stages or DEFAULT_STAGES, min_clients=min_clients,
+                                                   wait_time_after_min_received=wait_after_min_clients), "stages")
+    aggregator = explicit(SampleWeightedAggregator(min_accepted=min_clients), "min_accepted")
     add_training_server(job, FullModelShareableGenerator(), workflow, aggregator)
     add_training_sites(job, StagePercentilePrivacy(percentile=percentile, gamma=gamma))
     add_site_basics(job, app_dir or MULTISTAGE_APP_DIR)

@@ -134,10 +134,9 @@ def standard_job(
                   wait_after_min_clients=wait_after_min_clients)
     if uncertainty != "none":
         job.to_server(UncertaintyPlan(method=uncertainty), id="uncertainty")
-    aggregator = SampleWeightedAggregator(
+    aggregator = explicit(SampleWeightedAggregator(
         min_accepted=min_clients, ensemble=uncertainty == "ensemble",
-        delete_local_models_after_aggregation=delete_local_models_after_aggregation)
-    aggregator._always_serialize_args = ("min_accepted",)
+        delete_local_models_after_aggregation=delete_local_models_after_aggregation), "min_accepted")
     after = [(SwagRound(swag_epochs=swag_epochs, min_clients=min_clients), "swag")] if uncertainty == "swag" else []
     generator = None if aggregation == "feddc" else shareable_generator or FullModelShareableGenerator()
     workflow = training_workflow(aggregation, min_clients, num_rounds, wait_after_min_clients, fedprox_mu,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,16 @@ def check_path_name(kind: str, value: str) -> str:
             f"{kind} {value!r} is invalid: expected 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return value
+
+
+def check_model_id(model_id: Any) -> str:
+    """Return the canonical form of ``model_id`` if it is a UUID, else raise ValueError naming it."""
+    if isinstance(model_id, str):
+        try:
+            return str(uuid.UUID(model_id))
+        except ValueError:
+            pass
+    raise ValueError(f"model_id must be a UUID such as '0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90', got {model_id!r}")
 
 
 class Platform(ABC):

@@ -67,8 +67,12 @@ class LocalPlatform(Platform):
         return [r for r in _read_jsonl(self.local_dir / METRICS_FILE) if model_id in (None, r.get("model_id"))]
 
     # models and data ----------------------------------------------------------------------------
+    def _safehouse_path(self, model_dir: str) -> Path:
+        """Return ``<local_dir>/safehouse/<model_dir>/initial_model.pt`` (``model_dir`` checked by the caller)."""
+        return self.local_dir / "safehouse" / model_dir / "initial_model.pt"
+
     def initial_model_path(self, model_id: str) -> Path | None:
-        path = self.local_dir / "safehouse" / check_path_name("model id", model_id) / "initial_model.pt"
+        path = self._safehouse_path(check_path_name("model id", model_id))
         return path if path.is_file() else None
 
     def cohort_dir(self, site_name: str) -> Path:

@@ -20,9 +20,8 @@ from pydantic import SecretStr
 
 from flip.constants import RunStatus
 from flip.errors import PlatformError, SettingsError
-from flip.platform.base import check_path_name
+from flip.platform.base import check_model_id, check_path_name
 from flip.platform.dev import LocalPlatform
-from flip.storage.s3 import check_model_id
 
 API = "/api/v1"
 
@@ -118,11 +117,11 @@ class HubPlatform(LocalPlatform):
 
     def initial_model_path(self, model_id: str) -> Path | None:
         """Fetch the hub's initial model into the local safehouse cache; None if the hub has none."""
-        payload = self._request("GET", f"{API}/models/{check_model_id(model_id)}/initial-model",
-                                expect_json=False, allow_404=True)
+        model_id = check_model_id(model_id)
+        payload = self._request("GET", f"{API}/models/{model_id}/initial-model", expect_json=False, allow_404=True)
         if payload is None:
             return None
-        target = self.local_dir / "safehouse" / check_model_id(model_id) / "initial_model.pt"
+        target = self._safehouse_path(model_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".part")
         tmp.write_bytes(payload)

@@ -69,22 +69,22 @@ def check_percentile(percentile: Any) -> float:
     return float(percentile)
 
 
+def check_positive(name: str, value: Any, error: type[Exception] = ValueError) -> float:
+    """Return ``value`` as float if it is a finite number > 0, else raise ``error`` naming ``name`` and the value."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not (value > 0 and math.isfinite(value))):
+        raise error(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def check_gamma(gamma: Any) -> float:
     """Return ``gamma`` as float if it is a finite number > 0, else raise ValueError naming it."""
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.integer, np.floating)):
-        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
-    if not (gamma > 0 and math.isfinite(gamma)):
-        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
-    return float(gamma)
+    return check_positive("gamma", gamma)
 
 
 def check_num_steps(num_steps: Any) -> float:
     """Return ``num_steps`` as float if it is a finite number > 0, else raise PrivacyError naming it."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, float, np.integer, np.floating)):
-        raise PrivacyError(f"num_steps must be a finite number > 0, got {num_steps!r}")
-    if not (num_steps > 0 and math.isfinite(num_steps)):
-        raise PrivacyError(f"num_steps must be a finite number > 0, got {num_steps!r}")
-    return float(num_steps)
+    return check_positive("num_steps", num_steps, PrivacyError)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -351,7 +351,7 @@ def percentile_filter(
     threshold, total = _threshold(entries, percentile, buffers)
     shared = clipped = 0
     for entry in entries:
-        np_dtype = np.float32 if entry.bf16 else _NP_DTYPE[entry.dtype]
+        np_dtype = _NP_DTYPE[entry.dtype]  # bfloat16 is compared as float32
         t_cmp = np_dtype(_round_down(threshold, entry.dtype))
         g_cmp = np_dtype(_round_down(gamma, entry.dtype))
         clip_above = max(t_cmp, g_cmp)

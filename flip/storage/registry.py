@@ -16,7 +16,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from botocore.exceptions import BotoCoreError, ClientError
@@ -91,18 +91,14 @@ class ModelRegistry:
         self.client = client or s3.make_s3_client()
         self.bucket = check_bucket_name(bucket) if bucket else load_settings().models_bucket
 
+    def _pages(self, prefix: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Yield every ``list_objects_v2`` page under ``prefix`` (boto3's paginator follows the continuation)."""
+        yield from self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, **kwargs)
+
     def _prefixes(self, prefix: str) -> list[str]:
-        found, token = [], None
         try:
-            while True:
-                kwargs = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
-                if token:
-                    kwargs["ContinuationToken"] = token
-                page = self.client.list_objects_v2(**kwargs)
-                found += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
-                if not page.get("IsTruncated"):
-                    return found
-                token = page["NextContinuationToken"]
+            return [p["Prefix"][len(prefix):].rstrip("/")
+                    for page in self._pages(prefix, Delimiter="/") for p in page.get("CommonPrefixes", [])]
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot list s3://{self.bucket}/{prefix}: {s3.describe_error(exc)}") from exc
 
@@ -267,17 +263,8 @@ class ModelRegistry:
     def remove(self, model_id: str) -> int:
         """Delete every object of the model (manifests first, so no run looks complete meanwhile)."""
         model_id = s3.check_model_id(model_id)
-        keys, token = [], None
         try:
-            while True:
-                kwargs = {"Bucket": self.bucket, "Prefix": f"{model_id}/"}
-                if token:
-                    kwargs["ContinuationToken"] = token
-                page = self.client.list_objects_v2(**kwargs)
-                keys += [o["Key"] for o in page.get("Contents", [])]
-                if not page.get("IsTruncated"):
-                    break
-                token = page["NextContinuationToken"]
+            keys = [o["Key"] for page in self._pages(f"{model_id}/") for o in page.get("Contents", [])]
             if not keys:
                 raise RegistryError(f"model {model_id} has no objects in s3://{self.bucket}")
             keys.sort(key=lambda k: not k.endswith("/" + RunFile.MANIFEST))

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import time
-import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -29,9 +28,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from boto3.exceptions import S3UploadFailedError as S3TransferFailed
 from s3transfer.utils import ChunksizeAdjuster
 
-from flip.constants import RunFile
+from flip.constants import DEFAULT_PART_SIZE_MB, DEFAULT_THRESHOLD_MB, RunFile
 from flip.errors import StorageError, UploadError, VerificationError
-from flip.platform.base import check_path_name
+from flip.platform.base import check_model_id, check_path_name
 
 MANIFEST_FORMAT = 1
 _READ_BLOCK = 8 * 1024 * 1024
@@ -40,9 +39,8 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _MIB = 1024 * 1024
 #: Defaults measured with benchmarks/s3_upload.py (README, performance): up to 1 GiB an object goes in one
 #: request whose SHA-256 we computed while describing the file (botocore does not hash it again); above,
-#: 64 MiB parts, 4 at a time (smaller parts or more threads were slower).
-DEFAULT_THRESHOLD_MB = 1024
-DEFAULT_PART_SIZE_MB = 64
+#: 64 MiB parts, 4 at a time (smaller parts or more threads were slower). DEFAULT_THRESHOLD_MB and
+#: DEFAULT_PART_SIZE_MB live in flip.constants, shared with the settings.
 DEFAULT_CONCURRENCY = 4
 
 
@@ -56,16 +54,6 @@ def transfer_config(threshold_mb: int = DEFAULT_THRESHOLD_MB, part_size_mb: int 
 
 
 DEFAULT_TRANSFER = transfer_config()
-
-
-def check_model_id(model_id: Any) -> str:
-    """Return the canonical form of ``model_id`` if it is a UUID, else raise ValueError naming it."""
-    if isinstance(model_id, str):
-        try:
-            return str(uuid.UUID(model_id))
-        except ValueError:
-            pass
-    raise ValueError(f"model_id must be a UUID such as '0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90', got {model_id!r}")
 
 
 def check_object_key(key: str) -> str:
@@ -168,11 +156,16 @@ def describe_file(path: Path, key: str, transfer: TransferConfig = DEFAULT_TRANS
     return ObjectEntry(check_object_key(key), size, full.hexdigest(), checksum, "SHA256")
 
 
+def _not_found(exc: ClientError) -> bool:
+    """Is ``exc`` the S3 server saying the object does not exist?"""
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
 def _head(client, bucket: str, key: str) -> dict | None:
     try:
         return client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if _not_found(exc):
             return None
         raise
 
@@ -312,7 +305,7 @@ def read_manifest(client, bucket: str, prefix: str) -> dict[str, Any] | None:
     try:
         body = client.get_object(Bucket=bucket, Key=prefix + RunFile.MANIFEST)["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if _not_found(exc):
             return None
         raise StorageError(f"cannot read {bucket}/{prefix}{RunFile.MANIFEST}: {describe_error(exc)}") from exc
     except BotoCoreError as exc:
