@@ -13,6 +13,11 @@ from flip.storage.weed import WeedS3
 REPO = Path(__file__).resolve().parent.parent
 
 
+def clean_env(*prefixes: str) -> dict:
+    """A copy of this process's environment without the variables whose names start with any of ``prefixes``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
 @contextmanager
 def environ(**values: str | None):
     """Set (or, with None, remove) environment variables for the block, restoring them after."""
@@ -40,6 +45,16 @@ def weed(tmp_path_factory):
     assert server.alive(), "weed mini exited right after start"
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stray_settings_in_session():
+    """Session and module fixtures (weed, simulator runs) also start without the caller's FLIP_* variables."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key in list(os.environ):
+            if key.startswith("FLIP_"):
+                patch.delenv(key)
+        yield
 
 
 @pytest.fixture(autouse=True)

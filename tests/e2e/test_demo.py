@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,13 +14,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, clean_env
 
 pytestmark = [pytest.mark.simulator, pytest.mark.s3]
 
 
 def _run_demo(tmp: Path, *options: str) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FLIP_"))}
+    env = clean_env("AWS_", "FLIP_")
     env["HOME"] = str(tmp / "home")
     done = subprocess.run([sys.executable, "-m", "flip.cli", "demo", "--dir", str(tmp / "demo"), *options],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

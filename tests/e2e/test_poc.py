@@ -22,7 +22,7 @@ from flip.provisioning import project_config, render_project
 from flip.storage import s3
 from flip.storage.registry import ModelRegistry
 from flip.storage.weed import free_ports
-from tests.conftest import REPO
+from tests.conftest import REPO, clean_env
 
 pytestmark = [pytest.mark.s3]
 SITES = ["site-1", "site-2"]
@@ -38,7 +38,7 @@ class Poc:
         self.root = root
         self.local_dir = root / "flip"
         fed_port, admin_port = free_ports(2)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("FLIP_", "AWS_", "NVFLARE_"))}
+        self.env = clean_env("FLIP_", "AWS_", "NVFLARE_")
         self.env.update(weed.env)
         self.env.update({
             "HOME": str(root / "home"),
@@ -68,6 +68,10 @@ class Poc:
                 if text.isdigit():
                     found.append(int(text))
         return found
+
+    def statuses(self, run_id: str) -> list[dict]:
+        """The status records of the default model's run ``run_id`` (a job id), in the order they were sent."""
+        return [s for s in LocalPlatform(self.local_dir).read_statuses(DEFAULT_MODEL_ID) if s["run_id"] == run_id]
 
     def admin(self, command: str, target: str) -> dict:
         """Submit-and-monitor (``run``) or monitor (``wait``) through the FLARE API, in its own process."""
@@ -130,7 +134,7 @@ def standard_via_api(poc, tmp_path_factory):
 def test_standard_job_via_the_flare_api_lands_a_verified_model(poc, standard_via_api, weed):
     job_id, meta = standard_via_api
     assert meta["status"] == "FINISHED:COMPLETED"
-    statuses = [s for s in LocalPlatform(poc.local_dir).read_statuses(DEFAULT_MODEL_ID) if s["run_id"] == job_id]
+    statuses = poc.statuses(job_id)
     assert [s["status"] for s in statuses] == ["INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED"]
     client = weed._client()
     manifest = s3.verify_run(client, weed.bucket, s3.run_prefix(DEFAULT_MODEL_ID, job_id))
@@ -169,8 +173,7 @@ def test_nvflare_job_submit_runs_the_job_folder_as_it_is(poc):
     job_id = json.loads(out.strip().splitlines()[-1])["data"]["job_id"]
     result = poc.admin("wait", job_id)
     assert result["finished"] and result["status"] == "FINISHED:COMPLETED"
-    statuses = [s["status"] for s in LocalPlatform(poc.local_dir).read_statuses(DEFAULT_MODEL_ID)
-                if s["run_id"] == job_id]
+    statuses = [s["status"] for s in poc.statuses(job_id)]
     assert statuses[-1] == "RESULTS_UPLOADED"
 
 
@@ -199,15 +202,13 @@ def test_a_bad_component_argument_fails_at_job_start_naming_it(poc, tmp_path_fac
 def test_an_aborted_run_ends_stopped(poc, tmp_path_factory, weed):
     job = write_job("standard", tmp_path_factory.mktemp("long_job"), num_rounds=200)
     job_id = poc.admin("submit", str(job))["job_id"]
-    platform = LocalPlatform(poc.local_dir)
     deadline = time.monotonic() + JOB_TIMEOUT
-    while time.monotonic() < deadline and "TRAINING_STARTED" not in [
-            s["status"] for s in platform.read_statuses(DEFAULT_MODEL_ID) if s["run_id"] == job_id]:
+    while time.monotonic() < deadline and "TRAINING_STARTED" not in [s["status"] for s in poc.statuses(job_id)]:
         time.sleep(1)
     poc.admin("abort", job_id)
     result = poc.admin("wait", job_id)
     assert result["finished"] and "ABORTED" in result["status"]
-    statuses = [s for s in platform.read_statuses(DEFAULT_MODEL_ID) if s["run_id"] == job_id]
+    statuses = poc.statuses(job_id)
     assert [s["status"] for s in statuses] == ["INITIATED", "PREPARED", "TRAINING_STARTED", "STOPPED"]
     assert statuses[-1]["reason"] == "the run was aborted"
     listing = weed._client().list_objects_v2(Bucket=weed.bucket, Prefix=f"{DEFAULT_MODEL_ID}/{job_id}/")

@@ -14,7 +14,7 @@ from flip.constants import RunFile
 from flip.jobs import write_job
 from flip.privacy.gaussian import epsilon_after
 from flip.storage import s3
-from tests.integration.conftest import simulate
+from tests.integration.conftest import run_objects, simulate
 
 pytestmark = [pytest.mark.simulator, pytest.mark.s3]
 SITES = ["site-1", "site-2"]
@@ -31,11 +31,7 @@ def budget_run(tmp_path_factory, weed):
                     dp_max_epsilon=budget, dp_clip_norm=1.0)
     run = simulate(tmp, job, weed, SITES, threads=2)
     final = run.statuses(model_id)[-1]
-    prefix = s3.run_prefix(model_id, final["run_id"])
-    client = weed._client()
-    manifest = s3.verify_run(client, weed.bucket, prefix)
-    objects = {e["key"]: client.get_object(Bucket=weed.bucket, Key=prefix + e["key"])["Body"].read()
-               for e in manifest["objects"]}
+    manifest, objects = run_objects(weed, s3.run_prefix(model_id, final["run_id"]))
     return budget, run, final, manifest, objects
 
 

@@ -23,7 +23,7 @@ from flip.jobs import DEMO_APP_DIR, write_job
 from flip.storage import s3
 from flip.uncertainty import ensemble_predict, swag_predict
 from tests.conftest import environ
-from tests.integration.conftest import simulate
+from tests.integration.conftest import load_app_module, run_objects, simulate
 
 pytestmark = [pytest.mark.simulator, pytest.mark.s3]
 MISSING = {"FLIP_MODELS_BUCKET": "not-created-yet"}
@@ -39,25 +39,8 @@ def _run_then_resume(tmp, weed, job, sites, threads):
         pending["bucket"] = weed.bucket  # the operator fixes the bucket setting, then resumes
         (server / RunFile.UPLOAD_PENDING).write_text(json.dumps(pending))
         resumed = flip_cli(["upload", "--resume", str(run.workspace)])
-    client = weed._client()
-    manifest = s3.verify_run(client, weed.bucket, pending["prefix"])
-    objects = {e["key"]: client.get_object(Bucket=weed.bucket, Key=pending["prefix"] + e["key"])["Body"].read()
-               for e in manifest["objects"]}
+    _, objects = run_objects(weed, pending["prefix"])
     return run, kept, resumed, objects
-
-
-def _models():
-    import importlib.util
-    import sys
-
-    sys.path.insert(0, str(DEMO_APP_DIR))
-    try:
-        spec = importlib.util.spec_from_file_location("_methods_models", DEMO_APP_DIR / "models.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(DEMO_APP_DIR))
 
 
 # -- FedDC + ensemble + a test of each new global model + local models kept ----------------------------------------
@@ -127,7 +110,7 @@ def test_ensemble_holds_every_sites_last_local_model(feddc_run):
     assert set(members) == set(FEDDC_SITES)
     for state in members.values():
         assert set(state) == set(final) and not all(torch.equal(state[k], final[k]) for k in final)
-    mean, std = ensemble_predict(_models().get_model, members, torch.rand(8, 8, 8))
+    mean, std = ensemble_predict(load_app_module(DEMO_APP_DIR, "models").get_model, members, torch.rand(8, 8, 8))
     assert torch.allclose(mean.sum(1), torch.ones(8)) and std.max() > 0
     assert json.loads(objects[RunFile.UNCERTAINTY])["method"] == "ENSEMBLE"
 
@@ -171,7 +154,8 @@ def test_swag_round_stores_mean_and_clamped_variance(prox_swag_run):
     assert any(not torch.equal(posterior["mean"][k], final[k]) for k in posterior["mean"])
     for site in PROX_SITES:
         assert "SWAG: 3 snapshots" in run.log_text(site)
-    mean, std = swag_predict(_models().get_model, posterior, torch.rand(4, 8, 8), samples=5)
+    get_model = load_app_module(DEMO_APP_DIR, "models").get_model
+    mean, std = swag_predict(get_model, posterior, torch.rand(4, 8, 8), samples=5)
     assert std.max() > 0
     assert json.loads(objects[RunFile.UNCERTAINTY])["method"] == "SWAG"
 
@@ -245,7 +229,6 @@ def too_few_run(tmp_path_factory, weed):
     tmp = tmp_path_factory.mktemp("too_few")
     model_id = str(uuid.uuid4())
     job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=2, min_clients=2, skip_model_tests=True)
-    meta = json.loads((job / "meta.json").read_text())
     _with_misbehaving_site(job, "site-2")
     meta = json.loads((job / "meta.json").read_text())
     meta["deploy_map"] = {"app": ["server", "site-1"], "app_bad": ["site-2"]}

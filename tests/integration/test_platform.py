@@ -17,7 +17,7 @@ from flip.storage import s3
 from flip.cli import main as flip_cli
 from tests.conftest import environ
 from tests.hub_server import HubServer
-from tests.integration.conftest import simulate
+from tests.integration.conftest import run_objects, simulate
 
 pytestmark = [pytest.mark.simulator, pytest.mark.s3]
 
@@ -67,19 +67,16 @@ def test_hub_gets_every_sites_metrics_every_round(hub_run):
         assert all(isinstance(v, (int, float)) for v in m["metrics"].values())
 
 
-def _uploaded(weed, model_id, hub):
-    run_id = hub.statuses(model_id)[-1]["run_id"]
-    prefix = s3.run_prefix(model_id, run_id)
-    client = weed._client()
-    manifest = s3.verify_run(client, weed.bucket, prefix)
-    objects = {e["key"]: client.get_object(Bucket=weed.bucket, Key=prefix + e["key"])["Body"].read()
-               for e in manifest["objects"]}
-    return prefix, manifest, objects
-
-
-def test_report_is_uploaded_and_opens(hub_run, weed):
+@pytest.fixture(scope="module")
+def uploaded(hub_run, weed):
+    """The hub run's S3 prefix, manifest and objects, verified and fetched once for the tests that read them."""
     model_id, hub, _ = hub_run
-    prefix, _, objects = _uploaded(weed, model_id, hub)
+    prefix = s3.run_prefix(model_id, hub.statuses(model_id)[-1]["run_id"])
+    return (prefix, *run_objects(weed, prefix))
+
+
+def test_report_is_uploaded_and_opens(uploaded, weed):
+    prefix, _, objects = uploaded
     image = Image.open(io.BytesIO(objects["report/curves.png"]))
     assert image.format == "PNG" and image.size[0] > 400
     page = objects["report/index.html"].decode()
@@ -100,15 +97,15 @@ def test_flip_status_shows_the_lifecycle_and_latest_metrics_from_the_hub(hub_run
     assert HUB_KEY not in out
 
 
-def test_nothing_secret_or_patient_identifying_leaves(hub_run, weed):
-    model_id, hub, run = hub_run
+def test_nothing_secret_or_patient_identifying_leaves(hub_run, uploaded, weed):
+    _, hub, run = hub_run
     forbidden = [HUB_KEY, weed.secret_key, PATIENT_ID]
     logs = [p for p in run.workspace.rglob("*") if p.is_file() and p.suffix in (".txt", ".json")]
     assert any(p.name == "log.txt" for p in logs)
     texts = {str(p): p.read_text(errors="replace") for p in logs}
     texts.update({f"hub request {i}": b.decode(errors="replace") for i, b in enumerate(hub.bodies)})
     texts.update({f"hub path {i}": p for i, p in enumerate(hub.paths)})
-    _, _, objects = _uploaded(weed, model_id, hub)
+    _, _, objects = uploaded
     texts.update({f"s3 object {k}": v.decode(errors="replace") for k, v in objects.items()})
     for where, text in texts.items():
         for secret in forbidden:

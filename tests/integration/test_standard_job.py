@@ -17,6 +17,7 @@ from flip.jobs import DEFAULT_MODEL_ID
 from flip.storage.pending import is_log_file
 from flip.storage import s3
 from tests.conftest import environ
+from tests.integration.conftest import direct_evaluation
 
 pytestmark = [pytest.mark.simulator, pytest.mark.s3]
 
@@ -63,7 +64,7 @@ def test_global_model_loads_safely_and_beats_chance(uploaded):
     _, _, objects = uploaded
     state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), map_location="cpu", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    accuracy = holdout_accuracy(state, site_names=["site-1", "site-2", "site-3"])
+    accuracy = holdout_accuracy(state)
     assert accuracy >= 0.8, f"held-out accuracy {accuracy:.3f} (chance is 0.1)"
 
 
@@ -96,36 +97,16 @@ def test_cross_site_validation_covers_every_site(uploaded):
 
 def test_cross_site_validation_values_equal_a_direct_validation(uploaded, standard_run):
     """Layout: {site: {"SRV_FL_global_model.pt": {"accuracy", "loss", "num_samples"}}}; values as the validator."""
-    import importlib.util
-    import sys
-
-    from flip.jobs import DEMO_APP_DIR
-
     _, _, objects = uploaded
     results = json.loads(objects["results/cross_val_results.json"])
     state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), map_location="cpu", weights_only=True)
-    sys.path.insert(0, str(DEMO_APP_DIR))
-    try:
-        modules = {}
-        for name in ("models", "digits_data"):
-            spec = importlib.util.spec_from_file_location(f"_csv_{name}", DEMO_APP_DIR / f"{name}.py")
-            modules[name] = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(modules[name])
-    finally:
-        sys.path.remove(str(DEMO_APP_DIR))
-    model = modules["models"].get_model()
-    model.load_state_dict(state)
-    model.eval()
     for site in standard_run.sites:
-        loaded = modules["digits_data"].load_folder(standard_run.local_dir / "cohorts" / site)
-        _, _, x_val, y_val = modules["digits_data"].train_val_split(*loaded)
-        with torch.no_grad():
-            logits = model(x_val)
+        expected = direct_evaluation(state, standard_run.local_dir / "cohorts" / site, val_only=True)
         got = results[site]["SRV_FL_global_model.pt"]
         assert set(got) == {"accuracy", "loss", "num_samples"}
-        assert got["num_samples"] == len(y_val)
-        assert got["accuracy"] == pytest.approx((logits.argmax(1) == y_val).float().mean().item(), abs=1e-6)
-        assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y_val).item(), rel=1e-5)
+        assert got["num_samples"] == expected["num_samples"]
+        assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+        assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
 
 
 def test_server_run_folder_is_cleaned_but_logs_kept(standard_run):

@@ -9,12 +9,12 @@ import pytest
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.workspace import Workspace
 
 from flip.constants import FlipMeta
 from flip.errors import PrivacyError
 from flip.nvflare.components import GaussianPrivacy
 from flip.privacy.gaussian import calibrate_noise, clip_and_noise, epsilon_after, make_rng
+from tests.unit.conftest import FakeEngine
 
 
 def test_noise_has_the_right_scale():
@@ -73,24 +73,9 @@ def test_bad_arguments_are_named(kwargs, message):
         GaussianPrivacy(**kwargs)
 
 
-class _Engine:
-    """Stands in for NVFlare's site engine: a real Workspace; log events go nowhere."""
-
-    def __init__(self, root):
-        for folder in ("startup", "local"):
-            (root / folder).mkdir(exist_ok=True)
-        self.workspace = Workspace(root_dir=str(root), site_name="site-1")
-
-    def get_workspace(self):
-        return self.workspace
-
-    def fire_event(self, event_type, fl_ctx):
-        pass
-
-
 def _ctx(tmp_path):
     ctx = FLContext()
-    ctx.set_prop(ReservedKey.ENGINE, _Engine(tmp_path), private=True, sticky=False)
+    ctx.set_prop(ReservedKey.ENGINE, FakeEngine(tmp_path, "site-1"), private=True, sticky=False)
     ctx.set_prop(ReservedKey.RUN_NUM, "job-1", private=True, sticky=False)
     (tmp_path / "job-1").mkdir(exist_ok=True)
     return ctx

@@ -8,7 +8,6 @@ import torch
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.workspace import Workspace
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 
@@ -21,6 +20,7 @@ from flip.jobs import DEMO_APP_DIR, write_job
 from flip.nvflare.aggregator import AggregationFailed, SampleWeightedAggregator
 from flip.nvflare.executors.user_code import TaskContext, build_model, instantiate, load_class
 from flip.uncertainty import ensemble_predict, mc_dropout_predict, swag_sample
+from tests.unit.conftest import FakeEngine
 
 GLOBAL = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32)}
 
@@ -32,24 +32,9 @@ def test_weighted_mean_uses_sample_counts():
     assert mean["w"].tolist() == [3.25]  # (1*1 + 3*4) / 4; unweighted FedAvg would give 2.5
 
 
-class _Engine:
-    """Stands in for NVFlare's server engine: hands out a real Workspace; log events go nowhere."""
-
-    def __init__(self, root):
-        (root / "startup").mkdir(exist_ok=True)
-        (root / "local").mkdir(exist_ok=True)
-        self.workspace = Workspace(root_dir=str(root), site_name="server")
-
-    def get_workspace(self):
-        return self.workspace
-
-    def fire_event(self, event_type, fl_ctx):
-        pass
-
-
 def _ctx(tmp_path, site, round_num):
     ctx = FLContext()
-    ctx.set_prop(ReservedKey.ENGINE, _Engine(tmp_path), private=True, sticky=False)
+    ctx.set_prop(ReservedKey.ENGINE, FakeEngine(tmp_path, "server"), private=True, sticky=False)
     ctx.set_prop(ReservedKey.RUN_NUM, "job-1", private=True, sticky=False)
     peer = FLContext()
     peer.set_prop(ReservedKey.IDENTITY_NAME, site, private=False, sticky=False)
@@ -136,7 +121,7 @@ def test_proximal_hook_gives_the_fedprox_gradient():
             p.add_(0.3)
     x, y = torch.randn(4, 3), torch.randn(4, 2)
     mu = 0.7
-    with proximal_term(model, 0.0):
+    with proximal_term(model, 0.0):  # mu=0 (FedProx off) enters and leaves without raising
         pass
     # explicit FedProx objective (anchor = the weights the round started from)
     explicit = torch.nn.Linear(3, 2)
