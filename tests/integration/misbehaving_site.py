@@ -11,7 +11,11 @@ from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.executor import Executor
 from nvflare.app_common.app_constant import AppConstants
 
-LATE_SECONDS = 8
+#: Round 4 closes WAIT_AFTER_MIN_CLIENTS s after the two good sites answered, so this update is late if they take
+#: under LATE_SECONDS - WAIT_AFTER_MIN_CLIENTS (5 s, room for a loaded 2-core machine); round 5 stays open until
+#: this site answers, since the good sites' round 5 ends at least WAIT_AFTER_MIN_CLIENTS after round 4 did.
+WAIT_AFTER_MIN_CLIENTS = 6
+LATE_SECONDS = 2 * WAIT_AFTER_MIN_CLIENTS - 1
 
 
 class MisbehavingTrainer(Executor):

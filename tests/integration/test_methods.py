@@ -24,6 +24,7 @@ from flip.storage import s3
 from flip.uncertainty import ensemble_predict, swag_predict
 from tests.conftest import environ
 from tests.integration.conftest import load_app_module, run_objects, simulate
+from tests.integration.misbehaving_site import WAIT_AFTER_MIN_CLIENTS
 
 pytestmark = [pytest.mark.simulator, pytest.mark.s3]
 MISSING = {"FLIP_MODELS_BUCKET": "not-created-yet"}
@@ -196,7 +197,7 @@ def misbehaving_run(tmp_path_factory, weed):
     tmp = tmp_path_factory.mktemp("misbehaving")
     model_id = str(uuid.uuid4())
     job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=5, min_clients=2,
-                    wait_after_min_clients=5, skip_model_tests=True)
+                    wait_after_min_clients=WAIT_AFTER_MIN_CLIENTS, skip_model_tests=True)
     _with_misbehaving_site(job, "site-3")
     return model_id, simulate(tmp, job, weed, ["site-1", "site-2", "site-3"], threads=3)
 
