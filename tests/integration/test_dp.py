@@ -23,12 +23,12 @@ Z = 2.0
 
 @pytest.fixture(scope="module")
 def budget_run(tmp_path_factory, weed):
-    """Four rounds planned, but each site's budget only allows two releases."""
+    """Four rounds planned, but each site's budget only allows two releases; an ensemble is asked for."""
     tmp = tmp_path_factory.mktemp("dp_budget")
     model_id = str(uuid.uuid4())
     budget = (epsilon_after(2, Z, 1e-5) + epsilon_after(3, Z, 1e-5)) / 2
     job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=4, dp_noise_multiplier=Z,
-                    dp_max_epsilon=budget, dp_clip_norm=1.0)
+                    dp_max_epsilon=budget, dp_clip_norm=1.0, uncertainty="ensemble")
     run = simulate(tmp, job, weed, SITES, threads=2)
     final = run.statuses(model_id)[-1]
     manifest, objects = run_objects(weed, s3.run_prefix(model_id, final["run_id"]))
@@ -45,6 +45,17 @@ def test_training_stops_cleanly_before_the_budget_is_exceeded(budget_run):
     assert manifest["stopped_early"] == metrics["stopped_early"]
     assert "Training stopped early" in objects["report/index.html"].decode()
     assert "results/cross_val_results.json" in objects
+
+
+def test_the_round_training_stopped_after_is_the_last_for_the_ensemble_too(budget_run):
+    *_, objects = budget_run
+    members = torch.load(io.BytesIO(objects[RunFile.ENSEMBLE]), weights_only=True)
+    final = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), weights_only=True)
+    samples = {s: m["num_samples"] for s, m in json.loads(objects[RunFile.METRICS])["rounds"][-1]["sites"].items()}
+    assert sorted(members) == sorted(samples) == SITES
+    for name, value in final.items():  # the global model is the sample-weighted mean of the last local models
+        mean = sum(members[s][name].double() * samples[s] for s in SITES) / sum(samples.values())
+        assert torch.allclose(mean, value.double(), atol=1e-5), name
 
 
 def test_epsilon_is_accounted_every_round_and_sent_with_the_metrics(budget_run):

@@ -77,6 +77,7 @@ class FlipScatterAndGather(ScatterAndGather):
         self.validation_timeout = validation_timeout
         self._abort_signal: Signal | None = None
         self._stop_reason: str | None = None
+        self._stops_after: int | None = None  # the round training stops after, once the stop reason is known
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         self._abort_signal = abort_signal
@@ -93,6 +94,14 @@ class FlipScatterAndGather(ScatterAndGather):
             current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
             reason = budget_exceeded_next(fl_ctx.get_prop(AppConstants.TRAINING_RESULT), peer_name(fl_ctx), current + 2)
             self._stop_reason = self._stop_reason or reason
+        elif event_type == AppEventType.BEFORE_AGGREGATION and self._stop_reason and self._stops_after is None:
+            # cut the rounds before aggregating, so this round is the last one for the aggregator (the ensemble
+            # of last local models) and the persistor as well as for the round loop
+            current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+            if current < self._start_round + self._num_rounds - 1:
+                self._num_rounds = current - self._start_round + 1
+                fl_ctx.set_prop(AppConstants.NUM_ROUNDS, self._num_rounds, private=True, sticky=False)
+                self._stops_after = current
         elif event_type == AppEventType.ROUND_DONE and self._abort_signal:
             current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
             if self.model_test_after_each_round:
@@ -100,9 +109,8 @@ class FlipScatterAndGather(ScatterAndGather):
                 if model:
                     validate_at_sites(self, model[ModelLearnableKey.WEIGHTS], current, self._min_clients,
                                       self.validation_timeout, fl_ctx, self._abort_signal)
-            if self._stop_reason and current < self._start_round + self._num_rounds - 1:
+            if self._stops_after == current:
                 self.log_warning(fl_ctx, f"training stops after round {current + 1}: {self._stop_reason}")
-                self._num_rounds = current - self._start_round + 1  # the round loop ends after this round
                 fl_ctx.set_prop(STOP_REASON_PROP, f"after round {current + 1}: {self._stop_reason}", private=True,
                                 sticky=False)
                 self.fire_event(FlipEvent.TRAINING_STOPPED, fl_ctx)
