@@ -31,10 +31,15 @@ def ensemble_predict(build_model: Callable[[], torch.nn.Module], members: Mappin
 
 
 @torch.no_grad()
+def dropout_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's dropout modules (any kind: Dropout, Dropout2d, AlphaDropout, ...)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+
+
 def mc_dropout_predict(model: torch.nn.Module, x: torch.Tensor, samples: int = 20,
                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Monte Carlo dropout: dropout stays on at inference; ``samples`` stochastic forward passes."""
-    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    dropouts = dropout_layers(model)
     if not dropouts:
         raise ValueError("MC dropout needs a model with dropout layers")
     if samples < 2:

@@ -11,6 +11,7 @@ from nvflare.apis.fl_context import FLContext
 
 from flip.constants import ComponentId, RunFile
 from flip.nvflare.utils import check_positive_int, run_dir
+from flip.uncertainty import dropout_layers
 
 METHODS = ("none", "ensemble", "mc_dropout", "swag")
 
@@ -51,6 +52,5 @@ class UncertaintyPlan(FLComponent):
             if self.method == "mc_dropout":
                 persistor = fl_ctx.get_engine().get_component(ComponentId.PERSISTOR)
                 model = getattr(persistor, "model", None)
-                if isinstance(model, torch.nn.Module) and not any(
-                        isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in model.modules()):
+                if isinstance(model, torch.nn.Module) and not dropout_layers(model):
                     self.system_panic("uncertainty MC_DROPOUT needs dropout layers in models.get_model()", fl_ctx)

@@ -79,3 +79,13 @@ def short_reason(text: Any, limit: int = _MAX_REASON) -> str:
     line = str(text).strip().splitlines()[0] if str(text).strip() else "unknown error"
     line = _SECRETISH.sub(lambda m: m.group(1) + "=***", line)
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def software_versions() -> dict[str, str]:
+    """flip's, NVFlare's and torch's versions, as recorded with a run's artifacts and report."""
+    import nvflare
+    import torch
+
+    import flip
+
+    return {"flip": flip.__version__, "nvflare": nvflare.__version__, "torch": torch.__version__}

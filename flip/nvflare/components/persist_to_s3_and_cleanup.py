@@ -7,14 +7,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import nvflare
 import torch
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-import flip
 from flip.constants import ComponentId, RunFile
 from flip.errors import SettingsError, UploadError
 from flip.nvflare.utils import (
@@ -24,6 +22,7 @@ from flip.nvflare.utils import (
     get_component,
     new_run_id,
     run_dir,
+    software_versions,
     workspace_root,
 )
 from flip.settings import load_settings
@@ -118,7 +117,7 @@ class PersistToS3AndCleanup(FLComponent):
             "job_id": fl_ctx.get_job_id(),
             "run_id": run_id,
             **(fl_ctx.get_prop(RUN_INFO_PROP) or {}),
-            "versions": {"flip": flip.__version__, "nvflare": nvflare.__version__, "torch": torch.__version__},
+            "versions": software_versions(),
         }
         pending = {"bucket": self.bucket_name, "prefix": prefix, "sse": self.settings.s3_sse, "info": info,
                    "workspace_root": str(workspace_root(fl_ctx)),

@@ -24,7 +24,8 @@ from flip.nvflare.components.persist_to_s3_and_cleanup import (
     PersistToS3AndCleanup,
 )
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
-from flip.nvflare.utils import RUN_ID_PROP, LookupFailed, get_component, new_run_id, peer_name, run_dir, short_reason
+from flip.nvflare.utils import (RUN_ID_PROP, LookupFailed, get_component, new_run_id, peer_name, run_dir,
+                                short_reason, software_versions)
 from flip.nvflare.aggregator import AGGREGATION_REPORT_PROP
 from flip.nvflare.controllers.feddc import FEDDC_REPORT_PROP
 from flip.nvflare.controllers.training import ROUND_VALIDATION_PROP, STOP_REASON_PROP
@@ -334,18 +335,13 @@ class ServerEventHandler(FLComponent):
 
     def _write_report(self, fl_ctx: FLContext, sites: list[str]) -> dict[str, Any]:
         """Curves and a one-page summary in <run folder>/report/ (a failure here never stops the upload)."""
-        import nvflare
-        import torch
-
-        import flip
-
         doc = {
             **self.metrics_document(),
             "sites": sites,
             "validation": self.validation_json_generator.results,
             "statuses": [s.value for s in self.reported],
             "s3": f"s3://{self.persist_and_cleanup.bucket_name}/{run_prefix(self.model_id, self.run_id)}",
-            "versions": {"flip": flip.__version__, "nvflare": nvflare.__version__, "torch": torch.__version__},
+            "versions": software_versions(),
         }
         try:
             written = write_report(doc, run_dir(fl_ctx) / RunFile.REPORT_DIR)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from nvflare.apis.event_type import EventType
@@ -12,14 +11,19 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.widgets.validation_json_generator import ValidationJsonGenerator as _NVFlareGenerator
 
 from flip.nvflare.utils import run_dir
-
-_SAFE_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
+from flip.storage.s3 import check_object_key
 
 
 def check_relative_name(arg: str, value: str, suffix: str = "") -> str:
-    """Return ``value`` if it is a relative path of safe names (no '..'), else raise ValueError naming ``arg``."""
-    parts = value.split("/") if isinstance(value, str) else []
-    if not parts or any(not _SAFE_PART.match(p) or p in (".", "..") for p in parts) or not value.endswith(suffix):
+    """Return ``value`` if it is a relative path of safe names (no '..'), else raise ValueError naming ``arg``.
+
+    Safe means what an object key under the run's prefix may be (it becomes one when the results are uploaded).
+    """
+    try:
+        safe = check_object_key(value).endswith(suffix)
+    except ValueError:
+        safe = False
+    if not safe:
         need = f" ending in {suffix!r}" if suffix else ""
         raise ValueError(f"{arg} must be a relative path of letters, digits, '.', '_', '-'{need}, got {value!r}")
     return value
