@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from nvflare.apis.client import Client
 from nvflare.apis.controller_spec import ClientTask, Task
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.impl.controller import Controller
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
 from flip.constants import ComponentId, FlipEvent, FlipTask
+from flip.nvflare.controllers.base import FlipController
 from flip.nvflare.utils import LookupFailed, check_positive_int, get_component
 from flip.platform.base import check_model_id
 
@@ -21,7 +20,7 @@ EVALUATE_MODEL_IDS_PROP = "flip.evaluate_model_ids"
 EVALUATION_RESULT_PROP = "flip.evaluation_result"
 
 
-class EvaluateModels(Controller):
+class EvaluateModels(FlipController):
     """Evaluate the model(s) given by the job's EvaluationPTModelLocator at every site.
 
     For each model, the ``evaluate`` task carries its weights to every site (RUN_EVALUATOR runs the user's
@@ -101,10 +100,3 @@ class EvaluateModels(Controller):
         fl_ctx.set_prop(EVALUATION_RESULT_PROP, result, private=True, sticky=False)
         self.fire_event(FlipEvent.EVALUATION_RESULT_RECEIVED, fl_ctx)
         client_task.result = None
-
-    def stop_controller(self, fl_ctx: FLContext) -> None:
-        self.cancel_all_tasks(fl_ctx=fl_ctx)
-
-    def process_result_of_unknown_task(self, client: Client, task_name: str, client_task_id: str, result: Shareable,
-                                       fl_ctx: FLContext) -> None:
-        self.log_warning(fl_ctx, f"ignored a late {task_name} result from {client.name}")

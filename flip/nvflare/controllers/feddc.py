@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import time
 
-from nvflare.apis.client import Client
 from nvflare.apis.controller_spec import ClientTask, Task
 from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.impl.controller import Controller
-from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.model import ModelLearnableKey, make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
@@ -21,6 +18,7 @@ from flip.aggregation.weighted import checksum, weighted_mean
 from flip.constants import ComponentId, FlipMeta, FlipTask
 from flip.errors import FlipError
 from flip.nvflare.aggregator import SampleWeightedAggregator, reconstruct
+from flip.nvflare.controllers.base import FlipController
 from flip.nvflare.controllers.training import validate_at_sites
 from flip.nvflare.utils import LookupFailed, check_positive_int, get_component
 
@@ -28,7 +26,7 @@ from flip.nvflare.utils import LookupFailed, check_positive_int, get_component
 FEDDC_REPORT_PROP = "flip.feddc_report"
 
 
-class FedDCController(Controller):
+class FedDCController(FlipController):
     """FedDC (Kamp et al., ICLR 2023): sites train; every ``daisy_chain_period`` rounds (and at the last) the
     server averages the local models weighted by samples; in the rounds between, each site gets another site's
     local model to continue, following a seeded permutation with no site getting its own model back.
@@ -44,6 +42,8 @@ class FedDCController(Controller):
         model_test_after_each_round: after each aggregation, every site validates the new global model.
         train_timeout, validation_timeout: seconds (0: no timeout for training). Defaults 0 and 600.
     """
+
+    late_result_note = ": it is stale"
 
     def __init__(self, num_rounds: int = 5, daisy_chain_period: int = 2, min_clients: int = 1, seed: int = 0,
                  aggregator_id: str = ComponentId.AGGREGATOR, persistor_id: str = ComponentId.PERSISTOR,
@@ -145,10 +145,3 @@ class FedDCController(Controller):
         fl_ctx.set_prop(AppConstants.AGGREGATION_ACCEPTED, accepted, private=True, sticky=False)
         self.fire_event(AppEventType.AFTER_CONTRIBUTION_ACCEPT, fl_ctx)
         client_task.result = None
-
-    def stop_controller(self, fl_ctx: FLContext) -> None:
-        self.cancel_all_tasks(fl_ctx=fl_ctx)
-
-    def process_result_of_unknown_task(self, client: Client, task_name: str, client_task_id: str, result: Shareable,
-                                       fl_ctx: FLContext) -> None:
-        self.log_warning(fl_ctx, f"ignored a late {task_name} result from {client.name}: it is stale")

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from nvflare.apis.client import Client
 from nvflare.apis.controller_spec import Task
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.impl.controller import Controller
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
 from flip.constants import FlipEvent, FlipMeta, FlipTask
+from flip.nvflare.controllers.base import FlipController
 from flip.nvflare.utils import check_positive_int, short_reason  # check_positive_int: flip.jobs imports it from here
 
 
-class InitTraining(Controller):
+class InitTraining(FlipController):
     """Send ``init_training`` to every site and wait until at least ``min_clients`` answered OK.
 
     Sites run :class:`~flip.nvflare.components.CleanupImages` for it (a clean slate for this run's images).
@@ -66,11 +65,3 @@ class InitTraining(Controller):
             return
         self.log_info(fl_ctx, f"{len(ready)} sites ready: {', '.join(sorted(ready))}")
         self.fire_event(FlipEvent.SITES_PREPARED, fl_ctx)
-
-    def stop_controller(self, fl_ctx: FLContext) -> None:
-        self.cancel_all_tasks(fl_ctx=fl_ctx)
-
-    def process_result_of_unknown_task(
-        self, client: Client, task_name: str, client_task_id: str, result: Shareable, fl_ctx: FLContext
-    ) -> None:
-        self.log_warning(fl_ctx, f"ignored a late {task_name} result from {client.name}")

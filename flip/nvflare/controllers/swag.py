@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from nvflare.apis.client import Client
+import numpy as np
+import torch
 from nvflare.apis.controller_spec import ClientTask, Task
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.impl.controller import Controller
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-import numpy as np
-import torch
-
 from flip.aggregation import swag
 from flip.aggregation.swag import MEAN, SECOND
 from flip.aggregation.weighted import check_update
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask, RunFile
+from flip.nvflare.controllers.base import FlipController
 from flip.nvflare.utils import LookupFailed, check_positive_int, get_component, run_dir
 
 
-
-class SwagRound(Controller):
+class SwagRound(FlipController):
     """The SWAG round (the DLR demonstrator's SWAG_ROUND state), after the training rounds.
 
     Every site starts from the final global model, trains ``swag_epochs`` more times (each call of the user's
@@ -109,10 +106,3 @@ class SwagRound(Controller):
             self.log_warning(fl_ctx, f"SWAG round: the moments of {site} are excluded: {reason}")
             return
         self._moments[site] = (mean.data, second.data, int(n))
-
-    def stop_controller(self, fl_ctx: FLContext) -> None:
-        self.cancel_all_tasks(fl_ctx=fl_ctx)
-
-    def process_result_of_unknown_task(self, client: Client, task_name: str, client_task_id: str, result: Shareable,
-                                       fl_ctx: FLContext) -> None:
-        self.log_warning(fl_ctx, f"ignored a late {task_name} result from {client.name}")
