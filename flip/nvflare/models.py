@@ -50,7 +50,9 @@ def load_weights(model: torch.nn.Module, weights: Mapping[str, Any], what: str) 
             state[name].copy_(torch.as_tensor(np.asarray(value)).to(state[name].dtype))
 
 
-def state_to_numpy(model: torch.nn.Module, names) -> dict[str, np.ndarray]:
-    """The named entries of ``model.state_dict()`` as numpy arrays (copies, on the CPU)."""
+def state_to_numpy(model: torch.nn.Module, names, copy: bool = True) -> dict[str, np.ndarray]:
+    """The named entries of ``model.state_dict()`` as numpy arrays on the CPU: copies, or with ``copy=False``
+    views of a CPU model's own tensors (for a caller that only reads them before the model is dropped)."""
     state = model.state_dict()
-    return {name: state[name].detach().cpu().numpy().copy() for name in names}
+    arrays = {name: state[name].detach().cpu().numpy() for name in names}
+    return {name: a.copy() for name, a in arrays.items()} if copy else arrays

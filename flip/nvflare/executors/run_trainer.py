@@ -71,7 +71,7 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
         if abort_signal.triggered:
             return Shareable()
         num_samples, num_steps, metrics = training_result(raw, self.where)
-        new = state_to_numpy(model.cpu(), names)
+        new = state_to_numpy(model, names, copy=False)  # only read: the difference below is a new array
         diff = {n: (new[n] - np.asarray(global_weights[n])).astype(new[n].dtype, copy=False) for n in names}
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: num_steps, FlipMeta.NUM_SAMPLES: num_samples}
         if ctx.stage:
