@@ -60,7 +60,7 @@ def clip_and_noise(update: Mapping[str, Any], clip_norm: float, noise_multiplier
         if array.dtype.kind != "f":
             raise PrivacyError(f"update entry {key!r} has dtype {array.dtype}: only floating-point weight diffs")
         if not array.flags.writeable or not array.flags.c_contiguous:
-            array = np.ascontiguousarray(array).copy()
+            array = np.array(array, order="C")  # one writable C-ordered copy, shape kept (0-d too)
         square = sum(float(np.dot(c64, c64)) for c64 in (c.astype(np.float64) for c in _flat_chunks(array)))
         if not math.isfinite(square):
             raise PrivacyError(f"update entry {key!r} contains NaN or Inf: a non-finite update is never shared")

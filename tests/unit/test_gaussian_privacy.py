@@ -40,6 +40,18 @@ def test_clipping_bound_holds_exactly():
     assert stats.scale == 1.0 and out["a"].tolist() == pytest.approx([0.3, 0.4])
 
 
+def test_read_only_scalars_and_fortran_arrays_are_clipped_in_a_copy_of_their_own_shape():
+    scalar = np.array(3.0, dtype=np.float32)
+    scalar.setflags(write=False)
+    matrix = np.asfortranarray(np.full((3, 4), 1.0, dtype=np.float32))
+    out, stats = clip_and_noise({"s": scalar, "m": matrix}, clip_norm=1.0, noise_multiplier=1e-300,
+                                rng=make_rng(seed=1))
+    assert out["s"].shape == () and out["m"].shape == (3, 4)
+    assert stats.norm == pytest.approx(math.sqrt(21))
+    assert float(out["s"]) == pytest.approx(3 / math.sqrt(21), rel=1e-6)
+    assert float(scalar) == 3.0  # the read-only input itself is untouched
+
+
 @pytest.mark.parametrize("epsilon, rounds", [(8.0, 3), (1.0, 10), (3.0, 1)])
 def test_calibration_round_trips_through_the_accountant(epsilon, rounds):
     z = calibrate_noise(epsilon, 1e-5, rounds)
