@@ -37,14 +37,15 @@ def weighted_mean(contributions: list[tuple[Mapping[str, Any], float]]) -> dict[
         for name, value in arrays.items():
             value = np.asarray(value)
             dtypes.setdefault(name, value.dtype)
-            sums[name] = sums.get(name, 0.0) + float(weight) * value.astype(np.float64)
+            total = sums.setdefault(name, np.zeros(value.shape))  # float64, accumulated in place
+            total += np.multiply(value, float(weight), dtype=np.float64)
             totals[name] = totals.get(name, 0.0) + float(weight)
     return {name: (sums[name] / totals[name]).astype(dtypes[name]) for name in sums}
 
 
 def l2_norm(arrays: Iterable[Any]) -> float:
     """The L2 norm of all of ``arrays`` taken as one vector (squares summed in float64)."""
-    return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(a, dtype=np.float64)))) for a in arrays)))
+    return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(a), dtype=np.float64))) for a in arrays)))
 
 
 def checksum(weights: Mapping[str, Any]) -> float:
