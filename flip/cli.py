@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=None, help="sites running at once (default: all)")
     demo.add_argument("--percentile", type=float, default=10)
     demo.add_argument("--gamma", type=float, default=0.01)
-    demo.add_argument("--dir", default=".demo", help="the demo's working folder (recreated)")
+    demo.add_argument("--dir", default=".demo",
+                      help="the demo's working folder: an absent or empty folder (created and marked), or one the "
+                           "demo made before (cleared and reused); any other folder is refused")
     demo.set_defaults(func=_cmd_demo)
 
     s3 = sub.add_parser("s3", help="the embedded S3 server").add_subparsers(dest="s3_command", required=True)
