@@ -78,3 +78,157 @@ def test_private_file_is_replaced_not_written_through(tmp_path):
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "key2"
+
+
+# -- item 15: the site's privacy policy decides for every result that leaves -----------------------------------------
+
+import numpy as np  # noqa: E402
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable  # noqa: E402
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode  # noqa: E402
+from nvflare.apis.fl_context import FLContext  # noqa: E402
+from nvflare.apis.shareable import Shareable, make_reply  # noqa: E402
+from nvflare.app_common.app_constant import AppConstants  # noqa: E402
+
+from flip.constants import FlipTask  # noqa: E402
+from flip.errors import PrivacyError  # noqa: E402
+from flip.nvflare.components import GaussianPrivacy, PercentilePrivacy, StagePercentilePrivacy  # noqa: E402
+from flip.privacy.percentile import percentile_filter  # noqa: E402
+from flip.provisioning import site_privacy_policy  # noqa: E402
+
+
+def _site_filter(cls=PercentilePrivacy):
+    """The filter a provisioned site enforces, built from the privacy.json FlipSiteBuilder writes."""
+    (spec,) = site_privacy_policy()["scopes"][0]["task_result_filters"]
+    assert spec["path"] == "flip.nvflare.components.PercentilePrivacy"
+    return cls(**spec["args"])
+
+
+SITE_FILTERS = [pytest.param(lambda: _site_filter(PercentilePrivacy), id="PercentilePrivacy"),
+                pytest.param(lambda: _site_filter(StagePercentilePrivacy), id="StagePercentilePrivacy")]
+ALL_FILTERS = SITE_FILTERS + [pytest.param(lambda: GaussianPrivacy(noise_multiplier=1.0), id="GaussianPrivacy")]
+TRAINING_TASKS = [FlipTask.TRAIN, FlipTask.SWAG, AppConstants.TASK_SUBMIT_MODEL, "some_new_task", None]
+
+
+def _ctx(task: str | None) -> FLContext:
+    fl_ctx = FLContext()
+    if task is not None:
+        fl_ctx.set_prop(FLContextKey.TASK_NAME, task, private=True, sticky=False)
+    return fl_ctx
+
+
+def _diff(**arrays) -> DXO:
+    return DXO(DataKind.WEIGHT_DIFF, data=arrays, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 1})
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("make", SITE_FILTERS)
+@pytest.mark.parametrize("task", TRAINING_TASKS)
+def test_site_filter_refuses_metrics_dxo_on_train_task(make, task):
+    """The old filter let a METRICS DXO leave a training task unchanged (only WEIGHT_DIFF was its business), e.g.
+    per-patient numbers a trainer put in a METRICS result. An unknown or missing task name counts as training."""
+    metrics = DXO(DataKind.METRICS, data={"loss": 0.5, "accuracy": 0.9}).to_shareable()
+    with pytest.raises(PrivacyError, match=rf"refuses a METRICS result for task {task!r}: only a WEIGHT_DIFF"):
+        make().process(metrics, _ctx(task))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("make", SITE_FILTERS)
+def test_site_filter_refuses_custom_kind(make):
+    """The old filter passed every kind but WEIGHT_DIFF/WEIGHTS unchanged: a custom kind or APP_DEFINED carried
+    raw arrays off site."""
+    for kind in ("PATIENT_EMBEDDINGS", DataKind.APP_DEFINED, DataKind.STATISTICS, DataKind.FL_MODEL):
+        result = DXO(kind, data={"x": np.arange(4.0)}).to_shareable()
+        with pytest.raises(PrivacyError, match=rf"refuses an? {getattr(kind, 'value', kind)} result for task 'train'"):
+            make().process(result, _ctx(FlipTask.TRAIN))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("make", ALL_FILTERS)
+def test_site_filter_refuses_plain_shareable_with_arrays(make):
+    """Every filter (GaussianPrivacy too) passed a Shareable that is not a DXO untouched: arrays under any key, or
+    beside a filtered DXO, or in a header, left the site unfiltered."""
+    plain = Shareable()
+    plain["weights"] = {"w": np.ones(8)}
+    with pytest.raises(PrivacyError, match=r"refuses a non-DXO result for task 'train': only a DXO may leave"):
+        make().process(plain, _ctx(FlipTask.TRAIN))
+    beside = _diff(w=np.ones(8)).to_shareable()
+    beside["raw"] = np.ones(8)
+    with pytest.raises(PrivacyError, match=r"a DXO with extra entries \['raw'\]"):
+        make().process(beside, _ctx(FlipTask.TRAIN))
+    in_header = _diff(w=np.ones(8)).to_shareable()
+    in_header.set_header("extra", {"w": np.ones(8)})
+    with pytest.raises(PrivacyError, match="refuses the result for task 'train': headers must not carry arrays"):
+        make().process(in_header, _ctx(FlipTask.TRAIN))
+    in_meta = DXO(DataKind.WEIGHT_DIFF, data={"w": np.ones(8)}, meta={"stash": np.ones(8)}).to_shareable()
+    with pytest.raises(PrivacyError, match="DXO meta must not carry arrays"):
+        make().process(in_meta, _ctx(FlipTask.TRAIN))
+    not_array = DXO(DataKind.WEIGHT_DIFF, data={"w": np.ones(8), "note": "patient 42"}).to_shareable()
+    with pytest.raises(PrivacyError, match="entry 'note' is not an array"):
+        make().process(not_array, _ctx(FlipTask.TRAIN))
+    failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+    failed["weights"] = np.ones(8)
+    with pytest.raises(PrivacyError, match=r"refuses an EXECUTION_EXCEPTION error result .*: an error reply must carry no data, it holds \['weights'\]"):
+        make().process(failed, _ctx(FlipTask.TRAIN))
+    with pytest.raises(PrivacyError, match="refuses an empty result for task 'train'"):
+        make().process(Shareable(), _ctx(FlipTask.TRAIN))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("make", ALL_FILTERS)
+@pytest.mark.parametrize("task", [FlipTask.VALIDATE, FlipTask.EVALUATE, FlipTask.INIT_TRAINING])
+def test_site_filter_refuses_weights_on_validate_task(make, task):
+    """A local model must never leave for a validation task. The old filter filtered a WEIGHT_DIFF and sent it
+    (and passed plain arrays) whatever the task was."""
+    for kind in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
+        result = DXO(kind, data={"w": np.full(8, 0.5)}).to_shareable()
+        with pytest.raises(PrivacyError, match=rf"refuses a {kind.value} result for task {task!r}: only METRICS"):
+            make().process(result, _ctx(task))
+    plain = Shareable()
+    plain["model"] = np.ones(4)
+    with pytest.raises(PrivacyError, match="refuses a non-DXO result"):
+        make().process(plain, _ctx(task))
+    scores = DXO(DataKind.METRICS, data={"accuracy": np.ones(4)}).to_shareable()
+    with pytest.raises(PrivacyError, match="metrics must be named finite numbers"):
+        make().process(scores, _ctx(task))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("make", ALL_FILTERS)
+def test_site_filter_passes_metrics_on_validate_task(make):
+    """Scores of the server's model, an empty reply and an error without data leave a non-training task as they
+    are. The old GaussianPrivacy refused every METRICS result, so a site that put it in its privacy scope could
+    not validate at all."""
+    for task in (FlipTask.VALIDATE, FlipTask.EVALUATE, AppConstants.TASK_VALIDATION):
+        scores = DXO(DataKind.METRICS, data={"accuracy": 0.875, "loss": 0.31, "num_samples": 64}).to_shareable()
+        out = make().process(scores, _ctx(task))
+        assert from_shareable(out).data == {"accuracy": 0.875, "loss": 0.31, "num_samples": 64}
+    assert make().process(make_reply(ReturnCode.OK), _ctx(FlipTask.INIT_TRAINING)).get_return_code() == ReturnCode.OK
+    for task in (FlipTask.TRAIN, FlipTask.VALIDATE):
+        failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        failed.set_header("flip_error_reason", "custom/trainer.py: FLIP_TRAINER.train raised KeyError")
+        assert make().process(failed, _ctx(task)) is failed
+    nan = DXO(DataKind.METRICS, data={"accuracy": float("nan")}).to_shareable()
+    with pytest.raises(PrivacyError, match="not finite"):
+        make().process(nan, _ctx(FlipTask.VALIDATE))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("make", SITE_FILTERS)
+def test_site_filter_filters_swag_collection_leaves(make):
+    """SWAG's moments (a COLLECTION of WEIGHT_DIFF) have each leaf filtered with its own threshold; a COLLECTION
+    holding anything else is refused. The old filter passed a METRICS (or custom) leaf of a COLLECTION unchanged."""
+    rng = np.random.default_rng(0)
+    mean, second = rng.normal(0, 0.02, 200), rng.normal(0, 0.5, 200)
+    parts = {"mean": _diff(w=mean.copy()), "second": _diff(w=second.copy())}
+    result = DXO(DataKind.COLLECTION, data=parts, meta={"flip_num_samples": 10}).to_shareable()
+    out = from_shareable(make().process(result, _ctx(FlipTask.SWAG)))
+    for name, original in (("mean", mean), ("second", second)):
+        expected, _ = percentile_filter({"w": original.copy()}, 10, 0.01)
+        np.testing.assert_array_equal(out.data[name].data["w"], expected["w"])
+        assert np.abs(out.data[name].data["w"]).max() <= 0.01
+    for leaf in (DXO(DataKind.METRICS, data={"loss": 0.1}), DXO("CUSTOM", data={"x": np.ones(3)}),
+                 DXO(DataKind.WEIGHTS, data={"w": np.ones(3)})):
+        mixed = DXO(DataKind.COLLECTION, data={"mean": _diff(w=np.ones(3)), "extra": leaf}).to_shareable()
+        with pytest.raises(PrivacyError, match=rf"refuses a {getattr(leaf.data_kind, 'value', leaf.data_kind)} "
+                                               r"result for task 'swag'"):
+            make().process(mixed, _ctx(FlipTask.SWAG))
