@@ -232,3 +232,140 @@ def test_site_filter_filters_swag_collection_leaves(make):
         with pytest.raises(PrivacyError, match=rf"refuses a {getattr(leaf.data_kind, 'value', leaf.data_kind)} "
                                                r"result for task 'swag'"):
             make().process(mixed, _ctx(FlipTask.SWAG))
+
+
+# -- item 16: a site's logs stay on site unless it opts in; its error lines carry the short reason only ---------------
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from nvflare.apis.fl_constant import ReservedKey  # noqa: E402
+from nvflare.apis.signal import Signal  # noqa: E402
+from nvflare.apis.event_type import EventType  # noqa: E402
+from nvflare.app_common.logging.constants import is_log_streaming_allowed  # noqa: E402
+
+from flip.cli import main as flip_cli  # noqa: E402
+from flip.constants import FlipMeta  # noqa: E402
+from flip.nvflare.components import CleanupImages  # noqa: E402
+from flip.nvflare.executors import RUN_TRAINER  # noqa: E402
+from flip.nvflare.utils import short_reason  # noqa: E402
+from flip.provisioning import project_config, render_project  # noqa: E402
+from tests.unit.conftest import FakeEngine  # noqa: E402
+
+
+def _streams_logs(kit: Path) -> bool:
+    """What NVFlare itself decides for the kit: its own gate (JobLogStreamer, SiteLogStreamer) reads the kit."""
+    data = json.loads((kit / "local" / "resources.json.default").read_text())
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(FLContextKey.WORKSPACE_ROOT, str(kit), private=True, sticky=False)
+    fl_ctx.set_prop(ReservedKey.IDENTITY_NAME, kit.name, private=True, sticky=False)
+    allowed = is_log_streaming_allowed(fl_ctx)
+    assert allowed is data["allow_log_streaming"]
+    return allowed
+
+
+@pytest.mark.e2e
+def test_provisioned_site_does_not_stream_logs(tmp_path):
+    """NVFlare's provisioning writes ``allow_log_streaming: true`` for every site (its SiteLogStreamer then sends
+    each job's error_log.txt to the server); the old FlipSiteBuilder left it so."""
+    assert flip_cli(["provision", "--sites", "hospital-a,hospital-b", "--out", str(tmp_path)]) == 0
+    prod = tmp_path / "workspace" / "flip" / "prod_00"
+    for site in ("hospital-a", "hospital-b"):
+        assert _streams_logs(prod / site) is False
+    assert '"allow_log_streaming": false' in (tmp_path / "project.yml").read_text()  # the choice is visible
+
+
+@pytest.mark.e2e
+def test_provisioned_site_streams_logs_only_if_it_opts_in(tmp_path):
+    """Opt-in: every site with ``flip provision --allow-log-streaming``; one site with its own property in
+    project.yml (the others keep theirs on site). The old builder had no option: all sites streamed."""
+    every = tmp_path / "every"
+    assert flip_cli(["provision", "--sites", "2", "--allow-log-streaming", "--out", str(every)]) == 0
+    prod = every / "workspace" / "flip" / "prod_00"
+    assert [_streams_logs(prod / s) for s in ("site-1", "site-2")] == [True, True]
+
+    one = tmp_path / "one"
+    one.mkdir()
+    config = project_config(["hospital-a", "hospital-b"])
+    for participant in config["participants"]:
+        if participant["name"] == "hospital-b":
+            participant["allow_log_streaming"] = True
+    (one / "project.yml").write_text(render_project(config))
+    nvflare = str(Path(sys.executable).with_name("nvflare"))
+    done = subprocess.run([nvflare, "provision", "-p", "project.yml", "-w", "workspace"], cwd=one,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    prod = one / "workspace" / "flip" / "prod_00"
+    assert (_streams_logs(prod / "hospital-a"), _streams_logs(prod / "hospital-b")) == (False, True)
+    with pytest.raises(ValueError, match="allow_log_streaming must be true or false, got 'yes'"):
+        project_config(["a"], allow_log_streaming="yes")
+
+
+SECRET = "hunter2"
+PATIENT = "jane-doe"
+
+
+def _site_ctx(tmp_path: Path, job_id: str) -> FLContext:
+    (tmp_path / "ws").mkdir(exist_ok=True)
+    engine = FakeEngine(tmp_path / "ws", "site-1")
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=False)
+    fl_ctx.set_prop(ReservedKey.RUN_NUM, job_id, private=True, sticky=False)
+    fl_ctx.set_prop(ReservedKey.IDENTITY_NAME, "site-1", private=True, sticky=False)
+    return fl_ctx
+
+
+def _records(caplog, level):
+    return [r for r in caplog.records if r.levelno == level or (level == logging.ERROR and r.levelno > level)]
+
+
+@pytest.mark.unit
+def test_site_error_log_is_short_reason_only(tmp_path, monkeypatch, caplog):
+    """A site's error-level lines may be streamed off site. The old RUN_TRAINER logged the whole multi-line
+    reason (with a secret) and a full traceback at error level; the old CleanupImages logged ``{exc}``, whose text
+    names the image folder (a patient's name in this test)."""
+    local = tmp_path / "flip"
+    (local / "cohorts" / "site-1").mkdir(parents=True)
+    (local / "cohorts" / "site-1" / "0.png").write_bytes(b"png")
+    monkeypatch.setenv("FLIP_ENV", "dev")
+    monkeypatch.setenv("FLIP_LOCAL_DIR", str(local))
+
+    # the user's trainer fails to import with a message that holds a secret and, on its second line, a patient path
+    fl_ctx = _site_ctx(tmp_path, "job-1")
+    custom = Path(fl_ctx.get_engine().get_workspace().get_app_custom_dir("job-1"))
+    custom.mkdir(parents=True)
+    (custom / "config.json").write_text("{}")
+    (custom / "trainer.py").write_text(
+        f"raise ImportError('no module dicom_reader, password={SECRET} set\\n  while reading /data/{PATIENT}/scan.dcm')\n")
+    weights = DXO(DataKind.WEIGHTS, data={"w": np.ones(2, dtype=np.float32)}).to_shareable()
+    with caplog.at_level(logging.DEBUG):
+        reply = RUN_TRAINER().execute(FlipTask.TRAIN, weights, fl_ctx, Signal())
+    reason = reply.get_header(FlipMeta.ERROR_REASON)
+    assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    assert reason == ("custom/trainer.py could not be imported: ImportError: no module dicom_reader, "
+                      "password=*** set") == short_reason(reason)
+    errors = [r.getMessage() for r in _records(caplog, logging.ERROR)]
+    assert len(errors) == 1 and errors[0].endswith(f"train failed: {reason}"), errors
+    debug = "\n".join(r.getMessage() for r in _records(caplog, logging.DEBUG))
+    assert f"/data/{PATIENT}/scan.dcm" in debug and "Traceback" in debug  # the detail stays, at debug level
+    assert SECRET not in caplog.text  # at no level
+
+    # the run's image folder cannot be deleted: the OSError's text names its path (here, with a patient's name)
+    caplog.clear()
+    local = tmp_path / f"store-of-{PATIENT}"
+    monkeypatch.setenv("FLIP_LOCAL_DIR", str(local))
+    images = local / "images" / "site-1" / "job-2"
+    images.parent.mkdir(parents=True)
+    images.write_text("not a folder")
+    fl_ctx = _site_ctx(tmp_path, "job-2")
+    cleanup = CleanupImages()
+    with caplog.at_level(logging.DEBUG):
+        reply = cleanup.execute(FlipTask.INIT_TRAINING, Shareable(), fl_ctx, Signal())
+        cleanup.handle_event(EventType.END_RUN, fl_ctx)
+    assert reply.get_header(FlipMeta.ERROR_REASON) == "cannot clean the run's images (NotADirectoryError)"
+    errors = [r.getMessage() for r in _records(caplog, logging.ERROR)]
+    assert len(errors) == 2 and all(e.endswith("cannot clean the run's images (NotADirectoryError)") for e in errors)
+    assert not any(PATIENT in e for e in errors), errors
+    assert PATIENT in "\n".join(r.getMessage() for r in _records(caplog, logging.DEBUG))
