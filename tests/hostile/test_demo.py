@@ -13,6 +13,7 @@ import pytest
 
 from flip.cli import main as flip_cli
 from flip.demo.run import MARKER, prepare_workdir
+from flip.errors import FlipError
 
 pytestmark = pytest.mark.unit
 
@@ -105,6 +106,6 @@ def test_demo_reuses_own_marked_dir(tmp_path):
     # a marker that is a symlink (planted to make a foreign folder look like the demo's) does not count
     foreign, sentinel = _folder_with_sentinel(tmp_path)
     (foreign / MARKER).symlink_to(empty / MARKER)
-    with pytest.raises(Exception, match="not created by the demo"):
+    with pytest.raises(FlipError, match="not created by the demo"):
         prepare_workdir(foreign)
     assert sentinel.read_text() == "must survive"

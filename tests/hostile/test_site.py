@@ -5,13 +5,35 @@ Each test names, in its docstring, how it failed on the old code.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import stat
+import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.logging.constants import is_log_streaming_allowed
 
+from flip.cli import main as flip_cli
+from flip.constants import FlipMeta, FlipTask
+from flip.errors import PrivacyError
+from flip.nvflare.components import CleanupImages, GaussianPrivacy, PercentilePrivacy, StagePercentilePrivacy
+from flip.nvflare.executors import RUN_TRAINER
+from flip.nvflare.utils import short_reason
+from flip.privacy.percentile import percentile_filter
+from flip.provisioning import project_config, render_project, site_privacy_policy
 from flip.storage.weed import IDENTITIES_FILE, WeedS3
+from tests.unit.conftest import FakeEngine
 
 # -- item 17: the S3 identities file is private from its creation on ------------------------------------------------
 
@@ -81,19 +103,6 @@ def test_private_file_is_replaced_not_written_through(tmp_path):
 
 
 # -- item 15: the site's privacy policy decides for every result that leaves -----------------------------------------
-
-import numpy as np  # noqa: E402
-from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable  # noqa: E402
-from nvflare.apis.fl_constant import FLContextKey, ReturnCode  # noqa: E402
-from nvflare.apis.fl_context import FLContext  # noqa: E402
-from nvflare.apis.shareable import Shareable, make_reply  # noqa: E402
-from nvflare.app_common.app_constant import AppConstants  # noqa: E402
-
-from flip.constants import FlipTask  # noqa: E402
-from flip.errors import PrivacyError  # noqa: E402
-from flip.nvflare.components import GaussianPrivacy, PercentilePrivacy, StagePercentilePrivacy  # noqa: E402
-from flip.privacy.percentile import percentile_filter  # noqa: E402
-from flip.provisioning import site_privacy_policy  # noqa: E402
 
 
 def _site_filter(cls=PercentilePrivacy):
@@ -167,7 +176,8 @@ def test_site_filter_refuses_plain_shareable_with_arrays(make):
         make().process(not_array, _ctx(FlipTask.TRAIN))
     failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
     failed["weights"] = np.ones(8)
-    with pytest.raises(PrivacyError, match=r"refuses an EXECUTION_EXCEPTION error result .*: an error reply must carry no data, it holds \['weights'\]"):
+    with pytest.raises(PrivacyError, match=r"refuses an EXECUTION_EXCEPTION error result .*: an error reply must "
+                                           r"carry no data, it holds \['weights'\]"):
         make().process(failed, _ctx(FlipTask.TRAIN))
     with pytest.raises(PrivacyError, match="refuses an empty result for task 'train'"):
         make().process(Shareable(), _ctx(FlipTask.TRAIN))
@@ -235,24 +245,6 @@ def test_site_filter_filters_swag_collection_leaves(make):
 
 
 # -- item 16: a site's logs stay on site unless it opts in; its error lines carry the short reason only ---------------
-
-import json  # noqa: E402
-import logging  # noqa: E402
-import subprocess  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from nvflare.apis.fl_constant import ReservedKey  # noqa: E402
-from nvflare.apis.signal import Signal  # noqa: E402
-from nvflare.apis.event_type import EventType  # noqa: E402
-from nvflare.app_common.logging.constants import is_log_streaming_allowed  # noqa: E402
-
-from flip.cli import main as flip_cli  # noqa: E402
-from flip.constants import FlipMeta  # noqa: E402
-from flip.nvflare.components import CleanupImages  # noqa: E402
-from flip.nvflare.executors import RUN_TRAINER  # noqa: E402
-from flip.nvflare.utils import short_reason  # noqa: E402
-from flip.provisioning import project_config, render_project  # noqa: E402
-from tests.unit.conftest import FakeEngine  # noqa: E402
 
 
 def _streams_logs(kit: Path) -> bool:
@@ -337,8 +329,8 @@ def test_site_error_log_is_short_reason_only(tmp_path, monkeypatch, caplog):
     custom = Path(fl_ctx.get_engine().get_workspace().get_app_custom_dir("job-1"))
     custom.mkdir(parents=True)
     (custom / "config.json").write_text("{}")
-    (custom / "trainer.py").write_text(
-        f"raise ImportError('no module dicom_reader, password={SECRET} set\\n  while reading /data/{PATIENT}/scan.dcm')\n")
+    (custom / "trainer.py").write_text("raise ImportError('no module dicom_reader, "
+                                       f"password={SECRET} set\\n  while reading /data/{PATIENT}/scan.dcm')\n")
     weights = DXO(DataKind.WEIGHTS, data={"w": np.ones(2, dtype=np.float32)}).to_shareable()
     with caplog.at_level(logging.DEBUG):
         reply = RUN_TRAINER().execute(FlipTask.TRAIN, weights, fl_ctx, Signal())

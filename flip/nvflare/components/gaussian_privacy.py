@@ -50,8 +50,8 @@ class GaussianPrivacy(DXOFilter):
     METRICS (scores, not noised) or an empty reply pass unchanged; everything else is refused.
 
     Fails closed: anything but WEIGHT_DIFF for a training task (e.g. full WEIGHTS or metrics), NaN/Inf, or an
-    exhausted budget raises; the update is never returned unfiltered. Place it after PercentilePrivacy (noise last); it composes with a
-    site's privacy policy the same way (a job cannot remove a site-scope filter).
+    exhausted budget raises; the update is never returned unfiltered. Place it after PercentilePrivacy (noise
+    last); it composes with a site's privacy policy the same way (a job cannot remove a site-scope filter).
 
     Args:
         clip_norm: L2 bound of an update (> 0). Default 1.0.
