@@ -151,7 +151,7 @@ def _cmd_provision(args) -> int:
         raise ValueError("give --sites (a number or comma-separated names) or --add-site NAME")
     sites = [f"site-{i}" for i in range(1, int(args.sites) + 1)] if args.sites.isdigit() else args.sites.split(",")
     prod = provision(sites, args.out, server=args.server, fed_learn_port=args.fed_port, admin_port=args.admin_port,
-                     percentile=args.percentile, gamma=args.gamma)
+                     percentile=args.percentile, gamma=args.gamma, allow_log_streaming=args.allow_log_streaming)
     print(f"startup kits in {prod}: " + ", ".join(sorted(p.name for p in prod.iterdir() if p.is_dir())))
     print(f"sites connect to {args.server}:{args.fed_port} and admins to {args.server}:{args.admin_port}: "
           f"that name must resolve to the server at every site and admin machine")
@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=None, help="sites running at once (default: all)")
     demo.add_argument("--percentile", type=float, default=10)
     demo.add_argument("--gamma", type=float, default=0.01)
-    demo.add_argument("--dir", default=".demo", help="the demo's working folder (recreated)")
+    demo.add_argument("--dir", default=".demo",
+                      help="the demo's working folder: an absent or empty folder (created and marked), or one the "
+                           "demo made before (cleared and reused); any other folder is refused")
     demo.set_defaults(func=_cmd_demo)
 
     s3 = sub.add_parser("s3", help="the embedded S3 server").add_subparsers(dest="s3_command", required=True)
@@ -215,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--admin-port", type=int, default=8003)
     prov.add_argument("--percentile", type=float, default=10, help="the sites' enforced PercentilePrivacy")
     prov.add_argument("--gamma", type=float, default=0.01)
+    prov.add_argument("--allow-log-streaming", action="store_true",
+                      help="let the sites stream their job error logs to the server (default: logs stay on site; a "
+                           "site can opt in alone with allow_log_streaming: true on its participant in project.yml)")
     prov.set_defaults(func=_cmd_provision)
 
     status = sub.add_parser("status", help="a model's run status lifecycle and latest metrics")

@@ -7,7 +7,11 @@ it too) adds what FLIP needs to every startup kit:
   job without a custom/ folder;
 - at each hospital site, ``local/privacy.json``: a default privacy scope whose task-result filter is
   ``PercentilePrivacy``. NVFlare applies a site's scope filters before the job's own, to every result the site
-  sends, whatever the job says: the site, not the job submitter, controls what leaves it.
+  sends, whatever the job says: the site, not the job submitter, controls what leaves it;
+- at each hospital site, ``allow_log_streaming: false`` in ``local/resources.json.default``: NVFlare's default
+  (true) streams every job's error log of the site to the server, and a log may name a patient's file. A site
+  opts in with ``allow_log_streaming: true`` on its participant in project.yml (or every site, with
+  ``flip provision --allow-log-streaming``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nvflare.lighter.constants import PropKey
 from nvflare.lighter.spec import Builder
 
 from flip.errors import FlipError
@@ -45,27 +50,52 @@ def site_privacy_policy(percentile: float = 10, gamma: float = 0.01) -> dict[str
     }
 
 
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 class FlipSiteBuilder(Builder):
-    """Add FLIP's class allow-list entry to every kit and the site privacy policy to every hospital site.
+    """Add FLIP's class allow-list entry to every kit, the site privacy policy to every hospital site, and keep
+    every site's logs on site unless it opts in.
 
     Args:
         percentile, gamma: the site-enforced PercentilePrivacy. Defaults 10 / 0.01.
         enforce_privacy: write ``local/privacy.json`` at the sites. Default True.
+        allow_log_streaming: let NVFlare stream the sites' job error logs to the server. Default False; a site's
+            own ``allow_log_streaming`` property in project.yml (true or false) wins for that site.
+
+    Raises:
+        ValueError: a bad argument (named).
     """
 
-    def __init__(self, percentile: float = 10, gamma: float = 0.01, enforce_privacy: bool = True):
+    def __init__(self, percentile: float = 10, gamma: float = 0.01, enforce_privacy: bool = True,
+                 allow_log_streaming: bool = False):
         self.policy = site_privacy_policy(percentile, gamma)
         self.enforce_privacy = enforce_privacy
+        self.allow_log_streaming = _check_bool("allow_log_streaming", allow_log_streaming)
+
+    def log_streaming(self, client) -> bool:
+        """Whether ``client`` streams its logs to the server: its own project.yml property, else the builder's."""
+        own = client.get_prop(PropKey.ALLOW_LOG_STREAMING)
+        return self.allow_log_streaming if own is None else _check_bool(
+            f"{client.name}'s {PropKey.ALLOW_LOG_STREAMING}", own)
 
     def build(self, project, ctx):
-        for participant in [project.get_server(), *project.get_clients()]:
+        clients = project.get_clients()
+        for participant in [project.get_server(), *clients]:
             local = Path(ctx.get_local_dir(participant))
             resources = local / "resources.json.default"
             if resources.is_file():
                 data = json.loads(resources.read_text())
+                before = json.dumps(data)
                 allow = data.get("class_allow_list")
                 if isinstance(allow, list) and ALLOW_PREFIX not in allow:
                     data["class_allow_list"] = allow + [ALLOW_PREFIX]
+                if participant in clients:
+                    data[PropKey.ALLOW_LOG_STREAMING] = self.log_streaming(participant)
+                if json.dumps(data) != before:
                     resources.write_text(json.dumps(data, indent=4))
         if self.enforce_privacy:
             for client in project.get_clients():
@@ -92,9 +122,14 @@ def check_server_name(server: str) -> str:
 
 def project_config(sites: list[str], name: str = "flip", server: str = "server", admin: str = "admin@flip.org",
                    fed_learn_port: int = 8002, admin_port: int = 8003, percentile: float = 10,
-                   gamma: float = 0.01) -> dict[str, Any]:
-    """The project.yml content: one server, the hospital sites, a project admin, NVFlare's builders + ours."""
+                   gamma: float = 0.01, allow_log_streaming: bool = False) -> dict[str, Any]:
+    """The project.yml content: one server, the hospital sites, a project admin, NVFlare's builders + ours.
+
+    ``allow_log_streaming`` (default False) lets every site stream its job error logs to the server (NVFlare's
+    default is to stream them); a site may still set its own ``allow_log_streaming`` in the file.
+    """
     check_site_names(sites)
+    _check_bool("allow_log_streaming", allow_log_streaming)
     check_server_name(server)
     for port_name, port in (("fed_learn_port", fed_learn_port), ("admin_port", admin_port)):
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
@@ -113,7 +148,8 @@ def project_config(sites: list[str], name: str = "flip", server: str = "server",
             {"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder",
              "args": {"template_file": ["master_template.yml"]}},
             {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}},
-            {"path": "flip.provisioning.FlipSiteBuilder", "args": {"percentile": percentile, "gamma": gamma}},
+            {"path": "flip.provisioning.FlipSiteBuilder",
+             "args": {"percentile": percentile, "gamma": gamma, "allow_log_streaming": allow_log_streaming}},
             {"path": "nvflare.lighter.impl.cert.CertBuilder"},
             {"path": "nvflare.lighter.impl.signature.SignatureBuilder"},
         ],

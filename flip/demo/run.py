@@ -24,6 +24,9 @@ from flip.constants import RunFile, RunStatus
 from flip.errors import FlipError
 
 DEMO_JOBS = ("standard", "fed_opt", "multi_stage", "evaluation")
+#: written into a folder the demo created; the demo deletes the contents of no other folder
+MARKER = ".flip-demo"
+_MARKER_TEXT = "This folder was created by `flip demo`, which clears and reuses it on its next run.\n"
 
 
 def _say(message: str) -> None:
@@ -74,6 +77,85 @@ class _Demo:
         return {"manifest": manifest, "objects": objects, "statuses": statuses, "prefix": prefix}
 
 
+def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, percentile: float = 10,
+              gamma: float = 0.01, job: str = "standard", aggregation: str = "fedavg", uncertainty: str = "none",
+              model_test_after_each_round: bool = False, dp_epsilon: float | None = None,
+              dp_clip_norm: float = 1.0) -> list[tuple[str, dict[str, Any]]]:
+    """Check every demo argument and return the jobs the demo runs, in order: ``[(job name, options)]``.
+
+    Touches no file: each job is built in memory with the options (so the job builders' own rules, e.g. that
+    differential privacy and SWAG do not combine, are checked too) and nothing is written.
+
+    Raises:
+        ValueError: naming the first bad argument and what is allowed.
+    """
+    from flip.jobs import DEFAULT_MODEL_ID, JOBS
+    from flip.jobs.standard import AGGREGATIONS
+    from flip.nvflare.uncertainty import METHODS
+    from flip.nvflare.utils import check_positive_int
+    from flip.privacy.percentile import check_gamma, check_percentile, check_positive
+
+    if job not in DEMO_JOBS:
+        raise ValueError(f"job must be one of {list(DEMO_JOBS)}, got {job!r}")
+    check_positive_int("sites", sites)
+    check_positive_int("rounds", rounds)
+    if threads is not None and not (check_positive_int("threads", threads) <= sites):
+        raise ValueError(f"threads must be between 1 and the number of sites ({sites}), got {threads!r}")
+    training = {"percentile": check_percentile(percentile), "gamma": check_gamma(gamma)}
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
+    if uncertainty not in METHODS:
+        raise ValueError(f"uncertainty must be one of {list(METHODS)}, got {uncertainty!r}")
+    if not isinstance(model_test_after_each_round, bool):
+        raise ValueError(f"model_test_after_each_round must be True or False, got {model_test_after_each_round!r}")
+    methods = {"aggregation": aggregation, "uncertainty": uncertainty,
+               "model_test_after_each_round": model_test_after_each_round}
+    check_positive("dp_clip_norm", dp_clip_norm)
+    if dp_epsilon is not None:
+        methods.update(dp_epsilon=check_positive("dp_epsilon", dp_epsilon), dp_clip_norm=dp_clip_norm)
+    if job == "multi_stage":
+        runs = [(job, training)]
+    else:
+        runs = [("standard" if job == "evaluation" else job, {"num_rounds": rounds, **training, **methods})]
+        if job == "evaluation":
+            runs.append(("evaluation", {}))
+    for name, options in runs:
+        JOBS[name](model_id=DEFAULT_MODEL_ID, min_clients=sites, **options)
+    return runs
+
+
+def prepare_workdir(workdir: str | Path) -> Path:
+    """Return the demo's folder, empty but for its marker: created if absent, cleared if the demo made it.
+
+    An absent or empty folder is created and marked (``.flip-demo``); a folder holding the marker is emptied
+    (the marker stays) and reused. Any other folder, and anything that is not a folder, is refused untouched:
+    the demo deletes only what it created.
+
+    Raises:
+        FlipError: naming the path that is not the demo's own.
+    """
+    path = Path(workdir).expanduser().resolve()
+    if path.is_dir():
+        marker = path / MARKER
+        if marker.is_file() and not marker.is_symlink():
+            for child in path.iterdir():
+                if child.name == MARKER:
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+            return path
+        if any(path.iterdir()):
+            raise FlipError(f"{path} is not empty and was not created by the demo (no {MARKER} in it): the demo "
+                            "clears only a folder it created; give --dir an absent or empty folder")
+    elif path.exists() or path.is_symlink():
+        raise FlipError(f"{path} exists and is not a folder: give --dir an absent or empty folder")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text(_MARKER_TEXT)
+    return path
+
+
 def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdir: str | Path = ".demo",
              percentile: float = 10, gamma: float = 0.01, job: str = "standard", aggregation: str = "fedavg",
              uncertainty: str = "none", model_test_after_each_round: bool = False, dp_epsilon: float | None = None,
@@ -81,8 +163,21 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
     """Run the demo end to end; return 0 on success, 1 on failure (with the reason printed).
 
     ``aggregation`` (fedavg, fedprox, feddc), ``uncertainty`` (none, ensemble, mc_dropout, swag) and
-    ``model_test_after_each_round`` apply to the standard, fed_opt and evaluation demos' training.
+    ``model_test_after_each_round`` apply to the standard, fed_opt and evaluation demos' training. Every argument
+    is checked (:func:`demo_runs`) before the disk is touched; ``workdir`` is then prepared by
+    :func:`prepare_workdir` (the demo clears only a folder it created).
+
+    Raises:
+        ValueError: a bad argument (named).
+        FlipError: ``workdir`` is not the demo's own folder (named).
     """
+    runs = demo_runs(sites=sites, rounds=rounds, threads=threads, percentile=percentile, gamma=gamma, job=job,
+                     aggregation=aggregation, uncertainty=uncertainty,
+                     model_test_after_each_round=model_test_after_each_round, dp_epsilon=dp_epsilon,
+                     dp_clip_norm=dp_clip_norm)
+    started = time.monotonic()
+    workdir = prepare_workdir(workdir)
+
     import torch
 
     from flip.demo.data import holdout_accuracy, write_cohorts
@@ -90,12 +185,6 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
     from flip.simulate import site_names
     from flip.storage.weed import WeedS3
 
-    if job not in DEMO_JOBS:
-        raise ValueError(f"job must be one of {list(DEMO_JOBS)}, got {job!r}")
-    started = time.monotonic()
-    workdir = Path(workdir).resolve()
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
     names = site_names(sites)
     os.environ["FLIP_LOCAL_DIR"] = str(workdir / "flip")
     os.environ.setdefault("FLIP_ENV", "dev")
@@ -107,18 +196,12 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
         _say(f"S3 server (SeaweedFS weed mini) on {server.endpoint}, bucket {server.bucket}, auth enforced")
         demo = _Demo(workdir, names, threads, server)
         model_id = str(uuid.uuid4())
-        training = {"percentile": percentile, "gamma": gamma}
-        methods = {"aggregation": aggregation, "uncertainty": uncertainty,
-                   "model_test_after_each_round": model_test_after_each_round}
-        if dp_epsilon is not None:
-            methods.update(dp_epsilon=dp_epsilon, dp_clip_norm=dp_clip_norm)
         try:
-            if job == "multi_stage":
-                result = demo.run(job, model_id, **training)
-            else:
-                result = demo.run("standard" if job == "evaluation" else job, model_id, num_rounds=rounds,
-                                  **training, **methods)
-            evaluation = demo.run("evaluation", model_id) if job == "evaluation" else None
+            (train_job, train_options), *after = runs  # training, then the evaluation job if asked
+            result = demo.run(train_job, model_id, **train_options)
+            evaluation = None
+            for name, options in after:
+                evaluation = demo.run(name, model_id, **options)
         except FlipError as exc:
             _say(f"FAILED: {exc}")
             return 1

@@ -12,8 +12,11 @@ from flip.nvflare.fedopt import FedOptShareableGenerator
 def fed_opt_job(name: str = "fed_opt", model_id: str = DEFAULT_MODEL_ID, num_rounds: int = 3, min_clients: int = 2,
                 optimizer: str = "sgd", lr: float = 1.5, momentum: float = 0.6, beta1: float = 0.9,
                 beta2: float = 0.99, eps: float = 1e-8, percentile: float = 10, gamma: float = 0.01,
-                wait_after_min_clients: int = 60, app_dir=None) -> FedJob:
+                wait_after_min_clients: int = 60, app_dir=None, **options) -> FedJob:
     """Build the FedOpt job (server optimizer ``sgd`` with momentum, or ``adam``; see FedOptShareableGenerator).
+
+    ``options`` are the standard job's methods and trainer options (``aggregation``, ``uncertainty``,
+    ``model_test_after_each_round``, ``dp_epsilon``, ...: see :func:`standard_job`); FedDC does not combine.
 
     Raises:
         ValueError: a bad argument (named), e.g. an unknown optimizer.
@@ -22,4 +25,4 @@ def fed_opt_job(name: str = "fed_opt", model_id: str = DEFAULT_MODEL_ID, num_rou
                                                   beta2=beta2, eps=eps), "optimizer", "lr", "momentum")
     return standard_job(name=name, model_id=model_id, num_rounds=num_rounds, min_clients=min_clients,
                         percentile=percentile, gamma=gamma, wait_after_min_clients=wait_after_min_clients,
-                        app_dir=app_dir, shareable_generator=generator)
+                        app_dir=app_dir, shareable_generator=generator, **options)

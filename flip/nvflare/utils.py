@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 import secrets
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
+from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 
 from flip.constants import SIMULATOR_JOB_ID
@@ -74,11 +76,37 @@ def peer_name(fl_ctx: FLContext, default: str | None = "?") -> str | None:
     return peer.get_identity_name() if peer else default
 
 
+def mask_secrets(text: str) -> str:
+    """``text`` with the value of every ``password=...``-like pair masked (``password=***``)."""
+    return _SECRETISH.sub(lambda m: m.group(1) + "=***", text)
+
+
 def short_reason(text: Any, limit: int = _MAX_REASON) -> str:
     """A one-line reason safe to send off-site: first line only, secrets masked, bounded length."""
     line = str(text).strip().splitlines()[0] if str(text).strip() else "unknown error"
-    line = _SECRETISH.sub(lambda m: m.group(1) + "=***", line)
+    line = mask_secrets(line)
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def log_site_failure(component: FLComponent, fl_ctx: FLContext, what: str, reason: Any,
+                     exc: BaseException | None = None) -> str:
+    """Log a failure at a site: ``what: <short reason>`` at error level, the detail at debug level only.
+
+    An error-level line may leave the site (NVFlare can stream a site's error log to the server), so it carries
+    only the short reason (:func:`short_reason`, the text the server is told), never the rest of a multi-line
+    message, an exception's text or a traceback. ``reason`` in full and ``exc``'s traceback go to debug level
+    (the site's local log, when it records debug), secrets masked there too.
+
+    Returns:
+        The short reason.
+    """
+    short = short_reason(reason)
+    component.log_error(fl_ctx, f"{what}: {short}")
+    detail = str(reason)
+    if exc is not None:
+        detail += "\n" + "".join(traceback.format_exception(exc))
+    component.log_debug(fl_ctx, mask_secrets(f"{what} (detail): {detail}"))
+    return short
 
 
 def software_versions() -> dict[str, str]:

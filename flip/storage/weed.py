@@ -20,7 +20,10 @@ import time
 from pathlib import Path
 
 from flip.errors import StorageError
+from flip.files import write_private
 
+#: the credentials file weed mini reads (``-s3.config``), in the server's folder
+IDENTITIES_FILE = "s3_identities.json"
 _SERVICES = ("master", "volume", "filer", "s3", "admin")
 
 
@@ -118,13 +121,11 @@ class WeedS3:
         data_dir = self.root / "data"
         log_dir = self.root / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        identities = self.root / "s3_identities.json"
-        identities.write_text(json.dumps({"identities": [{
+        identities = write_private(self.root / IDENTITIES_FILE, json.dumps({"identities": [{
             "name": "flip",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
-        identities.chmod(0o600)
+        }]}))  # created 0600: the secret key is never readable by others, not even for a moment
 
         self.s3_port = self.ports["s3.port"]
         args = [find_weed(), f"-logdir={log_dir}", "mini", f"-dir={data_dir}", "-ip=127.0.0.1",

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 
+from flip.constants import FlipTask
 from flip.errors import PrivacyError
 from flip.nvflare.components import PercentilePrivacy
 from flip.privacy.percentile import percentile_filter, percentile_threshold
@@ -86,7 +88,7 @@ def test_filter_honours_num_steps_meta():
 
 
 def test_filter_refuses_full_weights():
-    with pytest.raises(PrivacyError, match="refuses a WEIGHTS update: only WEIGHT_DIFF can be filtered"):
+    with pytest.raises(PrivacyError, match="refuses a WEIGHTS result for task None: only WEIGHT_DIFF can be filtered"):
         PercentilePrivacy().process(_shareable(DataKind.WEIGHTS, {"w": np.ones(4)}), FLContext())
 
 
@@ -95,8 +97,11 @@ def test_filter_refuses_nan_update():
         PercentilePrivacy().process(_shareable(DataKind.WEIGHT_DIFF, {"w": np.array([np.nan, 1.0])}), FLContext())
 
 
-def test_filter_passes_metrics_unchanged():
-    result = PercentilePrivacy().process(_shareable(DataKind.METRICS, {"accuracy": 0.9}), FLContext())
+def test_filter_passes_metrics_of_a_validation_task_unchanged():
+    # (METRICS pass for a non-training task only: see tests/hostile/test_site.py for the training-task refusal)
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(FLContextKey.TASK_NAME, FlipTask.VALIDATE, private=True, sticky=False)
+    result = PercentilePrivacy().process(_shareable(DataKind.METRICS, {"accuracy": 0.9}), fl_ctx)
     assert from_shareable(result).data == {"accuracy": 0.9}
 
 

@@ -209,7 +209,7 @@ def test_stage_filter_refuses_parameters_outside_every_stage():
 
 
 def test_stage_filter_refuses_full_weights_like_the_plain_filter():
-    with pytest.raises(PrivacyError, match="refuses a WEIGHTS update"):
+    with pytest.raises(PrivacyError, match="refuses a WEIGHTS result"):
         StagePercentilePrivacy().process(DXO(DataKind.WEIGHTS, data={"a": np.ones(3)}).to_shareable(), FLContext())
 
 

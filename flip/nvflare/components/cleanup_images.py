@@ -14,6 +14,7 @@ from nvflare.apis.signal import Signal
 
 from flip.constants import FlipMeta, FlipTask
 from flip.errors import FlipError
+from flip.nvflare.utils import log_site_failure
 
 
 def delete_images(folder: Path) -> int:
@@ -60,16 +61,19 @@ class CleanupImages(Executor):
         try:
             self.clean(fl_ctx, "run start")
         except (FlipError, OSError, ValueError) as exc:
-            self.log_error(fl_ctx, f"cannot clean this run's images: {exc}")
             reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
-            # the local log has the details; only the error's type leaves the site (paths may name patients)
-            reply.set_header(FlipMeta.ERROR_REASON, f"cannot clean the run's images ({type(exc).__name__})")
+            reply.set_header(FlipMeta.ERROR_REASON, self.failed(fl_ctx, "run start", exc))
             return reply
         return make_reply(ReturnCode.OK)
+
+    def failed(self, fl_ctx: FLContext, when: str, exc: BaseException) -> str:
+        """Log a failed cleanup and return its short reason: only the error's type is logged at error level or
+        leaves the site (an exception's text names image paths, which may name patients); the rest is debug."""
+        return log_site_failure(self, fl_ctx, when, f"cannot clean the run's images ({type(exc).__name__})", exc)
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.END_RUN:
             try:
                 self.clean(fl_ctx, "run end")
             except (FlipError, OSError, ValueError) as exc:
-                self.log_error(fl_ctx, f"cannot clean this run's images: {exc}")
+                self.failed(fl_ctx, "run end", exc)

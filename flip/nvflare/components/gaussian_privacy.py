@@ -14,6 +14,7 @@ from nvflare.apis.shareable import Shareable
 from flip.errors import PrivacyError
 from flip.files import write_json_atomic
 from flip.nvflare.components.percentile_privacy import annotate
+from flip.nvflare.result_policy import check_result
 from flip.nvflare.utils import run_dir
 from flip.privacy.gaussian import calibrate_noise, clip_and_noise, epsilon_after, make_rng
 
@@ -44,9 +45,13 @@ class GaussianPrivacy(DXOFilter):
     ``max_epsilon`` (default: ``epsilon``), the filter refuses: nothing is sent, the run cannot take more from
     this site (the server's workflow sees the budget coming and stops training cleanly first).
 
-    Fails closed: anything but WEIGHT_DIFF (e.g. full WEIGHTS or metrics), NaN/Inf, or an exhausted budget raises;
-    the update is never returned unfiltered. Place it after PercentilePrivacy (noise last); it composes with a
-    site's privacy policy the same way (a job cannot remove a site-scope filter).
+    What may leave at all is decided first, by the rule PercentilePrivacy applies (flip.nvflare.result_policy):
+    for a training task only WEIGHT_DIFF updates (or a COLLECTION of them) leave, noised; a non-training task's
+    METRICS (scores, not noised) or an empty reply pass unchanged; everything else is refused.
+
+    Fails closed: anything but WEIGHT_DIFF for a training task (e.g. full WEIGHTS or metrics), NaN/Inf, or an
+    exhausted budget raises; the update is never returned unfiltered. Place it after PercentilePrivacy (noise
+    last); it composes with a site's privacy policy the same way (a job cannot remove a site-scope filter).
 
     Args:
         clip_norm: L2 bound of an update (> 0). Default 1.0.
@@ -85,6 +90,9 @@ class GaussianPrivacy(DXOFilter):
         self._rng = make_rng(seed)
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        # the same rule as PercentilePrivacy decides what may leave at all; only training updates get noise
+        if not check_result(shareable, fl_ctx, type(self).__name__):
+            return shareable
         if self.seed is not None:
             self.log_warning(fl_ctx, "GaussianPrivacy has a fixed seed: its noise is predictable (tests only)")
         return super().process(shareable, fl_ctx)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
-from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.dxo import DXO, DataKind, MetaKey
 from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
 from flip.errors import PrivacyError
 from flip.constants import FlipMeta
+from flip.nvflare.result_policy import check_result
 from flip.privacy.percentile import FilterStats, check_gamma, check_percentile, percentile_filter
 
 #: kinds the policy applies to: it is defined on model *differences*
@@ -26,8 +26,20 @@ class PercentilePrivacy(DXOFilter):
     per-step change. Unlike it, scalars are filtered too, entries exactly at the threshold are not shared, and
     the threshold is found by selection, not by sorting a copy of the update.
 
-    Fails closed: a WEIGHTS update (a full model), a non-finite update or anything it cannot filter raises, and
-    NVFlare then sends an error instead of the update. Other kinds (e.g. METRICS) pass unchanged.
+    What may leave at all is decided first, for every result (flip.nvflare.result_policy; a site's privacy scope
+    applies this filter to every task's result):
+
+    - for a training task (``train``, ``swag``, and any task that is not a known non-training task, or none):
+      a WEIGHT_DIFF DXO is filtered; a COLLECTION whose leaves are all WEIGHT_DIFF (SWAG's moments) has each leaf
+      filtered; anything else (METRICS, WEIGHTS, custom kinds, a Shareable that is not a DXO, a DXO with extra
+      entries, arrays in headers or meta) is refused;
+    - for a non-training task (``validate``, ``evaluate``, ``init_training``): a METRICS DXO of named finite
+      numbers, or an empty reply, passes unchanged; a model (WEIGHTS, WEIGHT_DIFF, arrays) is refused;
+    - an error reply passes as it is if it carries no data.
+
+    Fails closed: a refused result, a non-finite update or anything it cannot filter raises a PrivacyError naming
+    the task, the kind and the reason, and NVFlare then sends an error instead of the result. Nothing passes by
+    default; ``off=True`` is the only pass-through.
 
     Args:
         percentile: in [0, 100]. Default 10 (share about 90% of the entries).
@@ -59,14 +71,9 @@ class PercentilePrivacy(DXOFilter):
         self.off = off
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
-        # A full model (WEIGHTS) must never pass unfiltered: refuse it before the base class lets it through.
-        if not self.off and shareable.get_return_code(ReturnCode.OK) == ReturnCode.OK:
-            refused = [k for k in _leaf_kinds(shareable) if k == DataKind.WEIGHTS]
-            if refused:
-                raise PrivacyError(
-                    f"{type(self).__name__} refuses a WEIGHTS update: only WEIGHT_DIFF can be filtered "
-                    "(send weight differences, never full weights)"
-                )
+        # Decide first what may leave at all (refused results raise); only training updates reach the filter.
+        if not self.off and not check_result(shareable, fl_ctx, type(self).__name__):
+            return shareable
         return super().process(shareable, fl_ctx)
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
@@ -102,22 +109,6 @@ class PercentilePrivacy(DXOFilter):
             f"(gamma {self.gamma}, steps {num_steps})",
         )
         return stats
-
-
-def _leaf_kinds(shareable: Shareable) -> list[str]:
-    """Data kinds of every leaf DXO in a shareable (none if it is not a DXO shareable)."""
-    try:
-        root = from_shareable(shareable)
-    except (ValueError, TypeError, KeyError):
-        return []
-    kinds, stack = [], [root]
-    while stack:
-        dxo = stack.pop()
-        if dxo.data_kind == DataKind.COLLECTION and isinstance(dxo.data, (dict, list)):
-            stack.extend(v for v in (dxo.data.values() if isinstance(dxo.data, dict) else dxo.data) if isinstance(v, DXO))
-        else:
-            kinds.append(dxo.data_kind)
-    return kinds
 
 
 def annotate(dxo: DXO, record: dict) -> None:

@@ -13,7 +13,6 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils.log_utils import get_obj_logger
-from nvflare.security.logging import secure_log_traceback
 
 from nvflare.apis.dxo import DataKind, from_shareable
 
@@ -28,7 +27,7 @@ from flip.nvflare.executors.user_code import (
     load_config,
 )
 from flip.nvflare.models import load_weights
-from flip.nvflare.utils import app_custom_dir, short_reason
+from flip.nvflare.utils import app_custom_dir, log_site_failure
 
 
 class TaskFailed(Exception):
@@ -136,12 +135,10 @@ class UserCodeExecutor(Executor):
         return result
 
     def failure(self, fl_ctx: FLContext, task_name: str, reason: str, exc: BaseException | None) -> Shareable:
-        """Log the failure here (secure traceback) and reply EXECUTION_EXCEPTION with a short reason."""
-        self.log_error(fl_ctx, f"{task_name} failed: {reason}")
-        if exc is not None and exc.__cause__ is not None:
-            secure_log_traceback(self.logger)
+        """Reply EXECUTION_EXCEPTION with a short reason; log that reason at error level, the detail (the full
+        reason, the traceback) at debug level only (see :func:`log_site_failure`)."""
         reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
-        reply.set_header(FlipMeta.ERROR_REASON, short_reason(reason))
+        reply.set_header(FlipMeta.ERROR_REASON, log_site_failure(self, fl_ctx, f"{task_name} failed", reason, exc))
         return reply
 
 
