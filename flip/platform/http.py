@@ -290,6 +290,8 @@ def request(service: Service, method: str, url: str, *, body: bytes | None = Non
             if code < 500:
                 raise error(f"{name} rejected {where} (HTTP {code})") from exc
             last = f"HTTP {code}"
+        except http.client.InvalidURL as exc:  # not transient: the same URL fails again
+            raise error(f"{name}: {where} is not a valid request URL") from exc
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             last = _cause(exc)
         if attempt < retry.attempts:
