@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flip.constants import DEFAULT_PART_SIZE_MB, DEFAULT_THRESHOLD_MB
 from flip.errors import SettingsError
+from flip.platform.http import check_attempts, check_service_url, check_timeout
 
 ENV_PREFIX = "FLIP_"
 
@@ -38,10 +39,11 @@ class FlipSettings(BaseSettings):
         env: ``dev`` (local files under ``local_dir``) or ``prod`` (the FLIP hub's HTTP API).
         models_bucket: S3 bucket that receives each run's model and results.
         local_dir: the dev platform's folder (status, metrics, cohorts, images).
-        hub_url: the hub's base URL (prod, server only; the server checks it at run start).
+        hub_url: the hub's base URL (prod, server only; the server checks it is set at run start): ``https://``
+            (``http://`` only for a loopback host), no ``user:password@``, query, whitespace or control character.
         hub_api_key: the hub's API key (prod, server only); never printed. Sites never hold it.
-        hub_timeout: seconds per hub request (> 0). Default 5.
-        hub_retries: attempts per hub request (>= 1), with backoff. Default 4.
+        hub_timeout: seconds per hub request, in (0, 300]. Default 5.
+        hub_retries: attempts per hub request, 1 to 10, with capped backoff. Default 4.
         s3_create_bucket: create ``models_bucket`` if it is missing (otherwise a missing bucket is an error).
         s3_sse: server-side encryption for uploads (``AES256`` or ``aws:kms``), or none.
         s3_multipart_threshold_mb: objects of this size or more are uploaded in parts (>= 5). Default 1024.
@@ -59,8 +61,8 @@ class FlipSettings(BaseSettings):
     s3_sse: Literal["AES256", "aws:kms"] | None = None
     s3_multipart_threshold_mb: int = Field(default=DEFAULT_THRESHOLD_MB, ge=5)
     s3_part_size_mb: int = Field(default=DEFAULT_PART_SIZE_MB, ge=5)
-    hub_timeout: float = Field(default=5.0, gt=0)
-    hub_retries: int = Field(default=4, ge=1)
+    hub_timeout: float = 5.0
+    hub_retries: int = 4
 
     @field_validator("models_bucket")
     @classmethod
@@ -72,10 +74,17 @@ class FlipSettings(BaseSettings):
     def _hub_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError(f"hub URL {value!r} is invalid: expected http(s)://host[:port][/path]")
-        return value.rstrip("/")
+        return check_service_url(value, "hub URL")
 
+    @field_validator("hub_timeout")
+    @classmethod
+    def _hub_timeout(cls, value: float) -> float:
+        return check_timeout(value, "hub timeout")
+
+    @field_validator("hub_retries")
+    @classmethod
+    def _hub_retries(cls, value: int) -> int:
+        return check_attempts(value, "hub retries")
 
     def transfer(self):
         """boto3 managed-transfer settings from the S3 part settings."""

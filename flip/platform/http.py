@@ -1,0 +1,305 @@
+"""The rules every HTTP client of flip follows (the FLIP hub today; more services to come), in one place.
+
+- :func:`check_service_url`: a service's base URL is ``https://`` (``http://`` only for a loopback host), holds no
+  ``user:password@``, no query or fragment, no whitespace or control character, and names a host.
+- :func:`request`: never follows a redirect (a 3xx is a failure naming the Location's host, never re-sent);
+  retries timeouts, connection errors, dropped connections and 5xx with capped exponential backoff inside a total
+  deadline; never retries 401/403 or another 4xx; ``accept`` says which other answers mean success.
+- :func:`check_timeout`, :func:`check_attempts` and :class:`Retry` bound the knobs.
+
+Messages name the service, the method and path, and never a key, a password or a URL's query.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import math
+import re
+import time
+import unicodedata
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable, Mapping
+from urllib.parse import urljoin, urlsplit
+
+from flip.errors import FlipError, PlatformError
+
+#: the longest timeout of one request, in seconds
+MAX_TIMEOUT = 300.0
+#: the most attempts of one request
+MAX_ATTEMPTS = 10
+#: the longest sleep between two attempts, in seconds
+MAX_SLEEP = 8.0
+#: a request (all its attempts and sleeps) gives up after this many seconds by default
+DEFAULT_DEADLINE = 120.0
+#: the longest deadline allowed, in seconds
+MAX_DEADLINE = 3600.0
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+URL_RULE = ("expected https://host[:port][/path] (http:// only for a loopback host: 127.0.0.0/8, ::1, localhost), "
+            "without user:password@, query, fragment, whitespace or control characters")
+
+
+def is_loopback(host: str) -> bool:
+    """Return True if ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` fit for a message: anything before an ``@`` and any query or fragment replaced, <= 200 chars."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    cut = re.search(r"[?#]", rest)
+    if cut:
+        rest = rest[: cut.start()] + "?..."
+    shown = scheme + sep + rest
+    return shown if len(shown) <= 200 else shown[:200] + "..."
+
+
+def check_service_url(url: object, what: str = "service URL") -> str:
+    """Return ``url`` without trailing slashes if it is a safe base URL for a service, else raise ValueError.
+
+    Args:
+        url: the base URL, e.g. ``https://hub.example.org`` or ``http://127.0.0.1:8080/flip``.
+        what: what the URL is, for the message (e.g. ``hub URL``).
+
+    Raises:
+        ValueError: naming the offending part and the rule; the message never holds a password or a query.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"{what} must be a string, got {type(url).__name__}")
+    shown = redact_url(url)
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{what} {shown!r} is invalid: {why}; {URL_RULE}")
+
+    for position, char in enumerate(url):
+        if char.isspace() or unicodedata.category(char).startswith("C"):
+            raise bad(f"it contains {char!r} at position {position}")
+    if "@" in url:
+        raise bad("it holds a user name or password (user:password@); the key belongs in its own variable")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise bad(f"it cannot be parsed ({exc})") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http"):
+        raise bad(f"the scheme must be https, got {parts.scheme or 'none'!r}")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise bad("a base URL has no query or fragment")
+    host = parts.hostname or ""
+    if not host:
+        raise bad("it names no host")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _DNS_NAME.fullmatch(host) or len(host) > 253:
+            raise bad(f"host {host!r} is not a DNS name or an IP address") from None
+    if port == 0:
+        raise bad("port 0 is not a port")
+    if scheme == "http" and not is_loopback(host):
+        raise bad(f"http:// sends the key in clear text: use https:// for host {host!r}")
+    return url.rstrip("/")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_timeout(value: object, what: str = "timeout") -> float:
+    """Return ``value`` as a float if it is a number of seconds in (0, MAX_TIMEOUT], else raise ValueError naming it."""
+    if not (_is_number(value) and 0 < value <= MAX_TIMEOUT):  # the accepting form: NaN fails
+        raise ValueError(f"{what} must be a number of seconds > 0 and <= {MAX_TIMEOUT:g}, got {value!r}")
+    return float(value)
+
+
+def check_attempts(value: object, what: str = "attempts") -> int:
+    """Return ``value`` if it is an integer in [1, MAX_ATTEMPTS], else raise ValueError naming it."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ATTEMPTS):
+        raise ValueError(f"{what} must be an integer from 1 to {MAX_ATTEMPTS} (attempts in all), got {value!r}")
+    return value
+
+
+def backoff_delays(attempts: int, backoff: float, max_sleep: float = MAX_SLEEP) -> list[float]:
+    """Return the sleeps before attempts 2..``attempts``: ``backoff`` doubling each time, each at most ``max_sleep``."""
+    return [min(max_sleep, backoff * 2.0 ** i) for i in range(attempts - 1)]
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a request is retried.
+
+    Args:
+        attempts: tries in all, 1 to MAX_ATTEMPTS. Default 4.
+        backoff: the first sleep in seconds, doubled after each attempt (0 to ``max_sleep``). Default 0.5.
+        max_sleep: the longest sleep in seconds (0 to MAX_SLEEP). Default MAX_SLEEP (8).
+        deadline: seconds after which no new attempt starts and a running one times out (0 to MAX_DEADLINE].
+            Default DEFAULT_DEADLINE (120).
+
+    Raises:
+        ValueError: a value is out of its range (named).
+    """
+
+    attempts: int = 4
+    backoff: float = 0.5
+    max_sleep: float = MAX_SLEEP
+    deadline: float = DEFAULT_DEADLINE
+
+    def __post_init__(self) -> None:
+        check_attempts(self.attempts)
+        if not (_is_number(self.max_sleep) and 0 <= self.max_sleep <= MAX_SLEEP):
+            raise ValueError(f"max_sleep must be a number of seconds from 0 to {MAX_SLEEP:g}, got {self.max_sleep!r}")
+        if not (_is_number(self.backoff) and 0 <= self.backoff <= self.max_sleep):
+            raise ValueError(f"backoff must be a number of seconds from 0 to max_sleep ({self.max_sleep:g}), "
+                             f"got {self.backoff!r}")
+        if not (_is_number(self.deadline) and 0 < self.deadline <= MAX_DEADLINE):
+            raise ValueError(f"deadline must be a number of seconds > 0 and <= {MAX_DEADLINE:g}, got {self.deadline!r}")
+
+    def delays(self) -> list[float]:
+        """The sleeps before attempts 2..attempts (see :func:`backoff_delays`)."""
+        return backoff_delays(self.attempts, self.backoff, self.max_sleep)
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service as errors name it.
+
+    Args:
+        name: e.g. ``hub``.
+        url_var: the variable of its URL, e.g. ``FLIP_HUB_URL``.
+        key_var: the variable of its key, e.g. ``FLIP_HUB_API_KEY``.
+        error: the FlipError type raised on failure. Default PlatformError.
+    """
+
+    name: str
+    url_var: str
+    key_var: str
+    error: type[FlipError] = PlatformError
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful answer: its HTTP status, its body and the attempt (1-based) that got it."""
+
+    status: int
+    body: bytes
+    attempt: int
+
+
+#: ``accept(status, attempt)``: True if this non-2xx answer to this attempt (1-based) means success
+Accept = Callable[[int, int], bool]
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: urllib then raises HTTPError with the 3xx answer."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - urllib's hook
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def _location_host(location: str | None, url: str) -> str:
+    """The host[:port] a redirect points to (never its credentials, path or query)."""
+    if not location:
+        return "no Location"
+    try:
+        target = urlsplit(urljoin(url, location))
+        host, port = target.hostname, target.port
+    except ValueError:
+        return "an unreadable Location"
+    if not host:
+        return "a Location without a host"
+    host = f"[{host}]" if ":" in host else host
+    return repr(f"{host}:{port}" if port else host)
+
+
+def _cause(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return type(reason).__name__ if isinstance(reason, BaseException) else type(exc).__name__
+
+
+def request(service: Service, method: str, url: str, *, body: bytes | None = None,
+            headers: Mapping[str, str] | None = None, timeout: float = 5.0, retry: Retry = Retry(),
+            accept: Accept | None = None) -> Reply:
+    """Send one HTTP request by the rules of this module and return the successful answer.
+
+    A 2xx answer, or a 4xx/5xx answer ``accept(status, attempt)`` approves, is success. Timeouts, connection
+    errors, dropped connections and 5xx are retried (``retry``); 401/403 and other 4xx are not; a 3xx is a failure
+    naming the Location's host and is neither followed nor re-sent.
+
+    Args:
+        service: who is asked, for messages and the error type.
+        method: the HTTP method.
+        url: the full URL (its base checked with :func:`check_service_url`).
+        body: the request body, or None.
+        headers: request headers (the key's header among them); never shown.
+        timeout: seconds per attempt (cut to what is left of ``retry.deadline``).
+        retry: attempts, backoff and deadline.
+        accept: which non-2xx answers mean success, given the status and the attempt (1-based); e.g. a 409
+            "already in that state" on a retry of a request whose first attempt may have been recorded.
+
+    Raises:
+        FlipError: of type ``service.error``, with a short cause: a redirect (naming the Location's host), a
+            refused key (naming ``service.key_var``), another 4xx, or no success after the attempts or deadline.
+    """
+    error, name = service.error, service.name
+    where = f"{method} {urlsplit(url).path or '/'}"
+    delays = retry.delays()
+    started = time.monotonic()
+    last, attempt, out_of_time = "no attempt", 0, False
+    for attempt in range(1, retry.attempts + 1):
+        left = retry.deadline - (time.monotonic() - started)
+        if left <= 0:
+            attempt, out_of_time = attempt - 1, True
+            break
+        req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+        try:
+            with _OPENER.open(req, timeout=min(timeout, left)) as reply:
+                return Reply(reply.status, reply.read(), attempt)
+        except urllib.error.HTTPError as exc:
+            code = exc.code
+            if 300 <= code < 400:
+                host = _location_host(exc.headers.get("Location") if exc.headers else None, url)
+                exc.close()
+                raise error(f"{name} answered {where} with a redirect (HTTP {code}) to {host}: redirects are not "
+                            f"followed, so nothing was delivered there; check {service.url_var}") from exc
+            if accept is not None and accept(code, attempt):
+                try:
+                    payload = exc.read()
+                except (OSError, http.client.HTTPException):
+                    payload = b""
+                exc.close()
+                return Reply(code, payload, attempt)
+            exc.close()
+            if code in (401, 403):
+                raise error(f"{name} refused the API key (HTTP {code}): check {service.key_var}") from exc
+            if code < 500:
+                raise error(f"{name} rejected {where} (HTTP {code})") from exc
+            last = f"HTTP {code}"
+        except http.client.InvalidURL as exc:  # not transient: the same URL fails again
+            raise error(f"{name}: {where} is not a valid request URL") from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            last = _cause(exc)
+        if attempt < retry.attempts:
+            pause = delays[attempt - 1]
+            if time.monotonic() - started + pause >= retry.deadline:
+                out_of_time = True
+                break
+            time.sleep(pause)
+    tries = f"{attempt} attempt" + ("" if attempt == 1 else "s")
+    late = f"; gave up at the {retry.deadline:g} s deadline" if out_of_time else ""
+    raise error(f"{name} unreachable after {tries} ({last}) for {where}{late}")
