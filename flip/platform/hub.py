@@ -19,7 +19,8 @@ from typing import Any
 from pydantic import SecretStr
 
 from flip.constants import RunStatus
-from flip.errors import PlatformError, SettingsError
+from flip.errors import JSONValueError, PlatformError, SettingsError
+from flip.files import to_json
 from flip.platform.base import check_model_id, check_path_name
 from flip.platform.dev import LocalPlatform
 
@@ -65,7 +66,10 @@ class HubPlatform(LocalPlatform):
     def _request(self, method: str, path: str, body: Any = None, *, expect_json: bool = True,
                  allow_404: bool = False) -> Any:
         self.require_hub()
-        data = json.dumps(body).encode() if body is not None else None
+        try:
+            data = to_json(body).encode() if body is not None else None
+        except JSONValueError as exc:
+            raise PlatformError(f"not sent to the hub ({method} {path}): {exc}") from exc
         last = "no attempt"
         for attempt in range(1, self.attempts + 1):
             request = urllib.request.Request(self.hub_url + path, data=data, method=method)
