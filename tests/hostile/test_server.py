@@ -17,10 +17,14 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from nvflare.apis.client import Client
+from nvflare.apis.controller_spec import ClientTask
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.event_type import EventType
-from nvflare.apis.fl_constant import FLContextKey, ReservedKey
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
 from nvflare.apis.utils.event import fire_event_to_components
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
@@ -36,10 +40,10 @@ from flip.files import write_json_atomic
 from flip.metrics import weighted_means
 from flip.nvflare.aggregator import AggregationFailed, SampleWeightedAggregator
 from flip.nvflare.components import GaussianPrivacy, PersistToS3AndCleanup, ServerEventHandler, ValidationJsonGenerator
+from flip.nvflare.controllers import InitTraining
 from flip.nvflare.controllers.training import FlipScatterAndGather
 from flip.platform.dev import METRICS_FILE, LocalPlatform
 from flip.platform.hub import HubPlatform
-from flip.storage import s3
 from tests.hub_server import HubServer
 from tests.unit.conftest import FakeEngine
 
@@ -239,8 +243,6 @@ def test_bad_site_metrics_are_dropped_per_metric(tmp_path, caplog):
 def test_site_error_reason_and_name_are_checked(tmp_path, caplog):
     """A site's error event cannot claim another site's name or carry an array as its reason (old code took the
     name from the message and printed the array into the reason sent to the hub)."""
-    from nvflare.apis.shareable import Shareable
-
     caplog.set_level(logging.INFO)
     server = Server(tmp_path)
     server.fire(EventType.START_RUN)
@@ -250,6 +252,36 @@ def test_site_error_reason_and_name_are_checked(tmp_path, caplog):
     server.fire(FlipEvent.SITE_ERROR, "site-1", **{FLContextKey.EVENT_DATA: message})
     assert server.handler.site_errors == {"site-1": "error"}
     assert warnings_naming(caplog, "site-1", "flip_error_reason")
+
+
+class AnsweredInitTraining(InitTraining):
+    """InitTraining whose task the given sites answered (NVFlare's task delivery needs real sites)."""
+
+    def __init__(self, answers: dict):
+        super().__init__(min_clients=2)
+        self.answers = answers
+
+    def broadcast_and_wait(self, task, fl_ctx, **kwargs):
+        for site, result in self.answers.items():
+            client_task = ClientTask(Client(site, None), task)
+            client_task.result = result
+            task.client_tasks.append(client_task)
+
+
+@pytest.mark.unit
+def test_init_training_failure_reason_is_checked(tmp_path, caplog):
+    """Old code evaluated ``reason or rc`` on the site's header: an array as reason raised ValueError ('truth value
+    of an array is ambiguous') in the workflow instead of failing the run naming the site."""
+    caplog.set_level(logging.INFO)
+    server = Server(tmp_path)
+    server.fire(EventType.START_RUN)
+    failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+    failed.set_header(FlipMeta.ERROR_REASON, np.arange(3))
+    ok = Shareable()
+    AnsweredInitTraining({"site-1": ok, "site-2": failed}).control_flow(Signal(), server.ctx)
+    assert server.handler.fatal_error
+    assert "only 1 of 2 required sites are ready (site-2: EXECUTION_EXCEPTION)" in server.handler.error_reason
+    assert warnings_naming(caplog, "site-2", "flip_error_reason")
 
 
 def _fail_savefig(*args, **kwargs):
@@ -344,7 +376,8 @@ def test_num_samples_cap(tmp_path):
     capped.reset(None)
     assert capped.accept(_update(_diff(0.1), samples=100), _ctx(tmp_path, "site-1"))
     assert not capped.accept(_update(_diff(0.1), samples=101), _ctx(tmp_path, "site-2"))
-    assert check_update(_diff(0.1), GLOBAL, 10_000_001) == "num_samples 10000001 is more than max_num_samples (10000000)"
+    reason = check_update(_diff(0.1), GLOBAL, 10_000_001)
+    assert reason == "num_samples 10000001 is more than max_num_samples (10000000)"
 
 
 @pytest.mark.unit
