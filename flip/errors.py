@@ -37,3 +37,12 @@ class VerificationError(StorageError):
 
 class CleanupError(FlipError):
     """The workspace could not be cleaned (or a path to delete was refused)."""
+
+
+class JSONValueError(FlipError, ValueError):
+    """A value cannot be written as strict JSON (NaN, Infinity, or not a JSON type); the message names the key."""
+
+
+class NonFiniteModelError(FlipError, ValueError):
+    """A model (an aggregate, the global model) holds NaN/Inf or values its dtype cannot hold: it is never saved as
+    the run's model nor uploaded."""

@@ -11,7 +11,8 @@ import numpy as np
 from flip.errors import UserCodeError
 
 MAX_METRICS = 64
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-/]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-/]{0,63}")
+NAME_RULE = "names are 1-64 letters, digits, '_', '.', '-', '/' starting with a letter"
 NUM_SAMPLES = "num_samples"
 NUM_STEPS = "num_steps"
 
@@ -29,6 +30,35 @@ def to_number(value: Any) -> float | int | None:
     return None
 
 
+def is_metric_name(key: Any) -> bool:
+    """Whether ``key`` may name a metric (see NAME_RULE)."""
+    return isinstance(key, str) and _NAME_RE.fullmatch(key) is not None
+
+
+def finite_number(value: Any) -> float | int | None:
+    """``value`` as a plain int/float if it is a number a float can hold finitely (no NaN, no Inf, no int beyond
+    the float range: JSON readers would make it Infinity), else None."""
+    number = to_number(value)
+    if number is None:
+        return None
+    try:
+        return number if math.isfinite(number) else None
+    except OverflowError:  # an int too large for a float
+        return None
+
+
+def metric_problem(key: Any, value: Any) -> str | None:
+    """Why ``key: value`` is not a metric (None if it is). Names the key, never the value (it could be data)."""
+    if not is_metric_name(key):
+        shown = repr(key) if isinstance(key, str) and len(key) <= 80 else f"of type {type(key).__name__}"
+        return f"a metric named {shown}: {NAME_RULE}"
+    if to_number(value) is None:
+        return f"metric {key!r} of type {type(value).__name__}: expected a number"
+    if finite_number(value) is None:
+        return f"metric {key!r} that is not finite (NaN, Inf or beyond the float range)"
+    return None
+
+
 def clean_metrics(raw: Any, where: str) -> dict[str, float | int]:
     """Check a metrics dict from user code: names are identifiers, values finite numbers.
 
@@ -41,17 +71,10 @@ def clean_metrics(raw: Any, where: str) -> dict[str, float | int]:
         raise UserCodeError(f"{where} returned {len(raw)} metrics: at most {MAX_METRICS} are allowed")
     clean: dict[str, float | int] = {}
     for key, value in raw.items():
-        if not isinstance(key, str) or not _NAME_RE.match(key):
-            raise UserCodeError(
-                f"{where} returned a metric named {key!r}: names are 1-64 letters, digits, '_', '.', '-', '/' "
-                "starting with a letter"
-            )
-        number = to_number(value)
-        if number is None:
-            raise UserCodeError(f"{where} returned metric {key!r} of type {type(value).__name__}: expected a number")
-        if not math.isfinite(number):
-            raise UserCodeError(f"{where} returned metric {key!r} that is not finite (NaN or Inf)")
-        clean[key] = number
+        problem = metric_problem(key, value)
+        if problem:
+            raise UserCodeError(f"{where} returned {problem}")
+        clean[key] = finite_number(value)
     return clean
 
 
@@ -62,12 +85,17 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
 
 def weighted_means(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """Each metric's mean over the sites that reported it, weighted by their ``num_samples`` (1 if absent);
-    ``num_samples`` itself is summed."""
+    ``num_samples`` itself is summed. A mean that is not finite (huge values) is left out."""
     names = sorted({k for m in per_site.values() for k in m} - {NUM_SAMPLES, NUM_STEPS})
     result: dict[str, float] = {}
     for name in names:
         pairs = [(float(m.get(NUM_SAMPLES, 1) or 1), m[name]) for m in per_site.values() if name in m]
-        result[name] = sum(w * v for w, v in pairs) / sum(w for w, _ in pairs)
+        total = sum(w for w, _ in pairs)
+        mean = sum(w * v for w, v in pairs) / total
+        if not math.isfinite(mean):  # w·v overflowed: the same mean from weights that sum to 1
+            mean = sum(w / total * v for w, v in pairs)
+        if math.isfinite(mean):  # never a NaN/Inf into metrics.json or the hub
+            result[name] = mean
     if per_site:
         result[NUM_SAMPLES] = int(sum(m.get(NUM_SAMPLES, 0) for m in per_site.values()))
     return result

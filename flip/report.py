@@ -64,6 +64,11 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _num(value: Any, spec: str) -> str:
+    """``value`` formatted with ``spec`` if it is a number, else as text ("-" for None)."""
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else _fmt(value)
+
+
 def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
     """One HTML page: job, sites, rounds, final metrics, cross-site validation, privacy, S3 key, status."""
     rounds = doc.get("rounds", [])
@@ -84,11 +89,11 @@ def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
             if p.get("off"):
                 detail = "OFF: shared unfiltered"
             elif "epsilon" in p:
-                detail = (f"clip {p.get('clip_norm')}, noise multiplier {p.get('noise_multiplier'):.3g}, "
-                          f"ε spent {p['epsilon']:.3g} (δ {p.get('delta')})")
+                detail = (f"clip {p.get('clip_norm')}, noise multiplier {_num(p.get('noise_multiplier'), '.3g')}, "
+                          f"ε spent {_num(p['epsilon'], '.3g')} (δ {p.get('delta')})")
             elif p.get("parts"):
                 detail = f"percentile {p.get('percentile')}, gamma {p.get('gamma')}, shared " + ", ".join(
-                    f"{k} {v.get('shared', 0):.1%}" for k, v in p["parts"].items())
+                    f"{k} {_num(v.get('shared', 0), '.1%')}" for k, v in p["parts"].items())
             else:
                 detail = "-"
             privacy_rows.append([site, p.get("filter") or "none", detail])

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from flip.aggregation.weighted import weighted_mean
+from flip.aggregation.weighted import check_finite, weighted_mean
 
 #: the two parts of a site's SWAG result (a COLLECTION DXO)
 MEAN, SECOND = "mean", "second"
@@ -38,17 +38,24 @@ def site_moments(snapshots: list[Mapping[str, Any]], global_weights: Mapping[str
 
 def aggregate(global_weights: Mapping[str, Any], sites: list[tuple[Mapping[str, Any], Mapping[str, Any], float]]
               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """SWAG mean and diagonal variance from the sites' (mean_diff, sq_diff, num_samples)."""
+    """SWAG mean and diagonal variance from the sites' (mean_diff, sq_diff, num_samples).
+
+    Raises:
+        NonFiniteModelError: the mean or the variance is not finite in the model's dtype (never saved).
+    """
     if not sites:
         raise ValueError("SWAG needs at least one site's moments")
     mean_d = weighted_mean([(m, n) for m, _, n in sites])
     sq_d = weighted_mean([(s, n) for _, s, n in sites])
     mean, variance = {}, {}
-    for name, d in mean_d.items():
-        w = np.asarray(global_weights[name], dtype=np.float64)
-        first = w + np.asarray(d, dtype=np.float64)
-        second = w ** 2 + np.asarray(sq_d[name], dtype=np.float64)
-        dtype = np.asarray(global_weights[name]).dtype
-        mean[name] = first.astype(dtype)
-        variance[name] = np.maximum(second - first ** 2, 0.0).astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, by name
+        for name, d in mean_d.items():
+            w = np.asarray(global_weights[name], dtype=np.float64)
+            first = w + np.asarray(d, dtype=np.float64)
+            second = w ** 2 + np.asarray(sq_d[name], dtype=np.float64)
+            dtype = np.asarray(global_weights[name]).dtype
+            mean[name] = first.astype(dtype)
+            variance[name] = np.maximum(second - first ** 2, 0.0).astype(dtype)
+    check_finite(mean, "the SWAG mean")
+    check_finite(variance, "the SWAG variance")
     return mean, variance

@@ -1,17 +1,33 @@
-"""FedAvg by samples and the checks an update must pass before it is aggregated (plain numpy)."""
+"""FedAvg by samples and the checks an update must pass before it is aggregated (plain numpy).
+
+What one site can do to the average is bounded: its ``num_samples`` (its weight) by ``max_num_samples``, its
+update's L2 norm by :func:`norm_outliers` (relative to the round's other updates) or an absolute cap, and an
+average that is not finite in its dtype is refused (:func:`check_finite`), never saved or sent on.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from flip.errors import NonFiniteModelError
 
-def check_update(update: Mapping[str, Any], reference: Mapping[str, Any], num_samples: Any) -> str | None:
+#: the largest ``num_samples`` one site may claim for one update (its weight in the average)
+MAX_NUM_SAMPLES = 10_000_000
+#: an update whose L2 norm is more than this many times the round's median update norm is excluded
+NORM_RATIO_LIMIT = 10.0
+
+
+def check_update(update: Mapping[str, Any], reference: Mapping[str, Any], num_samples: Any,
+                 max_num_samples: int = MAX_NUM_SAMPLES) -> str | None:
     """Why ``update`` must not be aggregated (None if it may): every entry must be a finite float array named
-    and shaped as in ``reference`` (the global model), and ``num_samples`` a positive integer."""
+    and shaped as in ``reference`` (the global model), and ``num_samples`` an integer in [1, max_num_samples]."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples <= 0:
         return f"num_samples must be a positive integer, got {num_samples!r}"
+    if num_samples > max_num_samples:
+        return f"num_samples {int(num_samples)} is more than max_num_samples ({max_num_samples})"
     if not isinstance(update, Mapping) or not update:
         return "the update is empty"
     for name, value in update.items():
@@ -28,24 +44,67 @@ def check_update(update: Mapping[str, Any], reference: Mapping[str, Any], num_sa
     return None
 
 
+def norm_outliers(norms: Mapping[str, float], ratio_limit: float = NORM_RATIO_LIMIT) -> dict[str, str]:
+    """The updates (by site) whose L2 norm is more than ``ratio_limit`` times the median of ``norms``, with why.
+
+    Decide once every update of the round is in. What it guarantees: if more than half of the round's updates
+    have a norm of at most B, the median is at most B and no update with a norm above ``ratio_limit``·B remains.
+    With two updates the median is their mean, so (for ``ratio_limit`` >= 2) nothing is ever excluded: one site
+    of two cannot be told from the other by norms; bound it with an absolute cap (``max_update_norm``). A median
+    of 0 (most updates all zero) gives no scale and excludes nothing.
+    """
+    if not norms:
+        return {}
+    median = float(np.median(list(norms.values())))
+    if not median > 0 or not math.isfinite(median):
+        return {}
+    limit = ratio_limit * median
+    return {site: f"its update norm {norm:.3g} is more than {ratio_limit:g} times the round's median update norm "
+                  f"{median:.3g}" for site, norm in norms.items() if not norm <= limit}
+
+
+def check_finite(weights: Mapping[str, Any], what: str) -> None:
+    """Raise NonFiniteModelError naming ``what`` and the first entry of ``weights`` holding NaN or Inf (numpy
+    arrays or torch tensors; integer entries are always finite)."""
+    for name, value in weights.items():
+        if hasattr(value, "isfinite") and hasattr(value, "is_floating_point"):  # a torch tensor (bfloat16 too)
+            finite = not value.is_floating_point() or bool(value.isfinite().all())
+        else:
+            array = np.asarray(value)
+            finite = array.dtype.kind not in "fc" or bool(np.isfinite(array).all())
+        if not finite:
+            raise NonFiniteModelError(f"{what}: entry {name!r} holds NaN or Inf (or a value beyond its dtype)")
+
+
 def weighted_mean(contributions: list[tuple[Mapping[str, Any], float]]) -> dict[str, np.ndarray]:
-    """Per entry, the mean of the contributions holding it, weighted by their weights (e.g. sample counts)."""
+    """Per entry, the mean of the contributions holding it, weighted by their weights (e.g. sample counts).
+
+    Sums are taken in float64; each mean is cast to the dtype of the first contribution holding the entry.
+
+    Raises:
+        NonFiniteModelError: a mean is not finite, in float64 or after the cast (e.g. a float64 value beyond
+            float32's range): an average that overflowed is never returned.
+    """
     sums: dict[str, np.ndarray] = {}
     totals: dict[str, float] = {}
     dtypes: dict[str, np.dtype] = {}
-    for arrays, weight in contributions:
-        for name, value in arrays.items():
-            value = np.asarray(value)
-            dtypes.setdefault(name, value.dtype)
-            total = sums.setdefault(name, np.zeros(value.shape))  # float64, accumulated in place
-            total += np.multiply(value, float(weight), dtype=np.float64)
-            totals[name] = totals.get(name, 0.0) + float(weight)
-    return {name: (sums[name] / totals[name]).astype(dtypes[name]) for name in sums}
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, by name
+        for arrays, weight in contributions:
+            for name, value in arrays.items():
+                value = np.asarray(value)
+                dtypes.setdefault(name, value.dtype)
+                total = sums.setdefault(name, np.zeros(value.shape))  # float64, accumulated in place
+                total += np.multiply(value, float(weight), dtype=np.float64)
+                totals[name] = totals.get(name, 0.0) + float(weight)
+        means = {name: (sums[name] / totals[name]).astype(dtypes[name]) for name in sums}
+    check_finite(means, "the weighted mean")
+    return means
 
 
 def l2_norm(arrays: Iterable[Any]) -> float:
-    """The L2 norm of all of ``arrays`` taken as one vector (squares summed in float64)."""
-    return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(a), dtype=np.float64))) for a in arrays)))
+    """The L2 norm of all of ``arrays`` taken as one vector (squares summed in float64; inf if that overflows)."""
+    with np.errstate(over="ignore"):
+        return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(a), dtype=np.float64))) for a in arrays)))
 
 
 def checksum(weights: Mapping[str, Any]) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from nvflare.app_common.abstract.aggregator import Aggregator
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
-from flip.aggregation.weighted import check_update, weighted_mean
+from flip.aggregation.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, check_finite, check_update, l2_norm,
+                                      norm_outliers, weighted_mean)
 from flip.constants import FlipMeta, RunFile
-from flip.errors import FlipError
+from flip.errors import FlipError, NonFiniteModelError
 from flip.nvflare.utils import check_positive_int, peer_name, run_dir
 
 #: fl_ctx property: which sites' updates were aggregated this round and why others were excluded
@@ -42,6 +44,9 @@ class LocalModelStore:
         torch.save({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()}, path)
         return path
 
+    def delete(self, round_num: int, site: str) -> None:
+        (self.root / f"round_{round_num + 1}" / f"{site}.pt").unlink(missing_ok=True)
+
     def delete_round(self, round_num: int) -> int:
         folder = self.root / f"round_{round_num + 1}"
         count = len(list(folder.glob("*.pt"))) if folder.is_dir() else 0
@@ -57,11 +62,22 @@ class LocalModelStore:
 
 
 def reconstruct(base: dict[str, Any], diff: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A site's local model: the model it started from plus its (filtered) update."""
+    """A site's local model: the model it started from plus its (filtered) update (an entry that overflows its
+    dtype becomes Inf: check the result with check_finite)."""
     local = {k: np.asarray(v) for k, v in base.items()}
-    for name, d in diff.items():
-        local[name] = (local[name] + np.asarray(d)).astype(local[name].dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, d in diff.items():
+            local[name] = (local[name] + np.asarray(d)).astype(local[name].dtype)
     return local
+
+
+def _optional_limit(name: str, value, rule: str, ok) -> float | None:
+    """Return ``value`` if it is None or a finite number for which ``ok`` holds, else raise ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name} must be a finite number {rule} or None, got {value!r}")
+    return float(value)
 
 
 class SampleWeightedAggregator(Aggregator):
@@ -69,8 +85,14 @@ class SampleWeightedAggregator(Aggregator):
 
     An update is excluded, with its reason logged and written to metrics.json, when it is for another round,
     is the site's second update in the round, is not a WEIGHT_DIFF, has NaN/Inf, parameters the global model
-    lacks or shapes it does not have, or ``num_samples`` <= 0. The round completes if at least ``min_accepted``
-    updates remain; otherwise the run ends in ERROR naming the reasons.
+    lacks or shapes it does not have, ``num_samples`` <= 0 or > ``max_num_samples``, an L2 norm above
+    ``max_update_norm``, or makes the site's local model (its starting model plus the update) overflow. Once every
+    update of the round is in, an update whose L2 norm is more than ``norm_ratio_limit`` times the median of the
+    round's update norms is excluded too (see flip.aggregation.weighted.norm_outliers for what that guarantees:
+    if more than half of the updates have a norm <= B, every update averaged has a norm <= norm_ratio_limit·B; with
+    two sites it excludes nothing, so give ``max_update_norm`` where one site of two must be bounded). The round
+    completes if at least ``min_accepted`` updates remain; otherwise the run ends in ERROR naming the reasons. An
+    average that is not finite in its dtype fails the round (it is never sent or saved).
 
     Accepted sites' local models (the model they started from plus their update) are kept on the server's disk
     for the round (``local_models/round_<n>/<site>.pt``) and deleted once it is aggregated if
@@ -81,12 +103,21 @@ class SampleWeightedAggregator(Aggregator):
         min_accepted: updates needed to aggregate (>= 1). Default 1.
         delete_local_models_after_aggregation: remove each round's local model files once aggregated.
         ensemble: keep every site's last local model as the ``ensemble.pt`` artifact.
+        max_num_samples: the largest ``num_samples`` (a site's weight) an update may claim (>= 1). Default 10
+            million.
+        max_update_norm: an absolute cap on an update's L2 norm (> 0), or None (default) for none.
+        norm_ratio_limit: exclude an update whose norm is more than this many times the round's median update norm
+            (>= 1), or None to turn the rule off. Default 10.
     """
 
     def __init__(self, min_accepted: int = 1, delete_local_models_after_aggregation: bool = False,
-                 ensemble: bool = False):
+                 ensemble: bool = False, max_num_samples: int = MAX_NUM_SAMPLES, max_update_norm: float | None = None,
+                 norm_ratio_limit: float | None = NORM_RATIO_LIMIT):
         super().__init__()
         check_positive_int("min_accepted", min_accepted)
+        self.max_num_samples = check_positive_int("max_num_samples", max_num_samples)
+        self.max_update_norm = _optional_limit("max_update_norm", max_update_norm, "> 0", lambda v: v > 0)
+        self.norm_ratio_limit = _optional_limit("norm_ratio_limit", norm_ratio_limit, ">= 1", lambda v: v >= 1)
         if ensemble and delete_local_models_after_aggregation:
             raise ValueError("ensemble keeps every site's last local model: it cannot be combined with "
                              "delete_local_models_after_aggregation=True")
@@ -95,11 +126,12 @@ class SampleWeightedAggregator(Aggregator):
         self.ensemble = ensemble
         self.accepted: dict[str, tuple[dict[str, Any], int]] = {}
         self.excluded: dict[str, str] = {}
+        self.norms: dict[str, float] = {}  # the accepted updates' L2 norms, for the round's relative rule
         #: FedDC: each site's starting model this round (None: everyone started from the global model)
         self.bases: dict[str, dict[str, Any]] | None = None
 
     def reset(self, fl_ctx: FLContext) -> None:
-        self.accepted, self.excluded = {}, {}
+        self.accepted, self.excluded, self.norms = {}, {}, {}
 
     def _check(self, shareable: Shareable, site: str, current: int, base: dict) -> tuple[DXO | None, str | None]:
         """The update's DXO, and why it must be excluded (None if it may be aggregated)."""
@@ -117,7 +149,7 @@ class SampleWeightedAggregator(Aggregator):
             return None, "it is not a DXO"
         if dxo.data_kind != DataKind.WEIGHT_DIFF:
             return dxo, f"it is {getattr(dxo.data_kind, 'value', dxo.data_kind)}, expected WEIGHT_DIFF"
-        return dxo, check_update(dxo.data, base, dxo.get_meta_prop(FlipMeta.NUM_SAMPLES))
+        return dxo, check_update(dxo.data, base, dxo.get_meta_prop(FlipMeta.NUM_SAMPLES), self.max_num_samples)
 
     def _base(self, fl_ctx: FLContext, site: str) -> dict[str, Any]:
         if self.bases and site in self.bases:
@@ -130,16 +162,42 @@ class SampleWeightedAggregator(Aggregator):
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         base = self._base(fl_ctx, site)
         dxo, reason = self._check(shareable, site, current, base)
+        local = norm = None
+        if not reason:
+            norm = l2_norm(dxo.data.values())
+            if self.max_update_norm is not None and not norm <= self.max_update_norm:
+                reason = f"its update norm {norm:.3g} is more than max_update_norm ({self.max_update_norm:g})"
+        if not reason:
+            local = reconstruct(base, dxo.data)
+            try:
+                check_finite(local, "its local model (the model it started from plus its update)")
+            except NonFiniteModelError as exc:
+                reason = str(exc)
         if reason:
             self.excluded.setdefault(site, reason)
             self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} is excluded: {reason}")
             return False
         self.accepted[site] = (dxo.data, int(dxo.get_meta_prop(FlipMeta.NUM_SAMPLES)))
-        LocalModelStore(run_dir(fl_ctx)).save(current, site, reconstruct(base, dxo.data))
+        self.norms[site] = norm
+        LocalModelStore(run_dir(fl_ctx)).save(current, site, local)
         return True
 
+    def _exclude_outliers(self, fl_ctx: FLContext) -> None:
+        """Exclude the accepted updates whose norm is far above the round's median (all updates are in)."""
+        if self.norm_ratio_limit is None:
+            return
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        outliers = norm_outliers({s: self.norms[s] for s in self.accepted if s in self.norms}, self.norm_ratio_limit)
+        for site, reason in sorted(outliers.items()):
+            del self.accepted[site]
+            self.excluded[site] = reason
+            LocalModelStore(run_dir(fl_ctx)).delete(current, site)
+            self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} is excluded: {reason}")
+
     def check_enough(self, fl_ctx: FLContext) -> None:
-        """Raise AggregationFailed (naming why updates were excluded) if fewer than min_accepted remain."""
+        """Close the round's acceptance: exclude norm outliers, then raise AggregationFailed (naming why updates
+        were excluded) if fewer than min_accepted remain."""
+        self._exclude_outliers(fl_ctx)
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         fl_ctx.set_prop(AGGREGATION_REPORT_PROP, {"accepted": sorted(self.accepted), "excluded": dict(self.excluded)},
                         private=True, sticky=False)
@@ -164,9 +222,12 @@ class SampleWeightedAggregator(Aggregator):
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
         self.check_enough(fl_ctx)
-        mean = weighted_mean([(d, n) for d, n in self.accepted.values()])
-        total = sum(n for _, n in self.accepted.values())
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        try:
+            mean = weighted_mean([(d, n) for d, n in self.accepted.values()])
+        except NonFiniteModelError as exc:
+            raise AggregationFailed(f"round {current + 1}: {exc}: the round's average is refused") from exc
+        total = sum(n for _, n in self.accepted.values())
         self.log_info(fl_ctx, f"round {current + 1}: averaged {len(self.accepted)} updates over {total} samples")
         self.finish_round(fl_ctx)
         return DXO(data_kind=DataKind.WEIGHT_DIFF, data=mean, meta={FlipMeta.NUM_SAMPLES: total}).to_shareable()

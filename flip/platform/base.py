@@ -10,12 +10,12 @@ from typing import Any
 
 from flip.constants import RunStatus
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_path_name(kind: str, value: str) -> str:
     """Return ``value`` if it is safe as one path component (a site name, a job id), else raise ValueError."""
-    if not isinstance(value, str) or not _NAME_RE.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or value in (".", ".."):
         raise ValueError(
             f"{kind} {value!r} is invalid: expected 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )

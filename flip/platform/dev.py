@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from flip.constants import RunStatus
-from flip.errors import PlatformError
+from flip.errors import JSONValueError, PlatformError
+from flip.files import to_json
 from flip.platform.base import Platform, check_path_name
 
 STATUS_FILE = "status.jsonl"
@@ -40,8 +41,11 @@ class LocalPlatform(Platform):
     def _append(self, file_name: str, record: dict[str, Any]) -> None:
         path = self.local_dir / file_name
         try:
+            line = to_json(record, sort_keys=True) + "\n"
+        except JSONValueError as exc:
+            raise PlatformError(f"not recorded in {file_name}: {exc}") from exc
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            line = json.dumps(record, sort_keys=True) + "\n"
             with self._lock, open(path, "a", encoding="utf-8") as f:
                 f.write(line)
         except OSError as exc:

@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import SecretStr
 
 from flip.constants import RunStatus
-from flip.errors import PlatformError, SettingsError
+from flip.errors import JSONValueError, PlatformError, SettingsError
+from flip.files import to_json
 from flip.platform.base import check_model_id, check_path_name
 from flip.platform.dev import LocalPlatform
 from flip.platform.http import (DEFAULT_DEADLINE, MAX_SLEEP, Accept, Reply, Retry, Service, check_service_url,
@@ -84,7 +85,10 @@ class HubPlatform(LocalPlatform):
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
         data = None
         if body is not None:
-            data = json.dumps(body).encode()
+            try:
+                data = to_json(body).encode()
+            except JSONValueError as exc:
+                raise PlatformError(f"not sent to the hub ({method} {path}): {exc}") from exc
             headers["Content-Type"] = "application/json"
         return request(HUB, method, self.hub_url + path, body=data, headers=headers, timeout=self.timeout,
                        retry=self.retry, accept=accept)

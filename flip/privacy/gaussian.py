@@ -92,12 +92,46 @@ def epsilon_after(rounds: int, noise_multiplier: float, delta: float) -> float:
     return float(accountant.get_epsilon(delta))
 
 
+#: the noise multipliers calibrate_noise searches (its bracket): the ε it can reach lie between theirs
+NOISE_SEARCH_RANGE = (1e-3, 1e4)
+
+
+def check_noise_multiplier(noise_multiplier: float, delta: float) -> float:
+    """Return ε for one release at ``noise_multiplier`` if it is finite, else raise ValueError naming the
+    argument: a noise so small (e.g. 1e-300) that ε is infinite gives no guarantee, and would reach metrics.json
+    and the hub as Infinity; one so large that the accountant overflows is refused too.
+    """
+    try:
+        epsilon = epsilon_after(1, noise_multiplier, delta)
+    except (ArithmeticError, ValueError) as exc:
+        raise ValueError(f"noise_multiplier {noise_multiplier!r} cannot be accounted at delta={delta!r} "
+                         f"({type(exc).__name__}): use a noise multiplier between {NOISE_SEARCH_RANGE[0]:g} and "
+                         f"{NOISE_SEARCH_RANGE[1]:g}") from exc
+    if not math.isfinite(epsilon):
+        raise ValueError(f"noise_multiplier {noise_multiplier!r} gives ε={epsilon} for one round at delta={delta!r}: "
+                         f"no privacy guarantee; use a larger noise multiplier (e.g. >= {NOISE_SEARCH_RANGE[0]:g})")
+    return epsilon
+
+
 def calibrate_noise(epsilon: float, delta: float, rounds: int) -> float:
-    """The noise multiplier at which ``rounds`` releases spend ``epsilon`` at ``delta``."""
+    """The noise multiplier at which ``rounds`` releases spend ``epsilon`` at ``delta``.
+
+    Raises:
+        ValueError: no noise multiplier in NOISE_SEARCH_RANGE spends exactly ``epsilon`` over ``rounds`` at
+            ``delta``; the message names the three and the range of ε that can be reached.
+    """
     import dp_accounting
     from dp_accounting import rdp
 
-    return float(dp_accounting.calibrate_dp_mechanism(
-        rdp.RdpAccountant,
-        lambda z: dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds),
-        epsilon, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, 1e4)))
+    low, high = NOISE_SEARCH_RANGE
+    try:
+        return float(dp_accounting.calibrate_dp_mechanism(
+            rdp.RdpAccountant,
+            lambda z: dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds),
+            epsilon, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(low, high)))
+    except (ArithmeticError, ValueError, RuntimeError) as exc:
+        smallest, largest = epsilon_after(rounds, high, delta), epsilon_after(rounds, low, delta)
+        raise ValueError(
+            f"epsilon={epsilon!r} over rounds={rounds!r} at delta={delta!r} cannot be reached: with noise "
+            f"multipliers in [{low:g}, {high:g}] the achievable epsilon is between {smallest:.3g} and {largest:.3g} "
+            "(choose epsilon in that range, or change rounds or delta)") from exc

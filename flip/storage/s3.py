@@ -30,6 +30,7 @@ from s3transfer.utils import ChunksizeAdjuster
 
 from flip.constants import DEFAULT_PART_SIZE_MB, DEFAULT_THRESHOLD_MB, RunFile
 from flip.errors import StorageError, UploadError, VerificationError
+from flip.files import to_json
 from flip.platform.base import check_model_id, check_path_name
 
 MANIFEST_FORMAT = 1
@@ -277,7 +278,7 @@ def upload_run(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "objects": [asdict(e) for e in entries],
     }
-    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    body = to_json(manifest, indent=2, sort_keys=True).encode()
     manifest_key = prefix + RunFile.MANIFEST
     try:
         client.put_object(Bucket=bucket, Key=manifest_key, Body=body, ContentType="application/json",

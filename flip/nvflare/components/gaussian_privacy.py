@@ -16,7 +16,8 @@ from flip.files import write_json_atomic
 from flip.nvflare.components.percentile_privacy import annotate
 from flip.nvflare.result_policy import check_result
 from flip.nvflare.utils import run_dir
-from flip.privacy.gaussian import calibrate_noise, clip_and_noise, epsilon_after, make_rng
+from flip.privacy.gaussian import (calibrate_noise, check_noise_multiplier, clip_and_noise, epsilon_after,
+                                   make_rng)
 
 BUDGET_FILE = "flip_dp_budget.json"
 
@@ -63,7 +64,8 @@ class GaussianPrivacy(DXOFilter):
         seed: fixed seed, for tests only (a warning is logged): production noise must be unpredictable.
 
     Raises:
-        ValueError: naming a bad or missing argument.
+        ValueError: naming a bad or missing argument, a noise multiplier whose ε is not finite (e.g. 1e-300), or
+            an ``epsilon`` that no noise multiplier reaches over ``rounds`` at ``delta`` (with the range that can).
     """
 
     def __init__(self, clip_norm: float = 1.0, noise_multiplier: float | None = None, epsilon: float | None = None,
@@ -86,6 +88,7 @@ class GaussianPrivacy(DXOFilter):
         if epsilon is not None and rounds is None:
             raise ValueError("epsilon needs rounds: the number of rounds the noise is calibrated for")
         self.sigma = noise_multiplier if noise_multiplier is not None else calibrate_noise(epsilon, delta, rounds)
+        check_noise_multiplier(self.sigma, delta)  # ε must be finite: it goes to metrics.json and the hub
         self.budget = max_epsilon if max_epsilon is not None else epsilon
         self._rng = make_rng(seed)
 

@@ -13,6 +13,7 @@ from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
+from flip.aggregation.weighted import check_finite
 from flip.constants import ComponentId, RunFile
 from flip.errors import SettingsError, UploadError
 from flip.nvflare.utils import (
@@ -98,6 +99,8 @@ class PersistToS3AndCleanup(FLComponent):
         """Upload, verify, then clean up; return the verified manifest.
 
         Raises:
+            NonFiniteModelError: the global (or best) model holds NaN/Inf: nothing was uploaded or recorded as
+                pending (such a model is never uploaded).
             FlipError (UploadError, VerificationError, StorageError, CleanupError): nothing was deleted.
         """
         manifest = self.upload_results_to_s3_bucket(fl_ctx)
@@ -170,7 +173,9 @@ class PersistToS3AndCleanup(FLComponent):
             desc = self.model_inventory.get(inventory_name)
             if desc is None:
                 continue
+            state = state_dict_from_checkpoint(Path(desc.location))
+            check_finite(state, key)  # a model with NaN/Inf is never uploaded (raises before anything is staged)
             target = staging / key
-            torch.save(state_dict_from_checkpoint(Path(desc.location)), target)
+            torch.save(state, target)
             files[key] = target
         return files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import time
 from typing import Any
 
@@ -14,10 +15,11 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
+from flip import site_messages
 from flip.constants import ComponentId, FlipEvent, FlipMeta, RunFile, RunStatus
-from flip.errors import CleanupError, FlipError
+from flip.errors import CleanupError, FlipError, NonFiniteModelError
 from flip.files import write_json_atomic
-from flip.metrics import clean_metrics, format_metrics, weighted_means
+from flip.metrics import NUM_SAMPLES, format_metrics, weighted_means
 from flip.nvflare.components.persist_to_s3_and_cleanup import (
     ARTIFACTS_PROP,
     RUN_INFO_PROP,
@@ -53,7 +55,11 @@ class ServerEventHandler(FLComponent):
     At END_RUN it calls the validation JSON generator, then persist-and-cleanup, in that order.
 
     It also collects every site's per-round metrics (they travel in the train result's DXO meta) of the updates
-    the aggregator accepted, logs one line per site and round, reports them to the platform and keeps ``metrics.json`` in the run folder.
+    the aggregator accepted, logs one line per site and round, reports them to the platform and keeps
+    ``metrics.json`` in the run folder. Everything a site sends (metrics, privacy annotations, stage, validation
+    results, error reasons) is checked where it arrives against flip.site_messages; a bad value is dropped with a
+    logged reason naming the site. The end of the run always reaches a final status: RESULTS_UPLOADED, or ERROR
+    (a failure of the run report alone never stops the upload).
 
     Args:
         model_id: the model's UUID.
@@ -183,6 +189,21 @@ class ServerEventHandler(FLComponent):
         total = f"/{self.num_rounds}" if self.num_rounds else ""
         self.log_info(fl_ctx, f"round {current + 1}{total} started")
 
+    def _arrived(self, fl_ctx: FLContext, where: str, site: str, check, raw, default):
+        """``check(raw)`` (a flip.site_messages function), or ``default`` with a logged reason naming the site."""
+        try:
+            return check(raw)
+        except site_messages.SiteMessageError as exc:
+            self.log_warning(fl_ctx, f"{where}: dropped what {site} sent: {short_reason(exc)}")
+            return default
+
+    def _metrics_arrived(self, fl_ctx: FLContext, where: str, site: str, raw, field: str) -> dict | None:
+        """The valid entries of a site's metrics (bad ones dropped and logged); None if none is left of a bad one."""
+        metrics, dropped = site_messages.metrics(raw, field)
+        for why in dropped:
+            self.log_warning(fl_ctx, f"{where}: dropped what {site} sent: {short_reason(why)}")
+        return None if dropped and not metrics else metrics
+
     def _contribution(self, fl_ctx: FLContext) -> None:
         result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
@@ -192,20 +213,22 @@ class ServerEventHandler(FLComponent):
         if not fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED, False):
             self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} was not aggregated; its metrics are not recorded")
             return
-        try:
-            metrics = clean_metrics(result.get_header(FlipMeta.METRICS) or {}, f"{site}'s metrics")
-        except FlipError as exc:
-            self.log_warning(fl_ctx, f"round {current + 1}: unusable metrics from {site}: {short_reason(exc)}")
-            metrics = {}
+        where = f"round {current + 1}"
+        metrics = self._metrics_arrived(fl_ctx, where, site, result.get_header(FlipMeta.METRICS), FlipMeta.METRICS)
+        metrics = metrics or {}
         try:
             dxo = from_shareable(result)
             privacy, stage = dxo.get_meta_prop(FlipMeta.PRIVACY), dxo.get_meta_prop(FlipMeta.STAGE)
+            num_samples = dxo.get_meta_prop(FlipMeta.NUM_SAMPLES)
         except (ValueError, TypeError):
-            privacy = stage = None
+            privacy = stage = num_samples = None
+        privacy = self._arrived(fl_ctx, where, site, site_messages.privacy_annotations, privacy, [])
+        stage = self._arrived(fl_ctx, where, site, site_messages.stage, stage, None)
+        if isinstance(num_samples, numbers.Integral) and not isinstance(num_samples, bool):
+            metrics[NUM_SAMPLES] = int(num_samples)  # the weight the aggregator accepted (and bounded), not a claim
         entry = self.rounds.setdefault(current, {"sites": {}})
-        privacy = privacy if isinstance(privacy, list) else []
         for applied in privacy:
-            if isinstance(applied, dict) and isinstance(applied.get("epsilon"), (int, float)):
+            if applied.get("epsilon") is not None:
                 metrics["dp_epsilon"] = applied["epsilon"]  # the site's privacy spent so far
         entry["sites"][site] = metrics
         if stage:
@@ -217,14 +240,19 @@ class ServerEventHandler(FLComponent):
     def _round_done(self, fl_ctx: FLContext) -> None:
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
         entry = self.rounds.setdefault(current, {"sites": {}})
+        report = fl_ctx.get_prop(AGGREGATION_REPORT_PROP)
+        if report:
+            entry["accepted"], entry["excluded"] = report["accepted"], report["excluded"]
+            for site in report["excluded"]:  # excluded once every update was in (e.g. its norm): not averaged
+                if entry["sites"].pop(site, None) is not None:
+                    entry.get("privacy", {}).pop(site, None)
+                    self.log_info(fl_ctx, f"round {current + 1}: the metrics of {site} are not recorded: its "
+                                          "update was excluded from the average")
         entry["global"] = weighted_means(entry["sites"])
         entry["done"] = time.time()
         step = fl_ctx.get_prop(SERVER_STEP_PROP)
         if step:
             entry["server"] = dict(step)
-        report = fl_ctx.get_prop(AGGREGATION_REPORT_PROP)
-        if report:
-            entry["accepted"], entry["excluded"] = report["accepted"], report["excluded"]
         feddc = fl_ctx.get_prop(FEDDC_REPORT_PROP)
         if feddc:
             entry["feddc"] = dict(feddc)
@@ -235,10 +263,9 @@ class ServerEventHandler(FLComponent):
     def _round_validated(self, fl_ctx: FLContext) -> None:
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
         site = fl_ctx.get_prop(AppConstants.DATA_CLIENT) or "?"
-        try:
-            metrics = clean_metrics(fl_ctx.get_prop(ROUND_VALIDATION_PROP) or {}, f"{site}'s validation")
-        except FlipError as exc:
-            self.log_warning(fl_ctx, f"round {current + 1}: unusable validation from {site}: {short_reason(exc)}")
+        metrics = self._metrics_arrived(fl_ctx, f"round {current + 1} validation", site,
+                                        fl_ctx.get_prop(ROUND_VALIDATION_PROP) or {}, "validation")
+        if metrics is None:
             return
         self.rounds.setdefault(current, {"sites": {}}).setdefault("validation", {})[site] = metrics
         self.log_info(fl_ctx, f"round {current + 1} global model at {site}: " + _format(metrics))
@@ -262,16 +289,27 @@ class ServerEventHandler(FLComponent):
             return
         site = peer_name(fl_ctx)
         task = fl_ctx.get_prop(FLContextKey.TASK_NAME, "task")
-        reason = result.get_header(FlipMeta.ERROR_REASON) or _RC_REASONS.get(rc, f"{task} failed ({rc})")
+        reason = result.get_header(FlipMeta.ERROR_REASON)
+        if reason is not None:
+            reason = self._arrived(fl_ctx, f"{task} result", site, site_messages.error_reason, reason, None)
+        reason = reason or _RC_REASONS.get(rc, f"{task} failed ({rc})")
         self.site_errors.setdefault(site, short_reason(reason))
         self.log_error(fl_ctx, f"site {site}: {self.site_errors[site]}")
 
     def _site_error(self, fl_ctx: FLContext) -> None:
         data = fl_ctx.get_prop(FLContextKey.EVENT_DATA)
-        site = peer_name(fl_ctx, default=None)
+        peer = peer_name(fl_ctx, default=None)
         if isinstance(data, Shareable):
-            site = data.get_header(FlipMeta.SITE_NAME, site) or "?"
-            reason = short_reason(data.get_header(FlipMeta.ERROR_REASON, "error"))
+            claimed = data.get_header(FlipMeta.SITE_NAME)
+            claimed = None if claimed is None else self._arrived(
+                fl_ctx, "site error", peer or "a site", lambda raw: site_messages.name(raw, FlipMeta.SITE_NAME),
+                claimed, None)
+            if peer and claimed and claimed != peer:
+                self.log_warning(fl_ctx, f"site error: {peer} sent it under the name {claimed!r}: recorded as {peer}")
+            site = peer or claimed or "?"  # the connection's identity wins over a name in the message
+            reason = self._arrived(fl_ctx, "site error", site, site_messages.error_reason,
+                                   data.get_header(FlipMeta.ERROR_REASON, "error"), "error")
+            reason = short_reason(reason)
             if site not in self.site_errors:
                 self.site_errors[site] = reason
                 self.log_error(fl_ctx, f"site {site} reported: {reason}")
@@ -292,6 +330,19 @@ class ServerEventHandler(FLComponent):
 
     # -- the end --------------------------------------------------------------------------------------------
     def _end(self, fl_ctx: FLContext) -> None:
+        """End the run; whatever goes wrong, the run ends in a final status."""
+        try:
+            self._finish(fl_ctx)
+        except Exception as exc:  # noqa: BLE001
+            # The one boundary that catches everything, on purpose: NVFlare swallows an exception raised by an event
+            # handler, so one that escaped here would leave the status at its last value (e.g. INITIATED) with no
+            # upload and no pending record. Expected failures are handled in _finish; this is for the unexpected
+            # (a bug, a library's surprise), and it ends the run in ERROR with a short reason.
+            self.log_exception(fl_ctx, f"the end of the run failed: {type(exc).__name__}")
+            self.report_status(fl_ctx, RunStatus.ERROR,
+                               f"the end of the run failed ({type(exc).__name__}: {short_reason(exc)})")
+
+    def _finish(self, fl_ctx: FLContext) -> None:
         abort = fl_ctx.get_run_abort_signal()
         if self.fatal_error or fl_ctx.get_prop(FLContextKey.FATAL_SYSTEM_ERROR, False):
             reason = self._failure_reason()
@@ -319,6 +370,10 @@ class ServerEventHandler(FLComponent):
                 info["stopped_early"] = self.stopped_early
             fl_ctx.set_prop(RUN_INFO_PROP, info, private=True, sticky=False)
             manifest = self.persist_and_cleanup.execute(fl_ctx)
+        except NonFiniteModelError as exc:
+            self.report_status(fl_ctx, RunStatus.ERROR, f"results not uploaded: {exc}")
+            self.log_error(fl_ctx, "a model holding NaN or Inf is never uploaded: nothing was uploaded or deleted")
+            return
         except CleanupError as exc:
             uploaded = self.persist_and_cleanup.manifest
             where = f"s3://{self.persist_and_cleanup.bucket_name}/{uploaded['prefix']}" if uploaded else "S3"
@@ -345,8 +400,10 @@ class ServerEventHandler(FLComponent):
         }
         try:
             written = write_report(doc, run_dir(fl_ctx) / RunFile.REPORT_DIR)
-        except (OSError, ValueError, RuntimeError) as exc:
-            self.log_warning(fl_ctx, f"no report: {short_reason(exc)}")
+        except Exception as exc:  # noqa: BLE001
+            # The report is optional and draws arbitrary numbers with matplotlib: whatever fails in it (a disk
+            # error, a plotting library's surprise) must not cost the run the upload of its model and results.
+            self.log_warning(fl_ctx, f"no report ({type(exc).__name__}): {short_reason(exc)}")
             return {}
         return {f"{RunFile.REPORT_DIR}/{name}": path for name, path in written.items()}
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.widgets.validation_json_generator import ValidationJsonGenerator as _NVFlareGenerator
 
-from flip.nvflare.utils import run_dir
+from flip import site_messages
+from flip.files import write_json_atomic
+from flip.nvflare.utils import run_dir, short_reason
 from flip.storage.s3 import check_object_key
 
 
@@ -36,7 +41,8 @@ class ValidationJsonGenerator(_NVFlareGenerator):
     ``{"<site>": {"<model>": {"<metric>": value, ...}, ...}, ...}`` where ``<model>`` is ``SRV_<file name>``
     for a server model (e.g. ``SRV_FL_global_model.pt``). NVFlare's own generator writes at END_RUN, in no
     particular order with other components; this one writes when :class:`ServerEventHandler` calls
-    :meth:`write_results`, before the results are persisted.
+    :meth:`write_results`, before the results are persisted. Each result is checked as it arrives: only a METRICS
+    DXO's named finite numbers are kept (a site's bad entries are dropped and logged, naming the site).
 
     Args:
         results_dir: folder under the run folder. Default ``cross_site_val``.
@@ -57,14 +63,48 @@ class ValidationJsonGenerator(_NVFlareGenerator):
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.END_RUN:
             return  # written by write_results(), called by the ServerEventHandler in a fixed order
+        if event_type == AppEventType.VALIDATION_RESULT_RECEIVED:
+            self._record(fl_ctx)
+            return
         super().handle_event(event_type, fl_ctx)
+
+    def _record(self, fl_ctx: FLContext) -> None:
+        """Keep a site's metrics for a model, checked as they arrive (flip.site_messages): a METRICS DXO of named
+        finite numbers; a bad entry (an array, a string, a nested dict, NaN) is dropped with a logged reason naming
+        the site, and a result with nothing valid left is dropped whole."""
+        model = fl_ctx.get_prop(AppConstants.MODEL_OWNER)
+        site = fl_ctx.get_prop(AppConstants.DATA_CLIENT)
+        result = fl_ctx.get_prop(AppConstants.VALIDATION_RESULT)
+        if not model or not site:
+            self.log_error(fl_ctx, "a validation result without its model or site: not recorded")
+            return
+        where = f"validation of {model} at {site}"
+        try:
+            dxo = from_shareable(result) if isinstance(result, Shareable) else None
+        except (ValueError, TypeError, KeyError):
+            dxo = None
+        if dxo is None:
+            self.log_warning(fl_ctx, f"{where}: dropped what {site} sent: it is not a DXO")
+            return
+        if dxo.data_kind != DataKind.METRICS:
+            kind = getattr(dxo.data_kind, "value", dxo.data_kind)
+            self.log_warning(fl_ctx, f"{where}: dropped what {site} sent: it is {kind}, expected METRICS")
+            return
+        metrics, dropped = site_messages.metrics(dxo.data, "validation result")
+        for why in dropped:
+            self.log_warning(fl_ctx, f"{where}: dropped what {site} sent: {short_reason(why)}")
+        if dropped and not metrics:
+            return
+        self._val_results.setdefault(site, {})[model] = metrics
 
     def results_path(self, fl_ctx: FLContext) -> Path:
         return run_dir(fl_ctx) / self._results_dir / self._json_file_name
 
     def write_results(self, fl_ctx: FLContext) -> Path:
-        """Write the JSON now and return its path."""
-        super().handle_event(EventType.END_RUN, fl_ctx)
+        """Write the JSON now (strict JSON: only checked numbers are in it) and return its path."""
         path = self.results_path(fl_ctx)
-        self.log_info(fl_ctx, f"wrote {sum(len(m) for m in self._val_results.values())} validation results to {os.path.basename(path)}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, self._val_results)
+        self.log_info(fl_ctx, f"wrote {sum(len(m) for m in self._val_results.values())} validation results to "
+                              f"{os.path.basename(path)}")
         return path

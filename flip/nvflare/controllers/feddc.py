@@ -16,7 +16,7 @@ from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 from flip.aggregation.feddc import daisy_chain, is_aggregation_round
 from flip.aggregation.weighted import checksum, weighted_mean
 from flip.constants import ComponentId, FlipMeta, FlipTask
-from flip.errors import FlipError
+from flip.errors import FlipError, NonFiniteModelError
 from flip.nvflare.aggregator import SampleWeightedAggregator, reconstruct
 from flip.nvflare.controllers.base import FlipController
 from flip.nvflare.controllers.training import validate_at_sites
@@ -31,7 +31,8 @@ class FedDCController(FlipController):
     server averages the local models weighted by samples; in the rounds between, each site gets another site's
     local model to continue, following a seeded permutation with no site getting its own model back.
 
-    Updates pass the SampleWeightedAggregator's checks; a site whose update is excluded keeps its model. Every
+    Updates pass the SampleWeightedAggregator's checks (its limits on samples and update norms included); a site
+    whose update is excluded keeps its model; an average that is not finite ends the run in ERROR. Every
     round's routing, whether it aggregated, and fingerprints of the models sent and received go to metrics.json.
 
     Args:
@@ -102,7 +103,12 @@ class FedDCController(FlipController):
                       "sent_checksums": {s: checksum(models[s]) for s in sites},
                       "local_checksums": {s: checksum(local[s]) for s in sites}}
             if report["aggregated"]:
-                merged = weighted_mean([(local[s], accepted[s][1]) for s in sorted(accepted)])
+                try:
+                    merged = weighted_mean([(local[s], accepted[s][1]) for s in sorted(accepted)])
+                except NonFiniteModelError as exc:
+                    self.system_panic(f"round {round_num + 1}: {exc}: the average of the local models is refused",
+                                      fl_ctx)
+                    return
                 learnable = make_model_learnable(merged, {})
                 models = {s: merged for s in sites}
                 self.persistor.save(learnable, fl_ctx)

@@ -8,6 +8,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
+from flip import site_messages
 from flip.constants import FlipEvent, FlipMeta, FlipTask
 from flip.nvflare.controllers.base import FlipController
 from flip.nvflare.utils import check_positive_int, short_reason  # check_positive_int: flip.jobs imports it from here
@@ -58,6 +59,11 @@ class InitTraining(FlipController):
                 ready.append(client_task.client.name)
             else:
                 reason = result.get_header(FlipMeta.ERROR_REASON) if isinstance(result, Shareable) else None
+                try:
+                    reason = None if reason is None else site_messages.error_reason(reason)
+                except site_messages.SiteMessageError as exc:
+                    self.log_warning(fl_ctx, f"init_training: dropped what {client_task.client.name} sent: {exc}")
+                    reason = None
                 failed[client_task.client.name] = short_reason(reason or rc)
         if len(ready) < self.min_clients:
             details = "; ".join(f"{site}: {why}" for site, why in sorted(failed.items())) or "no answer"

@@ -15,8 +15,9 @@ from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
 from flip.aggregation import swag
 from flip.aggregation.swag import MEAN, SECOND
-from flip.aggregation.weighted import check_update
+from flip.aggregation.weighted import check_update, l2_norm, norm_outliers
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask, RunFile
+from flip.errors import NonFiniteModelError
 from flip.nvflare.controllers.base import FlipController
 from flip.nvflare.utils import LookupFailed, check_positive_int, get_component, run_dir
 
@@ -28,7 +29,10 @@ class SwagRound(FlipController):
     ``train``), and returns the first and second moments of its weights over those snapshots as differences to
     the global model's (a COLLECTION of two WEIGHT_DIFF DXOs, through the site's privacy filter). The server
     averages them weighted by samples into the SWAG mean and diagonal variance (clamped at 0) and stores them as
-    the run's ``swag.pt`` artifact (``{"mean": {...}, "variance": {...}, "num_samples", "sites"}``).
+    the run's ``swag.pt`` artifact (``{"mean": {...}, "variance": {...}, "num_samples", "sites"}``). Moments pass the
+    aggregator's checks (``num_samples`` at most flip.aggregation.weighted.MAX_NUM_SAMPLES, and a site whose
+    moments' norm is more than NORM_RATIO_LIMIT times the median is excluded); a mean or variance that is not
+    finite ends the run in ERROR, unsaved.
 
     Args:
         swag_epochs: snapshots per site (>= 2). Default 3.
@@ -48,6 +52,7 @@ class SwagRound(FlipController):
         self.persistor_id = persistor_id
         self.persistor = None
         self._moments: dict[str, tuple[dict, dict, int]] = {}
+        self._norms: dict[str, tuple[float, float]] = {}
         self._global: dict = {}
 
     def start_controller(self, fl_ctx: FLContext) -> None:
@@ -72,11 +77,16 @@ class SwagRound(FlipController):
                                 abort_signal=abort_signal)
         if abort_signal.triggered:
             return
+        self._exclude_outliers(fl_ctx)
         if len(self._moments) < self.min_clients:
             self.system_panic(f"SWAG round: {len(self._moments)} sites sent usable moments, "
                               f"{self.min_clients} needed", fl_ctx)
             return
-        mean, variance = swag.aggregate(self._global, list(self._moments.values()))
+        try:
+            mean, variance = swag.aggregate(self._global, list(self._moments.values()))
+        except NonFiniteModelError as exc:
+            self.system_panic(f"SWAG round: {exc}: not saved", fl_ctx)
+            return
         folder = run_dir(fl_ctx) / RunFile.ARTIFACTS_DIR
         folder.mkdir(parents=True, exist_ok=True)
         torch.save({"mean": {k: torch.as_tensor(v) for k, v in mean.items()},
@@ -106,3 +116,12 @@ class SwagRound(FlipController):
             self.log_warning(fl_ctx, f"SWAG round: the moments of {site} are excluded: {reason}")
             return
         self._moments[site] = (mean.data, second.data, int(n))
+        self._norms[site] = (l2_norm(mean.data.values()), l2_norm(second.data.values()))
+
+    def _exclude_outliers(self, fl_ctx: FLContext) -> None:
+        """Exclude a site whose first or second moment is far from the others' (the aggregator's relative rule)."""
+        for part, label in ((0, MEAN), (1, SECOND)):
+            outliers = norm_outliers({s: norms[part] for s, norms in self._norms.items() if s in self._moments})
+            for site, reason in sorted(outliers.items()):
+                del self._moments[site]
+                self.log_warning(fl_ctx, f"SWAG round: the moments of {site} are excluded: {label}: {reason}")

@@ -15,7 +15,10 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
+from flip import site_messages
+from flip.aggregation.weighted import check_finite
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask
+from flip.errors import NonFiniteModelError
 from flip.nvflare.utils import peer_name
 
 #: fl_ctx property with a ROUND_VALIDATED event: the site's metrics for the round's new global model
@@ -27,10 +30,10 @@ STOP_REASON_PROP = "flip.stop_reason"
 def budget_exceeded_next(result: Shareable, site: str, next_round: int) -> str | None:
     """A reason to stop if a site's update says its next one would exceed its privacy budget."""
     try:
-        applied = from_shareable(result).get_meta_prop(FlipMeta.PRIVACY) or []
-    except (ValueError, TypeError):
+        applied = site_messages.privacy_annotations(from_shareable(result).get_meta_prop(FlipMeta.PRIVACY))
+    except (ValueError, TypeError):  # not a DXO, or annotations a site may not send (the event handler logs them)
         return None
-    for record in applied if isinstance(applied, list) else []:
+    for record in applied:
         following, budget = record.get("next_epsilon"), record.get("max_epsilon")
         if isinstance(following, (int, float)) and isinstance(budget, (int, float)) and following > budget:
             return (f"privacy budget: {site} would spend ε={following:.3g} > max_epsilon {budget:g} in round "
@@ -50,7 +53,8 @@ class FlipScatterAndGather(ScatterAndGather):
 
     Training stops cleanly before its planned rounds (the model so far is validated and uploaded) when a site's
     update says its next one would exceed its privacy budget (GaussianPrivacy's ``max_epsilon``); the reason goes
-    to the log, metrics.json and the report.
+    to the log, metrics.json and the report. A new global model that is not finite (the averaged update, or a
+    server optimizer's step, overflowed it) ends the run in ERROR before it is saved or sent.
 
     Args:
         fedprox_mu: > 0 makes it FedProx: every train task carries ``mu`` and RUN_TRAINER adds the proximal term
@@ -102,6 +106,8 @@ class FlipScatterAndGather(ScatterAndGather):
                 self._num_rounds = current - self._start_round + 1
                 fl_ctx.set_prop(AppConstants.NUM_ROUNDS, self._num_rounds, private=True, sticky=False)
                 self._stops_after = current
+        elif event_type == AppEventType.AFTER_SHAREABLE_TO_LEARNABLE:
+            self._check_global_model(fl_ctx)
         elif event_type == AppEventType.ROUND_DONE and self._abort_signal:
             current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
             if self.model_test_after_each_round:
@@ -115,6 +121,17 @@ class FlipScatterAndGather(ScatterAndGather):
                                 sticky=False)
                 self.fire_event(FlipEvent.TRAINING_STOPPED, fl_ctx)
 
+    def _check_global_model(self, fl_ctx: FLContext) -> None:
+        """A global model that is not finite (the update overflowed it) ends the run in ERROR before it is saved."""
+        model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+        if not model:
+            return
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
+        try:
+            check_finite(model[ModelLearnableKey.WEIGHTS], f"round {current + 1}: the new global model")
+        except NonFiniteModelError as exc:
+            self.system_panic(f"{exc}: it is neither saved nor sent", fl_ctx)
+
 
 def validate_at_sites(controller, weights: dict, round_num: int, min_clients: int, timeout: int, fl_ctx: FLContext,
                       abort_signal: Signal) -> None:
@@ -125,8 +142,15 @@ def validate_at_sites(controller, weights: dict, round_num: int, min_clients: in
     def received(client_task: ClientTask, fl_ctx: FLContext) -> None:  # NVFlare passes these by name
         result = client_task.result
         if isinstance(result, Shareable) and result.get_return_code(ReturnCode.OK) == ReturnCode.OK:
+            try:
+                metrics = from_shareable(result).data
+            except (ValueError, TypeError):
+                controller.log_warning(fl_ctx, f"round {round_num + 1}: {client_task.client.name} sent a validation "
+                                               "result that is not a DXO: dropped")
+                client_task.result = None
+                return
             fl_ctx.set_prop(AppConstants.DATA_CLIENT, client_task.client.name, private=True, sticky=False)
-            fl_ctx.set_prop(ROUND_VALIDATION_PROP, from_shareable(result).data, private=True, sticky=False)
+            fl_ctx.set_prop(ROUND_VALIDATION_PROP, metrics, private=True, sticky=False)
             fl_ctx.set_prop(AppConstants.CURRENT_ROUND, round_num, private=True, sticky=False)
             controller.fire_event(FlipEvent.ROUND_VALIDATED, fl_ctx)
         client_task.result = None
