@@ -112,7 +112,7 @@ def _cmd_status(args) -> int:
     import time
 
     from flip import FLIP
-    from flip.platform.base import check_model_id
+    from flip.checks import check_model_id
 
     model_id = check_model_id(args.model_id)
     platform = FLIP()

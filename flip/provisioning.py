@@ -26,13 +26,14 @@ from typing import Any
 from nvflare.lighter.constants import PropKey
 from nvflare.lighter.spec import Builder
 
+from flip.checks import check_bool, check_port
 from flip.errors import FlipError
 from flip.privacy.percentile import check_gamma, check_percentile
 
 ALLOW_PREFIX = "flip."
 PROJECT_FILE = "project.yml"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 def site_privacy_policy(percentile: float = 10, gamma: float = 0.01) -> dict[str, Any]:
@@ -48,12 +49,6 @@ def site_privacy_policy(percentile: float = 10, gamma: float = 0.01) -> dict[str
         }],
         "default_scope": "default",
     }
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return value
 
 
 class FlipSiteBuilder(Builder):
@@ -74,12 +69,12 @@ class FlipSiteBuilder(Builder):
                  allow_log_streaming: bool = False):
         self.policy = site_privacy_policy(percentile, gamma)
         self.enforce_privacy = enforce_privacy
-        self.allow_log_streaming = _check_bool("allow_log_streaming", allow_log_streaming)
+        self.allow_log_streaming = check_bool("allow_log_streaming", allow_log_streaming)
 
     def log_streaming(self, client) -> bool:
         """Whether ``client`` streams its logs to the server: its own project.yml property, else the builder's."""
         own = client.get_prop(PropKey.ALLOW_LOG_STREAMING)
-        return self.allow_log_streaming if own is None else _check_bool(
+        return self.allow_log_streaming if own is None else check_bool(
             f"{client.name}'s {PropKey.ALLOW_LOG_STREAMING}", own)
 
     def build(self, project, ctx):
@@ -104,7 +99,7 @@ class FlipSiteBuilder(Builder):
 
 def check_site_names(sites: list[str]) -> list[str]:
     for name in sites:
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise ValueError(f"site name {name!r} is invalid: 1-63 letters, digits, '_' or '-'")
     if len(set(sites)) != len(sites) or not sites:
         raise ValueError(f"site names must be distinct and at least one, got {sites!r}")
@@ -114,7 +109,7 @@ def check_site_names(sites: list[str]) -> list[str]:
 def check_server_name(server: str) -> str:
     """The server's name is the host every site and admin connects to (and its certificate's name): a DNS name."""
     if (not isinstance(server, str) or len(server) > 253
-            or not all(_HOST_LABEL_RE.match(label) for label in server.split("."))):
+            or not all(_HOST_LABEL_RE.fullmatch(label) for label in server.split("."))):
         raise ValueError(f"server name {server!r} is invalid: the DNS name sites and admins reach the server by "
                          "(labels of letters, digits and '-', separated by '.'), e.g. fl.example.org or localhost")
     return server
@@ -129,11 +124,10 @@ def project_config(sites: list[str], name: str = "flip", server: str = "server",
     default is to stream them); a site may still set its own ``allow_log_streaming`` in the file.
     """
     check_site_names(sites)
-    _check_bool("allow_log_streaming", allow_log_streaming)
+    check_bool("allow_log_streaming", allow_log_streaming)
     check_server_name(server)
     for port_name, port in (("fed_learn_port", fed_learn_port), ("admin_port", admin_port)):
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise ValueError(f"{port_name} must be a TCP port (1-65535), got {port!r}")
+        check_port(port_name, port)
     org = "flip"
     participants = [{"name": server, "type": "server", "org": org, "fed_learn_port": fed_learn_port,
                      "admin_port": admin_port}]

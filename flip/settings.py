@@ -7,29 +7,18 @@ against the embedded SeaweedFS server and real AWS.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flip.checks import check_bucket_name
 from flip.constants import DEFAULT_PART_SIZE_MB, DEFAULT_THRESHOLD_MB
 from flip.errors import SettingsError
 from flip.platform.http import check_attempts, check_service_url, check_timeout
 
 ENV_PREFIX = "FLIP_"
-
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
-BUCKET_RULE = "3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
-
-
-def check_bucket_name(name: str) -> str:
-    """Return ``name`` if it is a valid S3 bucket name, else raise ValueError naming it and the rule."""
-    if not isinstance(name, str) or not _BUCKET_RE.match(name) or ".." in name or _IP_RE.match(name):
-        raise ValueError(f"bucket name {name!r} is invalid: a bucket name is {BUCKET_RULE}")
-    return name
 
 
 class FlipSettings(BaseSettings):

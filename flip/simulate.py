@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from flip.platform.base import check_path_name
+from flip.checks import check_path_name
 
 _LOG_CONFIG = "log_config.json"
 

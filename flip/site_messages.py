@@ -23,7 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 
 from flip.errors import FlipError
 from flip.metrics import MAX_METRICS, finite_number, metric_problem
-from flip.platform.base import check_path_name
+from flip.checks import check_path_name
 
 #: the longest error reason a site may send (longer ones are refused, not cut: they are not a short reason)
 MAX_REASON_CHARS = 2000

@@ -50,7 +50,7 @@ def test_job_builder_names_bad_arguments(tmp_path):
         write_job("standard", tmp_path, num_rounds=0)
     with pytest.raises(ValueError, match="model_id must be a UUID"):
         write_job("standard", tmp_path, model_id="not-a-uuid")
-    with pytest.raises(ValueError, match="percentile must be in \\[0, 100\\], got 120"):
+    with pytest.raises(ValueError, match="percentile must be a finite number in \\[0, 100\\], got 120"):
         write_job("standard", tmp_path, percentile=120)
     with pytest.raises(ValueError, match="unknown job 'nope'"):
         write_job("nope", tmp_path)

@@ -11,11 +11,12 @@ them the same way; a test checks them against torch.optim. Plain numpy: no NVFla
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+
+from flip.checks import check_choice, check_fraction, check_positive
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -31,14 +32,11 @@ class FedOptState:
 
 def check_fedopt_args(optimizer: str, lr: float, momentum: float, beta1: float, beta2: float, eps: float) -> None:
     """Raise ValueError naming the first bad argument."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
-    checks = [("lr", lr, lambda v: v > 0, "> 0"), ("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
-              ("beta1", beta1, lambda v: 0 <= v < 1, "in [0, 1)"), ("beta2", beta2, lambda v: 0 <= v < 1, "in [0, 1)"),
-              ("eps", eps, lambda v: v > 0, "> 0")]
-    for name, value, ok, rule in checks:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-            raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_positive("lr", lr)
+    for name, value in (("momentum", momentum), ("beta1", beta1), ("beta2", beta2)):
+        check_fraction(name, value)
+    check_positive("eps", eps)
 
 
 def fedopt_step(weights: Mapping[str, Any], update: Mapping[str, Any], state: FedOptState, optimizer: str = "sgd",

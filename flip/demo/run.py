@@ -92,8 +92,8 @@ def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, perce
     from flip.jobs import DEFAULT_MODEL_ID, JOBS
     from flip.jobs.standard import AGGREGATIONS
     from flip.nvflare.uncertainty import METHODS
-    from flip.nvflare.utils import check_positive_int
-    from flip.privacy.percentile import check_gamma, check_percentile, check_positive
+    from flip.checks import check_positive, check_positive_int
+    from flip.privacy.percentile import check_gamma, check_percentile
 
     if job not in DEMO_JOBS:
         raise ValueError(f"job must be one of {list(DEMO_JOBS)}, got {job!r}")

@@ -19,9 +19,8 @@ from flip.nvflare.components import (
     ServerEventHandler,
 )
 from flip.nvflare.controllers import InitTraining
-from flip.nvflare.controllers.init_training import check_positive_int
 from flip.nvflare.executors import RUN_TRAINER, RUN_VALIDATOR
-from flip.platform.base import check_model_id
+from flip.checks import check_model_id, check_path_name, check_positive_int
 
 #: the model id of the checked-in job folders (the hub sets a real one per model)
 DEFAULT_MODEL_ID = "5f2b7c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"
@@ -38,6 +37,7 @@ def explicit(component, *args: str):
 
 def new_job(name: str, model_id: str, min_clients: int, wait_after_min_clients: int) -> FedJob:
     """A job with the checks every job makes on its arguments."""
+    check_path_name("job name", name)
     check_model_id(model_id)
     check_positive_int("min_clients", min_clients)
     check_positive_int("wait_after_min_clients", wait_after_min_clients, minimum=0)

@@ -21,7 +21,7 @@ from flip.jobs.common import (
 from flip.nvflare.aggregator import SampleWeightedAggregator
 from flip.nvflare.components import GaussianPrivacy, PercentilePrivacy, ValidationJsonGenerator
 from flip.nvflare.controllers.feddc import FedDCController
-from flip.nvflare.controllers.init_training import check_positive_int
+from flip.checks import check_bool, check_choice, check_positive_int
 from flip.nvflare.controllers.swag import SwagRound
 from flip.nvflare.controllers.training import FlipScatterAndGather, check_mu
 from flip.nvflare.uncertainty import METHODS, UncertaintyPlan
@@ -32,17 +32,13 @@ AGGREGATIONS = ("fedavg", "fedprox", "feddc")
 def check_options(aggregation: str, uncertainty: str, fedprox_mu: float, model_test_after_each_round: bool,
                   skip_model_tests: bool, delete_local_models_after_aggregation: bool) -> None:
     """Raise ValueError naming the first bad or conflicting option."""
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
-    if uncertainty not in METHODS:
-        raise ValueError(f"uncertainty must be one of {list(METHODS)}, got {uncertainty!r}")
+    check_choice("aggregation", aggregation, AGGREGATIONS)
+    check_choice("uncertainty", uncertainty, METHODS)
     if aggregation == "fedprox" and not check_mu(fedprox_mu) > 0:
         raise ValueError(f"aggregation 'fedprox' needs fedprox_mu > 0, got {fedprox_mu!r}")
-    for name, value in (("model_test_after_each_round", model_test_after_each_round),
-                        ("skip_model_tests", skip_model_tests),
-                        ("delete_local_models_after_aggregation", delete_local_models_after_aggregation)):
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
+    check_bool("model_test_after_each_round", model_test_after_each_round)
+    check_bool("skip_model_tests", skip_model_tests)
+    check_bool("delete_local_models_after_aggregation", delete_local_models_after_aggregation)
     if skip_model_tests and model_test_after_each_round:
         raise ValueError("skip_model_tests and model_test_after_each_round cannot both be True")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ from flip.aggregation.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, check_
                                       norm_outliers, weighted_mean)
 from flip.constants import FlipMeta, RunFile
 from flip.errors import FlipError, NonFiniteModelError
-from flip.nvflare.utils import check_positive_int, peer_name, run_dir
+from flip.checks import check_bool, check_number, check_positive, check_positive_int, optional
+from flip.nvflare.utils import peer_name, run_dir
 
 #: fl_ctx property: which sites' updates were aggregated this round and why others were excluded
 AGGREGATION_REPORT_PROP = "flip.aggregation_report"
@@ -71,13 +71,6 @@ def reconstruct(base: dict[str, Any], diff: dict[str, Any]) -> dict[str, np.ndar
     return local
 
 
-def _optional_limit(name: str, value, rule: str, ok) -> float | None:
-    """Return ``value`` if it is None or a finite number for which ``ok`` holds, else raise ValueError."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and ok(value)):
-        raise ValueError(f"{name} must be a finite number {rule} or None, got {value!r}")
-    return float(value)
 
 
 class SampleWeightedAggregator(Aggregator):
@@ -116,8 +109,10 @@ class SampleWeightedAggregator(Aggregator):
         super().__init__()
         check_positive_int("min_accepted", min_accepted)
         self.max_num_samples = check_positive_int("max_num_samples", max_num_samples)
-        self.max_update_norm = _optional_limit("max_update_norm", max_update_norm, "> 0", lambda v: v > 0)
-        self.norm_ratio_limit = _optional_limit("norm_ratio_limit", norm_ratio_limit, ">= 1", lambda v: v >= 1)
+        self.max_update_norm = optional(check_positive, "max_update_norm", max_update_norm)
+        self.norm_ratio_limit = optional(check_number, "norm_ratio_limit", norm_ratio_limit, 1)
+        check_bool("delete_local_models_after_aggregation", delete_local_models_after_aggregation)
+        check_bool("ensemble", ensemble)
         if ensemble and delete_local_models_after_aggregation:
             raise ValueError("ensemble keeps every site's last local model: it cannot be combined with "
                              "delete_local_models_after_aggregation=True")

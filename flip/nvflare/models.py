@@ -28,6 +28,18 @@ def resolve_model(model: Any) -> torch.nn.Module:
     raise ValueError(f"model must be a torch.nn.Module or {{'path': ..., 'args': ...}}, got {type(model).__name__}")
 
 
+def check_model_spec(model: Any) -> Any:
+    """Return ``model`` if it is None, a torch module or ``{"path": "pkg.Class_or_function", "args": {...}}``
+    (built later, at run start, by :func:`resolve_model`); else raise ValueError naming it."""
+    if model is None or isinstance(model, torch.nn.Module):
+        return model
+    if (isinstance(model, dict) and isinstance(model.get("path"), str) and model["path"]
+            and set(model) <= {"path", "args"} and isinstance(model.get("args") or {}, dict)):
+        return model
+    raise ValueError(f"model must be None, a torch.nn.Module or {{'path': 'module.function', 'args': {{...}}}}, "
+                     f"got {model!r}")
+
+
 def check_weights_fit(weights: Mapping[str, Any], model: torch.nn.Module, what: str) -> None:
     """Raise ValueError naming the first parameter of ``weights`` that ``model`` lacks or shapes differently."""
     state = model.state_dict()

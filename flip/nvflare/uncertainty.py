@@ -10,7 +10,8 @@ from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 
 from flip.constants import ComponentId, RunFile
-from flip.nvflare.utils import check_positive_int, run_dir
+from flip.checks import check_choice, check_positive_int
+from flip.nvflare.utils import run_dir
 from flip.uncertainty import dropout_layers
 
 METHODS = ("none", "ensemble", "mc_dropout", "swag")
@@ -28,8 +29,7 @@ class UncertaintyPlan(FLComponent):
 
     def __init__(self, method: str = "none", mc_dropout_samples: int = 20):
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        check_choice("method", method, METHODS)
         check_positive_int("mc_dropout_samples", mc_dropout_samples, minimum=2)
         self.method = method
         self.mc_dropout_samples = mc_dropout_samples

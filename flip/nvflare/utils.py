@@ -63,11 +63,6 @@ def new_run_id(job_id: str) -> str:
     return job_id
 
 
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int >= ``minimum``, else raise ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def peer_name(fl_ctx: FLContext, default: str | None = "?") -> str | None:

@@ -2,34 +2,11 @@
 
 from __future__ import annotations
 
-import re
-import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 from flip.constants import RunStatus
-
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def check_path_name(kind: str, value: str) -> str:
-    """Return ``value`` if it is safe as one path component (a site name, a job id), else raise ValueError."""
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or value in (".", ".."):
-        raise ValueError(
-            f"{kind} {value!r} is invalid: expected 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    return value
-
-
-def check_model_id(model_id: Any) -> str:
-    """Return the canonical form of ``model_id`` if it is a UUID, else raise ValueError naming it."""
-    if isinstance(model_id, str):
-        try:
-            return str(uuid.UUID(model_id))
-        except ValueError:
-            pass
-    raise ValueError(f"model_id must be a UUID such as '0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90', got {model_id!r}")
 
 
 class Platform(ABC):

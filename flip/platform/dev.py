@@ -21,7 +21,8 @@ from typing import Any
 from flip.constants import RunStatus
 from flip.errors import JSONValueError, PlatformError
 from flip.files import to_json
-from flip.platform.base import Platform, check_path_name
+from flip.checks import check_path_name
+from flip.platform.base import Platform
 
 STATUS_FILE = "status.jsonl"
 METRICS_FILE = "metrics.jsonl"

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from flip.constants import RunStatus
 from flip.errors import JSONValueError, PlatformError, SettingsError
 from flip.files import to_json
-from flip.platform.base import check_model_id, check_path_name
+from flip.checks import check_model_id, check_path_name
 from flip.platform.dev import LocalPlatform
 from flip.platform.http import (DEFAULT_DEADLINE, MAX_SLEEP, Accept, Reply, Retry, Service, check_service_url,
                                 check_timeout, request)

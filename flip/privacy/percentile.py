@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 
+from flip.checks import check_number, check_positive
 from flip.errors import PrivacyError
 
 #: elements per chunk of the streaming passes (1 MiB of float32: the buffers stay in cache)
@@ -62,19 +63,7 @@ class FilterStats:
 
 def check_percentile(percentile: Any) -> float:
     """Return ``percentile`` as float if it is a number in [0, 100], else raise ValueError naming it."""
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.integer, np.floating)):
-        raise ValueError(f"percentile must be a number in [0, 100], got {percentile!r}")
-    if not 0 <= percentile <= 100:
-        raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
-    return float(percentile)
-
-
-def check_positive(name: str, value: Any, error: type[Exception] = ValueError) -> float:
-    """Return ``value`` as float if it is a finite number > 0, else raise ``error`` naming ``name`` and the value."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-            or not (value > 0 and math.isfinite(value))):
-        raise error(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return check_number("percentile", percentile, 0, 100)
 
 
 def check_gamma(gamma: Any) -> float:
@@ -83,8 +72,12 @@ def check_gamma(gamma: Any) -> float:
 
 
 def check_num_steps(num_steps: Any) -> float:
-    """Return ``num_steps`` as float if it is a finite number > 0, else raise PrivacyError naming it."""
-    return check_positive("num_steps", num_steps, PrivacyError)
+    """Return ``num_steps`` as float if it is a finite number > 0, else raise PrivacyError naming it (the update
+    must not be shared)."""
+    try:
+        return check_positive("num_steps", num_steps)
+    except ValueError as exc:
+        raise PrivacyError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from flip.constants import RunFile
 from flip.errors import FlipError, StorageError, VerificationError
-from flip.platform.base import check_path_name
+from flip.checks import check_path_name
 from flip.storage import s3
 
 
@@ -86,7 +86,8 @@ class ModelRegistry:
     """
 
     def __init__(self, client=None, bucket: str | None = None):
-        from flip.settings import check_bucket_name, load_settings
+        from flip.checks import check_bucket_name
+        from flip.settings import load_settings
 
         self.client = client or s3.make_s3_client()
         self.bucket = check_bucket_name(bucket) if bucket else load_settings().models_bucket

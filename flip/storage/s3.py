@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -31,11 +30,10 @@ from s3transfer.utils import ChunksizeAdjuster
 from flip.constants import DEFAULT_PART_SIZE_MB, DEFAULT_THRESHOLD_MB, RunFile
 from flip.errors import StorageError, UploadError, VerificationError
 from flip.files import to_json
-from flip.platform.base import check_model_id, check_path_name
+from flip.checks import check_model_id, check_object_key, check_path_name
 
 MANIFEST_FORMAT = 1
 _READ_BLOCK = 8 * 1024 * 1024
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 _MIB = 1024 * 1024
 #: Defaults measured with benchmarks/s3_upload.py (README, performance): up to 1 GiB an object goes in one
@@ -57,11 +55,6 @@ def transfer_config(threshold_mb: int = DEFAULT_THRESHOLD_MB, part_size_mb: int 
 DEFAULT_TRANSFER = transfer_config()
 
 
-def check_object_key(key: str) -> str:
-    """Return ``key`` if it is a safe relative object key (no '..', no absolute path), else raise ValueError."""
-    if not isinstance(key, str) or not _KEY_RE.match(key) or any(p in (".", "..") for p in key.split("/")):
-        raise ValueError(f"object key {key!r} is invalid: expected names of letters, digits, '.', '_', '-' joined by '/'")
-    return key
 
 
 def run_prefix(model_id: str, run_id: str) -> str:

@@ -291,7 +291,7 @@ def test_provisioned_site_streams_logs_only_if_it_opts_in(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     prod = one / "workspace" / "flip" / "prod_00"
     assert (_streams_logs(prod / "hospital-a"), _streams_logs(prod / "hospital-b")) == (False, True)
-    with pytest.raises(ValueError, match="allow_log_streaming must be true or false, got 'yes'"):
+    with pytest.raises(ValueError, match="allow_log_streaming must be True or False, got 'yes'"):
         project_config(["a"], allow_log_streaming="yes")
 
 

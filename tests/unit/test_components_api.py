@@ -71,10 +71,10 @@ def test_model_id_must_be_a_uuid(bad):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"percentile": -1}, r"percentile must be in \[0, 100\], got -1"),
-        ({"percentile": 100.5}, r"percentile must be in \[0, 100\], got 100.5"),
-        ({"percentile": float("nan")}, r"percentile must be in \[0, 100\], got nan"),
-        ({"percentile": "10"}, r"percentile must be a number in \[0, 100\], got '10'"),
+        ({"percentile": -1}, r"percentile must be a finite number in \[0, 100\], got -1"),
+        ({"percentile": 100.5}, r"percentile must be a finite number in \[0, 100\], got 100.5"),
+        ({"percentile": float("nan")}, r"percentile must be a finite number in \[0, 100\], got nan"),
+        ({"percentile": "10"}, r"percentile must be a finite number in \[0, 100\], got '10'"),
         ({"gamma": 0}, r"gamma must be a finite number > 0, got 0"),
         ({"gamma": -0.5}, r"gamma must be a finite number > 0, got -0.5"),
         ({"gamma": float("inf")}, r"gamma must be a finite number > 0, got inf"),

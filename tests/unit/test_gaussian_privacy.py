@@ -74,11 +74,11 @@ def test_unseeded_noise_is_not_repeatable():
     ({}, "give exactly one of noise_multiplier or epsilon"),
     ({"noise_multiplier": 1.0, "epsilon": 1.0, "rounds": 2}, "give exactly one of noise_multiplier or epsilon"),
     ({"epsilon": 8.0}, "epsilon needs rounds"),
-    ({"noise_multiplier": -1.0}, r"noise_multiplier must be a finite number > 0, got -1.0"),
+    ({"noise_multiplier": -1.0}, r"noise_multiplier must be a finite number > 0 or None, got -1.0"),
     ({"noise_multiplier": 1.0, "clip_norm": 0}, r"clip_norm must be a finite number > 0, got 0"),
-    ({"noise_multiplier": 1.0, "delta": 1.5}, r"delta must be in \(0, 1\), got 1.5"),
-    ({"epsilon": 8.0, "rounds": 0}, r"rounds must be an integer > 0, got 0"),
-    ({"noise_multiplier": float("nan")}, r"noise_multiplier must be a finite number > 0, got nan"),
+    ({"noise_multiplier": 1.0, "delta": 1.5}, r"delta must be a finite number in \(0, 1\), got 1.5"),
+    ({"epsilon": 8.0, "rounds": 0}, r"rounds must be an integer >= 1 or None, got 0"),
+    ({"noise_multiplier": float("nan")}, r"noise_multiplier must be a finite number > 0 or None, got nan"),
 ])
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):

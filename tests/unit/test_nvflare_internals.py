@@ -255,7 +255,7 @@ def test_sag_round_settings_are_private_attributes_set_by_init():
 def test_sag_stops_early_when_num_rounds_is_lowered_before_aggregation(tmp_path):
     """4: lowering ``_num_rounds`` at BEFORE_AGGREGATION makes that round the last one for the loop, the persistor
     and the aggregator (NUM_ROUNDS in fl_ctx): how FlipScatterAndGather stops at a site's privacy budget."""
-    over_budget = [{"next_epsilon": 9.0, "max_epsilon": 8.0}]
+    over_budget = [{"filter": "GaussianPrivacy", "next_epsilon": 9.0, "max_epsilon": 8.0}]
 
     def reply(site, round_num):
         return update(site, round_num, {FlipMeta.PRIVACY: over_budget} if site == "site-1" else None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from nvflare.apis.dxo import DXO, DataKind
@@ -11,6 +10,7 @@ from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
+from flip.checks import check_int, check_number, check_positive, optional
 from flip.errors import PrivacyError
 from flip.files import write_json_atomic
 from flip.nvflare.components.percentile_privacy import annotate
@@ -22,14 +22,6 @@ from flip.privacy.gaussian import (calibrate_noise, check_noise_multiplier, clip
 BUDGET_FILE = "flip_dp_budget.json"
 
 
-def _positive(name: str, value, allow_none: bool = False, integer: bool = False):
-    if value is None and allow_none:
-        return None
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
-        what = "an integer" if integer else "a finite number"
-        raise ValueError(f"{name} must be {what} > 0, got {value!r}")
-    return value
 
 
 class GaussianPrivacy(DXOFilter):
@@ -72,17 +64,13 @@ class GaussianPrivacy(DXOFilter):
                  delta: float = 1e-5, rounds: int | None = None, max_epsilon: float | None = None,
                  seed: int | None = None):
         super().__init__(supported_data_kinds=None, data_kinds_to_filter=None)
-        self.clip_norm = _positive("clip_norm", clip_norm)
-        self.noise_multiplier = _positive("noise_multiplier", noise_multiplier, allow_none=True)
-        self.epsilon = _positive("epsilon", epsilon, allow_none=True)
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-        self.delta = delta
-        self.rounds = _positive("rounds", rounds, allow_none=True, integer=True)
-        self.max_epsilon = _positive("max_epsilon", max_epsilon, allow_none=True)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}")
-        self.seed = seed
+        self.clip_norm = check_positive("clip_norm", clip_norm)
+        self.noise_multiplier = optional(check_positive, "noise_multiplier", noise_multiplier)
+        self.epsilon = optional(check_positive, "epsilon", epsilon)
+        self.delta = check_number("delta", delta, 0, 1, low_open=True, high_open=True)
+        self.rounds = optional(check_int, "rounds", rounds, 1)
+        self.max_epsilon = optional(check_positive, "max_epsilon", max_epsilon)
+        self.seed = optional(check_int, "seed", seed)
         if (noise_multiplier is None) == (epsilon is None):
             raise ValueError("give exactly one of noise_multiplier or epsilon (with rounds)")
         if epsilon is not None and rounds is None:

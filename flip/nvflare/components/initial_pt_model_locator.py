@@ -13,9 +13,10 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model_locator import ModelLocator
 
+from flip.checks import check_regex
 from flip.constants import ComponentId
 from flip.errors import FlipError
-from flip.nvflare.models import check_weights_fit, resolve_model
+from flip.nvflare.models import check_model_spec, check_weights_fit, resolve_model
 from flip.nvflare.utils import LookupFailed, app_custom_dir, get_component
 
 INITIAL_MODEL = "initial_model"
@@ -34,12 +35,8 @@ def to_numpy_state(loaded: Any) -> dict[str, np.ndarray]:
 
 
 def check_exclude_vars(exclude_vars) -> str | None:
-    if exclude_vars is not None:
-        try:
-            re.compile(exclude_vars)
-        except (re.error, TypeError) as exc:
-            raise ValueError(f"exclude_vars must be a regular expression or None, got {exclude_vars!r}") from exc
-    return exclude_vars
+    """Return ``exclude_vars`` if it is None or a regular expression."""
+    return check_regex("exclude_vars", exclude_vars)
 
 
 def exclude_weights(state: dict[str, Any], exclude_vars: str | None) -> dict[str, Any]:
@@ -92,7 +89,7 @@ class InitialPTModelLocator(ModelLocator):
     def __init__(self, exclude_vars=None, model=None):
         super().__init__()
         self.exclude_vars = check_exclude_vars(exclude_vars)
-        self.model = model
+        self.model = check_model_spec(model)
         self._model_module = None
         self.model_id: str | None = None
 

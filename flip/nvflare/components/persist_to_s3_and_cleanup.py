@@ -14,6 +14,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
 from flip.aggregation.weighted import check_finite
+from flip.checks import check_component_id
 from flip.constants import ComponentId, RunFile
 from flip.errors import SettingsError, UploadError
 from flip.nvflare.utils import (
@@ -71,9 +72,7 @@ class PersistToS3AndCleanup(FLComponent):
     def __init__(self, model_id: str, persistor_id: str = ComponentId.PERSISTOR, flip=None):
         super().__init__()
         self.model_id = s3.check_model_id(model_id)
-        if not isinstance(persistor_id, str):
-            raise ValueError(f"persistor_id must be a component id (or '' for no model), got {persistor_id!r}")
-        self.persistor_id = persistor_id
+        self.persistor_id = check_component_id("persistor_id", persistor_id, empty=True)
         self.model_persistor: PTFileModelPersistor | None = None
         self.model_inventory: dict = {}
         self.model_dir = ""

@@ -9,7 +9,7 @@ from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
 
 from flip.constants import ComponentId
 from flip.nvflare.components.initial_pt_model_locator import check_exclude_vars, exclude_weights
-from flip.nvflare.models import check_weights_fit, resolve_model
+from flip.nvflare.models import check_model_spec, check_weights_fit, resolve_model
 
 
 class PTModelLocator(PTFileModelLocator):
@@ -30,7 +30,7 @@ class PTModelLocator(PTFileModelLocator):
     def __init__(self, exclude_vars=None, model=None):
         super().__init__(pt_persistor_id=ComponentId.PERSISTOR)
         self.exclude_vars = check_exclude_vars(exclude_vars)
-        self.model = model
+        self.model = check_model_spec(model)
         self._model_module: torch.nn.Module | None = None
 
     def _initialize(self, fl_ctx: FLContext):

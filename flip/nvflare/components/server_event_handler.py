@@ -33,7 +33,8 @@ from flip.nvflare.controllers.feddc import FEDDC_REPORT_PROP
 from flip.nvflare.controllers.training import ROUND_VALIDATION_PROP, STOP_REASON_PROP
 from flip.nvflare.fedopt import SERVER_STEP_PROP
 from flip.report import write_report
-from flip.storage.s3 import check_model_id, run_prefix
+from flip.checks import check_component_id, check_model_id
+from flip.storage.s3 import run_prefix
 
 #: what a failed result's return code means, when the site sent no reason of its own
 _RC_REASONS = {
@@ -80,9 +81,10 @@ class ServerEventHandler(FLComponent):
     ):
         super().__init__()
         self.model_id = check_model_id(model_id)
-        self.validation_json_generator_id = validation_json_generator_id
+        self.validation_json_generator_id = check_component_id("validation_json_generator_id",
+                                                               validation_json_generator_id)
         self.validation_json_generator = None
-        self.persist_and_cleanup_id = persist_and_cleanup_id
+        self.persist_and_cleanup_id = check_component_id("persist_and_cleanup_id", persist_and_cleanup_id)
         self.persist_and_cleanup = None
         self.flip = flip
         self._reset()

@@ -16,22 +16,9 @@ from nvflare.app_common.widgets.validation_json_generator import ValidationJsonG
 from flip import site_messages
 from flip.files import write_json_atomic
 from flip.nvflare.utils import run_dir, short_reason
-from flip.storage.s3 import check_object_key
+from flip.checks import check_relative_name
 
 
-def check_relative_name(arg: str, value: str, suffix: str = "") -> str:
-    """Return ``value`` if it is a relative path of safe names (no '..'), else raise ValueError naming ``arg``.
-
-    Safe means what an object key under the run's prefix may be (it becomes one when the results are uploaded).
-    """
-    try:
-        safe = check_object_key(value).endswith(suffix)
-    except ValueError:
-        safe = False
-    if not safe:
-        need = f" ending in {suffix!r}" if suffix else ""
-        raise ValueError(f"{arg} must be a relative path of letters, digits, '.', '_', '-'{need}, got {value!r}")
-    return value
 
 
 class ValidationJsonGenerator(_NVFlareGenerator):

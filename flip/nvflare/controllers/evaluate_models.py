@@ -11,8 +11,8 @@ from nvflare.app_common.app_constant import AppConstants
 
 from flip.constants import ComponentId, FlipEvent, FlipTask
 from flip.nvflare.controllers.base import FlipController
-from flip.nvflare.utils import LookupFailed, check_positive_int, get_component
-from flip.platform.base import check_model_id
+from flip.checks import check_component_id, check_model_id, check_positive_int
+from flip.nvflare.utils import LookupFailed, get_component
 
 #: fl_ctx property: the model ids the evaluation locator must provide
 EVALUATE_MODEL_IDS_PROP = "flip.evaluate_model_ids"
@@ -45,7 +45,7 @@ class EvaluateModels(FlipController):
         self.timeout = check_positive_int("timeout", timeout)
         self.wait_time_after_min_received = check_positive_int(
             "wait_time_after_min_received", wait_time_after_min_received, minimum=0)
-        self.model_locator_id = model_locator_id
+        self.model_locator_id = check_component_id("model_locator_id", model_locator_id)
         self.locator = None
         self._ok: dict[str, set[str]] = {}
 

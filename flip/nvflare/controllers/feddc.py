@@ -19,8 +19,9 @@ from flip.constants import ComponentId, FlipMeta, FlipTask
 from flip.errors import FlipError, NonFiniteModelError
 from flip.nvflare.aggregator import SampleWeightedAggregator, reconstruct
 from flip.nvflare.controllers.base import FlipController
-from flip.nvflare.controllers.training import validate_at_sites
-from flip.nvflare.utils import LookupFailed, check_positive_int, get_component
+from flip.nvflare.controllers.training import check_rounds_args, validate_at_sites
+from flip.checks import check_int, check_positive_int
+from flip.nvflare.utils import LookupFailed, get_component
 
 #: fl_ctx property at ROUND_DONE: the round's routing, aggregation and model fingerprints (for metrics.json)
 FEDDC_REPORT_PROP = "flip.feddc_report"
@@ -50,15 +51,17 @@ class FedDCController(FlipController):
                  aggregator_id: str = ComponentId.AGGREGATOR, persistor_id: str = ComponentId.PERSISTOR,
                  train_timeout: int = 0, model_test_after_each_round: bool = False, validation_timeout: int = 600):
         super().__init__()
-        self.num_rounds = check_positive_int("num_rounds", num_rounds)
+        check_rounds_args(min_clients=min_clients, num_rounds=num_rounds, wait_time_after_min_received=0,
+                          train_timeout=train_timeout, validation_timeout=validation_timeout,
+                          model_test_after_each_round=model_test_after_each_round, aggregator_id=aggregator_id,
+                          persistor_id=persistor_id)
+        self.num_rounds = num_rounds
         self.daisy_chain_period = check_positive_int("daisy_chain_period", daisy_chain_period)
-        self.min_clients = check_positive_int("min_clients", min_clients)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        self.seed = seed
+        self.min_clients = min_clients
+        self.seed = check_int("seed", seed)
         self.aggregator_id = aggregator_id
         self.persistor_id = persistor_id
-        self.train_timeout = check_positive_int("train_timeout", train_timeout, minimum=0)
+        self.train_timeout = train_timeout
         self.model_test_after_each_round = model_test_after_each_round
         self.validation_timeout = validation_timeout
         self.aggregator: SampleWeightedAggregator | None = None

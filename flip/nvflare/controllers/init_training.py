@@ -11,7 +11,8 @@ from nvflare.apis.signal import Signal
 from flip import site_messages
 from flip.constants import FlipEvent, FlipMeta, FlipTask
 from flip.nvflare.controllers.base import FlipController
-from flip.nvflare.utils import check_positive_int, short_reason  # check_positive_int: flip.jobs imports it from here
+from flip.checks import check_positive_int
+from flip.nvflare.utils import short_reason
 
 
 class InitTraining(FlipController):

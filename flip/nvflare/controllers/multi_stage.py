@@ -8,8 +8,7 @@ from nvflare.app_common.app_constant import AppConstants
 
 from flip.constants import ComponentId, FlipMeta, FlipTask
 from flip.nvflare.controllers.training import FlipScatterAndGather
-from flip.nvflare.utils import check_positive_int
-from flip.platform.base import check_path_name
+from flip.checks import check_path_name, check_positive_int
 
 
 def check_stages(stages) -> list[dict]:
@@ -43,13 +42,15 @@ class MultiStageScatterAndGather(FlipScatterAndGather):
     def __init__(self, stages: list[dict], min_clients: int = 1, wait_time_after_min_received: int = 10,
                  aggregator_id=ComponentId.AGGREGATOR, persistor_id=ComponentId.PERSISTOR,
                  shareable_generator_id=ComponentId.SHAREABLE_GENERATOR, train_task_name=FlipTask.TRAIN,
-                 train_timeout: int = 0, fedprox_mu: float = 0.0, model_test_after_each_round: bool = False):
+                 train_timeout: int = 0, fedprox_mu: float = 0.0, model_test_after_each_round: bool = False,
+                 validation_timeout: int = 600):
         self.stages = check_stages(stages)
         super().__init__(min_clients=min_clients, num_rounds=sum(s["num_rounds"] for s in stages),
                          wait_time_after_min_received=wait_time_after_min_received, aggregator_id=aggregator_id,
                          persistor_id=persistor_id, shareable_generator_id=shareable_generator_id,
                          train_task_name=train_task_name, train_timeout=train_timeout, fedprox_mu=fedprox_mu,
-                         model_test_after_each_round=model_test_after_each_round)
+                         model_test_after_each_round=model_test_after_each_round,
+                         validation_timeout=validation_timeout)
 
     def stage_of(self, round_num: int) -> tuple[str, int, int]:
         """(stage name, round within the stage, rounds of the stage) of a 0-based global round."""

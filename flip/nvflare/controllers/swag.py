@@ -19,7 +19,8 @@ from flip.aggregation.weighted import check_update, l2_norm, norm_outliers
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask, RunFile
 from flip.errors import NonFiniteModelError
 from flip.nvflare.controllers.base import FlipController
-from flip.nvflare.utils import LookupFailed, check_positive_int, get_component, run_dir
+from flip.checks import check_component_id, check_positive_int
+from flip.nvflare.utils import LookupFailed, get_component, run_dir
 
 
 class SwagRound(FlipController):
@@ -49,7 +50,7 @@ class SwagRound(FlipController):
         self.timeout = check_positive_int("timeout", timeout, minimum=0)
         self.wait_time_after_min_received = check_positive_int("wait_time_after_min_received",
                                                                wait_time_after_min_received, minimum=0)
-        self.persistor_id = persistor_id
+        self.persistor_id = check_component_id("persistor_id", persistor_id)
         self.persistor = None
         self._moments: dict[str, tuple[dict, dict, int]] = {}
         self._norms: dict[str, tuple[float, float]] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 from nvflare.apis.controller_spec import ClientTask, Task
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
@@ -17,6 +16,8 @@ from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
 from flip import site_messages
 from flip.aggregation.weighted import check_finite
+from flip.checks import (check_bool, check_component_id, check_int, check_number, check_positive_int,
+                         check_timeout_seconds)
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask
 from flip.errors import NonFiniteModelError
 from flip.nvflare.utils import peer_name
@@ -42,10 +43,21 @@ def budget_exceeded_next(result: Shareable, site: str, next_round: int) -> str |
 
 
 def check_mu(fedprox_mu) -> float:
-    if isinstance(fedprox_mu, bool) or not isinstance(fedprox_mu, (int, float)) or not (
-            math.isfinite(fedprox_mu) and fedprox_mu >= 0):
-        raise ValueError(f"fedprox_mu must be a finite number >= 0, got {fedprox_mu!r}")
-    return float(fedprox_mu)
+    """Return FedProx's ``mu`` if it is a finite number >= 0."""
+    return check_number("fedprox_mu", fedprox_mu, 0)
+
+
+def check_rounds_args(*, min_clients: int, num_rounds: int, wait_time_after_min_received: int, train_timeout: int,
+                      validation_timeout: int, model_test_after_each_round: bool, **component_ids: str) -> None:
+    """Check the arguments every scatter-gather style workflow of ours takes (each named in its error)."""
+    check_positive_int("min_clients", min_clients)
+    check_positive_int("num_rounds", num_rounds)
+    check_int("wait_time_after_min_received", wait_time_after_min_received, minimum=0)
+    check_timeout_seconds("train_timeout", train_timeout, zero_means_none=True)
+    check_timeout_seconds("validation_timeout", validation_timeout)
+    check_bool("model_test_after_each_round", model_test_after_each_round)
+    for name, value in component_ids.items():
+        check_component_id(name, value)
 
 
 class FlipScatterAndGather(ScatterAndGather):
@@ -70,13 +82,16 @@ class FlipScatterAndGather(ScatterAndGather):
                  shareable_generator_id=ComponentId.SHAREABLE_GENERATOR, train_task_name=FlipTask.TRAIN,
                  train_timeout: int = 0, fedprox_mu: float = 0.0, model_test_after_each_round: bool = False,
                  validation_timeout: int = 600):
+        check_rounds_args(min_clients=min_clients, num_rounds=num_rounds,
+                          wait_time_after_min_received=wait_time_after_min_received, train_timeout=train_timeout,
+                          validation_timeout=validation_timeout, model_test_after_each_round=model_test_after_each_round,
+                          aggregator_id=aggregator_id, persistor_id=persistor_id,
+                          shareable_generator_id=shareable_generator_id, train_task_name=train_task_name)
         super().__init__(min_clients=min_clients, num_rounds=num_rounds,
                          wait_time_after_min_received=wait_time_after_min_received, aggregator_id=aggregator_id,
                          persistor_id=persistor_id, shareable_generator_id=shareable_generator_id,
                          train_task_name=train_task_name, train_timeout=train_timeout)
         self.fedprox_mu = check_mu(fedprox_mu)
-        if not isinstance(model_test_after_each_round, bool):
-            raise ValueError(f"model_test_after_each_round must be True or False, got {model_test_after_each_round!r}")
         self.model_test_after_each_round = model_test_after_each_round
         self.validation_timeout = validation_timeout
         self._abort_signal: Signal | None = None
