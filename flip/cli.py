@@ -58,7 +58,7 @@ def _cmd_upload(args) -> int:
     from flip.storage.pending import resume
 
     settings = load_settings()
-    resume(args.resume, create_bucket=settings.s3_create_bucket, transfer=settings.transfer(), platform=FLIP(settings))
+    resume(args.resume, settings, platform=FLIP(settings))
     return 0
 
 
@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(func=_cmd_simulate)
     upload = sub.add_parser("upload", help="finish a run's upload that failed (S3 down, wrong credentials...)")
     upload.add_argument("--resume", required=True, metavar="PATH",
-                        help="a run folder with upload_pending.json, or a workspace holding such folders")
+                        help="a run folder with upload_pending.json, or the server (or simulator) workspace holding "
+                             "such run folders; the run's bucket must be FLIP_MODELS_BUCKET")
     upload.set_defaults(func=_cmd_upload)
 
     prov = sub.add_parser("provision", help="startup kits for a server, hospital sites and an admin (nvflare provision)")
@@ -237,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(or a given) verified run, checked against its manifest")
     download.add_argument("model_id")
     download.add_argument("--job", default=None, help="run id (default: the latest verified run)")
-    download.add_argument("-o", "--output", default=None, help="file to write")
+    download.add_argument("-o", "--output", default=None,
+                          help="file to write, or an existing folder to write the artifact's file name into")
     download.add_argument("--artifact", default=RunFile.GLOBAL_MODEL, metavar="KEY",
                           help="another object of the run, e.g. best_global_model.pt, metrics.json, swag.pt, "
                                "results/cross_val_results.json (flip models show lists them)")

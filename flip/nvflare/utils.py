@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -59,7 +57,9 @@ def app_custom_dir(fl_ctx: FLContext) -> Path:
 def new_run_id(job_id: str) -> str:
     """The job part of the run's S3 key: the NVFlare job id, made unique for the simulator's fixed id."""
     if job_id == SIMULATOR_JOB_ID:
-        return f"{job_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+        from flip.storage.s3 import unique_run_id
+
+        return unique_run_id(job_id)
     return job_id
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +41,8 @@ class RunRecord:
 
     @property
     def created(self) -> str:
-        return self.manifest.get("created", "")
+        created = self.manifest.get("created", "")
+        return created if isinstance(created, str) else ""
 
     @property
     def size(self) -> int:
@@ -132,9 +131,17 @@ class ModelRegistry:
                     continue  # an empty folder left by a removal: not a run
                 s3.verify_run(self.client, self.bucket, prefix, manifest)
                 records.append(RunRecord(model_id, run_id, True, manifest=manifest))
-            except VerificationError as exc:  # no manifest, one that is not JSON, or objects that differ
-                records.append(RunRecord(model_id, run_id, False, problem=str(exc), manifest=manifest or {}))
+            except VerificationError as exc:  # no manifest, a malformed one, or objects that differ
+                records.append(RunRecord(model_id, run_id, False, problem=str(exc),
+                                         manifest=self._shown(manifest, prefix)))
         return sorted(records, key=lambda r: (r.created, r.run_id))
+
+    def _shown(self, manifest: Any, prefix: str) -> dict[str, Any]:
+        """What an unverified run shows of its manifest: all of it if it is well formed, else nothing."""
+        try:
+            return s3.check_manifest(manifest, prefix, prefix) if manifest is not None else {}
+        except VerificationError:
+            return {}
 
     def _has_objects(self, prefix: str) -> bool:
         try:
@@ -200,10 +207,14 @@ class ModelRegistry:
         """Download an artifact of a verified run (default: the latest), check its sha256 and that it loads.
 
         Returns:
-            The written file (``out``, default ``<model_id>-<run_id>-<artifact>`` in the current folder).
+            The written file: ``out``, or ``out/<artifact's file name>`` when ``out`` is an existing folder; default
+            ``<model_id>-<run_id>-<artifact's file name>`` in the current folder.
         """
         record = self.run(model_id, run_id, artifact)
-        return self._download(record, artifact, Path(out) if out else None)[0]
+        out = Path(out) if out else None
+        if out is not None and out.is_dir():
+            out = out / Path(artifact).name
+        return self._download(record, artifact, out)[0]
 
     def _download(self, record: RunRecord, artifact: str, out: Path | None) -> tuple[Path, Any]:
         """``download`` for a run already chosen: sha256 against its manifest, and a .pt file must load safely.
@@ -216,20 +227,20 @@ class ModelRegistry:
             raise RegistryError(f"run {record.run_id} has no {artifact} (it has {', '.join(record.keys)})")
         target = out or Path(f"{record.model_id}-{record.run_id}-{Path(artifact).name}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".download-", delete=False) as tmp:
-            data = self._get(record, artifact)
-            tmp.write(data)
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            os.unlink(tmp.name)
-            raise RegistryError(f"{artifact} of run {record.run_id} does not match its manifest sha256")
-        loaded = None
-        if artifact.endswith(".pt"):
-            try:
-                loaded = load_model_file(tmp.name)
-            except RegistryError:
-                os.unlink(tmp.name)
-                raise
-        shutil.move(tmp.name, target)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download-")
+        done = False
+        try:  # the temporary file goes on any failure: a failed read, a sha256 mismatch, a model that will not load
+            with os.fdopen(fd, "wb") as f:
+                data = self._get(record, artifact)
+                f.write(data)
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise RegistryError(f"{artifact} of run {record.run_id} does not match its manifest sha256")
+            loaded = load_model_file(tmp) if artifact.endswith(".pt") else None
+            os.replace(tmp, target)
+            done = True
+        finally:
+            if not done:
+                Path(tmp).unlink(missing_ok=True)
         return target, loaded
 
     def download_report(self, model_id: str, run_id: str | None = None, folder: str | Path = RunFile.REPORT_DIR) -> Path:
@@ -251,11 +262,28 @@ class ModelRegistry:
             return self._download(record, RunFile.GLOBAL_MODEL, Path(tmp) / RunFile.GLOBAL_MODEL)[1]
 
     def upload(self, model_id: str, model_file: str | Path, run_id: str | None = None) -> dict[str, Any]:
-        """Register a model file (a weights-only torch.save state or a TorchScript archive) as a verified run."""
+        """Register a model file (a weights-only torch.save state or a TorchScript archive) as a new verified run.
+
+        Args:
+            model_id: the model's UUID.
+            model_file: the file to register.
+            run_id: the new run's id; default ``upload-<UTC time stamp>-<random hex>`` (unique).
+
+        Raises:
+            RegistryError: the file cannot be loaded safely, or the run already exists (a run is never replaced).
+            StorageError: the upload failed.
+        """
         model_file = Path(model_file)
         load_model_file(model_file)  # refuse what cannot be loaded safely
-        run_id = run_id or f"upload-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        run_id = run_id or s3.unique_run_id("upload")
         prefix = s3.run_prefix(model_id, run_id)
+        try:
+            existing = s3.read_manifest(self.client, self.bucket, prefix) is not None
+        except VerificationError:  # a manifest that is not JSON is still someone's
+            existing = True
+        if existing:
+            raise RegistryError(f"run {run_id} of model {model_id} already exists in s3://{self.bucket}/{prefix}: "
+                                f"a run is never replaced, choose another run id")
         s3.upload_run(self.client, self.bucket, prefix, {RunFile.GLOBAL_MODEL: model_file},
                       {"model_id": s3.check_model_id(model_id), "run_id": run_id, "source": "upload",
                        "format": "torchscript" if is_torchscript(model_file) else "state_dict"})

@@ -13,10 +13,12 @@ import base64
 import hashlib
 import json
 import os
+import re
+import secrets
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -34,6 +36,8 @@ from flip.checks import check_model_id, check_object_key, check_path_name
 
 MANIFEST_FORMAT = 1
 _READ_BLOCK = 8 * 1024 * 1024
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_RUN_STAMP = r"\d{8}T\d{6}Z-[0-9a-f]{6}"
 
 _MIB = 1024 * 1024
 #: Defaults measured with benchmarks/s3_upload.py (README, performance): up to 1 GiB an object goes in one
@@ -60,6 +64,16 @@ DEFAULT_TRANSFER = transfer_config()
 def run_prefix(model_id: str, run_id: str) -> str:
     """Return the S3 prefix of one run: ``<model_id>/<run_id>/`` (both checked)."""
     return f"{check_model_id(model_id)}/{check_path_name('run id', run_id)}/"
+
+
+def unique_run_id(stem: str) -> str:
+    """Return a run id no other upload will pick: ``<stem>-<UTC time stamp>-<6 random hex digits>``."""
+    return check_path_name("run id", f"{stem}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}")
+
+
+def is_unique_run_id_of(stem: str, run_id: str) -> bool:
+    """Is ``run_id`` one that ``unique_run_id(stem)`` could have returned?"""
+    return isinstance(run_id, str) and re.fullmatch(re.escape(stem) + "-" + _RUN_STAMP, run_id) is not None
 
 
 def make_s3_client(*, max_attempts: int = 5, connect_timeout: float = 10, read_timeout: float = 120):
@@ -112,6 +126,91 @@ class ObjectEntry:
     sha256: str
     s3_checksum: str
     s3_checksum_algorithm: str = "SHA256"
+
+
+_ENTRY_FIELDS = tuple(f.name for f in fields(ObjectEntry))
+_CHECKSUM_ALGORITHMS = ("CRC32", "SHA256")
+
+
+def check_manifest(manifest: Any, where: str, prefix: str | None = None) -> dict[str, Any]:
+    """Return ``manifest`` if it has the form upload_run writes, else raise VerificationError naming the problem.
+
+    The one rule for every manifest read back: a JSON object with ``format`` 1, a string ``created``, ``prefix``
+    equal to the run's prefix (when ``prefix`` is given) and a non-empty list ``objects``; each object has
+    exactly the fields of ObjectEntry: a safe key (not manifest.json, no repeats), an integer size >= 0, a
+    sha256 of 64 lowercase hex digits, a non-empty S3 checksum and its algorithm (CRC32 or SHA256).
+
+    Args:
+        manifest: the parsed ``manifest.json``.
+        where: how to name it in the error (``bucket/prefix/manifest.json``).
+        prefix: the run's prefix the manifest must name; None: not checked.
+
+    Raises:
+        VerificationError: ``<where> is not a valid manifest: <problem>``.
+    """
+    def bad(problem: str) -> VerificationError:
+        return VerificationError(f"{where} is not a valid manifest: {problem}")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"expected a JSON object, got a {type(manifest).__name__}")
+    fmt = manifest.get("format")
+    if type(fmt) is not int or fmt != MANIFEST_FORMAT:
+        raise bad(f"format must be {MANIFEST_FORMAT}, got {fmt!r}")
+    if not isinstance(manifest.get("created"), str):
+        raise bad(f"created must be a string, got {manifest.get('created')!r}")
+    if prefix is not None and manifest.get("prefix") != prefix:
+        raise bad(f"prefix must be {prefix!r}, got {manifest.get('prefix')!r}")
+    objects = manifest.get("objects")
+    if not isinstance(objects, list) or not objects:
+        raise bad("objects must be a non-empty list, got " + ("[]" if objects == [] else type(objects).__name__))
+    seen: set[str] = set()
+    for i, raw in enumerate(objects):
+        if not isinstance(raw, dict):
+            raise bad(f"objects[{i}] must be an object, got a {type(raw).__name__}")
+        missing = [f for f in _ENTRY_FIELDS if f not in raw]
+        extra = sorted(str(f) for f in raw if f not in _ENTRY_FIELDS)
+        if missing or extra:
+            raise bad(f"objects[{i}] has missing fields {missing} and extra fields {extra}; "
+                      f"expected exactly {list(_ENTRY_FIELDS)}")
+        key = raw["key"]
+        try:
+            check_object_key(key)
+        except ValueError as exc:
+            raise bad(f"objects[{i}]: {exc}") from exc
+        if key == RunFile.MANIFEST or key in seen:
+            raise bad(f"objects[{i}].key {key!r} is {'repeated' if key in seen else 'reserved'}")
+        seen.add(key)
+        size, sha256 = raw["size"], raw["sha256"]
+        if type(size) is not int or size < 0:
+            raise bad(f"objects[{i}].size must be an integer >= 0, got {size!r}")
+        if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
+            raise bad(f"objects[{i}].sha256 must be 64 lowercase hex digits, got {sha256!r}")
+        if not isinstance(raw["s3_checksum"], str) or not raw["s3_checksum"]:
+            raise bad(f"objects[{i}].s3_checksum must be a non-empty string, got {raw['s3_checksum']!r}")
+        if raw["s3_checksum_algorithm"] not in _CHECKSUM_ALGORITHMS:
+            raise bad(f"objects[{i}].s3_checksum_algorithm must be one of {list(_CHECKSUM_ALGORITHMS)}, "
+                      f"got {raw['s3_checksum_algorithm']!r}")
+    return manifest
+
+
+def check_manifest_matches(manifest: dict[str, Any], staged: Mapping[str, Mapping[str, Any]], where: str) -> None:
+    """Check that a valid manifest (see check_manifest) lists exactly the staged files: same keys, sha256, sizes.
+
+    Args:
+        manifest: the manifest found in S3.
+        staged: object key -> ``{"sha256": ..., "size": ...}`` of what this run staged.
+        where: how to name the manifest in the error.
+
+    Raises:
+        VerificationError: naming the first few keys that differ.
+    """
+    listed = {o["key"]: (o["sha256"], o["size"]) for o in manifest["objects"]}
+    wanted = {key: (f["sha256"], f["size"]) for key, f in staged.items()}
+    problems = [f"{k}: not staged by this run" for k in sorted(listed.keys() - wanted.keys())]
+    problems += [f"{k}: staged but not listed" for k in sorted(wanted.keys() - listed.keys())]
+    problems += [f"{k}: sha256/size differ" for k in sorted(listed.keys() & wanted.keys()) if listed[k] != wanted[k]]
+    if problems:
+        raise VerificationError(f"{where} describes other files than this run staged: " + "; ".join(problems[:5]))
 
 
 def part_size_for(size: int, transfer: TransferConfig) -> int | None:
@@ -211,7 +310,10 @@ def upload_run(
     """Upload ``files`` (relative key -> local path) under ``prefix`` and write ``manifest.json`` last.
 
     Objects already present with the same size and checksums are skipped, so a re-run completes an
-    interrupted upload without duplicating or half-overwriting anything.
+    interrupted upload without duplicating or half-overwriting anything. A run is never replaced: if the prefix
+    already holds a manifest, the files are hashed first and must be exactly the ones it lists (same keys,
+    sha256, sizes), else nothing is uploaded; without one, the manifest is written only if none appeared
+    meanwhile (a conditional put, ``If-None-Match: *``).
 
     Args:
         client: an S3 client (see make_s3_client).
@@ -227,9 +329,22 @@ def upload_run(
         The manifest that was written.
 
     Raises:
-        UploadError: an object could not be uploaded, or the server's checksum disagrees with ours.
+        UploadError: an object could not be uploaded, the server's checksum disagrees with ours, or the prefix
+            holds (or meanwhile got) a manifest of other files.
     """
     extra: dict[str, Any] = {"ServerSideEncryption": sse} if sse else {}
+    manifest_key = prefix + RunFile.MANIFEST
+    existing = _existing_manifest(client, bucket, prefix)
+    known: dict[str, ObjectEntry] = {}
+    if existing is not None:
+        try:
+            known = {k: describe_file(Path(files[k]), k, transfer) for k in files}
+            check_manifest_matches(existing, {k: asdict(e) for k, e in known.items()}, f"{bucket}/{manifest_key}")
+        except VerificationError as exc:
+            raise UploadError(f"refusing to upload to {bucket}/{prefix}: it holds another run, which is never "
+                              f"replaced ({exc})") from exc
+        except OSError as exc:
+            raise UploadError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     entries: list[ObjectEntry] = []
     # The file is hashed on a second thread while it is being sent: the hashes are needed only to check what
     # the server stored, so hashing costs no wall time (the server checks each request's checksum itself).
@@ -239,7 +354,11 @@ def upload_run(
                 raise ValueError(f"{RunFile.MANIFEST} is written by upload_run itself; do not pass it in files")
             path = Path(files[rel_key])
             key = prefix + check_object_key(rel_key)
-            hashed = hasher.submit(describe_file, path, rel_key, transfer)
+            if rel_key in known:
+                hashed: Future = Future()
+                hashed.set_result(known[rel_key])
+            else:
+                hashed = hasher.submit(describe_file, path, rel_key, transfer)
             try:
                 present = _head(client, bucket, key)
                 if present is not None and present.get("ContentLength") == path.stat().st_size:
@@ -265,20 +384,47 @@ def upload_run(
                 on_object(entry, True)
 
     manifest = {
-        "format": MANIFEST_FORMAT,
         **info,
+        "format": MANIFEST_FORMAT,
         "prefix": prefix,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "objects": [asdict(e) for e in entries],
     }
     body = to_json(manifest, indent=2, sort_keys=True).encode()
-    manifest_key = prefix + RunFile.MANIFEST
+    put = {"Bucket": bucket, "Key": manifest_key, "Body": body, "ContentType": "application/json",
+           "ChecksumAlgorithm": "CRC32", **extra}
     try:
-        client.put_object(Bucket=bucket, Key=manifest_key, Body=body, ContentType="application/json",
-                          ChecksumAlgorithm="CRC32", **extra)
+        if existing is not None:  # the same files: the manifest is rewritten with what it already says
+            client.put_object(**put)
+            return manifest
+        try:
+            client.put_object(**put, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise UploadError(f"upload to {bucket}/{manifest_key} refused: another upload wrote a manifest "
+                                  f"there meanwhile, and a run is never replaced") from exc
+            if exc.response.get("Error", {}).get("Code") not in ("NotImplemented", "501"):
+                raise
+            # a server without conditional writes: check, then put
+            if _existing_manifest(client, bucket, prefix) is not None:
+                raise UploadError(f"upload to {bucket}/{manifest_key} refused: another upload wrote a manifest "
+                                  f"there meanwhile, and a run is never replaced") from exc
+            client.put_object(**put)
     except (ClientError, BotoCoreError) as exc:
         raise UploadError(f"upload to {bucket}/{manifest_key} failed: {describe_error(exc)}") from exc
     return manifest
+
+
+def _existing_manifest(client, bucket: str, prefix: str) -> dict[str, Any] | None:
+    """The manifest already at ``prefix`` (checked with check_manifest), or None; one that is not valid counts as
+    another run's (UploadError: it is never replaced)."""
+    try:
+        existing = read_manifest(client, bucket, prefix)
+        return None if existing is None else check_manifest(existing, f"{bucket}/{prefix}{RunFile.MANIFEST}", prefix)
+    except VerificationError as exc:
+        raise UploadError(f"refusing to upload to {bucket}/{prefix}: {exc}; a run there is never replaced") from exc
+    except StorageError as exc:
+        raise UploadError(f"upload to {bucket}/{prefix} failed: {exc}") from exc
 
 
 def abort_incomplete_uploads(client, bucket: str, prefix: str) -> int:
@@ -322,21 +468,24 @@ def verify_run(client, bucket: str, prefix: str, manifest: dict[str, Any] | None
     """Check every object of the run against its manifest (``manifest`` if the caller has read it already, else
     read here) and return the manifest.
 
-    Sizes, the metadata sha256 and the server-computed S3 checksum must all match; where a server keeps no
-    checksum, the object is downloaded and hashed.
+    The manifest must be valid (check_manifest: an empty or malformed one never verifies). Sizes, the metadata
+    sha256 and the server-computed S3 checksum must all match; where a server keeps no checksum, the object is
+    downloaded and hashed.
 
     Raises:
-        VerificationError: no manifest, or an object is missing or differs (the first few are named).
+        VerificationError: no manifest, a malformed one, or an object is missing or differs (the first few are
+            named).
     """
     if manifest is None:
         manifest = read_manifest(client, bucket, prefix)
     if manifest is None:
         raise VerificationError(f"{bucket}/{prefix} has no {RunFile.MANIFEST}: the upload did not finish")
+    check_manifest(manifest, f"{bucket}/{prefix}{RunFile.MANIFEST}", prefix)
     problems = []
     try:
-        for raw in manifest.get("objects", []):
+        for raw in manifest["objects"]:
             entry = ObjectEntry(**raw)
-            key = prefix + check_object_key(entry.key)
+            key = prefix + entry.key
             head = _head(client, bucket, key)
             if head is None:
                 problems.append(f"{entry.key}: missing")

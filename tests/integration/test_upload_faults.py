@@ -160,7 +160,8 @@ def test_wrong_secret(tmp_path, big_app, weed):
 def test_bucket_missing(tmp_path, big_app, weed):
     fault = FaultRun(tmp_path, big_app, weed, {"FLIP_MODELS_BUCKET": "no-such-bucket"})
     fault.assert_failed_and_intact("bucket 'no-such-bucket' does not exist (set FLIP_S3_CREATE_BUCKET=true")
-    assert fault.resume(weed, FLIP_S3_CREATE_BUCKET="true") == 0
+    # the run's bucket is the setting it ran with: resume with the same setting, now allowed to create it
+    assert fault.resume(weed, FLIP_S3_CREATE_BUCKET="true", FLIP_MODELS_BUCKET="no-such-bucket") == 0
     assert fault.statuses[-1]["status"] == "RESULTS_UPLOADED"
     state = ModelRegistry(weed._client(), "no-such-bucket").load(fault.model_id)
     assert state["lookup_table"].shape == (BIG_BUFFER,)

@@ -29,7 +29,7 @@ from flip.nvflare.utils import (
 )
 from flip.settings import load_settings
 from flip.storage import s3
-from flip.storage.pending import clean_run_dir, complete_upload, write_pending
+from flip.storage.pending import clean_run_dir, complete_upload, record_pending
 
 #: fl_ctx property: the run's other artifacts to upload, object key -> local path (results JSON, metrics.json,
 #: report/...), set by the ServerEventHandler
@@ -80,6 +80,8 @@ class PersistToS3AndCleanup(FLComponent):
         self.flip = flip
         self.settings = None
         self.manifest: dict[str, Any] | None = None
+        #: the upload_pending.json record of this run's upload, once written (None: no upload was recorded)
+        self.pending: dict[str, Any] | None = None
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.START_RUN:
@@ -108,26 +110,20 @@ class PersistToS3AndCleanup(FLComponent):
 
     def upload_results_to_s3_bucket(self, fl_ctx: FLContext) -> dict[str, Any]:
         """Stage the artifacts, record ``upload_pending.json``, upload, verify; return the manifest."""
+        self.pending = None
         if (self.persistor_id and self.model_persistor is None) or self.settings is None:
             raise UploadError(f"{type(self).__name__} was not set up at run start (see the earlier error)")
         folder = run_dir(fl_ctx)
         run_id = fl_ctx.get_prop(RUN_ID_PROP) or new_run_id(fl_ctx.get_job_id())
         prefix = s3.run_prefix(self.model_id, run_id)
         files = self._stage_artifacts(fl_ctx, folder / RunFile.STAGING_DIR)
-        info = {
-            "model_id": self.model_id,
-            "job_id": fl_ctx.get_job_id(),
-            "run_id": run_id,
-            **(fl_ctx.get_prop(RUN_INFO_PROP) or {}),
-            "versions": software_versions(),
-        }
-        pending = {"bucket": self.bucket_name, "prefix": prefix, "sse": self.settings.s3_sse, "info": info,
-                   "workspace_root": str(workspace_root(fl_ctx)),
-                   "files": {k: str(v.relative_to(folder)) for k, v in files.items()}}
-        write_pending(folder, pending)
+        info = {**(fl_ctx.get_prop(RUN_INFO_PROP) or {}), "versions": software_versions()}
+        self.pending = record_pending(folder, model_id=self.model_id, job_id=fl_ctx.get_job_id(), run_id=run_id,
+                                      bucket=self.bucket_name, files=files, info=info)
         self.log_info(fl_ctx, f"uploading {len(files)} objects to s3://{self.bucket_name}/{prefix}")
-        self.manifest = complete_upload(folder, pending, create_bucket=self.settings.s3_create_bucket,
-                                        transfer=self.settings.transfer(), log=lambda msg: self.log_info(fl_ctx, msg))
+        self.manifest = complete_upload(folder, self.pending, sse=self.settings.s3_sse,
+                                        create_bucket=self.settings.s3_create_bucket, transfer=self.settings.transfer(),
+                                        log=lambda msg: self.log_info(fl_ctx, msg), check_files=False)
         self.log_info(fl_ctx, f"verified s3://{self.bucket_name}/{prefix}{RunFile.MANIFEST}: "
                               f"{len(self.manifest['objects'])} objects match")
         return self.manifest

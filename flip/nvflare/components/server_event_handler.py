@@ -380,15 +380,25 @@ class ServerEventHandler(FLComponent):
             uploaded = self.persist_and_cleanup.manifest
             where = f"s3://{self.persist_and_cleanup.bucket_name}/{uploaded['prefix']}" if uploaded else "S3"
             self.report_status(fl_ctx, RunStatus.ERROR, f"results verified at {where} but cleanup failed: {exc}")
-            self.log_error(fl_ctx, f"fix the cause, then finish with `flip upload --resume {run_dir(fl_ctx)}`")
+            self.log_error(fl_ctx, self._what_next(fl_ctx, "the results are verified in S3"))
             return
         except (FlipError, OSError, ValueError) as exc:
             self.report_status(fl_ctx, RunStatus.ERROR, f"results not uploaded: {exc}")
-            self.log_error(fl_ctx, f"nothing was deleted: finish with `flip upload --resume {run_dir(fl_ctx)}`")
+            self.log_error(fl_ctx, self._what_next(fl_ctx, "nothing was deleted"))
             return
         self.upload_key = f"s3://{self.persist_and_cleanup.bucket_name}/{manifest['prefix']}"
         self.log_info(fl_ctx, f"model and results verified at {self.upload_key}")
         self.report_status(fl_ctx, RunStatus.RESULTS_UPLOADED)
+
+    def _what_next(self, fl_ctx: FLContext, done: str) -> str:
+        """What the operator can do after a failed end of run: resume only if this run's upload was recorded."""
+        folder = run_dir(fl_ctx)
+        recorded = self.persist_and_cleanup.pending is not None and (folder / RunFile.UPLOAD_PENDING).is_file()
+        if recorded:
+            return f"{done}: fix the cause, then finish with `flip upload --resume {folder}`"
+        return (f"nothing was uploaded and nothing was deleted: the run folder {folder} keeps what the run wrote "
+                f"(the model, logs); no upload was recorded ({RunFile.UPLOAD_PENDING} was not written), so "
+                f"`flip upload --resume` cannot finish this run")
 
     def _write_report(self, fl_ctx: FLContext, sites: list[str]) -> dict[str, Any]:
         """Curves and a one-page summary in <run folder>/report/ (a failure here never stops the upload)."""
