@@ -17,6 +17,8 @@ RUN_ID_PROP = "flip.run_id"
 
 _MAX_REASON = 300
 _SECRETISH = re.compile(r"(?i)(key|secret|token|password|passwd|credential)[^\s,;:=]*\s*[:=]\s*\S+")
+#: an absolute file path (``/data/images/<patient>/...``, ``~/...``): not a URL's path, not a relative name
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])~?/[^\s'\"),;]+")
 
 
 class LookupFailed(Exception):
@@ -77,9 +79,10 @@ def mask_secrets(text: str) -> str:
 
 
 def short_reason(text: Any, limit: int = _MAX_REASON) -> str:
-    """A one-line reason safe to send off-site: first line only, secrets masked, bounded length."""
+    """A one-line reason safe to send off-site: first line only, secrets masked, absolute paths replaced by
+    ``<path>`` (a folder or file name can name a patient), bounded length."""
     line = str(text).strip().splitlines()[0] if str(text).strip() else "unknown error"
-    line = mask_secrets(line)
+    line = _ABSOLUTE_PATH.sub("<path>", mask_secrets(line))
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

@@ -361,3 +361,22 @@ def test_site_error_log_is_short_reason_only(tmp_path, monkeypatch, caplog):
     assert len(errors) == 2 and all(e.endswith("cannot clean the run's images (NotADirectoryError)") for e in errors)
     assert not any(PATIENT in e for e in errors), errors
     assert PATIENT in "\n".join(r.getMessage() for r in _records(caplog, logging.DEBUG))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text, leaked", [
+    ("no cohort for site 'site-1': expected images under /data/images/PATIENT-0042", "PATIENT-0042"),
+    ("cannot read ~/cohorts/PATIENT-0042.csv", "PATIENT-0042"),
+    ("FileNotFoundError: [Errno 2] No such file: '/mnt/pacs/PATIENT-0042/1.dcm'", "PATIENT-0042"),
+])
+def test_reason_sent_off_site_carries_no_absolute_path(text, leaked):
+    """A folder or file name can name a patient: the one line a site sends keeps no absolute path (before: the
+    first line went as it was)."""
+    reason = short_reason(text)
+    assert leaked not in reason and "<path>" in reason, reason
+
+
+@pytest.mark.unit
+def test_reason_keeps_relative_names_and_urls():
+    assert short_reason("custom/trainer.py not found") == "custom/trainer.py not found"
+    assert short_reason("verified at s3://flip-models/m/r/") == "verified at s3://flip-models/m/r/"
