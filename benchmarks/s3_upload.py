@@ -1,6 +1,6 @@
 """Upload a 512 MiB model file to the same SeaweedFS (weed mini) server, side by side in one run:
 
-- ours: flip.storage.s3.upload_run (sha256 + S3 SHA-256 checksums, manifest, verification included);
+- ours: flip.storage.upload.upload_run (sha256 + S3 SHA-256 checksums, manifest, verification included);
 - boto3 put_object (one request) and boto3 upload_file (default managed transfer): the faster is the baseline;
 - zip-then-upload: zip the run folder, upload the zip with upload_file (the common practice we replace).
 

@@ -35,6 +35,10 @@ class VerificationError(StorageError):
     """What is in S3 does not match the run's manifest."""
 
 
+class RegistryError(FlipError):
+    """The model registry cannot serve what was asked (unknown model, no verified run, bad artifact)."""
+
+
 class CleanupError(FlipError):
     """The workspace could not be cleaned (or a path to delete was refused)."""
 

@@ -77,7 +77,7 @@ class FlipSettings(BaseSettings):
 
     def transfer(self):
         """boto3 managed-transfer settings from the S3 part settings."""
-        from flip.storage.s3 import transfer_config
+        from flip.storage.client import transfer_config
 
         return transfer_config(self.s3_multipart_threshold_mb, self.s3_part_size_mb)
 

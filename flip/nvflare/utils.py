@@ -59,7 +59,7 @@ def app_custom_dir(fl_ctx: FLContext) -> Path:
 def new_run_id(job_id: str) -> str:
     """The job part of the run's S3 key: the NVFlare job id, made unique for the simulator's fixed id."""
     if job_id == SIMULATOR_JOB_ID:
-        from flip.storage.s3 import unique_run_id
+        from flip.storage.layout import unique_run_id
 
         return unique_run_id(job_id)
     return job_id

@@ -15,24 +15,25 @@ workspace): nothing in the file chooses what gets deleted.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
+from flip.checks import check_model_id, check_object_key, check_path_name
 from flip.constants import SIMULATOR_JOB_ID, RunFile
 from flip.errors import CleanupError, StorageError, UploadError, VerificationError
 from flip.files import write_json_atomic
-from flip.checks import check_model_id, check_path_name
-from flip.storage import s3
+from flip.storage.checksums import SHA256_RE, file_digest
+from flip.storage.client import DEFAULT_TRANSFER, make_s3_client
+from flip.storage.layout import is_unique_run_id_of, run_prefix
+from flip.storage.manifest import check_manifest, check_manifest_matches, read_manifest, verify_run
+from flip.storage.upload import abort_incomplete_uploads, ensure_bucket, upload_run
 
 PENDING_FORMAT = 2
 _LOG_PREFIXES = ("log", "error_log")
 _FIELDS = ("format", "model_id", "job_id", "run_id", "bucket", "prefix", "info", "files")
 _FILE_FIELDS = ("path", "sha256", "size")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 #: NVFlare's app folders in a run folder (app_server, app_site-1): the job's own content, never a run folder
 _APP_PREFIX = "app_"
 #: the simulator's workspace keeps the server's run folders in server/
@@ -46,13 +47,6 @@ def is_log_file(name: str) -> bool:
 
 def write_pending(folder: Path, pending: dict[str, Any]) -> Path:
     return write_json_atomic(Path(folder) / RunFile.UPLOAD_PENDING, pending, indent=2, sort_keys=True)
-
-
-def file_digest(path: Path) -> tuple[str, int]:
-    """Return the sha256 (hex) and size of a file."""
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256")
-        return digest.hexdigest(), f.tell()
 
 
 def staged_path(folder: Path, rel: Any) -> Path:
@@ -93,9 +87,9 @@ def record_pending(folder: Path, *, model_id: str, job_id: str, run_id: str, buc
     for key, path in sorted(files.items()):
         rel = Path(path).relative_to(folder).as_posix()
         sha256, size = file_digest(staged_path(folder, rel))
-        described[s3.check_object_key(key)] = {"path": rel, "sha256": sha256, "size": size}
+        described[check_object_key(key)] = {"path": rel, "sha256": sha256, "size": size}
     record = {"format": PENDING_FORMAT, "model_id": check_model_id(model_id), "job_id": job_id, "run_id": run_id,
-              "bucket": bucket, "prefix": s3.run_prefix(model_id, run_id), "info": dict(info), "files": described}
+              "bucket": bucket, "prefix": run_prefix(model_id, run_id), "info": dict(info), "files": described}
     write_pending(folder, record)
     return record
 
@@ -138,10 +132,10 @@ def read_pending(folder: Path, bucket: str) -> dict[str, Any]:
     job_id, run_id = pending["job_id"], pending["run_id"]
     if job_id != folder.name:
         raise UploadError(f"refusing {path}: it is for job {job_id!r}, but the run folder is {folder.name!r}")
-    if not (run_id == job_id or (job_id == SIMULATOR_JOB_ID and s3.is_unique_run_id_of(job_id, run_id))):
+    if not (run_id == job_id or (job_id == SIMULATOR_JOB_ID and is_unique_run_id_of(job_id, run_id))):
         raise UploadError(f"refusing {path}: run id {run_id!r} is not one of job {job_id!r}")
     try:
-        prefix = s3.run_prefix(pending["model_id"], check_path_name("run id", run_id))
+        prefix = run_prefix(pending["model_id"], check_path_name("run id", run_id))
     except ValueError as exc:
         raise UploadError(f"refusing {path}: {exc}") from exc
     if pending["prefix"] != prefix:
@@ -157,13 +151,13 @@ def read_pending(folder: Path, bucket: str) -> dict[str, Any]:
         raise UploadError(f"refusing {path}: files must be a non-empty object, got {files!r}")
     for key, entry in files.items():
         try:
-            s3.check_object_key(key)
+            check_object_key(key)
         except ValueError as exc:
             raise UploadError(f"refusing {path}: {exc}") from exc
         if key == RunFile.MANIFEST or not isinstance(entry, dict) or sorted(entry) != sorted(_FILE_FIELDS):
             raise UploadError(f"refusing {path}: files[{key!r}] must be {{path, sha256, size}}, got {entry!r}")
         staged_path(folder, entry["path"])
-        if not (isinstance(entry["sha256"], str) and _SHA256_RE.fullmatch(entry["sha256"])
+        if not (isinstance(entry["sha256"], str) and SHA256_RE.fullmatch(entry["sha256"])
                 and type(entry["size"]) is int and entry["size"] >= 0):
             raise UploadError(f"refusing {path}: files[{key!r}] needs a sha256 of 64 lowercase hex digits and a size "
                               f">= 0, got {entry['sha256']!r} and {entry['size']!r}")
@@ -236,16 +230,16 @@ def complete_upload(folder: Path, pending: dict[str, Any], *, sse: str | None = 
     Raises:
         StorageError (UploadError, VerificationError): the upload is not complete; nothing was deleted.
     """
-    client = s3.make_s3_client()
+    client = make_s3_client()
     bucket, prefix = pending["bucket"], pending["prefix"]
     where = f"{bucket}/{prefix}{RunFile.MANIFEST}"
-    s3.ensure_bucket(client, bucket, create=create_bucket)
-    existing = s3.read_manifest(client, bucket, prefix)
+    ensure_bucket(client, bucket, create=create_bucket)
+    existing = read_manifest(client, bucket, prefix)
     if existing is not None:
-        s3.check_manifest(existing, where, prefix)
-        s3.check_manifest_matches(existing, pending["files"], where)
+        check_manifest(existing, where, prefix)
+        check_manifest_matches(existing, pending["files"], where)
         try:
-            manifest = s3.verify_run(client, bucket, prefix, existing)
+            manifest = verify_run(client, bucket, prefix, existing)
         except VerificationError as exc:
             if log:
                 log(f"uploading again: {exc}")
@@ -253,7 +247,7 @@ def complete_upload(folder: Path, pending: dict[str, Any], *, sse: str | None = 
             if log:
                 log(f"s3://{bucket}/{prefix} is already uploaded and verified")
             return manifest
-    aborted = s3.abort_incomplete_uploads(client, bucket, prefix)
+    aborted = abort_incomplete_uploads(client, bucket, prefix)
     if aborted and log:
         log(f"aborted {aborted} unfinished multipart upload(s) under s3://{bucket}/{prefix}")
     if check_files:
@@ -267,10 +261,10 @@ def complete_upload(folder: Path, pending: dict[str, Any], *, sse: str | None = 
 
     info = {**pending["info"], "model_id": pending["model_id"], "job_id": pending["job_id"],
             "run_id": pending["run_id"]}
-    s3.upload_run(client, bucket, prefix, files, info, sse=sse, transfer=transfer or s3.DEFAULT_TRANSFER,
+    upload_run(client, bucket, prefix, files, info, sse=sse, transfer=transfer or DEFAULT_TRANSFER,
                   on_object=on_object)
-    manifest = s3.verify_run(client, bucket, prefix)
-    s3.check_manifest_matches(manifest, pending["files"], where)
+    manifest = verify_run(client, bucket, prefix)
+    check_manifest_matches(manifest, pending["files"], where)
     return manifest
 
 

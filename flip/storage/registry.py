@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from botocore.exceptions import BotoCoreError, ClientError
 
+from flip.checks import check_bucket_name, check_model_id, check_object_key, check_path_name
 from flip.constants import RunFile
-from flip.errors import FlipError, StorageError, VerificationError
-from flip.checks import check_path_name
-from flip.storage import s3
+from flip.errors import RegistryError, VerificationError
+from flip.storage.client import make_s3_client, s3_errors
+from flip.storage.layout import run_prefix, unique_run_id
+from flip.storage.manifest import check_manifest, read_manifest, verify_run
+from flip.storage.upload import upload_run
 
-
-class RegistryError(FlipError):
-    """The registry cannot serve what was asked (unknown model, no verified run, bad artifact)."""
+__all__ = ["ModelRegistry", "RegistryError", "RunRecord", "is_torchscript", "load_model_file"]
 
 
 @dataclass
@@ -80,15 +80,14 @@ class ModelRegistry:
     """Models in the models bucket (Python API behind ``flip models``).
 
     Args:
-        client: an S3 client (default: boto3's chain, see flip.storage.s3.make_s3_client).
+        client: an S3 client (default: boto3's chain, see flip.storage.client.make_s3_client).
         bucket: the models bucket (default: FLIP_MODELS_BUCKET).
     """
 
     def __init__(self, client=None, bucket: str | None = None):
-        from flip.checks import check_bucket_name
         from flip.settings import load_settings
 
-        self.client = client or s3.make_s3_client()
+        self.client = client or make_s3_client()
         self.bucket = check_bucket_name(bucket) if bucket else load_settings().models_bucket
 
     def _pages(self, prefix: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
@@ -96,18 +95,16 @@ class ModelRegistry:
         yield from self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, **kwargs)
 
     def _prefixes(self, prefix: str) -> list[str]:
-        try:
+        with s3_errors(f"cannot list s3://{self.bucket}/{prefix}"):
             return [p["Prefix"][len(prefix):].rstrip("/")
                     for page in self._pages(prefix, Delimiter="/") for p in page.get("CommonPrefixes", [])]
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot list s3://{self.bucket}/{prefix}: {s3.describe_error(exc)}") from exc
 
     def model_ids(self) -> list[str]:
         """Every model id that has objects in the bucket."""
         ids = []
         for name in self._prefixes(""):
             try:
-                model_id = s3.check_model_id(name)
+                model_id = check_model_id(name)
             except ValueError:
                 continue  # not ours: the bucket may hold other things
             if self._has_objects(f"{model_id}/"):
@@ -116,20 +113,20 @@ class ModelRegistry:
 
     def runs(self, model_id: str) -> list[RunRecord]:
         """The model's runs, oldest first, each verified against its manifest."""
-        model_id = s3.check_model_id(model_id)
+        model_id = check_model_id(model_id)
         records = []
         for run_id in self._prefixes(f"{model_id}/"):
             try:
                 check_path_name("run id", run_id)
             except ValueError:
                 continue
-            prefix = s3.run_prefix(model_id, run_id)
+            prefix = run_prefix(model_id, run_id)
             manifest = None
             try:  # the manifest is read once: verified against, or shown as the partial run's
-                manifest = s3.read_manifest(self.client, self.bucket, prefix)
+                manifest = read_manifest(self.client, self.bucket, prefix)
                 if manifest is None and not self._has_objects(prefix):
                     continue  # an empty folder left by a removal: not a run
-                s3.verify_run(self.client, self.bucket, prefix, manifest)
+                verify_run(self.client, self.bucket, prefix, manifest)
                 records.append(RunRecord(model_id, run_id, True, manifest=manifest))
             except VerificationError as exc:  # no manifest, a malformed one, or objects that differ
                 records.append(RunRecord(model_id, run_id, False, problem=str(exc),
@@ -139,15 +136,13 @@ class ModelRegistry:
     def _shown(self, manifest: Any, prefix: str) -> dict[str, Any]:
         """What an unverified run shows of its manifest: all of it if it is well formed, else nothing."""
         try:
-            return s3.check_manifest(manifest, prefix, prefix) if manifest is not None else {}
+            return check_manifest(manifest, prefix, prefix) if manifest is not None else {}
         except VerificationError:
             return {}
 
     def _has_objects(self, prefix: str) -> bool:
-        try:
+        with s3_errors(f"cannot list s3://{self.bucket}/{prefix}"):
             return self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0) > 0
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot list s3://{self.bucket}/{prefix}: {s3.describe_error(exc)}") from exc
 
     def run(self, model_id: str, run_id: str | None = None, artifact: str | None = None) -> RunRecord:
         """The given run, or the latest verified one (holding ``artifact``, if given). Unverified runs are never
@@ -179,11 +174,9 @@ class ModelRegistry:
         return json.loads(self._get(record, RunFile.METRICS))
 
     def _get(self, record: RunRecord, key: str) -> bytes:
-        try:
+        with s3_errors(f"cannot read {key} of run {record.run_id}"):
             body = self.client.get_object(Bucket=self.bucket, Key=f"{record.model_id}/{record.run_id}/{key}")
             return body["Body"].read()
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot read {key} of run {record.run_id}: {s3.describe_error(exc)}") from exc
 
     def show(self, model_id: str) -> dict[str, Any]:
         """Runs (verified or not), rounds, sites, the final metrics and sizes of a model."""
@@ -200,7 +193,7 @@ class ModelRegistry:
             runs.append(entry)
         if not runs:
             raise RegistryError(f"model {model_id} has no runs in s3://{self.bucket}")
-        return {"model_id": s3.check_model_id(model_id), "bucket": self.bucket, "runs": runs}
+        return {"model_id": check_model_id(model_id), "bucket": self.bucket, "runs": runs}
 
     def download(self, model_id: str, run_id: str | None = None, out: str | Path | None = None,
                  artifact: str = RunFile.GLOBAL_MODEL) -> Path:
@@ -222,7 +215,7 @@ class ModelRegistry:
         Returns:
             The written file, and what it loaded as (None for a file other than .pt).
         """
-        entry = next((o for o in record.manifest["objects"] if o["key"] == s3.check_object_key(artifact)), None)
+        entry = next((o for o in record.manifest["objects"] if o["key"] == check_object_key(artifact)), None)
         if entry is None:
             raise RegistryError(f"run {record.run_id} has no {artifact} (it has {', '.join(record.keys)})")
         target = out or Path(f"{record.model_id}-{record.run_id}-{Path(artifact).name}")
@@ -275,30 +268,28 @@ class ModelRegistry:
         """
         model_file = Path(model_file)
         load_model_file(model_file)  # refuse what cannot be loaded safely
-        run_id = run_id or s3.unique_run_id("upload")
-        prefix = s3.run_prefix(model_id, run_id)
+        run_id = run_id or unique_run_id("upload")
+        prefix = run_prefix(model_id, run_id)
         try:
-            existing = s3.read_manifest(self.client, self.bucket, prefix) is not None
+            existing = read_manifest(self.client, self.bucket, prefix) is not None
         except VerificationError:  # a manifest that is not JSON is still someone's
             existing = True
         if existing:
             raise RegistryError(f"run {run_id} of model {model_id} already exists in s3://{self.bucket}/{prefix}: "
                                 f"a run is never replaced, choose another run id")
-        s3.upload_run(self.client, self.bucket, prefix, {RunFile.GLOBAL_MODEL: model_file},
-                      {"model_id": s3.check_model_id(model_id), "run_id": run_id, "source": "upload",
+        upload_run(self.client, self.bucket, prefix, {RunFile.GLOBAL_MODEL: model_file},
+                      {"model_id": check_model_id(model_id), "run_id": run_id, "source": "upload",
                        "format": "torchscript" if is_torchscript(model_file) else "state_dict"})
-        return s3.verify_run(self.client, self.bucket, prefix)
+        return verify_run(self.client, self.bucket, prefix)
 
     def remove(self, model_id: str) -> int:
         """Delete every object of the model (manifests first, so no run looks complete meanwhile)."""
-        model_id = s3.check_model_id(model_id)
-        try:
+        model_id = check_model_id(model_id)
+        with s3_errors(f"cannot remove model {model_id}"):
             keys = [o["Key"] for page in self._pages(f"{model_id}/") for o in page.get("Contents", [])]
             if not keys:
                 raise RegistryError(f"model {model_id} has no objects in s3://{self.bucket}")
             keys.sort(key=lambda k: not k.endswith("/" + RunFile.MANIFEST))
             for key in keys:
                 self.client.delete_object(Bucket=self.bucket, Key=key)
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot remove model {model_id}: {s3.describe_error(exc)}") from exc
         return len(keys)

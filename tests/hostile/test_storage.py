@@ -25,7 +25,7 @@ from nvflare.apis.fl_context import FLContext
 
 from flip.cli import main as flip_cli
 from flip.constants import ComponentId, RunFile, RunStatus
-from flip.errors import StorageError, UploadError, VerificationError
+from flip.errors import RegistryError, StorageError, UploadError, VerificationError
 from flip.nvflare.components.persist_to_s3_and_cleanup import PersistToS3AndCleanup
 from flip.nvflare.components.server_event_handler import ServerEventHandler
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
@@ -33,7 +33,7 @@ from flip.platform.dev import LocalPlatform
 from flip.settings import load_settings
 from flip.storage import s3
 from flip.storage.pending import find_pending, is_log_file, read_pending, record_pending, resume
-from flip.storage.registry import ModelRegistry, RegistryError
+from flip.storage.registry import ModelRegistry
 from tests.conftest import environ
 from tests.unit.conftest import FakeEngine
 

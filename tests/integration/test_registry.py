@@ -10,8 +10,9 @@ import torch
 
 from flip.cli import main as flip_cli
 from flip.constants import RunFile
+from flip.errors import RegistryError
 from flip.storage import s3
-from flip.storage.registry import ModelRegistry, RegistryError, load_model_file
+from flip.storage.registry import ModelRegistry, load_model_file
 from tests.conftest import environ
 
 pytestmark = pytest.mark.s3

@@ -34,7 +34,7 @@ from flip.nvflare.controllers.training import ROUND_VALIDATION_PROP, STOP_REASON
 from flip.nvflare.fedopt import SERVER_STEP_PROP
 from flip.report import write_report
 from flip.checks import check_component_id, check_model_id
-from flip.storage.s3 import run_prefix
+from flip.storage.layout import run_prefix
 
 #: what a failed result's return code means, when the site sent no reason of its own
 _RC_REASONS = {
