@@ -16,7 +16,7 @@ from nvflare.app_common.abstract.aggregator import Aggregator
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
-from flip.aggregation.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, check_finite, check_update, l2_norm,
+from flip.methods.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, check_finite, check_update, l2_norm,
                                       norm_outliers, weighted_mean)
 from flip.constants import FlipMeta, RunFile
 from flip.errors import FlipError, NonFiniteModelError
@@ -81,7 +81,7 @@ class SampleWeightedAggregator(Aggregator):
     lacks or shapes it does not have, ``num_samples`` <= 0 or > ``max_num_samples``, an L2 norm above
     ``max_update_norm``, or makes the site's local model (its starting model plus the update) overflow. Once every
     update of the round is in, an update whose L2 norm is more than ``norm_ratio_limit`` times the median of the
-    round's update norms is excluded too (see flip.aggregation.weighted.norm_outliers for what that guarantees:
+    round's update norms is excluded too (see flip.methods.weighted.norm_outliers for what that guarantees:
     if more than half of the updates have a norm <= B, every update averaged has a norm <= norm_ratio_limit·B; with
     two sites it excludes nothing, so give ``max_update_norm`` where one site of two must be bounded). The round
     completes if at least ``min_accepted`` updates remain; otherwise the run ends in ERROR naming the reasons. An

@@ -10,8 +10,8 @@ from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 
-from flip.aggregation.fedopt import FedOptState, check_fedopt_args, fedopt_step
-from flip.aggregation.weighted import l2_norm
+from flip.methods.fedopt import FedOptState, check_fedopt_args, fedopt_step
+from flip.methods.weighted import l2_norm
 
 #: fl_ctx property: what the server optimizer did this round (read by the ServerEventHandler for metrics.json)
 SERVER_STEP_PROP = "flip.server_step"

@@ -32,8 +32,8 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 from pydantic import SecretStr
 
-from flip.aggregation import swag
-from flip.aggregation.weighted import check_update, norm_outliers, weighted_mean
+from flip.methods import swag
+from flip.methods.weighted import check_update, norm_outliers, weighted_mean
 from flip.constants import ComponentId, FlipEvent, FlipMeta, RunFile, RunStatus
 from flip.errors import JSONValueError, NonFiniteModelError, PlatformError
 from flip.files import write_json_atomic

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flip.aggregation.feddc import daisy_chain, is_aggregation_round
+from flip.methods.feddc import daisy_chain, is_aggregation_round
 from flip.cli import main as flip_cli
 from flip.constants import RunFile
 from flip.jobs import DEMO_APP_DIR, write_job

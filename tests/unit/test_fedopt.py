@@ -10,7 +10,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 
-from flip.aggregation.fedopt import FedOptState, fedopt_step
+from flip.methods.fedopt import FedOptState, fedopt_step
 from flip.nvflare.fedopt import SERVER_STEP_PROP, FedOptShareableGenerator
 
 

@@ -11,10 +11,10 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 
-from flip.aggregation import swag
-from flip.aggregation.feddc import daisy_chain, is_aggregation_round
-from flip.aggregation.fedprox import proximal_term
-from flip.aggregation.weighted import check_update, weighted_mean
+from flip.methods import swag
+from flip.methods.feddc import daisy_chain, is_aggregation_round
+from flip.methods.fedprox import proximal_term
+from flip.methods.weighted import check_update, weighted_mean
 from flip.constants import FlipMeta, RunFile
 from flip.jobs import DEMO_APP_DIR, write_job
 from flip.nvflare.aggregator import AggregationFailed, SampleWeightedAggregator

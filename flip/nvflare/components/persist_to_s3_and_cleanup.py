@@ -13,7 +13,7 @@ from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from flip.aggregation.weighted import check_finite
+from flip.methods.weighted import check_finite
 from flip.checks import check_component_id
 from flip.constants import ComponentId, RunFile
 from flip.errors import SettingsError, UploadError

@@ -13,8 +13,8 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from flip.aggregation.feddc import daisy_chain, is_aggregation_round
-from flip.aggregation.weighted import checksum, weighted_mean
+from flip.methods.feddc import daisy_chain, is_aggregation_round
+from flip.methods.weighted import checksum, weighted_mean
 from flip.constants import ComponentId, FlipMeta, FlipTask
 from flip.errors import FlipError, NonFiniteModelError
 from flip.nvflare.aggregator import SampleWeightedAggregator, reconstruct

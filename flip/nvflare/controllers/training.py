@@ -15,7 +15,7 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
 from flip import site_messages
-from flip.aggregation.weighted import check_finite
+from flip.methods.weighted import check_finite
 from flip.checks import (check_bool, check_component_id, check_int, check_number, check_positive_int,
                          check_timeout_seconds)
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask

@@ -10,10 +10,10 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
-from flip.aggregation import swag
-from flip.aggregation.swag import MEAN, SECOND
-from flip.aggregation.fedprox import proximal_term
-from flip.aggregation.weighted import checksum, l2_norm
+from flip.methods import swag
+from flip.methods.swag import MEAN, SECOND
+from flip.methods.fedprox import proximal_term
+from flip.methods.weighted import checksum, l2_norm
 from flip.constants import TASK_METRICS_PROP, FlipMeta, FlipTask, UserFile
 from flip.errors import UserCodeError
 from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics
