@@ -45,8 +45,34 @@ class FlipMeta:
     PRIVACY = "flip_privacy"
 
 
-#: fl_ctx property through which an executor hands its task's metrics to the ClientEventHandler
-TASK_METRICS_PROP = "flip.task_metrics"
+class FlipProp:
+    """Names of the fl_ctx properties flip components hand each other data through (set private, not sticky).
+
+    Written once here, so a reader needs no import of the writer (a controller, the aggregator) just for a name.
+    """
+
+    #: site: an executor hands its task's metrics to the ClientEventHandler
+    TASK_METRICS = "flip.task_metrics"
+    #: server, at ROUND_DONE: which sites' updates were aggregated this round and why others were excluded
+    AGGREGATION_REPORT = "flip.aggregation_report"
+    #: server, at ROUND_DONE of a FedDC round: its routing, whether it aggregated, the models' fingerprints
+    FEDDC_REPORT = "flip.feddc_report"
+    #: server, at ROUND_DONE of a FedOpt round: what the server optimizer did
+    SERVER_STEP = "flip.server_step"
+    #: server, with ROUND_VALIDATED: a site's metrics for the round's new global model
+    ROUND_VALIDATION = "flip.round_validation"
+    #: server, with TRAINING_STOPPED: why training ended before its planned rounds
+    STOP_REASON = "flip.stop_reason"
+    #: server: the model ids the EvaluateModels workflow asks the evaluation model locator for
+    EVALUATE_MODEL_IDS = "flip.evaluate_model_ids"
+    #: server, with EVALUATION_RESULT_RECEIVED: a site's evaluation result (a METRICS shareable)
+    EVALUATION_RESULT = "flip.evaluation_result"
+    #: server, at END_RUN: the run id (the S3 key's job part) the ServerEventHandler hands persist-and-cleanup
+    RUN_ID = "flip.run_id"
+    #: server, at END_RUN: the run's other artifacts to upload, object key -> local path
+    ARTIFACTS = "flip.artifacts"
+    #: server, at END_RUN: extra manifest fields (rounds, sites...)
+    RUN_INFO = "flip.run_info"
 
 
 class ComponentId:

@@ -18,13 +18,11 @@ from nvflare.app_common.app_constant import AppConstants
 
 from flip.methods.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, check_finite, check_update, l2_norm,
                                       norm_outliers, weighted_mean)
-from flip.constants import FlipMeta, RunFile
+from flip.constants import FlipMeta, FlipProp, RunFile
 from flip.errors import FlipError, NonFiniteModelError
 from flip.checks import check_bool, check_number, check_positive, check_positive_int, optional
 from flip.nvflare.utils import peer_name, run_dir
 
-#: fl_ctx property: which sites' updates were aggregated this round and why others were excluded
-AGGREGATION_REPORT_PROP = "flip.aggregation_report"
 
 
 class AggregationFailed(FlipError):
@@ -194,8 +192,8 @@ class SampleWeightedAggregator(Aggregator):
         were excluded) if fewer than min_accepted remain."""
         self._exclude_outliers(fl_ctx)
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
-        fl_ctx.set_prop(AGGREGATION_REPORT_PROP, {"accepted": sorted(self.accepted), "excluded": dict(self.excluded)},
-                        private=True, sticky=False)
+        report = {"accepted": sorted(self.accepted), "excluded": dict(self.excluded)}
+        fl_ctx.set_prop(FlipProp.AGGREGATION_REPORT, report, private=True, sticky=False)
         if len(self.accepted) < self.min_accepted:
             why = "; ".join(f"{site}: {reason}" for site, reason in sorted(self.excluded.items())) or "no update"
             raise AggregationFailed(f"round {current + 1}: {len(self.accepted)} update(s) accepted, "

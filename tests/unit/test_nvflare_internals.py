@@ -45,9 +45,9 @@ from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from flip.constants import SIMULATOR_JOB_ID, ComponentId, FlipEvent, FlipMeta, FlipTask, RunFile
+from flip.constants import SIMULATOR_JOB_ID, ComponentId, FlipEvent, FlipMeta, FlipProp, FlipTask, RunFile
 from flip.jobs.common import explicit
-from flip.nvflare.aggregator import AGGREGATION_REPORT_PROP, SampleWeightedAggregator
+from flip.nvflare.aggregator import SampleWeightedAggregator
 from flip.nvflare.components import ClientEventHandler, PercentilePrivacy, PTModelLocator, ValidationJsonGenerator
 from flip.nvflare.controllers import FlipScatterAndGather, InitTraining, MultiStageScatterAndGather
 from flip.nvflare.result_policy import _DXO_KEY, NON_TRAINING_TASKS
@@ -114,7 +114,7 @@ class Engine(FakeEngine):
             "num_rounds": fl_ctx.get_prop(AppConstants.NUM_ROUNDS),
             "accepted": fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED),
             "result": fl_ctx.get_prop(AppConstants.TRAINING_RESULT),
-            "report": fl_ctx.get_prop(AGGREGATION_REPORT_PROP),
+            "report": fl_ctx.get_prop(FlipProp.AGGREGATION_REPORT),
             "peer": peer_name(fl_ctx, default=None),
             "data": fl_ctx.get_prop(FLContextKey.EVENT_DATA),
         }))
@@ -558,7 +558,7 @@ def test_client_runner_runs_after_task_execution_before_the_result_filters():
         "fl_ctx,",
         "reply=make_reply(ReturnCode.TASK_RESULT_FILTER_ERROR)",
     ], "flip/nvflare/components/client_event_handler.py, flip/nvflare/result_policy.py (FLContextKey.TASK_NAME), "
-       "executors/run_trainer.py (TASK_METRICS_PROP)")
+       "executors/run_trainer.py (FlipProp.TASK_METRICS)")
 
 
 def test_sites_echo_the_task_cookies_in_their_result():

@@ -6,7 +6,7 @@ from nvflare.apis.dxo import DXO
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model_locator import ModelLocator
 
-from flip.constants import RunFile
+from flip.constants import FlipProp, RunFile
 from flip.errors import FlipError
 from flip.nvflare.components.initial_pt_model_locator import (
     check_exclude_vars,
@@ -16,6 +16,7 @@ from flip.nvflare.components.initial_pt_model_locator import (
     weights_dxo,
 )
 from flip.nvflare.utils import LookupFailed
+from flip.storage.registry import ModelRegistry, RegistryError
 
 
 class EvaluationPTModelLocator(ModelLocator):
@@ -37,13 +38,9 @@ class EvaluationPTModelLocator(ModelLocator):
         self.models: dict[str, DXO] | None = None
 
     def get_model_names(self, fl_ctx: FLContext) -> list[str]:
-        from flip.nvflare.controllers.evaluate_models import EVALUATE_MODEL_IDS_PROP
-
-        return list(fl_ctx.get_prop(EVALUATE_MODEL_IDS_PROP) or [server_model_id(fl_ctx)])
+        return list(fl_ctx.get_prop(FlipProp.EVALUATE_MODEL_IDS) or [server_model_id(fl_ctx)])
 
     def locate_model(self, fl_ctx: FLContext) -> dict[str, DXO]:
-        from flip.storage.registry import ModelRegistry, RegistryError
-
         try:
             names = self.get_model_names(fl_ctx)
         except LookupFailed as exc:

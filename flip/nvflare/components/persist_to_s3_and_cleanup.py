@@ -15,10 +15,9 @@ from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
 from flip.methods.weighted import check_finite
 from flip.checks import check_component_id
-from flip.constants import ComponentId, RunFile
+from flip.constants import ComponentId, FlipProp, RunFile
 from flip.errors import SettingsError, UploadError
 from flip.nvflare.utils import (
-    RUN_ID_PROP,
     LookupFailed,
     app_custom_dir,
     get_component,
@@ -31,11 +30,6 @@ from flip.settings import load_settings
 from flip.storage import s3
 from flip.storage.pending import clean_run_dir, complete_upload, record_pending
 
-#: fl_ctx property: the run's other artifacts to upload, object key -> local path (results JSON, metrics.json,
-#: report/...), set by the ServerEventHandler
-ARTIFACTS_PROP = "flip.artifacts"
-#: fl_ctx property: extra manifest fields (rounds, sites...), set by the ServerEventHandler
-RUN_INFO_PROP = "flip.run_info"
 
 def state_dict_from_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a persistor checkpoint (``{"model": ..., "train_conf": ...}`` or a bare state dict) safely."""
@@ -114,10 +108,10 @@ class PersistToS3AndCleanup(FLComponent):
         if (self.persistor_id and self.model_persistor is None) or self.settings is None:
             raise UploadError(f"{type(self).__name__} was not set up at run start (see the earlier error)")
         folder = run_dir(fl_ctx)
-        run_id = fl_ctx.get_prop(RUN_ID_PROP) or new_run_id(fl_ctx.get_job_id())
+        run_id = fl_ctx.get_prop(FlipProp.RUN_ID) or new_run_id(fl_ctx.get_job_id())
         prefix = s3.run_prefix(self.model_id, run_id)
         files = self._stage_artifacts(fl_ctx, folder / RunFile.STAGING_DIR)
-        info = {**(fl_ctx.get_prop(RUN_INFO_PROP) or {}), "versions": software_versions()}
+        info = {**(fl_ctx.get_prop(FlipProp.RUN_INFO) or {}), "versions": software_versions()}
         self.pending = record_pending(folder, model_id=self.model_id, job_id=fl_ctx.get_job_id(), run_id=run_id,
                                       bucket=self.bucket_name, files=files, info=info)
         self.log_info(fl_ctx, f"uploading {len(files)} objects to s3://{self.bucket_name}/{prefix}")
@@ -140,7 +134,7 @@ class PersistToS3AndCleanup(FLComponent):
         staging.mkdir(parents=True, exist_ok=True)
         files = self._stage_models(fl_ctx, staging) if self.model_persistor is not None else {}
         artifacts = {RunFile.PREPROCESSING: app_custom_dir(fl_ctx) / RunFile.PREPROCESSING,
-                     **(fl_ctx.get_prop(ARTIFACTS_PROP) or {})}
+                     **(fl_ctx.get_prop(FlipProp.ARTIFACTS) or {})}
         for key, source in artifacts.items():
             source = Path(source)
             if source.is_file():

@@ -15,23 +15,15 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
-from flip import site_messages
-from flip.constants import ComponentId, FlipEvent, FlipMeta, RunFile, RunStatus
+from flip import FLIP, site_messages
+from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipProp, RunFile, RunStatus
 from flip.errors import CleanupError, FlipError, NonFiniteModelError
 from flip.files import write_json_atomic
 from flip.metrics import NUM_SAMPLES, format_metrics, weighted_means
-from flip.nvflare.components.persist_to_s3_and_cleanup import (
-    ARTIFACTS_PROP,
-    RUN_INFO_PROP,
-    PersistToS3AndCleanup,
-)
+from flip.nvflare.components.persist_to_s3_and_cleanup import PersistToS3AndCleanup
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
-from flip.nvflare.utils import (RUN_ID_PROP, LookupFailed, get_component, new_run_id, peer_name, run_dir,
+from flip.nvflare.utils import (LookupFailed, get_component, new_run_id, peer_name, run_dir,
                                 short_reason, software_versions)
-from flip.nvflare.aggregator import AGGREGATION_REPORT_PROP
-from flip.nvflare.controllers.feddc import FEDDC_REPORT_PROP
-from flip.nvflare.controllers.training import ROUND_VALIDATION_PROP, STOP_REASON_PROP
-from flip.nvflare.fedopt import SERVER_STEP_PROP
 from flip.report import write_report
 from flip.checks import check_component_id, check_model_id
 from flip.storage.s3 import run_prefix
@@ -137,7 +129,7 @@ class ServerEventHandler(FLComponent):
         elif event_type == FlipEvent.ROUND_VALIDATED:
             self._round_validated(fl_ctx)
         elif event_type == FlipEvent.TRAINING_STOPPED:
-            self.stopped_early = fl_ctx.get_prop(STOP_REASON_PROP)
+            self.stopped_early = fl_ctx.get_prop(FlipProp.STOP_REASON)
             self.log_warning(fl_ctx, f"training stopped early {self.stopped_early}")
         elif event_type == FlipEvent.SWAG_STARTED:
             self.log_info(fl_ctx, "SWAG round started (the DLR demonstrator's SWAG_ROUND; status stays TRAINING_STARTED)")
@@ -163,12 +155,7 @@ class ServerEventHandler(FLComponent):
         self.job_id = fl_ctx.get_job_id()
         self.run_id = new_run_id(self.job_id)
         try:
-            if self.flip is None:
-                from flip import FLIP
-
-                self.platform = FLIP()
-            else:
-                self.platform = self.flip
+            self.platform = FLIP() if self.flip is None else self.flip
             self.platform.require_hub()
             self.validation_json_generator = get_component(
                 fl_ctx, self.validation_json_generator_id, ValidationJsonGenerator, "validation JSON generator"
@@ -242,7 +229,7 @@ class ServerEventHandler(FLComponent):
     def _round_done(self, fl_ctx: FLContext) -> None:
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
         entry = self.rounds.setdefault(current, {"sites": {}})
-        report = fl_ctx.get_prop(AGGREGATION_REPORT_PROP)
+        report = fl_ctx.get_prop(FlipProp.AGGREGATION_REPORT)
         if report:
             entry["accepted"], entry["excluded"] = report["accepted"], report["excluded"]
             for site in report["excluded"]:  # excluded once every update was in (e.g. its norm): not averaged
@@ -252,10 +239,10 @@ class ServerEventHandler(FLComponent):
                                           "update was excluded from the average")
         entry["global"] = weighted_means(entry["sites"])
         entry["done"] = time.time()
-        step = fl_ctx.get_prop(SERVER_STEP_PROP)
+        step = fl_ctx.get_prop(FlipProp.SERVER_STEP)
         if step:
             entry["server"] = dict(step)
-        feddc = fl_ctx.get_prop(FEDDC_REPORT_PROP)
+        feddc = fl_ctx.get_prop(FlipProp.FEDDC_REPORT)
         if feddc:
             entry["feddc"] = dict(feddc)
         self.log_info(fl_ctx, f"round {current + 1} done, sites' mean: " + _format(entry["global"]))
@@ -266,7 +253,7 @@ class ServerEventHandler(FLComponent):
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
         site = fl_ctx.get_prop(AppConstants.DATA_CLIENT) or "?"
         metrics = self._metrics_arrived(fl_ctx, f"round {current + 1} validation", site,
-                                        fl_ctx.get_prop(ROUND_VALIDATION_PROP) or {}, "validation")
+                                        fl_ctx.get_prop(FlipProp.ROUND_VALIDATION) or {}, "validation")
         if metrics is None:
             return
         self.rounds.setdefault(current, {"sites": {}}).setdefault("validation", {})[site] = metrics
@@ -365,12 +352,12 @@ class ServerEventHandler(FLComponent):
             if extra.is_dir():
                 artifacts.update({p.relative_to(extra).as_posix(): p for p in sorted(extra.rglob("*")) if p.is_file()})
             artifacts.update(self._write_report(fl_ctx, sites))
-            fl_ctx.set_prop(RUN_ID_PROP, self.run_id, private=True, sticky=False)
-            fl_ctx.set_prop(ARTIFACTS_PROP, artifacts, private=True, sticky=False)
+            fl_ctx.set_prop(FlipProp.RUN_ID, self.run_id, private=True, sticky=False)
+            fl_ctx.set_prop(FlipProp.ARTIFACTS, artifacts, private=True, sticky=False)
             info = {"rounds": len(self.rounds), "sites": sites}
             if self.stopped_early:
                 info["stopped_early"] = self.stopped_early
-            fl_ctx.set_prop(RUN_INFO_PROP, info, private=True, sticky=False)
+            fl_ctx.set_prop(FlipProp.RUN_INFO, info, private=True, sticky=False)
             manifest = self.persist_and_cleanup.execute(fl_ctx)
         except NonFiniteModelError as exc:
             self.report_status(fl_ctx, RunStatus.ERROR, f"results not uploaded: {exc}")

@@ -9,15 +9,12 @@ from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
-from flip.constants import ComponentId, FlipEvent, FlipTask
+from flip.constants import ComponentId, FlipEvent, FlipProp, FlipTask
+from flip.nvflare.components.evaluation_pt_model_locator import EvaluationPTModelLocator
 from flip.nvflare.controllers.base import FlipController
 from flip.checks import check_component_id, check_model_id, check_positive_int
 from flip.nvflare.utils import LookupFailed, get_component
 
-#: fl_ctx property: the model ids the evaluation locator must provide
-EVALUATE_MODEL_IDS_PROP = "flip.evaluate_model_ids"
-#: fl_ctx property: a site's evaluation result (a METRICS shareable), with MODEL_OWNER and DATA_CLIENT set
-EVALUATION_RESULT_PROP = "flip.evaluation_result"
 
 
 class EvaluateModels(FlipController):
@@ -50,8 +47,6 @@ class EvaluateModels(FlipController):
         self._ok: dict[str, set[str]] = {}
 
     def start_controller(self, fl_ctx: FLContext) -> None:
-        from flip.nvflare.components.evaluation_pt_model_locator import EvaluationPTModelLocator
-
         try:
             self.locator = get_component(fl_ctx, self.model_locator_id, EvaluationPTModelLocator, "model locator")
         except LookupFailed as exc:
@@ -64,7 +59,7 @@ class EvaluateModels(FlipController):
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         if self.model_ids:
-            fl_ctx.set_prop(EVALUATE_MODEL_IDS_PROP, self.model_ids, private=True, sticky=False)
+            fl_ctx.set_prop(FlipProp.EVALUATE_MODEL_IDS, self.model_ids, private=True, sticky=False)
         models = self.locator.locate_model(fl_ctx)
         if not models:
             self.system_panic("EvaluateModels: the model locator found no model to evaluate", fl_ctx)
@@ -97,6 +92,6 @@ class EvaluateModels(FlipController):
         self._ok[name].add(site)
         fl_ctx.set_prop(AppConstants.MODEL_OWNER, name, private=True, sticky=False)
         fl_ctx.set_prop(AppConstants.DATA_CLIENT, site, private=True, sticky=False)
-        fl_ctx.set_prop(EVALUATION_RESULT_PROP, result, private=True, sticky=False)
+        fl_ctx.set_prop(FlipProp.EVALUATION_RESULT, result, private=True, sticky=False)
         self.fire_event(FlipEvent.EVALUATION_RESULT_RECEIVED, fl_ctx)
         client_task.result = None

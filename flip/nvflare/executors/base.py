@@ -16,6 +16,7 @@ from nvflare.fuel.utils.log_utils import get_obj_logger
 
 from nvflare.apis.dxo import DataKind, from_shareable
 
+from flip import FLIP
 from flip.constants import FlipMeta, UserFile
 from flip.errors import FlipError, UserCodeError
 from flip.nvflare.executors.user_code import (
@@ -95,8 +96,6 @@ class UserCodeExecutor(Executor):
 
     def data_dir(self, fl_ctx: FLContext) -> Path:
         if self.platform is None:
-            from flip import FLIP
-
             self.platform = FLIP()
         return self.platform.prepare_site_data(fl_ctx.get_identity_name(), fl_ctx.get_job_id())
 
