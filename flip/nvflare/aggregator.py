@@ -19,14 +19,10 @@ from nvflare.app_common.app_constant import AppConstants
 from flip.methods.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, check_finite, check_update, l2_norm,
                                       norm_outliers, weighted_mean)
 from flip.constants import FlipMeta, FlipProp, RunFile
-from flip.errors import FlipError, NonFiniteModelError
+from flip.errors import AggregationFailed, NonFiniteModelError
 from flip.checks import check_bool, check_number, check_positive, check_positive_int, optional
 from flip.nvflare.utils import peer_name, run_dir
 
-
-
-class AggregationFailed(FlipError):
-    """Too few updates passed the checks for the round to complete."""
 
 
 class LocalModelStore:

@@ -14,6 +14,7 @@ from nvflare.apis.fl_context import FLContext
 
 from flip import __version__
 from flip.constants import SIMULATOR_JOB_ID
+from flip.errors import LookupFailed
 from flip.storage.s3 import unique_run_id
 
 
@@ -21,10 +22,6 @@ _MAX_REASON = 300
 _SECRETISH = re.compile(r"(?i)(key|secret|token|password|passwd|credential)[^\s,;:=]*\s*[:=]\s*\S+")
 #: an absolute file path (``/data/images/<patient>/...``, ``~/...``): not a URL's path, not a relative name
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])~?/[^\s'\"),;]+")
-
-
-class LookupFailed(Exception):
-    """A peer component is missing or of the wrong type (the message names the id and the type found)."""
 
 
 def get_component(fl_ctx: FLContext, comp_id: str, expected: type | tuple[type, ...], role: str) -> Any:

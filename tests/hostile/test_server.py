@@ -35,10 +35,10 @@ from pydantic import SecretStr
 from flip.methods import swag
 from flip.methods.weighted import check_update, norm_outliers, weighted_mean
 from flip.constants import ComponentId, FlipEvent, FlipMeta, RunFile, RunStatus
-from flip.errors import JSONValueError, NonFiniteModelError, PlatformError
+from flip.errors import AggregationFailed, JSONValueError, NonFiniteModelError, PlatformError
 from flip.files import write_json_atomic
 from flip.metrics import weighted_means
-from flip.nvflare.aggregator import AggregationFailed, SampleWeightedAggregator
+from flip.nvflare.aggregator import SampleWeightedAggregator
 from flip.nvflare.components import GaussianPrivacy, PersistToS3AndCleanup, ServerEventHandler, ValidationJsonGenerator
 from flip.nvflare.controllers import InitTraining
 from flip.nvflare.controllers.training import FlipScatterAndGather

@@ -7,7 +7,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model_locator import ModelLocator
 
 from flip.constants import FlipProp, RunFile
-from flip.errors import FlipError
+from flip.errors import FlipError, LookupFailed
 from flip.nvflare.components.initial_pt_model_locator import (
     check_exclude_vars,
     initial_state,
@@ -15,7 +15,6 @@ from flip.nvflare.components.initial_pt_model_locator import (
     to_numpy_state,
     weights_dxo,
 )
-from flip.nvflare.utils import LookupFailed
 from flip.storage.registry import ModelRegistry, RegistryError
 
 

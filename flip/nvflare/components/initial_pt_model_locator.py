@@ -16,10 +16,10 @@ from nvflare.app_common.abstract.model_locator import ModelLocator
 from flip import FLIP
 from flip.checks import check_regex
 from flip.constants import ComponentId
-from flip.errors import FlipError
+from flip.errors import FlipError, LookupFailed
 from flip.nvflare.components.server_event_handler import ServerEventHandler
 from flip.nvflare.models import check_model_spec, check_weights_fit, resolve_model
-from flip.nvflare.utils import LookupFailed, app_custom_dir, get_component
+from flip.nvflare.utils import app_custom_dir, get_component
 from flip.storage.registry import load_model_file
 
 INITIAL_MODEL = "initial_model"

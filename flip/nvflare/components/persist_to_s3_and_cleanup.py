@@ -16,16 +16,8 @@ from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 from flip.methods.weighted import check_finite
 from flip.checks import check_component_id
 from flip.constants import ComponentId, FlipProp, RunFile
-from flip.errors import SettingsError, UploadError
-from flip.nvflare.utils import (
-    LookupFailed,
-    app_custom_dir,
-    get_component,
-    new_run_id,
-    run_dir,
-    software_versions,
-    workspace_root,
-)
+from flip.errors import LookupFailed, SettingsError, UploadError
+from flip.nvflare.utils import app_custom_dir, get_component, new_run_id, run_dir, software_versions, workspace_root
 from flip.settings import load_settings
 from flip.storage import s3
 from flip.storage.pending import clean_run_dir, complete_upload, record_pending

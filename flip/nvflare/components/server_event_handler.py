@@ -17,13 +17,12 @@ from nvflare.app_common.app_event_type import AppEventType
 
 from flip import FLIP, site_messages
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipProp, RunFile, RunStatus
-from flip.errors import CleanupError, FlipError, NonFiniteModelError
+from flip.errors import CleanupError, FlipError, LookupFailed, NonFiniteModelError, SiteMessageError
 from flip.files import write_json_atomic
 from flip.metrics import NUM_SAMPLES, format_metrics, weighted_means
 from flip.nvflare.components.persist_to_s3_and_cleanup import PersistToS3AndCleanup
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
-from flip.nvflare.utils import (LookupFailed, get_component, new_run_id, peer_name, run_dir,
-                                short_reason, software_versions)
+from flip.nvflare.utils import get_component, new_run_id, peer_name, run_dir, short_reason, software_versions
 from flip.report import write_report
 from flip.checks import check_component_id, check_model_id
 from flip.storage.s3 import run_prefix
@@ -182,7 +181,7 @@ class ServerEventHandler(FLComponent):
         """``check(raw)`` (a flip.site_messages function), or ``default`` with a logged reason naming the site."""
         try:
             return check(raw)
-        except site_messages.SiteMessageError as exc:
+        except SiteMessageError as exc:
             self.log_warning(fl_ctx, f"{where}: dropped what {site} sent: {short_reason(exc)}")
             return default
 

@@ -16,12 +16,12 @@ from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 from flip.methods.feddc import daisy_chain, is_aggregation_round
 from flip.methods.weighted import checksum, weighted_mean
 from flip.constants import ComponentId, FlipMeta, FlipProp, FlipTask
-from flip.errors import FlipError, NonFiniteModelError
+from flip.errors import FlipError, LookupFailed, NonFiniteModelError
 from flip.nvflare.aggregator import SampleWeightedAggregator, reconstruct
 from flip.nvflare.controllers.base import FlipController
 from flip.nvflare.controllers.training import check_rounds_args, validate_at_sites
 from flip.checks import check_int, check_positive_int
-from flip.nvflare.utils import LookupFailed, get_component
+from flip.nvflare.utils import get_component
 
 
 

@@ -17,10 +17,10 @@ from flip.methods import swag
 from flip.methods.swag import MEAN, SECOND
 from flip.methods.weighted import check_update, l2_norm, norm_outliers
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask, RunFile
-from flip.errors import NonFiniteModelError
+from flip.errors import LookupFailed, NonFiniteModelError
 from flip.nvflare.controllers.base import FlipController
 from flip.checks import check_component_id, check_positive_int
-from flip.nvflare.utils import LookupFailed, get_component, run_dir
+from flip.nvflare.utils import get_component, run_dir
 
 
 class SwagRound(FlipController):
