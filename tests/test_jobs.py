@@ -54,3 +54,37 @@ def test_job_builder_names_bad_arguments(tmp_path):
         write_job("standard", tmp_path, percentile=120)
     with pytest.raises(ValueError, match="unknown job 'nope'"):
         write_job("nope", tmp_path)
+
+
+def _named_paths(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "path" and isinstance(value, str):
+                yield value
+            else:
+                yield from _named_paths(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _named_paths(value)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name, options", [
+    ("standard", {}), ("evaluation", {}), ("fed_opt", {}), ("multi_stage", {}),
+    ("standard", {"aggregation": "feddc", "uncertainty": "ensemble"}),
+    ("standard", {"uncertainty": "swag", "model_test_after_each_round": True}),
+    ("standard", {"dp_epsilon": 8.0}),
+])
+def test_every_flip_class_a_job_names_has_a_public_path(tmp_path, name, options):
+    """A job config names each flip class as flip.nvflare.{components,controllers,executors}.<Class>, exported in
+    that package's __all__ (old jobs named e.g. flip.nvflare.aggregator.SampleWeightedAggregator)."""
+    import importlib
+
+    folder = write_job(name, tmp_path, **options)
+    paths = {p for config in folder.glob("*/config/*.json") for p in _named_paths(json.loads(config.read_text()))}
+    ours = sorted(p for p in paths if p.startswith("flip."))
+    assert ours
+    for path in ours:
+        package, cls = path.rsplit(".", 1)
+        assert package in ("flip.nvflare.components", "flip.nvflare.controllers", "flip.nvflare.executors"), path
+        assert cls in importlib.import_module(package).__all__, path

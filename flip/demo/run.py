@@ -91,7 +91,7 @@ def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, perce
     """
     from flip.jobs import DEFAULT_MODEL_ID, JOBS
     from flip.jobs.standard import AGGREGATIONS
-    from flip.nvflare.uncertainty import METHODS
+    from flip.nvflare.components.uncertainty_plan import METHODS
     from flip.checks import check_positive, check_positive_int
     from flip.privacy.percentile import check_gamma, check_percentile
 

@@ -6,6 +6,7 @@ compares the checked-in folders with what this module writes.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -30,14 +31,18 @@ _SHORT_PACKAGES = ("flip.nvflare.components", "flip.nvflare.executors", "flip.nv
 
 
 def _public_path(path: str) -> str:
-    """``flip.nvflare.components.percentile_privacy.PercentilePrivacy`` -> ``flip.nvflare.components.PercentilePrivacy``."""
-    import importlib
-
+    """The public path of a flip class a job names: ``flip.nvflare.components.percentile_privacy.PercentilePrivacy``
+    -> ``flip.nvflare.components.PercentilePrivacy``. The first package of components, executors, controllers that
+    exports the class wins (so CleanupImages, an executor, is named ``flip.nvflare.components.CleanupImages``, as
+    SPEC.md and FLIP's configs name it)."""
+    if not path.startswith("flip.nvflare."):
+        return path
+    module_name, name = path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), name)
     for package in _SHORT_PACKAGES:
-        if path.startswith(package + "."):
-            name = path.rsplit(".", 1)[1]
-            if name in getattr(importlib.import_module(package), "__all__", ()):
-                return f"{package}.{name}"
+        module = importlib.import_module(package)
+        if name in module.__all__ and getattr(module, name) is cls:
+            return f"{package}.{name}"
     return path
 
 

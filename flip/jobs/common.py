@@ -10,12 +10,12 @@ from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
 from flip.constants import ComponentId, FlipTask, UserFile
-from flip.nvflare.aggregator import SampleWeightedAggregator
 from flip.nvflare.components import (
     CleanupImages,
     ClientEventHandler,
     PersistToS3AndCleanup,
     PTModelLocator,
+    SampleWeightedAggregator,
     ServerEventHandler,
 )
 from flip.nvflare.controllers import InitTraining

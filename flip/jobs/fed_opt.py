@@ -6,7 +6,7 @@ from nvflare.job_config.api import FedJob
 
 from flip.jobs.common import DEFAULT_MODEL_ID, explicit
 from flip.jobs.standard import standard_job
-from flip.nvflare.fedopt import FedOptShareableGenerator
+from flip.nvflare.components import FedOptShareableGenerator
 
 
 def fed_opt_job(name: str = "fed_opt", model_id: str = DEFAULT_MODEL_ID, num_rounds: int = 3, min_clients: int = 2,

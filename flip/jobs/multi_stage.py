@@ -15,8 +15,7 @@ from flip.jobs.common import (
     explicit,
     new_job,
 )
-from flip.nvflare.aggregator import SampleWeightedAggregator
-from flip.nvflare.components import StagePercentilePrivacy, ValidationJsonGenerator
+from flip.nvflare.components import SampleWeightedAggregator, StagePercentilePrivacy, ValidationJsonGenerator
 from flip.nvflare.controllers import MultiStageScatterAndGather
 
 DEFAULT_STAGES = [{"name": "denoise", "num_rounds": 2}, {"name": "classify", "num_rounds": 2}]

@@ -18,13 +18,18 @@ from flip.jobs.common import (
     explicit,
     new_job,
 )
-from flip.nvflare.aggregator import SampleWeightedAggregator
-from flip.nvflare.components import GaussianPrivacy, PercentilePrivacy, ValidationJsonGenerator
+from flip.nvflare.components import (
+    GaussianPrivacy,
+    PercentilePrivacy,
+    SampleWeightedAggregator,
+    UncertaintyPlan,
+    ValidationJsonGenerator,
+)
+from flip.nvflare.components.uncertainty_plan import METHODS
 from flip.nvflare.controllers.feddc import FedDCController
 from flip.checks import check_bool, check_choice, check_positive_int
 from flip.nvflare.controllers.swag import SwagRound
 from flip.nvflare.controllers.training import FlipScatterAndGather, check_mu
-from flip.nvflare.uncertainty import METHODS, UncertaintyPlan
 
 AGGREGATIONS = ("fedavg", "fedprox", "feddc")
 

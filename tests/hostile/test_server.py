@@ -38,8 +38,8 @@ from flip.constants import ComponentId, FlipEvent, FlipMeta, RunFile, RunStatus
 from flip.errors import AggregationFailed, JSONValueError, NonFiniteModelError, PlatformError
 from flip.files import write_json_atomic
 from flip.metrics import weighted_means
-from flip.nvflare.aggregator import SampleWeightedAggregator
-from flip.nvflare.components import GaussianPrivacy, PersistToS3AndCleanup, ServerEventHandler, ValidationJsonGenerator
+from flip.nvflare.components import (GaussianPrivacy, PersistToS3AndCleanup, SampleWeightedAggregator, ServerEventHandler,
+                                     ValidationJsonGenerator)
 from flip.nvflare.controllers import InitTraining
 from flip.nvflare.controllers.training import FlipScatterAndGather
 from flip.platform.dev import METRICS_FILE, LocalPlatform

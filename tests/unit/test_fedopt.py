@@ -12,7 +12,7 @@ from nvflare.app_common.app_constant import AppConstants
 
 from flip.constants import FlipProp
 from flip.methods.fedopt import FedOptState, fedopt_step
-from flip.nvflare.fedopt import FedOptShareableGenerator
+from flip.nvflare.components import FedOptShareableGenerator
 
 
 def test_sgd_lr_one_without_momentum_is_fedavg():

@@ -18,7 +18,7 @@ from flip.methods.fedprox import proximal_term
 from flip.methods.weighted import check_update, weighted_mean
 from flip.constants import FlipMeta, RunFile
 from flip.jobs import DEMO_APP_DIR, write_job
-from flip.nvflare.aggregator import SampleWeightedAggregator
+from flip.nvflare.components import SampleWeightedAggregator
 from flip.nvflare.executors.user_code import TaskContext, build_model, instantiate, load_class
 from flip.uncertainty import ensemble_predict, mc_dropout_predict, swag_sample
 from tests.unit.conftest import FakeEngine

@@ -47,8 +47,8 @@ from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
 from flip.constants import SIMULATOR_JOB_ID, ComponentId, FlipEvent, FlipMeta, FlipProp, FlipTask, RunFile
 from flip.jobs.common import explicit
-from flip.nvflare.aggregator import SampleWeightedAggregator
-from flip.nvflare.components import ClientEventHandler, PercentilePrivacy, PTModelLocator, ValidationJsonGenerator
+from flip.nvflare.components import (ClientEventHandler, PercentilePrivacy, PTModelLocator, SampleWeightedAggregator,
+                                     ValidationJsonGenerator)
 from flip.nvflare.controllers import FlipScatterAndGather, InitTraining, MultiStageScatterAndGather
 from flip.nvflare.result_policy import _DXO_KEY, NON_TRAINING_TASKS
 from flip.nvflare.utils import peer_name
@@ -270,7 +270,7 @@ def test_sag_stops_early_when_num_rounds_is_lowered_before_aggregation(tmp_path)
         "the model of the last round is not persisted in that round", TRAINING)
     assert (tmp_path / "job-1" / RunFile.ARTIFACTS_DIR / RunFile.ENSEMBLE).is_file(), changed(
         "the aggregator no longer sees the lowered NUM_ROUNDS when it aggregates the last round",
-        f"{TRAINING} and flip/nvflare/aggregator.py (finish_round)")
+        f"{TRAINING} and flip/nvflare/components/sample_weighted_aggregator.py (finish_round)")
     assert FlipEvent.TRAINING_STOPPED in names, changed("ROUND_DONE no longer reaches the workflow after the cut",
                                                          TRAINING)
 
@@ -417,7 +417,7 @@ def test_pt_file_model_persistor_attributes_inventory_and_checkpoint(tmp_path):
     """13: ``global_model_file_name`` / ``best_global_model_file_name`` (``FL_global_model.pt``), ``model`` (a torch
     module once START_RUN built it from ``{"path": ...}``), ``get_model_inventory`` -> descriptors with
     ``.location``, checkpoints ``{"model": state_dict, ...}`` loadable with weights_only, ``get_model``."""
-    fix = ("flip/nvflare/components/persist_to_s3_and_cleanup.py, controllers/swag.py, uncertainty.py "
+    fix = ("flip/nvflare/components/persist_to_s3_and_cleanup.py, controllers/swag.py, components/uncertainty_plan.py "
            "(UncertaintyPlan reads persistor.model)")
     persistor = PTFileModelPersistor(model={"path": "torch.nn.Linear", "args": {"in_features": 2, "out_features": 1}})
     names = (persistor.global_model_file_name, persistor.best_global_model_file_name)
@@ -565,7 +565,7 @@ def test_sites_echo_the_task_cookies_in_their_result():
     """19: a site copies the task's cookie jar (ScatterAndGather's CONTRIBUTION_ROUND) into its result."""
     from nvflare.private.fed.client.client_runner import ClientRunner
 
-    fix = "flip/nvflare/aggregator.py (SampleWeightedAggregator._check) and controllers/feddc.py"
+    fix = "flip/nvflare/components/sample_weighted_aggregator.py (SampleWeightedAggregator._check) and controllers/feddc.py"
     in_order(ClientRunner._process_task,
              ["cookie_jar = task.data.get_cookie_jar()", "reply.set_cookie_jar(cookie_jar)"], fix)
     in_order(ScatterAndGather.control_flow, ["add_cookie(AppConstants.CONTRIBUTION_ROUND, self._current_round)"], fix)
@@ -831,9 +831,9 @@ def test_run_logs_are_the_files_cleanup_keeps():
 def test_full_model_shareable_generator_adds_the_diff_to_the_global_model():
     """32: ``shareable_to_learnable`` adds a WEIGHT_DIFF to fl_ctx's GLOBAL_MODEL (ScatterAndGather sets it each
     round) and returns that learnable; FedOptShareableGenerator overrides just this method."""
-    from flip.nvflare.fedopt import FedOptShareableGenerator
+    from flip.nvflare.components import FedOptShareableGenerator
 
-    fix = "flip/nvflare/fedopt.py (FedOptShareableGenerator) and flip/jobs/standard.py"
+    fix = "flip/nvflare/components/fedopt_shareable_generator.py (FedOptShareableGenerator) and flip/jobs/standard.py"
     assert FedOptShareableGenerator.learnable_to_shareable is FullModelShareableGenerator.learnable_to_shareable
     fl_ctx = FLContext()
     model = make_model_learnable({"w": np.array([1.0, 2.0])}, {})

@@ -17,7 +17,7 @@ from flip.methods.feddc import daisy_chain, is_aggregation_round
 from flip.methods.weighted import checksum, weighted_mean
 from flip.constants import ComponentId, FlipMeta, FlipProp, FlipTask
 from flip.errors import FlipError, LookupFailed, NonFiniteModelError
-from flip.nvflare.aggregator import SampleWeightedAggregator, reconstruct
+from flip.nvflare.components.sample_weighted_aggregator import SampleWeightedAggregator, reconstruct
 from flip.nvflare.controllers.base import FlipController
 from flip.nvflare.controllers.training import check_rounds_args, validate_at_sites
 from flip.checks import check_int, check_positive_int
