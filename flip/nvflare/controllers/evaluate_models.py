@@ -21,7 +21,8 @@ from flip.nvflare.utils import get_component
 class EvaluateModels(FlipController):
     """Evaluate the model(s) given by the job's EvaluationPTModelLocator at every site.
 
-    For each model, the ``evaluate`` task carries its weights to every site (RUN_EVALUATOR runs the user's
+    Like NVFlare's CrossSiteModelEval, it asks the locator for ``get_model_names(fl_ctx)`` and locates each with
+    ``locate_model(name, fl_ctx)`` (all before the first is sent). For each model, the ``evaluate`` task carries its weights to every site (RUN_EVALUATOR runs the user's
     ``evaluator.py``); each site's metrics fire ``flip.evaluation_result_received`` for the
     EvaluationJsonGenerator. The run fails if fewer than ``min_clients`` sites evaluated a model.
 
@@ -61,7 +62,14 @@ class EvaluateModels(FlipController):
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         if self.model_ids:
             fl_ctx.set_prop(FlipProp.EVALUATE_MODEL_IDS, self.model_ids, private=True, sticky=False)
-        models = self.locator.locate_model(fl_ctx)
+        try:
+            names = self.locator.get_model_names(fl_ctx)
+        except LookupFailed as exc:
+            self.system_panic(f"{type(self.locator).__name__}: {exc}", fl_ctx)
+            return
+        # every model is located before any is sent (as CrossSiteModelEval does): a model that cannot be found
+        # fails the run before the sites spend time on the others
+        models = {name: self.locator.locate_model(name, fl_ctx) for name in names}
         if not models:
             self.system_panic("EvaluateModels: the model locator found no model to evaluate", fl_ctx)
             return
