@@ -67,12 +67,6 @@ class FlipProp:
     EVALUATE_MODEL_IDS = "flip.evaluate_model_ids"
     #: server, with EVALUATION_RESULT_RECEIVED: a site's evaluation result (a METRICS shareable)
     EVALUATION_RESULT = "flip.evaluation_result"
-    #: server, at END_RUN: the run id (the S3 key's job part) the ServerEventHandler hands persist-and-cleanup
-    RUN_ID = "flip.run_id"
-    #: server, at END_RUN: the run's other artifacts to upload, object key -> local path
-    ARTIFACTS = "flip.artifacts"
-    #: server, at END_RUN: extra manifest fields (rounds, sites...)
-    RUN_INFO = "flip.run_info"
 
 
 class ComponentId:

@@ -301,7 +301,7 @@ def test_end_run_always_reaches_final_status(tmp_path, s3_env, monkeypatch, faul
 
         monkeypatch.setattr(matplotlib.figure.Figure, "savefig", _fail_savefig)
     else:  # a value that cannot be written as JSON reaches the metrics document (a bug upstream)
-        server.handler.rounds[0]["server"] = {"step": object()}
+        server.handler.metrics.rounds[0]["server"] = {"step": object()}
     server.fire(EventType.END_RUN)
     assert server.handler.final_status == final
     statuses = server.statuses()

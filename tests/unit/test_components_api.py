@@ -80,8 +80,10 @@ def test_persist_attributes_and_methods():
     persist = components.PersistToS3AndCleanup(model_id=MODEL_ID)
     assert (persist.model_id, persist.persistor_id, persist.model_persistor, persist.model_inventory,
             persist.model_dir, persist.bucket_name, persist.flip) == (MODEL_ID, "persistor", None, {}, "", "", None)
-    for method in ("execute", "upload_results_to_s3_bucket", "cleanup"):
-        assert list(inspect.signature(getattr(persist, method)).parameters) == ["fl_ctx"]
+    for method in ("execute", "upload_results_to_s3_bucket", "cleanup"):  # SPEC: method(fl_ctx); the rest optional
+        params = list(inspect.signature(getattr(persist, method)).parameters.values())
+        assert params[0].name == "fl_ctx"
+        assert all(p.kind == p.KEYWORD_ONLY and p.default is None for p in params[1:])
 
 
 @pytest.mark.parametrize("bad", ["", "not-a-uuid", "1234", None, 42])
