@@ -1,4 +1,5 @@
-"""Names shared by the server, the sites and the job builder: tasks, events, meta keys, files, statuses."""
+"""Names shared by the server, the sites and the job builder: tasks, events, meta keys, files, statuses, and each
+list of options (jobs, aggregation and uncertainty methods, FedOpt optimizers), written once."""
 
 from __future__ import annotations
 
@@ -115,6 +116,65 @@ class RunFile:
     UNCERTAINTY = "uncertainty.json"
     REPORT_DIR = "report"  # its objects are report/<file>
     REPORT_INDEX = "report/index.html"
+    #: the ValidationJsonGenerator's file (in NVFlare's cross_site_val/ folder of the run) and its object key
+    CROSS_VAL_RESULTS_FILE = "cross_val_results.json"
+    CROSS_VAL_RESULTS = f"{RESULTS_DIR}/{CROSS_VAL_RESULTS_FILE}"
+    #: the EvaluationJsonGenerator's folder and file in the run folder, and the file's object key
+    EVALUATION_DIR = "cross_site_eval"
+    EVALUATION_RESULTS_FILE = "evaluation_results.json"
+    EVALUATION_RESULTS = f"{RESULTS_DIR}/{EVALUATION_RESULTS_FILE}"
+    #: NVFlare's PTFileModelPersistor's file of the final global model, and its name in the cross-site validation
+    #: results (CrossSiteModelEval prefixes a server model's name with SRV_)
+    PERSISTOR_GLOBAL_MODEL = "FL_global_model.pt"
+    SERVER_MODEL = f"SRV_{PERSISTOR_GLOBAL_MODEL}"
+
+
+class JobName:
+    """The job types (``flip/jobs`` builds each; ``jobs/<name>`` is its checked-in folder)."""
+
+    STANDARD = "standard"
+    EVALUATION = "evaluation"
+    FED_OPT = "fed_opt"
+    MULTI_STAGE = "multi_stage"
+
+
+#: every job type, in the order ``flip jobs export`` writes them
+JOB_NAMES = (JobName.STANDARD, JobName.EVALUATION, JobName.FED_OPT, JobName.MULTI_STAGE)
+#: the jobs ``flip demo --job`` shows (evaluation: trains with the standard job first, then evaluates that model)
+DEMO_JOBS = (JobName.STANDARD, JobName.FED_OPT, JobName.MULTI_STAGE, JobName.EVALUATION)
+
+
+class Aggregation:
+    """The standard job's aggregation methods (its ``aggregation`` option)."""
+
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDDC = "feddc"
+
+
+AGGREGATIONS = (Aggregation.FEDAVG, Aggregation.FEDPROX, Aggregation.FEDDC)
+
+
+class Uncertainty:
+    """The uncertainty methods (the standard job's ``uncertainty`` option, UncertaintyPlan's ``method``)."""
+
+    NONE = "none"
+    ENSEMBLE = "ensemble"
+    MC_DROPOUT = "mc_dropout"
+    SWAG = "swag"
+
+
+UNCERTAINTY_METHODS = (Uncertainty.NONE, Uncertainty.ENSEMBLE, Uncertainty.MC_DROPOUT, Uncertainty.SWAG)
+
+
+class FedOptimizer:
+    """The FedOpt server optimizers (FedOptShareableGenerator's ``optimizer``)."""
+
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+FEDOPT_OPTIMIZERS = (FedOptimizer.SGD, FedOptimizer.ADAM)
 
 
 class RunStatus(str, Enum):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import filecmp
+import importlib.util
 import json
 
 import pytest
 
-from flip.jobs import JOBS, write_job
+from flip.constants import JOB_NAMES
+from flip.jobs import DEMO_APP_DIR, JOBS, write_job
 from flip.nvflare import components
 from tests.conftest import REPO
 
@@ -78,8 +81,6 @@ def _named_paths(node):
 def test_every_flip_class_a_job_names_has_a_public_path(tmp_path, name, options):
     """A job config names each flip class as flip.nvflare.{components,controllers,executors}.<Class>, exported in
     that package's __all__ (old jobs named e.g. flip.nvflare.aggregator.SampleWeightedAggregator)."""
-    import importlib
-
     folder = write_job(name, tmp_path, **options)
     paths = {p for config in folder.glob("*/config/*.json") for p in _named_paths(json.loads(config.read_text()))}
     ours = sorted(p for p in paths if p.startswith("flip."))
@@ -88,3 +89,38 @@ def test_every_flip_class_a_job_names_has_a_public_path(tmp_path, name, options)
         package, cls = path.rsplit(".", 1)
         assert package in ("flip.nvflare.components", "flip.nvflare.controllers", "flip.nvflare.executors"), path
         assert cls in importlib.import_module(package).__all__, path
+
+
+@pytest.mark.unit
+def test_job_names_have_one_source():
+    assert tuple(JOBS) == JOB_NAMES
+    assert sorted(p.name for p in (REPO / "jobs").iterdir() if p.is_dir()) == sorted(JOB_NAMES)
+
+
+def _imported_modules(path):
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_job_folder_is_self_contained(name):
+    """Every module the user's code imports is installed or in the job's custom/ folder (the multi-stage demo's
+    digits_data.py comes from the demo app: one copy in flip/demo)."""
+    custom = REPO / "jobs" / name / "app" / "custom"
+    for path in sorted(custom.glob("*.py")):
+        for module in _imported_modules(path):
+            assert (custom / f"{module}.py").is_file() or importlib.util.find_spec(module), f"{path.name}: {module}"
+
+
+@pytest.mark.unit
+def test_one_digits_data_module():
+    assert [p.relative_to(DEMO_APP_DIR.parent).as_posix() for p in DEMO_APP_DIR.parent.rglob("digits_data.py")] == [
+        "app/digits_data.py"]
+    shipped = REPO / "jobs" / "multi_stage" / "app" / "custom" / "digits_data.py"
+    assert shipped.read_bytes() == (DEMO_APP_DIR / "digits_data.py").read_bytes()

@@ -14,18 +14,19 @@ from typing import Any, Callable
 
 from nvflare.job_config.api import FedJob
 
+from flip.constants import JobName
 from flip.jobs.common import DEFAULT_MODEL_ID, DEMO_APP_DIR, MULTISTAGE_APP_DIR
 from flip.jobs.evaluation import evaluation_job
 from flip.jobs.fed_opt import fed_opt_job
 from flip.jobs.multi_stage import multi_stage_job
 from flip.jobs.standard import standard_job
 
-#: job name -> builder(**options) -> FedJob
+#: job name -> builder(**options) -> FedJob, in the order of flip.constants.JOB_NAMES
 JOBS: dict[str, Callable[..., FedJob]] = {
-    "standard": standard_job,
-    "evaluation": evaluation_job,
-    "fed_opt": fed_opt_job,
-    "multi_stage": multi_stage_job,
+    JobName.STANDARD: standard_job,
+    JobName.EVALUATION: evaluation_job,
+    JobName.FED_OPT: fed_opt_job,
+    JobName.MULTI_STAGE: multi_stage_job,
 }
 _SHORT_PACKAGES = ("flip.nvflare.components", "flip.nvflare.executors", "flip.nvflare.controllers")
 

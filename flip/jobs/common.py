@@ -26,6 +26,9 @@ from flip.checks import check_model_id, check_path_name, check_positive_int
 DEFAULT_MODEL_ID = "5f2b7c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"
 DEMO_APP_DIR = Path(__file__).resolve().parent.parent / "demo" / "app"
 MULTISTAGE_APP_DIR = Path(__file__).resolve().parent.parent / "demo" / "multistage"
+#: modules an app shares with another app folder (one copy each): the multi-stage demo's app uses the demo app's
+#: digits data reader; the job builder copies them into the job's custom/ folder with the app's own files
+SHARED_APP_FILES = {MULTISTAGE_APP_DIR: (DEMO_APP_DIR / "digits_data.py",)}
 _APP_SUFFIXES = (".py", ".json")
 
 
@@ -103,11 +106,14 @@ def add_site_basics(job: FedJob, app_dir: str | Path) -> None:
 
 
 def add_user_app(job: FedJob, app_dir: str | Path) -> None:
-    """Copy the user's app (``*.py``, ``*.json``) into the job's custom/ folder."""
+    """Copy the user's app (``*.py``, ``*.json``) into the job's custom/ folder, with the modules it shares with
+    another app folder (SHARED_APP_FILES), so the job folder is self-contained."""
     app_dir = Path(app_dir)
     missing = [f for f in (UserFile.MODELS, UserFile.CONFIG) if not (app_dir / f).is_file()]
     if missing:
         raise ValueError(f"app_dir {str(app_dir)!r} lacks {', '.join(missing)}: it must hold the user's code")
-    for path in sorted(app_dir.iterdir()):
-        if path.is_file() and path.suffix in _APP_SUFFIXES:
-            job.add_file_to_clients(str(path))
+    files = [p for p in app_dir.iterdir() if p.is_file() and p.suffix in _APP_SUFFIXES]
+    own = {p.name for p in files}
+    files += [p for p in SHARED_APP_FILES.get(app_dir.resolve(), ()) if p.name not in own]
+    for path in sorted(files, key=lambda p: p.name):
+        job.add_file_to_clients(str(path))

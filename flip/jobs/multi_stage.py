@@ -5,6 +5,7 @@ from __future__ import annotations
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 from nvflare.job_config.api import FedJob
 
+from flip.constants import JobName
 from flip.jobs.common import (
     DEFAULT_MODEL_ID,
     MULTISTAGE_APP_DIR,
@@ -21,7 +22,7 @@ from flip.nvflare.controllers import MultiStageScatterAndGather
 DEFAULT_STAGES = [{"name": "denoise", "num_rounds": 2}, {"name": "classify", "num_rounds": 2}]
 
 
-def multi_stage_job(name: str = "multi_stage", model_id: str = DEFAULT_MODEL_ID, stages: list[dict] | None = None,
+def multi_stage_job(name: str = JobName.MULTI_STAGE, model_id: str = DEFAULT_MODEL_ID, stages: list[dict] | None = None,
                     min_clients: int = 2, percentile: float = 10, gamma: float = 0.01,
                     wait_after_min_clients: int = 60, app_dir=None) -> FedJob:
     """Build the multi-stage job (default: the two-stage demo, 2 rounds "denoise" then 2 rounds "classify").

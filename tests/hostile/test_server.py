@@ -205,7 +205,7 @@ def test_raw_validation_values_dropped_per_site(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     server = Server(tmp_path)
     server.fire(EventType.START_RUN)
-    model = "SRV_FL_global_model.pt"
+    model = RunFile.SERVER_MODEL
     results = {
         "site-1": DXO(DataKind.METRICS, data={"accuracy": 0.9, "confusion": np.eye(2), "note": "x",
                                               "nested": {"a": 1}, "loss": float("nan")}),

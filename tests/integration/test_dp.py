@@ -44,7 +44,7 @@ def test_training_stops_cleanly_before_the_budget_is_exceeded(budget_run):
     assert f"max_epsilon {budget:g}" in metrics["stopped_early"]
     assert manifest["stopped_early"] == metrics["stopped_early"]
     assert "Training stopped early" in objects["report/index.html"].decode()
-    assert "results/cross_val_results.json" in objects
+    assert RunFile.CROSS_VAL_RESULTS in objects
 
 
 def test_the_round_training_stopped_after_is_the_last_for_the_ensemble_too(budget_run):

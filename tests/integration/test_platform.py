@@ -81,7 +81,7 @@ def test_report_is_uploaded_and_opens(uploaded, weed):
     assert image.format == "PNG" and image.size[0] > 400
     page = objects["report/index.html"].decode()
     assert f"s3://{weed.bucket}/{prefix}" in page and "site-1" in page and "site-2" in page
-    assert "PercentilePrivacy" in page and "SRV_FL_global_model.pt" in page
+    assert "PercentilePrivacy" in page and RunFile.SERVER_MODEL in page
     metrics = json.loads(objects[RunFile.METRICS])
     (applied,) = metrics["rounds"][-1]["privacy"]["site-1"]
     assert applied["filter"] == "PercentilePrivacy" and applied["gamma"] == 0.01

@@ -48,7 +48,7 @@ def test_every_manifest_sha256_matches_the_stored_bytes(uploaded, weed):
     prefix, manifest, objects = uploaded
     listed = {e["key"] for e in manifest["objects"]}
     assert listed == set(objects) - {RunFile.MANIFEST}
-    assert {RunFile.GLOBAL_MODEL, RunFile.METRICS, "results/cross_val_results.json"} <= listed
+    assert {RunFile.GLOBAL_MODEL, RunFile.METRICS, RunFile.CROSS_VAL_RESULTS} <= listed
     for entry in manifest["objects"]:
         body = objects[entry["key"]]
         assert len(body) == entry["size"]
@@ -88,21 +88,21 @@ def test_metrics_json_has_every_round_and_site(uploaded):
 
 def test_cross_site_validation_covers_every_site(uploaded):
     _, _, objects = uploaded
-    results = json.loads(objects["results/cross_val_results.json"])
+    results = json.loads(objects[RunFile.CROSS_VAL_RESULTS])
     assert set(results) == {"site-1", "site-2", "site-3"}
     for site, models in results.items():
-        assert set(models) == {"SRV_FL_global_model.pt"}
-        assert models["SRV_FL_global_model.pt"]["accuracy"] > 0.5, site
+        assert set(models) == {RunFile.SERVER_MODEL}
+        assert models[RunFile.SERVER_MODEL]["accuracy"] > 0.5, site
 
 
 def test_cross_site_validation_values_equal_a_direct_validation(uploaded, standard_run):
     """Layout: {site: {"SRV_FL_global_model.pt": {"accuracy", "loss", "num_samples"}}}; values as the validator."""
     _, _, objects = uploaded
-    results = json.loads(objects["results/cross_val_results.json"])
+    results = json.loads(objects[RunFile.CROSS_VAL_RESULTS])
     state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), map_location="cpu", weights_only=True)
     for site in standard_run.sites:
         expected = direct_evaluation(state, standard_run.local_dir / "cohorts" / site, val_only=True)
-        got = results[site]["SRV_FL_global_model.pt"]
+        got = results[site][RunFile.SERVER_MODEL]
         assert set(got) == {"accuracy", "loss", "num_samples"}
         assert got["num_samples"] == expected["num_samples"]
         assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)

@@ -421,9 +421,10 @@ def test_pt_file_model_persistor_attributes_inventory_and_checkpoint(tmp_path):
            "(UncertaintyPlan reads persistor.model)")
     persistor = PTFileModelPersistor(model={"path": "torch.nn.Linear", "args": {"in_features": 2, "out_features": 1}})
     names = (persistor.global_model_file_name, persistor.best_global_model_file_name)
-    assert names == ("FL_global_model.pt", "best_FL_global_model.pt") == (
+    assert names == (RunFile.PERSISTOR_GLOBAL_MODEL, "best_FL_global_model.pt") == (
         DefaultCheckpointFileName.GLOBAL_MODEL, DefaultCheckpointFileName.BEST_GLOBAL_MODEL), changed(
-        f"PTFileModelPersistor's model file names are {names}", fix + " and the README (SRV_FL_global_model.pt)")
+        f"PTFileModelPersistor's model file names are {names}",
+        fix + ", flip/constants.py (RunFile.PERSISTOR_GLOBAL_MODEL) and the README (SRV_FL_global_model.pt)")
     fl_ctx = FLContext()
     fl_ctx.set_prop(FLContextKey.APP_ROOT, str(tmp_path), private=True, sticky=False)
     persistor.handle_event(EventType.START_RUN, fl_ctx)
@@ -454,7 +455,9 @@ def test_cross_site_model_eval_without_submit_model_validates_server_models_only
     assert state == ("", "validate"), changed(f"CrossSiteModelEval keeps its task names as {state}", fix)
     in_order(CrossSiteModelEval.control_flow, ["if self._submit_model_task_name:", "name=self._submit_model_task_name"],
              fix)
-    in_order(CrossSiteModelEval._locate_server_models, ['unique_name = "SRV_" + name'], fix)
+    in_order(CrossSiteModelEval._locate_server_models, ['unique_name = "SRV_" + name'],
+             fix + " and flip/constants.py (RunFile.SERVER_MODEL)")
+    assert RunFile.SERVER_MODEL == "SRV_" + RunFile.PERSISTOR_GLOBAL_MODEL
     assert AppConstants.TASK_VALIDATION in NON_TRAINING_TASKS, changed(
         f"AppConstants.TASK_VALIDATION is now {AppConstants.TASK_VALIDATION!r}", "flip/nvflare/result_policy.py")
 

@@ -6,7 +6,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
-from flip.constants import FlipEvent, FlipProp
+from flip.constants import FlipEvent, FlipProp, RunFile
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
 
 
@@ -21,7 +21,7 @@ class EvaluationJsonGenerator(ValidationJsonGenerator):
         json_file_name: file name. Default ``evaluation_results.json``.
     """
 
-    def __init__(self, results_dir="cross_site_eval", json_file_name="evaluation_results.json"):
+    def __init__(self, results_dir=RunFile.EVALUATION_DIR, json_file_name=RunFile.EVALUATION_RESULTS_FILE):
         super().__init__(results_dir=results_dir, json_file_name=json_file_name)
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):

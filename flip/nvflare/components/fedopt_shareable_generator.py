@@ -10,8 +10,8 @@ from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 
+from flip.constants import FedOptimizer, FlipProp
 from flip.methods.fedopt import FedOptState, check_fedopt_args, fedopt_step
-from flip.constants import FlipProp
 from flip.methods.weighted import l2_norm
 
 
@@ -29,7 +29,7 @@ class FedOptShareableGenerator(FullModelShareableGenerator):
         ValueError: naming the bad argument (e.g. an unknown optimizer).
     """
 
-    def __init__(self, optimizer: str = "sgd", lr: float = 1.0, momentum: float = 0.0, beta1: float = 0.9,
+    def __init__(self, optimizer: str = FedOptimizer.SGD, lr: float = 1.0, momentum: float = 0.0, beta1: float = 0.9,
                  beta2: float = 0.99, eps: float = 1e-8):
         super().__init__()
         check_fedopt_args(optimizer, lr, momentum, beta1, beta2, eps)
