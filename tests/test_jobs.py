@@ -124,3 +124,31 @@ def test_one_digits_data_module():
         "app/digits_data.py"]
     shipped = REPO / "jobs" / "multi_stage" / "app" / "custom" / "digits_data.py"
     assert shipped.read_bytes() == (DEMO_APP_DIR / "digits_data.py").read_bytes()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name, absent", [("standard", {"evaluator.py"}), ("fed_opt", {"evaluator.py"}),
+                                          ("multi_stage", {"evaluator.py"}),
+                                          ("evaluation", {"trainer.py", "validator.py"})])
+def test_a_job_carries_no_entry_file_it_never_runs(name, absent):
+    custom = {p.name for p in (REPO / "jobs" / name / "app" / "custom").iterdir()}
+    assert not custom & absent
+    assert {"models.py", "config.json", "digits_data.py"} <= custom  # helper modules are copied as before
+
+
+@pytest.mark.unit
+def test_an_unused_entry_file_that_the_app_imports_is_kept(tmp_path):
+    app = tmp_path / "app"
+    app.mkdir()
+    for name in ("models.py", "config.json", "trainer.py", "validator.py", "helpers.py"):
+        (app / name).write_text("{}" if name.endswith(".json") else "X = 1\n")
+    (app / "evaluator.py").write_text("from helpers import X\n")
+    (app / "helpers.py").write_text("import trainer\n")  # the evaluator needs trainer.py through helpers.py
+    folder = write_job("evaluation", tmp_path / "out", app_dir=app)
+    custom = {p.name for p in (folder / "app" / "custom").iterdir()}
+    assert custom == {"models.py", "config.json", "evaluator.py", "helpers.py", "trainer.py"}
+
+
+@pytest.mark.unit
+def test_job_folders_are_marked_generated():
+    assert "jobs/** linguist-generated=true" in (REPO / ".gitattributes").read_text().splitlines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
@@ -9,7 +10,7 @@ from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
-from flip.constants import ComponentId, FlipTask, UserFile
+from flip.constants import ComponentId, FlipTask, JobName, UserFile
 from flip.nvflare.components import (
     CleanupImages,
     ClientEventHandler,
@@ -30,6 +31,13 @@ MULTISTAGE_APP_DIR = Path(__file__).resolve().parent.parent / "demo" / "multista
 #: digits data reader; the job builder copies them into the job's custom/ folder with the app's own files
 SHARED_APP_FILES = {MULTISTAGE_APP_DIR: (DEMO_APP_DIR / "digits_data.py",)}
 _APP_SUFFIXES = (".py", ".json")
+#: the user's entry files a job type never runs: left out of its custom/ folder unless another file of the app
+#: imports them (helper modules are always copied). The fed_opt job is a standard job.
+UNUSED_ENTRY_FILES = {
+    JobName.STANDARD: (UserFile.EVALUATOR,),
+    JobName.MULTI_STAGE: (UserFile.EVALUATOR,),
+    JobName.EVALUATION: (UserFile.TRAINER, UserFile.VALIDATOR),
+}
 
 
 def explicit(component, *args: str):
@@ -98,16 +106,17 @@ def add_training_sites(job: FedJob, privacy_filter, swag: bool = False, dp_filte
         job.to_clients(dp_filter, filter_type=FilterType.TASK_RESULT, tasks=tasks)
 
 
-def add_site_basics(job: FedJob, app_dir: str | Path) -> None:
-    """Sites: image cleanup, the event handler, and the user's code in custom/."""
+def add_site_basics(job: FedJob, app_dir: str | Path, job_type: str) -> None:
+    """Sites: image cleanup, the event handler, and the user's code a job of ``job_type`` runs in custom/."""
     job.to_clients(CleanupImages(), tasks=[FlipTask.INIT_TRAINING])
     job.to_clients(ClientEventHandler(), id=ComponentId.CLIENT_EVENT_HANDLER)
-    add_user_app(job, app_dir)
+    add_user_app(job, app_dir, job_type)
 
 
-def add_user_app(job: FedJob, app_dir: str | Path) -> None:
+def add_user_app(job: FedJob, app_dir: str | Path, job_type: str | None = None) -> None:
     """Copy the user's app (``*.py``, ``*.json``) into the job's custom/ folder, with the modules it shares with
-    another app folder (SHARED_APP_FILES), so the job folder is self-contained."""
+    another app folder (SHARED_APP_FILES), so the job folder is self-contained; leave out the entry files a job of
+    ``job_type`` never runs (UNUSED_ENTRY_FILES; None: leave out nothing)."""
     app_dir = Path(app_dir)
     missing = [f for f in (UserFile.MODELS, UserFile.CONFIG) if not (app_dir / f).is_file()]
     if missing:
@@ -115,5 +124,37 @@ def add_user_app(job: FedJob, app_dir: str | Path) -> None:
     files = [p for p in app_dir.iterdir() if p.is_file() and p.suffix in _APP_SUFFIXES]
     own = {p.name for p in files}
     files += [p for p in SHARED_APP_FILES.get(app_dir.resolve(), ()) if p.name not in own]
+    files = _without_unused(files, UNUSED_ENTRY_FILES.get(job_type, ()))
     for path in sorted(files, key=lambda p: p.name):
         job.add_file_to_clients(str(path))
+
+
+def _without_unused(files: list[Path], unused: tuple[str, ...]) -> list[Path]:
+    """``files`` without those named in ``unused``, except one that a kept Python file imports (transitively)."""
+    kept = [p for p in files if p.name not in unused]
+    left_out = {p.stem: p for p in files if p.name in unused}
+    pending = [p for p in kept if p.suffix == ".py"]
+    while pending and left_out:
+        imported = _imported_modules(pending.pop())
+        if imported is None:  # a file we cannot parse: keep everything it might need
+            return files
+        for stem in imported & left_out.keys():
+            needed = left_out.pop(stem)
+            kept.append(needed)
+            pending.append(needed)
+    return kept
+
+
+def _imported_modules(path: Path) -> set[str] | None:
+    """The top-level module names ``path`` imports (absolute imports only), or None if it is not valid Python."""
+    try:
+        tree = ast.parse(path.read_text(), filename=path.name)
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names

@@ -30,5 +30,5 @@ def evaluation_job(name: str = JobName.EVALUATION, model_id: str = DEFAULT_MODEL
     job.to_server(EvaluateModels(model_ids=model_ids, min_clients=min_clients,
                                  wait_time_after_min_received=wait_after_min_clients), id="evaluate")
     job.to_clients(RUN_EVALUATOR(), tasks=[FlipTask.EVALUATE])
-    add_site_basics(job, app_dir or DEMO_APP_DIR)
+    add_site_basics(job, app_dir or DEMO_APP_DIR, JobName.EVALUATION)
     return job

@@ -38,5 +38,5 @@ def multi_stage_job(name: str = JobName.MULTI_STAGE, model_id: str = DEFAULT_MOD
     aggregator = explicit(SampleWeightedAggregator(min_accepted=min_clients), "min_accepted")
     add_training_server(job, FullModelShareableGenerator(), workflow, aggregator)
     add_training_sites(job, StagePercentilePrivacy(percentile=percentile, gamma=gamma))
-    add_site_basics(job, app_dir or MULTISTAGE_APP_DIR)
+    add_site_basics(job, app_dir or MULTISTAGE_APP_DIR, JobName.MULTI_STAGE)
     return job

@@ -149,5 +149,5 @@ def standard_job(
                                     max_epsilon=dp_max_epsilon)
     add_training_sites(job, PercentilePrivacy(percentile=percentile, gamma=gamma), swag=swag,
                        dp_filter=dp_filter)
-    add_site_basics(job, app_dir or DEMO_APP_DIR)
+    add_site_basics(job, app_dir or DEMO_APP_DIR, JobName.STANDARD)
     return job
