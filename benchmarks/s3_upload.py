@@ -20,7 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flip.storage import s3  # noqa: E402
+from flip.storage.client import DEFAULT_TRANSFER, make_s3_client
+from flip.storage.layout import run_prefix
+from flip.storage.manifest import verify_run
+from flip.storage.upload import upload_run  # noqa: E402
 from flip.storage.weed import WeedS3  # noqa: E402
 
 SIZE = 512 * 1024 * 1024
@@ -44,7 +47,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, WeedS3(root=Path(tmp) / "weed") as server:
         os.environ.update(server.env)
-        client = s3.make_s3_client()
+        client = make_s3_client()
         folder = Path(tmp) / "run"
         folder.mkdir()
         model = folder / "global_model.pt"
@@ -56,9 +59,9 @@ def main() -> None:
         bucket = server.bucket
 
         def ours(i):
-            prefix = s3.run_prefix(MODEL_ID, f"ours-{i}")
-            s3.upload_run(client, bucket, prefix, {"global_model.pt": model}, {"job_id": f"ours-{i}"})
-            s3.verify_run(client, bucket, prefix)
+            prefix = run_prefix(MODEL_ID, f"ours-{i}")
+            upload_run(client, bucket, prefix, {"global_model.pt": model}, {"job_id": f"ours-{i}"})
+            verify_run(client, bucket, prefix)
 
         def put_object(i):
             with open(model, "rb") as body:
@@ -81,9 +84,9 @@ def main() -> None:
             results[name] = _best(args.repeats, action)
             print(f"{name:>16}: {results[name]:6.2f} s  {args.size / results[name] / 2**20:7.1f} MiB/s", flush=True)
         baseline = min(results["put_object"], results["upload_file"])
-        print(f"part size {s3.DEFAULT_TRANSFER.multipart_chunksize // 2**20} MiB, "
-              f"threshold {s3.DEFAULT_TRANSFER.multipart_threshold // 2**20} MiB, "
-              f"concurrency {s3.DEFAULT_TRANSFER.max_concurrency}")
+        print(f"part size {DEFAULT_TRANSFER.multipart_chunksize // 2**20} MiB, "
+              f"threshold {DEFAULT_TRANSFER.multipart_threshold // 2**20} MiB, "
+              f"concurrency {DEFAULT_TRANSFER.max_concurrency}")
         print(f"s3_upload bytes={args.size} ratio_vs_boto3={baseline / results['ours']:.3f}")
 
 

@@ -8,7 +8,7 @@ import shlex
 import signal
 import sys
 
-from flip.constants import RunFile
+from flip.constants import AGGREGATIONS, DEMO_JOBS, UNCERTAINTY_METHODS, Aggregation, JobName, RunFile, Uncertainty
 from flip.errors import FlipError
 
 
@@ -163,10 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the demo: N hospitals train a digits model in the simulator")
-    demo.add_argument("--job", default="standard", choices=["standard", "fed_opt", "multi_stage", "evaluation"],
+    demo.add_argument("--job", default=JobName.STANDARD, choices=DEMO_JOBS,
                       help="the job type to show (evaluation: train with standard, then evaluate that model)")
-    demo.add_argument("--aggregation", default="fedavg", choices=["fedavg", "fedprox", "feddc"])
-    demo.add_argument("--uncertainty", default="none", choices=["none", "ensemble", "mc_dropout", "swag"])
+    demo.add_argument("--aggregation", default=Aggregation.FEDAVG, choices=AGGREGATIONS)
+    demo.add_argument("--uncertainty", default=Uncertainty.NONE, choices=UNCERTAINTY_METHODS)
     demo.add_argument("--model-test-after-each-round", action="store_true",
                       help="every site tests each new global model")
     demo.add_argument("--dp-epsilon", type=float, default=None,
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="file to write, or an existing folder to write the artifact's file name into")
     download.add_argument("--artifact", default=RunFile.GLOBAL_MODEL, metavar="KEY",
                           help="another object of the run, e.g. best_global_model.pt, metrics.json, swag.pt, "
-                               "results/cross_val_results.json (flip models show lists them)")
+                               f"{RunFile.CROSS_VAL_RESULTS} (flip models show lists them)")
     download.add_argument("--report", default=None, metavar="DIR",
                           help="instead: the run report (index.html and its curves) into DIR")
     download.set_defaults(func=_cmd_models_download)

@@ -1,4 +1,5 @@
-"""Names shared by the server, the sites and the job builder: tasks, events, meta keys, files, statuses."""
+"""Names shared by the server, the sites and the job builder: tasks, events, meta keys, files, statuses, and each
+list of options (jobs, aggregation and uncertainty methods, FedOpt optimizers), written once."""
 
 from __future__ import annotations
 
@@ -45,8 +46,28 @@ class FlipMeta:
     PRIVACY = "flip_privacy"
 
 
-#: fl_ctx property through which an executor hands its task's metrics to the ClientEventHandler
-TASK_METRICS_PROP = "flip.task_metrics"
+class FlipProp:
+    """Names of the fl_ctx properties flip components hand each other data through (set private, not sticky).
+
+    Written once here, so a reader needs no import of the writer (a controller, the aggregator) just for a name.
+    """
+
+    #: site: an executor hands its task's metrics to the ClientEventHandler
+    TASK_METRICS = "flip.task_metrics"
+    #: server, at ROUND_DONE: which sites' updates were aggregated this round and why others were excluded
+    AGGREGATION_REPORT = "flip.aggregation_report"
+    #: server, at ROUND_DONE of a FedDC round: its routing, whether it aggregated, the models' fingerprints
+    FEDDC_REPORT = "flip.feddc_report"
+    #: server, at ROUND_DONE of a FedOpt round: what the server optimizer did
+    SERVER_STEP = "flip.server_step"
+    #: server, with ROUND_VALIDATED: a site's metrics for the round's new global model
+    ROUND_VALIDATION = "flip.round_validation"
+    #: server, with TRAINING_STOPPED: why training ended before its planned rounds
+    STOP_REASON = "flip.stop_reason"
+    #: server: the model ids the EvaluateModels workflow asks the evaluation model locator for
+    EVALUATE_MODEL_IDS = "flip.evaluate_model_ids"
+    #: server, with EVALUATION_RESULT_RECEIVED: a site's evaluation result (a METRICS shareable)
+    EVALUATION_RESULT = "flip.evaluation_result"
 
 
 class ComponentId:
@@ -95,6 +116,65 @@ class RunFile:
     UNCERTAINTY = "uncertainty.json"
     REPORT_DIR = "report"  # its objects are report/<file>
     REPORT_INDEX = "report/index.html"
+    #: the ValidationJsonGenerator's file (in NVFlare's cross_site_val/ folder of the run) and its object key
+    CROSS_VAL_RESULTS_FILE = "cross_val_results.json"
+    CROSS_VAL_RESULTS = f"{RESULTS_DIR}/{CROSS_VAL_RESULTS_FILE}"
+    #: the EvaluationJsonGenerator's folder and file in the run folder, and the file's object key
+    EVALUATION_DIR = "cross_site_eval"
+    EVALUATION_RESULTS_FILE = "evaluation_results.json"
+    EVALUATION_RESULTS = f"{RESULTS_DIR}/{EVALUATION_RESULTS_FILE}"
+    #: NVFlare's PTFileModelPersistor's file of the final global model, and its name in the cross-site validation
+    #: results (CrossSiteModelEval prefixes a server model's name with SRV_)
+    PERSISTOR_GLOBAL_MODEL = "FL_global_model.pt"
+    SERVER_MODEL = f"SRV_{PERSISTOR_GLOBAL_MODEL}"
+
+
+class JobName:
+    """The job types (``flip/jobs`` builds each; ``jobs/<name>`` is its checked-in folder)."""
+
+    STANDARD = "standard"
+    EVALUATION = "evaluation"
+    FED_OPT = "fed_opt"
+    MULTI_STAGE = "multi_stage"
+
+
+#: every job type, in the order ``flip jobs export`` writes them
+JOB_NAMES = (JobName.STANDARD, JobName.EVALUATION, JobName.FED_OPT, JobName.MULTI_STAGE)
+#: the jobs ``flip demo --job`` shows (evaluation: trains with the standard job first, then evaluates that model)
+DEMO_JOBS = (JobName.STANDARD, JobName.FED_OPT, JobName.MULTI_STAGE, JobName.EVALUATION)
+
+
+class Aggregation:
+    """The standard job's aggregation methods (its ``aggregation`` option)."""
+
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDDC = "feddc"
+
+
+AGGREGATIONS = (Aggregation.FEDAVG, Aggregation.FEDPROX, Aggregation.FEDDC)
+
+
+class Uncertainty:
+    """The uncertainty methods (the standard job's ``uncertainty`` option, UncertaintyPlan's ``method``)."""
+
+    NONE = "none"
+    ENSEMBLE = "ensemble"
+    MC_DROPOUT = "mc_dropout"
+    SWAG = "swag"
+
+
+UNCERTAINTY_METHODS = (Uncertainty.NONE, Uncertainty.ENSEMBLE, Uncertainty.MC_DROPOUT, Uncertainty.SWAG)
+
+
+class FedOptimizer:
+    """The FedOpt server optimizers (FedOptShareableGenerator's ``optimizer``)."""
+
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+FEDOPT_OPTIMIZERS = (FedOptimizer.SGD, FedOptimizer.ADAM)
 
 
 class RunStatus(str, Enum):
@@ -115,7 +195,7 @@ class RunStatus(str, Enum):
 #: The job id NVFlare's simulator gives every run; flip makes it unique per run for the S3 key.
 SIMULATOR_JOB_ID = "simulate_job"
 
-#: S3 upload defaults in MiB (the FLIP_S3_* settings' defaults; see flip.storage.s3): objects of up to 1 GiB go in
+#: S3 upload defaults in MiB (the FLIP_S3_* settings' defaults; see flip.storage.client): objects of up to 1 GiB go in
 #: one request, larger ones in 64 MiB parts. Measured with benchmarks/s3_upload.py (README, performance).
 DEFAULT_THRESHOLD_MB = 1024
 DEFAULT_PART_SIZE_MB = 64

@@ -50,3 +50,23 @@ class JSONValueError(FlipError, ValueError):
 class NonFiniteModelError(FlipError, ValueError):
     """A model (an aggregate, the global model) holds NaN/Inf or values its dtype cannot hold: it is never saved as
     the run's model nor uploaded."""
+
+
+class SiteMessageError(FlipError, ValueError):
+    """A value a site sent is not what a site may send; the message names the field, never the value."""
+
+
+class LookupFailed(FlipError):
+    """A peer component is missing or of the wrong type (the message names the id and the type found)."""
+
+
+class AggregationFailed(FlipError):
+    """Too few updates passed the checks for the round to complete."""
+
+
+class TaskFailed(FlipError):
+    """A task cannot complete at a site; ``reason`` is short and safe to send to the server."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

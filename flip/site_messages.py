@@ -21,7 +21,7 @@ from typing import Annotated, Any, Mapping
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
-from flip.errors import FlipError
+from flip.errors import SiteMessageError
 from flip.metrics import MAX_METRICS, finite_number, metric_problem
 from flip.checks import check_path_name
 
@@ -30,10 +30,6 @@ MAX_REASON_CHARS = 2000
 #: the most privacy filters one update may record, and stages one filter may report
 MAX_PRIVACY_RECORDS = 16
 MAX_PARTS = 64
-
-
-class SiteMessageError(FlipError, ValueError):
-    """A value a site sent is not what a site may send; the message names the field, never the value."""
 
 
 def _finite(value: Any) -> int | float:

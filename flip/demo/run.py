@@ -20,10 +20,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from flip.constants import RunFile, RunStatus
+from flip.constants import (AGGREGATIONS, DEMO_JOBS, UNCERTAINTY_METHODS, Aggregation, JobName, RunFile, RunStatus,
+                            Uncertainty)
 from flip.errors import FlipError
 
-DEMO_JOBS = ("standard", "fed_opt", "multi_stage", "evaluation")
 #: written into a folder the demo created; the demo deletes the contents of no other folder
 MARKER = ".flip-demo"
 _MARKER_TEXT = "This folder was created by `flip demo`, which clears and reuses it on its next run.\n"
@@ -56,7 +56,9 @@ class _Demo:
         from flip.jobs import write_job
         from flip.platform.dev import LocalPlatform
         from flip.simulate import run_simulator
-        from flip.storage import s3
+        from flip.storage.client import make_s3_client
+        from flip.storage.layout import run_prefix
+        from flip.storage.manifest import verify_run
 
         job_dir = write_job(job, self.workdir / "jobs", model_id=model_id, min_clients=len(self.names), **options)
         _say(f"{job} job {job_dir} (model {model_id}), {len(self.names)} sites in the simulator")
@@ -68,9 +70,9 @@ class _Demo:
         if rc != 0 or final.get("status") != RunStatus.RESULTS_UPLOADED.value:
             raise FlipError(f"{job}: simulator exit code {rc}, final status {final.get('status')}: "
                             f"{final.get('reason', 'see the logs')} (logs: {self.workdir / f'workspace-{job}'})")
-        client = s3.make_s3_client()
-        prefix = s3.run_prefix(model_id, final["run_id"])
-        manifest = s3.verify_run(client, self.server.bucket, prefix)
+        client = make_s3_client()
+        prefix = run_prefix(model_id, final["run_id"])
+        manifest = verify_run(client, self.server.bucket, prefix)
         objects = {e["key"]: client.get_object(Bucket=self.server.bucket, Key=prefix + e["key"])["Body"].read()
                    for e in manifest["objects"]}
         statuses = [s for s in statuses if s["run_id"] == final["run_id"]]
@@ -78,7 +80,8 @@ class _Demo:
 
 
 def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, percentile: float = 10,
-              gamma: float = 0.01, job: str = "standard", aggregation: str = "fedavg", uncertainty: str = "none",
+              gamma: float = 0.01, job: str = JobName.STANDARD, aggregation: str = Aggregation.FEDAVG,
+              uncertainty: str = Uncertainty.NONE,
               model_test_after_each_round: bool = False, dp_epsilon: float | None = None,
               dp_clip_norm: float = 1.0) -> list[tuple[str, dict[str, Any]]]:
     """Check every demo argument and return the jobs the demo runs, in order: ``[(job name, options)]``.
@@ -90,8 +93,6 @@ def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, perce
         ValueError: naming the first bad argument and what is allowed.
     """
     from flip.jobs import DEFAULT_MODEL_ID, JOBS
-    from flip.jobs.standard import AGGREGATIONS
-    from flip.nvflare.uncertainty import METHODS
     from flip.checks import check_positive, check_positive_int
     from flip.privacy.percentile import check_gamma, check_percentile
 
@@ -104,8 +105,8 @@ def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, perce
     training = {"percentile": check_percentile(percentile), "gamma": check_gamma(gamma)}
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
-    if uncertainty not in METHODS:
-        raise ValueError(f"uncertainty must be one of {list(METHODS)}, got {uncertainty!r}")
+    if uncertainty not in UNCERTAINTY_METHODS:
+        raise ValueError(f"uncertainty must be one of {list(UNCERTAINTY_METHODS)}, got {uncertainty!r}")
     if not isinstance(model_test_after_each_round, bool):
         raise ValueError(f"model_test_after_each_round must be True or False, got {model_test_after_each_round!r}")
     methods = {"aggregation": aggregation, "uncertainty": uncertainty,
@@ -113,12 +114,13 @@ def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, perce
     check_positive("dp_clip_norm", dp_clip_norm)
     if dp_epsilon is not None:
         methods.update(dp_epsilon=check_positive("dp_epsilon", dp_epsilon), dp_clip_norm=dp_clip_norm)
-    if job == "multi_stage":
+    if job == JobName.MULTI_STAGE:
         runs = [(job, training)]
     else:
-        runs = [("standard" if job == "evaluation" else job, {"num_rounds": rounds, **training, **methods})]
-        if job == "evaluation":
-            runs.append(("evaluation", {}))
+        trained = JobName.STANDARD if job == JobName.EVALUATION else job
+        runs = [(trained, {"num_rounds": rounds, **training, **methods})]
+        if job == JobName.EVALUATION:
+            runs.append((JobName.EVALUATION, {}))
     for name, options in runs:
         JOBS[name](model_id=DEFAULT_MODEL_ID, min_clients=sites, **options)
     return runs
@@ -157,8 +159,9 @@ def prepare_workdir(workdir: str | Path) -> Path:
 
 
 def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdir: str | Path = ".demo",
-             percentile: float = 10, gamma: float = 0.01, job: str = "standard", aggregation: str = "fedavg",
-             uncertainty: str = "none", model_test_after_each_round: bool = False, dp_epsilon: float | None = None,
+             percentile: float = 10, gamma: float = 0.01, job: str = JobName.STANDARD,
+             aggregation: str = Aggregation.FEDAVG, uncertainty: str = Uncertainty.NONE,
+             model_test_after_each_round: bool = False, dp_epsilon: float | None = None,
              dp_clip_norm: float = 1.0) -> int:
     """Run the demo end to end; return 0 on success, 1 on failure (with the reason printed).
 
@@ -212,11 +215,11 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
             if key.startswith(f"{RunFile.REPORT_DIR}/"):
                 (report_dir / Path(key).relative_to(RunFile.REPORT_DIR)).write_bytes(body)
         state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), map_location="cpu", weights_only=True)
-        app = MULTISTAGE_APP_DIR if job == "multi_stage" else None
+        app = MULTISTAGE_APP_DIR if job == JobName.MULTI_STAGE else None
         accuracy = holdout_accuracy(state, app_dir=app)
 
     metrics = json.loads(objects[RunFile.METRICS])
-    validation = json.loads(objects["results/cross_val_results.json"])
+    validation = json.loads(objects[RunFile.CROSS_VAL_RESULTS])
     print()
     name = "accuracy" if any("accuracy" in m for r in metrics["rounds"] for m in r["sites"].values()) else "loss"
     print(f"{name} of each site's locally trained model on its own validation images, per round:")
@@ -227,10 +230,10 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
     print()
     print("Cross-site validation of the final global model:")
     for site in names:
-        m = validation.get(site, {}).get("SRV_FL_global_model.pt", {})
+        m = validation.get(site, {}).get(RunFile.SERVER_MODEL, {})
         print(f"  {site}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k != "num_samples"))
     if evaluation:
-        results = json.loads(evaluation["objects"]["results/evaluation_results.json"])
+        results = json.loads(evaluation["objects"][RunFile.EVALUATION_RESULTS])
         print("Evaluation-only job, the same model on all of each site's images:")
         for site in names:
             m = results[site][model_id]

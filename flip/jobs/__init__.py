@@ -6,6 +6,7 @@ compares the checked-in folders with what this module writes.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -13,31 +14,36 @@ from typing import Any, Callable
 
 from nvflare.job_config.api import FedJob
 
+from flip.constants import JobName
 from flip.jobs.common import DEFAULT_MODEL_ID, DEMO_APP_DIR, MULTISTAGE_APP_DIR
 from flip.jobs.evaluation import evaluation_job
 from flip.jobs.fed_opt import fed_opt_job
 from flip.jobs.multi_stage import multi_stage_job
 from flip.jobs.standard import standard_job
 
-#: job name -> builder(**options) -> FedJob
+#: job name -> builder(**options) -> FedJob, in the order of flip.constants.JOB_NAMES
 JOBS: dict[str, Callable[..., FedJob]] = {
-    "standard": standard_job,
-    "evaluation": evaluation_job,
-    "fed_opt": fed_opt_job,
-    "multi_stage": multi_stage_job,
+    JobName.STANDARD: standard_job,
+    JobName.EVALUATION: evaluation_job,
+    JobName.FED_OPT: fed_opt_job,
+    JobName.MULTI_STAGE: multi_stage_job,
 }
 _SHORT_PACKAGES = ("flip.nvflare.components", "flip.nvflare.executors", "flip.nvflare.controllers")
 
 
 def _public_path(path: str) -> str:
-    """``flip.nvflare.components.percentile_privacy.PercentilePrivacy`` -> ``flip.nvflare.components.PercentilePrivacy``."""
-    import importlib
-
+    """The public path of a flip class a job names: ``flip.nvflare.components.percentile_privacy.PercentilePrivacy``
+    -> ``flip.nvflare.components.PercentilePrivacy``. The first package of components, executors, controllers that
+    exports the class wins (so CleanupImages, an executor, is named ``flip.nvflare.components.CleanupImages``, as
+    SPEC.md and FLIP's configs name it)."""
+    if not path.startswith("flip.nvflare."):
+        return path
+    module_name, name = path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), name)
     for package in _SHORT_PACKAGES:
-        if path.startswith(package + "."):
-            name = path.rsplit(".", 1)[1]
-            if name in getattr(importlib.import_module(package), "__all__", ()):
-                return f"{package}.{name}"
+        module = importlib.import_module(package)
+        if name in module.__all__ and getattr(module, name) is cls:
+            return f"{package}.{name}"
     return path
 
 

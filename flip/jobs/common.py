@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
@@ -9,13 +10,13 @@ from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
-from flip.constants import ComponentId, FlipTask, UserFile
-from flip.nvflare.aggregator import SampleWeightedAggregator
+from flip.constants import ComponentId, FlipTask, JobName, UserFile
 from flip.nvflare.components import (
     CleanupImages,
     ClientEventHandler,
     PersistToS3AndCleanup,
     PTModelLocator,
+    SampleWeightedAggregator,
     ServerEventHandler,
 )
 from flip.nvflare.controllers import InitTraining
@@ -26,7 +27,17 @@ from flip.checks import check_model_id, check_path_name, check_positive_int
 DEFAULT_MODEL_ID = "5f2b7c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"
 DEMO_APP_DIR = Path(__file__).resolve().parent.parent / "demo" / "app"
 MULTISTAGE_APP_DIR = Path(__file__).resolve().parent.parent / "demo" / "multistage"
+#: modules an app shares with another app folder (one copy each): the multi-stage demo's app uses the demo app's
+#: digits data reader; the job builder copies them into the job's custom/ folder with the app's own files
+SHARED_APP_FILES = {MULTISTAGE_APP_DIR: (DEMO_APP_DIR / "digits_data.py",)}
 _APP_SUFFIXES = (".py", ".json")
+#: the user's entry files a job type never runs: left out of its custom/ folder unless another file of the app
+#: imports them (helper modules are always copied). The fed_opt job is a standard job.
+UNUSED_ENTRY_FILES = {
+    JobName.STANDARD: (UserFile.EVALUATOR,),
+    JobName.MULTI_STAGE: (UserFile.EVALUATOR,),
+    JobName.EVALUATION: (UserFile.TRAINER, UserFile.VALIDATOR),
+}
 
 
 def explicit(component, *args: str):
@@ -95,19 +106,55 @@ def add_training_sites(job: FedJob, privacy_filter, swag: bool = False, dp_filte
         job.to_clients(dp_filter, filter_type=FilterType.TASK_RESULT, tasks=tasks)
 
 
-def add_site_basics(job: FedJob, app_dir: str | Path) -> None:
-    """Sites: image cleanup, the event handler, and the user's code in custom/."""
+def add_site_basics(job: FedJob, app_dir: str | Path, job_type: str) -> None:
+    """Sites: image cleanup, the event handler, and the user's code a job of ``job_type`` runs in custom/."""
     job.to_clients(CleanupImages(), tasks=[FlipTask.INIT_TRAINING])
     job.to_clients(ClientEventHandler(), id=ComponentId.CLIENT_EVENT_HANDLER)
-    add_user_app(job, app_dir)
+    add_user_app(job, app_dir, job_type)
 
 
-def add_user_app(job: FedJob, app_dir: str | Path) -> None:
-    """Copy the user's app (``*.py``, ``*.json``) into the job's custom/ folder."""
+def add_user_app(job: FedJob, app_dir: str | Path, job_type: str | None = None) -> None:
+    """Copy the user's app (``*.py``, ``*.json``) into the job's custom/ folder, with the modules it shares with
+    another app folder (SHARED_APP_FILES), so the job folder is self-contained; leave out the entry files a job of
+    ``job_type`` never runs (UNUSED_ENTRY_FILES; None: leave out nothing)."""
     app_dir = Path(app_dir)
     missing = [f for f in (UserFile.MODELS, UserFile.CONFIG) if not (app_dir / f).is_file()]
     if missing:
         raise ValueError(f"app_dir {str(app_dir)!r} lacks {', '.join(missing)}: it must hold the user's code")
-    for path in sorted(app_dir.iterdir()):
-        if path.is_file() and path.suffix in _APP_SUFFIXES:
-            job.add_file_to_clients(str(path))
+    files = [p for p in app_dir.iterdir() if p.is_file() and p.suffix in _APP_SUFFIXES]
+    own = {p.name for p in files}
+    files += [p for p in SHARED_APP_FILES.get(app_dir.resolve(), ()) if p.name not in own]
+    files = _without_unused(files, UNUSED_ENTRY_FILES.get(job_type, ()))
+    for path in sorted(files, key=lambda p: p.name):
+        job.add_file_to_clients(str(path))
+
+
+def _without_unused(files: list[Path], unused: tuple[str, ...]) -> list[Path]:
+    """``files`` without those named in ``unused``, except one that a kept Python file imports (transitively)."""
+    kept = [p for p in files if p.name not in unused]
+    left_out = {p.stem: p for p in files if p.name in unused}
+    pending = [p for p in kept if p.suffix == ".py"]
+    while pending and left_out:
+        imported = _imported_modules(pending.pop())
+        if imported is None:  # a file we cannot parse: keep everything it might need
+            return files
+        for stem in imported & left_out.keys():
+            needed = left_out.pop(stem)
+            kept.append(needed)
+            pending.append(needed)
+    return kept
+
+
+def _imported_modules(path: Path) -> set[str] | None:
+    """The top-level module names ``path`` imports (absolute imports only), or None if it is not valid Python."""
+    try:
+        tree = ast.parse(path.read_text(), filename=path.name)
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names

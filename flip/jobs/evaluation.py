@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from nvflare.job_config.api import FedJob
 
-from flip.constants import ComponentId, FlipTask
+from flip.constants import ComponentId, FlipTask, JobName
 from flip.jobs.common import DEFAULT_MODEL_ID, DEMO_APP_DIR, add_lifecycle, add_site_basics, new_job
 from flip.nvflare.components import EvaluationJsonGenerator, EvaluationPTModelLocator
 from flip.nvflare.controllers import EvaluateModels
 from flip.nvflare.executors import RUN_EVALUATOR
 
 
-def evaluation_job(name: str = "evaluation", model_id: str = DEFAULT_MODEL_ID, model_ids: list[str] | None = None,
+def evaluation_job(name: str = JobName.EVALUATION, model_id: str = DEFAULT_MODEL_ID, model_ids: list[str] | None = None,
                    min_clients: int = 2, wait_after_min_clients: int = 60, app_dir=None) -> FedJob:
     """Build the evaluation job.
 
@@ -30,5 +30,5 @@ def evaluation_job(name: str = "evaluation", model_id: str = DEFAULT_MODEL_ID, m
     job.to_server(EvaluateModels(model_ids=model_ids, min_clients=min_clients,
                                  wait_time_after_min_received=wait_after_min_clients), id="evaluate")
     job.to_clients(RUN_EVALUATOR(), tasks=[FlipTask.EVALUATE])
-    add_site_basics(job, app_dir or DEMO_APP_DIR)
+    add_site_basics(job, app_dir or DEMO_APP_DIR, JobName.EVALUATION)
     return job

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from nvflare.job_config.api import FedJob
 
+from flip.constants import FedOptimizer, JobName
 from flip.jobs.common import DEFAULT_MODEL_ID, explicit
 from flip.jobs.standard import standard_job
-from flip.nvflare.fedopt import FedOptShareableGenerator
+from flip.nvflare.components import FedOptShareableGenerator
 
 
-def fed_opt_job(name: str = "fed_opt", model_id: str = DEFAULT_MODEL_ID, num_rounds: int = 3, min_clients: int = 2,
-                optimizer: str = "sgd", lr: float = 1.5, momentum: float = 0.6, beta1: float = 0.9,
-                beta2: float = 0.99, eps: float = 1e-8, percentile: float = 10, gamma: float = 0.01,
+def fed_opt_job(name: str = JobName.FED_OPT, model_id: str = DEFAULT_MODEL_ID, num_rounds: int = 3,
+                min_clients: int = 2, optimizer: str = FedOptimizer.SGD, lr: float = 1.5, momentum: float = 0.6,
+                beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-8, percentile: float = 10, gamma: float = 0.01,
                 wait_after_min_clients: int = 60, app_dir=None, **options) -> FedJob:
     """Build the FedOpt job (server optimizer ``sgd`` with momentum, or ``adam``; see FedOptShareableGenerator).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 from nvflare.job_config.api import FedJob
 
+from flip.constants import JobName
 from flip.jobs.common import (
     DEFAULT_MODEL_ID,
     MULTISTAGE_APP_DIR,
@@ -15,14 +16,13 @@ from flip.jobs.common import (
     explicit,
     new_job,
 )
-from flip.nvflare.aggregator import SampleWeightedAggregator
-from flip.nvflare.components import StagePercentilePrivacy, ValidationJsonGenerator
+from flip.nvflare.components import SampleWeightedAggregator, StagePercentilePrivacy, ValidationJsonGenerator
 from flip.nvflare.controllers import MultiStageScatterAndGather
 
 DEFAULT_STAGES = [{"name": "denoise", "num_rounds": 2}, {"name": "classify", "num_rounds": 2}]
 
 
-def multi_stage_job(name: str = "multi_stage", model_id: str = DEFAULT_MODEL_ID, stages: list[dict] | None = None,
+def multi_stage_job(name: str = JobName.MULTI_STAGE, model_id: str = DEFAULT_MODEL_ID, stages: list[dict] | None = None,
                     min_clients: int = 2, percentile: float = 10, gamma: float = 0.01,
                     wait_after_min_clients: int = 60, app_dir=None) -> FedJob:
     """Build the multi-stage job (default: the two-stage demo, 2 rounds "denoise" then 2 rounds "classify").
@@ -38,5 +38,5 @@ def multi_stage_job(name: str = "multi_stage", model_id: str = DEFAULT_MODEL_ID,
     aggregator = explicit(SampleWeightedAggregator(min_accepted=min_clients), "min_accepted")
     add_training_server(job, FullModelShareableGenerator(), workflow, aggregator)
     add_training_sites(job, StagePercentilePrivacy(percentile=percentile, gamma=gamma))
-    add_site_basics(job, app_dir or MULTISTAGE_APP_DIR)
+    add_site_basics(job, app_dir or MULTISTAGE_APP_DIR, JobName.MULTI_STAGE)
     return job

@@ -7,7 +7,8 @@ from pathlib import Path
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 from nvflare.job_config.api import FedJob
 
-from flip.constants import ComponentId, FlipTask
+from flip.constants import (AGGREGATIONS, UNCERTAINTY_METHODS, Aggregation, ComponentId, FlipTask, JobName,
+                            Uncertainty)
 from flip.jobs.common import (
     DEFAULT_MODEL_ID,
     DEMO_APP_DIR,
@@ -18,24 +19,25 @@ from flip.jobs.common import (
     explicit,
     new_job,
 )
-from flip.nvflare.aggregator import SampleWeightedAggregator
-from flip.nvflare.components import GaussianPrivacy, PercentilePrivacy, ValidationJsonGenerator
+from flip.nvflare.components import (
+    GaussianPrivacy,
+    PercentilePrivacy,
+    SampleWeightedAggregator,
+    UncertaintyPlan,
+    ValidationJsonGenerator,
+)
 from flip.nvflare.controllers.feddc import FedDCController
 from flip.checks import check_bool, check_choice, check_positive_int
 from flip.nvflare.controllers.swag import SwagRound
 from flip.nvflare.controllers.training import FlipScatterAndGather, check_mu
-from flip.nvflare.uncertainty import METHODS, UncertaintyPlan
-
-AGGREGATIONS = ("fedavg", "fedprox", "feddc")
-
 
 def check_options(aggregation: str, uncertainty: str, fedprox_mu: float, model_test_after_each_round: bool,
                   skip_model_tests: bool, delete_local_models_after_aggregation: bool) -> None:
     """Raise ValueError naming the first bad or conflicting option."""
     check_choice("aggregation", aggregation, AGGREGATIONS)
-    check_choice("uncertainty", uncertainty, METHODS)
-    if aggregation == "fedprox" and not check_mu(fedprox_mu) > 0:
-        raise ValueError(f"aggregation 'fedprox' needs fedprox_mu > 0, got {fedprox_mu!r}")
+    check_choice("uncertainty", uncertainty, UNCERTAINTY_METHODS)
+    if aggregation == Aggregation.FEDPROX and not check_mu(fedprox_mu) > 0:
+        raise ValueError(f"aggregation {Aggregation.FEDPROX!r} needs fedprox_mu > 0, got {fedprox_mu!r}")
     check_bool("model_test_after_each_round", model_test_after_each_round)
     check_bool("skip_model_tests", skip_model_tests)
     check_bool("delete_local_models_after_aggregation", delete_local_models_after_aggregation)
@@ -46,7 +48,7 @@ def check_options(aggregation: str, uncertainty: str, fedprox_mu: float, model_t
 def training_workflow(aggregation: str, min_clients: int, num_rounds: int, wait_after_min_clients: int,
                       fedprox_mu: float, daisy_chain_period: int, seed: int, model_test_after_each_round: bool):
     check_positive_int("num_rounds", num_rounds)
-    if aggregation == "feddc":
+    if aggregation == Aggregation.FEDDC:
         workflow = FedDCController(num_rounds=num_rounds, daisy_chain_period=daisy_chain_period,
                                    min_clients=min_clients, seed=seed,
                                    model_test_after_each_round=model_test_after_each_round)
@@ -59,14 +61,14 @@ def training_workflow(aggregation: str, min_clients: int, num_rounds: int, wait_
         persistor_id=ComponentId.PERSISTOR,
         shareable_generator_id=ComponentId.SHAREABLE_GENERATOR,
         train_task_name=FlipTask.TRAIN,
-        fedprox_mu=fedprox_mu if aggregation == "fedprox" else 0.0,
+        fedprox_mu=fedprox_mu if aggregation == Aggregation.FEDPROX else 0.0,
         model_test_after_each_round=model_test_after_each_round,
     )
     return explicit(workflow, "aggregator_id", "persistor_id", "shareable_generator_id", "train_task_name")
 
 
 def standard_job(
-    name: str = "standard",
+    name: str = JobName.STANDARD,
     model_id: str = DEFAULT_MODEL_ID,
     num_rounds: int = 3,
     min_clients: int = 2,
@@ -75,11 +77,11 @@ def standard_job(
     wait_after_min_clients: int = 60,
     app_dir: str | Path | None = None,
     shareable_generator=None,
-    aggregation: str = "fedavg",
+    aggregation: str = Aggregation.FEDAVG,
     fedprox_mu: float = 0.01,
     daisy_chain_period: int = 2,
     seed: int = 0,
-    uncertainty: str = "none",
+    uncertainty: str = Uncertainty.NONE,
     swag_epochs: int = 3,
     model_test_after_each_round: bool = False,
     skip_model_tests: bool = False,
@@ -120,21 +122,23 @@ def standard_job(
     """
     check_options(aggregation, uncertainty, fedprox_mu, model_test_after_each_round, skip_model_tests,
                   delete_local_models_after_aggregation)
-    if (dp_epsilon is not None or dp_noise_multiplier is not None) and uncertainty == "swag":
-        raise ValueError("differential privacy and uncertainty 'swag' cannot be combined: the SWAG round would "
-                         "need its own privacy budget")
-    if aggregation == "feddc" and shareable_generator is not None:
-        raise ValueError("aggregation 'feddc' averages local models itself: it takes no shareable_generator")
+    if (dp_epsilon is not None or dp_noise_multiplier is not None) and uncertainty == Uncertainty.SWAG:
+        raise ValueError(f"differential privacy and uncertainty {Uncertainty.SWAG!r} cannot be combined: the SWAG "
+                         "round would need its own privacy budget")
+    if aggregation == Aggregation.FEDDC and shareable_generator is not None:
+        raise ValueError(f"aggregation {Aggregation.FEDDC!r} averages local models itself: it takes no "
+                         "shareable_generator")
     job = new_job(name, model_id, min_clients, wait_after_min_clients)
     add_lifecycle(job, model_id, ValidationJsonGenerator(), min_clients=min_clients,
                   wait_after_min_clients=wait_after_min_clients)
-    if uncertainty != "none":
+    if uncertainty != Uncertainty.NONE:
         job.to_server(UncertaintyPlan(method=uncertainty), id="uncertainty")
     aggregator = explicit(SampleWeightedAggregator(
-        min_accepted=min_clients, ensemble=uncertainty == "ensemble",
+        min_accepted=min_clients, ensemble=uncertainty == Uncertainty.ENSEMBLE,
         delete_local_models_after_aggregation=delete_local_models_after_aggregation), "min_accepted")
-    after = [(SwagRound(swag_epochs=swag_epochs, min_clients=min_clients), "swag")] if uncertainty == "swag" else []
-    generator = None if aggregation == "feddc" else shareable_generator or FullModelShareableGenerator()
+    swag = uncertainty == Uncertainty.SWAG
+    after = [(SwagRound(swag_epochs=swag_epochs, min_clients=min_clients), "swag")] if swag else []
+    generator = None if aggregation == Aggregation.FEDDC else shareable_generator or FullModelShareableGenerator()
     workflow = training_workflow(aggregation, min_clients, num_rounds, wait_after_min_clients, fedprox_mu,
                                  daisy_chain_period, seed, model_test_after_each_round)
     add_training_server(job, generator, workflow, aggregator, after, model_tests=not skip_model_tests)
@@ -143,7 +147,7 @@ def standard_job(
         dp_filter = GaussianPrivacy(clip_norm=dp_clip_norm, noise_multiplier=dp_noise_multiplier, epsilon=dp_epsilon,
                                     delta=dp_delta, rounds=num_rounds if dp_epsilon is not None else None,
                                     max_epsilon=dp_max_epsilon)
-    add_training_sites(job, PercentilePrivacy(percentile=percentile, gamma=gamma), swag=uncertainty == "swag",
+    add_training_sites(job, PercentilePrivacy(percentile=percentile, gamma=gamma), swag=swag,
                        dp_filter=dp_filter)
-    add_site_basics(job, app_dir or DEMO_APP_DIR)
+    add_site_basics(job, app_dir or DEMO_APP_DIR, JobName.STANDARD)
     return job

@@ -7,22 +7,21 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import nvflare
+import torch
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 
+from flip import __version__
 from flip.constants import SIMULATOR_JOB_ID
+from flip.errors import LookupFailed
+from flip.storage.layout import unique_run_id
 
-#: fl_ctx property through which the ServerEventHandler hands the run id (the S3 key's job part) to its peers
-RUN_ID_PROP = "flip.run_id"
 
 _MAX_REASON = 300
 _SECRETISH = re.compile(r"(?i)(key|secret|token|password|passwd|credential)[^\s,;:=]*\s*[:=]\s*\S+")
 #: an absolute file path (``/data/images/<patient>/...``, ``~/...``): not a URL's path, not a relative name
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])~?/[^\s'\"),;]+")
-
-
-class LookupFailed(Exception):
-    """A peer component is missing or of the wrong type (the message names the id and the type found)."""
 
 
 def get_component(fl_ctx: FLContext, comp_id: str, expected: type | tuple[type, ...], role: str) -> Any:
@@ -59,12 +58,8 @@ def app_custom_dir(fl_ctx: FLContext) -> Path:
 def new_run_id(job_id: str) -> str:
     """The job part of the run's S3 key: the NVFlare job id, made unique for the simulator's fixed id."""
     if job_id == SIMULATOR_JOB_ID:
-        from flip.storage.layout import unique_run_id
-
         return unique_run_id(job_id)
     return job_id
-
-
 
 
 def peer_name(fl_ctx: FLContext, default: str | None = "?") -> str | None:
@@ -109,9 +104,4 @@ def log_site_failure(component: FLComponent, fl_ctx: FLContext, what: str, reaso
 
 def software_versions() -> dict[str, str]:
     """flip's, NVFlare's and torch's versions, as recorded with a run's artifacts and report."""
-    import nvflare
-    import torch
-
-    import flip
-
-    return {"flip": flip.__version__, "nvflare": nvflare.__version__, "torch": torch.__version__}
+    return {"flip": __version__, "nvflare": nvflare.__version__, "torch": torch.__version__}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import math
 import re
 import time
 import unicodedata

@@ -19,7 +19,8 @@ from flip.demo.data import write_cohorts
 from flip.jobs import DEFAULT_MODEL_ID, DEMO_APP_DIR, write_job
 from flip.platform.dev import LocalPlatform
 from flip.provisioning import project_config, render_project
-from flip.storage import s3
+from flip.storage.layout import run_prefix
+from flip.storage.manifest import verify_run
 from flip.storage.registry import ModelRegistry
 from flip.storage.weed import free_ports
 from tests.conftest import REPO, clean_env
@@ -137,7 +138,7 @@ def test_standard_job_via_the_flare_api_lands_a_verified_model(poc, standard_via
     statuses = poc.statuses(job_id)
     assert [s["status"] for s in statuses] == ["INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED"]
     client = weed._client()
-    manifest = s3.verify_run(client, weed.bucket, s3.run_prefix(DEFAULT_MODEL_ID, job_id))
+    manifest = verify_run(client, weed.bucket, run_prefix(DEFAULT_MODEL_ID, job_id))
     assert manifest["job_id"] == job_id and manifest["sites"] == SITES
     record = ModelRegistry(client, weed.bucket).run(DEFAULT_MODEL_ID, job_id)
     assert record.verified
@@ -154,7 +155,7 @@ def test_sites_enforce_their_privacy_policy_whatever_the_job_says(poc, tmp_path_
     config_path.write_text(json.dumps(config, indent=2))
     job_id, meta = _run(poc, job)
     assert meta["status"] == "FINISHED:COMPLETED"
-    prefix = s3.run_prefix(DEFAULT_MODEL_ID, job_id)
+    prefix = run_prefix(DEFAULT_MODEL_ID, job_id)
     metrics = json.loads(weed._client().get_object(Bucket=weed.bucket, Key=prefix + "metrics.json")["Body"].read())
     for entry in metrics["rounds"]:
         for site in SITES:

@@ -14,17 +14,19 @@ import pytest
 
 from flip import checks
 from flip.jobs import JOBS, write_job
-from flip.nvflare.aggregator import SampleWeightedAggregator
 from flip.nvflare.components import (
     EvaluationJsonGenerator,
     EvaluationPTModelLocator,
+    FedOptShareableGenerator,
     GaussianPrivacy,
     InitialPTModelLocator,
     PercentilePrivacy,
     PersistToS3AndCleanup,
     PTModelLocator,
+    SampleWeightedAggregator,
     ServerEventHandler,
     StagePercentilePrivacy,
+    UncertaintyPlan,
     ValidationJsonGenerator,
 )
 from flip.nvflare.controllers import (
@@ -35,8 +37,6 @@ from flip.nvflare.controllers import (
     MultiStageScatterAndGather,
     SwagRound,
 )
-from flip.nvflare.fedopt import FedOptShareableGenerator
-from flip.nvflare.uncertainty import UncertaintyPlan
 from flip.platform.dev import LocalPlatform
 from flip.provisioning import check_server_name, check_site_names
 

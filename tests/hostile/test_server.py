@@ -32,14 +32,14 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 from pydantic import SecretStr
 
-from flip.aggregation import swag
-from flip.aggregation.weighted import check_update, norm_outliers, weighted_mean
+from flip.methods import swag
+from flip.methods.weighted import check_update, norm_outliers, weighted_mean
 from flip.constants import ComponentId, FlipEvent, FlipMeta, RunFile, RunStatus
-from flip.errors import JSONValueError, NonFiniteModelError, PlatformError
+from flip.errors import AggregationFailed, JSONValueError, NonFiniteModelError, PlatformError
 from flip.files import write_json_atomic
 from flip.metrics import weighted_means
-from flip.nvflare.aggregator import AggregationFailed, SampleWeightedAggregator
-from flip.nvflare.components import GaussianPrivacy, PersistToS3AndCleanup, ServerEventHandler, ValidationJsonGenerator
+from flip.nvflare.components import (GaussianPrivacy, PersistToS3AndCleanup, SampleWeightedAggregator, ServerEventHandler,
+                                     ValidationJsonGenerator)
 from flip.nvflare.controllers import InitTraining
 from flip.nvflare.controllers.training import FlipScatterAndGather
 from flip.platform.dev import METRICS_FILE, LocalPlatform
@@ -205,7 +205,7 @@ def test_raw_validation_values_dropped_per_site(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     server = Server(tmp_path)
     server.fire(EventType.START_RUN)
-    model = "SRV_FL_global_model.pt"
+    model = RunFile.SERVER_MODEL
     results = {
         "site-1": DXO(DataKind.METRICS, data={"accuracy": 0.9, "confusion": np.eye(2), "note": "x",
                                               "nested": {"a": 1}, "loss": float("nan")}),
@@ -301,7 +301,7 @@ def test_end_run_always_reaches_final_status(tmp_path, s3_env, monkeypatch, faul
 
         monkeypatch.setattr(matplotlib.figure.Figure, "savefig", _fail_savefig)
     else:  # a value that cannot be written as JSON reaches the metrics document (a bug upstream)
-        server.handler.rounds[0]["server"] = {"step": object()}
+        server.handler.metrics.rounds[0]["server"] = {"step": object()}
     server.fire(EventType.END_RUN)
     assert server.handler.final_status == final
     statuses = server.statuses()

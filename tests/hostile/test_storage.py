@@ -31,7 +31,11 @@ from flip.nvflare.components.server_event_handler import ServerEventHandler
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
 from flip.platform.dev import LocalPlatform
 from flip.settings import load_settings
-from flip.storage import s3
+from flip.checks import check_object_key
+from flip.storage.client import make_s3_client
+from flip.storage.layout import run_prefix
+from flip.storage.manifest import verify_run
+from flip.storage.upload import upload_run
 from flip.storage.pending import find_pending, is_log_file, read_pending, record_pending, resume
 from flip.storage.registry import ModelRegistry
 from tests.conftest import environ
@@ -111,7 +115,7 @@ def test_resume_of_a_genuine_pending_upload_completes(tmp_path, weed):
     """The control case: the record the server wrote is honoured, uploaded, verified, and the run folder cleaned."""
     ws = _workspace(tmp_path)
     _resume(weed, ws.workspace)
-    manifest = s3.verify_run(weed._client(), weed.bucket, ws.prefix)
+    manifest = verify_run(weed._client(), weed.bucket, ws.prefix)
     assert {o["key"] for o in manifest["objects"]} == {RunFile.GLOBAL_MODEL, RunFile.METRICS}
     assert (manifest["model_id"], manifest["job_id"], manifest["run_id"]) == (ws.model_id, ws.job_id, ws.job_id)
     assert [p.name for p in ws.run.iterdir()] == ["log.txt"]
@@ -275,8 +279,8 @@ def test_read_pending_names_each_refused_value(tmp_path):
 def _other_run_at(weed, prefix: str, tmp_path: Path) -> dict:
     other = tmp_path / "other.pt"
     torch.save({"w": torch.ones(4)}, other)
-    s3.upload_run(weed._client(), weed.bucket, prefix, {RunFile.GLOBAL_MODEL: other}, {"source": "someone else"})
-    return s3.verify_run(weed._client(), weed.bucket, prefix)
+    upload_run(weed._client(), weed.bucket, prefix, {RunFile.GLOBAL_MODEL: other}, {"source": "someone else"})
+    return verify_run(weed._client(), weed.bucket, prefix)
 
 
 @pytest.mark.s3
@@ -290,20 +294,20 @@ def test_resume_refuses_manifest_of_other_files_at_reused_prefix(tmp_path, weed)
         _resume(weed, ws.workspace)
     assert (ws.run / RunFile.UPLOAD_PENDING).is_file()
     assert (ws.run / RunFile.STAGING_DIR / RunFile.GLOBAL_MODEL).is_file()
-    assert s3.verify_run(weed._client(), weed.bucket, ws.prefix)["objects"] == theirs["objects"]
+    assert verify_run(weed._client(), weed.bucket, ws.prefix)["objects"] == theirs["objects"]
 
 
 @pytest.mark.s3
 def test_upload_run_refuses_to_replace_a_verified_run(tmp_path, weed):
     """upload_run at a prefix holding a verified run of other files: the old code overwrote its objects and its
     manifest. Now nothing is sent and the run there still verifies."""
-    prefix = s3.run_prefix(str(uuid.uuid4()), "job-1")
+    prefix = run_prefix(str(uuid.uuid4()), "job-1")
     theirs = _other_run_at(weed, prefix, tmp_path)
     mine = tmp_path / "mine.pt"
     torch.save({"w": torch.zeros(4)}, mine)
     with pytest.raises(UploadError, match="it holds another run, which is never replaced"):
-        s3.upload_run(weed._client(), weed.bucket, prefix, {RunFile.GLOBAL_MODEL: mine}, {})
-    assert s3.verify_run(weed._client(), weed.bucket, prefix)["objects"] == theirs["objects"]
+        upload_run(weed._client(), weed.bucket, prefix, {RunFile.GLOBAL_MODEL: mine}, {})
+    assert verify_run(weed._client(), weed.bucket, prefix)["objects"] == theirs["objects"]
 
 
 @pytest.mark.s3
@@ -311,7 +315,7 @@ def test_upload_run_never_replaces_a_manifest_written_meanwhile(tmp_path, weed):
     """Another upload finishes at the same prefix while ours is sending its objects (done here from the on_object
     callback): the old code wrote its manifest over the other one. The manifest is put with ``If-None-Match: *``,
     which weed honours, so the other run stays whole."""
-    prefix = s3.run_prefix(str(uuid.uuid4()), "job-1")
+    prefix = run_prefix(str(uuid.uuid4()), "job-1")
     mine = tmp_path / "mine.pt"
     torch.save({"w": torch.zeros(4)}, mine)
     theirs: list[dict] = []
@@ -321,8 +325,8 @@ def test_upload_run_never_replaces_a_manifest_written_meanwhile(tmp_path, weed):
             theirs.append(_other_run_at(weed, prefix, tmp_path))
 
     with pytest.raises(UploadError, match="another upload wrote a manifest there meanwhile"):
-        s3.upload_run(weed._client(), weed.bucket, prefix, {"mine.pt": mine}, {}, on_object=other_upload_finishes)
-    assert s3.verify_run(weed._client(), weed.bucket, prefix)["objects"] == theirs[0]["objects"]
+        upload_run(weed._client(), weed.bucket, prefix, {"mine.pt": mine}, {}, on_object=other_upload_finishes)
+    assert verify_run(weed._client(), weed.bucket, prefix)["objects"] == theirs[0]["objects"]
 
 
 @pytest.mark.s3
@@ -452,7 +456,7 @@ def test_failure_after_pending_advises_a_resume_that_works(tmp_path, weed, caplo
     with environ(**env, FLIP_S3_CREATE_BUCKET="true"):
         resume(end.run, load_settings(), platform=end.platform, log=lambda line: None)
     assert end.platform.read_statuses(model_id)[-1]["status"] == RunStatus.RESULTS_UPLOADED.value
-    manifest = s3.verify_run(weed._client(), bucket, s3.run_prefix(model_id, job_id))
+    manifest = verify_run(weed._client(), bucket, run_prefix(model_id, job_id))
     assert RunFile.METRICS in {o["key"] for o in manifest["objects"]}
     assert all(is_log_file(p.name) for p in end.run.iterdir())
 
@@ -466,7 +470,7 @@ def _good_and_bad_run(weed, tmp_path: Path, damage) -> tuple[str, str]:
     for run_id in ("good", "bad"):
         model = tmp_path / f"{run_id}.pt"
         torch.save({"w": torch.ones(2)}, model)
-        s3.upload_run(client, weed.bucket, s3.run_prefix(model_id, run_id), {RunFile.GLOBAL_MODEL: model}, {})
+        upload_run(client, weed.bucket, run_prefix(model_id, run_id), {RunFile.GLOBAL_MODEL: model}, {})
     key = f"{model_id}/bad/{RunFile.MANIFEST}"
     manifest = json.loads(client.get_object(Bucket=weed.bucket, Key=key)["Body"].read())
     client.put_object(Bucket=weed.bucket, Key=key, Body=json.dumps(damage(manifest)).encode())
@@ -529,7 +533,7 @@ def test_empty_manifest_is_not_verified(weed, tmp_path):
 def test_object_key_with_a_trailing_newline_is_refused():
     """``$`` in the old key pattern matched before a trailing newline: ``'model.pt\\n'`` was a safe key."""
     with pytest.raises(ValueError, match="object key 'model.pt\\\\n' is invalid"):
-        s3.check_object_key("model.pt\n")
+        check_object_key("model.pt\n")
 
 
 # -- item 12: downloads --------------------------------------------------------------------------------------------
@@ -539,7 +543,7 @@ def _one_run(weed, tmp_path: Path) -> tuple[str, dict]:
     state = {"w": torch.arange(3.0)}
     model = tmp_path / "m.pt"
     torch.save(state, model)
-    s3.upload_run(weed._client(), weed.bucket, s3.run_prefix(model_id, "job-1"), {RunFile.GLOBAL_MODEL: model}, {})
+    upload_run(weed._client(), weed.bucket, run_prefix(model_id, "job-1"), {RunFile.GLOBAL_MODEL: model}, {})
     return model_id, state
 
 
@@ -610,7 +614,7 @@ def test_download_failure_leaves_no_temp_file(weed, tmp_path):
     out.mkdir()
     try:
         with environ(**{**weed.env, "AWS_ENDPOINT_URL_S3": proxy.endpoint, "AWS_MAX_ATTEMPTS": "2"}):
-            registry = ModelRegistry(s3.make_s3_client(), weed.bucket)
+            registry = ModelRegistry(make_s3_client(), weed.bucket)
             with pytest.raises(StorageError, match=f"cannot read {RunFile.GLOBAL_MODEL} of run job-1"):
                 registry.download(model_id, out=out / "model.pt")
     finally:

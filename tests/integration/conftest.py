@@ -17,7 +17,7 @@ from flip.demo.data import write_cohorts
 from flip.jobs import DEMO_APP_DIR
 from flip.platform.dev import LocalPlatform
 from flip.simulate import run_simulator
-from flip.storage import s3
+from flip.storage.manifest import verify_run
 from tests.conftest import REPO, environ
 
 
@@ -57,7 +57,7 @@ def simulate(tmp: Path, job_dir: Path, weed, sites: list[str], threads: int, ext
 def run_objects(weed, prefix: str) -> tuple[dict, dict[str, bytes]]:
     """Verify the run under ``prefix`` against its manifest, then fetch every object the manifest lists."""
     client = weed._client()
-    manifest = s3.verify_run(client, weed.bucket, prefix)
+    manifest = verify_run(client, weed.bucket, prefix)
     return manifest, {e["key"]: client.get_object(Bucket=weed.bucket, Key=prefix + e["key"])["Body"].read()
                       for e in manifest["objects"]}
 

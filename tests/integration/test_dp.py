@@ -13,7 +13,7 @@ import torch
 from flip.constants import RunFile
 from flip.jobs import write_job
 from flip.privacy.gaussian import epsilon_after
-from flip.storage import s3
+from flip.storage.layout import run_prefix
 from tests.integration.conftest import run_objects, simulate
 
 pytestmark = [pytest.mark.simulator, pytest.mark.s3]
@@ -31,7 +31,7 @@ def budget_run(tmp_path_factory, weed):
                     dp_max_epsilon=budget, dp_clip_norm=1.0, uncertainty="ensemble")
     run = simulate(tmp, job, weed, SITES, threads=2)
     final = run.statuses(model_id)[-1]
-    manifest, objects = run_objects(weed, s3.run_prefix(model_id, final["run_id"]))
+    manifest, objects = run_objects(weed, run_prefix(model_id, final["run_id"]))
     return budget, run, final, manifest, objects
 
 
@@ -44,7 +44,7 @@ def test_training_stops_cleanly_before_the_budget_is_exceeded(budget_run):
     assert f"max_epsilon {budget:g}" in metrics["stopped_early"]
     assert manifest["stopped_early"] == metrics["stopped_early"]
     assert "Training stopped early" in objects["report/index.html"].decode()
-    assert "results/cross_val_results.json" in objects
+    assert RunFile.CROSS_VAL_RESULTS in objects
 
 
 def test_the_round_training_stopped_after_is_the_last_for_the_ensemble_too(budget_run):

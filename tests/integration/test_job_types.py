@@ -14,7 +14,7 @@ import torch
 from flip.constants import RunFile
 from flip.demo.data import holdout_accuracy
 from flip.jobs import DEFAULT_MODEL_ID, DEMO_APP_DIR, MULTISTAGE_APP_DIR, write_job
-from flip.storage import s3
+from flip.storage.layout import run_prefix
 from tests.conftest import REPO
 from tests.integration.conftest import direct_evaluation, load_app_module, run_objects, simulate
 
@@ -30,7 +30,7 @@ def _run_objects(weed, model_id, run):
     key = (model_id, run.workspace)
     if key not in _uploaded:
         final = run.statuses(model_id)[-1]
-        _uploaded[key] = run_objects(weed, s3.run_prefix(model_id, final["run_id"]))
+        _uploaded[key] = run_objects(weed, run_prefix(model_id, final["run_id"]))
     return _uploaded[key]
 
 
@@ -56,14 +56,14 @@ def test_evaluation_job_lifecycle_and_upload(evaluation_run, weed):
     assert [s["status"] for s in evaluation_run.statuses(DEFAULT_MODEL_ID)] == [
         "INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED"]
     manifest, objects = _run_objects(weed, DEFAULT_MODEL_ID, evaluation_run)
-    assert "results/evaluation_results.json" in objects
+    assert RunFile.EVALUATION_RESULTS in objects
     assert RunFile.GLOBAL_MODEL not in objects  # nothing was trained: no model is uploaded
-    assert not list((evaluation_run.workspace / "server" / "simulate_job").glob("cross_site_eval"))
+    assert not list((evaluation_run.workspace / "server" / "simulate_job").glob(RunFile.EVALUATION_DIR))
 
 
 def test_evaluation_results_match_a_direct_evaluation_at_every_site(evaluation_run, weed, standard_run):
     _, objects = _run_objects(weed, DEFAULT_MODEL_ID, evaluation_run)
-    results = json.loads(objects["results/evaluation_results.json"])
+    results = json.loads(objects[RunFile.EVALUATION_RESULTS])
     assert set(results) == set(SITES)
     trained_run = standard_run.statuses(DEFAULT_MODEL_ID)[-1]["run_id"]
     trained = torch.load(io.BytesIO(weed._client().get_object(
@@ -158,8 +158,8 @@ def test_the_final_model_holds_both_trained_stages(multi_stage_run, weed):
     for prefix in ("denoiser.", "classifier."):
         changed = [k for k in state if k.startswith(prefix) and not torch.equal(state[k], initial[k])]
         assert changed, f"no {prefix} parameter changed"
-    validation = json.loads(objects["results/cross_val_results.json"])
-    assert all(v["SRV_FL_global_model.pt"]["accuracy"] > 0.5 for v in validation.values())
+    validation = json.loads(objects[RunFile.CROSS_VAL_RESULTS])
+    assert all(v[RunFile.SERVER_MODEL]["accuracy"] > 0.5 for v in validation.values())
 
 
 # -- arguments checked at run start ------------------------------------------------------------------------------

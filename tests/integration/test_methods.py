@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from flip.aggregation.feddc import daisy_chain, is_aggregation_round
+from flip.methods.feddc import daisy_chain, is_aggregation_round
 from flip.cli import main as flip_cli
 from flip.constants import RunFile
 from flip.jobs import DEMO_APP_DIR, write_job
-from flip.storage import s3
+from flip.storage.layout import run_prefix
 from flip.uncertainty import ensemble_predict, swag_predict
 from tests.conftest import environ
 from tests.integration.conftest import load_app_module, run_objects, simulate
@@ -206,7 +206,7 @@ def test_bad_updates_are_excluded_with_reasons_and_the_run_completes(misbehaving
     model_id, run = misbehaving_run
     final = run.statuses(model_id)[-1]
     assert final["status"] == "RESULTS_UPLOADED", final
-    prefix = s3.run_prefix(model_id, final["run_id"])
+    prefix = run_prefix(model_id, final["run_id"])
     rounds = json.loads(weed._client().get_object(Bucket=weed.bucket, Key=prefix + RunFile.METRICS)["Body"].read())[
         "rounds"]
     excluded = {r["round"]: r.get("excluded", {}).get("site-3", "") for r in rounds}

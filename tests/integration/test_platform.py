@@ -13,7 +13,7 @@ from PIL import Image
 
 from flip.constants import RunFile
 from flip.jobs import write_job
-from flip.storage import s3
+from flip.storage.layout import run_prefix
 from flip.cli import main as flip_cli
 from tests.conftest import environ
 from tests.hub_server import HubServer
@@ -71,7 +71,7 @@ def test_hub_gets_every_sites_metrics_every_round(hub_run):
 def uploaded(hub_run, weed):
     """The hub run's S3 prefix, manifest and objects, verified and fetched once for the tests that read them."""
     model_id, hub, _ = hub_run
-    prefix = s3.run_prefix(model_id, hub.statuses(model_id)[-1]["run_id"])
+    prefix = run_prefix(model_id, hub.statuses(model_id)[-1]["run_id"])
     return (prefix, *run_objects(weed, prefix))
 
 
@@ -81,7 +81,7 @@ def test_report_is_uploaded_and_opens(uploaded, weed):
     assert image.format == "PNG" and image.size[0] > 400
     page = objects["report/index.html"].decode()
     assert f"s3://{weed.bucket}/{prefix}" in page and "site-1" in page and "site-2" in page
-    assert "PercentilePrivacy" in page and "SRV_FL_global_model.pt" in page
+    assert "PercentilePrivacy" in page and RunFile.SERVER_MODEL in page
     metrics = json.loads(objects[RunFile.METRICS])
     (applied,) = metrics["rounds"][-1]["privacy"]["site-1"]
     assert applied["filter"] == "PercentilePrivacy" and applied["gamma"] == 0.01

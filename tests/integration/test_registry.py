@@ -11,7 +11,8 @@ import torch
 from flip.cli import main as flip_cli
 from flip.constants import RunFile
 from flip.errors import RegistryError
-from flip.storage import s3
+from flip.storage.layout import run_prefix
+from flip.storage.upload import upload_run
 from flip.storage.registry import ModelRegistry, load_model_file
 from tests.conftest import environ
 
@@ -39,7 +40,7 @@ def _upload_run(registry, model_id, run_id, state, tmp_path, metrics=None):
     if metrics is not None:
         (tmp_path / f"{run_id}.json").write_text(__import__("json").dumps(metrics))
         files[RunFile.METRICS] = tmp_path / f"{run_id}.json"
-    s3.upload_run(registry.client, registry.bucket, s3.run_prefix(model_id, run_id), files,
+    upload_run(registry.client, registry.bucket, run_prefix(model_id, run_id), files,
                   {"model_id": model_id, "run_id": run_id, "rounds": 2, "sites": ["site-1", "site-2"]})
 
 
@@ -133,7 +134,7 @@ def test_cli_downloads_other_artifacts_and_the_report(weed, tmp_path, capsys):
     torch.save(Net().state_dict(), model)
     page.write_text('<!doctype html><img src="curves.png">')
     curves.write_bytes(b"\x89PNG fake but hashed")
-    s3.upload_run(registry.client, registry.bucket, s3.run_prefix(model_id, "job-r"),
+    upload_run(registry.client, registry.bucket, run_prefix(model_id, "job-r"),
                   {RunFile.GLOBAL_MODEL: model, "report/index.html": page, "report/curves.png": curves}, {})
     with environ(**weed.env):
         assert flip_cli(["models", "download", model_id, "--report", str(tmp_path / "got")]) == 0
@@ -157,8 +158,8 @@ def test_server_side_encryption_is_applied_when_configured(registry, tmp_path):
     model_id = str(uuid.uuid4())
     model = tmp_path / "m.pt"
     torch.save(Net().state_dict(), model)
-    prefix = s3.run_prefix(model_id, "sse")
-    s3.upload_run(registry.client, registry.bucket, prefix, {RunFile.GLOBAL_MODEL: model}, {}, sse="AES256")
+    prefix = run_prefix(model_id, "sse")
+    upload_run(registry.client, registry.bucket, prefix, {RunFile.GLOBAL_MODEL: model}, {}, sse="AES256")
     head = registry.client.head_object(Bucket=registry.bucket, Key=prefix + RunFile.GLOBAL_MODEL)
     assert head["ServerSideEncryption"] == "AES256"
     assert registry.run(model_id).verified

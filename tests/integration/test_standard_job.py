@@ -15,7 +15,8 @@ from flip.constants import RunFile
 from flip.demo.data import holdout_accuracy
 from flip.jobs import DEFAULT_MODEL_ID
 from flip.storage.pending import is_log_file
-from flip.storage import s3
+from flip.storage.layout import run_prefix
+from flip.storage.manifest import verify_run
 from tests.conftest import environ
 from tests.integration.conftest import direct_evaluation
 
@@ -27,7 +28,7 @@ def uploaded(standard_run, weed):
     """The run's S3 prefix, manifest and every object's bytes."""
     statuses = standard_run.statuses(DEFAULT_MODEL_ID)
     run_id = statuses[-1]["run_id"]
-    prefix = s3.run_prefix(DEFAULT_MODEL_ID, run_id)
+    prefix = run_prefix(DEFAULT_MODEL_ID, run_id)
     client = weed._client()
     listing = client.list_objects_v2(Bucket=weed.bucket, Prefix=prefix).get("Contents", [])
     objects = {o["Key"][len(prefix):]: client.get_object(Bucket=weed.bucket, Key=o["Key"])["Body"].read()
@@ -48,12 +49,12 @@ def test_every_manifest_sha256_matches_the_stored_bytes(uploaded, weed):
     prefix, manifest, objects = uploaded
     listed = {e["key"] for e in manifest["objects"]}
     assert listed == set(objects) - {RunFile.MANIFEST}
-    assert {RunFile.GLOBAL_MODEL, RunFile.METRICS, "results/cross_val_results.json"} <= listed
+    assert {RunFile.GLOBAL_MODEL, RunFile.METRICS, RunFile.CROSS_VAL_RESULTS} <= listed
     for entry in manifest["objects"]:
         body = objects[entry["key"]]
         assert len(body) == entry["size"]
         assert hashlib.sha256(body).hexdigest() == entry["sha256"]
-    assert s3.verify_run(weed._client(), weed.bucket, prefix)["run_id"] == manifest["run_id"]
+    assert verify_run(weed._client(), weed.bucket, prefix)["run_id"] == manifest["run_id"]
     assert manifest["model_id"] == DEFAULT_MODEL_ID
     assert manifest["sites"] == ["site-1", "site-2", "site-3"]
     assert manifest["rounds"] == 3
@@ -88,21 +89,21 @@ def test_metrics_json_has_every_round_and_site(uploaded):
 
 def test_cross_site_validation_covers_every_site(uploaded):
     _, _, objects = uploaded
-    results = json.loads(objects["results/cross_val_results.json"])
+    results = json.loads(objects[RunFile.CROSS_VAL_RESULTS])
     assert set(results) == {"site-1", "site-2", "site-3"}
     for site, models in results.items():
-        assert set(models) == {"SRV_FL_global_model.pt"}
-        assert models["SRV_FL_global_model.pt"]["accuracy"] > 0.5, site
+        assert set(models) == {RunFile.SERVER_MODEL}
+        assert models[RunFile.SERVER_MODEL]["accuracy"] > 0.5, site
 
 
 def test_cross_site_validation_values_equal_a_direct_validation(uploaded, standard_run):
     """Layout: {site: {"SRV_FL_global_model.pt": {"accuracy", "loss", "num_samples"}}}; values as the validator."""
     _, _, objects = uploaded
-    results = json.loads(objects["results/cross_val_results.json"])
+    results = json.loads(objects[RunFile.CROSS_VAL_RESULTS])
     state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), map_location="cpu", weights_only=True)
     for site in standard_run.sites:
         expected = direct_evaluation(state, standard_run.local_dir / "cohorts" / site, val_only=True)
-        got = results[site]["SRV_FL_global_model.pt"]
+        got = results[site][RunFile.SERVER_MODEL]
         assert set(got) == {"accuracy", "loss", "num_samples"}
         assert got["num_samples"] == expected["num_samples"]
         assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)

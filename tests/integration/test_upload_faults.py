@@ -21,7 +21,9 @@ import torch
 from flip.cli import main as flip_cli
 from flip.constants import RunFile
 from flip.jobs import DEMO_APP_DIR, write_job
-from flip.storage import s3
+from flip.storage.layout import run_prefix
+from flip.storage.manifest import verify_run
+from flip.storage.upload import abort_incomplete_uploads
 from flip.storage.pending import is_log_file
 from flip.storage.registry import ModelRegistry
 from flip.storage.weed import WeedS3
@@ -96,14 +98,14 @@ class FaultRun:
     def assert_resumed(self, server: WeedS3) -> None:
         assert self.statuses[-1]["status"] == "RESULTS_UPLOADED", self.statuses
         client = server._client()
-        prefix = s3.run_prefix(self.model_id, self.statuses[-1]["run_id"])
-        manifest = s3.verify_run(client, server.bucket, prefix)
+        prefix = run_prefix(self.model_id, self.statuses[-1]["run_id"])
+        manifest = verify_run(client, server.bucket, prefix)
         assert RunFile.GLOBAL_MODEL in {o["key"] for o in manifest["objects"]}
         state = ModelRegistry(client, server.bucket).load(self.model_id)
         assert state["lookup_table"].shape == (BIG_BUFFER,)
         assert torch.equal(state["lookup_table"], torch.linspace(0, 1, BIG_BUFFER))  # untouched by training
         assert all(is_log_file(p.name) for p in self.folder.iterdir())
-        assert not s3.abort_incomplete_uploads(client, server.bucket, prefix)  # nothing unfinished left behind
+        assert not abort_incomplete_uploads(client, server.bucket, prefix)  # nothing unfinished left behind
 
 
 @pytest.fixture
@@ -203,8 +205,8 @@ def test_read_only_workspace_at_cleanup(tmp_path, big_app, weed):
         assert f"verified at s3://{weed.bucket}/{fault.model_id}/" in final["reason"]
         assert (fault.folder / RunFile.UPLOAD_PENDING).is_file()
         # the upload itself was verified before anything was deleted
-        prefix = s3.run_prefix(fault.model_id, final["run_id"])
-        s3.verify_run(weed._client(), weed.bucket, prefix)
+        prefix = run_prefix(fault.model_id, final["run_id"])
+        verify_run(weed._client(), weed.bucket, prefix)
         with environ(**{**fault.run.env, **FAST_FAIL}):
             assert flip_cli(["upload", "--resume", str(fault.folder)]) == 2  # still read-only: refused, named
         assert fault.statuses[-1]["status"] == "ERROR" and "cleanup" in fault.statuses[-1]["reason"]

@@ -11,6 +11,8 @@ from nvflare.apis.fl_component import FLComponent
 from nvflare.app_common.abstract.model_locator import ModelLocator
 
 import flip.nvflare.components as components
+import flip.nvflare.controllers as controllers
+import flip.nvflare.executors as executors
 
 MODEL_ID = "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90"
 EMPTY = inspect.Parameter.empty
@@ -32,6 +34,27 @@ def test_all_is_sorted_and_exported():
     assert set(SPEC) <= set(components.__all__)
     for name in components.__all__:
         assert getattr(components, name).__name__ == name
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("package", [components, controllers, executors])
+def test_public_packages_export_a_sorted_all(package):
+    assert package.__all__ == sorted(package.__all__)
+    for name in package.__all__:
+        assert getattr(package, name).__name__ == name
+
+
+@pytest.mark.unit
+def test_cleanup_images_is_an_executor_also_named_from_components():
+    """CleanupImages lives with the executors; SPEC.md and FLIP's configs name flip.nvflare.components.CleanupImages."""
+    assert executors.CleanupImages is components.CleanupImages
+    assert executors.CleanupImages.__module__ == "flip.nvflare.executors.cleanup_images"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["SampleWeightedAggregator", "FedOptShareableGenerator", "UncertaintyPlan"])
+def test_components_a_job_names_live_in_components(name):
+    assert getattr(components, name).__module__.startswith("flip.nvflare.components.")
 
 
 @pytest.mark.parametrize("name", sorted(SPEC))
@@ -57,8 +80,10 @@ def test_persist_attributes_and_methods():
     persist = components.PersistToS3AndCleanup(model_id=MODEL_ID)
     assert (persist.model_id, persist.persistor_id, persist.model_persistor, persist.model_inventory,
             persist.model_dir, persist.bucket_name, persist.flip) == (MODEL_ID, "persistor", None, {}, "", "", None)
-    for method in ("execute", "upload_results_to_s3_bucket", "cleanup"):
-        assert list(inspect.signature(getattr(persist, method)).parameters) == ["fl_ctx"]
+    for method in ("execute", "upload_results_to_s3_bucket", "cleanup"):  # SPEC: method(fl_ctx); the rest optional
+        params = list(inspect.signature(getattr(persist, method)).parameters.values())
+        assert params[0].name == "fl_ctx"
+        assert all(p.kind == p.KEYWORD_ONLY and p.default is None for p in params[1:])
 
 
 @pytest.mark.parametrize("bad", ["", "not-a-uuid", "1234", None, 42])

@@ -10,8 +10,9 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 
-from flip.aggregation.fedopt import FedOptState, fedopt_step
-from flip.nvflare.fedopt import SERVER_STEP_PROP, FedOptShareableGenerator
+from flip.constants import FlipProp
+from flip.methods.fedopt import FedOptState, fedopt_step
+from flip.nvflare.components import FedOptShareableGenerator
 
 
 def test_sgd_lr_one_without_momentum_is_fedavg():
@@ -77,5 +78,5 @@ def test_generator_steps_the_global_model_and_reports_the_step():
     aggregated = DXO(DataKind.WEIGHT_DIFF, data={"w": np.array([0.3, -0.4])}).to_shareable()
     model = generator.shareable_to_learnable(aggregated, fl_ctx)
     np.testing.assert_allclose(model["weights"]["w"], [1.6, 0.2])
-    step = fl_ctx.get_prop(SERVER_STEP_PROP)
+    step = fl_ctx.get_prop(FlipProp.SERVER_STEP)
     assert step["update_norm"] == pytest.approx(0.5) and step["step_norm"] == pytest.approx(1.0)

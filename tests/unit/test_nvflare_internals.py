@@ -45,10 +45,10 @@ from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from flip.constants import SIMULATOR_JOB_ID, ComponentId, FlipEvent, FlipMeta, FlipTask, RunFile
+from flip.constants import SIMULATOR_JOB_ID, ComponentId, FlipEvent, FlipMeta, FlipProp, FlipTask, RunFile
 from flip.jobs.common import explicit
-from flip.nvflare.aggregator import AGGREGATION_REPORT_PROP, SampleWeightedAggregator
-from flip.nvflare.components import ClientEventHandler, PercentilePrivacy, PTModelLocator, ValidationJsonGenerator
+from flip.nvflare.components import (ClientEventHandler, PercentilePrivacy, PTModelLocator, SampleWeightedAggregator,
+                                     ValidationJsonGenerator)
 from flip.nvflare.controllers import FlipScatterAndGather, InitTraining, MultiStageScatterAndGather
 from flip.nvflare.result_policy import _DXO_KEY, NON_TRAINING_TASKS
 from flip.nvflare.utils import peer_name
@@ -114,7 +114,7 @@ class Engine(FakeEngine):
             "num_rounds": fl_ctx.get_prop(AppConstants.NUM_ROUNDS),
             "accepted": fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED),
             "result": fl_ctx.get_prop(AppConstants.TRAINING_RESULT),
-            "report": fl_ctx.get_prop(AGGREGATION_REPORT_PROP),
+            "report": fl_ctx.get_prop(FlipProp.AGGREGATION_REPORT),
             "peer": peer_name(fl_ctx, default=None),
             "data": fl_ctx.get_prop(FLContextKey.EVENT_DATA),
         }))
@@ -270,7 +270,7 @@ def test_sag_stops_early_when_num_rounds_is_lowered_before_aggregation(tmp_path)
         "the model of the last round is not persisted in that round", TRAINING)
     assert (tmp_path / "job-1" / RunFile.ARTIFACTS_DIR / RunFile.ENSEMBLE).is_file(), changed(
         "the aggregator no longer sees the lowered NUM_ROUNDS when it aggregates the last round",
-        f"{TRAINING} and flip/nvflare/aggregator.py (finish_round)")
+        f"{TRAINING} and flip/nvflare/components/sample_weighted_aggregator.py (finish_round)")
     assert FlipEvent.TRAINING_STOPPED in names, changed("ROUND_DONE no longer reaches the workflow after the cut",
                                                          TRAINING)
 
@@ -417,13 +417,14 @@ def test_pt_file_model_persistor_attributes_inventory_and_checkpoint(tmp_path):
     """13: ``global_model_file_name`` / ``best_global_model_file_name`` (``FL_global_model.pt``), ``model`` (a torch
     module once START_RUN built it from ``{"path": ...}``), ``get_model_inventory`` -> descriptors with
     ``.location``, checkpoints ``{"model": state_dict, ...}`` loadable with weights_only, ``get_model``."""
-    fix = ("flip/nvflare/components/persist_to_s3_and_cleanup.py, controllers/swag.py, uncertainty.py "
+    fix = ("flip/nvflare/components/persist_to_s3_and_cleanup.py, controllers/swag.py, components/uncertainty_plan.py "
            "(UncertaintyPlan reads persistor.model)")
     persistor = PTFileModelPersistor(model={"path": "torch.nn.Linear", "args": {"in_features": 2, "out_features": 1}})
     names = (persistor.global_model_file_name, persistor.best_global_model_file_name)
-    assert names == ("FL_global_model.pt", "best_FL_global_model.pt") == (
+    assert names == (RunFile.PERSISTOR_GLOBAL_MODEL, "best_FL_global_model.pt") == (
         DefaultCheckpointFileName.GLOBAL_MODEL, DefaultCheckpointFileName.BEST_GLOBAL_MODEL), changed(
-        f"PTFileModelPersistor's model file names are {names}", fix + " and the README (SRV_FL_global_model.pt)")
+        f"PTFileModelPersistor's model file names are {names}",
+        fix + ", flip/constants.py (RunFile.PERSISTOR_GLOBAL_MODEL) and the README (SRV_FL_global_model.pt)")
     fl_ctx = FLContext()
     fl_ctx.set_prop(FLContextKey.APP_ROOT, str(tmp_path), private=True, sticky=False)
     persistor.handle_event(EventType.START_RUN, fl_ctx)
@@ -454,7 +455,9 @@ def test_cross_site_model_eval_without_submit_model_validates_server_models_only
     assert state == ("", "validate"), changed(f"CrossSiteModelEval keeps its task names as {state}", fix)
     in_order(CrossSiteModelEval.control_flow, ["if self._submit_model_task_name:", "name=self._submit_model_task_name"],
              fix)
-    in_order(CrossSiteModelEval._locate_server_models, ['unique_name = "SRV_" + name'], fix)
+    in_order(CrossSiteModelEval._locate_server_models, ['unique_name = "SRV_" + name'],
+             fix + " and flip/constants.py (RunFile.SERVER_MODEL)")
+    assert RunFile.SERVER_MODEL == "SRV_" + RunFile.PERSISTOR_GLOBAL_MODEL
     assert AppConstants.TASK_VALIDATION in NON_TRAINING_TASKS, changed(
         f"AppConstants.TASK_VALIDATION is now {AppConstants.TASK_VALIDATION!r}", "flip/nvflare/result_policy.py")
 
@@ -558,14 +561,14 @@ def test_client_runner_runs_after_task_execution_before_the_result_filters():
         "fl_ctx,",
         "reply=make_reply(ReturnCode.TASK_RESULT_FILTER_ERROR)",
     ], "flip/nvflare/components/client_event_handler.py, flip/nvflare/result_policy.py (FLContextKey.TASK_NAME), "
-       "executors/run_trainer.py (TASK_METRICS_PROP)")
+       "executors/run_trainer.py (FlipProp.TASK_METRICS)")
 
 
 def test_sites_echo_the_task_cookies_in_their_result():
     """19: a site copies the task's cookie jar (ScatterAndGather's CONTRIBUTION_ROUND) into its result."""
     from nvflare.private.fed.client.client_runner import ClientRunner
 
-    fix = "flip/nvflare/aggregator.py (SampleWeightedAggregator._check) and controllers/feddc.py"
+    fix = "flip/nvflare/components/sample_weighted_aggregator.py (SampleWeightedAggregator._check) and controllers/feddc.py"
     in_order(ClientRunner._process_task,
              ["cookie_jar = task.data.get_cookie_jar()", "reply.set_cookie_jar(cookie_jar)"], fix)
     in_order(ScatterAndGather.control_flow, ["add_cookie(AppConstants.CONTRIBUTION_ROUND, self._current_round)"], fix)
@@ -831,9 +834,9 @@ def test_run_logs_are_the_files_cleanup_keeps():
 def test_full_model_shareable_generator_adds_the_diff_to_the_global_model():
     """32: ``shareable_to_learnable`` adds a WEIGHT_DIFF to fl_ctx's GLOBAL_MODEL (ScatterAndGather sets it each
     round) and returns that learnable; FedOptShareableGenerator overrides just this method."""
-    from flip.nvflare.fedopt import FedOptShareableGenerator
+    from flip.nvflare.components import FedOptShareableGenerator
 
-    fix = "flip/nvflare/fedopt.py (FedOptShareableGenerator) and flip/jobs/standard.py"
+    fix = "flip/nvflare/components/fedopt_shareable_generator.py (FedOptShareableGenerator) and flip/jobs/standard.py"
     assert FedOptShareableGenerator.learnable_to_shareable is FullModelShareableGenerator.learnable_to_shareable
     fl_ctx = FLContext()
     model = make_model_learnable({"w": np.array([1.0, 2.0])}, {})

@@ -10,7 +10,10 @@ import pytest
 
 from flip.constants import RunFile
 from flip.errors import CleanupError
-from flip.storage import s3
+from flip.checks import check_object_key
+from flip.storage.checksums import describe_file
+from flip.storage.client import transfer_config
+from flip.storage.layout import run_prefix
 from flip.storage.pending import clean_run_dir, find_pending, write_pending
 
 MODEL_ID = "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90"
@@ -19,26 +22,26 @@ MODEL_ID = "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90"
 @pytest.mark.parametrize("key", ["../x", "a/../b", "/abs", "a//b", "a/./b", "", "a b", "x\\y"])
 def test_unsafe_object_keys_are_refused(key):
     with pytest.raises(ValueError, match="object key .* is invalid"):
-        s3.check_object_key(key)
+        check_object_key(key)
 
 
 def test_run_prefix_checks_both_parts():
-    assert s3.run_prefix(MODEL_ID.upper(), "job-1") == f"{MODEL_ID}/job-1/"
+    assert run_prefix(MODEL_ID.upper(), "job-1") == f"{MODEL_ID}/job-1/"
     with pytest.raises(ValueError, match="model_id must be a UUID"):
-        s3.run_prefix("model", "job-1")
+        run_prefix("model", "job-1")
     with pytest.raises(ValueError, match="run id '../up' is invalid"):
-        s3.run_prefix(MODEL_ID, "../up")
+        run_prefix(MODEL_ID, "../up")
 
 
 def test_checksums_of_a_single_request_and_of_a_multipart_upload(tmp_path):
     data = bytes(range(256)) * 50_000  # 12.8 MB
     path = tmp_path / "model.pt"
     path.write_bytes(data)
-    single = s3.describe_file(path, "model.pt")
+    single = describe_file(path, "model.pt")
     assert single.sha256 == hashlib.sha256(data).hexdigest()
     assert (single.s3_checksum_algorithm, single.s3_checksum) == (
         "CRC32", base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode())
-    multi = s3.describe_file(path, "model.pt", s3.transfer_config(threshold_mb=5, part_size_mb=5))
+    multi = describe_file(path, "model.pt", transfer_config(threshold_mb=5, part_size_mb=5))
     parts = [hashlib.sha256(data[i:i + 5 * 2**20]).digest() for i in range(0, len(data), 5 * 2**20)]
     assert multi.s3_checksum == base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode() + "-3"
     assert multi.sha256 == single.sha256
@@ -46,7 +49,7 @@ def test_checksums_of_a_single_request_and_of_a_multipart_upload(tmp_path):
 
 def test_part_size_below_the_s3_minimum_is_refused():
     with pytest.raises(ValueError, match="part size must be at least 5 MiB"):
-        s3.transfer_config(part_size_mb=4)
+        transfer_config(part_size_mb=4)
 
 
 def _run_folder(tmp_path):

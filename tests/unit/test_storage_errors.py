@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 import flip.errors
 import flip.storage
 from flip.errors import FlipError, RegistryError, StorageError, UploadError, VerificationError
-from flip.storage import registry, s3
+from flip.storage import registry
 from flip.storage.client import describe_error, s3_errors
 
 pytestmark = pytest.mark.unit
@@ -68,9 +68,3 @@ def test_every_error_of_ours_derives_from_flip_error():
         defined = [c for _, c in inspect.getmembers(module, inspect.isclass)
                    if c.__module__ == module.__name__ and issubclass(c, BaseException)]
         assert defined == [], f"flip.storage.{info.name} defines {defined}: errors of ours live in flip/errors.py"
-
-
-def test_the_s3_facade_only_re_exports():
-    defined_here = [name for name in s3.__all__ if getattr(getattr(s3, name), "__module__", None) == s3.__name__]
-    assert defined_here == []
-    assert (s3.upload_run.__module__, s3.verify_run.__module__) == ("flip.storage.upload", "flip.storage.manifest")

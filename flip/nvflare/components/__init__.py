@@ -1,30 +1,38 @@
-"""The public components job configs name as ``flip.nvflare.components.<Class>`` (see SPEC.md), plus
-GaussianPrivacy (client-level differential privacy)."""
+"""Every component a job config names as ``flip.nvflare.components.<Class>``: the eleven of SPEC.md (CleanupImages,
+an Executor, lives in flip.nvflare.executors and is re-exported here, where FLIP's configs name it), plus
+GaussianPrivacy (client-level differential privacy), SampleWeightedAggregator, FedOptShareableGenerator and
+UncertaintyPlan."""
 
-from flip.nvflare.components.cleanup_images import CleanupImages
 from flip.nvflare.components.client_event_handler import ClientEventHandler
 from flip.nvflare.components.evaluation_json_generator import EvaluationJsonGenerator
 from flip.nvflare.components.evaluation_pt_model_locator import EvaluationPTModelLocator
+from flip.nvflare.components.fedopt_shareable_generator import FedOptShareableGenerator
 from flip.nvflare.components.gaussian_privacy import GaussianPrivacy
 from flip.nvflare.components.initial_pt_model_locator import InitialPTModelLocator
 from flip.nvflare.components.percentile_privacy import PercentilePrivacy
 from flip.nvflare.components.persist_to_s3_and_cleanup import PersistToS3AndCleanup
 from flip.nvflare.components.pt_model_locator import PTModelLocator
+from flip.nvflare.components.sample_weighted_aggregator import SampleWeightedAggregator
 from flip.nvflare.components.server_event_handler import ServerEventHandler
 from flip.nvflare.components.stage_percentile_privacy import StagePercentilePrivacy
+from flip.nvflare.components.uncertainty_plan import UncertaintyPlan
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
+from flip.nvflare.executors.cleanup_images import CleanupImages
 
 __all__ = [
     "CleanupImages",
     "ClientEventHandler",
     "EvaluationJsonGenerator",
     "EvaluationPTModelLocator",
+    "FedOptShareableGenerator",
     "GaussianPrivacy",
     "InitialPTModelLocator",
     "PTModelLocator",
     "PercentilePrivacy",
     "PersistToS3AndCleanup",
+    "SampleWeightedAggregator",
     "ServerEventHandler",
     "StagePercentilePrivacy",
+    "UncertaintyPlan",
     "ValidationJsonGenerator",
 ]

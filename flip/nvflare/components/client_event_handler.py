@@ -8,7 +8,7 @@ from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-from flip.constants import TASK_METRICS_PROP, FlipEvent, FlipMeta
+from flip.constants import FlipEvent, FlipMeta, FlipProp
 from flip.errors import FlipError
 from flip.metrics import clean_metrics
 from flip.nvflare.utils import short_reason
@@ -36,7 +36,7 @@ class ClientEventHandler(FLComponent):
             result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
             if isinstance(result, Shareable):
                 rc = result.get_return_code(ReturnCode.OK)
-                metrics = fl_ctx.get_prop(TASK_METRICS_PROP)
+                metrics = fl_ctx.get_prop(FlipProp.TASK_METRICS)
                 if rc == ReturnCode.OK and metrics:
                     self.attach_metrics(fl_ctx, result, metrics)
                 if rc not in (ReturnCode.OK, ReturnCode.TASK_ABORTED):

@@ -6,7 +6,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
-from flip.constants import FlipEvent
+from flip.constants import FlipEvent, FlipProp, RunFile
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
 
 
@@ -21,16 +21,14 @@ class EvaluationJsonGenerator(ValidationJsonGenerator):
         json_file_name: file name. Default ``evaluation_results.json``.
     """
 
-    def __init__(self, results_dir="cross_site_eval", json_file_name="evaluation_results.json"):
+    def __init__(self, results_dir=RunFile.EVALUATION_DIR, json_file_name=RunFile.EVALUATION_RESULTS_FILE):
         super().__init__(results_dir=results_dir, json_file_name=json_file_name)
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
-        from flip.nvflare.controllers.evaluate_models import EVALUATION_RESULT_PROP
-
         if event_type == AppEventType.VALIDATION_RESULT_RECEIVED:
             return  # cross-site validation results belong to the ValidationJsonGenerator
         if event_type == FlipEvent.EVALUATION_RESULT_RECEIVED:
-            fl_ctx.set_prop(AppConstants.VALIDATION_RESULT, fl_ctx.get_prop(EVALUATION_RESULT_PROP), private=True,
+            fl_ctx.set_prop(AppConstants.VALIDATION_RESULT, fl_ctx.get_prop(FlipProp.EVALUATION_RESULT), private=True,
                             sticky=False)
             event_type = AppEventType.VALIDATION_RESULT_RECEIVED  # the parent records it the same way
         super().handle_event(event_type, fl_ctx)

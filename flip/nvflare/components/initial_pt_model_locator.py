@@ -13,11 +13,14 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model_locator import ModelLocator
 
+from flip import FLIP
 from flip.checks import check_regex
 from flip.constants import ComponentId
-from flip.errors import FlipError
+from flip.errors import FlipError, LookupFailed
+from flip.nvflare.components.server_event_handler import ServerEventHandler
 from flip.nvflare.models import check_model_spec, check_weights_fit, resolve_model
-from flip.nvflare.utils import LookupFailed, app_custom_dir, get_component
+from flip.nvflare.utils import app_custom_dir, get_component
+from flip.storage.registry import load_model_file
 
 INITIAL_MODEL = "initial_model"
 INITIAL_MODEL_FILE = "initial_model.pt"
@@ -53,20 +56,14 @@ def weights_dxo(state: dict[str, np.ndarray], exclude_vars: str | None) -> DXO:
 
 def server_model_id(fl_ctx: FLContext) -> str:
     """The run's model id, as the ServerEventHandler knows it."""
-    from flip.nvflare.components.server_event_handler import ServerEventHandler
-
     return get_component(fl_ctx, ComponentId.SERVER_EVENT_HANDLER, ServerEventHandler, "server event handler").model_id
 
 
 def initial_state(fl_ctx: FLContext, model_id: str) -> tuple[dict[str, np.ndarray], str] | None:
     """The initial weights of ``model_id``: the job's custom/initial_model.pt, else the safehouse copy."""
-    from flip.storage.registry import load_model_file
-
     workspace_copy = app_custom_dir(fl_ctx) / INITIAL_MODEL_FILE
     if workspace_copy.is_file():
         return to_numpy_state(load_model_file(workspace_copy)), "workspace"
-    from flip import FLIP
-
     platform = FLIP()
     path = platform.initial_model_path(model_id)
     if path is not None and Path(path).is_file():

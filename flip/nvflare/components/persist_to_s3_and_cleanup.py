@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from nvflare.apis.event_type import EventType
@@ -13,29 +13,16 @@ from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from flip.aggregation.weighted import check_finite
+from flip.methods.weighted import check_finite
 from flip.checks import check_component_id
 from flip.constants import ComponentId, RunFile
-from flip.errors import SettingsError, UploadError
-from flip.nvflare.utils import (
-    RUN_ID_PROP,
-    LookupFailed,
-    app_custom_dir,
-    get_component,
-    new_run_id,
-    run_dir,
-    software_versions,
-    workspace_root,
-)
+from flip.errors import LookupFailed, SettingsError, UploadError
+from flip.nvflare.utils import app_custom_dir, get_component, new_run_id, run_dir, software_versions, workspace_root
 from flip.settings import load_settings
-from flip.storage import s3
+from flip.checks import check_model_id, check_object_key
+from flip.storage.layout import run_prefix
 from flip.storage.pending import clean_run_dir, complete_upload, record_pending
 
-#: fl_ctx property: the run's other artifacts to upload, object key -> local path (results JSON, metrics.json,
-#: report/...), set by the ServerEventHandler
-ARTIFACTS_PROP = "flip.artifacts"
-#: fl_ctx property: extra manifest fields (rounds, sites...), set by the ServerEventHandler
-RUN_INFO_PROP = "flip.run_info"
 
 def state_dict_from_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a persistor checkpoint (``{"model": ..., "train_conf": ...}`` or a bare state dict) safely."""
@@ -51,19 +38,26 @@ class PersistToS3AndCleanup(FLComponent):
 
     Layout: ``s3://<FLIP_MODELS_BUCKET>/<model_id>/<run_id>/`` with ``global_model.pt`` (a plain state dict,
     loadable with ``torch.load(..., weights_only=True)``), ``best_global_model.pt`` (only if a model selector
-    saved one), the artifacts the ServerEventHandler hands over (``results/*.json``, ``metrics.json``,
+    saved one), the artifacts the caller passes (the ServerEventHandler: ``results/*.json``, ``metrics.json``,
     ``report/curves.png``, ``report/index.html``), ``preprocessing.py`` (if the job's custom/ folder has one) and
     ``manifest.json`` written last. The run folder is
     cleaned (logs kept) only after every object was verified against the manifest. On any failure nothing is
     deleted and ``upload_pending.json`` stays in the run folder so ``flip upload --resume`` can finish later.
 
-    Called by :class:`ServerEventHandler` at the end of the run (it does not act on events by itself).
+    Called by the ServerEventHandler at the end of the run (flip.nvflare.end_of_run), with the run id, the
+    artifacts and the manifest's extra fields as arguments; it does not act on events by itself beyond setting
+    up at START_RUN. Attributes besides the arguments: ``model_persistor`` (the persistor, found at START_RUN),
+    ``model_inventory`` (the persistor's inventory, read when the models are staged), ``model_dir`` (the folder the
+    persistor's final global model was found in, set when the models are staged: informational, flip does not use
+    it), ``bucket_name`` (FLIP_MODELS_BUCKET, read at START_RUN), ``manifest`` (the verified manifest) and
+    ``pending`` (this run's ``upload_pending.json`` record, once written).
 
     Args:
         model_id: the model's UUID (the first part of the S3 key).
         persistor_id: id of the run's PTFileModelPersistor. Default ``persistor``. ``""`` for a job that trains
             no model (evaluation-only): then only its artifacts are uploaded.
-        flip: the platform; default: ``FLIP()`` at run start.
+        flip: a platform object, accepted for FLIP's API (SPEC.md) and kept as ``flip``; not used: this component
+            reports nothing to the platform (the ServerEventHandler reports the run's statuses).
 
     Raises:
         ValueError: model_id is not a UUID, or persistor_id is empty.
@@ -71,7 +65,7 @@ class PersistToS3AndCleanup(FLComponent):
 
     def __init__(self, model_id: str, persistor_id: str = ComponentId.PERSISTOR, flip=None):
         super().__init__()
-        self.model_id = s3.check_model_id(model_id)
+        self.model_id = check_model_id(model_id)
         self.persistor_id = check_component_id("persistor_id", persistor_id, empty=True)
         self.model_persistor: PTFileModelPersistor | None = None
         self.model_inventory: dict = {}
@@ -96,28 +90,43 @@ class PersistToS3AndCleanup(FLComponent):
             self.bucket_name = settings.models_bucket
 
     # -- the three steps ------------------------------------------------------------------------------------
-    def execute(self, fl_ctx: FLContext) -> dict[str, Any]:
+    def execute(self, fl_ctx: FLContext, *, run_id: str | None = None,
+                artifacts: Mapping[str, str | Path] | None = None,
+                info: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Upload, verify, then clean up; return the verified manifest.
+
+        Args:
+            fl_ctx: the run's context.
+            run_id, artifacts, info: see :meth:`upload_results_to_s3_bucket`.
 
         Raises:
             NonFiniteModelError: the global (or best) model holds NaN/Inf: nothing was uploaded or recorded as
                 pending (such a model is never uploaded).
             FlipError (UploadError, VerificationError, StorageError, CleanupError): nothing was deleted.
         """
-        manifest = self.upload_results_to_s3_bucket(fl_ctx)
+        manifest = self.upload_results_to_s3_bucket(fl_ctx, run_id=run_id, artifacts=artifacts, info=info)
         self.cleanup(fl_ctx)
         return manifest
 
-    def upload_results_to_s3_bucket(self, fl_ctx: FLContext) -> dict[str, Any]:
-        """Stage the artifacts, record ``upload_pending.json``, upload, verify; return the manifest."""
+    def upload_results_to_s3_bucket(self, fl_ctx: FLContext, *, run_id: str | None = None,
+                                    artifacts: Mapping[str, str | Path] | None = None,
+                                    info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Stage the models and artifacts, record ``upload_pending.json``, upload, verify; return the manifest.
+
+        Args:
+            fl_ctx: the run's context.
+            run_id: the S3 key's job part; default: the job id (made unique for the simulator's fixed job id).
+            artifacts: other files to upload, object key -> local path (a path that is not a file is skipped).
+            info: extra manifest fields (e.g. ``rounds``, ``sites``); the software versions are added.
+        """
         self.pending = None
         if (self.persistor_id and self.model_persistor is None) or self.settings is None:
             raise UploadError(f"{type(self).__name__} was not set up at run start (see the earlier error)")
         folder = run_dir(fl_ctx)
-        run_id = fl_ctx.get_prop(RUN_ID_PROP) or new_run_id(fl_ctx.get_job_id())
-        prefix = s3.run_prefix(self.model_id, run_id)
-        files = self._stage_artifacts(fl_ctx, folder / RunFile.STAGING_DIR)
-        info = {**(fl_ctx.get_prop(RUN_INFO_PROP) or {}), "versions": software_versions()}
+        run_id = run_id or new_run_id(fl_ctx.get_job_id())
+        prefix = run_prefix(self.model_id, run_id)
+        files = self._stage_artifacts(fl_ctx, folder / RunFile.STAGING_DIR, artifacts or {})
+        info = {**(info or {}), "versions": software_versions()}
         self.pending = record_pending(folder, model_id=self.model_id, job_id=fl_ctx.get_job_id(), run_id=run_id,
                                       bucket=self.bucket_name, files=files, info=info)
         self.log_info(fl_ctx, f"uploading {len(files)} objects to s3://{self.bucket_name}/{prefix}")
@@ -136,15 +145,15 @@ class PersistToS3AndCleanup(FLComponent):
         return deleted
 
     # -- helpers --------------------------------------------------------------------------------------------
-    def _stage_artifacts(self, fl_ctx: FLContext, staging: Path) -> dict[str, Path]:
+    def _stage_artifacts(self, fl_ctx: FLContext, staging: Path,
+                         artifacts: Mapping[str, str | Path]) -> dict[str, Path]:
         staging.mkdir(parents=True, exist_ok=True)
         files = self._stage_models(fl_ctx, staging) if self.model_persistor is not None else {}
-        artifacts = {RunFile.PREPROCESSING: app_custom_dir(fl_ctx) / RunFile.PREPROCESSING,
-                     **(fl_ctx.get_prop(ARTIFACTS_PROP) or {})}
+        artifacts = {RunFile.PREPROCESSING: app_custom_dir(fl_ctx) / RunFile.PREPROCESSING, **artifacts}
         for key, source in artifacts.items():
             source = Path(source)
             if source.is_file():
-                target = staging / s3.check_object_key(key)
+                target = staging / check_object_key(key)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
                 files[key] = target

@@ -1,9 +1,8 @@
-"""ServerEventHandler: the run's status lifecycle, the sites' metrics, and the ordered end of the run."""
+"""ServerEventHandler: the run's status lifecycle; it feeds the sites' metrics to RunMetrics and ends the run in a
+fixed order (flip.nvflare.end_of_run)."""
 
 from __future__ import annotations
 
-import numbers
-import time
 from typing import Any
 
 from nvflare.apis.dxo import from_shareable
@@ -15,26 +14,16 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
-from flip import site_messages
-from flip.constants import ComponentId, FlipEvent, FlipMeta, RunFile, RunStatus
-from flip.errors import CleanupError, FlipError, NonFiniteModelError
-from flip.files import write_json_atomic
-from flip.metrics import NUM_SAMPLES, format_metrics, weighted_means
-from flip.nvflare.components.persist_to_s3_and_cleanup import (
-    ARTIFACTS_PROP,
-    RUN_INFO_PROP,
-    PersistToS3AndCleanup,
-)
-from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
-from flip.nvflare.utils import (RUN_ID_PROP, LookupFailed, get_component, new_run_id, peer_name, run_dir,
-                                short_reason, software_versions)
-from flip.nvflare.aggregator import AGGREGATION_REPORT_PROP
-from flip.nvflare.controllers.feddc import FEDDC_REPORT_PROP
-from flip.nvflare.controllers.training import ROUND_VALIDATION_PROP, STOP_REASON_PROP
-from flip.nvflare.fedopt import SERVER_STEP_PROP
-from flip.report import write_report
+from flip import FLIP, site_messages
 from flip.checks import check_component_id, check_model_id
-from flip.storage.layout import run_prefix
+from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipProp, RunFile, RunStatus
+from flip.errors import FlipError, LookupFailed, SiteMessageError
+from flip.metrics import format_metrics
+from flip.nvflare.components.persist_to_s3_and_cleanup import PersistToS3AndCleanup
+from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
+from flip.nvflare.end_of_run import finish_run
+from flip.nvflare.utils import get_component, new_run_id, peer_name, run_dir, short_reason
+from flip.run_metrics import RunMetrics
 
 #: what a failed result's return code means, when the site sent no reason of its own
 _RC_REASONS = {
@@ -55,12 +44,13 @@ class ServerEventHandler(FLComponent):
     verified in S3, or ERROR (with a short reason: never a traceback or a secret) or STOPPED (aborted).
     At END_RUN it calls the validation JSON generator, then persist-and-cleanup, in that order.
 
-    It also collects every site's per-round metrics (they travel in the train result's DXO meta) of the updates
-    the aggregator accepted, logs one line per site and round, reports them to the platform and keeps
-    ``metrics.json`` in the run folder. Everything a site sends (metrics, privacy annotations, stage, validation
-    results, error reasons) is checked where it arrives against flip.site_messages; a bad value is dropped with a
-    logged reason naming the site. The end of the run always reaches a final status: RESULTS_UPLOADED, or ERROR
-    (a failure of the run report alone never stops the upload).
+    It also hands every site's per-round metrics (they travel with the train result) of the updates the aggregator
+    accepted to its :class:`~flip.run_metrics.RunMetrics` (attribute ``metrics``), logs one line per site and
+    round, reports them to the platform and keeps ``metrics.json`` in the run folder. Everything a site sends
+    (metrics, privacy annotations, stage, validation results, error reasons) is checked where it arrives against
+    flip.site_messages; a bad value is dropped with a logged reason naming the site. The end of the run
+    (:func:`flip.nvflare.end_of_run.finish_run`) always reaches a final status: RESULTS_UPLOADED, or ERROR (a
+    failure of the run report alone never stops the upload).
 
     Args:
         model_id: the model's UUID.
@@ -96,12 +86,10 @@ class ServerEventHandler(FLComponent):
         self.reported: list[RunStatus] = []
         self.error_reason: str | None = None
         self.site_errors: dict[str, str] = {}
-        self.rounds: dict[int, dict[str, Any]] = {}
-        self.num_rounds: int | None = None
         self.run_id = ""
         self.job_id = ""
         self.upload_key: str | None = None
-        self.stopped_early: str | None = None
+        self.metrics = RunMetrics(self.model_id)
 
     # -- status ---------------------------------------------------------------------------------------------
     def report_status(self, fl_ctx: FLContext, status: RunStatus, reason: str | None = None) -> None:
@@ -137,10 +125,11 @@ class ServerEventHandler(FLComponent):
         elif event_type == FlipEvent.ROUND_VALIDATED:
             self._round_validated(fl_ctx)
         elif event_type == FlipEvent.TRAINING_STOPPED:
-            self.stopped_early = fl_ctx.get_prop(STOP_REASON_PROP)
-            self.log_warning(fl_ctx, f"training stopped early {self.stopped_early}")
+            self.metrics.stopped_early = fl_ctx.get_prop(FlipProp.STOP_REASON)
+            self.log_warning(fl_ctx, f"training stopped early {self.metrics.stopped_early}")
         elif event_type == FlipEvent.SWAG_STARTED:
-            self.log_info(fl_ctx, "SWAG round started (the DLR demonstrator's SWAG_ROUND; status stays TRAINING_STARTED)")
+            self.log_info(fl_ctx, "SWAG round started (the DLR demonstrator's SWAG_ROUND; status stays "
+                                  "TRAINING_STARTED)")
         elif event_type == FlipEvent.EVALUATION_STARTED:
             self.report_status(fl_ctx, RunStatus.TRAINING_STARTED)  # an evaluation-only run's "training" phase
         elif event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT:
@@ -162,13 +151,9 @@ class ServerEventHandler(FLComponent):
         self._reset()
         self.job_id = fl_ctx.get_job_id()
         self.run_id = new_run_id(self.job_id)
+        self.metrics = RunMetrics(self.model_id, self.job_id, self.run_id)
         try:
-            if self.flip is None:
-                from flip import FLIP
-
-                self.platform = FLIP()
-            else:
-                self.platform = self.flip
+            self.platform = FLIP() if self.flip is None else self.flip
             self.platform.require_hub()
             self.validation_json_generator = get_component(
                 fl_ctx, self.validation_json_generator_id, ValidationJsonGenerator, "validation JSON generator"
@@ -187,24 +172,21 @@ class ServerEventHandler(FLComponent):
     def _round_started(self, fl_ctx: FLContext) -> None:
         self.report_status(fl_ctx, RunStatus.TRAINING_STARTED)
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
-        self.num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS, self.num_rounds)
-        total = f"/{self.num_rounds}" if self.num_rounds else ""
+        self.metrics.num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS, self.metrics.num_rounds)
+        total = f"/{self.metrics.num_rounds}" if self.metrics.num_rounds else ""
         self.log_info(fl_ctx, f"round {current + 1}{total} started")
 
     def _arrived(self, fl_ctx: FLContext, where: str, site: str, check, raw, default):
         """``check(raw)`` (a flip.site_messages function), or ``default`` with a logged reason naming the site."""
         try:
             return check(raw)
-        except site_messages.SiteMessageError as exc:
+        except SiteMessageError as exc:
             self.log_warning(fl_ctx, f"{where}: dropped what {site} sent: {short_reason(exc)}")
             return default
 
-    def _metrics_arrived(self, fl_ctx: FLContext, where: str, site: str, raw, field: str) -> dict | None:
-        """The valid entries of a site's metrics (bad ones dropped and logged); None if none is left of a bad one."""
-        metrics, dropped = site_messages.metrics(raw, field)
-        for why in dropped:
+    def _dropped(self, fl_ctx: FLContext, where: str, site: str, reasons: list[str]) -> None:
+        for why in reasons:
             self.log_warning(fl_ctx, f"{where}: dropped what {site} sent: {short_reason(why)}")
-        return None if dropped and not metrics else metrics
 
     def _contribution(self, fl_ctx: FLContext) -> None:
         result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)
@@ -213,63 +195,40 @@ class ServerEventHandler(FLComponent):
         if not isinstance(result, Shareable):
             return
         if not fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED, False):
-            self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} was not aggregated; its metrics are not recorded")
+            self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} was not aggregated; its metrics "
+                                     "are not recorded")
             return
-        where = f"round {current + 1}"
-        metrics = self._metrics_arrived(fl_ctx, where, site, result.get_header(FlipMeta.METRICS), FlipMeta.METRICS)
-        metrics = metrics or {}
         try:
             dxo = from_shareable(result)
             privacy, stage = dxo.get_meta_prop(FlipMeta.PRIVACY), dxo.get_meta_prop(FlipMeta.STAGE)
-            num_samples = dxo.get_meta_prop(FlipMeta.NUM_SAMPLES)
+            num_samples = dxo.get_meta_prop(FlipMeta.NUM_SAMPLES)  # the weight the aggregator accepted (and bounded)
         except (ValueError, TypeError):
             privacy = stage = num_samples = None
-        privacy = self._arrived(fl_ctx, where, site, site_messages.privacy_annotations, privacy, [])
-        stage = self._arrived(fl_ctx, where, site, site_messages.stage, stage, None)
-        if isinstance(num_samples, numbers.Integral) and not isinstance(num_samples, bool):
-            metrics[NUM_SAMPLES] = int(num_samples)  # the weight the aggregator accepted (and bounded), not a claim
-        entry = self.rounds.setdefault(current, {"sites": {}})
-        for applied in privacy:
-            if applied.get("epsilon") is not None:
-                metrics["dp_epsilon"] = applied["epsilon"]  # the site's privacy spent so far
-        entry["sites"][site] = metrics
-        if stage:
-            entry["stage"] = stage
-        entry.setdefault("privacy", {})[site] = privacy
+        metrics, dropped = self.metrics.add_contribution(current, site, result.get_header(FlipMeta.METRICS),
+                                                         privacy, stage, num_samples)
+        self._dropped(fl_ctx, f"round {current + 1}", site, dropped)
         self.log_info(fl_ctx, f"round {current + 1} {site}: " + _format(metrics))
         self._report_metrics(fl_ctx, current, site, metrics)
 
     def _round_done(self, fl_ctx: FLContext) -> None:
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
-        entry = self.rounds.setdefault(current, {"sites": {}})
-        report = fl_ctx.get_prop(AGGREGATION_REPORT_PROP)
-        if report:
-            entry["accepted"], entry["excluded"] = report["accepted"], report["excluded"]
-            for site in report["excluded"]:  # excluded once every update was in (e.g. its norm): not averaged
-                if entry["sites"].pop(site, None) is not None:
-                    entry.get("privacy", {}).pop(site, None)
-                    self.log_info(fl_ctx, f"round {current + 1}: the metrics of {site} are not recorded: its "
-                                          "update was excluded from the average")
-        entry["global"] = weighted_means(entry["sites"])
-        entry["done"] = time.time()
-        step = fl_ctx.get_prop(SERVER_STEP_PROP)
-        if step:
-            entry["server"] = dict(step)
-        feddc = fl_ctx.get_prop(FEDDC_REPORT_PROP)
-        if feddc:
-            entry["feddc"] = dict(feddc)
-        self.log_info(fl_ctx, f"round {current + 1} done, sites' mean: " + _format(entry["global"]))
-        self._report_metrics(fl_ctx, current, "global", entry["global"])
+        means, removed = self.metrics.round_done(current, fl_ctx.get_prop(FlipProp.AGGREGATION_REPORT),
+                                                 fl_ctx.get_prop(FlipProp.SERVER_STEP),
+                                                 fl_ctx.get_prop(FlipProp.FEDDC_REPORT))
+        for site in removed:  # excluded once every update was in (e.g. its norm): not averaged
+            self.log_info(fl_ctx, f"round {current + 1}: the metrics of {site} are not recorded: its update was "
+                                  "excluded from the average")
+        self.log_info(fl_ctx, f"round {current + 1} done, sites' mean: " + _format(means))
+        self._report_metrics(fl_ctx, current, "global", means)
         self._write_metrics(fl_ctx)
 
     def _round_validated(self, fl_ctx: FLContext) -> None:
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
         site = fl_ctx.get_prop(AppConstants.DATA_CLIENT) or "?"
-        metrics = self._metrics_arrived(fl_ctx, f"round {current + 1} validation", site,
-                                        fl_ctx.get_prop(ROUND_VALIDATION_PROP) or {}, "validation")
+        metrics, dropped = self.metrics.add_validation(current, site, fl_ctx.get_prop(FlipProp.ROUND_VALIDATION))
+        self._dropped(fl_ctx, f"round {current + 1} validation", site, dropped)
         if metrics is None:
             return
-        self.rounds.setdefault(current, {"sites": {}}).setdefault("validation", {})[site] = metrics
         self.log_info(fl_ctx, f"round {current + 1} global model at {site}: " + _format(metrics))
         self._write_metrics(fl_ctx)
 
@@ -316,19 +275,8 @@ class ServerEventHandler(FLComponent):
                 self.site_errors[site] = reason
                 self.log_error(fl_ctx, f"site {site} reported: {reason}")
 
-    def metrics_document(self) -> dict[str, Any]:
-        """What ``metrics.json`` holds: per round (1-based), per site and the sites' weighted mean."""
-        return {
-            "model_id": self.model_id,
-            "job_id": self.job_id,
-            "run_id": self.run_id,
-            "num_rounds": self.num_rounds,
-            "stopped_early": self.stopped_early,
-            "rounds": [{"round": r + 1, **self.rounds[r]} for r in sorted(self.rounds)],
-        }
-
     def _write_metrics(self, fl_ctx: FLContext) -> None:
-        write_json_atomic(run_dir(fl_ctx) / RunFile.METRICS, self.metrics_document(), indent=2, sort_keys=True)
+        self.metrics.write(run_dir(fl_ctx) / RunFile.METRICS)
 
     # -- the end --------------------------------------------------------------------------------------------
     def _end(self, fl_ctx: FLContext) -> None:
@@ -354,70 +302,12 @@ class ServerEventHandler(FLComponent):
         if abort is not None and abort.triggered:
             self.report_status(fl_ctx, RunStatus.STOPPED, "the run was aborted")
             return
-        try:
-            self._write_metrics(fl_ctx)
-            sites = sorted({s for r in self.rounds.values() for s in r["sites"]})
-            artifacts = {RunFile.METRICS: run_dir(fl_ctx) / RunFile.METRICS}
-            if self.validation_json_generator.results:  # none when the job skips model tests
-                results = self.validation_json_generator.write_results(fl_ctx)
-                artifacts[f"{RunFile.RESULTS_DIR}/{results.name}"] = results
-            extra = run_dir(fl_ctx) / RunFile.ARTIFACTS_DIR
-            if extra.is_dir():
-                artifacts.update({p.relative_to(extra).as_posix(): p for p in sorted(extra.rglob("*")) if p.is_file()})
-            artifacts.update(self._write_report(fl_ctx, sites))
-            fl_ctx.set_prop(RUN_ID_PROP, self.run_id, private=True, sticky=False)
-            fl_ctx.set_prop(ARTIFACTS_PROP, artifacts, private=True, sticky=False)
-            info = {"rounds": len(self.rounds), "sites": sites}
-            if self.stopped_early:
-                info["stopped_early"] = self.stopped_early
-            fl_ctx.set_prop(RUN_INFO_PROP, info, private=True, sticky=False)
-            manifest = self.persist_and_cleanup.execute(fl_ctx)
-        except NonFiniteModelError as exc:
-            self.report_status(fl_ctx, RunStatus.ERROR, f"results not uploaded: {exc}")
-            self.log_error(fl_ctx, "a model holding NaN or Inf is never uploaded: nothing was uploaded or deleted")
-            return
-        except CleanupError as exc:
-            uploaded = self.persist_and_cleanup.manifest
-            where = f"s3://{self.persist_and_cleanup.bucket_name}/{uploaded['prefix']}" if uploaded else "S3"
-            self.report_status(fl_ctx, RunStatus.ERROR, f"results verified at {where} but cleanup failed: {exc}")
-            self.log_error(fl_ctx, self._what_next(fl_ctx, "the results are verified in S3"))
-            return
-        except (FlipError, OSError, ValueError) as exc:
-            self.report_status(fl_ctx, RunStatus.ERROR, f"results not uploaded: {exc}")
-            self.log_error(fl_ctx, self._what_next(fl_ctx, "nothing was deleted"))
-            return
-        self.upload_key = f"s3://{self.persist_and_cleanup.bucket_name}/{manifest['prefix']}"
-        self.log_info(fl_ctx, f"model and results verified at {self.upload_key}")
-        self.report_status(fl_ctx, RunStatus.RESULTS_UPLOADED)
-
-    def _what_next(self, fl_ctx: FLContext, done: str) -> str:
-        """What the operator can do after a failed end of run: resume only if this run's upload was recorded."""
-        folder = run_dir(fl_ctx)
-        recorded = self.persist_and_cleanup.pending is not None and (folder / RunFile.UPLOAD_PENDING).is_file()
-        if recorded:
-            return f"{done}: fix the cause, then finish with `flip upload --resume {folder}`"
-        return (f"nothing was uploaded and nothing was deleted: the run folder {folder} keeps what the run wrote "
-                f"(the model, logs); no upload was recorded ({RunFile.UPLOAD_PENDING} was not written), so "
-                f"`flip upload --resume` cannot finish this run")
-
-    def _write_report(self, fl_ctx: FLContext, sites: list[str]) -> dict[str, Any]:
-        """Curves and a one-page summary in <run folder>/report/ (a failure here never stops the upload)."""
-        doc = {
-            **self.metrics_document(),
-            "sites": sites,
-            "validation": self.validation_json_generator.results,
-            "statuses": [s.value for s in self.reported],
-            "s3": f"s3://{self.persist_and_cleanup.bucket_name}/{run_prefix(self.model_id, self.run_id)}",
-            "versions": software_versions(),
-        }
-        try:
-            written = write_report(doc, run_dir(fl_ctx) / RunFile.REPORT_DIR)
-        except Exception as exc:  # noqa: BLE001
-            # The report is optional and draws arbitrary numbers with matplotlib: whatever fails in it (a disk
-            # error, a plotting library's surprise) must not cost the run the upload of its model and results.
-            self.log_warning(fl_ctx, f"no report ({type(exc).__name__}): {short_reason(exc)}")
-            return {}
-        return {f"{RunFile.REPORT_DIR}/{name}": path for name, path in written.items()}
+        end = finish_run(self, fl_ctx, self.metrics, self.validation_json_generator, self.persist_and_cleanup,
+                         self.reported)
+        self.upload_key = end.upload_key
+        self.report_status(fl_ctx, end.status, end.reason)
+        if end.advice:
+            self.log_error(fl_ctx, end.advice)
 
     def _failure_reason(self) -> str:
         if self.site_errors:

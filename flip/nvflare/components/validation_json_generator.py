@@ -14,6 +14,7 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.widgets.validation_json_generator import ValidationJsonGenerator as _NVFlareGenerator
 
 from flip import site_messages
+from flip.constants import RunFile
 from flip.files import write_json_atomic
 from flip.nvflare.utils import run_dir, short_reason
 from flip.checks import check_relative_name
@@ -36,7 +37,7 @@ class ValidationJsonGenerator(_NVFlareGenerator):
         json_file_name: file name. Default ``cross_val_results.json``.
     """
 
-    def __init__(self, results_dir=AppConstants.CROSS_VAL_DIR, json_file_name="cross_val_results.json"):
+    def __init__(self, results_dir=AppConstants.CROSS_VAL_DIR, json_file_name=RunFile.CROSS_VAL_RESULTS_FILE):
         super().__init__(
             results_dir=check_relative_name("results_dir", results_dir),
             json_file_name=check_relative_name("json_file_name", json_file_name, ".json"),

@@ -9,21 +9,20 @@ from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
-from flip.constants import ComponentId, FlipEvent, FlipTask
+from flip.constants import ComponentId, FlipEvent, FlipProp, FlipTask
+from flip.errors import LookupFailed
+from flip.nvflare.components.evaluation_pt_model_locator import EvaluationPTModelLocator
 from flip.nvflare.controllers.base import FlipController
 from flip.checks import check_component_id, check_model_id, check_positive_int
-from flip.nvflare.utils import LookupFailed, get_component
+from flip.nvflare.utils import get_component
 
-#: fl_ctx property: the model ids the evaluation locator must provide
-EVALUATE_MODEL_IDS_PROP = "flip.evaluate_model_ids"
-#: fl_ctx property: a site's evaluation result (a METRICS shareable), with MODEL_OWNER and DATA_CLIENT set
-EVALUATION_RESULT_PROP = "flip.evaluation_result"
 
 
 class EvaluateModels(FlipController):
     """Evaluate the model(s) given by the job's EvaluationPTModelLocator at every site.
 
-    For each model, the ``evaluate`` task carries its weights to every site (RUN_EVALUATOR runs the user's
+    Like NVFlare's CrossSiteModelEval, it asks the locator for ``get_model_names(fl_ctx)`` and locates each with
+    ``locate_model(name, fl_ctx)`` (all before the first is sent). For each model, the ``evaluate`` task carries its weights to every site (RUN_EVALUATOR runs the user's
     ``evaluator.py``); each site's metrics fire ``flip.evaluation_result_received`` for the
     EvaluationJsonGenerator. The run fails if fewer than ``min_clients`` sites evaluated a model.
 
@@ -50,8 +49,6 @@ class EvaluateModels(FlipController):
         self._ok: dict[str, set[str]] = {}
 
     def start_controller(self, fl_ctx: FLContext) -> None:
-        from flip.nvflare.components.evaluation_pt_model_locator import EvaluationPTModelLocator
-
         try:
             self.locator = get_component(fl_ctx, self.model_locator_id, EvaluationPTModelLocator, "model locator")
         except LookupFailed as exc:
@@ -64,8 +61,15 @@ class EvaluateModels(FlipController):
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         if self.model_ids:
-            fl_ctx.set_prop(EVALUATE_MODEL_IDS_PROP, self.model_ids, private=True, sticky=False)
-        models = self.locator.locate_model(fl_ctx)
+            fl_ctx.set_prop(FlipProp.EVALUATE_MODEL_IDS, self.model_ids, private=True, sticky=False)
+        try:
+            names = self.locator.get_model_names(fl_ctx)
+        except LookupFailed as exc:
+            self.system_panic(f"{type(self.locator).__name__}: {exc}", fl_ctx)
+            return
+        # every model is located before any is sent (as CrossSiteModelEval does): a model that cannot be found
+        # fails the run before the sites spend time on the others
+        models = {name: self.locator.locate_model(name, fl_ctx) for name in names}
         if not models:
             self.system_panic("EvaluateModels: the model locator found no model to evaluate", fl_ctx)
             return
@@ -97,6 +101,6 @@ class EvaluateModels(FlipController):
         self._ok[name].add(site)
         fl_ctx.set_prop(AppConstants.MODEL_OWNER, name, private=True, sticky=False)
         fl_ctx.set_prop(AppConstants.DATA_CLIENT, site, private=True, sticky=False)
-        fl_ctx.set_prop(EVALUATION_RESULT_PROP, result, private=True, sticky=False)
+        fl_ctx.set_prop(FlipProp.EVALUATION_RESULT, result, private=True, sticky=False)
         self.fire_event(FlipEvent.EVALUATION_RESULT_RECEIVED, fl_ctx)
         client_task.result = None

@@ -13,18 +13,16 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from flip.aggregation.feddc import daisy_chain, is_aggregation_round
-from flip.aggregation.weighted import checksum, weighted_mean
-from flip.constants import ComponentId, FlipMeta, FlipTask
-from flip.errors import FlipError, NonFiniteModelError
-from flip.nvflare.aggregator import SampleWeightedAggregator, reconstruct
+from flip.methods.feddc import daisy_chain, is_aggregation_round
+from flip.methods.weighted import checksum, weighted_mean
+from flip.constants import ComponentId, FlipMeta, FlipProp, FlipTask
+from flip.errors import FlipError, LookupFailed, NonFiniteModelError
+from flip.nvflare.components.sample_weighted_aggregator import SampleWeightedAggregator, reconstruct
 from flip.nvflare.controllers.base import FlipController
 from flip.nvflare.controllers.training import check_rounds_args, validate_at_sites
 from flip.checks import check_int, check_positive_int
-from flip.nvflare.utils import LookupFailed, get_component
+from flip.nvflare.utils import get_component
 
-#: fl_ctx property at ROUND_DONE: the round's routing, aggregation and model fingerprints (for metrics.json)
-FEDDC_REPORT_PROP = "flip.feddc_report"
 
 
 class FedDCController(FlipController):
@@ -126,7 +124,7 @@ class FedDCController(FlipController):
                 self.aggregator.finish_round(fl_ctx)
                 self.log_info(fl_ctx, f"round {round_num + 1}: daisy chain " +
                               ", ".join(f"{s}→{r}" for r, s in sorted(routing.items())))
-            fl_ctx.set_prop(FEDDC_REPORT_PROP, report, private=True, sticky=False)
+            fl_ctx.set_prop(FlipProp.FEDDC_REPORT, report, private=True, sticky=False)
             self.fire_event(AppEventType.ROUND_DONE, fl_ctx)
             if report["aggregated"] and self.model_test_after_each_round:
                 validate_at_sites(self, learnable[ModelLearnableKey.WEIGHTS], round_num, self.min_clients,

@@ -10,6 +10,7 @@ from nvflare.apis.signal import Signal
 
 from flip import site_messages
 from flip.constants import FlipEvent, FlipMeta, FlipTask
+from flip.errors import SiteMessageError
 from flip.nvflare.controllers.base import FlipController
 from flip.checks import check_positive_int
 from flip.nvflare.utils import short_reason
@@ -62,7 +63,7 @@ class InitTraining(FlipController):
                 reason = result.get_header(FlipMeta.ERROR_REASON) if isinstance(result, Shareable) else None
                 try:
                     reason = None if reason is None else site_messages.error_reason(reason)
-                except site_messages.SiteMessageError as exc:
+                except SiteMessageError as exc:
                     self.log_warning(fl_ctx, f"init_training: dropped what {client_task.client.name} sent: {exc}")
                     reason = None
                 failed[client_task.client.name] = short_reason(reason or rc)

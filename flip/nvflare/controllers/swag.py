@@ -13,14 +13,14 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from flip.aggregation import swag
-from flip.aggregation.swag import MEAN, SECOND
-from flip.aggregation.weighted import check_update, l2_norm, norm_outliers
+from flip.methods import swag
+from flip.methods.swag import MEAN, SECOND
+from flip.methods.weighted import check_update, l2_norm, norm_outliers
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask, RunFile
-from flip.errors import NonFiniteModelError
+from flip.errors import LookupFailed, NonFiniteModelError
 from flip.nvflare.controllers.base import FlipController
 from flip.checks import check_component_id, check_positive_int
-from flip.nvflare.utils import LookupFailed, get_component, run_dir
+from flip.nvflare.utils import get_component, run_dir
 
 
 class SwagRound(FlipController):
@@ -31,7 +31,7 @@ class SwagRound(FlipController):
     the global model's (a COLLECTION of two WEIGHT_DIFF DXOs, through the site's privacy filter). The server
     averages them weighted by samples into the SWAG mean and diagonal variance (clamped at 0) and stores them as
     the run's ``swag.pt`` artifact (``{"mean": {...}, "variance": {...}, "num_samples", "sites"}``). Moments pass the
-    aggregator's checks (``num_samples`` at most flip.aggregation.weighted.MAX_NUM_SAMPLES, and a site whose
+    aggregator's checks (``num_samples`` at most flip.methods.weighted.MAX_NUM_SAMPLES, and a site whose
     moments' norm is more than NORM_RATIO_LIMIT times the median is excluded); a mean or variance that is not
     finite ends the run in ERROR, unsaved.
 

@@ -15,17 +15,13 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
 from flip import site_messages
-from flip.aggregation.weighted import check_finite
+from flip.methods.weighted import check_finite
 from flip.checks import (check_bool, check_component_id, check_int, check_number, check_positive_int,
                          check_timeout_seconds)
-from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask
+from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipProp, FlipTask
 from flip.errors import NonFiniteModelError
 from flip.nvflare.utils import peer_name
 
-#: fl_ctx property with a ROUND_VALIDATED event: the site's metrics for the round's new global model
-ROUND_VALIDATION_PROP = "flip.round_validation"
-#: fl_ctx property with a TRAINING_STOPPED event: why training ended before its planned rounds
-STOP_REASON_PROP = "flip.stop_reason"
 
 
 def budget_exceeded_next(result: Shareable, site: str, next_round: int) -> str | None:
@@ -132,7 +128,7 @@ class FlipScatterAndGather(ScatterAndGather):
                                       self.validation_timeout, fl_ctx, self._abort_signal)
             if self._stops_after == current:
                 self.log_warning(fl_ctx, f"training stops after round {current + 1}: {self._stop_reason}")
-                fl_ctx.set_prop(STOP_REASON_PROP, f"after round {current + 1}: {self._stop_reason}", private=True,
+                fl_ctx.set_prop(FlipProp.STOP_REASON, f"after round {current + 1}: {self._stop_reason}", private=True,
                                 sticky=False)
                 self.fire_event(FlipEvent.TRAINING_STOPPED, fl_ctx)
 
@@ -165,7 +161,7 @@ def validate_at_sites(controller, weights: dict, round_num: int, min_clients: in
                 client_task.result = None
                 return
             fl_ctx.set_prop(AppConstants.DATA_CLIENT, client_task.client.name, private=True, sticky=False)
-            fl_ctx.set_prop(ROUND_VALIDATION_PROP, metrics, private=True, sticky=False)
+            fl_ctx.set_prop(FlipProp.ROUND_VALIDATION, metrics, private=True, sticky=False)
             fl_ctx.set_prop(AppConstants.CURRENT_ROUND, round_num, private=True, sticky=False)
             controller.fire_event(FlipEvent.ROUND_VALIDATED, fl_ctx)
         client_task.result = None

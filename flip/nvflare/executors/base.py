@@ -16,8 +16,9 @@ from nvflare.fuel.utils.log_utils import get_obj_logger
 
 from nvflare.apis.dxo import DataKind, from_shareable
 
+from flip import FLIP
 from flip.constants import FlipMeta, UserFile
-from flip.errors import FlipError, UserCodeError
+from flip.errors import FlipError, TaskFailed, UserCodeError
 from flip.nvflare.executors.user_code import (
     TaskContext,
     build_model,
@@ -28,14 +29,6 @@ from flip.nvflare.executors.user_code import (
 )
 from flip.nvflare.models import load_weights
 from flip.nvflare.utils import app_custom_dir, log_site_failure
-
-
-class TaskFailed(Exception):
-    """A task cannot complete; ``reason`` is short and safe to send to the server."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class UserCodeExecutor(Executor):
@@ -95,8 +88,6 @@ class UserCodeExecutor(Executor):
 
     def data_dir(self, fl_ctx: FLContext) -> Path:
         if self.platform is None:
-            from flip import FLIP
-
             self.platform = FLIP()
         return self.platform.prepare_site_data(fl_ctx.get_identity_name(), fl_ctx.get_job_id())
 

@@ -10,11 +10,11 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
-from flip.aggregation import swag
-from flip.aggregation.swag import MEAN, SECOND
-from flip.aggregation.fedprox import proximal_term
-from flip.aggregation.weighted import checksum, l2_norm
-from flip.constants import TASK_METRICS_PROP, FlipMeta, FlipTask, UserFile
+from flip.methods import swag
+from flip.methods.swag import MEAN, SECOND
+from flip.methods.fedprox import proximal_term
+from flip.methods.weighted import checksum, l2_norm
+from flip.constants import FlipMeta, FlipProp, FlipTask, UserFile
 from flip.errors import UserCodeError
 from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics
 from flip.nvflare.executors.base import UserCodeExecutor, call_user
@@ -81,7 +81,7 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
         if shareable.get_header(FlipMeta.REPORT_CHECKSUM):
             metrics["received_checksum"] = checksum(global_weights)
         # the ClientEventHandler checks these and sends them with the result (see ClientEventHandler)
-        fl_ctx.set_prop(TASK_METRICS_PROP, {NUM_SAMPLES: num_samples, **metrics}, private=True, sticky=False)
+        fl_ctx.set_prop(FlipProp.TASK_METRICS, {NUM_SAMPLES: num_samples, **metrics}, private=True, sticky=False)
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "received_checksum")
         stage = f" (stage {ctx.stage})" if ctx.stage else ""
         prox = f", FedProx mu={mu:g}" if mu else ""

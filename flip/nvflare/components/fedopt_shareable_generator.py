@@ -10,11 +10,10 @@ from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 
-from flip.aggregation.fedopt import FedOptState, check_fedopt_args, fedopt_step
-from flip.aggregation.weighted import l2_norm
+from flip.constants import FedOptimizer, FlipProp
+from flip.methods.fedopt import FedOptState, check_fedopt_args, fedopt_step
+from flip.methods.weighted import l2_norm
 
-#: fl_ctx property: what the server optimizer did this round (read by the ServerEventHandler for metrics.json)
-SERVER_STEP_PROP = "flip.server_step"
 
 
 class FedOptShareableGenerator(FullModelShareableGenerator):
@@ -30,7 +29,7 @@ class FedOptShareableGenerator(FullModelShareableGenerator):
         ValueError: naming the bad argument (e.g. an unknown optimizer).
     """
 
-    def __init__(self, optimizer: str = "sgd", lr: float = 1.0, momentum: float = 0.0, beta1: float = 0.9,
+    def __init__(self, optimizer: str = FedOptimizer.SGD, lr: float = 1.0, momentum: float = 0.0, beta1: float = 0.9,
                  beta2: float = 0.99, eps: float = 1e-8):
         super().__init__()
         check_fedopt_args(optimizer, lr, momentum, beta1, beta2, eps)
@@ -58,7 +57,7 @@ class FedOptShareableGenerator(FullModelShareableGenerator):
             "update_norm": l2_norm(dxo.data.values()),
             "step_norm": l2_norm(np.asarray(new[k], np.float64) - np.asarray(old[k], np.float64) for k in dxo.data),
         }
-        fl_ctx.set_prop(SERVER_STEP_PROP, step, private=True, sticky=False)
+        fl_ctx.set_prop(FlipProp.SERVER_STEP, step, private=True, sticky=False)
         self.log_info(fl_ctx, f"server {self.optimizer} step {self.state.step}: averaged update norm "
                               f"{step['update_norm']:.4g}, global model moved {step['step_norm']:.4g}")
         base_model[ModelLearnableKey.WEIGHTS] = new

@@ -17,8 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from flip.checks import check_choice, check_fraction, check_positive
-
-OPTIMIZERS = ("sgd", "adam")
+from flip.constants import FEDOPT_OPTIMIZERS, FedOptimizer
 
 
 @dataclass
@@ -32,14 +31,15 @@ class FedOptState:
 
 def check_fedopt_args(optimizer: str, lr: float, momentum: float, beta1: float, beta2: float, eps: float) -> None:
     """Raise ValueError naming the first bad argument."""
-    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("optimizer", optimizer, FEDOPT_OPTIMIZERS)
     check_positive("lr", lr)
     for name, value in (("momentum", momentum), ("beta1", beta1), ("beta2", beta2)):
         check_fraction(name, value)
     check_positive("eps", eps)
 
 
-def fedopt_step(weights: Mapping[str, Any], update: Mapping[str, Any], state: FedOptState, optimizer: str = "sgd",
+def fedopt_step(weights: Mapping[str, Any], update: Mapping[str, Any], state: FedOptState,
+                optimizer: str = FedOptimizer.SGD,
                 lr: float = 1.0, momentum: float = 0.0, beta1: float = 0.9, beta2: float = 0.99,
                 eps: float = 1e-8) -> dict[str, np.ndarray]:
     """Return the new global weights after one server optimizer step on the aggregated ``update`` (Δ).
@@ -64,7 +64,7 @@ def fedopt_step(weights: Mapping[str, Any], update: Mapping[str, Any], state: Fe
             new[name] = w + delta.astype(w.dtype)
             continue
         g = -delta.astype(np.float64)
-        if optimizer == "sgd":
+        if optimizer == FedOptimizer.SGD:
             direction = g
             if momentum:
                 buffer = state.first.get(name)

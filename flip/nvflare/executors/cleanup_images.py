@@ -12,6 +12,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 
+from flip import FLIP
 from flip.constants import FlipMeta, FlipTask
 from flip.errors import FlipError
 from flip.nvflare.utils import log_site_failure
@@ -44,8 +45,6 @@ class CleanupImages(Executor):
 
     def _images_dir(self, fl_ctx: FLContext) -> Path:
         if self.platform is None:
-            from flip import FLIP
-
             self.platform = FLIP()
         return self.platform.site_images_dir(fl_ctx.get_identity_name(), fl_ctx.get_job_id())
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from flip.aggregation.weighted import check_finite, weighted_mean
+from flip.methods.weighted import check_finite, weighted_mean
 
 #: the two parts of a site's SWAG result (a COLLECTION DXO)
 MEAN, SECOND = "mean", "second"

@@ -9,13 +9,10 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 
-from flip.constants import ComponentId, RunFile
 from flip.checks import check_choice, check_positive_int
+from flip.constants import UNCERTAINTY_METHODS, ComponentId, RunFile, Uncertainty
 from flip.nvflare.utils import run_dir
 from flip.uncertainty import dropout_layers
-
-METHODS = ("none", "ensemble", "mc_dropout", "swag")
-
 
 class UncertaintyPlan(FLComponent):
     """Record the run's uncertainty method as the ``uncertainty.json`` artifact (what was stored and how to use
@@ -27,9 +24,9 @@ class UncertaintyPlan(FLComponent):
         mc_dropout_samples: forward passes suggested for MC dropout (>= 2). Default 20.
     """
 
-    def __init__(self, method: str = "none", mc_dropout_samples: int = 20):
+    def __init__(self, method: str = Uncertainty.NONE, mc_dropout_samples: int = 20):
         super().__init__()
-        check_choice("method", method, METHODS)
+        check_choice("method", method, UNCERTAINTY_METHODS)
         check_positive_int("mc_dropout_samples", mc_dropout_samples, minimum=2)
         self.method = method
         self.mc_dropout_samples = mc_dropout_samples
@@ -39,17 +36,19 @@ class UncertaintyPlan(FLComponent):
         if event_type == EventType.START_RUN:
             self._checked = False
             plan = {"method": self.method.upper(), "helper": {
-                "none": None, "ensemble": "flip.uncertainty.ensemble_predict (members in ensemble.pt)",
-                "mc_dropout": "flip.uncertainty.mc_dropout_predict", "swag": "flip.uncertainty.swag_predict (swag.pt)",
+                Uncertainty.NONE: None,
+                Uncertainty.ENSEMBLE: f"flip.uncertainty.ensemble_predict (members in {RunFile.ENSEMBLE})",
+                Uncertainty.MC_DROPOUT: "flip.uncertainty.mc_dropout_predict",
+                Uncertainty.SWAG: f"flip.uncertainty.swag_predict ({RunFile.SWAG})",
             }[self.method]}
-            if self.method == "mc_dropout":
+            if self.method == Uncertainty.MC_DROPOUT:
                 plan["samples"] = self.mc_dropout_samples
             folder = run_dir(fl_ctx) / RunFile.ARTIFACTS_DIR
             folder.mkdir(parents=True, exist_ok=True)
             (folder / RunFile.UNCERTAINTY).write_text(json.dumps(plan, indent=2))
         elif event_type == EventType.START_WORKFLOW and not self._checked:
             self._checked = True
-            if self.method == "mc_dropout":
+            if self.method == Uncertainty.MC_DROPOUT:
                 persistor = fl_ctx.get_engine().get_component(ComponentId.PERSISTOR)
                 model = getattr(persistor, "model", None)
                 if isinstance(model, torch.nn.Module) and not dropout_layers(model):

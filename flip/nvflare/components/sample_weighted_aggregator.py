@@ -16,19 +16,13 @@ from nvflare.app_common.abstract.aggregator import Aggregator
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
-from flip.aggregation.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, check_finite, check_update, l2_norm,
+from flip.methods.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, check_finite, check_update, l2_norm,
                                       norm_outliers, weighted_mean)
-from flip.constants import FlipMeta, RunFile
-from flip.errors import FlipError, NonFiniteModelError
+from flip.constants import FlipMeta, FlipProp, RunFile
+from flip.errors import AggregationFailed, NonFiniteModelError
 from flip.checks import check_bool, check_number, check_positive, check_positive_int, optional
 from flip.nvflare.utils import peer_name, run_dir
 
-#: fl_ctx property: which sites' updates were aggregated this round and why others were excluded
-AGGREGATION_REPORT_PROP = "flip.aggregation_report"
-
-
-class AggregationFailed(FlipError):
-    """Too few updates passed the checks for the round to complete."""
 
 
 class LocalModelStore:
@@ -81,7 +75,7 @@ class SampleWeightedAggregator(Aggregator):
     lacks or shapes it does not have, ``num_samples`` <= 0 or > ``max_num_samples``, an L2 norm above
     ``max_update_norm``, or makes the site's local model (its starting model plus the update) overflow. Once every
     update of the round is in, an update whose L2 norm is more than ``norm_ratio_limit`` times the median of the
-    round's update norms is excluded too (see flip.aggregation.weighted.norm_outliers for what that guarantees:
+    round's update norms is excluded too (see flip.methods.weighted.norm_outliers for what that guarantees:
     if more than half of the updates have a norm <= B, every update averaged has a norm <= norm_ratio_limit·B; with
     two sites it excludes nothing, so give ``max_update_norm`` where one site of two must be bounded). The round
     completes if at least ``min_accepted`` updates remain; otherwise the run ends in ERROR naming the reasons. An
@@ -194,8 +188,8 @@ class SampleWeightedAggregator(Aggregator):
         were excluded) if fewer than min_accepted remain."""
         self._exclude_outliers(fl_ctx)
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
-        fl_ctx.set_prop(AGGREGATION_REPORT_PROP, {"accepted": sorted(self.accepted), "excluded": dict(self.excluded)},
-                        private=True, sticky=False)
+        report = {"accepted": sorted(self.accepted), "excluded": dict(self.excluded)}
+        fl_ctx.set_prop(FlipProp.AGGREGATION_REPORT, report, private=True, sticky=False)
         if len(self.accepted) < self.min_accepted:
             why = "; ".join(f"{site}: {reason}" for site, reason in sorted(self.excluded.items())) or "no update"
             raise AggregationFailed(f"round {current + 1}: {len(self.accepted)} update(s) accepted, "

@@ -1,0 +1,143 @@
+"""RunMetrics: what the server records of a run, round by round, and the ``metrics.json`` document (no nvflare)."""
+
+from __future__ import annotations
+
+import numbers
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from flip import site_messages
+from flip.constants import FlipMeta
+from flip.errors import SiteMessageError
+from flip.files import write_json_atomic
+from flip.metrics import NUM_SAMPLES, weighted_means
+
+
+class RunMetrics:
+    """Collect a run's per-round, per-site metrics and what the server did with them.
+
+    Per round (0-based here, 1-based in the document): each site's metrics of its *aggregated* update (with the
+    weight the aggregator accepted as ``num_samples`` and, under differential privacy, the site's ``dp_epsilon``
+    so far), its privacy annotations, the stage, the sites' sample-weighted mean (``global``), which updates were
+    accepted or excluded, the server optimizer's step (FedOpt), the FedDC routing, and each site's validation of
+    the round's global model. The run records why training stopped early, if it did.
+
+    Everything a site sent arrives raw and is checked here against flip.site_messages: a bad value is dropped on
+    its own and the methods return why (naming the field, never the value), for the caller to log.
+
+    Args:
+        model_id, job_id, run_id: the run's identity, as written in the document.
+    """
+
+    def __init__(self, model_id: str = "", job_id: str = "", run_id: str = ""):
+        self.model_id = model_id
+        self.job_id = job_id
+        self.run_id = run_id
+        self.num_rounds: int | None = None
+        self.stopped_early: str | None = None
+        self.rounds: dict[int, dict[str, Any]] = {}
+
+    def _round(self, round_num: int) -> dict[str, Any]:
+        return self.rounds.setdefault(round_num, {"sites": {}})
+
+    def add_contribution(self, round_num: int, site: str, metrics: Any, privacy: Any = None, stage: Any = None,
+                         num_samples: Any = None) -> tuple[dict[str, int | float], list[str]]:
+        """Record what came with a site's aggregated update: its metrics (the result's ``flip_metrics`` header), the
+        privacy records and stage of its DXO meta, and the weight the aggregator accepted (``num_samples``, which
+        replaces what the site claimed in its metrics).
+
+        Returns:
+            The metrics recorded for the site, and why values were dropped.
+        """
+        dropped: list[str] = []
+        clean = _metrics(metrics, FlipMeta.METRICS, dropped) or {}
+        privacy = _checked(site_messages.privacy_annotations, privacy, [], dropped)
+        stage = _checked(site_messages.stage, stage, None, dropped)
+        if isinstance(num_samples, numbers.Integral) and not isinstance(num_samples, bool):
+            clean[NUM_SAMPLES] = int(num_samples)
+        for applied in privacy:
+            if applied.get("epsilon") is not None:
+                clean["dp_epsilon"] = applied["epsilon"]  # the site's privacy spent so far
+        entry = self._round(round_num)
+        entry["sites"][site] = clean
+        if stage:
+            entry["stage"] = stage
+        entry.setdefault("privacy", {})[site] = privacy
+        return clean, dropped
+
+    def round_done(self, round_num: int, aggregation_report: Mapping[str, Any] | None = None,
+                   server_step: Mapping[str, Any] | None = None,
+                   feddc_report: Mapping[str, Any] | None = None) -> tuple[dict[str, float], list[str]]:
+        """Close a round: the aggregator's report (the metrics of a site whose update it excluded once every update
+        was in are removed: they were not averaged), the sites' weighted mean, the server step, the FedDC report.
+
+        Returns:
+            The sites' weighted mean, and the sites whose metrics were removed.
+        """
+        entry = self._round(round_num)
+        removed = []
+        if aggregation_report:
+            entry["accepted"], entry["excluded"] = aggregation_report["accepted"], aggregation_report["excluded"]
+            for site in aggregation_report["excluded"]:
+                if entry["sites"].pop(site, None) is not None:
+                    entry.get("privacy", {}).pop(site, None)
+                    removed.append(site)
+        entry["global"] = weighted_means(entry["sites"])
+        entry["done"] = time.time()
+        if server_step:
+            entry["server"] = dict(server_step)
+        if feddc_report:
+            entry["feddc"] = dict(feddc_report)
+        return entry["global"], removed
+
+    def add_validation(self, round_num: int, site: str, metrics: Any) -> tuple[dict[str, int | float] | None,
+                                                                                list[str]]:
+        """Record a site's validation of the round's global model.
+
+        Returns:
+            The metrics recorded (None: nothing valid was left, nothing recorded), and why values were dropped.
+        """
+        dropped: list[str] = []
+        clean = _metrics(metrics if metrics is not None else {}, "validation", dropped)
+        if clean is not None:
+            self._round(round_num).setdefault("validation", {})[site] = clean
+        return clean, dropped
+
+    def sites(self) -> list[str]:
+        """Every site with metrics in some round, sorted."""
+        return sorted({s for entry in self.rounds.values() for s in entry["sites"]})
+
+    def document(self) -> dict[str, Any]:
+        """What ``metrics.json`` holds: per round (1-based), per site and the sites' weighted mean."""
+        return {
+            "model_id": self.model_id,
+            "job_id": self.job_id,
+            "run_id": self.run_id,
+            "num_rounds": self.num_rounds,
+            "stopped_early": self.stopped_early,
+            "rounds": [{"round": r + 1, **self.rounds[r]} for r in sorted(self.rounds)],
+        }
+
+    def write(self, path: str | Path) -> Path:
+        """Write the document as strict JSON, atomically.
+
+        Raises:
+            JSONValueError: a value cannot be written as strict JSON (named by its key).
+        """
+        return write_json_atomic(Path(path), self.document(), indent=2, sort_keys=True)
+
+
+def _metrics(raw: Any, field: str, dropped: list[str]) -> dict[str, int | float] | None:
+    """The valid entries of a site's metrics; None if a bad dict left nothing valid."""
+    clean, why = site_messages.metrics(raw, field)
+    dropped.extend(why)
+    return None if why and not clean else clean
+
+
+def _checked(check: Callable[[Any], Any], raw: Any, default: Any, dropped: list[str]) -> Any:
+    try:
+        return check(raw)
+    except SiteMessageError as exc:
+        dropped.append(str(exc))
+        return default
