@@ -12,10 +12,9 @@ if TYPE_CHECKING:
     from flip.exceptions import ResultsUploadError
     from flip.platform.base import Platform
     from flip.platform.flip_api import FLIPBase
-    from flip.settings import FlipSettings
 
 
-def FLIP(job_type: Any = JobType.STANDARD, **kwargs: Any) -> "Platform":  # noqa: N802 - the platform's documented name
+def FLIP(job_type: Any = JobType.STANDARD, **kwargs: Any) -> Platform:  # noqa: N802 - the platform's documented name
     """Return the platform of the current environment: dev (local files) or prod (the hub and the trust's services).
 
     It is FLIP's factory for researchers' apps (``FLIP()``, ``FLIP(job_type="evaluation")``, ``FLIP(JobType.FED_OPT)``:

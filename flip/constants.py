@@ -126,8 +126,8 @@ DEFAULT_PART_SIZE_MB = 64
 # Values are FLIP's exactly; /work/notes/flip-app-api.md §2. Our own names above are unchanged.
 # ---------------------------------------------------------------------------------------------------------------------
 
-from enum import StrEnum  # noqa: E402 - kept with FLIP's names so the block above stays untouched
-from typing import Any, Literal  # noqa: E402
+from enum import StrEnum  # kept with FLIP's names so the block above stays untouched
+from typing import Any, Literal
 
 
 class ResourceType(StrEnum):
@@ -179,7 +179,7 @@ class ModelStatus(StrEnum):
     TRAINING_STARTED = "RUNNING"  # an alias (same value): the older name of RUNNING
 
     @classmethod
-    def _missing_(cls, value: object) -> "ModelStatus | None":
+    def _missing_(cls, value: object) -> ModelStatus | None:
         return cls.RUNNING if value == "TRAINING_STARTED" else None
 
 
@@ -214,7 +214,7 @@ class _PTConstantsType(type):
     """Gives ``PTConstants.PTModelsDir`` from the environment (dev or prod) when it is read."""
 
     @property
-    def PTModelsDir(cls) -> str:  # noqa: N802 - FLIP's name
+    def PTModelsDir(cls) -> str:  # FLIP's name
         """``""`` in dev, ``"models"`` in prod (FLIP computes it once at import; the environment does not change)."""
         from flip.settings import flip_constant
 

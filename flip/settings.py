@@ -111,7 +111,7 @@ class FlipSettings(BaseSettings):
                                                 validation_alias="UPLOADED_FEDERATED_DATA_BUCKET")
 
     @model_validator(mode="after")
-    def _decide_env(self) -> "FlipSettings":
+    def _decide_env(self) -> FlipSettings:
         try:
             self.env = resolve_env(self.env, self.local_dev)
         except SettingsError as exc:

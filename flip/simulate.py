@@ -51,6 +51,24 @@ def parse_site_data(specs: list[str] | None, sites: list[str]) -> dict[str, Site
     return result
 
 
+def prepare_environment(sites: list[str], site_data: dict[str, SiteData] | None = None) -> None:
+    """Set what the simulator's processes inherit: FLIP_LOCAL_DIR, DEV_DATAFRAME and DEV_IMAGES_DIR made absolute
+    (the simulator changes directories), and FLIP_SITE_DATA from ``site_data`` (if given).
+
+    Raises:
+        ValueError: ``site_data`` names a site that is not simulated.
+    """
+    if site_data:
+        unknown = sorted(set(site_data) - set(sites))
+        if unknown:
+            raise ValueError(f"site_data names sites that are not simulated: {unknown} (the sites are {sites})")
+    for var in ("FLIP_LOCAL_DIR", DATAFRAME_VAR, IMAGES_VAR):
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
+    if site_data:
+        os.environ[SITE_DATA_VAR] = site_data_json(site_data)  # each site's subprocess gets a copy
+
+
 def console_log_config() -> dict:
     """NVFlare's default logging, with the console showing flip's INFO lines and everyone's warnings."""
     import nvflare.fuel.utils.log_utils as log_utils
@@ -102,14 +120,7 @@ def run_simulator(job_dir: str | Path, workspace: str | Path, sites: int | list[
         (local / _LOG_CONFIG).write_text(json.dumps(console_log_config(), indent=2))
     elif (local / _LOG_CONFIG).exists():
         (local / _LOG_CONFIG).unlink()
-    for var in ("FLIP_LOCAL_DIR", DATAFRAME_VAR, IMAGES_VAR):  # the simulator changes directories: make them absolute
-        if os.environ.get(var):
-            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
-    if site_data:
-        unknown = sorted(set(site_data) - set(names))
-        if unknown:
-            raise ValueError(f"site_data names sites that are not simulated: {unknown} (the sites are {names})")
-        os.environ[SITE_DATA_VAR] = site_data_json(site_data)  # the sites' subprocesses inherit it
+    prepare_environment(names, site_data)
     runner = SimulatorRunner(job_folder=str(job_dir), workspace=str(workspace), clients=",".join(names),
                              threads=threads, end_run_for_all=end_run_for_all)
     return runner.run()

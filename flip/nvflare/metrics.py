@@ -13,8 +13,9 @@ is not filtered like a task result, so anything else is not sent (a warning name
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.fl_constant import EventScope, FedEventHeader, FLContextKey
@@ -132,7 +133,7 @@ def parse_metric_event(event_data: Any, current_round: int | None = None) -> Met
     where = f"a metric from site {site!r} dropped"
     try:
         dxo = from_shareable(event_data)
-    except Exception as exc:  # noqa: BLE001 - NVFlare raises several types for a malformed DXO
+    except Exception as exc:  # NVFlare raises several types for a malformed DXO
         raise MetricDropped(f"{where}: the event holds no DXO ({type(exc).__name__})") from exc
     if dxo.data_kind != DataKind.METRICS or not isinstance(dxo.data, dict):
         raise MetricDropped(f"{where}: expected a METRICS DXO of label and value, got {dxo.data_kind}")

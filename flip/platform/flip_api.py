@@ -78,7 +78,7 @@ class FLIPBase(ABC):
 
     # -- sites: the cohort ----------------------------------------------------------------------------------
     @abstractmethod
-    def get_dataframe(self, project_id: str, query: str) -> "pd.DataFrame":
+    def get_dataframe(self, project_id: str, query: str) -> pd.DataFrame:
         """Return the cohort of ``query`` in project ``project_id``; it has an ``accession_id`` column."""
 
     @abstractmethod

@@ -33,7 +33,7 @@ class TrustClient:
     key: SecretStr = field(default=SecretStr(""), repr=False)
 
     @classmethod
-    def from_settings(cls, settings: "FlipSettings") -> "TrustClient":
+    def from_settings(cls, settings: FlipSettings) -> TrustClient:
         return cls(data_access_api_url=settings.data_access_api_url, imaging_api_url=settings.imaging_api_url,
                    net_id=settings.net_id, key_header=settings.trust_internal_service_key_header,
                    key=settings.trust_internal_service_key)
@@ -44,7 +44,7 @@ class TrustClient:
                              f"FLIP's trust services yet (run with LOCAL_DEV=true / FLIP_ENV=dev and DEV_DATAFRAME, "
                              f"DEV_IMAGES_DIR for local data)")
 
-    def get_dataframe(self, project_id: str, query: str) -> "pd.DataFrame":
+    def get_dataframe(self, project_id: str, query: str) -> pd.DataFrame:
         """The cohort of ``query`` (data-access API). Not implemented yet: raises PlatformError."""
         raise self._not_yet("get_dataframe", "data-access API", "DATA_ACCESS_API_URL, TRUST_INTERNAL_SERVICE_KEY")
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
@@ -54,5 +55,6 @@ def get_model_weights_diff(original_weights: Mapping[str, Any], new_weights: Map
         old = _to_numpy(original_weights[name])
         if new.shape != old.shape:
             raise ValueError(f"weights {name!r} changed shape: {old.shape} before training, {new.shape} after")
-        diff[name] = new - old  # a new array: `new` may share the model's memory and is never changed
+        # a new array (`new` may share the model's memory and is never changed); 0-d stays an array, not a scalar
+        diff[name] = np.asarray(new - old)
     return DXO(data_kind=DataKind.WEIGHT_DIFF, data=diff, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: iterations})
