@@ -47,9 +47,11 @@ def _cmd_jobs_export(args) -> int:
 
 
 def _cmd_simulate(args) -> int:
-    from flip.simulate import run_simulator
+    from flip.simulate import parse_site_data, run_simulator, site_names
 
-    return run_simulator(args.job, args.workspace, sites=args.sites, threads=args.threads, quiet=not args.verbose)
+    site_data = parse_site_data(args.site_data, site_names(args.sites))
+    return run_simulator(args.job, args.workspace, sites=args.sites, threads=args.threads, quiet=not args.verbose,
+                         site_data=site_data)
 
 
 def _cmd_upload(args) -> int:
@@ -200,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--sites", type=int, default=2)
     simulate.add_argument("--threads", type=int, default=None)
     simulate.add_argument("--verbose", action="store_true", help="show NVFlare's full console log")
+    simulate.add_argument("--site-data", action="append", default=None, metavar="SITE=CSV:IMAGES_DIR",
+                          help="a site's own dev data for FLIP apps (repeatable): the CSV get_dataframe returns and "
+                               "the folder of <accession_id>/ image folders; other sites use DEV_DATAFRAME and "
+                               "DEV_IMAGES_DIR")
     simulate.set_defaults(func=_cmd_simulate)
     upload = sub.add_parser("upload", help="finish a run's upload that failed (S3 down, wrong credentials...)")
     upload.add_argument("--resume", required=True, metavar="PATH",

@@ -199,3 +199,152 @@ SIMULATOR_JOB_ID = "simulate_job"
 #: one request, larger ones in 64 MiB parts. Measured with benchmarks/s3_upload.py (README, performance).
 DEFAULT_THRESHOLD_MB = 1024
 DEFAULT_PART_SIZE_MB = 64
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# FLIP's names, for researchers' apps written against FLIP's `flip` package (flip-utils/flip/constants/*.py).
+# Values are FLIP's exactly; /work/notes/flip-app-api.md §2. Our own names above are unchanged.
+# ---------------------------------------------------------------------------------------------------------------------
+
+from enum import StrEnum  # kept with FLIP's names so the block above stays untouched
+from typing import Any, Literal
+
+
+class ResourceType(StrEnum):
+    """Kinds of imaging resources a trust's imaging API serves (FLIP: flip_constants.py)."""
+
+    DICOM = "DICOM"
+    NIFTI = "NIFTI"
+    SEGMENTATION = "SEG"
+    ALL = "ALL"
+
+
+class FlipTasks(StrEnum):
+    """Task names of FLIP's workflows (FLIP: flip_constants.py)."""
+
+    INIT_TRAINING = "init_training"
+    POST_VALIDATION = "post_validation"
+    CLEANUP = "cleanup"
+    INIT_TASK = "init_task"
+    POST_TASK = "post_task"
+
+
+class FlipEvents:
+    """Event names of FLIP's workflows, plain strings as NVFlare's events are (FLIP: flip_constants.py)."""
+
+    TRAINING_INITIATED = "_training_initiated"
+    RESULTS_UPLOAD_STARTED = "_results_upload_started"
+    RESULTS_UPLOAD_COMPLETED = "_results_upload_completed"
+    SEND_RESULT = "_send_result"
+    LOG_EXCEPTION = "_log_exception"
+    ABORTED = "_aborted"
+    TASK_INITIATED = "_task_initiated"
+
+
+class ModelStatus(StrEnum):
+    """A model's status on FLIP's hub, FLIP's newest names in FLIP's order (FLIP: flip_constants.py).
+
+    ``TRAINING_STARTED`` is the older name of ``RUNNING`` (flip-fl-base and older FLIP): ``ModelStatus.TRAINING_STARTED``
+    and ``ModelStatus("TRAINING_STARTED")`` both give ``RUNNING``, whose value is what the hub takes.
+    """
+
+    PENDING = "PENDING"
+    INITIATED = "INITIATED"
+    PREPARED = "PREPARED"
+    RUNNING = "RUNNING"
+    RESULTS_UPLOADED = "RESULTS_UPLOADED"
+    ERROR = "ERROR"
+    STOPPED = "STOPPED"
+    RESULTS_UPLOAD_FAILED = "RESULTS_UPLOAD_FAILED"
+    TRAINING_STARTED = "RUNNING"  # an alias (same value): the older name of RUNNING
+
+    @classmethod
+    def _missing_(cls, value: object) -> ModelStatus | None:
+        return cls.RUNNING if value == "TRAINING_STARTED" else None
+
+
+class FlipMetricsLabel(StrEnum):
+    """Standard metric labels (FLIP: flip_constants.py)."""
+
+    LOSS_FUNCTION = "LOSS_FUNCTION"
+    DL_RESULT = "DL_RESULT"
+    AVERAGE_SCORE = "AVERAGE_SCORE"
+
+
+class FlipMetaKey(StrEnum):
+    """Meta keys of FLIP's diffusion and evaluation workflows (FLIP: flip_constants.py)."""
+
+    STAGE = "stage"
+    EVAL_MODEL_NAME = "flip_eval_model_name"
+
+
+class JobType(StrEnum):
+    """FLIP's job types (FLIP: job_types.py)."""
+
+    STANDARD = "standard"
+    EVALUATION = "evaluation"
+    FED_OPT = "fed_opt"
+    DIFFUSION = "diffusion_model"
+
+
+JobTypeStr = Literal["standard", "evaluation", "fed_opt", "diffusion_model"]
+
+
+class _PTConstantsType(type):
+    """Gives ``PTConstants.PTModelsDir`` from the environment (dev or prod) when it is read."""
+
+    @property
+    def PTModelsDir(cls) -> str:  # FLIP's name
+        """``""`` in dev, ``"models"`` in prod (FLIP computes it once at import; the environment does not change)."""
+        from flip.settings import flip_constant
+
+        return "" if flip_constant("LOCAL_DEV") else "models"
+
+
+class PTConstants(metaclass=_PTConstantsType):
+    """File and task names of FLIP's PyTorch jobs (FLIP: pt_constants.py); ``PTModelsDir`` is "" dev, "models" prod."""
+
+    PTServerName = "server"
+    PTModelName = "model.pt"
+    PTFileModelName = "FL_global_model.pt"
+    BestModelFilename = "best_FL_global_model.pt"
+    PTLocalModelName = "local_model.pt"
+    CrossValResultsJsonFilename = "cross_val_results.json"
+    EvalResultsFilename = "evaluation_results.json"
+    EvalFailuresFilename = "evaluation_failures.json"
+    EvalDir = "evaluation_results"
+    EvalTaskName = "evaluation"
+
+
+class _FlipConstants:
+    """FLIP's settings object: ``FlipConstants.LOCAL_DEV``, ``.DEV_DATAFRAME``, ``.MIN_CLIENTS``, ``.NET_ID``...
+
+    Each read comes from the environment through flip.settings (FLIP's names and defaults; ``LOCAL_DEV`` is the
+    dev/prod decision of ``LOCAL_DEV`` and ``FLIP_ENV``). Secrets are ``SecretStr``. An unknown name raises
+    AttributeError naming the allowed ones; an invalid variable raises SettingsError naming it.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from flip.settings import flip_constant
+
+        return flip_constant(name)
+
+    def __dir__(self) -> list[str]:
+        from flip.settings import FLIP_NAMES
+
+        return sorted(FLIP_NAMES)
+
+    def __repr__(self) -> str:
+        return "FlipConstants(<FLIP's settings, read from the environment>)"
+
+
+FlipConstants = _FlipConstants()
+
+
+def get_flip_constants() -> _FlipConstants:
+    """Return FLIP's settings object (FLIP's explicit accessor of ``FlipConstants``)."""
+    return FlipConstants

@@ -70,3 +70,12 @@ class TaskFailed(FlipError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class ResultsUploadError(UploadError):
+    """A run's results could not be uploaded: training may have succeeded, the upload did not (FLIP's name, which
+    FLIP apps import from ``flip`` or ``flip.exceptions``; FLIP reports ``RESULTS_UPLOAD_FAILED`` for it)."""
+
+
+class MetricDropped(FlipError, ValueError):
+    """A metrics event the server does not take; the message is the reason and names the site."""

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from flip.checks import check_path_name
+from flip.platform.site import DATAFRAME_VAR, IMAGES_VAR, SITE_DATA_VAR, SiteData, site_data_json
 
 _LOG_CONFIG = "log_config.json"
 
@@ -21,6 +22,51 @@ def site_names(sites: int | list[str]) -> list[str]:
     if not names or len(set(names)) != len(names):
         raise ValueError(f"site names must be distinct and at least one, got {names!r}")
     return names
+
+
+def parse_site_data(specs: list[str] | None, sites: list[str]) -> dict[str, SiteData]:
+    """Return each ``--site-data SITE=CSV:IMAGES_DIR`` as ``{site: SiteData}`` with absolute, existing paths.
+
+    Raises:
+        ValueError: a spec is not ``SITE=CSV:IMAGES_DIR`` (exactly one ``=`` before one ``:``), names a site that
+            is not simulated or a site twice, or a CSV that is not a file or an image folder that is not a folder
+            (each named).
+    """
+    result: dict[str, SiteData] = {}
+    for spec in specs or []:
+        site, eq, paths = spec.partition("=")
+        csv, colon, images = paths.partition(":")
+        if not eq or not colon or ":" in images or not site or not csv or not images:
+            raise ValueError(f"--site-data must be SITE=CSV:IMAGES_DIR (paths without ':'), got {spec!r}")
+        if site not in sites:
+            raise ValueError(f"--site-data names site {site!r}, which is not simulated: the sites are {sites}")
+        if site in result:
+            raise ValueError(f"--site-data gives site {site!r} twice")
+        data = SiteData(dataframe=Path(csv).expanduser().resolve(), images=Path(images).expanduser().resolve())
+        if not data.dataframe.is_file():
+            raise ValueError(f"--site-data {site}: the CSV {data.dataframe} is not a file")
+        if not data.images.is_dir():
+            raise ValueError(f"--site-data {site}: the image folder {data.images} is not a folder")
+        result[site] = data
+    return result
+
+
+def prepare_environment(sites: list[str], site_data: dict[str, SiteData] | None = None) -> None:
+    """Set what the simulator's processes inherit: FLIP_LOCAL_DIR, DEV_DATAFRAME and DEV_IMAGES_DIR made absolute
+    (the simulator changes directories), and FLIP_SITE_DATA from ``site_data`` (if given).
+
+    Raises:
+        ValueError: ``site_data`` names a site that is not simulated.
+    """
+    if site_data:
+        unknown = sorted(set(site_data) - set(sites))
+        if unknown:
+            raise ValueError(f"site_data names sites that are not simulated: {unknown} (the sites are {sites})")
+    for var in ("FLIP_LOCAL_DIR", DATAFRAME_VAR, IMAGES_VAR):
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
+    if site_data:
+        os.environ[SITE_DATA_VAR] = site_data_json(site_data)  # each site's subprocess gets a copy
 
 
 def console_log_config() -> dict:
@@ -44,7 +90,8 @@ def console_log_config() -> dict:
 
 
 def run_simulator(job_dir: str | Path, workspace: str | Path, sites: int | list[str] = 2, threads: int | None = None,
-                  end_run_for_all: bool = True, quiet: bool = True) -> int:
+                  end_run_for_all: bool = True, quiet: bool = True,
+                  site_data: dict[str, SiteData] | None = None) -> int:
     """Run ``job_dir`` in the simulator and return its exit code (0: the run ended without a fatal error).
 
     Args:
@@ -54,6 +101,8 @@ def run_simulator(job_dir: str | Path, workspace: str | Path, sites: int | list[
         threads: sites running at once (default: all).
         end_run_for_all: deliver END_RUN to every site even when threads < sites (CleanupImages needs it).
         quiet: console shows flip's lines and warnings only (full logs stay in the workspace).
+        site_data: each listed site's dev CSV and image folder (``FLIP_SITE_DATA``, see flip.platform.site); the
+            other sites use DEV_DATAFRAME / DEV_IMAGES_DIR. Default: leave ``FLIP_SITE_DATA`` as it is.
     """
     from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
 
@@ -71,8 +120,7 @@ def run_simulator(job_dir: str | Path, workspace: str | Path, sites: int | list[
         (local / _LOG_CONFIG).write_text(json.dumps(console_log_config(), indent=2))
     elif (local / _LOG_CONFIG).exists():
         (local / _LOG_CONFIG).unlink()
-    if "FLIP_LOCAL_DIR" in os.environ:  # the simulator changes directories: make it absolute
-        os.environ["FLIP_LOCAL_DIR"] = str(Path(os.environ["FLIP_LOCAL_DIR"]).resolve())
+    prepare_environment(names, site_data)
     runner = SimulatorRunner(job_folder=str(job_dir), workspace=str(workspace), clients=",".join(names),
                              threads=threads, end_run_for_all=end_run_for_all)
     return runner.run()

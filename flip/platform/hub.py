@@ -4,6 +4,12 @@ Status and metrics go to the hub; the initial ("safehouse") model comes from it;
 the dev platform (sites never talk to the hub and never hold its key). Requests follow flip.platform.http's rules:
 a checked https URL, a timeout, bounded retries with capped backoff, no redirect ever followed; a request that
 still fails raises PlatformError with a short cause.
+
+It is also FLIP's prod platform (``FLIPStandardProd``) for researchers' apps: their data calls go to the trust's
+services through :class:`flip.platform.trust.TrustClient` (not implemented yet: a clear PlatformError); FLIP's hub
+reporting calls check their arguments as FLIP does, then log that FLIP's hub API is not wired (flip's own server
+reports through this class's hub API instead); ``upload_results_to_s3`` raises ResultsUploadError and ``cleanup``
+refuses (flip uploads and cleans a run with PersistToS3AndCleanup, which deletes only what it verified in S3).
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from flip.constants import RunStatus
-from flip.errors import JSONValueError, PlatformError, SettingsError
+from flip.constants import ModelStatus, ResourceType, RunStatus
+from flip.errors import CleanupError, JSONValueError, PlatformError, ResultsUploadError, SettingsError
 from flip.files import to_json
 from flip.checks import check_model_id, check_path_name
 from flip.platform.dev import LocalPlatform
 from flip.platform.http import (DEFAULT_DEADLINE, MAX_SLEEP, Accept, Reply, Retry, Service, check_service_url,
                                 check_timeout, request)
+from flip.platform.trust import TrustClient
 
 API = "/api/v1"
 HUB = Service(name="hub", url_var="FLIP_HUB_URL", key_var="FLIP_HUB_API_KEY", error=PlatformError)
@@ -45,6 +52,7 @@ class HubPlatform(LocalPlatform):
         backoff: the first sleep between tries, doubled after each (0.5 s, 1 s, 2 s...), each at most
             ``max_sleep`` (<= 8 s). Default 0.5.
         deadline: seconds after which a request gives up, however many tries are left. Default 120.
+        trust: the site's trust services for FLIP apps' data calls; default: from the environment when first used.
 
     Raises:
         SettingsError: hub_url is not a safe base URL (https, or http on a loopback host; no credentials).
@@ -55,8 +63,9 @@ class HubPlatform(LocalPlatform):
 
     def __init__(self, hub_url: str | None, api_key: SecretStr | None, local_dir: str | Path,
                  timeout: float = 5.0, attempts: int = 4, backoff: float = 0.5, max_sleep: float = MAX_SLEEP,
-                 deadline: float = DEFAULT_DEADLINE):
+                 deadline: float = DEFAULT_DEADLINE, trust: TrustClient | None = None):
         super().__init__(local_dir)
+        self._trust = trust
         try:
             self.hub_url = check_service_url(hub_url, "hub URL") if hub_url else None
         except ValueError as exc:
@@ -136,3 +145,83 @@ class HubPlatform(LocalPlatform):
         tmp.write_bytes(reply.body)
         os.replace(tmp, target)
         return target
+
+    # -- FLIP's API, prod -----------------------------------------------------------------------------------
+    @property
+    def trust(self) -> TrustClient:
+        """The site's trust services (from the environment unless given)."""
+        if self._trust is None:
+            from flip.settings import load_settings
+
+            self._trust = TrustClient.from_settings(load_settings())
+        return self._trust
+
+    def get_dataframe(self, project_id: str, query: str):
+        """Return the cohort from the trust's data-access API (not implemented yet: PlatformError)."""
+        self.check_project_id(project_id)
+        self.check_query(query)
+        return self.trust.get_dataframe(project_id, query)
+
+    def get_by_accession_number(self, project_id: str, accession_id: str,
+                                resource_type: ResourceType | list[ResourceType] = ResourceType.NIFTI) -> Path:
+        """Return the accession's images from the trust's imaging API (not implemented yet: PlatformError)."""
+        self.check_project_id(project_id)
+        accession_id = self.checked_accession_id(accession_id)
+        return self.trust.download_images(project_id, accession_id, self.check_resource_type(resource_type))
+
+    def add_resource(self, project_id: str, accession_id: str, scan_id: str, resource_id: str,
+                     files: list[str]) -> None:
+        """Upload files to the trust's imaging API (not implemented yet: PlatformError)."""
+        for name, value in (("project_id", project_id), ("accession_id", accession_id), ("scan_id", scan_id),
+                            ("resource_id", resource_id)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+        if not isinstance(files, list):
+            raise TypeError(f"files must be a list of file paths, got {type(files).__name__}")
+        self.trust.add_resource(project_id, accession_id, scan_id, resource_id, files)
+
+    def _hub_not_wired(self, call: str, model_id: str) -> None:
+        """FLIP's hub calls never break a run (FLIP logs and swallows their failures): log that it was not sent."""
+        self.logger.error("%s for model %s not sent: FLIP's hub API (FLIP_API_INTERNAL_URL) is not wired in flip "
+                          "yet; flip's server reports status and metrics through FLIP_HUB_URL", call, model_id)
+
+    def update_status(self, model_id: str, new_model_status: ModelStatus) -> None:
+        """Check the model id (ValueError, as FLIP) and the status; log that FLIP's hub API is not wired."""
+        model_id = check_model_id(model_id)
+        status = ModelStatus(new_model_status)
+        self._hub_not_wired(f"update_status {status.value}", model_id)
+
+    def send_metrics(self, client_name: str, model_id: str, label: str, value: float, round: int) -> None:
+        """Log that FLIP's hub API is not wired (FLIP checks nothing here)."""
+        self._hub_not_wired("send_metrics", model_id)
+
+    def send_handled_exception(self, formatted_exception: str, client_name: str | None, model_id: str) -> None:
+        """Check the arguments as FLIP does (TypeError, ValueError); log that FLIP's hub API is not wired."""
+        if not isinstance(formatted_exception, str):
+            raise TypeError(f"formatted_exception must be a str, got {type(formatted_exception).__name__}")
+        if client_name is not None and not isinstance(client_name, str):
+            raise TypeError(f"client_name must be a str or None, got {type(client_name).__name__}")
+        self._hub_not_wired("send_handled_exception", check_model_id(model_id))
+
+    def send_event(self, model_id: str, event_type, global_round: int, client_name: str | None = None,
+                   details: dict[str, Any] | None = None, success: bool = True) -> None:
+        """Check the model id (ValueError, as FLIP); log that FLIP's hub API is not wired."""
+        self._hub_not_wired("send_event", check_model_id(model_id))
+
+    def upload_results_to_s3(self, results_folder: Path, model_id: str) -> None:
+        """Raise ResultsUploadError: flip uploads a run's results with PersistToS3AndCleanup (verified, resumable).
+
+        Raises:
+            ResultsUploadError: always (FLIP's failure type), naming the component that uploads.
+        """
+        raise ResultsUploadError(f"upload_results_to_s3 is not available for model {model_id}: flip's server uploads "
+                                 f"a run's results with PersistToS3AndCleanup (to FLIP_MODELS_BUCKET, verified)")
+
+    def cleanup(self, path: Path) -> None:
+        """Refuse: flip deletes a run's files only after their upload was verified (PersistToS3AndCleanup).
+
+        Raises:
+            CleanupError: always.
+        """
+        raise CleanupError("cleanup(path) is refused: flip deletes a run's files only after their upload to S3 was "
+                           "verified (PersistToS3AndCleanup), never on request")
