@@ -37,14 +37,19 @@ _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 def site_privacy_policy(percentile: float = 10, gamma: float = 0.01) -> dict[str, Any]:
-    """The privacy.json a hospital site enforces on every job: PercentilePrivacy on all task results."""
+    """The privacy.json a hospital site enforces on every job: PercentilePrivacy on all task results.
+
+    The filter is marked ``site_policy``: it records so on every update, so that a job's own filter of the same
+    kind can say it applies too (or, with ``defer_to_site``, leave the update to it).
+    """
     return {
         "scopes": [{
             "name": "default",
             "properties": {"policy": "flip site-enforced PercentilePrivacy"},
             "task_result_filters": [{
                 "path": "flip.nvflare.components.PercentilePrivacy",
-                "args": {"percentile": check_percentile(percentile), "gamma": check_gamma(gamma)},
+                "args": {"percentile": check_percentile(percentile), "gamma": check_gamma(gamma),
+                         "site_policy": True},
             }],
         }],
         "default_scope": "default",
