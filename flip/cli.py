@@ -7,6 +7,7 @@ import os
 import shlex
 import signal
 import sys
+from pathlib import Path
 
 from flip.constants import AGGREGATIONS, DEMO_JOBS, UNCERTAINTY_METHODS, Aggregation, JobName, RunFile, Uncertainty
 from flip.errors import FlipError
@@ -141,21 +142,88 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_provision(args) -> int:
-    from flip.provisioning import add_site, provision
+    from flip import provisioning
 
+    chosen = [f"--{a.replace('_', '-')}" for a in ("add_site", "remove_site", "renew", "check") if getattr(args, a)]
+    if len(chosen) > 1:
+        raise ValueError(f"give one of --add-site, --remove-site, --renew or --check, got {' and '.join(chosen)}")
+    if args.check:
+        return _provision_check(args)
     if args.add_site:
-        prod = add_site(args.add_site, args.out)
+        prod = provisioning.add_site(args.add_site, args.out)
         print(f"added {args.add_site}: give the hospital the kit {prod / args.add_site} (other kits are unchanged)")
-        return 0
-    if not args.sites:
-        raise ValueError("give --sites (a number or comma-separated names) or --add-site NAME")
-    sites = [f"site-{i}" for i in range(1, int(args.sites) + 1)] if args.sites.isdigit() else args.sites.split(",")
-    prod = provision(sites, args.out, server=args.server, fed_learn_port=args.fed_port, admin_port=args.admin_port,
-                     percentile=args.percentile, gamma=args.gamma, allow_log_streaming=args.allow_log_streaming)
-    print(f"startup kits in {prod}: " + ", ".join(sorted(p.name for p in prod.iterdir() if p.is_dir())))
-    print(f"sites connect to {args.server}:{args.fed_port} and admins to {args.server}:{args.admin_port}: "
-          f"that name must resolve to the server at every site and admin machine")
+    elif args.remove_site:
+        before = provisioning.previous_cert(args.out, args.remove_site)
+        prod = provisioning.remove_site(args.remove_site, args.out)
+        admin = next(p for p in prod.iterdir() if "@" in p.name)
+        print(f"removed {args.remove_site}: the server kit {prod / _server_kit(prod)} refuses it "
+              f"({provisioning.DISABLED_CLIENTS_FILE}); a running server must be told now:\n"
+              f"  nvflare system disable-client {args.remove_site} --force --startup-kit {admin}")
+        if before:
+            print(f"its certificate is not revoked (NVFlare has none to revoke it): it stays valid until "
+                  f"{before.not_after:%Y-%m-%d}; only the server's refusal keeps it out until then")
+    elif args.renew:
+        prod = provisioning.renew(args.out)
+        print(f"new certificates for every participant, same root CA, in {prod}: give each its new startup/ "
+              "folder (stop it, replace <kit>/startup, start it); old and new kits work together until the old "
+              "certificates expire")
+        _print_expiry(prod)
+    else:
+        if not args.sites:
+            raise ValueError("give --sites (a number or comma-separated names), --add-site, --remove-site, --renew "
+                             "or --check")
+        sites = ([f"site-{i}" for i in range(1, int(args.sites) + 1)] if args.sites.isdigit()
+                 else args.sites.split(","))
+        options = {}
+        for name in ("server_storage", "service_root", "service_user"):
+            if getattr(args, name) is not None:
+                options[name] = getattr(args, name)
+        prod = provisioning.provision(
+            sites, args.out, server=args.server, fed_learn_port=args.fed_port, admin_port=args.admin_port,
+            percentile=args.percentile, gamma=args.gamma, allow_log_streaming=args.allow_log_streaming,
+            server_ips=args.server_ip, server_names=args.server_name, **options)
+        print(f"startup kits in {prod}: " + ", ".join(sorted(p.name for p in prod.iterdir() if p.is_dir())))
+        names = ", ".join([args.server, *args.server_name, *args.server_ip])
+        print(f"sites connect to {args.server}:{args.fed_port} and admins to {args.server}:{args.admin_port}: "
+              f"that name must resolve to the server at every site and admin machine (the server's certificate "
+              f"names {names})")
+        if not args.server_storage:
+            print("the server keeps submitted jobs in /tmp/nvflare (NVFlare's default, lost at reboot): give "
+                  "--server-storage DIR for a server that runs for long")
+    state = provisioning.state_dir(Path(args.out).resolve(), provisioning.load_project(args.out)["name"])
+    print(f"secrets: every private key and {state} (the root CA's private key and every participant's) are "
+          "readable by you only (files 0600, folders 0700); keep that folder offline and backed up privately: "
+          "--add-site, --renew and --remove-site need it")
     return 0
+
+
+def _server_kit(prod) -> str:
+    return next(p.name for p in prod.iterdir() if (p / "startup" / "fed_server.json").is_file())
+
+
+def _print_expiry(prod) -> int:
+    from flip.ops.certs import expiry_report, prod_certs
+
+    lines, action = expiry_report(prod_certs(prod))
+    print("\n".join(lines))
+    return action
+
+
+def _provision_check(args) -> int:
+    from flip.ops.certs import expiry_report
+    from flip.provisioning import check_kits
+
+    lines, action = expiry_report(check_kits(args.out), warn_days=args.warn_days)
+    print("\n".join(lines))
+    if action:
+        print(f"{action} certificate(s) expire within {args.warn_days} days or have expired", file=sys.stderr)
+    return 1 if action else 0
+
+
+def _cmd_doctor(args) -> int:
+    from flip.ops.doctor import run_doctor
+
+    return run_doctor(args.kit, env_file=args.env_file, timeout=args.timeout, wait=args.wait)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,7 +289,36 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--allow-log-streaming", action="store_true",
                       help="let the sites stream their job error logs to the server (default: logs stay on site; a "
                            "site can opt in alone with allow_log_streaming: true on its participant in project.yml)")
+    prov.add_argument("--server-ip", action="append", default=[], metavar="IP",
+                      help="an IPv4 address the server is also reached at (NAT, reverse proxy, no DNS): added to its "
+                           "certificate's names (SAN); repeat for more")
+    prov.add_argument("--server-name", action="append", default=[], metavar="HOST",
+                      help="another DNS name of the server (e.g. a proxy's): added to its certificate's names; repeat")
+    prov.add_argument("--server-storage", default=None, metavar="DIR",
+                      help="absolute folder where the server keeps submitted jobs and snapshots (default: NVFlare's "
+                           "/tmp/nvflare, lost at reboot)")
+    prov.add_argument("--service-root", default=None, metavar="DIR",
+                      help="where the kits are installed for the systemd units: <DIR>/<name>, flip in <DIR>/venv "
+                           "(default /opt/flip)")
+    prov.add_argument("--service-user", default=None, metavar="USER", help="the user the services run as (flip)")
+    prov.add_argument("--remove-site", default=None, metavar="NAME",
+                      help="take a site out of --out: the server kit refuses it (NVFlare's disabled clients)")
+    prov.add_argument("--renew", action="store_true",
+                      help="new certificates for every participant under the same root CA (before they expire)")
+    prov.add_argument("--check", action="store_true",
+                      help="list each kit's certificate expiry date; exit 1 if one expires within --warn-days")
+    prov.add_argument("--warn-days", type=int, default=60, help="with --check: warn this many days ahead (60)")
     prov.set_defaults(func=_cmd_provision)
+
+    doctor = sub.add_parser("doctor", help="check a server, site or admin kit: files, keys, certificate expiry, "
+                                           "the connection to the server, the S3 and hub settings (one line each)")
+    doctor.add_argument("--kit", required=True, metavar="DIR", help="the startup kit (e.g. /opt/flip/hospital-a)")
+    doctor.add_argument("--env-file", default=None, metavar="FILE",
+                        help="read the service's environment file first (e.g. /etc/flip/flip-hospital-a.env)")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds per connection attempt")
+    doctor.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                        help="retry while a check fails, up to this long (a service that is starting)")
+    doctor.set_defaults(func=_cmd_doctor)
 
     status = sub.add_parser("status", help="a model's run status lifecycle and latest metrics")
     status.add_argument("model_id")
