@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import sys
 from pathlib import Path
 
-from flip.constants import AGGREGATIONS, DEMO_JOBS, UNCERTAINTY_METHODS, Aggregation, JobName, RunFile, Uncertainty
+from flip.constants import (
+    AGGREGATIONS,
+    DEMO_JOBS,
+    UNCERTAINTY_METHODS,
+    Aggregation,
+    JobName,
+    RunFile,
+    RunStatus,
+    Uncertainty,
+)
 from flip.errors import FlipError
 
 
@@ -23,27 +31,84 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_s3_serve(args) -> int:
+    from flip.files import write_private
+    from flip.ops import trial
     from flip.storage.weed import WeedS3
 
+    if args.detach:
+        if not args.dir:
+            raise ValueError("--detach needs --dir: the folder that holds the server's data, s3.env and s3.pid")
+        env_file = trial.start_s3(args.dir, bucket=args.bucket)
+        print(env_file.read_text(), end="")
+        print(f"# the S3 server runs in the background: `. {env_file}` to use it, `flip s3 stop --dir "
+              f"{Path(args.dir).resolve()}` to stop it")
+        return 0
     server = WeedS3(bucket=args.bucket, root=args.dir).start()
+    lines = trial.env_lines(server.env)
     print("# SeaweedFS S3 server running; use it with:")
-    for key, value in server.env.items():
-        print(f"export {key}={shlex.quote(value)}")
-    print(f"# pid {server.pid}; Ctrl-C stops it", flush=True)
+    print("\n".join(lines))
+    if args.dir:
+        write_private(Path(args.dir) / trial.PID_FILE, f"{os.getpid()}\n")
+    if args.env_file:  # written once it serves: whoever waits for the file may use it at once
+        write_private(Path(args.env_file), "\n".join(lines) + "\n")
+    print(f"# pid {os.getpid()}; Ctrl-C stops it", flush=True)
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # delivered to sigwait, not fatal
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
+        for path in ([Path(args.env_file)] if args.env_file else []) + (
+                [Path(args.dir) / trial.PID_FILE] if args.dir else []):
+            path.unlink(missing_ok=True)
+    return 0
+
+
+def _cmd_s3_stop(args) -> int:
+    from flip.ops.trial import stop_s3
+
+    pid = stop_s3(args.dir)
+    print(f"stopped the S3 server of {Path(args.dir).resolve()} (pid {pid})" if pid
+          else f"no S3 server serves {Path(args.dir).resolve()}")
+    return 0
+
+
+def _cmd_trial_data(args) -> int:
+    from flip.ops.trial import write_trial_data
+
+    counts = write_trial_data(args.sites.split(","), args.dir)
+    folder = Path(args.dir).resolve()
+    for site, count in counts.items():
+        print(f"{site}: {count} images in {folder / 'cohorts' / site}")
+    print(f"each site reads its own: start it with FLIP_LOCAL_DIR={folder}")
     return 0
 
 
 def _cmd_jobs_export(args) -> int:
+    import inspect
+    import uuid
+
+    from flip.checks import check_model_id
     from flip.jobs import JOBS, write_job
 
+    options = {}
+    if args.model_id or args.new_model_id:
+        if args.model_id and args.new_model_id:
+            raise ValueError("give --model-id UUID or --new-model-id, not both")
+        if not args.names:
+            raise ValueError("name the job(s) to write with a model id, e.g. flip jobs export standard --new-model-id")
+        options["model_id"] = check_model_id(args.model_id) if args.model_id else str(uuid.uuid4())
+    if args.num_rounds is not None:
+        options["num_rounds"] = args.num_rounds
     for name in args.names or sorted(JOBS):
-        print(write_job(name, args.out))
+        if name in JOBS:
+            unknown = [k for k in options if k not in inspect.signature(JOBS[name]).parameters]
+            if unknown:
+                raise ValueError(f"job {name!r} takes no --{unknown[0].replace('_', '-')}")
+        print(write_job(name, args.out, **options))
+    if args.new_model_id:
+        print(f"model id: {options['model_id']}")
     return 0
 
 
@@ -118,6 +183,8 @@ def _cmd_status(args) -> int:
     model_id = check_model_id(args.model_id)
     platform = FLIP()
     statuses = platform.read_statuses(model_id)
+    if args.wait:
+        statuses = _wait_for_final(platform, model_id, args.wait)
     if not statuses:
         print(f"no status recorded for model {model_id} ({platform.name} platform)")
         return 1
@@ -138,7 +205,29 @@ def _cmd_status(args) -> int:
             print(f"  metrics of round {last_round}:")
             for m in sorted((m for m in mine if m["round"] == last_round), key=lambda m: m["site"]):
                 print(f"    {m['site']:>12}: {format_metrics(m['metrics'])}")
+    if args.wait:
+        final = statuses[-1]["status"] if statuses else None
+        if final != RunStatus.RESULTS_UPLOADED:
+            state = f"ended {final}" if final in FINAL_STATUSES else f"is at {final}, not finished after {args.wait:g} s"
+            print(f"flip: the latest run of model {model_id} {state}", file=sys.stderr)
+            return 1
     return 0
+
+
+FINAL_STATUSES = [RunStatus.RESULTS_UPLOADED.value, RunStatus.ERROR.value, RunStatus.STOPPED.value]
+
+
+def _wait_for_final(platform, model_id: str, seconds: float) -> list[dict]:
+    """The model's status records once its latest run has a final status, or when ``seconds`` have passed."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        statuses = platform.read_statuses(model_id)
+        left = deadline - time.monotonic()
+        if statuses and statuses[-1]["status"] in FINAL_STATUSES or left <= 0:
+            return statuses
+        time.sleep(min(2.0, left))
 
 
 def _cmd_provision(args) -> int:
@@ -254,12 +343,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve = s3.add_parser("serve", help="start SeaweedFS weed mini on 127.0.0.1 and print the env vars to use")
     serve.add_argument("--bucket", default="flip-models")
     serve.add_argument("--dir", default=None, help="data folder (default: a new temporary folder)")
+    serve.add_argument("--env-file", default=None, metavar="FILE",
+                       help="once it serves, write the export lines to FILE (0600: it holds the generated secret)")
+    serve.add_argument("--detach", action="store_true",
+                       help="run in the background (needs --dir): print the export lines and write them to "
+                            "DIR/s3.env once it serves; `flip s3 stop --dir DIR` stops it")
     serve.set_defaults(func=_cmd_s3_serve)
+    stop = s3.add_parser("stop", help="stop the S3 server `flip s3 serve --dir DIR --detach` started")
+    stop.add_argument("--dir", required=True)
+    stop.set_defaults(func=_cmd_s3_stop)
+
+    trial = sub.add_parser("trial", help="a trial network on one machine").add_subparsers(dest="trial_command",
+                                                                                           required=True)
+    data = trial.add_parser("data", help="write the demo's digits as the image store of each named site")
+    data.add_argument("--sites", required=True, help="comma-separated site names, as provisioned")
+    data.add_argument("--dir", required=True,
+                      help="the sites' FLIP_LOCAL_DIR: images go to DIR/cohorts/<site>/; an absent or empty folder, "
+                           "or one this command (or the demo) made before; any other folder is refused")
+    data.set_defaults(func=_cmd_trial_data)
 
     jobs = sub.add_parser("jobs", help="job folders").add_subparsers(dest="jobs_command", required=True)
     export = jobs.add_parser("export", help="write the job folders from flip/jobs")
     export.add_argument("names", nargs="*", help="jobs to write (default: all)")
     export.add_argument("--out", default="jobs")
+    export.add_argument("--model-id", default=None, metavar="UUID",
+                        help="the model id the job trains (its runs land under s3://<bucket>/<model id>/)")
+    export.add_argument("--new-model-id", action="store_true",
+                        help="a new model id for this submission (printed): every submission its own model")
+    export.add_argument("--num-rounds", type=int, default=None, metavar="N",
+                        help="training rounds (standard, fed_opt)")
     export.set_defaults(func=_cmd_jobs_export)
 
     simulate = sub.add_parser("simulate", help="run a job folder in the NVFlare simulator")
@@ -322,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="a model's run status lifecycle and latest metrics")
     status.add_argument("model_id")
+    status.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                        help="wait until the model's latest run ends (up to SECONDS), then show it; exit 1 unless it "
+                             "ended RESULTS_UPLOADED")
     status.set_defaults(func=_cmd_status)
 
     models = sub.add_parser("models", help="the model registry (verified runs only are served)")
