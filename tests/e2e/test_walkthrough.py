@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import pytest
 from flip.platform.dev import LocalPlatform
 from flip.report import UPLOAD_PENDING
 from tests.conftest import REPO, clean_env
+from tests.e2e.processes import kill, wait_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.s3]
 MARK = "<!-- walk-through -->"
@@ -56,25 +56,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _ours(trial: Path, session: int) -> list[int]:
-    """Every live process of the walk-through: in the script's session, or naming the trial folder."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
-            continue
-        if int(fields[3]) == session or str(trial) in command:
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.unit
@@ -111,7 +92,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
     except subprocess.TimeoutExpired:
         code = None
     elapsed = time.monotonic() - started
-    left = _wait_gone(trial, bash.pid, seconds=60)
+    left = wait_gone(trial, bash.pid, seconds=60)
     try:
         said, log = out.read_text(errors="replace"), _redacted(err.read_text(errors="replace"))
         assert code == 0, f"the walk-through failed (exit {code}) after {elapsed:.0f} s:\n{log[-6000:]}\n{said[-3000:]}"
@@ -126,16 +107,6 @@ def _redacted(text: str) -> str:
     return re.sub(r"(AWS_SECRET_ACCESS_KEY=)\S+", r"\1***", text)
 
 
-def _wait_gone(trial: Path, session: int, seconds: float) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        left = _ours(trial, session)
-        if not left:
-            return []
-        time.sleep(1)
-    return _ours(trial, session)
-
-
 def _kill(trial: Path, session: int, left: list[int]) -> None:
     """Whatever the walk-through left (on failure): stop the network through its own commands, then kill."""
     if not left:
@@ -148,11 +119,7 @@ def _kill(trial: Path, session: int, left: list[int]) -> None:
                         "--startup-kit", str(kits / "admin@flip.org")], env=env, capture_output=True, timeout=120)
     subprocess.run([sys.executable, "-m", "flip.cli", "s3", "stop", "--dir", str(trial / "s3")], env=env,
                    capture_output=True, timeout=60)
-    for pid in _wait_gone(trial, session, seconds=20):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill(wait_gone(trial, session, seconds=20))
 
 
 def _check_results(trial: Path, said: str) -> None:
