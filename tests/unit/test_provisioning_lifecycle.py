@@ -113,18 +113,6 @@ def test_remove_site_takes_it_out_and_the_server_kit_refuses_it(tmp_path, capsys
     assert not (_prod(out, 2) / "hospital-b").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--remove-site", "hospital-q"], "'hospital-q' is not a site of"),
-    (["--remove-site", "hospital-a"], "'hospital-a' is the last site of"),
-    (["--renew", "--check"], "give one of --add-site, --remove-site, --renew or --check, got --renew and --check"),
-])
-def test_bad_lifecycle_requests_are_refused_naming_them(tmp_path, capsys, args, message):
-    out = tmp_path / "kits"
-    assert flip_cli(["provision", "--sites", "hospital-a", "--server", "localhost", "--out", str(out)]) == 0
-    assert flip_cli(["provision", *args, "--out", str(out)]) == 2
-    assert message in capsys.readouterr().err
-
-
 def test_renew_without_a_project_says_so(tmp_path, capsys):
     assert flip_cli(["provision", "--renew", "--out", str(tmp_path)]) == 2
     assert f"{tmp_path / 'project.yml'} not found" in capsys.readouterr().err
