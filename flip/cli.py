@@ -178,9 +178,10 @@ def _cmd_status(args) -> int:
     import time
 
     from flip import FLIP
-    from flip.checks import check_model_id
+    from flip.checks import check_model_id, check_number
 
     model_id = check_model_id(args.model_id)
+    check_number("--wait", args.wait, 0)
     platform = FLIP()
     statuses = platform.read_statuses(model_id)
     if args.wait:
@@ -299,9 +300,11 @@ def _print_expiry(prod) -> int:
 
 
 def _provision_check(args) -> int:
+    from flip.checks import check_int
     from flip.ops.certs import expiry_report
     from flip.provisioning import check_kits
 
+    check_int("--warn-days", args.warn_days, minimum=0)
     lines, action = expiry_report(check_kits(args.out), warn_days=args.warn_days)
     print("\n".join(lines))
     if action:
@@ -310,8 +313,11 @@ def _provision_check(args) -> int:
 
 
 def _cmd_doctor(args) -> int:
+    from flip.checks import check_number, check_positive
     from flip.ops.doctor import run_doctor
 
+    check_positive("--timeout", args.timeout)
+    check_number("--wait", args.wait, 0)
     return run_doctor(args.kit, env_file=args.env_file, timeout=args.timeout, wait=args.wait)
 
 

@@ -114,3 +114,16 @@ def test_a_pid_file_naming_another_process_stops_nothing(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["status", "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90", "--wait", "nan"], "--wait must be a finite number >= 0, got nan"),
+    (["status", "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90", "--wait", "-1"], "--wait must be a finite number >= 0, got -1.0"),
+    (["doctor", "--kit", ".", "--timeout", "0"], "--timeout must be a finite number > 0, got 0.0"),
+    (["doctor", "--kit", ".", "--wait", "inf"], "--wait must be a finite number >= 0, got inf"),
+    (["provision", "--check", "--out", ".", "--warn-days", "-1"], "--warn-days must be an integer >= 0, got -1"),
+])
+def test_waits_and_timeouts_that_never_end_are_refused(capsys, args, message):
+    """``flip status --wait nan`` polled forever (nan is never <= 0)."""
+    assert flip_cli(args) == 2
+    assert message in capsys.readouterr().err
