@@ -26,7 +26,6 @@ from flip.report import UPLOAD_PENDING
 from tests.conftest import REPO, clean_env
 from tests.e2e.processes import kill, wait_gone
 
-pytestmark = [pytest.mark.e2e, pytest.mark.s3]
 MARK = "<!-- walk-through -->"
 PORTS = (8002, 8003)
 TIMEOUT = 1200
@@ -69,6 +68,8 @@ def test_the_walkthrough_blocks_are_found_in_order():
     assert positions == sorted(positions), "the walk-through's steps are out of order"
 
 
+@pytest.mark.e2e
+@pytest.mark.s3
 def test_the_readme_walkthrough_runs_as_written(tmp_path):
     busy = [p for p in PORTS if not _port_free(p)]
     if busy:
