@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import sys
+from pathlib import Path
 
-from flip.constants import AGGREGATIONS, DEMO_JOBS, UNCERTAINTY_METHODS, Aggregation, JobName, RunFile, Uncertainty
+from flip.constants import (
+    AGGREGATIONS,
+    DEMO_JOBS,
+    UNCERTAINTY_METHODS,
+    Aggregation,
+    JobName,
+    RunFile,
+    RunStatus,
+    Uncertainty,
+)
 from flip.errors import FlipError
 
 
@@ -22,27 +31,84 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_s3_serve(args) -> int:
+    from flip.files import write_private
+    from flip.ops import trial
     from flip.storage.weed import WeedS3
 
+    if args.detach:
+        if not args.dir:
+            raise ValueError("--detach needs --dir: the folder that holds the server's data, s3.env and s3.pid")
+        env_file = trial.start_s3(args.dir, bucket=args.bucket)
+        print(env_file.read_text(), end="")
+        print(f"# the S3 server runs in the background: `. {env_file}` to use it, `flip s3 stop --dir "
+              f"{Path(args.dir).resolve()}` to stop it")
+        return 0
     server = WeedS3(bucket=args.bucket, root=args.dir).start()
+    lines = trial.env_lines(server.env)
     print("# SeaweedFS S3 server running; use it with:")
-    for key, value in server.env.items():
-        print(f"export {key}={shlex.quote(value)}")
-    print(f"# pid {server.pid}; Ctrl-C stops it", flush=True)
+    print("\n".join(lines))
+    if args.dir:
+        write_private(Path(args.dir) / trial.PID_FILE, f"{os.getpid()}\n")
+    if args.env_file:  # written once it serves: whoever waits for the file may use it at once
+        write_private(Path(args.env_file), "\n".join(lines) + "\n")
+    print(f"# pid {os.getpid()}; Ctrl-C stops it", flush=True)
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # delivered to sigwait, not fatal
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
+        for path in ([Path(args.env_file)] if args.env_file else []) + (
+                [Path(args.dir) / trial.PID_FILE] if args.dir else []):
+            path.unlink(missing_ok=True)
+    return 0
+
+
+def _cmd_s3_stop(args) -> int:
+    from flip.ops.trial import stop_s3
+
+    pid = stop_s3(args.dir)
+    print(f"stopped the S3 server of {Path(args.dir).resolve()} (pid {pid})" if pid
+          else f"no S3 server serves {Path(args.dir).resolve()}")
+    return 0
+
+
+def _cmd_trial_data(args) -> int:
+    from flip.ops.trial import write_trial_data
+
+    counts = write_trial_data(args.sites.split(","), args.dir)
+    folder = Path(args.dir).resolve()
+    for site, count in counts.items():
+        print(f"{site}: {count} images in {folder / 'cohorts' / site}")
+    print(f"each site reads its own: start it with FLIP_LOCAL_DIR={folder}")
     return 0
 
 
 def _cmd_jobs_export(args) -> int:
+    import inspect
+    import uuid
+
+    from flip.checks import check_model_id
     from flip.jobs import JOBS, write_job
 
+    options = {}
+    if args.model_id or args.new_model_id:
+        if args.model_id and args.new_model_id:
+            raise ValueError("give --model-id UUID or --new-model-id, not both")
+        if not args.names:
+            raise ValueError("name the job(s) to write with a model id, e.g. flip jobs export standard --new-model-id")
+        options["model_id"] = check_model_id(args.model_id) if args.model_id else str(uuid.uuid4())
+    if args.num_rounds is not None:
+        options["num_rounds"] = args.num_rounds
     for name in args.names or sorted(JOBS):
-        print(write_job(name, args.out))
+        if name in JOBS:
+            unknown = [k for k in options if k not in inspect.signature(JOBS[name]).parameters]
+            if unknown:
+                raise ValueError(f"job {name!r} takes no --{unknown[0].replace('_', '-')}")
+        print(write_job(name, args.out, **options))
+    if args.new_model_id:
+        print(f"model id: {options['model_id']}")
     return 0
 
 
@@ -114,11 +180,14 @@ def _cmd_status(args) -> int:
     import time
 
     from flip import FLIP
-    from flip.checks import check_model_id
+    from flip.checks import check_model_id, check_number
 
     model_id = check_model_id(args.model_id)
+    check_number("--wait", args.wait, 0)
     platform = FLIP()
     statuses = platform.read_statuses(model_id)
+    if args.wait:
+        statuses = _wait_for_final(platform, model_id, args.wait)
     if not statuses:
         print(f"no status recorded for model {model_id} ({platform.name} platform)")
         return 1
@@ -139,25 +208,119 @@ def _cmd_status(args) -> int:
             print(f"  metrics of round {last_round}:")
             for m in sorted((m for m in mine if m["round"] == last_round), key=lambda m: m["site"]):
                 print(f"    {m['site']:>12}: {format_metrics(m['metrics'])}")
+    if args.wait:
+        final = statuses[-1]["status"] if statuses else None
+        if final != RunStatus.RESULTS_UPLOADED:
+            state = f"ended {final}" if final in FINAL_STATUSES else f"is at {final}, not finished after {args.wait:g} s"
+            print(f"flip: the latest run of model {model_id} {state}", file=sys.stderr)
+            return 1
     return 0
+
+
+FINAL_STATUSES = [RunStatus.RESULTS_UPLOADED.value, RunStatus.ERROR.value, RunStatus.STOPPED.value]
+
+
+def _wait_for_final(platform, model_id: str, seconds: float) -> list[dict]:
+    """The model's status records once its latest run has a final status, or when ``seconds`` have passed."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        statuses = platform.read_statuses(model_id)
+        left = deadline - time.monotonic()
+        if statuses and statuses[-1]["status"] in FINAL_STATUSES or left <= 0:
+            return statuses
+        time.sleep(min(2.0, left))
 
 
 def _cmd_provision(args) -> int:
-    from flip.provisioning import add_site, provision
+    from flip import provisioning
 
+    chosen = [f"--{a.replace('_', '-')}" for a in ("add_site", "remove_site", "renew", "check") if getattr(args, a)]
+    if len(chosen) > 1:
+        raise ValueError(f"give one of --add-site, --remove-site, --renew or --check, got {' and '.join(chosen)}")
+    if args.check:
+        return _provision_check(args)
     if args.add_site:
-        prod = add_site(args.add_site, args.out)
+        prod = provisioning.add_site(args.add_site, args.out)
         print(f"added {args.add_site}: give the hospital the kit {prod / args.add_site} (other kits are unchanged)")
-        return 0
-    if not args.sites:
-        raise ValueError("give --sites (a number or comma-separated names) or --add-site NAME")
-    sites = [f"site-{i}" for i in range(1, int(args.sites) + 1)] if args.sites.isdigit() else args.sites.split(",")
-    prod = provision(sites, args.out, server=args.server, fed_learn_port=args.fed_port, admin_port=args.admin_port,
-                     percentile=args.percentile, gamma=args.gamma, allow_log_streaming=args.allow_log_streaming)
-    print(f"startup kits in {prod}: " + ", ".join(sorted(p.name for p in prod.iterdir() if p.is_dir())))
-    print(f"sites connect to {args.server}:{args.fed_port} and admins to {args.server}:{args.admin_port}: "
-          f"that name must resolve to the server at every site and admin machine")
+    elif args.remove_site:
+        before = provisioning.previous_cert(args.out, args.remove_site)
+        prod = provisioning.remove_site(args.remove_site, args.out)
+        admin = next(p for p in prod.iterdir() if "@" in p.name)
+        print(f"removed {args.remove_site}: the server kit {prod / _server_kit(prod)} refuses it "
+              f"({provisioning.DISABLED_CLIENTS_FILE}); a running server must be told now:\n"
+              f"  nvflare system disable-client {args.remove_site} --force --startup-kit {admin}")
+        if before:
+            print(f"its certificate is not revoked (NVFlare has none to revoke it): it stays valid until "
+                  f"{before.not_after:%Y-%m-%d}; only the server's refusal keeps it out until then")
+    elif args.renew:
+        prod = provisioning.renew(args.out)
+        print(f"new certificates for every participant, same root CA, in {prod}: give each its new startup/ "
+              "folder (stop it, replace <kit>/startup, start it); old and new kits work together until the old "
+              "certificates expire")
+        _print_expiry(prod)
+    else:
+        if not args.sites:
+            raise ValueError("give --sites (a number or comma-separated names), --add-site, --remove-site, --renew "
+                             "or --check")
+        sites = ([f"site-{i}" for i in range(1, int(args.sites) + 1)] if args.sites.isdigit()
+                 else args.sites.split(","))
+        options = {}
+        for name in ("server_storage", "service_root", "service_user"):
+            if getattr(args, name) is not None:
+                options[name] = getattr(args, name)
+        prod = provisioning.provision(
+            sites, args.out, server=args.server, fed_learn_port=args.fed_port, admin_port=args.admin_port,
+            percentile=args.percentile, gamma=args.gamma, allow_log_streaming=args.allow_log_streaming,
+            server_ips=args.server_ip, server_names=args.server_name, **options)
+        print(f"startup kits in {prod}: " + ", ".join(sorted(p.name for p in prod.iterdir() if p.is_dir())))
+        names = ", ".join([args.server, *args.server_name, *args.server_ip])
+        print(f"sites connect to {args.server}:{args.fed_port} and admins to {args.server}:{args.admin_port}: "
+              f"that name must resolve to the server at every site and admin machine (the server's certificate "
+              f"names {names})")
+        if not args.server_storage:
+            print("the server keeps submitted jobs in /tmp/nvflare (NVFlare's default, lost at reboot): give "
+                  "--server-storage DIR for a server that runs for long")
+    state = provisioning.state_dir(Path(args.out).resolve(), provisioning.load_project(args.out)["name"])
+    print(f"secrets: every private key and {state} (the root CA's private key and every participant's) are "
+          "readable by you only (files 0600, folders 0700); keep that folder offline and backed up privately: "
+          "--add-site, --renew and --remove-site need it")
     return 0
+
+
+def _server_kit(prod) -> str:
+    return next(p.name for p in prod.iterdir() if (p / "startup" / "fed_server.json").is_file())
+
+
+def _print_expiry(prod) -> int:
+    from flip.ops.certs import expiry_report, prod_certs
+
+    lines, action = expiry_report(prod_certs(prod))
+    print("\n".join(lines))
+    return action
+
+
+def _provision_check(args) -> int:
+    from flip.checks import check_int
+    from flip.ops.certs import expiry_report
+    from flip.provisioning import check_kits
+
+    check_int("--warn-days", args.warn_days, minimum=0)
+    lines, action = expiry_report(check_kits(args.out), warn_days=args.warn_days)
+    print("\n".join(lines))
+    if action:
+        print(f"{action} certificate(s) expire within {args.warn_days} days or have expired", file=sys.stderr)
+    return 1 if action else 0
+
+
+def _cmd_doctor(args) -> int:
+    from flip.checks import check_number, check_positive
+    from flip.ops.doctor import run_doctor
+
+    check_positive("--timeout", args.timeout)
+    check_number("--wait", args.wait, 0)
+    return run_doctor(args.kit, env_file=args.env_file, timeout=args.timeout, wait=args.wait)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,12 +351,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve = s3.add_parser("serve", help="start SeaweedFS weed mini on 127.0.0.1 and print the env vars to use")
     serve.add_argument("--bucket", default="flip-models")
     serve.add_argument("--dir", default=None, help="data folder (default: a new temporary folder)")
+    serve.add_argument("--env-file", default=None, metavar="FILE",
+                       help="once it serves, write the export lines to FILE (0600: it holds the generated secret)")
+    serve.add_argument("--detach", action="store_true",
+                       help="run in the background (needs --dir): print the export lines and write them to "
+                            "DIR/s3.env once it serves; `flip s3 stop --dir DIR` stops it")
     serve.set_defaults(func=_cmd_s3_serve)
+    stop = s3.add_parser("stop", help="stop the S3 server `flip s3 serve --dir DIR --detach` started")
+    stop.add_argument("--dir", required=True)
+    stop.set_defaults(func=_cmd_s3_stop)
+
+    trial = sub.add_parser("trial", help="a trial network on one machine").add_subparsers(dest="trial_command",
+                                                                                           required=True)
+    data = trial.add_parser("data", help="write the demo's digits as the image store of each named site")
+    data.add_argument("--sites", required=True, help="comma-separated site names, as provisioned")
+    data.add_argument("--dir", required=True,
+                      help="the sites' FLIP_LOCAL_DIR: images go to DIR/cohorts/<site>/; an absent or empty folder, "
+                           "or one this command (or the demo) made before; any other folder is refused")
+    data.set_defaults(func=_cmd_trial_data)
 
     jobs = sub.add_parser("jobs", help="job folders").add_subparsers(dest="jobs_command", required=True)
     export = jobs.add_parser("export", help="write the job folders from flip/jobs")
     export.add_argument("names", nargs="*", help="jobs to write (default: all)")
     export.add_argument("--out", default="jobs")
+    export.add_argument("--model-id", default=None, metavar="UUID",
+                        help="the model id the job trains (its runs land under s3://<bucket>/<model id>/)")
+    export.add_argument("--new-model-id", action="store_true",
+                        help="a new model id for this submission (printed): every submission its own model")
+    export.add_argument("--num-rounds", type=int, default=None, metavar="N",
+                        help="training rounds (standard, fed_opt)")
     export.set_defaults(func=_cmd_jobs_export)
 
     simulate = sub.add_parser("simulate", help="run a job folder in the NVFlare simulator")
@@ -227,10 +413,42 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--allow-log-streaming", action="store_true",
                       help="let the sites stream their job error logs to the server (default: logs stay on site; a "
                            "site can opt in alone with allow_log_streaming: true on its participant in project.yml)")
+    prov.add_argument("--server-ip", action="append", default=[], metavar="IP",
+                      help="an IPv4 address the server is also reached at (NAT, reverse proxy, no DNS): added to its "
+                           "certificate's names (SAN); repeat for more")
+    prov.add_argument("--server-name", action="append", default=[], metavar="HOST",
+                      help="another DNS name of the server (e.g. a proxy's): added to its certificate's names; repeat")
+    prov.add_argument("--server-storage", default=None, metavar="DIR",
+                      help="absolute folder where the server keeps submitted jobs and snapshots (default: NVFlare's "
+                           "/tmp/nvflare, lost at reboot)")
+    prov.add_argument("--service-root", default=None, metavar="DIR",
+                      help="where the kits are installed for the systemd units: <DIR>/<name>, flip in <DIR>/venv "
+                           "(default /opt/flip)")
+    prov.add_argument("--service-user", default=None, metavar="USER", help="the user the services run as (flip)")
+    prov.add_argument("--remove-site", default=None, metavar="NAME",
+                      help="take a site out of --out: the server kit refuses it (NVFlare's disabled clients)")
+    prov.add_argument("--renew", action="store_true",
+                      help="new certificates for every participant under the same root CA (before they expire)")
+    prov.add_argument("--check", action="store_true",
+                      help="list each kit's certificate expiry date; exit 1 if one expires within --warn-days")
+    prov.add_argument("--warn-days", type=int, default=60, help="with --check: warn this many days ahead (60)")
     prov.set_defaults(func=_cmd_provision)
+
+    doctor = sub.add_parser("doctor", help="check a server, site or admin kit: files, keys, certificate expiry, "
+                                           "the connection to the server, the S3 and hub settings (one line each)")
+    doctor.add_argument("--kit", required=True, metavar="DIR", help="the startup kit (e.g. /opt/flip/hospital-a)")
+    doctor.add_argument("--env-file", default=None, metavar="FILE",
+                        help="read the service's environment file first (e.g. /etc/flip/flip-hospital-a.env)")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds per connection attempt")
+    doctor.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                        help="retry while a check fails, up to this long (a service that is starting)")
+    doctor.set_defaults(func=_cmd_doctor)
 
     status = sub.add_parser("status", help="a model's run status lifecycle and latest metrics")
     status.add_argument("model_id")
+    status.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                        help="wait until the model's latest run ends (up to SECONDS), then show it; exit 1 unless it "
+                             "ended RESULTS_UPLOADED")
     status.set_defaults(func=_cmd_status)
 
     models = sub.add_parser("models", help="the model registry (verified runs only are served)")

@@ -7,9 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flip.run_metrics import privacy_note
+
 CURVES = "curves.png"
 SUMMARY = "index.html"
 _PLOTTED = ("accuracy", "loss")
+#: the status the report gives a run whose upload has not happened when it is written (it is part of the upload)
+UPLOAD_PENDING = ("RESULTS_UPLOADED after verification (upload pending when this page was written: it is one of "
+                  "the run's files checked against manifest.json, and `flip models` serves it only from a verified "
+                  "run)")
 
 
 def _series(rounds: list[dict], name: str) -> dict[str, list[tuple[int, float]]]:
@@ -70,7 +76,12 @@ def _num(value: Any, spec: str) -> str:
 
 
 def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
-    """One HTML page: job, sites, rounds, final metrics, cross-site validation, privacy, S3 key, status."""
+    """One HTML page: job, sites, rounds, final metrics, cross-site validation, privacy, S3 key, status.
+
+    ``doc["statuses"]`` are the statuses reported so far; with ``doc["upload_pending"]`` the page says the run is
+    RESULTS_UPLOADED only after verification (the page is written before the upload it is part of). A site whose
+    policy and the job's own filter of the same kind both applied is named with both.
+    """
     rounds = doc.get("rounds", [])
     last = rounds[-1] if rounds else {}
     sites = doc.get("sites", [])
@@ -88,6 +99,8 @@ def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
         for p in applied:
             if p.get("off"):
                 detail = "OFF: shared unfiltered"
+            elif p.get("deferred"):
+                detail = "left the update to the site's policy (defer_to_site)"
             elif "epsilon" in p:
                 detail = (f"clip {p.get('clip_norm')}, noise multiplier {_num(p.get('noise_multiplier'), '.3g')}, "
                           f"ε spent {_num(p['epsilon'], '.3g')} (δ {p.get('delta')})")
@@ -96,10 +109,15 @@ def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
                     f"{k} {_num(v.get('shared', 0), '.1%')}" for k, v in p["parts"].items())
             else:
                 detail = "-"
-            privacy_rows.append([site, p.get("filter") or "none", detail])
+            source = " (site policy)" if p.get("site_policy") else ""
+            privacy_rows.append([site, (p.get("filter") or "none") + source, detail])
+    notes = [f"{site}: {note}" for site in sites if (note := privacy_note(privacy.get(site) or []))]
+    statuses = " → ".join(doc.get("statuses", []))
+    if doc.get("upload_pending"):
+        statuses = f"{statuses} → {UPLOAD_PENDING}" if statuses else UPLOAD_PENDING
     facts = [["model id", doc.get("model_id")], ["run id", doc.get("run_id")], ["NVFlare job id", doc.get("job_id")],
              ["sites", ", ".join(sites)], ["rounds", f"{len(rounds)} of {doc.get('num_rounds') or len(rounds)}"],
-             ["status", " → ".join(doc.get("statuses", []))], ["model in S3", doc.get("s3", "-")],
+             ["status", statuses], ["model in S3", doc.get("s3", "-")],
              ["versions", ", ".join(f"{k} {v}" for k, v in sorted(doc.get("versions", {}).items()))],
              ["written", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())]]
     image = f'<p><img src="{html.escape(curves.name)}" alt="learning curves"></p>' if curves else ""
@@ -117,6 +135,7 @@ td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}th{{background:
 {_table(["site", "model"] + val_names, val_rows) if val_rows else "<p>none</p>"}
 <h2>Privacy filters applied by each site (last round, in order)</h2>
 {f"<p><b>Training stopped early:</b> {html.escape(str(doc['stopped_early']))}</p>" if doc.get("stopped_early") else ""}
+{"".join(f"<p><b>Filtered twice:</b> {html.escape(n)}</p>" for n in notes)}
 {_table(["site", "filter", "settings and effect"], privacy_rows)}
 </body></html>
 """

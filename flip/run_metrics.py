@@ -13,6 +13,38 @@ from flip.errors import SiteMessageError
 from flip.files import write_json_atomic
 from flip.metrics import NUM_SAMPLES, weighted_means
 
+#: the filters of the percentile policy (a site's PercentilePrivacy and a job's stage-aware one are of one kind)
+PERCENTILE_FILTERS = ("PercentilePrivacy", "StagePercentilePrivacy")
+
+
+def _g(value: Any) -> str:
+    return format(value, "g") if isinstance(value, numbers.Real) and not isinstance(value, bool) else str(value)
+
+
+def describe_record(record: Mapping[str, Any]) -> str:
+    """A privacy record as the run log and the report name it: ``PercentilePrivacy(10, 0.01)``,
+    ``GaussianPrivacy(clip 1, noise 1.1)``, else the filter's name."""
+    name = str(record.get("filter"))
+    if "percentile" in record:
+        return f"{name}({_g(record['percentile'])}, {_g(record.get('gamma'))})"
+    if "clip_norm" in record:
+        return f"{name}(clip {_g(record['clip_norm'])}, noise {_g(record.get('noise_multiplier'))})"
+    return name
+
+
+def privacy_note(records: list[Mapping[str, Any]]) -> str | None:
+    """What a site's policy and the job's own filter of the same kind both did to one update, in one sentence
+    ("site policy applies PercentilePrivacy(10, 0.01); the job's PercentilePrivacy(10, 0.01) also applies"), or None
+    when they did not meet (no site policy, another kind, the job's filter off)."""
+    for site in (r for r in records if r.get("site_policy")):
+        kind = PERCENTILE_FILTERS if site.get("filter") in PERCENTILE_FILTERS else (site.get("filter"),)
+        for job in (r for r in records if not r.get("site_policy") and r.get("filter") in kind and not r.get("off")):
+            if job.get("deferred"):
+                return (f"site policy applies {describe_record(site)}; the job's {describe_record(job)} left the "
+                        "update to it")
+            return f"site policy applies {describe_record(site)}; the job's {describe_record(job)} also applies"
+    return None
+
 
 class RunMetrics:
     """Collect a run's per-round, per-site metrics and what the server did with them.
@@ -103,6 +135,16 @@ class RunMetrics:
         if clean is not None:
             self._round(round_num).setdefault("validation", {})[site] = clean
         return clean, dropped
+
+    def privacy_notes(self) -> dict[str, str]:
+        """Per site, where its policy and the job's own filter met (:func:`privacy_note`), from its last update."""
+        notes: dict[str, str] = {}
+        for round_num in sorted(self.rounds):
+            for site, records in self.rounds[round_num].get("privacy", {}).items():
+                note = privacy_note(records)
+                if note:
+                    notes[site] = note
+        return notes
 
     def sites(self) -> list[str]:
         """Every site with metrics in some round, sorted."""

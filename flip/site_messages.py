@@ -79,6 +79,8 @@ class PrivacyRecord(_Record):
     next_epsilon: FiniteNumber | None = None
     max_epsilon: FiniteNumber | None = None
     released: Annotated[int, Field(ge=0)] | None = None
+    site_policy: bool | None = None
+    deferred: bool | None = None
 
 
 _PRIVACY = TypeAdapter(Annotated[list[PrivacyRecord], Field(max_length=MAX_PRIVACY_RECORDS)])

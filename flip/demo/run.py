@@ -126,12 +126,13 @@ def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, perce
     return runs
 
 
-def prepare_workdir(workdir: str | Path) -> Path:
+def prepare_workdir(workdir: str | Path, owner: str = "the demo", command: str = "`flip demo`") -> Path:
     """Return the demo's folder, empty but for its marker: created if absent, cleared if the demo made it.
 
     An absent or empty folder is created and marked (``.flip-demo``); a folder holding the marker is emptied
     (the marker stays) and reused. Any other folder, and anything that is not a folder, is refused untouched:
-    the demo deletes only what it created.
+    the demo deletes only what it created. ``flip trial data`` follows the same rule (``owner``, ``command``: who
+    the messages and the marker name).
 
     Raises:
         FlipError: naming the path that is not the demo's own.
@@ -149,12 +150,12 @@ def prepare_workdir(workdir: str | Path) -> Path:
                     child.unlink()
             return path
         if any(path.iterdir()):
-            raise FlipError(f"{path} is not empty and was not created by the demo (no {MARKER} in it): the demo "
+            raise FlipError(f"{path} is not empty and was not created by {owner} (no {MARKER} in it): {owner} "
                             "clears only a folder it created; give --dir an absent or empty folder")
     elif path.exists() or path.is_symlink():
         raise FlipError(f"{path} exists and is not a folder: give --dir an absent or empty folder")
     path.mkdir(parents=True, exist_ok=True)
-    (path / MARKER).write_text(_MARKER_TEXT)
+    (path / MARKER).write_text(_MARKER_TEXT.replace("`flip demo`", command))
     return path
 
 

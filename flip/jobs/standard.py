@@ -91,6 +91,7 @@ def standard_job(
     dp_delta: float = 1e-5,
     dp_clip_norm: float = 1.0,
     dp_max_epsilon: float | None = None,
+    defer_privacy_to_site: bool = False,
 ) -> FedJob:
     """Build the standard job.
 
@@ -116,6 +117,9 @@ def standard_job(
             (ε, δ)-DP, ``dp_epsilon`` spent over ``num_rounds`` (the noise is calibrated) or a given noise
             multiplier; updates clipped to ``dp_clip_norm``; the budget ``dp_max_epsilon`` (default dp_epsilon)
             stops training cleanly before any site would exceed it.
+        defer_privacy_to_site: the job's PercentilePrivacy leaves an update to the site's own policy when that
+            already filtered it with a percentile filter (``defer_to_site``); at a site without such a policy it
+            still applies. Default False: both apply (each site's run log and the run report say so).
 
     Raises:
         ValueError: a bad or conflicting argument (named).
@@ -147,7 +151,8 @@ def standard_job(
         dp_filter = GaussianPrivacy(clip_norm=dp_clip_norm, noise_multiplier=dp_noise_multiplier, epsilon=dp_epsilon,
                                     delta=dp_delta, rounds=num_rounds if dp_epsilon is not None else None,
                                     max_epsilon=dp_max_epsilon)
-    add_training_sites(job, PercentilePrivacy(percentile=percentile, gamma=gamma), swag=swag,
-                       dp_filter=dp_filter)
+    check_bool("defer_privacy_to_site", defer_privacy_to_site)
+    job_filter = PercentilePrivacy(percentile=percentile, gamma=gamma, defer_to_site=defer_privacy_to_site)
+    add_training_sites(job, job_filter, swag=swag, dp_filter=dp_filter)
     add_site_basics(job, app_dir or DEMO_APP_DIR, JobName.STANDARD)
     return job

@@ -110,6 +110,7 @@ def _write_report(component: FLComponent, fl_ctx: FLContext, metrics: RunMetrics
         "sites": metrics.sites(),
         "validation": json_generator.results,
         "statuses": [s.value for s in statuses],
+        "upload_pending": True,  # written before the upload it is part of: the page says what is known then
         "s3": f"s3://{persist.bucket_name}/{run_prefix(metrics.model_id, metrics.run_id)}",
         "versions": software_versions(),
     }

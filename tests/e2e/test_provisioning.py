@@ -48,7 +48,7 @@ def test_every_site_enforces_the_percentile_filter_on_every_result(provisioned):
         assert policy["default_scope"] == scope["name"] == "default"
         (result_filter,) = scope["task_result_filters"]
         assert result_filter["path"] == "flip.nvflare.components.PercentilePrivacy"
-        assert result_filter["args"] == {"percentile": 10.0, "gamma": 0.01}
+        assert result_filter["args"] == {"percentile": 10.0, "gamma": 0.01, "site_policy": True}
     assert not (prod / "server" / "local" / "privacy.json").exists()
 
 

@@ -3,6 +3,7 @@ fields as arguments; SPEC's ``execute(fl_ctx)`` still works on its own. Real S3 
 
 from __future__ import annotations
 
+import html
 import logging
 import uuid
 
@@ -14,6 +15,7 @@ from nvflare.apis.fl_context import FLContext
 from flip.constants import RunFile, RunStatus
 from flip.nvflare.components import PersistToS3AndCleanup, ServerEventHandler, ValidationJsonGenerator
 from flip.nvflare.end_of_run import finish_run
+from flip.report import UPLOAD_PENDING
 from flip.run_metrics import RunMetrics
 from flip.storage.layout import run_prefix
 from flip.storage.manifest import verify_run
@@ -78,3 +80,5 @@ def test_finish_run_writes_the_run_files_then_uploads(run, weed, caplog):
     assert {RunFile.METRICS, RunFile.PREPROCESSING, RunFile.REPORT_INDEX} <= keys
     assert not any(k.startswith(RunFile.RESULTS_DIR) for k in keys)  # no validation results: no results JSON
     assert not (folder / RunFile.METRICS).exists()  # cleaned after the verified upload
+    report = weed._client().get_object(Bucket=weed.bucket, Key=prefix + RunFile.REPORT_INDEX)["Body"].read()
+    assert html.escape(UPLOAD_PENDING) in report.decode()  # written before the upload: it says so (not INITIATED)

@@ -878,3 +878,93 @@ def test_context_keys_and_events_flip_reads_exist(owner, name):
     """34: the fl_ctx keys and event types flip reads or reacts to."""
     assert isinstance(getattr(owner, name, None), str), changed(
         f"{owner.__name__}.{name} is gone", "the flip modules that use it (grep flip/ for it)")
+
+
+# -- 35-39. operating a network: removed sites, certificates, TLS, storage, the kit's watchdog ------------------------
+
+
+def test_disabled_clients_file_is_read_at_start_and_refuses_by_name(tmp_path):
+    """35: the server's ClientManager reads ``<server workspace>/disabled_clients.json`` (``{"disabled_clients":
+    [...]}``) when FederatedServer starts, and refuses a disabled name's registration and heartbeats; ``nvflare
+    system disable-client`` writes the same file."""
+    from nvflare.private.fed.server import fed_server
+    from nvflare.private.fed.server.client_manager import ClientManager
+
+    from flip.provisioning import DISABLED_CLIENTS_FILE
+
+    fix = "flip/provisioning.py (FlipSiteBuilder: removed_sites, DISABLED_CLIENTS_FILE)"
+    assert f'"{DISABLED_CLIENTS_FILE}"' in inspect.getsource(fed_server.FederatedServer.__init__), changed(
+        f"FederatedServer no longer reads {DISABLED_CLIENTS_FILE} from its workspace", fix)
+    path = tmp_path / DISABLED_CLIENTS_FILE
+    path.write_text(json.dumps({"disabled_clients": ["hospital-b"]}))
+    manager = ClientManager(project_name="flip")
+    manager.set_disabled_clients_file(str(path))
+    assert manager.is_client_disabled("hospital-b") and not manager.is_client_disabled("hospital-a"), changed(
+        f"{DISABLED_CLIENTS_FILE} in the form flip writes does not disable the site", fix)
+    in_order(ClientManager.authenticated_client, ["if client_name in self.disabled_clients:", "return None"], fix)
+    in_order(ClientManager.heartbeat, ["if client_name in self.disabled_clients:", "return False"], fix)
+
+
+def test_cert_builder_state_root_and_names():
+    """36: CertBuilder keeps the root CA (``root_cert``, ``root_pri_key``) and each participant's certificate and key
+    (by subject) in ``state/cert.json`` and reuses them; takes ``root_valid_days``; a participant's certificate is
+    valid 360 days (never past the root); the server's SAN is its default host then its ``host_names``."""
+    from cryptography import x509
+    from nvflare.lighter.constants import CtxKey, PropKey
+    from nvflare.lighter.impl import cert
+    from nvflare.lighter.utils import build_subject_alt_names
+
+    fix = "flip/provisioning.py (renew, remove_site, ROOT_VALID_DAYS, server_host_names) and flip/ops/certs.py"
+    assert (CtxKey.ROOT_CERT, CtxKey.ROOT_PRI_KEY, cert._CertState.CERT_STATE_FILE) == (
+        "root_cert", "root_pri_key", "cert.json"), changed("the provisioning state's keys or file name", fix)
+    assert cert.DEFAULT_CERT_VALID_DAYS == 360, changed(f"certificates last {cert.DEFAULT_CERT_VALID_DAYS} days", fix)
+    assert "root_valid_days" in params(cert.CertBuilder.__init__), changed("CertBuilder takes no root_valid_days", fix)
+    in_order(cert.CertBuilder._build_write_cert_pair, ["if self.persistent_state.has_subject(subject):",
+                                                      "else:", "self.get_pri_key_cert(participant)"], fix)
+    assert PropKey.HOST_NAMES == "host_names", changed(f"the server's other names are {PropKey.HOST_NAMES!r}", fix)
+    names = build_subject_alt_names("localhost", ["fl.example.org", "127.0.0.1"])
+    assert [type(n).__name__ for n in names] == ["DNSName", "DNSName", "IPAddress"], changed(
+        f"the SAN of a server is {names}", fix)
+    assert isinstance(names[2], x509.IPAddress)
+
+
+def test_sites_do_not_check_the_servers_host_name():
+    """37: NVFlare's TLS client checks the server's certificate against the root CA but not the host name
+    (``check_hostname = False``); the server's identity is its certificate's common name."""
+    from nvflare.fuel.f3.drivers import net_utils
+
+    in_order(net_utils.get_ssl_context, ["ctx.check_hostname = False"],
+             "flip/ops/doctor.py (tls_probe: a name missing from the SAN is a warning) and the README's TLS names")
+
+
+def test_update_storage_locations_moves_the_servers_job_store(tmp_path):
+    """38: ``update_storage_locations(local_dir, workspace)`` writes ``local/resources.json`` with the job store at
+    ``<workspace>/jobs-storage`` and snapshots at ``<workspace>/snapshot-storage`` (what ``nvflare poc`` uses)."""
+    from nvflare.lighter.utils import update_storage_locations
+
+    fix = "flip/provisioning.py (FlipSiteBuilder: server_storage)"
+    (tmp_path / "resources.json.default").write_text(json.dumps({
+        "snapshot_persistor": {"args": {"storage": {"args": {"root_dir": "/tmp/nvflare/snapshot-storage"}}}},
+        "components": [{"id": "job_manager", "args": {"uri_root": "/tmp/nvflare/jobs-storage"}}]}))
+    update_storage_locations(local_dir=str(tmp_path), workspace="/var/lib/flip")
+    written = json.loads((tmp_path / "resources.json").read_text())
+    assert written["components"][0]["args"]["uri_root"] == "/var/lib/flip/jobs-storage", changed(
+        "update_storage_locations writes the job store elsewhere", fix)
+    assert written["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] == "/var/lib/flip/snapshot-storage"
+
+
+def test_the_kits_watchdog_runs_in_the_foreground():
+    """39: a kit's ``startup/sub_start.sh`` (``sub_start_sh`` in master_template.yml) is NVFlare's watchdog: a loop in
+    the foreground that restarts the FLARE process, stops on ``shutdown.fl`` and restarts on ``restart.fl`` (what the
+    console's shutdown and restart write); ``start.sh`` runs it in the background."""
+    import yaml
+    from nvflare import lighter
+
+    fix = "flip/ops/service.py (unit_text: ExecStart=<kit>/startup/sub_start.sh)"
+    template = yaml.safe_load((Path(lighter.__file__).parent / "templates" / "master_template.yml").read_text())
+    loop = template["sub_start_sh"]
+    for needle in ('echo $BASHPID > "$WORKSPACE/daemon_pid.fl"', "while true", 'if [[ -f "$WORKSPACE/shutdown.fl" ]]',
+                   'if [[ -f "$WORKSPACE/restart.fl" ]]'):
+        assert needle in loop, changed(f"sub_start.sh no longer has {needle!r}", fix)
+    assert "$DIR/sub_start.sh &" in template["start_svr_sh"] and "$DIR/sub_start.sh &" in template["start_cln_sh"], (
+        changed("start.sh no longer runs sub_start.sh in the background", fix))

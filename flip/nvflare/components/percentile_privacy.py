@@ -7,10 +7,12 @@ from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-from flip.errors import PrivacyError
+from flip.checks import check_bool
 from flip.constants import FlipMeta
+from flip.errors import PrivacyError
 from flip.nvflare.result_policy import check_result
 from flip.privacy.percentile import FilterStats, check_gamma, check_percentile, percentile_filter
+from flip.run_metrics import PERCENTILE_FILTERS, describe_record
 
 #: kinds the policy applies to: it is defined on model *differences*
 FILTERABLE_KINDS = (DataKind.WEIGHT_DIFF,)
@@ -41,11 +43,20 @@ class PercentilePrivacy(DXOFilter):
     the task, the kind and the reason, and NVFlare then sends an error instead of the result. Nothing passes by
     default; ``off=True`` is the only pass-through.
 
+    A site's own policy (its ``local/privacy.json``, applied before the job's filters) marks its records
+    ``site_policy``. When a job's filter meets an update the site policy's percentile filter already filtered, it
+    says so in the site's run log ("site policy applies PercentilePrivacy(10, 0.01); the job's
+    PercentilePrivacy(10, 0.01) also applies") and filters it again; with ``defer_to_site`` it leaves that update
+    to the site's policy instead (and still filters at a site without one).
+
     Args:
         percentile: in [0, 100]. Default 10 (share about 90% of the entries).
         gamma: > 0, the clip bound per step. Default 0.01.
         data_kinds: kinds to filter; only ``["WEIGHT_DIFF"]`` is allowed (the default).
         off: pass every update unchanged (a warning is logged for every update).
+        site_policy: this filter is a site's own policy (privacy.json), not a job's. Default False.
+        defer_to_site: (a job's filter) leave an update the site's policy already filtered with a percentile
+            filter to it. Default False: both apply.
 
     Raises:
         ValueError: an argument is out of range (the message names it and what is allowed).
@@ -54,7 +65,8 @@ class PercentilePrivacy(DXOFilter):
     #: written into job configs even at their defaults, so every job shows its privacy setting
     _always_serialize_args = ("percentile", "gamma")
 
-    def __init__(self, percentile=10, gamma=0.01, data_kinds: list[str] | None = None, off: bool = False):
+    def __init__(self, percentile=10, gamma=0.01, data_kinds: list[str] | None = None, off: bool = False,
+                 site_policy: bool = False, defer_to_site: bool = False):
         check_percentile(percentile)
         check_gamma(gamma)
         if data_kinds is not None:
@@ -63,12 +75,42 @@ class PercentilePrivacy(DXOFilter):
                     f"data_kinds must be a non-empty list of {[k.value for k in FILTERABLE_KINDS]} (the policy applies to model "
                     f"differences only), got {data_kinds!r}"
                 )
-        if not isinstance(off, bool):
-            raise ValueError(f"off must be True or False, got {off!r}")
+        check_bool("off", off)
+        check_bool("site_policy", site_policy)
+        check_bool("defer_to_site", defer_to_site)
+        if site_policy and defer_to_site:
+            raise ValueError("site_policy and defer_to_site cannot both be True: a site's policy defers to no one")
         super().__init__(supported_data_kinds=list(FILTERABLE_KINDS), data_kinds_to_filter=data_kinds)
         self.percentile = percentile
         self.gamma = gamma
         self.off = off
+        self.site_policy = site_policy
+        self.defer_to_site = defer_to_site
+
+    def describe(self) -> str:
+        """``PercentilePrivacy(10, 0.01)``: the filter and its settings, as the run log and the report name it."""
+        return describe_record({"filter": type(self).__name__, "percentile": self.percentile, "gamma": self.gamma})
+
+    def leave_to_site(self, dxo: DXO, fl_ctx: FLContext) -> bool:
+        """Before filtering: if the site's policy already applied a percentile filter to this update, log it (once
+        per update) and return True when this job filter leaves the update to it (``defer_to_site``)."""
+        if self.site_policy:
+            return False
+        applied = dxo.get_meta_prop(FlipMeta.PRIVACY)
+        site = next((r for r in applied if isinstance(r, dict) and r.get("site_policy")
+                     and r.get("filter") in PERCENTILE_FILTERS), None) if isinstance(applied, list) else None
+        if site is None:
+            return False
+        if self.defer_to_site:
+            self.log_info(fl_ctx, f"site policy applies {describe_record(site)}; the job's {self.describe()} leaves "
+                                  "this update to it (defer_to_site)")
+            annotate(dxo, {"filter": type(self).__name__, "percentile": self.percentile, "gamma": self.gamma,
+                           "deferred": True})
+            return True
+        self.log_warning(fl_ctx, f"site policy applies {describe_record(site)}; the job's {self.describe()} also "
+                                 "applies: this update is filtered twice (the job option defer_to_site leaves it to "
+                                 "the site)")
+        return False
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         # Decide first what may leave at all (refused results raise); only training updates reach the filter.
@@ -81,17 +123,22 @@ class PercentilePrivacy(DXOFilter):
             self.log_warning(fl_ctx, f"privacy filter is OFF: {dxo.data_kind} update shared unfiltered")
             annotate(dxo, {"filter": type(self).__name__, "off": True})
             return dxo
+        if self.leave_to_site(dxo, fl_ctx):
+            return dxo
         stats = self.filter_dxo(dxo, fl_ctx)
         self.annotate(dxo, {"update": stats})
         return dxo
 
     def annotate(self, dxo: DXO, parts: dict[str, FilterStats]) -> None:
         """Record on the update what was applied (settings and shared/clipped fractions: never values)."""
-        annotate(dxo, {
+        record = {
             "filter": type(self).__name__, "percentile": self.percentile, "gamma": self.gamma,
             "parts": {k: {"shared": round(v.fraction_shared, 4), "clipped": round(v.fraction_clipped, 4)}
                       for k, v in parts.items()},
-        })
+        }
+        if self.site_policy:
+            record["site_policy"] = True
+        annotate(dxo, record)
 
     def filter_dxo(self, dxo: DXO, fl_ctx: FLContext, label: str = "update") -> FilterStats:
         """Filter one WEIGHT_DIFF DXO in place, log one line of counts, return them."""

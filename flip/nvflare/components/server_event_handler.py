@@ -204,9 +204,13 @@ class ServerEventHandler(FLComponent):
             num_samples = dxo.get_meta_prop(FlipMeta.NUM_SAMPLES)  # the weight the aggregator accepted (and bounded)
         except (ValueError, TypeError):
             privacy = stage = num_samples = None
+        noted = self.metrics.privacy_notes()
         metrics, dropped = self.metrics.add_contribution(current, site, result.get_header(FlipMeta.METRICS),
                                                          privacy, stage, num_samples)
         self._dropped(fl_ctx, f"round {current + 1}", site, dropped)
+        note = self.metrics.privacy_notes().get(site)
+        if note and site not in noted:  # once per site and run: the site's policy and the job's filter both apply
+            self.log_warning(fl_ctx, f"{site}: {note}")
         self.log_info(fl_ctx, f"round {current + 1} {site}: " + _format(metrics))
         self._report_metrics(fl_ctx, current, site, metrics)
 

@@ -32,6 +32,8 @@ class StagePercentilePrivacy(PercentilePrivacy):
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
         if self.off:
             return super().process_dxo(dxo, shareable, fl_ctx)
+        if self.leave_to_site(dxo, fl_ctx):
+            return dxo
         groups = dxo.get_meta_prop(FlipMeta.STAGE_PARAMS)
         if not groups:
             stage = dxo.get_meta_prop(FlipMeta.STAGE) or "update"
