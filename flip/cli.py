@@ -32,23 +32,23 @@ def _cmd_demo(args) -> int:
 
 def _cmd_s3_serve(args) -> int:
     from flip.files import write_private
-    from flip.ops import trial
+    from flip.storage import service
     from flip.storage.weed import WeedS3
 
     if args.detach:
         if not args.dir:
             raise ValueError("--detach needs --dir: the folder that holds the server's data, s3.env and s3.pid")
-        env_file = trial.start_s3(args.dir, bucket=args.bucket)
+        env_file = service.start_s3(args.dir, bucket=args.bucket)
         print(env_file.read_text(), end="")
         print(f"# the S3 server runs in the background: `. {env_file}` to use it, `flip s3 stop --dir "
               f"{Path(args.dir).resolve()}` to stop it")
         return 0
     server = WeedS3(bucket=args.bucket, root=args.dir).start()
-    lines = trial.env_lines(server.env)
+    lines = service.env_lines(server.env)
     print("# SeaweedFS S3 server running; use it with:")
     print("\n".join(lines))
     if args.dir:
-        write_private(Path(args.dir) / trial.PID_FILE, f"{os.getpid()}\n")
+        write_private(Path(args.dir) / service.PID_FILE, f"{os.getpid()}\n")
     if args.env_file:  # written once it serves: whoever waits for the file may use it at once
         write_private(Path(args.env_file), "\n".join(lines) + "\n")
     print(f"# pid {os.getpid()}; Ctrl-C stops it", flush=True)
@@ -60,13 +60,13 @@ def _cmd_s3_serve(args) -> int:
     finally:
         server.stop()
         for path in ([Path(args.env_file)] if args.env_file else []) + (
-                [Path(args.dir) / trial.PID_FILE] if args.dir else []):
+                [Path(args.dir) / service.PID_FILE] if args.dir else []):
             path.unlink(missing_ok=True)
     return 0
 
 
 def _cmd_s3_stop(args) -> int:
-    from flip.ops.trial import stop_s3
+    from flip.storage.service import stop_s3
 
     pid = stop_s3(args.dir)
     print(f"stopped the S3 server of {Path(args.dir).resolve()} (pid {pid})" if pid
@@ -75,7 +75,7 @@ def _cmd_s3_stop(args) -> int:
 
 
 def _cmd_trial_data(args) -> int:
-    from flip.ops.trial import write_trial_data
+    from flip.demo.trial import write_trial_data
 
     counts = write_trial_data(args.sites.split(","), args.dir)
     folder = Path(args.dir).resolve()

@@ -15,7 +15,7 @@ import pytest
 
 from flip.cli import main as flip_cli
 from flip.jobs import DEFAULT_MODEL_ID
-from flip.ops.trial import serving_pid
+from flip.storage.service import serving_pid
 from flip.platform.dev import LocalPlatform
 
 

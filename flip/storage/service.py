@@ -1,11 +1,6 @@
-"""A trial network on one machine: the hospitals' image stores and the S3 server, started and stopped as steps.
-
-- :func:`write_trial_data`: the demo's digits, split non-IID, as each named site's image store
-  (``<dir>/cohorts/<site>/``), under the provisioned names; a folder that is not empty and not its own is refused
-  (the demo's marker rule, ``flip.demo.run.prepare_workdir``).
-- :func:`start_s3` / :func:`stop_s3`: ``flip s3 serve --dir DIR --detach`` runs the embedded S3 server in the
-  background, writes the variables that point at it to ``DIR/s3.env`` (0600: it holds the generated secret) once
-  it serves, and ``flip s3 stop --dir DIR`` stops it (only the process it started: its pid and command line).
+"""The trial S3 server as a step: ``flip s3 serve --dir DIR --detach`` runs the embedded S3 server (weed mini) in the
+background, writes the variables that point at it to ``DIR/s3.env`` (0600: it holds the generated secret) once it
+serves, and ``flip s3 stop --dir DIR`` stops it (only the process it started: its pid and command line).
 """
 
 from __future__ import annotations
@@ -24,22 +19,6 @@ from flip.errors import FlipError
 ENV_FILE = "s3.env"
 PID_FILE = "s3.pid"
 LOG_FILE = "serve.log"
-
-
-def write_trial_data(sites: list[str], folder: str | Path) -> dict[str, int]:
-    """Write each site's digits under ``folder/cohorts/<site>/``; return the images per site.
-
-    Raises:
-        FlipError: ``folder`` is not empty and was not made by this command or the demo.
-        ValueError: a bad site name.
-    """
-    from flip.demo.data import write_cohorts
-    from flip.demo.run import prepare_workdir
-    from flip.provisioning import check_site_names
-
-    check_site_names(sites)
-    path = prepare_workdir(folder, owner="flip trial data", command="`flip trial data`")
-    return write_cohorts(path, sites)
 
 
 def env_lines(env: dict[str, str]) -> list[str]:
