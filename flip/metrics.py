@@ -24,13 +24,16 @@ MAX_KEY_LENGTH = 128
 
 
 def to_number(value: Any) -> float | int | None:
-    """A plain int/float for a python/numpy number or a one-element tensor; None for anything else."""
-    if isinstance(value, bool):
+    """A plain int/float for a python/numpy number, a 0-d numpy array or a one-element tensor; None for anything
+    else."""
+    if isinstance(value, (bool, np.bool_)):
         return None
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
         return float(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        return to_number(value[()])
     if hasattr(value, "numel") and hasattr(value, "item") and value.numel() == 1:
         return to_number(value.item())
     return None

@@ -44,8 +44,8 @@ def check_update(update: Mapping[str, Any], reference: Mapping[str, Any], num_sa
             if array.dtype.kind not in "iu":
                 return f"parameter {name!r} has dtype {array.dtype}, the global model's is {base.dtype} (an integer)"
             info = np.iinfo(base.dtype)
-            moved = base.astype(np.float64) + array.astype(np.float64)
-            if moved.size and not (info.min <= moved.min() and moved.max() <= info.max):
+            moved = np.asarray(base.astype(object) + array.astype(object), dtype=object)  # python ints: exact
+            if moved.size and not (info.min <= min(moved.flat) and max(moved.flat) <= info.max):
                 return f"parameter {name!r} would leave the range of {base.dtype}"
             continue
         if array.dtype.kind != "f":

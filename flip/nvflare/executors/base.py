@@ -203,8 +203,10 @@ class UserCodeExecutor(Executor):
                                     f"ClientAlgo (monai.fl.client.ClientAlgo) for {type(self).__name__}")
         else:
             cls = getattr(load_module(self.custom_dir, self.user_file, expected), self.user_class, None)
-            if not isinstance(cls, type) or contract_of(cls) == PLAIN:
-                return None  # our plain contract: run_task loads the class and names what is missing
+            if not isinstance(cls, type):
+                load_class(self.custom_dir, self.user_file, self.user_class, self.plain_methods)  # names what is wrong
+            if contract_of(cls) == PLAIN:
+                return None  # our plain contract: run_task builds the class
         if contract_of(cls) == FLIP_EXECUTOR:
             self._app = FlipExecutorApp(cls, self.user_file, self.flip_keywords(), self.custom_dir)
         else:
