@@ -36,8 +36,15 @@ from flip.nvflare.executors import RUN_EVALUATOR, RUN_MONAI_FL_TRAINER, RUN_TRAI
 from flip.nvflare.result_policy import is_training_task
 from tests import flip_runtime_apps as apps
 from tests.hostile.test_server import warnings_naming
-from tests.unit.test_flip_runtime import (EVALUATION_CONFIG, AnsweredFlipEvaluation, Site, _server_app,
-                                          global_weights, make_server, train_task)
+from tests.unit.test_flip_runtime import (
+    EVALUATION_CONFIG,
+    AnsweredFlipEvaluation,
+    Site,
+    _server_app,
+    global_weights,
+    make_server,
+    train_task,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -405,3 +412,29 @@ def test_flip_evaluation_refuses_unsafe_or_unfitting_checkpoints(tmp_path, flip_
 def test_runtime_arguments_are_checked_naming_them(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_an_accession_id_in_flips_message_never_leaves_the_site(tmp_path, flip_env, caplog):
+    """flip's own messages go into the short reason (they name rules, not data), except the refusal of an unsafe
+    accession id, which names it: only its type leaves. Before this rule (describe_failure including every message
+    flip raised), the reason sent to the server held the patient's accession id."""
+    caplog.set_level(logging.DEBUG)
+    site = Site(tmp_path, "site-1")
+    apps.write_app(site.custom, trainer=f'''
+from nvflare.apis.executor import Executor
+
+from flip import FLIP
+
+
+class FLIP_TRAINER(Executor):
+    def __init__(self, project_id="", query="", **kwargs):
+        super().__init__()
+        FLIP().get_by_accession_number(project_id, "../{PATIENT}")
+
+    def execute(self, task_name, shareable, fl_ctx, abort_signal):
+        raise NotImplementedError
+''')
+    reply = RUN_TRAINER().execute(FlipTask.TRAIN, train_task(global_weights()), site.ctx(FlipTask.TRAIN), Signal())
+    reason = reply.get_header(FlipMeta.ERROR_REASON)
+    assert reason.endswith("raised CohortValueError (custom/trainer.py line 9)"), reason
+    assert not any(PATIENT in e for e in _records(caplog, logging.ERROR))

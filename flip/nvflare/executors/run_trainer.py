@@ -11,18 +11,17 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
-from flip.methods import swag
-from flip.methods.swag import MEAN, SECOND
-from flip.methods.fedprox import proximal_term
-from flip.methods.weighted import checksum, l2_norm
+from flip.checks import check_component_id, check_regex
 from flip.constants import FlipMeta, FlipProp, FlipTask, UserFile
 from flip.errors import UserCodeError
+from flip.methods import swag
+from flip.methods.fedprox import proximal_term
+from flip.methods.swag import MEAN, SECOND
+from flip.methods.weighted import checksum, l2_norm
 from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics
-from flip.checks import check_component_id, check_regex
 from flip.nvflare.executors.base import UserCodeExecutor, call_user, check_task_name
 from flip.nvflare.executors.user_code import display_path, load_module
 from flip.nvflare.models import state_to_numpy
-
 
 #: FLIP's name for the task that asks a site for its local model (NVFlare's AppConstants.TASK_SUBMIT_MODEL)
 SUBMIT_MODEL = "submit_model"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
-
-from typing import Any
 
 from flip.constants import FlipTask, PTConstants, UserFile
 from flip.metrics import clean_metrics

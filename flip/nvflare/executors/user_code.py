@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 
 from flip.constants import UserFile
-from flip.errors import UserCodeError
+from flip.errors import CohortValueError, UserCodeError
 
 
 @dataclass
@@ -77,7 +77,8 @@ def describe_failure(exc: BaseException, custom_dir: Path | None = None) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     text = type(exc).__name__
     innermost = Path(frames[-1].filename).resolve() if frames else None
-    if isinstance(exc, UserCodeError) or (innermost is not None and _FLIP_PACKAGE in innermost.parents):
+    flips = isinstance(exc, UserCodeError) or (innermost is not None and _FLIP_PACKAGE in innermost.parents)
+    if flips and not isinstance(exc, CohortValueError):  # a cohort value (an accession id) stays at the site
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         text += f": {first}" if first else ""
     if custom_dir is not None:
