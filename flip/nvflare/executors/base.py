@@ -107,6 +107,7 @@ class UserCodeExecutor(Executor):
         self.platform = None
         self._user_objects: dict[str, Any] = {}
         self._app = None  # a FLIP app (FlipExecutorApp or ClientAlgoApp) once the user's class says so
+        self._plain = False  # the user's class follows our plain contract (decided once)
 
     # -- how FLIP builds the user's class -------------------------------------------------------------------
     def flip_keywords(self) -> dict[str, Any]:
@@ -190,7 +191,7 @@ class UserCodeExecutor(Executor):
             UserCodeError: the user's file or class is missing, or does not follow the contract this executor
                 requires (each named).
         """
-        if self._app is not None:
+        if self._app is not None or self._plain:
             return self._app
         from flip.nvflare.executors.flip_apps import ClientAlgoApp, FlipExecutorApp
 
@@ -206,7 +207,8 @@ class UserCodeExecutor(Executor):
             if not isinstance(cls, type):
                 load_class(self.custom_dir, self.user_file, self.user_class, self.plain_methods)  # names what is wrong
             if contract_of(cls) == PLAIN:
-                return None  # our plain contract: run_task builds the class
+                self._plain = True  # our plain contract: run_task builds the class
+                return None
         if contract_of(cls) == FLIP_EXECUTOR:
             self._app = FlipExecutorApp(cls, self.user_file, self.flip_keywords(), self.custom_dir)
         else:
