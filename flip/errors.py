@@ -64,6 +64,11 @@ class AggregationFailed(FlipError):
     """Too few updates passed the checks for the round to complete."""
 
 
+class CohortValueError(FlipError, ValueError):
+    """A value of the cohort (an accession id) is refused; the message names it, so it stays at the site: what
+    leaves the site for it is only the error's type (flip.nvflare.executors.user_code.describe_failure)."""
+
+
 class TaskFailed(FlipError):
     """A task cannot complete at a site; ``reason`` is short and safe to send to the server."""
 

@@ -67,7 +67,21 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, (dict, list)):  # nested metrics (FLIP's validators): their size, not every number
+        return f"({len(value)} {'entries' if isinstance(value, dict) else 'values'})"
     return "-" if value is None else str(value)
+
+
+def _flip_metric_rows(doc: dict[str, Any]) -> list[list[Any]]:
+    """The metrics FLIP apps sent (``flip_metrics``): per site and label, how many values and the last one."""
+    rows: dict[tuple[str, str], list[Any]] = {}
+    for entry in doc.get("flip_metrics", []):
+        for site, labels in entry.get("sites", {}).items():
+            for label, values in labels.items():
+                row = rows.setdefault((site, label), [site, label, 0, None, None])
+                row[2] += len(values)
+                row[3], row[4] = (values[-1] if values else row[3]), entry.get("round")
+    return [rows[k] for k in sorted(rows)]
 
 
 def _num(value: Any, spec: str) -> str:
@@ -121,6 +135,8 @@ def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
              ["versions", ", ".join(f"{k} {v}" for k, v in sorted(doc.get("versions", {}).items()))],
              ["written", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())]]
     image = f'<p><img src="{html.escape(curves.name)}" alt="learning curves"></p>' if curves else ""
+    flip_metrics = ("<h2>Metrics the app sent (send_metrics_value)</h2>" + _table(
+        ["site", "label", "values", "last value", "at round"], _flip_metric_rows(doc))) if doc.get("flip_metrics") else ""
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>FLIP run {html.escape(str(doc.get('run_id')))}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:72em}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}
@@ -131,6 +147,7 @@ td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}th{{background:
 <h2>Final round: each site's locally trained model on its own validation data</h2>
 {_table(["site"] + names, final_rows)}
 {image}
+{flip_metrics}
 <h2>Cross-site validation of the global model</h2>
 {_table(["site", "model"] + val_names, val_rows) if val_rows else "<p>none</p>"}
 <h2>Privacy filters applied by each site (last round, in order)</h2>

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flip.checks import check_path_name
+from flip.errors import CohortValueError
 from flip.constants import ModelStatus, ResourceType
 
 if TYPE_CHECKING:
@@ -67,14 +68,14 @@ class FLIPBase(ABC):
 
         Raises:
             TypeError: not a str (FLIP's check).
-            ValueError: empty, ``.``/``..``, a path (``../x``, ``/etc``), a newline or another character outside
-                letters, digits, ``.``, ``_``, ``-`` (names the value).
+            CohortValueError: (a ValueError) empty, ``.``/``..``, a path (``../x``, ``/etc``), a newline or another
+                character outside letters, digits, ``.``, ``_``, ``-`` (names the value; it never leaves the site).
         """
         self.check_accession_id(accession_id)
         try:
             return check_path_name("accession id", accession_id)
         except ValueError as exc:
-            raise ValueError(f"{exc} (an accession id names one folder)") from None
+            raise CohortValueError(f"{exc} (an accession id names one folder)") from None
 
     # -- sites: the cohort ----------------------------------------------------------------------------------
     @abstractmethod

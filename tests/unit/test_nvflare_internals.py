@@ -968,3 +968,72 @@ def test_the_kits_watchdog_runs_in_the_foreground():
         assert needle in loop, changed(f"sub_start.sh no longer has {needle!r}", fix)
     assert "$DIR/sub_start.sh &" in template["start_svr_sh"] and "$DIR/sub_start.sh &" in template["start_cln_sh"], (
         changed("start.sh no longer runs sub_start.sh in the background", fix))
+# -- 35-37. FLIP apps (issue 16) --------------------------------------------------------------------------------------
+
+
+def test_sag_builds_each_rounds_task_from_train_task_name_after_round_started(tmp_path):
+    """35: ``ScatterAndGather.control_flow`` fires ROUND_STARTED, then builds the round's task with
+    ``name=self.train_task_name``; ``process_result_of_unknown_task`` compares a late result with it. flip's
+    MultiStageScatterAndGather sets ``train_task_name`` at ROUND_STARTED, so each stage's rounds send its own task
+    name (FLIP's diffusion apps: ``train_ae``, ``train_dm``)."""
+    fix = "flip/nvflare/controllers/multi_stage.py (MultiStageScatterAndGather.handle_event at ROUND_STARTED)"
+    in_order(ScatterAndGather.control_flow, ["AppEventType.ROUND_STARTED", "name=self.train_task_name"], fix)
+    in_order(ScatterAndGather.process_result_of_unknown_task, ["task_name == self.train_task_name"], fix)
+
+    names = []
+
+    class Named(Communicator):
+        def broadcast_and_wait(self, task, fl_ctx, *args, **kwargs):
+            names.append(task.name)
+            super().broadcast_and_wait(task, fl_ctx, *args, **kwargs)
+
+    workflow = MultiStageScatterAndGather(stages=[{"name": "ae", "num_rounds": 2, "train_task_name": "train_ae"},
+                                                  {"name": "dm", "num_rounds": 1, "train_task_name": "train_dm"}],
+                                          min_clients=2)
+    components = {ComponentId.PERSISTOR: Persistor(), ComponentId.AGGREGATOR: SampleWeightedAggregator(min_accepted=2),
+                  ComponentId.SHAREABLE_GENERATOR: FullModelShareableGenerator(), "training": workflow}
+    engine = Engine(tmp_path, components)
+    workflow.set_communicator(Named(engine, update))
+    fl_ctx = engine.new_context()
+    workflow.initialize(fl_ctx)
+    workflow.control_flow(Signal(), fl_ctx)
+    assert names == ["train_ae", "train_ae", "train_dm"], changed(f"the rounds' tasks were named {names}", fix)
+    assert engine.names().count(AppEventType.ROUND_DONE) == 3, changed("a stage's rounds did not complete", fix)
+
+
+def test_persistor_and_generator_send_every_state_dict_entry(tmp_path):
+    """36: ``PTFileModelPersistor`` keeps every ``state_dict`` entry of the model (BatchNorm's running statistics and
+    its int64 ``num_batches_tracked``) as numpy arrays of their dtypes, and ``FullModelShareableGenerator`` sends
+    them all as WEIGHTS; a WEIGHT_DIFF holding the int64 counter is added to it in int64. So a FLIP app's strict
+    ``load_state_dict`` works at the site, and the averaged counter comes back."""
+    fix = ("flip/methods/weighted.py (check_update, weighted_mean: integer entries) and the README (FLIP apps send "
+           "every state_dict entry)")
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    persistor = PTFileModelPersistor(model=model)
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(FLContextKey.APP_ROOT, str(tmp_path), private=True, sticky=False)
+    persistor.handle_event(EventType.START_RUN, fl_ctx)
+    learnable = persistor.load(fl_ctx)
+    sent = from_shareable(FullModelShareableGenerator().learnable_to_shareable(learnable, fl_ctx)).data
+    assert sorted(sent) == sorted(model.state_dict()), changed(f"the persistor sends {sorted(sent)}", fix)
+    assert sent["1.num_batches_tracked"].dtype == np.int64, changed(
+        f"num_batches_tracked is sent as {sent['1.num_batches_tracked'].dtype}", fix)
+    fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, learnable, private=True, sticky=False)
+    diff = DXO(DataKind.WEIGHT_DIFF, data={"1.num_batches_tracked": np.array(3, np.int64)}).to_shareable()
+    after = FullModelShareableGenerator().shareable_to_learnable(diff, fl_ctx)[ModelLearnableKey.WEIGHTS]
+    assert int(after["1.num_batches_tracked"]) == 3 and after["1.num_batches_tracked"].dtype == np.int64, changed(
+        "a WEIGHT_DIFF's int64 entry is no longer added in int64", fix)
+
+
+def test_fed_event_reaches_the_server_with_the_senders_peer_props():
+    """37: the server's ``FedEventRunner._receive`` reads the sender from the event Shareable's peer props
+    (``get_peer_prop(IDENTITY_NAME, default)``) beside the origin header the site's runner stamps; flip's
+    ServerEventHandler records a FLIP metric under the peer's name when the two differ."""
+    from nvflare.widgets.fed_event import FedEventRunner
+
+    fix = "flip/nvflare/components/server_event_handler.py (_flip_metric)"
+    in_order(FedEventRunner._receive, ["request.get_peer_prop(ReservedKey.IDENTITY_NAME"], fix)
+    in_order(FedEventRunner.handle_event, ["event_data.set_header(FedEventHeader.ORIGIN, fl_ctx.get_identity_name())"],
+             fix)
+    assert params(Shareable.get_peer_prop) == ["self", "key", "default"], changed(
+        f"Shareable.get_peer_prop takes {params(Shareable.get_peer_prop)}", fix)
