@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from flip.checks import check_bucket_name, check_path_name
 from flip.constants import DEFAULT_PART_SIZE_MB, DEFAULT_THRESHOLD_MB
 from flip.errors import SettingsError
-from flip.platform.http import check_attempts, check_header_name, check_http_hosts, check_service_url, check_timeout
+from flip.platform.http import check_api_url, check_attempts, check_header_name, check_http_hosts, check_timeout
 from flip.platform.site import DevData, SiteData, check_site_data, check_site_env
 
 ENV_PREFIX = "FLIP_"
@@ -212,7 +212,7 @@ class FlipSettings(BaseSettings):
         if url is not None:
             name = "FLIP_API_INTERNAL_URL" if not _unset(self.flip_api_internal_url) else "FLIP_HUB_URL"
             try:
-                url = check_service_url(url, "hub URL", self.http_hosts)
+                url = check_api_url(url, "hub URL", self.http_hosts)
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         self.hub_url = self.flip_api_internal_url = url
@@ -304,8 +304,7 @@ class FlipSettings(BaseSettings):
         return DevData(dataframe=self.dev_dataframe, images_dir=self.dev_images_dir, sites=dict(self.site_data))
 
 
-_SECRET_FIELDS = {"hub_api_key", "internal_service_key", "trust_internal_service_key", "hub_user_token",
-                  "site_env"}
+_SECRET_FIELDS = {"hub_api_key", "internal_service_key", "trust_internal_service_key", "hub_user_token"}
 
 
 def env_var(field: str) -> str:

@@ -156,6 +156,20 @@ def check_service_url(url: object, what: str = "service URL", http_hosts: frozen
     return url.rstrip("/")
 
 
+def check_api_url(url: object, what: str = "hub URL", http_hosts: frozenset[str] = frozenset()) -> str:
+    """:func:`check_service_url`, and the URL has a path: the API's prefix (FLIP's hub: ``/api``), without which
+    every route would be missed (a host-only base gives ``/model/...``, which FLIP's hub does not serve).
+
+    Raises:
+        ValueError: as check_service_url, or the URL has no path (named).
+    """
+    checked = check_service_url(url, what, http_hosts)
+    if not urlsplit(checked).path.strip("/"):
+        raise ValueError(f"{what} {redact_url(checked)!r} is invalid: it must include the API's path, e.g. "
+                         f"{checked}/api (FLIP's hub serves its routes under /api)")
+    return checked
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

@@ -40,13 +40,27 @@ from pydantic import SecretStr
 
 from flip.checks import check_model_id, check_path_name
 from flip.constants import FLLogEvent, ModelStatus, ResourceType, RunStatus
-from flip.errors import (CleanupError, JSONValueError, PlatformError, ResultsUploadError, SettingsError,
-                         StatusNotDelivered)
+from flip.errors import (
+    CleanupError,
+    JSONValueError,
+    PlatformError,
+    ResultsUploadError,
+    SettingsError,
+    StatusNotDelivered,
+)
 from flip.files import to_json, write_json_atomic
 from flip.platform.dev import LocalPlatform
 from flip.platform.flip_api import MAX_LOG_TEXT, training_log, training_metrics
-from flip.platform.http import (DEFAULT_DEADLINE, MAX_SLEEP, Retry, Service, check_header_name, check_service_url,
-                                check_timeout, request)
+from flip.platform.http import (
+    DEFAULT_DEADLINE,
+    MAX_SLEEP,
+    Retry,
+    Service,
+    check_api_url,
+    check_header_name,
+    check_timeout,
+    request,
+)
 from flip.platform.site import current_site
 from flip.platform.trust import TrustClient
 
@@ -127,7 +141,7 @@ def _epoch(value: Any) -> float | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(value).timestamp()
     except ValueError:
         return None
 
@@ -168,7 +182,7 @@ class HubPlatform(LocalPlatform):
         self._trusts: dict[str | None, TrustClient] = {}
         self._settings = settings
         try:
-            self.hub_url = check_service_url(hub_url, "hub URL", http_hosts) if hub_url else None
+            self.hub_url = check_api_url(hub_url, "hub URL", http_hosts) if hub_url else None
         except ValueError as exc:
             raise SettingsError(f"FLIP_API_INTERNAL_URL: {exc}") from exc
         try:
@@ -416,6 +430,9 @@ class HubPlatform(LocalPlatform):
                 from flip.settings import load_settings
 
                 self._settings = load_settings()
+            if site is None and self._settings.site_env:
+                raise SettingsError("FLIP_SITE_ENV gives simulated sites their own trust variables, but the site this "
+                                    "process serves is not known (flip's executors name it): refusing to guess")
             self._trusts[site] = TrustClient.from_settings(self._settings, site)
         return self._trusts[site]
 
@@ -498,17 +515,18 @@ class HubPlatform(LocalPlatform):
     def send_handled_exception(self, formatted_exception: str, client_name: str | None, model_id: str) -> None:
         """Send a failure as a log with ``success: false`` (TypeError/ValueError on bad arguments, as FLIP).
 
-        Only the exception's short reason is sent (first line, secrets masked, paths replaced, bounded): a trace
-        stays in the logs where it was written.
+        Only the exception's last line (its type and message) is sent, at most 300 characters: a traceback stays in
+        the log where it was written.
         """
         if not isinstance(formatted_exception, str):
             raise TypeError(f"formatted_exception must be a str, got {type(formatted_exception).__name__}")
         if client_name is not None and not isinstance(client_name, str):
             raise TypeError(f"client_name must be a str or None, got {type(client_name).__name__}")
         model_id = check_model_id(model_id)
-        from flip.nvflare.utils import short_reason
-
-        body = training_log(client_name=client_name, text=short_reason(formatted_exception), success=False)
+        lines = [line.strip() for line in formatted_exception.strip().splitlines() if line.strip()]
+        text = lines[-1] if lines else "unknown error"
+        text = text if len(text) <= 300 else text[:297] + "..."
+        body = training_log(client_name=client_name, text=text, success=False)
         self._best_effort("send_handled_exception", lambda: self._post_log(model_id, body))
 
     def send_event(self, model_id: str, event_type, global_round: int, client_name: str | None = None,

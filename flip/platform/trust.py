@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from pydantic import SecretStr
@@ -30,8 +31,15 @@ from flip.checks import check_path_name
 from flip.constants import ResourceType
 from flip.errors import SettingsError, TrustServiceError
 from flip.platform.flip_api import ACCESSION_COLUMN
-from flip.platform.http import (MAX_DEADLINE, Retry, Service, check_header_name, check_service_url, check_timeout,
-                                request)
+from flip.platform.http import (
+    MAX_DEADLINE,
+    Retry,
+    Service,
+    check_header_name,
+    check_service_url,
+    check_timeout,
+    request,
+)
 from flip.utils.utils import Utils
 
 if TYPE_CHECKING:
