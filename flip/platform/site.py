@@ -10,6 +10,9 @@ environment, one client per process, so a process-wide "current site" is exact t
 The rule (one place, :meth:`DevData.dataframe_path` / :meth:`DevData.images_root`): a site with an entry in
 ``FLIP_SITE_DATA`` uses it; any other site (or a process whose site is not known) uses ``DEV_DATAFRAME`` /
 ``DEV_IMAGES_DIR``; if neither is set the call fails naming the site and the variables.
+
+In prod the same holds for a site's trust: ``FLIP_SITE_ENV`` (``flip simulate --site-env SITE:VAR=VALUE``) gives
+each simulated site its own trust variables (:data:`SITE_ENV_VARS` only: no hub variable), over the process's own.
 """
 
 from __future__ import annotations
