@@ -23,8 +23,9 @@ def FLIP(job_type: Any = JobType.STANDARD, **kwargs: Any) -> Platform:  # noqa: 
     (flip.settings.resolve_env). Each call builds a new platform object. The returned object is both our
     :class:`~flip.platform.base.Platform` and FLIP's :class:`~flip.platform.flip_api.FLIPBase`.
 
-    The prod platform needs FLIP_HUB_URL and FLIP_HUB_API_KEY on the server only; the server checks them at
-    run start (``require_hub``). Sites never hold the key.
+    The prod platform needs the hub's URL and internal service key on the server only (``FLIP_API_INTERNAL_URL``,
+    ``INTERNAL_SERVICE_KEY`` or ``INTERNAL_SERVICE_KEY_FILE``; ours: ``FLIP_HUB_URL``, ``FLIP_HUB_API_KEY``); the
+    server checks them at run start (``require_hub``). Sites never hold the key; they hold their trust's.
 
     Args:
         job_type: one of ``standard``, ``evaluation``, ``fed_opt``, ``diffusion_model`` (a str or a JobType), or
@@ -54,11 +55,11 @@ def FLIP(job_type: Any = JobType.STANDARD, **kwargs: Any) -> Platform:  # noqa: 
 
         return LocalPlatform(settings.local_dir, dev_data=settings.dev_data())
     from flip.platform.hub import HubPlatform
-    from flip.platform.trust import TrustClient
 
     return HubPlatform(settings.hub_url, settings.hub_api_key, settings.local_dir,
                        timeout=settings.hub_timeout, attempts=settings.hub_retries,
-                       trust=TrustClient.from_settings(settings))
+                       key_header=settings.internal_service_key_header, key_file=settings.internal_service_key_file,
+                       user_token=settings.hub_user_token, http_hosts=settings.http_hosts, settings=settings)
 
 
 def check_job_type(job_type: Any) -> JobType:

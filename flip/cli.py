@@ -113,11 +113,12 @@ def _cmd_jobs_export(args) -> int:
 
 
 def _cmd_simulate(args) -> int:
-    from flip.simulate import parse_site_data, run_simulator, site_names
+    from flip.simulate import parse_site_data, parse_site_env, run_simulator, site_names
 
     site_data = parse_site_data(args.site_data, site_names(args.sites))
+    site_env = parse_site_env(args.site_env, site_names(args.sites))
     return run_simulator(args.job, args.workspace, sites=args.sites, threads=args.threads, quiet=not args.verbose,
-                         site_data=site_data)
+                         site_data=site_data, site_env=site_env)
 
 
 def _cmd_upload(args) -> int:
@@ -176,31 +177,45 @@ def _cmd_models_remove(args) -> int:
     return 0
 
 
-def _cmd_status(args) -> int:
+def _when(seconds) -> str:
     import time
 
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds is not None else " " * 15 + "now"
+
+
+def _cmd_status(args) -> int:
     from flip import FLIP
     from flip.checks import check_model_id, check_number
 
     model_id = check_model_id(args.model_id)
     check_number("--wait", args.wait, 0)
     platform = FLIP()
+    if args.resend:
+        delivered = platform.resend(model_id)  # a status the hub still refuses raises (and stays recorded)
+        for record in delivered:
+            print(f"resent {record['status']} of run {record['run_id']} to the hub")
+        if not delivered:
+            print(f"nothing to resend for model {model_id}")
     statuses = platform.read_statuses(model_id)
     if args.wait:
         statuses = _wait_for_final(platform, model_id, args.wait)
-    if not statuses:
+    undelivered = platform.undelivered(model_id)
+    if not statuses and not undelivered:
         print(f"no status recorded for model {model_id} ({platform.name} platform)")
         return 1
-    runs: dict[str, list[dict]] = {}
+    runs: dict[str | None, list[dict]] = {}
     for record in statuses:
-        runs.setdefault(record["run_id"], []).append(record)
+        runs.setdefault(record.get("run_id"), []).append(record)
     metrics = platform.read_metrics(model_id)
+    failures = [r for r in platform.read_logs(model_id) if r.get("success") is False]
     for run_id, records in runs.items():
-        print(f"run {run_id}")
+        print(f"run {run_id}" if run_id else f"model {model_id} on the hub (it keeps the model's current status)")
         for r in records:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
-            print(f"  {when}  {r['status']}" + (f": {r['reason']}" if r.get("reason") else ""))
-        mine = [m for m in metrics if m["run_id"] == run_id]
+            print(f"  {_when(r.get('time'))}  {r['status']}" + (f": {r['reason']}" if r.get("reason") else ""))
+        for f in (f for f in failures if f.get("run_id") == run_id):
+            site = f" {f['site']}:" if f.get("site") else ""
+            print(f"  {_when(f.get('time'))}  failure{site} {f.get('text')}")
+        mine = [m for m in metrics if m.get("run_id") == run_id]
         if mine:
             from flip.metrics import format_metrics  # imports numpy: only when there are metrics to show
 
@@ -208,6 +223,10 @@ def _cmd_status(args) -> int:
             print(f"  metrics of round {last_round}:")
             for m in sorted((m for m in mine if m["round"] == last_round), key=lambda m: m["site"]):
                 print(f"    {m['site']:>12}: {format_metrics(m['metrics'])}")
+    for record in undelivered:
+        reason = f" ({record['reason']})" if record.get("reason") else ""
+        print(f"not delivered to the hub: {record['status']}{reason} of run {record['run_id']}, recorded "
+              f"{_when(record.get('time'))}: resend with `flip status {model_id} --resend`")
     if args.wait:
         final = statuses[-1]["status"] if statuses else None
         if final != RunStatus.RESULTS_UPLOADED:
@@ -392,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a site's own dev data for FLIP apps (repeatable): the CSV get_dataframe returns and "
                                "the folder of <accession_id>/ image folders; other sites use DEV_DATAFRAME and "
                                "DEV_IMAGES_DIR")
+    simulate.add_argument("--site-env", action="append", default=None, metavar="SITE:VAR=VALUE",
+                          help="a site's own trust variable in prod (repeatable): DATA_ACCESS_API_URL, IMAGING_API_URL, "
+                               "NET_ID, TRUST_INTERNAL_SERVICE_KEY(_HEADER) or IMAGES_DIR, over the process's own "
+                               "(FLIP_SITE_ENV); no hub variable can be given to a site this way")
     simulate.set_defaults(func=_cmd_simulate)
     upload = sub.add_parser("upload", help="finish a run's upload that failed (S3 down, wrong credentials...)")
     upload.add_argument("--resume", required=True, metavar="PATH",
@@ -444,8 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retry while a check fails, up to this long (a service that is starting)")
     doctor.set_defaults(func=_cmd_doctor)
 
-    status = sub.add_parser("status", help="a model's run status lifecycle and latest metrics")
+    status = sub.add_parser("status", help="a model's run status lifecycle, failures and latest metrics (dev: the "
+                                           "local files; prod: the hub, with FLIP_HUB_USER_TOKEN)")
     status.add_argument("model_id")
+    status.add_argument("--resend", action="store_true",
+                        help="first send the hub every final status of this model it did not take (the server's "
+                             "record in FLIP_LOCAL_DIR)")
     status.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                         help="wait until the model's latest run ends (up to SECONDS), then show it; exit 1 unless it "
                              "ended RESULTS_UPLOADED")

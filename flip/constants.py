@@ -274,6 +274,18 @@ class FlipMetricsLabel(StrEnum):
     AVERAGE_SCORE = "AVERAGE_SCORE"
 
 
+class FLLogEvent(StrEnum):
+    """Typed round events of a training log on FLIP's hub (FLIP: flip-utils/flip/schemas.py, hub types.py).
+
+    Rounds are 1-based. ``QUEUE_POSITION`` is the hub's own (its scheduler writes it); the FL side never sends it.
+    """
+
+    ROUND_STARTED = "ROUND_STARTED"
+    CLIENT_RESULT_RECEIVED = "CLIENT_RESULT_RECEIVED"
+    ROUND_AGGREGATED = "ROUND_AGGREGATED"
+    QUEUE_POSITION = "QUEUE_POSITION"
+
+
 class FlipMetaKey(StrEnum):
     """Meta keys of FLIP's diffusion and evaluation workflows (FLIP: flip_constants.py)."""
 

@@ -15,6 +15,23 @@ class PlatformError(FlipError):
     """The platform (dev files or the prod hub) could not do what was asked."""
 
 
+class TrustServiceError(PlatformError):
+    """A trust's data-access or imaging service could not give what a site asked for (the message names the
+    service, the call and the cause; never a key, a query's rows or an answer's body)."""
+
+
+class StatusNotDelivered(PlatformError):
+    """The hub did not take a final status; it is recorded on the server for ``flip status --resend``.
+
+    Attributes:
+        recorded: the file that holds the record.
+    """
+
+    def __init__(self, message: str, recorded=None):
+        super().__init__(message)
+        self.recorded = recorded
+
+
 class UserCodeError(FlipError):
     """The user's code in the job's custom/ folder is missing, malformed or returned something unusable."""
 

@@ -7,7 +7,16 @@ import os
 from pathlib import Path
 
 from flip.checks import check_path_name
-from flip.platform.site import DATAFRAME_VAR, IMAGES_VAR, SITE_DATA_VAR, SiteData, site_data_json
+from flip.platform.site import (
+    DATAFRAME_VAR,
+    IMAGES_VAR,
+    SITE_DATA_VAR,
+    SITE_ENV_VAR,
+    SiteData,
+    check_site_env,
+    site_data_json,
+    site_env_json,
+)
 
 _LOG_CONFIG = "log_config.json"
 
@@ -51,22 +60,47 @@ def parse_site_data(specs: list[str] | None, sites: list[str]) -> dict[str, Site
     return result
 
 
-def prepare_environment(sites: list[str], site_data: dict[str, SiteData] | None = None) -> None:
-    """Set what the simulator's processes inherit: FLIP_LOCAL_DIR, DEV_DATAFRAME and DEV_IMAGES_DIR made absolute
-    (the simulator changes directories), and FLIP_SITE_DATA from ``site_data`` (if given).
+def parse_site_env(specs: list[str] | None, sites: list[str]) -> dict[str, dict[str, str]]:
+    """Return each ``--site-env SITE:VAR=VALUE`` as ``{site: {VAR: VALUE}}`` (FLIP_SITE_ENV, flip.platform.site).
 
     Raises:
-        ValueError: ``site_data`` names a site that is not simulated.
+        ValueError: a spec is not ``SITE:VAR=VALUE``, names a site that is not simulated, sets a variable twice for
+            a site, or a variable a site may not have (only its trust's; a key's value is never shown).
     """
-    if site_data:
-        unknown = sorted(set(site_data) - set(sites))
+    result: dict[str, dict[str, str]] = {}
+    for spec in specs or []:
+        site, colon, assignment = spec.partition(":")
+        var, eq, value = assignment.partition("=")
+        if not colon or not eq or not site or not var:
+            raise ValueError(f"--site-env must be SITE:VAR=VALUE, got {spec.partition('=')[0]!r}=...")
+        if site not in sites:
+            raise ValueError(f"--site-env names site {site!r}, which is not simulated: the sites are {sites}")
+        if var in result.get(site, {}):
+            raise ValueError(f"--site-env sets {var} twice for site {site!r}")
+        result.setdefault(site, {})[var] = value
+    return check_site_env(result)
+
+
+def prepare_environment(sites: list[str], site_data: dict[str, SiteData] | None = None,
+                        site_env: dict[str, dict[str, str]] | None = None) -> None:
+    """Set what the simulator's processes inherit: FLIP_LOCAL_DIR, DEV_DATAFRAME and DEV_IMAGES_DIR made absolute
+    (the simulator changes directories), FLIP_SITE_DATA from ``site_data`` and FLIP_SITE_ENV from ``site_env``
+    (if given).
+
+    Raises:
+        ValueError: ``site_data`` or ``site_env`` names a site that is not simulated.
+    """
+    for what, given in (("site_data", site_data), ("site_env", site_env)):
+        unknown = sorted(set(given or {}) - set(sites))
         if unknown:
-            raise ValueError(f"site_data names sites that are not simulated: {unknown} (the sites are {sites})")
+            raise ValueError(f"{what} names sites that are not simulated: {unknown} (the sites are {sites})")
     for var in ("FLIP_LOCAL_DIR", DATAFRAME_VAR, IMAGES_VAR):
         if os.environ.get(var):
             os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
     if site_data:
         os.environ[SITE_DATA_VAR] = site_data_json(site_data)  # each site's subprocess gets a copy
+    if site_env:
+        os.environ[SITE_ENV_VAR] = site_env_json(site_env)
 
 
 def console_log_config() -> dict:
@@ -91,7 +125,8 @@ def console_log_config() -> dict:
 
 def run_simulator(job_dir: str | Path, workspace: str | Path, sites: int | list[str] = 2, threads: int | None = None,
                   end_run_for_all: bool = True, quiet: bool = True,
-                  site_data: dict[str, SiteData] | None = None) -> int:
+                  site_data: dict[str, SiteData] | None = None,
+                  site_env: dict[str, dict[str, str]] | None = None) -> int:
     """Run ``job_dir`` in the simulator and return its exit code (0: the run ended without a fatal error).
 
     Args:
@@ -103,6 +138,10 @@ def run_simulator(job_dir: str | Path, workspace: str | Path, sites: int | list[
         quiet: console shows flip's lines and warnings only (full logs stay in the workspace).
         site_data: each listed site's dev CSV and image folder (``FLIP_SITE_DATA``, see flip.platform.site); the
             other sites use DEV_DATAFRAME / DEV_IMAGES_DIR. Default: leave ``FLIP_SITE_DATA`` as it is.
+        site_env: each listed site's trust variables (``FLIP_SITE_ENV``: DATA_ACCESS_API_URL, IMAGING_API_URL,
+            NET_ID, TRUST_INTERNAL_SERVICE_KEY(_HEADER), IMAGES_DIR), over the process's own for that site. Every
+            simulated site inherits the whole mapping (one environment): a real site holds only its own.
+            Default: leave ``FLIP_SITE_ENV`` as it is.
     """
     from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
 
@@ -120,7 +159,7 @@ def run_simulator(job_dir: str | Path, workspace: str | Path, sites: int | list[
         (local / _LOG_CONFIG).write_text(json.dumps(console_log_config(), indent=2))
     elif (local / _LOG_CONFIG).exists():
         (local / _LOG_CONFIG).unlink()
-    prepare_environment(names, site_data)
+    prepare_environment(names, site_data, site_env)
     runner = SimulatorRunner(job_folder=str(job_dir), workspace=str(workspace), clients=",".join(names),
                              threads=threads, end_run_for_all=end_run_for_all)
     return runner.run()

@@ -1,4 +1,5 @@
-"""The small interface both platforms implement: status, metrics, the safehouse model, a site's data."""
+"""The small interface both platforms implement: status, metrics, round events and failures, the safehouse model,
+a site's data."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ class Platform(ABC):
         """Record one site's metrics for one round (``site`` may be ``"global"``)."""
 
     @abstractmethod
+    def report_event(self, model_id: str, run_id: str, event: str, round_num: int, site: str | None = None,
+                     details: dict[str, Any] | None = None) -> None:
+        """Record a round event (FLIP's ``ROUND_STARTED``, ``CLIENT_RESULT_RECEIVED``, ``ROUND_AGGREGATED``;
+        ``round_num`` 1-based; ``site`` None: the server's own)."""
+
+    @abstractmethod
+    def report_failure(self, model_id: str, run_id: str, site: str | None, reason: str) -> None:
+        """Record a failure of ``site`` (None: the run's): ``reason`` is short, no traceback, secret or data value."""
+
+    @abstractmethod
     def initial_model_path(self, model_id: str) -> Path | None:
         """Return the safehouse copy of the model's initial weights, or None if there is none."""
 
@@ -44,3 +55,16 @@ class Platform(ABC):
     @abstractmethod
     def read_metrics(self, model_id: str | None = None) -> list[dict[str, Any]]:
         """The recorded metrics, oldest first (optionally of one model)."""
+
+    @abstractmethod
+    def read_logs(self, model_id: str | None = None) -> list[dict[str, Any]]:
+        """The recorded round events and failures, oldest first (optionally of one model): ``time``, ``site``,
+        ``round``, ``text`` (a failure's reason or an event's name) and ``success``."""
+
+    def undelivered(self, model_id: str | None = None) -> list[dict[str, Any]]:
+        """Final statuses recorded but not delivered (none where recording cannot fail to deliver)."""
+        return []
+
+    def resend(self, model_id: str | None = None) -> list[dict[str, Any]]:
+        """Deliver the undelivered final statuses again; return those delivered (none here)."""
+        return []

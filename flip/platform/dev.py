@@ -4,6 +4,7 @@ Layout::
 
     <local_dir>/status.jsonl                      one JSON line per status change
     <local_dir>/metrics.jsonl                     one JSON line per (round, site) metrics
+    <local_dir>/logs.jsonl                        one JSON line per round event or failure (FLIP's training log)
     <local_dir>/safehouse/<model_id>/initial_model.pt
     <local_dir>/cohorts/<site>/...                each hospital's source images (its "PACS")
     <local_dir>/images/<site>/<job_id>/...        images fetched for one run (deleted by CleanupImages)
@@ -27,7 +28,7 @@ from flip.errors import JSONValueError, PlatformError
 from flip.files import to_json
 from flip.checks import check_path_name
 from flip.platform.base import Platform
-from flip.platform.flip_api import FLIPBase
+from flip.platform.flip_api import ACCESSION_COLUMN, FLIPBase, training_log
 from flip.platform.site import DATAFRAME_VAR, IMAGES_VAR, SITE_DATA_VAR, DevData, current_site
 from flip.utils.utils import Utils
 
@@ -36,9 +37,8 @@ if TYPE_CHECKING:
 
 STATUS_FILE = "status.jsonl"
 METRICS_FILE = "metrics.jsonl"
+LOGS_FILE = "logs.jsonl"
 READY_MARKER = ".flip_ready"
-#: the column every cohort dataframe has (FLIP's contract with apps)
-ACCESSION_COLUMN = "accession_id"
 
 
 def _number_text(value: Any) -> str:
@@ -88,6 +88,31 @@ class LocalPlatform(Platform, FLIPBase):
         record = {"time": time.time(), "model_id": model_id, "run_id": run_id, "round": round_num, "site": site}
         record["metrics"] = metrics
         self._append(METRICS_FILE, record)
+
+    def report_event(self, model_id: str, run_id: str, event: str, round_num: int, site: str | None = None,
+                     details: dict[str, Any] | None = None) -> None:
+        try:
+            body = training_log(client_name=site, event_type=event, global_round=round_num, details=details)
+        except ValueError as exc:
+            raise PlatformError(f"not recorded in {LOGS_FILE}: {exc}") from exc
+        self._append(LOGS_FILE, {"time": time.time(), "model_id": model_id, "run_id": run_id, "site": site,
+                                 "round": round_num, "event": body["event_type"], "details": details,
+                                 "success": True})
+
+    def report_failure(self, model_id: str, run_id: str, site: str | None, reason: str) -> None:
+        try:
+            training_log(client_name=site, text=reason, success=False)
+        except ValueError as exc:
+            raise PlatformError(f"not recorded in {LOGS_FILE}: {exc}") from exc
+        self._append(LOGS_FILE, {"time": time.time(), "model_id": model_id, "run_id": run_id, "site": site,
+                                 "text": reason, "success": False})
+
+    def read_logs(self, model_id: str | None = None) -> list[dict[str, Any]]:
+        """Return the recorded round events and failures, oldest first (optionally of one model)."""
+        records = [r for r in _read_jsonl(self.local_dir / LOGS_FILE) if model_id in (None, r.get("model_id"))]
+        for r in records:
+            r.setdefault("text", r.get("event"))
+        return records
 
     def read_statuses(self, model_id: str | None = None) -> list[dict[str, Any]]:
         """Return the recorded status changes, oldest first (optionally of one model)."""

@@ -24,6 +24,9 @@ from flip.constants import ModelStatus, ResourceType
 if TYPE_CHECKING:
     import pandas as pd
 
+#: the column every cohort dataframe has (FLIP's contract with apps; the imaging service's key for the images)
+ACCESSION_COLUMN = "accession_id"
+
 
 class FLIPBase(ABC):
     """FLIP's platform interface: cohort data at a site, status/metrics/logs to the hub, results upload, cleanup."""
@@ -122,3 +125,88 @@ class FLIPBase(ABC):
 def _require_str(name: str, value: Any) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+
+
+# -- FLIP's hub schemas (flip-api domain/schemas/private.py, newest): the bodies flip sends, checked in one place ------
+#: the typed events the FL side may send (the hub's QUEUE_POSITION is its own)
+SENDABLE_EVENTS = ("ROUND_STARTED", "CLIENT_RESULT_RECEIVED", "ROUND_AGGREGATED")
+#: the largest round FLIP's hub stores (a Postgres integer)
+MAX_ROUND = 2_147_483_647
+#: the longest free text flip sends in a training log
+MAX_LOG_TEXT = 2000
+
+
+def _finite(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _client(name: Any) -> str | None:
+    if name is None:
+        return None
+    if not (isinstance(name, str) and name and len(name) <= 255 and name.isprintable()):
+        raise ValueError(f"fl_client_name must be a non-empty printable string of at most 255 characters or None, "
+                         f"got {name!r}")
+    return name
+
+
+def training_metrics(client_name: Any, global_round: Any, label: Any, result: Any) -> dict[str, Any]:
+    """FLIP's ``TrainingMetrics`` body: one metric of one client in one round.
+
+    Raises:
+        ValueError: a name that is not a non-empty printable string (<= 255), a round that is not an integer >= 0,
+            or a result that is not a finite number (FLIP's hub would store NaN; flip never sends one).
+    """
+    client = _client(client_name)
+    if client is None:
+        raise ValueError("fl_client_name is required for a metric (the hub attributes it to the client's trust)")
+    if not (isinstance(label, str) and label and len(label) <= 255 and label.isprintable()):
+        raise ValueError(f"label must be a non-empty printable string of at most 255 characters, got {label!r}")
+    if not (isinstance(global_round, int) and not isinstance(global_round, bool) and 0 <= global_round <= MAX_ROUND):
+        raise ValueError(f"global_round must be an integer from 0 to {MAX_ROUND}, got {global_round!r}")
+    if not _finite(result):
+        raise ValueError(f"result of {label!r} must be a finite number, got {result!r}")
+    return {"fl_client_name": client, "global_round": global_round, "label": label, "result": float(result)}
+
+
+def training_log(*, client_name: Any = None, text: Any = None, event_type: Any = None, global_round: Any = None,
+                 details: Any = None, success: bool = True) -> dict[str, Any]:
+    """FLIP's ``TrainingLog`` body: free text xor a typed round event (rounds 1-based).
+
+    Raises:
+        ValueError: both or neither of text and event, an event flip does not send, an event without a round in
+            1..MAX_ROUND, free text with a round, text that is empty or longer than MAX_LOG_TEXT, details that are
+            not an object of JSON values, or success that is not a bool (each named).
+    """
+    if (text is None) == (event_type is None):
+        raise ValueError("a training log is free text or a typed event, exactly one of them")
+    if not isinstance(success, bool):
+        raise ValueError(f"success must be a bool, got {success!r}")
+    body: dict[str, Any] = {"fl_client_name": _client(client_name), "log": None, "event_type": None,
+                            "global_round": None, "details": None, "success": success}
+    if text is not None:
+        if not (isinstance(text, str) and text.strip() and len(text) <= MAX_LOG_TEXT):
+            raise ValueError(f"log text must be a non-empty string of at most {MAX_LOG_TEXT} characters")
+        if global_round is not None or details is not None:
+            raise ValueError("a free-text log carries no round and no details (FLIP: those belong to typed events)")
+        body["log"] = text
+        return body
+    event = getattr(event_type, "value", event_type)
+    if event not in SENDABLE_EVENTS:
+        raise ValueError(f"event_type must be one of {list(SENDABLE_EVENTS)}, got {event_type!r}")
+    if not (isinstance(global_round, int) and not isinstance(global_round, bool) and 1 <= global_round <= MAX_ROUND):
+        raise ValueError(f"global_round of a {event} event must be an integer from 1 to {MAX_ROUND} (rounds are "
+                         f"1-based), got {global_round!r}")
+    if details is not None:
+        from flip.errors import JSONValueError
+        from flip.files import to_json
+
+        if not isinstance(details, dict) or not all(isinstance(k, str) for k in details):
+            raise ValueError(f"details must be an object with string keys or None, got {type(details).__name__}")
+        try:
+            to_json(details)
+        except (JSONValueError, TypeError) as exc:
+            raise ValueError(f"details of a {event} event are not JSON: {exc}") from None
+    body.update(event_type=event, global_round=global_round, details=details)
+    return body

@@ -1,13 +1,17 @@
-"""The rules every HTTP client of flip follows (the FLIP hub today; more services to come), in one place.
+"""The rules every HTTP client of flip follows (FLIP's hub, a trust's data-access and imaging services), in one place.
 
-- :func:`check_service_url`: a service's base URL is ``https://`` (``http://`` only for a loopback host), holds no
+- :func:`check_service_url`: a service's base URL is ``https://`` (``http://`` only for a loopback host, or a host
+  the deployment lists in ``FLIP_HTTP_HOSTS``: FLIP runs its services on private Docker networks), holds no
   ``user:password@``, no query or fragment, no whitespace or control character, and names a host.
+- :func:`check_header_name`: a key's header name is an HTTP token (no space, colon or newline).
 - :func:`request`: never follows a redirect (a 3xx is a failure naming the Location's host, never re-sent);
   retries timeouts, connection errors, dropped connections and 5xx with capped exponential backoff inside a total
-  deadline; never retries 401/403 or another 4xx; ``accept`` says which other answers mean success.
+  deadline; never retries 401/403 or another 4xx; ``accept`` says which other answers mean success; an answer
+  larger than ``max_bytes`` is refused without being read further.
 - :func:`check_timeout`, :func:`check_attempts` and :class:`Retry` bound the knobs.
 
-Messages name the service, the method and path, and never a key, a password or a URL's query.
+Messages name the service, the method and path, and never a key, a password, a URL's query or an answer's body
+(a body can hold patient data).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 import unicodedata
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 from urllib.parse import urljoin, urlsplit
 
@@ -35,11 +39,17 @@ MAX_SLEEP = 8.0
 DEFAULT_DEADLINE = 120.0
 #: the longest deadline allowed, in seconds
 MAX_DEADLINE = 3600.0
+#: the largest answer read by default, in bytes (a service's client may set its own bound)
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+_READ_CHUNK = 1024 * 1024
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-URL_RULE = ("expected https://host[:port][/path] (http:// only for a loopback host: 127.0.0.0/8, ::1, localhost), "
-            "without user:password@, query, fragment, whitespace or control characters")
+URL_RULE = ("expected https://host[:port][/path] (http:// only for a loopback host: 127.0.0.0/8, ::1, localhost, or "
+            "a host listed in FLIP_HTTP_HOSTS), without user:password@, query, fragment, whitespace or control "
+            "characters")
+#: an HTTP header name (RFC 9110 token)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 
 
 def is_loopback(host: str) -> bool:
@@ -66,12 +76,44 @@ def redact_url(url: str) -> str:
     return shown if len(shown) <= 200 else shown[:200] + "..."
 
 
-def check_service_url(url: object, what: str = "service URL") -> str:
+def check_http_hosts(value: object) -> frozenset[str]:
+    """Return the host names of ``FLIP_HTTP_HOSTS`` (a comma-separated list, or an iterable), lower-cased.
+
+    Raises:
+        ValueError: an entry is not a DNS name or an IP address (named).
+    """
+    if value is None or value == "":
+        return frozenset()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    hosts = set()
+    for item in items:
+        host = item.strip().lower() if isinstance(item, str) else item
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"FLIP_HTTP_HOSTS must be a comma-separated list of host names, got an entry {item!r}")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not _DNS_NAME.fullmatch(host) or len(host) > 253:
+                raise ValueError(f"FLIP_HTTP_HOSTS: {host!r} is not a host name or an IP address") from None
+        hosts.add(host)
+    return frozenset(hosts)
+
+
+def check_header_name(value: object, what: str = "header name") -> str:
+    """Return ``value`` if it is an HTTP header name (a token of at most 128 characters), else raise ValueError."""
+    if not (isinstance(value, str) and _TOKEN.fullmatch(value)):
+        raise ValueError(f"{what} must be an HTTP header name (letters, digits and !#$%&'*+.^_`|~-, at most 128), "
+                         f"got {value!r}")
+    return value
+
+
+def check_service_url(url: object, what: str = "service URL", http_hosts: frozenset[str] = frozenset()) -> str:
     """Return ``url`` without trailing slashes if it is a safe base URL for a service, else raise ValueError.
 
     Args:
-        url: the base URL, e.g. ``https://hub.example.org`` or ``http://127.0.0.1:8080/flip``.
+        url: the base URL, e.g. ``https://hub.example.org/api`` or ``http://127.0.0.1:8080/api``.
         what: what the URL is, for the message (e.g. ``hub URL``).
+        http_hosts: hosts besides loopback that may be reached over ``http://`` (``FLIP_HTTP_HOSTS``).
 
     Raises:
         ValueError: naming the offending part and the rule; the message never holds a password or a query.
@@ -108,9 +150,24 @@ def check_service_url(url: object, what: str = "service URL") -> str:
             raise bad(f"host {host!r} is not a DNS name or an IP address") from None
     if port == 0:
         raise bad("port 0 is not a port")
-    if scheme == "http" and not is_loopback(host):
-        raise bad(f"http:// sends the key in clear text: use https:// for host {host!r}")
+    if scheme == "http" and not is_loopback(host) and host.lower() not in http_hosts:
+        raise bad(f"http:// sends the key in clear text: use https:// for host {host!r} (or list it in "
+                  f"FLIP_HTTP_HOSTS if it is on a private network)")
     return url.rstrip("/")
+
+
+def check_api_url(url: object, what: str = "hub URL", http_hosts: frozenset[str] = frozenset()) -> str:
+    """:func:`check_service_url`, and the URL has a path: the API's prefix (FLIP's hub: ``/api``), without which
+    every route would be missed (a host-only base gives ``/model/...``, which FLIP's hub does not serve).
+
+    Raises:
+        ValueError: as check_service_url, or the URL has no path (named).
+    """
+    checked = check_service_url(url, what, http_hosts)
+    if not urlsplit(checked).path.strip("/"):
+        raise ValueError(f"{what} {redact_url(checked)!r} is invalid: it must include the API's path, e.g. "
+                         f"{checked}/api (FLIP's hub serves its routes under /api)")
+    return checked
 
 
 def _is_number(value: object) -> bool:
@@ -177,15 +234,20 @@ class Service:
 
     Args:
         name: e.g. ``hub``.
-        url_var: the variable of its URL, e.g. ``FLIP_HUB_URL``.
-        key_var: the variable of its key, e.g. ``FLIP_HUB_API_KEY``.
+        url_var: the variable of its URL, e.g. ``FLIP_API_INTERNAL_URL``.
+        key_var: the variable of its key, e.g. ``INTERNAL_SERVICE_KEY``.
         error: the FlipError type raised on failure. Default PlatformError.
+        meanings: what a 4xx status means at this service, added to the failure's message (e.g. 404: "unknown
+            model"). Default: none.
+        key_refused: the statuses that mean "the key was refused" at this service. Default (401, 403).
     """
 
     name: str
     url_var: str
     key_var: str
     error: type[FlipError] = PlatformError
+    meanings: Mapping[int, str] = field(default_factory=dict)
+    key_refused: tuple[int, ...] = (401, 403)
 
 
 @dataclass(frozen=True)
@@ -231,9 +293,25 @@ def _cause(exc: BaseException) -> str:
     return type(reason).__name__ if isinstance(reason, BaseException) else type(exc).__name__
 
 
+def _read_bounded(reply, max_bytes: int) -> bytes | None:
+    """The answer's body, or None if it is (or announces being) larger than ``max_bytes``: nothing more is read."""
+    announced = reply.headers.get("Content-Length") if reply.headers else None
+    if announced is not None and announced.strip().isdigit() and int(announced) > max_bytes:
+        return None
+    chunks, size = [], 0
+    while True:
+        chunk = reply.read(min(_READ_CHUNK, max_bytes + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+
+
 def request(service: Service, method: str, url: str, *, body: bytes | None = None,
             headers: Mapping[str, str] | None = None, timeout: float = 5.0, retry: Retry = Retry(),
-            accept: Accept | None = None) -> Reply:
+            accept: Accept | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Reply:
     """Send one HTTP request by the rules of this module and return the successful answer.
 
     A 2xx answer, or a 4xx/5xx answer ``accept(status, attempt)`` approves, is success. Timeouts, connection
@@ -250,10 +328,13 @@ def request(service: Service, method: str, url: str, *, body: bytes | None = Non
         retry: attempts, backoff and deadline.
         accept: which non-2xx answers mean success, given the status and the attempt (1-based); e.g. a 409
             "already in that state" on a retry of a request whose first attempt may have been recorded.
+        max_bytes: the largest answer body read (>= 1); a larger one is refused, not retried (it would be as
+            large again). Default DEFAULT_MAX_BYTES (16 MiB).
 
     Raises:
         FlipError: of type ``service.error``, with a short cause: a redirect (naming the Location's host), a
-            refused key (naming ``service.key_var``), another 4xx, or no success after the attempts or deadline.
+            refused key (naming ``service.key_var``), another 4xx (with its meaning at the service), an answer
+            over ``max_bytes``, or no success after the attempts or deadline. Never the body of an answer.
     """
     error, name = service.error, service.name
     where = f"{method} {urlsplit(url).path or '/'}"
@@ -268,7 +349,11 @@ def request(service: Service, method: str, url: str, *, body: bytes | None = Non
         req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
         try:
             with _OPENER.open(req, timeout=min(timeout, left)) as reply:
-                return Reply(reply.status, reply.read(), attempt)
+                payload = _read_bounded(reply, max_bytes)
+                if payload is None:
+                    raise error(f"{name} answered {where} with more than {max_bytes} bytes: refused unread (the "
+                                f"bound is {max_bytes} bytes)")
+                return Reply(reply.status, payload, attempt)
         except urllib.error.HTTPError as exc:
             code = exc.code
             if 300 <= code < 400:
@@ -278,16 +363,17 @@ def request(service: Service, method: str, url: str, *, body: bytes | None = Non
                             f"followed, so nothing was delivered there; check {service.url_var}") from exc
             if accept is not None and accept(code, attempt):
                 try:
-                    payload = exc.read()
+                    payload = _read_bounded(exc, max_bytes) or b""
                 except (OSError, http.client.HTTPException):
                     payload = b""
                 exc.close()
                 return Reply(code, payload, attempt)
             exc.close()
-            if code in (401, 403):
+            if code in service.key_refused:
                 raise error(f"{name} refused the API key (HTTP {code}): check {service.key_var}") from exc
             if code < 500:
-                raise error(f"{name} rejected {where} (HTTP {code})") from exc
+                meaning = service.meanings.get(code)
+                raise error(f"{name} rejected {where} (HTTP {code}" + (f": {meaning})" if meaning else ")")) from exc
             last = f"HTTP {code}"
         except http.client.InvalidURL as exc:  # not transient: the same URL fails again
             raise error(f"{name}: {where} is not a valid request URL") from exc

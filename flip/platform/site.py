@@ -10,6 +10,9 @@ environment, one client per process, so a process-wide "current site" is exact t
 The rule (one place, :meth:`DevData.dataframe_path` / :meth:`DevData.images_root`): a site with an entry in
 ``FLIP_SITE_DATA`` uses it; any other site (or a process whose site is not known) uses ``DEV_DATAFRAME`` /
 ``DEV_IMAGES_DIR``; if neither is set the call fails naming the site and the variables.
+
+In prod the same holds for a site's trust: ``FLIP_SITE_ENV`` (``flip simulate --site-env SITE:VAR=VALUE``) gives
+each simulated site its own trust variables (:data:`SITE_ENV_VARS` only: no hub variable), over the process's own.
 """
 
 from __future__ import annotations
@@ -158,3 +161,56 @@ class DevData:
         if self.images_dir:
             return Path(self.images_dir).expanduser().absolute()
         raise self._missing(site, IMAGES_VAR)
+
+
+# -- FLIP_SITE_ENV: each simulated site's trust variables -------------------------------------------------------------
+SITE_ENV_VAR = "FLIP_SITE_ENV"
+#: the variables FLIP_SITE_ENV may set for a site: its trust's services, nothing of the hub's
+SITE_ENV_VARS = ("DATA_ACCESS_API_URL", "IMAGING_API_URL", "NET_ID", "TRUST_INTERNAL_SERVICE_KEY_HEADER",
+                 "TRUST_INTERNAL_SERVICE_KEY", "IMAGES_DIR")
+_SECRET_SITE_VARS = {"TRUST_INTERNAL_SERVICE_KEY"}
+
+
+def check_site_env(raw: Any) -> dict[str, dict[str, str]]:
+    """Return the per-site trust variables of ``FLIP_SITE_ENV`` (its JSON text, or the decoded mapping), checked.
+
+    ``{"<site>": {"DATA_ACCESS_API_URL": "...", "IMAGING_API_URL": "...", "TRUST_INTERNAL_SERVICE_KEY": "...",
+    ...}}``: a site's entry overrides the process's own variables of those names for that site only. Only the
+    site-side variables of :data:`SITE_ENV_VARS` are allowed, so no hub setting can reach a site this way.
+
+    Raises:
+        ValueError: not JSON, not an object of objects, an unsafe site name, a variable outside SITE_ENV_VARS, or a
+            value that is not a string of at most 4096 characters without control characters (each named; a key's
+            value is never shown).
+    """
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise ValueError(f"{SITE_ENV_VAR} must be a JSON object, got text that is not JSON") from None
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{SITE_ENV_VAR} must be a JSON object of sites, got {type(raw).__name__}")
+    sites: dict[str, dict[str, str]] = {}
+    for site, entry in raw.items():
+        site = check_path_name(f"{SITE_ENV_VAR}: site name", site)
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{SITE_ENV_VAR}[{site!r}] must be an object of variables, got {type(entry).__name__}")
+        variables = {}
+        for var, value in entry.items():
+            if var not in SITE_ENV_VARS:
+                raise ValueError(f"{SITE_ENV_VAR}[{site!r}] may set only a site's trust variables "
+                                 f"{list(SITE_ENV_VARS)}, got {var!r}")
+            if not (isinstance(value, str) and len(value) <= 4096 and value.isprintable()):
+                shown = "(not shown)" if var in _SECRET_SITE_VARS else repr(value)
+                raise ValueError(f"{SITE_ENV_VAR}[{site!r}][{var!r}] must be a string of at most 4096 printable "
+                                 f"characters, got {shown}")
+            variables[var] = value
+        sites[site] = variables
+    return sites
+
+
+def site_env_json(sites: Mapping[str, Mapping[str, str]]) -> str:
+    """The ``FLIP_SITE_ENV`` value for ``sites`` (checked)."""
+    return json.dumps(check_site_env(dict(sites)), sort_keys=True)

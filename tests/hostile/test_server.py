@@ -44,7 +44,7 @@ from flip.nvflare.controllers import InitTraining
 from flip.nvflare.controllers.training import FlipScatterAndGather
 from flip.platform.dev import METRICS_FILE, LocalPlatform
 from flip.platform.hub import HubPlatform
-from tests.hub_server import HubServer
+from tests.replicas.fixtures import running_hub
 from tests.unit.conftest import FakeEngine
 
 MODEL_ID = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
@@ -479,7 +479,7 @@ def test_gaussian_privacy_unachievable_epsilon_named():
         GaussianPrivacy(epsilon=1e9, rounds=1)
 
 
-@pytest.mark.unit
+@pytest.mark.http  # the hub replica serves on 127.0.0.1
 def test_json_writers_refuse_nan(tmp_path):
     """Old writers used json.dumps' default allow_nan=True and wrote NaN/Infinity, which strict readers reject."""
     path = tmp_path / "doc.json"
@@ -492,11 +492,11 @@ def test_json_writers_refuse_nan(tmp_path):
         platform.report_metrics(MODEL_ID, "job-1", 1, "site-1", {"dp_epsilon": float("inf")})
     assert not (tmp_path / "flip" / METRICS_FILE).exists()
 
-    with HubServer(api_key="k") as hub:
+    with running_hub(tmp_path / "hub", key="k", model_id=MODEL_ID) as hub:
         prod = HubPlatform(hub.url, SecretStr("k"), tmp_path / "prod", timeout=1.0, backoff=0.01)
         with pytest.raises(PlatformError, match=r"not sent to the hub .*metrics.accuracy is NaN or Infinity"):
             prod.report_metrics(MODEL_ID, "job-1", 1, "site-1", {"accuracy": float("nan")})
-        assert hub.paths == []
+        assert hub.replica.requests() == []
 
 
 @pytest.mark.unit

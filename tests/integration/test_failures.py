@@ -57,5 +57,6 @@ def prod_run(tmp_path_factory, weed):
 def test_prod_without_hub_settings_fails_at_job_start_naming_them(prod_run):
     assert prod_run.rc != 0
     server_log = (prod_run.workspace / "server" / "log.txt").read_text()
-    assert "FLIP_ENV=prod: the server needs FLIP_HUB_URL, FLIP_HUB_API_KEY to reach the hub" in server_log
+    assert ("FLIP_ENV=prod: the server needs FLIP_API_INTERNAL_URL (or FLIP_HUB_URL) and INTERNAL_SERVICE_KEY (or "
+            "FLIP_HUB_API_KEY, or INTERNAL_SERVICE_KEY_FILE) to reach the hub") in server_log
     assert "round 1/1 started" not in server_log  # no training happened

@@ -13,7 +13,7 @@ from flip.cli import main as flip_cli
 from flip.demo.data import write_cohorts
 from flip.ops.doctor import FAIL, OK, WARN, diagnose
 from flip.storage.weed import free_ports
-from tests.hub_server import HubServer
+from tests.replicas.fixtures import HUB_KEY, running_hub
 from tests.kits import TlsServer, reissue
 
 
@@ -121,15 +121,16 @@ def test_a_server_on_the_prod_platform_needs_its_hub_settings(project, env):
     assert any(s.startswith("FAIL S3: models bucket 'flip-models': ") for s in _lines(checks, FAIL))
 
 
-@pytest.mark.unit
-def test_the_hub_is_reached_without_sending_the_key(project, env):
-    with HubServer() as hub:
+@pytest.mark.http
+def test_the_hub_is_reached_without_sending_the_key(project, env, tmp_path):
+    with running_hub(tmp_path / "hub") as hub:
         env.setenv("FLIP_ENV", "prod")
         env.setenv("FLIP_HUB_URL", hub.url)
-        env.setenv("FLIP_HUB_API_KEY", "test-hub-key")
+        env.setenv("FLIP_HUB_API_KEY", HUB_KEY)
         (checked,) = [c for c in diagnose(project[1] / "localhost") if c.what == "hub"]
+        received = hub.replica.requests()
     assert checked.level == OK and "no request sent, the key stays here" in checked.detail
-    assert hub.paths == [] and hub.authorizations == []
+    assert received == []
 
 
 @pytest.mark.s3

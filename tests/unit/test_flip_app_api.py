@@ -50,7 +50,9 @@ from flip.utils.flip_dataset import FLIPDataset
 pytestmark = pytest.mark.unit
 
 FLIP_VARS = ["LOCAL_DEV", "FLIP_ENV", "DEV_DATAFRAME", "DEV_IMAGES_DIR", "FLIP_SITE_DATA", "FLIP_LOCAL_DIR",
-             "FLIP_HUB_URL", "FLIP_HUB_API_KEY", "NET_ID", "MIN_CLIENTS", "UPLOADED_FEDERATED_DATA_BUCKET"]
+             "FLIP_HUB_URL", "FLIP_HUB_API_KEY", "NET_ID", "MIN_CLIENTS", "UPLOADED_FEDERATED_DATA_BUCKET",
+             "FLIP_API_INTERNAL_URL", "INTERNAL_SERVICE_KEY", "INTERNAL_SERVICE_KEY_FILE", "TRUST_INTERNAL_SERVICE_KEY",
+             "DATA_ACCESS_API_URL", "IMAGING_API_URL", "IMAGES_DIR"]
 MODEL_ID = "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90"
 
 
@@ -276,7 +278,9 @@ def test_flip_constants_reads_flips_variables(monkeypatch, tmp_path):
     monkeypatch.setenv("TRUST_INTERNAL_SERVICE_KEY", "trust-s3cr3t")
     assert (FlipConstants.DEV_DATAFRAME, FlipConstants.DEV_IMAGES_DIR) == (str(tmp_path / "c.csv"), "")
     assert (FlipConstants.MIN_CLIENTS, FlipConstants.NET_ID) == (3, "net-7")
-    assert FlipConstants.UPLOADED_FEDERATED_DATA_BUCKET == "s3://default-bucket"
+    # the bucket results go to: FLIP_MODELS_BUCKET's default (flip-models), not FLIP's placeholder s3://default-bucket
+    assert FlipConstants.UPLOADED_FEDERATED_DATA_BUCKET == "s3://flip-models"
+    assert FlipConstants.FLIP_API_INTERNAL_URL == "http://localhost:8000"  # FLIP's default while unset
     key = FlipConstants.TRUST_INTERNAL_SERVICE_KEY
     assert "trust-s3cr3t" not in f"{key} {key!r}" and key.get_secret_value() == "trust-s3cr3t"
     assert get_flip_constants() is FlipConstants and "LOCAL_DEV" in dir(FlipConstants)
@@ -436,17 +440,20 @@ def test_dev_logs_hold_no_cohort_data_or_accession_ids(cohort, caplog):
         assert secret not in caplog.text
 
 
-def test_prod_data_calls_reach_the_trust_seam(monkeypatch, tmp_path):
+def test_prod_data_calls_name_what_the_trust_client_needs(monkeypatch, tmp_path):
+    """Prod data calls go to the trust's services: without the trust key or IMAGES_DIR they fail naming them."""
     monkeypatch.setenv("LOCAL_DEV", "false")
+    flip = FLIP()
+    with pytest.raises(SettingsError, match="TRUST_INTERNAL_SERVICE_KEY is not set"):
+        flip.get_dataframe("p", "q")
     monkeypatch.setenv("TRUST_INTERNAL_SERVICE_KEY", "trust-s3cr3t")
     flip = FLIP()
-    with pytest.raises(PlatformError, match=r"not configured: get_dataframe needs .*DATA_ACCESS_API_URL") as err:
-        flip.get_dataframe("p", "q")
-    assert "trust-s3cr3t" not in str(err.value) and "trust-s3cr3t" not in repr(flip.trust)
-    with pytest.raises(PlatformError, match=r"not configured: get_by_accession_number needs .*IMAGING_API_URL"):
+    with pytest.raises(SettingsError, match="IMAGES_DIR is not set") as err:
         flip.get_by_accession_number("p", "A1", [ResourceType.DICOM])
-    with pytest.raises(PlatformError, match=r"not configured: add_resource"):
-        flip.add_resource("p", "A1", "s", "r", [])
+    assert "trust-s3cr3t" not in str(err.value) and "trust-s3cr3t" not in repr(flip.trust)
+    monkeypatch.setenv("DATA_ACCESS_API_URL", "http://trust.example.org:8001")
+    with pytest.raises(SettingsError, match=r"DATA_ACCESS_API_URL: data-access service URL .* https"):
+        FLIP().get_dataframe("p", "q")
     with pytest.raises(TypeError):
         flip.get_dataframe(1, "q")
     with pytest.raises(ValueError, match="accession id '../x' is invalid"):
@@ -454,7 +461,11 @@ def test_prod_data_calls_reach_the_trust_seam(monkeypatch, tmp_path):
 
 
 def test_prod_hub_calls_check_as_flip_and_never_break_the_run(monkeypatch, tmp_path, caplog):
+    """FLIP's hub calls check their arguments as FLIP does; a hub that cannot be reached is logged, never raised."""
     monkeypatch.setenv("LOCAL_DEV", "false")
+    monkeypatch.setenv("FLIP_API_INTERNAL_URL", "http://127.0.0.1:9/api")
+    monkeypatch.setenv("INTERNAL_SERVICE_KEY", "hub-s3cr3t")
+    monkeypatch.setenv("FLIP_HUB_RETRIES", "1")
     flip = FLIP()
     caplog.set_level(logging.INFO, logger="flip")
     with pytest.raises(ValueError, match="model_id must be a UUID"):
@@ -467,7 +478,7 @@ def test_prod_hub_calls_check_as_flip_and_never_break_the_run(monkeypatch, tmp_p
     flip.send_metrics("site-1", MODEL_ID, "loss", 0.5, 1)
     flip.send_handled_exception("trace", None, MODEL_ID)
     flip.send_event(MODEL_ID, "ROUND_STARTED", 1)
-    assert caplog.text.count("FLIP's hub API (FLIP_API_INTERNAL_URL) is not wired") == 4
+    assert caplog.text.count("not delivered to the hub") == 4 and "hub-s3cr3t" not in caplog.text
     results = tmp_path / "results"
     results.mkdir()
     with pytest.raises(ResultsUploadError, match="PersistToS3AndCleanup"):

@@ -16,8 +16,8 @@ from nvflare.app_common.app_event_type import AppEventType
 
 from flip import FLIP, site_messages
 from flip.checks import check_component_id, check_model_id
-from flip.constants import ComponentId, FlipEvent, FlipEvents, FlipMeta, FlipProp, RunFile, RunStatus
-from flip.errors import FlipError, LookupFailed, MetricDropped, SiteMessageError
+from flip.constants import ComponentId, FLLogEvent, FlipEvent, FlipEvents, FlipMeta, FlipProp, RunFile, RunStatus
+from flip.errors import FlipError, LookupFailed, MetricDropped, SiteMessageError, StatusNotDelivered
 from flip.metrics import format_metrics
 from flip.nvflare.components.persist_to_s3_and_cleanup import PersistToS3AndCleanup
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
@@ -97,6 +97,7 @@ class ServerEventHandler(FLComponent):
         self.upload_key: str | None = None
         self.metrics = RunMetrics(self.model_id)
         self.current_round: int | None = None  # 0-based, the round the training workflow is in
+        self.round_returned: set[str] = set()
 
     # -- status ---------------------------------------------------------------------------------------------
     def report_status(self, fl_ctx: FLContext, status: RunStatus, reason: str | None = None) -> None:
@@ -115,6 +116,8 @@ class ServerEventHandler(FLComponent):
             return
         try:
             self.platform.report_status(self.model_id, self.run_id or self.job_id, status, reason)
+        except StatusNotDelivered as exc:  # recorded on the server for `flip status --resend`: the status stands
+            self.log_error(fl_ctx, f"could not report status {status.value}: {short_reason(exc)}")
         except FlipError as exc:
             self.log_error(fl_ctx, f"could not report status {status.value}: {short_reason(exc)}")
             if status == RunStatus.RESULTS_UPLOADED:
@@ -185,6 +188,10 @@ class ServerEventHandler(FLComponent):
         self.metrics.num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS, self.metrics.num_rounds)
         total = f"/{self.metrics.num_rounds}" if self.metrics.num_rounds else ""
         self.log_info(fl_ctx, f"round {current + 1}{total} started")
+        self.round_returned = set()
+        details = {"total_rounds": self.metrics.num_rounds} if self.metrics.num_rounds else None
+        self._to_platform(fl_ctx, "round event", "report_event", FLLogEvent.ROUND_STARTED, current + 1,
+                          details=details)
 
     def _arrived(self, fl_ctx: FLContext, where: str, site: str, check, raw, default):
         """``check(raw)`` (a flip.site_messages function), or ``default`` with a logged reason naming the site."""
@@ -204,6 +211,8 @@ class ServerEventHandler(FLComponent):
         site = peer_name(fl_ctx)
         if not isinstance(result, Shareable):
             return
+        self._to_platform(fl_ctx, "round event", "report_event", FLLogEvent.CLIENT_RESULT_RECEIVED, current + 1,
+                          site=site)
         if not fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED, False):
             self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} was not aggregated; its metrics "
                                      "are not recorded")
@@ -222,6 +231,7 @@ class ServerEventHandler(FLComponent):
         if note and site not in noted:  # once per site and run: the site's policy and the job's filter both apply
             self.log_warning(fl_ctx, f"{site}: {note}")
         self.log_info(fl_ctx, f"round {current + 1} {site}: " + _format(metrics))
+        self.round_returned.add(site)
         self._report_metrics(fl_ctx, current, site, metrics)
 
     def _round_done(self, fl_ctx: FLContext) -> None:
@@ -233,6 +243,8 @@ class ServerEventHandler(FLComponent):
             self.log_info(fl_ctx, f"round {current + 1}: the metrics of {site} are not recorded: its update was "
                                   "excluded from the average")
         self.log_info(fl_ctx, f"round {current + 1} done, sites' mean: " + _format(means))
+        self._to_platform(fl_ctx, "round event", "report_event", FLLogEvent.ROUND_AGGREGATED, current + 1,
+                          details={"returned": len(self.round_returned), "expected": _expected_sites(fl_ctx)})
         self._report_metrics(fl_ctx, current, "global", means)
         self._write_metrics(fl_ctx)
 
@@ -281,6 +293,15 @@ class ServerEventHandler(FLComponent):
         self.log_debug(fl_ctx, f"{event.site}: {event.label}={event.value:.4g} (round {event.round})")
         self._report_metrics(fl_ctx, 0, event.site, {event.label: event.value}, round_num=event.round)
 
+    def _to_platform(self, fl_ctx: FLContext, what: str, method: str, *args, **kwargs) -> None:
+        """Report a round event or a failure to the platform (one place); a failure to report is logged only."""
+        if self.platform is None:
+            return
+        try:
+            getattr(self.platform, method)(self.model_id, self.run_id or self.job_id, *args, **kwargs)
+        except FlipError as exc:
+            self.log_warning(fl_ctx, f"could not report a {what}: {short_reason(exc)}")
+
     def _submission(self, fl_ctx: FLContext) -> None:
         """A site's failed task result names its reason in a header: keep it (it arrives with the result)."""
         result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
@@ -295,7 +316,9 @@ class ServerEventHandler(FLComponent):
         if reason is not None:
             reason = self._arrived(fl_ctx, f"{task} result", site, site_messages.error_reason, reason, None)
         reason = reason or _RC_REASONS.get(rc, f"{task} failed ({rc})")
-        self.site_errors.setdefault(site, short_reason(reason))
+        if site not in self.site_errors:
+            self.site_errors[site] = short_reason(reason)
+            self._to_platform(fl_ctx, "site failure", "report_failure", site, self.site_errors[site])
         self.log_error(fl_ctx, f"site {site}: {self.site_errors[site]}")
 
     def _site_error(self, fl_ctx: FLContext) -> None:
@@ -315,6 +338,7 @@ class ServerEventHandler(FLComponent):
             if site not in self.site_errors:
                 self.site_errors[site] = reason
                 self.log_error(fl_ctx, f"site {site} reported: {reason}")
+                self._to_platform(fl_ctx, "site failure", "report_failure", site, reason)
 
     def _write_metrics(self, fl_ctx: FLContext) -> None:
         self.metrics.write(run_dir(fl_ctx) / RunFile.METRICS)
@@ -355,6 +379,14 @@ class ServerEventHandler(FLComponent):
             site, reason = sorted(self.site_errors.items())[0]
             return f"site {site}: {reason}"
         return self.error_reason or "the run failed"
+
+
+def _expected_sites(fl_ctx: FLContext) -> int | None:
+    """How many sites the run has (the engine's clients), or None if the engine does not say."""
+    try:
+        return len(fl_ctx.get_engine().get_clients())
+    except Exception:  # noqa: BLE001 - a best-effort detail of a round event: never fails the round
+        return None
 
 
 def _format(metrics: dict[str, Any]) -> str:
