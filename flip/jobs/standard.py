@@ -91,6 +91,8 @@ def standard_job(
     dp_delta: float = 1e-5,
     dp_clip_norm: float = 1.0,
     dp_max_epsilon: float | None = None,
+    trainer=None,
+    validator=None,
 ) -> FedJob:
     """Build the standard job.
 
@@ -116,6 +118,9 @@ def standard_job(
             (ε, δ)-DP, ``dp_epsilon`` spent over ``num_rounds`` (the noise is calibrated) or a given noise
             multiplier; updates clipped to ``dp_clip_norm``; the budget ``dp_max_epsilon`` (default dp_epsilon)
             stops training cleanly before any site would exceed it.
+        trainer, validator: the sites' executors of the user's trainer (on ``train``, and ``swag``) and validator
+            (on ``validate``); default our ``RUN_TRAINER()`` / ``RUN_VALIDATOR()`` (flip.jobs.flip_app chooses
+            FLIP's for a FLIP app).
 
     Raises:
         ValueError: a bad or conflicting argument (named).
@@ -147,7 +152,8 @@ def standard_job(
         dp_filter = GaussianPrivacy(clip_norm=dp_clip_norm, noise_multiplier=dp_noise_multiplier, epsilon=dp_epsilon,
                                     delta=dp_delta, rounds=num_rounds if dp_epsilon is not None else None,
                                     max_epsilon=dp_max_epsilon)
+    trainers = None if trainer is None else [(trainer, [FlipTask.TRAIN, FlipTask.SWAG] if swag else [FlipTask.TRAIN])]
     add_training_sites(job, PercentilePrivacy(percentile=percentile, gamma=gamma), swag=swag,
-                       dp_filter=dp_filter)
+                       dp_filter=dp_filter, trainers=trainers, validator=validator)
     add_site_basics(job, app_dir or DEMO_APP_DIR, JobName.STANDARD)
     return job
