@@ -311,10 +311,10 @@ def inspect_app(app_dir: str | Path, job_type: str | None = None) -> FlipApp:
     """Read ``app_dir`` for job type ``job_type`` (default: ``config.json``'s ``"job_type"``), checking it.
 
     Raises:
-        AppError: the folder is missing; a required file is missing (every missing one named); config.json is
-            not a JSON object; ``--job-type`` and config.json's ``job_type`` disagree; a rounds key is not an
-            integer >= 1; models.py lacks ``get_model`` (training) or ``model_paths`` (FLIP evaluation); an
-            entry file is not valid Python.
+        AppError: the folder is missing; a required file is missing (every missing one named); a file links to
+            outside the folder; config.json is not a JSON object; ``--job-type`` and config.json's ``job_type``
+            disagree; a rounds key is not an integer >= 1; models.py lacks ``get_model`` (training) or
+            ``model_paths`` (FLIP evaluation); an entry file is not valid Python.
         ValueError: an unknown job type (named).
     """
     app_dir = Path(app_dir).expanduser().resolve()
@@ -334,6 +334,11 @@ def inspect_app(app_dir: str | Path, job_type: str | None = None) -> FlipApp:
     missing = [f for f in required if not (app_dir / f).is_file()]
     if missing:
         raise AppError(f"{app_dir} lacks {', '.join(missing)}: a job of type {job_type} needs {', '.join(required)}")
+    outside = [p.name for p in app_dir.iterdir()
+               if p.is_symlink() and not p.is_dir() and not p.resolve().is_relative_to(app_dir)]
+    if outside:
+        raise AppError(f"{', '.join(sorted(outside))} in {app_dir} link(s) to outside the app folder: a job carries "
+                       "the app's own files only (copy the file into the folder)")
     app = FlipApp(app_dir, job_type, config)
     for file_name, class_name in ENTRY_CLASSES[job_type]:
         contract = detect_contract(app_dir, file_name, class_name)
