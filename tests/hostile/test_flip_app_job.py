@@ -50,8 +50,8 @@ def test_a_checkpoint_outside_the_app_folder_is_refused(tmp_path, checkpoint):
     ([["unet", "model.pt"]], r"config\.json must have \"models\": .* for an evaluation, got list"),
     ({"unet": "model.pt"}, r"models\['unet'\] must be an object with exactly the keys \['checkpoint', 'path'\], got str"),
     ({"unet": {"checkpoint": "model.pt", "path": "unet", "url": "http://x"}},
-     r"models\['unet'\] must be an object with exactly the keys \['checkpoint', 'path'\], got \['checkpoint', 'path', "
-     r"'url'\]"),
+     (r"models\['unet'\] must be an object with exactly the keys \['checkpoint', 'path'\], got \['checkpoint', "
+      r"'path', 'url'\]")),
     ({"../unet": {"checkpoint": "model.pt", "path": "unet"}}, r"models\['\.\./unet'\]: model name '\.\./unet' is invalid"),
     ({"unet": {"checkpoint": "model.pt", "path": "resnet"}},
      r"config\.json \"models\" names path\(s\) \['resnet'\] that models\.model_paths lacks \(it has \['unet'\]\)"),
