@@ -68,6 +68,9 @@ class FlipProp:
     EVALUATE_MODEL_IDS = "flip.evaluate_model_ids"
     #: server, with EVALUATION_RESULT_RECEIVED: a site's evaluation result (a METRICS shareable)
     EVALUATION_RESULT = "flip.evaluation_result"
+    #: server, with EVALUATION_RESULT_RECEIVED from FlipEvaluation: a site's one reply for every model (a METRICS
+    #: shareable ``{model_name: metrics}``), recorded whole as the site's entry
+    EVALUATION_REPLY = "flip.evaluation_reply"
 
 
 class ComponentId:

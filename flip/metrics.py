@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -15,6 +16,11 @@ _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-/]{0,63}")
 NAME_RULE = "names are 1-64 letters, digits, '_', '.', '-', '/' starting with a letter"
 NUM_SAMPLES = "num_samples"
 NUM_STEPS = "num_steps"
+#: nested metrics (FLIP apps' validators and evaluators): the deepest nesting and the most numbers one result holds
+MAX_NESTED_DEPTH = 8
+MAX_NESTED_NUMBERS = 10_000
+#: a key of nested metrics: 1-128 printable characters (FLIP's names have spaces: "Lungs in normal arrangement")
+MAX_KEY_LENGTH = 128
 
 
 def to_number(value: Any) -> float | int | None:
@@ -76,6 +82,104 @@ def clean_metrics(raw: Any, where: str) -> dict[str, float | int]:
             raise UserCodeError(f"{where} returned {problem}")
         clean[key] = finite_number(value)
     return clean
+
+
+@dataclass
+class NestedMetrics:
+    """What :func:`clean_nested_metrics` kept and dropped.
+
+    Attributes:
+        data: the metrics with plain python numbers, every non-finite number dropped (its key, or its list item).
+        non_finite: how many non-finite numbers were dropped (NaN, Inf, an int beyond the float range).
+        first_non_finite: where the first was (``f1-score.Effusion[3]``), or None.
+        problems: what else was dropped, each naming its place (never its value).
+    """
+
+    data: dict[str, Any]
+    non_finite: int = 0
+    first_non_finite: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def notes(self, where: str) -> list[str]:
+        """One line per problem, and one line counting the non-finite numbers dropped."""
+        lines = [f"{where}: {p}" for p in self.problems]
+        if self.non_finite:
+            lines.append(f"{where}: {self.non_finite} non-finite value(s) dropped (NaN, Inf), the first at "
+                         f"{self.first_non_finite!r}")
+        return lines
+
+
+def _key_problem(key: Any) -> str | None:
+    if not isinstance(key, str):
+        return f"a key of type {type(key).__name__}: keys are strings"
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        shown = repr(key) if len(key) <= 80 else repr(key[:80]) + "..."
+        return f"key {shown}: keys are 1-{MAX_KEY_LENGTH} printable characters"
+    return None
+
+
+def clean_nested_metrics(raw: Any) -> NestedMetrics:
+    """Check metrics that may be nested (FLIP apps: ``{"loss": [..], "f1-score": {"Effusion": [..]}}``).
+
+    The one rule for a validation or evaluation result's METRICS: a dict whose keys are 1-128 printable
+    characters and whose values are numbers (python or numpy; a one-element tensor too), lists of them, or such
+    dicts, at most MAX_NESTED_DEPTH levels deep and MAX_NESTED_NUMBERS numbers in all. Numbers become plain python
+    ints/floats; a number that is not finite is dropped (counted). Anything else (a string, an array, bytes, a key
+    that breaks the rule, a level too deep) is dropped on its own and named in ``problems``, never by its value.
+    The result is strict JSON.
+
+    Raises:
+        ValueError: ``raw`` is not a dict, or holds more than MAX_NESTED_NUMBERS numbers (named, nothing kept).
+    """
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"metrics must be a dict, got {type(raw).__name__}")
+    result = NestedMetrics(data={})
+    count = [0]
+
+    def place(path: str, key: str) -> str:
+        return f"{path}.{key}" if path else key
+
+    def walk(value: Any, path: str, depth: int) -> tuple[bool, Any]:
+        """(keep, cleaned value)."""
+        if isinstance(value, Mapping):
+            if depth >= MAX_NESTED_DEPTH:
+                result.problems.append(f"entry {path!r}: nested deeper than {MAX_NESTED_DEPTH} levels")
+                return False, None
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                problem = _key_problem(key)
+                if problem:
+                    result.problems.append(f"in {path!r}: {problem}" if path else problem)
+                    continue
+                keep, cleaned = walk(item, place(path, key), depth + 1)
+                if keep:
+                    out[key] = cleaned
+            return True, out
+        if isinstance(value, (list, tuple)):
+            if depth >= MAX_NESTED_DEPTH:
+                result.problems.append(f"entry {path!r}: nested deeper than {MAX_NESTED_DEPTH} levels")
+                return False, None
+            items = []
+            for i, item in enumerate(value):
+                keep, cleaned = walk(item, f"{path}[{i}]", depth + 1)
+                if keep:
+                    items.append(cleaned)
+            return True, items
+        number = to_number(value)
+        if number is None:
+            result.problems.append(f"entry {path!r} is a {type(value).__name__}: expected a number, a list or a dict")
+            return False, None
+        count[0] += 1
+        if count[0] > MAX_NESTED_NUMBERS:
+            raise ValueError(f"metrics hold more than {MAX_NESTED_NUMBERS} numbers")
+        if finite_number(number) is None:
+            result.non_finite += 1
+            result.first_non_finite = result.first_non_finite or path
+            return False, None
+        return True, number
+
+    _, result.data = walk(raw, "", 0)
+    return result
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:

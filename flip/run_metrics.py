@@ -13,6 +13,9 @@ from flip.errors import SiteMessageError
 from flip.files import write_json_atomic
 from flip.metrics import NUM_SAMPLES, weighted_means
 
+#: the most values a run records of the metrics FLIP apps send (``send_metrics_value``); later ones are dropped
+MAX_FLIP_METRIC_VALUES = 100_000
+
 
 class RunMetrics:
     """Collect a run's per-round, per-site metrics and what the server did with them.
@@ -26,6 +29,12 @@ class RunMetrics:
     Everything a site sent arrives raw and is checked here against flip.site_messages: a bad value is dropped on
     its own and the methods return why (naming the field, never the value), for the caller to log.
 
+    FLIP apps also send single values while a task runs (``send_metrics_value``: label, value, optional round).
+    The server parses each event (flip.nvflare.metrics.parse_metric_event) and hands it to
+    :meth:`add_flip_metric`; ``metrics.json`` keeps them apart from the rounds above, under ``flip_metrics``, per
+    round (the round the app sent, else the server's round), site and label, the values in arrival order (a label
+    sent several times in a round keeps every value).
+
     Args:
         model_id, job_id, run_id: the run's identity, as written in the document.
     """
@@ -37,6 +46,10 @@ class RunMetrics:
         self.num_rounds: int | None = None
         self.stopped_early: str | None = None
         self.rounds: dict[int, dict[str, Any]] = {}
+        #: FLIP apps' metrics: round -> site -> label -> values in arrival order
+        self.flip_metrics: dict[int, dict[str, dict[str, list[int | float]]]] = {}
+        self.flip_metric_values = 0
+        self.flip_metrics_dropped = 0
 
     def _round(self, round_num: int) -> dict[str, Any]:
         return self.rounds.setdefault(round_num, {"sites": {}})
@@ -104,13 +117,28 @@ class RunMetrics:
             self._round(round_num).setdefault("validation", {})[site] = clean
         return clean, dropped
 
+    def add_flip_metric(self, round_num: int, site: str, label: str, value: int | float) -> bool:
+        """Record one value a FLIP app sent (already checked: a site name, a label, a finite number, round >= 0).
+
+        Returns:
+            False if the run already holds MAX_FLIP_METRIC_VALUES values (this one is dropped and counted).
+        """
+        if self.flip_metric_values >= MAX_FLIP_METRIC_VALUES:
+            self.flip_metrics_dropped += 1
+            return False
+        self.flip_metrics.setdefault(round_num, {}).setdefault(site, {}).setdefault(label, []).append(value)
+        self.flip_metric_values += 1
+        return True
+
     def sites(self) -> list[str]:
         """Every site with metrics in some round, sorted."""
         return sorted({s for entry in self.rounds.values() for s in entry["sites"]})
 
     def document(self) -> dict[str, Any]:
-        """What ``metrics.json`` holds: per round (1-based), per site and the sites' weighted mean."""
-        return {
+        """What ``metrics.json`` holds: per round (1-based), per site and the sites' weighted mean; and, when a FLIP
+        app sent any, ``flip_metrics``: ``[{"round": r, "sites": {site: {label: [values]}}}]`` by round, and
+        ``flip_metrics_dropped`` (values beyond MAX_FLIP_METRIC_VALUES) when some were."""
+        doc: dict[str, Any] = {
             "model_id": self.model_id,
             "job_id": self.job_id,
             "run_id": self.run_id,
@@ -118,6 +146,11 @@ class RunMetrics:
             "stopped_early": self.stopped_early,
             "rounds": [{"round": r + 1, **self.rounds[r]} for r in sorted(self.rounds)],
         }
+        if self.flip_metrics:
+            doc["flip_metrics"] = [{"round": r, "sites": self.flip_metrics[r]} for r in sorted(self.flip_metrics)]
+        if self.flip_metrics_dropped:
+            doc["flip_metrics_dropped"] = self.flip_metrics_dropped
+        return doc
 
     def write(self, path: str | Path) -> Path:
         """Write the document as strict JSON, atomically.

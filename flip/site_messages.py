@@ -5,8 +5,10 @@ metrics.json, run report, results JSON and the hub. So every such value is check
 module, and a bad one is dropped (the server logs why, naming the site) rather than carried on to fail later,
 where an exception would end the run without its upload.
 
-- metrics and validation results: ``{name: finite number}`` with flip.metrics' rules (a bad entry is dropped on
-  its own, the others are kept);
+- metrics: ``{name: finite number}`` with flip.metrics' rules (a bad entry is dropped on its own, the others are
+  kept);
+- validation and evaluation results: numbers, possibly nested in dicts and lists (FLIP's validators and
+  evaluators), with flip.metrics.clean_nested_metrics' rule (a bad or non-finite entry is dropped on its own);
 - privacy annotations (``flip_privacy``): a list of :class:`PrivacyRecord`, what each privacy filter applied;
 - a stage (``flip_stage``): a name (letters, digits, '.', '_', '-');
 - an error reason (``flip_error_reason``): a short string;
@@ -22,7 +24,7 @@ from typing import Annotated, Any, Mapping
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from flip.errors import SiteMessageError
-from flip.metrics import MAX_METRICS, finite_number, metric_problem
+from flip.metrics import MAX_METRICS, clean_nested_metrics, finite_number, metric_problem
 from flip.checks import check_path_name
 
 #: the longest error reason a site may send (longer ones are refused, not cut: they are not a short reason)
@@ -79,6 +81,8 @@ class PrivacyRecord(_Record):
     next_epsilon: FiniteNumber | None = None
     max_epsilon: FiniteNumber | None = None
     released: Annotated[int, Field(ge=0)] | None = None
+    integer_entries: Annotated[int, Field(ge=0)] | None = None
+    integer_entries_withheld: Annotated[int, Field(ge=0)] | None = None
 
 
 _PRIVACY = TypeAdapter(Annotated[list[PrivacyRecord], Field(max_length=MAX_PRIVACY_RECORDS)])
@@ -165,3 +169,17 @@ def metrics(raw: Any, field: str = "metrics") -> tuple[dict[str, int | float], l
         else:
             clean[key] = finite_number(value)
     return clean, dropped
+
+
+def nested_metrics(raw: Any, field: str = "result") -> tuple[dict[str, Any] | None, list[str]]:
+    """The valid part of a validation or evaluation result (numbers nested in dicts and lists) and why each other
+    part was dropped (its place named, never its value; non-finite numbers counted in one line).
+
+    Returns:
+        (None, reasons) when nothing can be kept: not a dict, or more numbers than allowed.
+    """
+    try:
+        checked = clean_nested_metrics(raw)
+    except ValueError as exc:
+        return None, [f"{field}: {exc}"]
+    return checked.data, checked.notes(field)

@@ -22,8 +22,10 @@ NORM_RATIO_LIMIT = 10.0
 
 def check_update(update: Mapping[str, Any], reference: Mapping[str, Any], num_samples: Any,
                  max_num_samples: int = MAX_NUM_SAMPLES) -> str | None:
-    """Why ``update`` must not be aggregated (None if it may): every entry must be a finite float array named
-    and shaped as in ``reference`` (the global model), and ``num_samples`` an integer in [1, max_num_samples]."""
+    """Why ``update`` must not be aggregated (None if it may): every entry must be named and shaped as in
+    ``reference`` (the global model), a finite floating-point array where the global entry is floating point, or
+    an integer array where it is an integer (a counter such as BatchNorm's ``num_batches_tracked``) that keeps
+    the global entry inside its dtype; and ``num_samples`` an integer in [1, max_num_samples]."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples <= 0:
         return f"num_samples must be a positive integer, got {num_samples!r}"
     if num_samples > max_num_samples:
@@ -37,11 +39,26 @@ def check_update(update: Mapping[str, Any], reference: Mapping[str, Any], num_sa
         expected = np.shape(reference[name])
         if array.shape != expected:
             return f"parameter {name!r} has shape {array.shape}, the global model {expected}"
+        base = np.asarray(reference[name])
+        if base.dtype.kind in "iu":
+            if array.dtype.kind not in "iu":
+                return f"parameter {name!r} has dtype {array.dtype}, the global model's is {base.dtype} (an integer)"
+            info = np.iinfo(base.dtype)
+            moved = base.astype(np.float64) + array.astype(np.float64)
+            if moved.size and not (info.min <= moved.min() and moved.max() <= info.max):
+                return f"parameter {name!r} would leave the range of {base.dtype}"
+            continue
         if array.dtype.kind != "f":
             return f"parameter {name!r} has dtype {array.dtype}, expected floating point"
         if not np.isfinite(array).all():
             return f"parameter {name!r} holds NaN or Inf"
     return None
+
+
+def float_entries(update: Mapping[str, Any]) -> list[Any]:
+    """The floating-point entries of ``update`` (what its L2 norm is taken over: integer counters are not
+    weights, and would make a site with more batches look like an outlier)."""
+    return [v for v in update.values() if np.asarray(v).dtype.kind == "f"]
 
 
 def norm_outliers(norms: Mapping[str, float], ratio_limit: float = NORM_RATIO_LIMIT) -> dict[str, str]:
@@ -79,7 +96,8 @@ def check_finite(weights: Mapping[str, Any], what: str) -> None:
 def weighted_mean(contributions: list[tuple[Mapping[str, Any], float]]) -> dict[str, np.ndarray]:
     """Per entry, the mean of the contributions holding it, weighted by their weights (e.g. sample counts).
 
-    Sums are taken in float64; each mean is cast to the dtype of the first contribution holding the entry.
+    Sums are taken in float64; each mean is cast to the dtype of the first contribution holding the entry (an
+    integer entry, e.g. a batch counter, is rounded to the nearest integer first).
 
     Raises:
         NonFiniteModelError: a mean is not finite, in float64 or after the cast (e.g. a float64 value beyond
@@ -96,9 +114,14 @@ def weighted_mean(contributions: list[tuple[Mapping[str, Any], float]]) -> dict[
                 total = sums.setdefault(name, np.zeros(value.shape))  # float64, accumulated in place
                 total += np.multiply(value, float(weight), dtype=np.float64)
                 totals[name] = totals.get(name, 0.0) + float(weight)
-        means = {name: (sums[name] / totals[name]).astype(dtypes[name]) for name in sums}
+        means = {name: _cast(sums[name] / totals[name], dtypes[name]) for name in sums}
     check_finite(means, "the weighted mean")
     return means
+
+
+def _cast(mean: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``mean`` in ``dtype``: rounded first for an integer dtype (the mean of 5 and 6 batches is 6, not 5)."""
+    return (np.rint(mean) if dtype.kind in "iu" else mean).astype(dtype)
 
 
 def l2_norm(arrays: Iterable[Any]) -> float:

@@ -9,10 +9,13 @@ filter, not the job, decides. Per result:
   DXO, or a COLLECTION whose leaves are all WEIGHT_DIFF DXOs (SWAG's moments, per-stage updates), each holding
   a dict of arrays. Anything else (METRICS, WEIGHTS, custom kinds, a Shareable that is not a DXO, a DXO with
   extra entries beside it) is refused;
-- for a known **non-training** task (``validate``, ``evaluate``, ``init_training``: :data:`NON_TRAINING_TASKS`)
-  only scores leave: a METRICS DXO of named finite numbers (flip.metrics rules), or an empty reply. A model
-  (WEIGHTS, WEIGHT_DIFF, arrays) never leaves for them; ``submit_model`` is not among them, so a local model
-  sent for it is refused too.
+- for a known **non-training** task (``validate``, ``evaluate``, ``init_training``, FLIP's ``evaluation``,
+  ``validate_<stage>`` and cleanup tasks: :func:`is_training_task`) only scores leave: a METRICS DXO of numbers,
+  possibly nested in dicts and lists (FLIP's validators: ``{"f1-score": {"Effusion": [0.8, nan]}}``; the rule of
+  :func:`flip.metrics.clean_nested_metrics`), or an empty reply. A number that is not finite is dropped from the
+  result (with a logged note); anything else that is not a number refuses the result. A model (WEIGHTS,
+  WEIGHT_DIFF, arrays) never leaves for them; ``submit_model`` is not among them, so a local model sent for it is
+  refused too.
 
 Nowhere may headers or DXO meta carry arrays, tensors or bytes. A refusal raises :class:`PrivacyError` naming
 the task, the kind and the reason; NVFlare then sends an error instead of the result.
@@ -20,7 +23,8 @@ the task, the kind and the reason; NVFlare then sends an error instead of the re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -30,21 +34,30 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 from nvflare.app_common.app_constant import AppConstants
 
-from flip.constants import FlipTask
-from flip.errors import FlipError, PrivacyError
-from flip.metrics import clean_metrics
+from flip.constants import FlipTask, FlipTasks, PTConstants
+from flip.errors import PrivacyError
+from flip.metrics import NestedMetrics, clean_nested_metrics
 
-#: tasks whose results are scores of a model the server sent (or nothing): flip's and NVFlare's cross-site one
+#: tasks whose results are scores of a model the server sent (or nothing): flip's, NVFlare's cross-site one, and
+#: FLIP's (its evaluation task and its cleanup tasks, which CleanupImages answers with an empty reply)
 NON_TRAINING_TASKS = frozenset({FlipTask.VALIDATE, FlipTask.EVALUATE, FlipTask.INIT_TRAINING,
-                                AppConstants.TASK_VALIDATION})
+                                AppConstants.TASK_VALIDATION, PTConstants.EvalTaskName,
+                                *(str(t) for t in FlipTasks)})
+#: a stage's validation task in FLIP's multi-stage jobs (``validate_ae``, ``validate_dm``): scores only
+_STAGE_VALIDATION = re.compile(r"validate_[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: the key a DXO is stored under in its Shareable (nvflare.apis.dxo writes it; not exported there)
 _DXO_KEY = "DXO"
 _MAX_DEPTH = 16
 
 
 def is_training_task(task: Any) -> bool:
-    """True unless ``task`` is a known non-training task (an unknown or missing task name counts as training)."""
-    return not (isinstance(task, str) and task in NON_TRAINING_TASKS)
+    """True unless ``task`` is a known non-training task (an unknown or missing task name counts as training).
+
+    Non-training: :data:`NON_TRAINING_TASKS` and ``validate_<stage>``. Either answer lets only a closed set of
+    results leave (a filtered update, or scores), so a name taken for the other kind makes the result refused,
+    never sent unfiltered.
+    """
+    return not (isinstance(task, str) and (task in NON_TRAINING_TASKS or _STAGE_VALIDATION.fullmatch(task)))
 
 
 def holds_arrays(value: Any, depth: int = 0) -> bool:
@@ -67,13 +80,18 @@ def _is_tensor(value: Any) -> bool:
     return module.startswith("torch") and hasattr(value, "numel")
 
 
-def check_result(shareable: Shareable, fl_ctx: FLContext, who: str) -> bool:
+def check_result(shareable: Shareable, fl_ctx: FLContext, who: str,
+                 note: Callable[[str], None] | None = None) -> bool:
     """Decide what happens to a result leaving this site (the rule in the module docstring).
+
+    A non-training task's METRICS are rewritten in place as they may leave: plain numbers, non-finite ones dropped
+    (each drop is passed to ``note``).
 
     Args:
         shareable: the task's result.
         fl_ctx: its context; the task name is ``FLContextKey.TASK_NAME``.
         who: the filter deciding (named in a refusal).
+        note: called with one line per value dropped (e.g. the filter's log_warning); None: not told.
 
     Returns:
         True: the result is a training update and must go through the filter; False: it may leave as it is.
@@ -115,7 +133,12 @@ def check_result(shareable: Shareable, fl_ctx: FLContext, who: str) -> bool:
     if training:
         _check_update(dxo, refuse)
         return True
-    _check_scores(dxo, refuse)
+    scores = _check_scores(dxo, refuse)
+    if note is not None:
+        for line in scores.notes(f"{who}: task {task!r}"):
+            note(line)
+    dxo.data = scores.data  # plain numbers, the non-finite ones dropped
+    dxo.update_shareable(shareable)
     return False
 
 
@@ -150,15 +173,19 @@ def _check_update(dxo: DXO, refuse, depth: int = 0) -> None:
                        "through the privacy filter")
 
 
-def _check_scores(dxo: DXO, refuse) -> None:
-    """A non-training task's DXO: METRICS of named finite numbers, meta without arrays."""
+def _check_scores(dxo: DXO, refuse) -> NestedMetrics:
+    """A non-training task's DXO: METRICS of numbers (nested at most), meta without arrays; the metrics as they
+    may leave (plain numbers, non-finite ones dropped)."""
     kind = _kind(dxo)
     if dxo.data_kind != DataKind.METRICS:
-        raise refuse(kind, "only METRICS (named finite numbers) may leave for a non-training task: a model or "
-                           "data never does")
+        raise refuse(kind, "only METRICS (numbers) may leave for a non-training task: a model or data never does")
     if holds_arrays(dxo.meta):
         raise refuse(kind, "DXO meta must not carry arrays, tensors or bytes")
+    why = "metrics must be named finite numbers (at most nested in dicts and lists)"
     try:
-        clean_metrics(dxo.data, "the result")
-    except FlipError as exc:
-        raise refuse(kind, f"metrics must be named finite numbers: {exc}") from exc
+        scores = clean_nested_metrics(dxo.data)
+    except ValueError as exc:
+        raise refuse(kind, f"{why}: {exc}") from exc
+    if scores.problems:
+        raise refuse(kind, f"{why}: {scores.problems[0]}")
+    return scores

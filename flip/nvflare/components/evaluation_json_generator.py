@@ -13,6 +13,9 @@ from flip.nvflare.components.validation_json_generator import ValidationJsonGene
 class EvaluationJsonGenerator(ValidationJsonGenerator):
     """Collect ``flip.evaluation_result_received`` results; write ``{site: {model_id: metrics}}`` on request.
 
+    EvaluateModels sends one model per task and names it (``{site: {model_id: metrics}}``); FlipEvaluation sends
+    every model in one task and each site answers ``{model_name: metrics}``, recorded whole as ``{site: reply}``
+    (the same shape). Metrics may be nested (FLIP's evaluators); bad entries and non-finite numbers are dropped.
     The ServerEventHandler (its ``validation_json_generator_id`` names this component in an evaluation job)
     writes the file at the end of the run, before the results are uploaded.
 
@@ -28,6 +31,13 @@ class EvaluationJsonGenerator(ValidationJsonGenerator):
         if event_type == AppEventType.VALIDATION_RESULT_RECEIVED:
             return  # cross-site validation results belong to the ValidationJsonGenerator
         if event_type == FlipEvent.EVALUATION_RESULT_RECEIVED:
+            reply = fl_ctx.get_prop(FlipProp.EVALUATION_REPLY)
+            if reply is not None:  # FlipEvaluation: one reply for every model
+                site = fl_ctx.get_prop(AppConstants.DATA_CLIENT)
+                metrics = self.checked_result(fl_ctx, reply, f"evaluation at {site}", site) if site else None
+                if metrics is not None:
+                    self._val_results[site] = metrics
+                return
             fl_ctx.set_prop(AppConstants.VALIDATION_RESULT, fl_ctx.get_prop(FlipProp.EVALUATION_RESULT), private=True,
                             sticky=False)
             event_type = AppEventType.VALIDATION_RESULT_RECEIVED  # the parent records it the same way

@@ -12,7 +12,7 @@ from nvflare.app_common.shareablegenerators.full_model_shareable_generator impor
 
 from flip.constants import FedOptimizer, FlipProp
 from flip.methods.fedopt import FedOptState, check_fedopt_args, fedopt_step
-from flip.methods.weighted import l2_norm
+from flip.methods.weighted import float_entries, l2_norm
 
 
 
@@ -54,7 +54,7 @@ class FedOptShareableGenerator(FullModelShareableGenerator):
         step = {
             "optimizer": self.optimizer,
             "lr": self.lr,
-            "update_norm": l2_norm(dxo.data.values()),
+            "update_norm": l2_norm(float_entries(dxo.data)),
             "step_norm": l2_norm(np.asarray(new[k], np.float64) - np.asarray(old[k], np.float64) for k in dxo.data),
         }
         fl_ctx.set_prop(FlipProp.SERVER_STEP, step, private=True, sticky=False)

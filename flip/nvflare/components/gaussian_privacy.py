@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 from nvflare.apis.dxo import DXO, DataKind
@@ -16,8 +17,8 @@ from flip.files import write_json_atomic
 from flip.nvflare.components.percentile_privacy import annotate
 from flip.nvflare.result_policy import check_result
 from flip.nvflare.utils import run_dir
-from flip.privacy.gaussian import (calibrate_noise, check_noise_multiplier, clip_and_noise, epsilon_after,
-                                   make_rng)
+from flip.privacy.entries import split_integer_entries
+from flip.privacy.gaussian import calibrate_noise, check_noise_multiplier, clip_and_noise, epsilon_after, make_rng
 
 BUDGET_FILE = "flip_dp_budget.json"
 
@@ -41,6 +42,10 @@ class GaussianPrivacy(DXOFilter):
     What may leave at all is decided first, by the rule PercentilePrivacy applies (flip.nvflare.result_policy):
     for a training task only WEIGHT_DIFF updates (or a COLLECTION of them) leave, noised; a non-training task's
     METRICS (scores, not noised) or an empty reply pass unchanged; everything else is refused.
+
+    Integer entries (BatchNorm's ``num_batches_tracked``, which FLIP apps send with every ``state_dict`` entry)
+    cannot be noised: they are withheld (not sent; the server keeps its own value, and the annotation counts them
+    as ``integer_entries_withheld``), so everything that leaves is inside the guarantee.
 
     Fails closed: anything but WEIGHT_DIFF for a training task (e.g. full WEIGHTS or metrics), NaN/Inf, or an
     exhausted budget raises; the update is never returned unfiltered. Place it after PercentilePrivacy (noise
@@ -82,7 +87,8 @@ class GaussianPrivacy(DXOFilter):
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         # the same rule as PercentilePrivacy decides what may leave at all; only training updates get noise
-        if not check_result(shareable, fl_ctx, type(self).__name__):
+        note = partial(self.log_warning, fl_ctx)  # told of each non-finite score dropped
+        if not check_result(shareable, fl_ctx, type(self).__name__, note):
             return shareable
         if self.seed is not None:
             self.log_warning(fl_ctx, "GaussianPrivacy has a fixed seed: its noise is predictable (tests only)")
@@ -113,13 +119,20 @@ class GaussianPrivacy(DXOFilter):
                 f"privacy budget exhausted: releasing update {released + 1} would spend ε={spent_next:.3g} > "
                 f"max_epsilon {self.budget:g} (δ={self.delta:g}); nothing is sent"
             )
-        data, stats = clip_and_noise(dxo.data, self.clip_norm, self.sigma, self._rng)
+        floats, integers = split_integer_entries(dxo.data, counters_only=False)
+        if integers:
+            self.log_info(fl_ctx, f"{len(integers)} integer entries (e.g. {next(iter(integers))!r}) withheld: noise "
+                                  "cannot be added to them")
+        data, stats = clip_and_noise(floats, self.clip_norm, self.sigma, self._rng)
         dxo.data = data
         self._record(fl_ctx, released + 1)
         following = epsilon_after(released + 2, self.sigma, self.delta)
-        annotate(dxo, {"filter": type(self).__name__, "clip_norm": self.clip_norm, "noise_multiplier": self.sigma,
-                       "delta": self.delta, "epsilon": round(spent_next, 6), "next_epsilon": round(following, 6),
-                       "max_epsilon": self.budget, "released": released + 1})
+        record = {"filter": type(self).__name__, "clip_norm": self.clip_norm, "noise_multiplier": self.sigma,
+                  "delta": self.delta, "epsilon": round(spent_next, 6), "next_epsilon": round(following, 6),
+                  "max_epsilon": self.budget, "released": released + 1}
+        if integers:
+            record["integer_entries_withheld"] = len(integers)
+        annotate(dxo, record)
         self.log_info(fl_ctx, f"update {released + 1}: norm {stats.norm:.3g} clipped to {self.clip_norm:g} "
                               f"(scale {stats.scale:.3g}), noise σ={stats.noise_std:.3g}; ε spent {spent_next:.3g} "
                               f"at δ={self.delta:g}" + (f" of {self.budget:g}" if self.budget else ""))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
 from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-from flip.errors import PrivacyError
 from flip.constants import FlipMeta
+from flip.errors import PrivacyError
 from flip.nvflare.result_policy import check_result
+from flip.privacy.entries import merge_in_order, split_integer_entries
 from flip.privacy.percentile import FilterStats, check_gamma, check_percentile, percentile_filter
 
 #: kinds the policy applies to: it is defined on model *differences*
@@ -36,6 +39,10 @@ class PercentilePrivacy(DXOFilter):
     - for a non-training task (``validate``, ``evaluate``, ``init_training``): a METRICS DXO of named finite
       numbers, or an empty reply, passes unchanged; a model (WEIGHTS, WEIGHT_DIFF, arrays) is refused;
     - an error reply passes as it is if it carries no data.
+
+    Integer entries of an update (BatchNorm's ``num_batches_tracked``, which FLIP apps send with every
+    ``state_dict`` entry) are counters, not weights: they pass unchanged, and the annotation on the update says
+    how many (``integer_entries``). The percentile is taken over the floating-point entries only.
 
     Fails closed: a refused result, a non-finite update or anything it cannot filter raises a PrivacyError naming
     the task, the kind and the reason, and NVFlare then sends an error instead of the result. Nothing passes by
@@ -72,7 +79,8 @@ class PercentilePrivacy(DXOFilter):
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         # Decide first what may leave at all (refused results raise); only training updates reach the filter.
-        if not self.off and not check_result(shareable, fl_ctx, type(self).__name__):
+        note = partial(self.log_warning, fl_ctx)  # told of each non-finite score dropped
+        if not self.off and not check_result(shareable, fl_ctx, type(self).__name__, note):
             return shareable
         return super().process(shareable, fl_ctx)
 
@@ -81,32 +89,44 @@ class PercentilePrivacy(DXOFilter):
             self.log_warning(fl_ctx, f"privacy filter is OFF: {dxo.data_kind} update shared unfiltered")
             annotate(dxo, {"filter": type(self).__name__, "off": True})
             return dxo
+        integers = self.integer_entries(dxo)
         stats = self.filter_dxo(dxo, fl_ctx)
-        self.annotate(dxo, {"update": stats})
+        self.annotate(dxo, {"update": stats}, integers)
         return dxo
 
-    def annotate(self, dxo: DXO, parts: dict[str, FilterStats]) -> None:
-        """Record on the update what was applied (settings and shared/clipped fractions: never values)."""
-        annotate(dxo, {
+    def integer_entries(self, dxo: DXO) -> int:
+        """How many integer entries the update holds (they pass the filter unchanged)."""
+        return len(split_integer_entries(dxo.data)[1]) if isinstance(dxo.data, dict) else 0
+
+    def annotate(self, dxo: DXO, parts: dict[str, FilterStats], integer_entries: int = 0) -> None:
+        """Record on the update what was applied (settings and shared/clipped fractions: never values), and how
+        many integer entries passed unchanged (only when there were some)."""
+        record = {
             "filter": type(self).__name__, "percentile": self.percentile, "gamma": self.gamma,
             "parts": {k: {"shared": round(v.fraction_shared, 4), "clipped": round(v.fraction_clipped, 4)}
                       for k, v in parts.items()},
-        })
+        }
+        if integer_entries:
+            record["integer_entries"] = integer_entries
+        annotate(dxo, record)
 
     def filter_dxo(self, dxo: DXO, fl_ctx: FLContext, label: str = "update") -> FilterStats:
-        """Filter one WEIGHT_DIFF DXO in place, log one line of counts, return them."""
+        """Filter one WEIGHT_DIFF DXO in place (its floating-point entries; integer entries pass unchanged), log one
+        line of counts, return them."""
         if not isinstance(dxo.data, dict):
             raise PrivacyError(f"{label}: a WEIGHT_DIFF DXO must hold a dict of arrays, got {type(dxo.data).__name__}")
         num_steps = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
+        floats, integers = split_integer_entries(dxo.data)
         filtered, stats = percentile_filter(
-            dxo.data, self.percentile, self.gamma, num_steps=num_steps or 1, inplace=True
+            floats, self.percentile, self.gamma, num_steps=num_steps or 1, inplace=True
         )
-        dxo.data = filtered
+        dxo.data = merge_in_order(dxo.data, filtered, integers)
+        passed = f", {len(integers)} integer entries unchanged" if integers else ""
         self.log_info(
             fl_ctx,
             f"{label}: percentile {self.percentile} threshold {stats.threshold:.3g}, shared "
             f"{stats.fraction_shared:.1%} of {stats.total} values, clipped {stats.fraction_clipped:.1%} "
-            f"(gamma {self.gamma}, steps {num_steps})",
+            f"(gamma {self.gamma}, steps {num_steps}){passed}",
         )
         return stats
 

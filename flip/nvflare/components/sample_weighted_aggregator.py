@@ -16,8 +16,8 @@ from nvflare.app_common.abstract.aggregator import Aggregator
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
-from flip.methods.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, check_finite, check_update, l2_norm,
-                                      norm_outliers, weighted_mean)
+from flip.methods.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, check_finite, check_update, float_entries,
+                                   l2_norm, norm_outliers, weighted_mean)
 from flip.constants import FlipMeta, FlipProp, RunFile
 from flip.errors import AggregationFailed, NonFiniteModelError
 from flip.checks import check_bool, check_number, check_positive, check_positive_int, optional
@@ -72,8 +72,10 @@ class SampleWeightedAggregator(Aggregator):
 
     An update is excluded, with its reason logged and written to metrics.json, when it is for another round,
     is the site's second update in the round, is not a WEIGHT_DIFF, has NaN/Inf, parameters the global model
-    lacks or shapes it does not have, ``num_samples`` <= 0 or > ``max_num_samples``, an L2 norm above
-    ``max_update_norm``, or makes the site's local model (its starting model plus the update) overflow. Once every
+    lacks or shapes or dtypes it does not have, ``num_samples`` <= 0 or > ``max_num_samples``, an L2 norm above
+    ``max_update_norm``, or makes the site's local model (its starting model plus the update) overflow. An integer
+    entry (a counter such as BatchNorm's ``num_batches_tracked``, sent by FLIP apps) is taken where the global
+    entry is an integer, averaged and rounded; norms are taken over the floating-point entries. Once every
     update of the round is in, an update whose L2 norm is more than ``norm_ratio_limit`` times the median of the
     round's update norms is excluded too (see flip.methods.weighted.norm_outliers for what that guarantees:
     if more than half of the updates have a norm <= B, every update averaged has a norm <= norm_ratio_limit·B; with
@@ -153,7 +155,7 @@ class SampleWeightedAggregator(Aggregator):
         dxo, reason = self._check(shareable, site, current, base)
         local = norm = None
         if not reason:
-            norm = l2_norm(dxo.data.values())
+            norm = l2_norm(float_entries(dxo.data))
             if self.max_update_norm is not None and not norm <= self.max_update_norm:
                 reason = f"its update norm {norm:.3g} is more than max_update_norm ({self.max_update_norm:g})"
         if not reason:

@@ -8,7 +8,7 @@ from typing import Any
 from nvflare.apis.dxo import from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
-from nvflare.apis.fl_constant import FLContextKey, ReturnCode
+from nvflare.apis.fl_constant import FedEventHeader, FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
@@ -16,12 +16,13 @@ from nvflare.app_common.app_event_type import AppEventType
 
 from flip import FLIP, site_messages
 from flip.checks import check_component_id, check_model_id
-from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipProp, RunFile, RunStatus
-from flip.errors import FlipError, LookupFailed, SiteMessageError
+from flip.constants import ComponentId, FlipEvent, FlipEvents, FlipMeta, FlipProp, RunFile, RunStatus
+from flip.errors import FlipError, LookupFailed, MetricDropped, SiteMessageError
 from flip.metrics import format_metrics
 from flip.nvflare.components.persist_to_s3_and_cleanup import PersistToS3AndCleanup
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
 from flip.nvflare.end_of_run import finish_run
+from flip.nvflare.metrics import parse_metric_event
 from flip.nvflare.utils import get_component, new_run_id, peer_name, run_dir, short_reason
 from flip.run_metrics import RunMetrics
 
@@ -46,7 +47,12 @@ class ServerEventHandler(FLComponent):
 
     It also hands every site's per-round metrics (they travel with the train result) of the updates the aggregator
     accepted to its :class:`~flip.run_metrics.RunMetrics` (attribute ``metrics``), logs one line per site and
-    round, reports them to the platform and keeps ``metrics.json`` in the run folder. Everything a site sends
+    round, reports them to the platform and keeps ``metrics.json`` in the run folder. The metrics FLIP apps send
+    while a task runs (``send_metrics_value``: the federated event ``"_send_result"``) are parsed
+    (flip.nvflare.metrics.parse_metric_event: a bad or non-finite value is dropped with a logged reason naming the
+    site), recorded under ``flip_metrics`` in ``metrics.json`` and reported to the platform as they arrive, each at
+    the round the app gave, else the server's current round (1-based, as every round in metrics.json; 0 before
+    the first round, e.g. in an evaluation job). Everything a site sends
     (metrics, privacy annotations, stage, validation results, error reasons) is checked where it arrives against
     flip.site_messages; a bad value is dropped with a logged reason naming the site. The end of the run
     (:func:`flip.nvflare.end_of_run.finish_run`) always reaches a final status: RESULTS_UPLOADED, or ERROR (a
@@ -90,6 +96,7 @@ class ServerEventHandler(FLComponent):
         self.job_id = ""
         self.upload_key: str | None = None
         self.metrics = RunMetrics(self.model_id)
+        self.current_round: int | None = None  # 0-based, the round the training workflow is in
 
     # -- status ---------------------------------------------------------------------------------------------
     def report_status(self, fl_ctx: FLContext, status: RunStatus, reason: str | None = None) -> None:
@@ -140,6 +147,8 @@ class ServerEventHandler(FLComponent):
             self._submission(fl_ctx)
         elif event_type == FlipEvent.SITE_ERROR:
             self._site_error(fl_ctx)
+        elif event_type == FlipEvents.SEND_RESULT:
+            self._flip_metric(fl_ctx)
         elif event_type == EventType.FATAL_SYSTEM_ERROR:
             self.fatal_error = True
             reason = fl_ctx.get_prop(FLContextKey.EVENT_DATA, "") or "fatal system error"
@@ -172,6 +181,7 @@ class ServerEventHandler(FLComponent):
     def _round_started(self, fl_ctx: FLContext) -> None:
         self.report_status(fl_ctx, RunStatus.TRAINING_STARTED)
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
+        self.current_round = current
         self.metrics.num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS, self.metrics.num_rounds)
         total = f"/{self.metrics.num_rounds}" if self.metrics.num_rounds else ""
         self.log_info(fl_ctx, f"round {current + 1}{total} started")
@@ -232,13 +242,40 @@ class ServerEventHandler(FLComponent):
         self.log_info(fl_ctx, f"round {current + 1} global model at {site}: " + _format(metrics))
         self._write_metrics(fl_ctx)
 
-    def _report_metrics(self, fl_ctx: FLContext, current: int, site: str, metrics: dict) -> None:
+    def _report_metrics(self, fl_ctx: FLContext, current: int, site: str, metrics: dict,
+                        round_num: int | None = None) -> None:
+        """Report ``metrics`` of ``site`` at round ``current + 1`` (or at ``round_num`` as given)."""
         if self.platform is None or not metrics:
             return
         try:
-            self.platform.report_metrics(self.model_id, self.run_id, current + 1, site, metrics)
+            self.platform.report_metrics(self.model_id, self.run_id, current + 1 if round_num is None else round_num,
+                                         site, metrics)
         except FlipError as exc:
             self.log_warning(fl_ctx, f"could not report metrics of {site}: {short_reason(exc)}")
+
+    def _flip_metric(self, fl_ctx: FLContext) -> None:
+        """One value a FLIP app sent (``"_send_result"``): parsed, recorded, reported; or dropped with a reason."""
+        data = fl_ctx.get_prop(FLContextKey.EVENT_DATA)
+        if isinstance(data, Shareable):
+            sender = data.get_peer_prop(ReservedKey.IDENTITY_NAME, None)
+            claimed = data.get_header(FedEventHeader.ORIGIN)
+            if isinstance(sender, str) and sender and claimed != sender:
+                self.log_warning(fl_ctx, f"a metric from {sender} names its origin {short_reason(repr(claimed))}: "
+                                         f"recorded as {sender}")
+                data.set_header(FedEventHeader.ORIGIN, sender)  # the connection's identity wins over the message
+        default_round = 0 if self.current_round is None else self.current_round + 1
+        try:
+            event = parse_metric_event(data, default_round)
+        except MetricDropped as exc:
+            self.log_warning(fl_ctx, short_reason(exc))
+            return
+        if not self.metrics.add_flip_metric(event.round, event.site, event.label, event.value):
+            if self.metrics.flip_metrics_dropped == 1:
+                self.log_warning(fl_ctx, f"metrics of FLIP apps: the run's limit of {self.metrics.flip_metric_values} "
+                                         f"values is reached; later ones (from {event.site} on) are not recorded")
+            return
+        self.log_debug(fl_ctx, f"{event.site}: {event.label}={event.value:.4g} (round {event.round})")
+        self._report_metrics(fl_ctx, 0, event.site, {event.label: event.value}, round_num=event.round)
 
     def _submission(self, fl_ctx: FLContext) -> None:
         """A site's failed task result names its reason in a header: keep it (it arrives with the result)."""

@@ -26,16 +26,18 @@ class StagePercentilePrivacy(PercentilePrivacy):
     - a WEIGHT_DIFF DXO with meta ``flip_stage`` (one stage trained this round): filtered as a whole.
 
     Every stage's values are multiplied back by that stage's step count: no stage is left rescaled or unfiltered.
-    Arguments and failure behaviour are those of :class:`PercentilePrivacy`.
+    Integer entries (counters such as BatchNorm's ``num_batches_tracked``) pass unchanged, as in
+    :class:`PercentilePrivacy`, whose arguments and failure behaviour it shares.
     """
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
         if self.off:
             return super().process_dxo(dxo, shareable, fl_ctx)
         groups = dxo.get_meta_prop(FlipMeta.STAGE_PARAMS)
+        integers = self.integer_entries(dxo)
         if not groups:
             stage = dxo.get_meta_prop(FlipMeta.STAGE) or "update"
-            self.annotate(dxo, {stage: self.filter_dxo(dxo, fl_ctx, label=f"stage {stage}")})
+            self.annotate(dxo, {stage: self.filter_dxo(dxo, fl_ctx, label=f"stage {stage}")}, integers)
             return dxo
         if not isinstance(groups, dict) or not isinstance(dxo.data, dict):
             raise PrivacyError(f"{FlipMeta.STAGE_PARAMS} must map stage names to parameter names")
@@ -58,5 +60,5 @@ class StagePercentilePrivacy(PercentilePrivacy):
             stats[stage] = self.filter_dxo(part, fl_ctx, label=f"stage {stage}")
             filtered.update(part.data)
         dxo.data = {k: filtered[k] for k in dxo.data}
-        self.annotate(dxo, stats)
+        self.annotate(dxo, stats, integers)
         return dxo

@@ -30,7 +30,9 @@ class ValidationJsonGenerator(_NVFlareGenerator):
     for a server model (e.g. ``SRV_FL_global_model.pt``). NVFlare's own generator writes at END_RUN, in no
     particular order with other components; this one writes when :class:`ServerEventHandler` calls
     :meth:`write_results`, before the results are persisted. Each result is checked as it arrives: only a METRICS
-    DXO's named finite numbers are kept (a site's bad entries are dropped and logged, naming the site).
+    DXO's numbers are kept, nested in dicts and lists as the site sent them (FLIP's validators send
+    ``{"f1-score": {"Effusion": [...]}}``); a site's bad entries and non-finite numbers are dropped and logged,
+    naming the site, so the file is strict JSON.
 
     Args:
         results_dir: folder under the run folder. Default ``cross_site_val``.
@@ -57,8 +59,8 @@ class ValidationJsonGenerator(_NVFlareGenerator):
         super().handle_event(event_type, fl_ctx)
 
     def _record(self, fl_ctx: FLContext) -> None:
-        """Keep a site's metrics for a model, checked as they arrive (flip.site_messages): a METRICS DXO of named
-        finite numbers; a bad entry (an array, a string, a nested dict, NaN) is dropped with a logged reason naming
+        """Keep a site's metrics for a model, checked as they arrive (flip.site_messages.nested_metrics): a METRICS
+        DXO of numbers, nested at most; a bad entry (an array, a string, NaN) is dropped with a logged reason naming
         the site, and a result with nothing valid left is dropped whole."""
         model = fl_ctx.get_prop(AppConstants.MODEL_OWNER)
         site = fl_ctx.get_prop(AppConstants.DATA_CLIENT)
@@ -66,24 +68,29 @@ class ValidationJsonGenerator(_NVFlareGenerator):
         if not model or not site:
             self.log_error(fl_ctx, "a validation result without its model or site: not recorded")
             return
-        where = f"validation of {model} at {site}"
+        metrics = self.checked_result(fl_ctx, result, f"validation of {model} at {site}", site)
+        if metrics is not None:
+            self._val_results.setdefault(site, {})[model] = metrics
+
+    def checked_result(self, fl_ctx: FLContext, result, where: str, site: str) -> dict | None:
+        """The metrics of a site's result as they may be written (None: nothing to keep), drops logged."""
         try:
             dxo = from_shareable(result) if isinstance(result, Shareable) else None
         except (ValueError, TypeError, KeyError):
             dxo = None
         if dxo is None:
             self.log_warning(fl_ctx, f"{where}: dropped what {site} sent: it is not a DXO")
-            return
+            return None
         if dxo.data_kind != DataKind.METRICS:
             kind = getattr(dxo.data_kind, "value", dxo.data_kind)
             self.log_warning(fl_ctx, f"{where}: dropped what {site} sent: it is {kind}, expected METRICS")
-            return
-        metrics, dropped = site_messages.metrics(dxo.data, "validation result")
+            return None
+        metrics, dropped = site_messages.nested_metrics(dxo.data, "result")
         for why in dropped:
             self.log_warning(fl_ctx, f"{where}: dropped what {site} sent: {short_reason(why)}")
-        if dropped and not metrics:
-            return
-        self._val_results.setdefault(site, {})[model] = metrics
+        if metrics is None or (dropped and not metrics):
+            return None
+        return metrics
 
     def results_path(self, fl_ctx: FLContext) -> Path:
         return run_dir(fl_ctx) / self._results_dir / self._json_file_name

@@ -5,22 +5,32 @@ from __future__ import annotations
 from nvflare.apis.controller_spec import ClientTask
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
 
 from flip.constants import ComponentId, FlipMeta, FlipTask
 from flip.nvflare.controllers.training import FlipScatterAndGather
-from flip.checks import check_path_name, check_positive_int
+from flip.checks import check_component_id, check_path_name, check_positive_int
+
+
+#: a stage's keys: required, and optional (its own train task name, as FLIP's diffusion jobs have train_ae, train_dm)
+_STAGE_KEYS = {"name", "num_rounds"}
+_STAGE_TASK = "train_task_name"
 
 
 def check_stages(stages) -> list[dict]:
-    """Return ``stages`` if it is a non-empty list of {"name": str, "num_rounds": int >= 1}, names distinct."""
+    """Return ``stages`` if it is a non-empty list of ``{"name": str, "num_rounds": int >= 1}`` (optionally with
+    ``"train_task_name"``, a task name), names distinct."""
     if not isinstance(stages, list) or not stages:
         raise ValueError(f"stages must be a non-empty list of {{'name': ..., 'num_rounds': ...}}, got {stages!r}")
     names = []
     for i, stage in enumerate(stages):
-        if not isinstance(stage, dict) or set(stage) != {"name", "num_rounds"}:
-            raise ValueError(f"stages[{i}] must be {{'name': ..., 'num_rounds': ...}}, got {stage!r}")
+        if not isinstance(stage, dict) or not _STAGE_KEYS <= set(stage) <= _STAGE_KEYS | {_STAGE_TASK}:
+            raise ValueError(f"stages[{i}] must be {{'name': ..., 'num_rounds': ...}} (and optionally "
+                             f"'{_STAGE_TASK}'), got {stage!r}")
         names.append(check_path_name(f"stages[{i}].name", stage["name"]))
         check_positive_int(f"stages[{i}].num_rounds", stage["num_rounds"])
+        if _STAGE_TASK in stage:
+            check_component_id(f"stages[{i}].{_STAGE_TASK}", stage[_STAGE_TASK])
     if len(set(names)) != len(names):
         raise ValueError(f"stage names must be distinct, got {names}")
     return stages
@@ -34,8 +44,13 @@ class MultiStageScatterAndGather(FlipScatterAndGather):
     stage) and ``flip_stage_rounds``; RUN_TRAINER gives the stage to the user's trainer (``ctx.stage``) and sends
     back only that stage's parameters, which StagePercentilePrivacy filters with the stage's own threshold.
 
+    A stage may name its own train task (``"train_task_name"``): FLIP's diffusion apps run two trainer instances,
+    one for ``train_ae`` and one for ``train_dm`` (each site maps each task name to its RUN_TRAINER). Without it
+    the stage's task is ``train_task_name``.
+
     Args:
-        stages: ``[{"name": "stage1", "num_rounds": 3}, {"name": "stage2", "num_rounds": 2}]``.
+        stages: ``[{"name": "stage1", "num_rounds": 3}, {"name": "stage2", "num_rounds": 2}]``, or with task names
+            ``[{"name": "ae", "num_rounds": 2, "train_task_name": "train_ae"}, ...]``.
         Other arguments: as FlipScatterAndGather (``num_rounds`` is the sum of the stages' rounds).
     """
 
@@ -51,14 +66,33 @@ class MultiStageScatterAndGather(FlipScatterAndGather):
                          train_task_name=train_task_name, train_timeout=train_timeout, fedprox_mu=fedprox_mu,
                          model_test_after_each_round=model_test_after_each_round,
                          validation_timeout=validation_timeout)
+        self._default_task_name = train_task_name
 
     def stage_of(self, round_num: int) -> tuple[str, int, int]:
         """(stage name, round within the stage, rounds of the stage) of a 0-based global round."""
+        stage, within = self._stage(round_num)
+        return stage["name"], within, stage["num_rounds"]
+
+    def _stage(self, round_num: int) -> tuple[dict, int]:
         for stage in self.stages:
             if round_num < stage["num_rounds"]:
-                return stage["name"], round_num, stage["num_rounds"]
+                return stage, round_num
             round_num -= stage["num_rounds"]
         raise ValueError(f"round {round_num} is past the last stage")
+
+    def task_name_of(self, round_num: int) -> str:
+        """The train task's name in a 0-based global round: its stage's ``train_task_name``, else the workflow's."""
+        return self._stage(round_num)[0].get(_STAGE_TASK, self._default_task_name)
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        if event_type == AppEventType.ROUND_STARTED:
+            # ScatterAndGather fires ROUND_STARTED just before it builds the round's task from train_task_name
+            current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
+            name = self.task_name_of(current)
+            if name != self.train_task_name:
+                self.log_info(fl_ctx, f"round {current + 1}: stage {self.stage_of(current)[0]}, task {name}")
+            self.train_task_name = name
+        super().handle_event(event_type, fl_ctx)
 
     def _prepare_train_task_data(self, client_task: ClientTask, fl_ctx: FLContext) -> None:
         data = client_task.task.data

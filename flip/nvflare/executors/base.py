@@ -1,4 +1,19 @@
-"""The part every executor of user code shares: loading it once, the site's data, failures at the boundary."""
+"""The part every executor of user code shares: which contract the user's class follows, loading it once, the
+site's data, failures at the boundary.
+
+Three contracts, told apart by the user's class itself (so FLIP's job configs and ours select them as they are):
+
+- FLIP's **Executor** contract (flip-fl-base): ``FLIP_TRAINER`` subclasses ``nvflare.apis.executor.Executor``; it
+  is built with FLIP's keywords (``project_id``, ``query``, the task names) and every task is delegated to its
+  ``execute`` (:class:`~flip.nvflare.executors.flip_apps.FlipExecutorApp`);
+- FLIP's **MONAI FL** contract: ``FLIP_TRAINER`` subclasses MONAI's ``ClientAlgo``
+  (:class:`~flip.nvflare.executors.flip_apps.ClientAlgoApp`; the RUN_MONAI_FL_* executors require it);
+- our **plain** contract: ``FLIP_TRAINER(config)`` with ``train(model, ctx)`` (flip.nvflare.executors.user_code).
+
+Whatever the contract, the site the process serves is named (flip.platform.site.site_context) while the user's
+objects are created and called, so FLIP's ``get_dataframe`` gives this site's data, and a failure becomes one
+short reason (never a traceback or the user's message, which can hold data) sent to the server.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
@@ -14,35 +30,96 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils.log_utils import get_obj_logger
 
-from nvflare.apis.dxo import DataKind, from_shareable
-
 from flip import FLIP
+from flip.checks import check_component_id, check_str
 from flip.constants import FlipMeta, UserFile
 from flip.errors import FlipError, TaskFailed, UserCodeError
 from flip.nvflare.executors.user_code import (
     TaskContext,
     build_model,
+    describe_failure,
     display_path,
     instantiate,
     load_class,
     load_config,
+    load_module,
 )
 from flip.nvflare.models import load_weights
 from flip.nvflare.utils import app_custom_dir, log_site_failure
+from flip.platform.site import site_context
+
+#: the contracts a user's class can follow
+PLAIN, FLIP_EXECUTOR, CLIENT_ALGO = "plain", "executor", "client_algo"
+
+
+def check_task_name(name: str, value: Any) -> str:
+    """Return ``value`` if it is a task name (a component id's rule: letters, digits, '_', '.', '-')."""
+    return check_component_id(name, value)
+
+
+def check_project_id(value: Any) -> str:
+    """Return FLIP's ``project_id`` if it is a string of printable characters (empty allowed, as FLIP's default)."""
+    return check_str("project_id", value, empty=True, max_length=1000)
+
+
+def check_query(value: Any) -> str:
+    """Return FLIP's cohort ``query`` if it is a string (empty allowed; SQL may span lines)."""
+    if not isinstance(value, str) or len(value) > 100_000:
+        raise ValueError(f"query must be a string of at most 100000 characters, got {type(value).__name__}"
+                         + (f" of {len(value)}" if isinstance(value, str) else ""))
+    return value
+
+
+def contract_of(cls: type) -> str:
+    """Which contract the user's class follows: FLIP's Executor one, MONAI FL's ClientAlgo one, or ours."""
+    if issubclass(cls, Executor):
+        return FLIP_EXECUTOR
+    if any((c.__module__ or "").startswith("monai.fl") and c.__name__ == "ClientAlgo" for c in cls.__mro__):
+        return CLIENT_ALGO
+    return PLAIN
 
 
 class UserCodeExecutor(Executor):
-    """Base of RUN_TRAINER / RUN_VALIDATOR / RUN_EVALUATOR: subclasses implement :meth:`run_task`."""
+    """Base of RUN_TRAINER / RUN_VALIDATOR / RUN_EVALUATOR: subclasses implement :meth:`run_task` (our plain
+    contract) and :meth:`flip_keywords` / :meth:`monai_keywords` (how FLIP builds the user's class).
 
-    #: task names this executor serves
+    Args:
+        project_id: FLIP's project id, given to a FLIP app's class. Default "".
+        query: FLIP's cohort query, given to a FLIP app's class. Default "".
+    """
+
+    #: task names this executor serves under our plain contract
     tasks: tuple[str, ...] = ()
+    #: the user's file and class
+    user_file = ""
+    user_class = ""
+    #: the methods our plain contract needs
+    plain_methods: tuple[str, ...] = ()
+    #: the contract this executor requires (None: whichever the class follows)
+    required_contract: str | None = None
 
-    def __init__(self):
+    def __init__(self, project_id: str = "", query: str = ""):
         super().__init__()
+        self.project_id = check_project_id(project_id)
+        self.query = check_query(query)
         self.custom_dir: Path | None = None
         self.config: dict[str, Any] | None = None
         self.platform = None
         self._user_objects: dict[str, Any] = {}
+        self._app = None  # a FLIP app (FlipExecutorApp or ClientAlgoApp) once the user's class says so
+
+    # -- how FLIP builds the user's class -------------------------------------------------------------------
+    def flip_keywords(self) -> dict[str, Any]:
+        """The keywords FLIP's executor builds the user's Executor with."""
+        return {"project_id": self.project_id, "query": self.query}
+
+    def monai_keywords(self) -> dict[str, Any]:
+        """The keywords FLIP's MONAI FL adapter builds the user's ClientAlgo with."""
+        return {"project_id": self.project_id, "query": self.query}
+
+    def monai_methods(self) -> tuple[str, ...]:
+        """The ClientAlgo methods this executor calls."""
+        return ("initialize", "evaluate")
 
     # -- helpers for subclasses -----------------------------------------------------------------------------
     def setup(self, fl_ctx: FLContext) -> None:
@@ -105,11 +182,58 @@ class UserCodeExecutor(Executor):
             log=lambda msg: get_obj_logger(self).info(str(msg)),
         )
 
+    # -- the contract ---------------------------------------------------------------------------------------
+    def flip_app(self, fl_ctx: FLContext):
+        """The FLIP app this executor runs, or None under our plain contract (decided once, from the user's class).
+
+        Raises:
+            UserCodeError: the user's file or class is missing, or does not follow the contract this executor
+                requires (each named).
+        """
+        if self._app is not None:
+            return self._app
+        from flip.nvflare.executors.flip_apps import ClientAlgoApp, FlipExecutorApp
+
+        self.custom_dir = self.custom_dir or app_custom_dir(fl_ctx)
+        expected = f"class {self.user_class} with method(s) {', '.join(self.plain_methods)}"
+        if self.required_contract == CLIENT_ALGO:
+            cls = load_class(self.custom_dir, self.user_file, self.user_class, self.monai_methods())
+            if contract_of(cls) != CLIENT_ALGO:
+                raise UserCodeError(f"{display_path(self.user_file)}: {self.user_class} must subclass MONAI's "
+                                    f"ClientAlgo (monai.fl.client.ClientAlgo) for {type(self).__name__}")
+        else:
+            cls = getattr(load_module(self.custom_dir, self.user_file, expected), self.user_class, None)
+            if not isinstance(cls, type) or contract_of(cls) == PLAIN:
+                return None  # our plain contract: run_task loads the class and names what is missing
+        if contract_of(cls) == FLIP_EXECUTOR:
+            self._app = FlipExecutorApp(cls, self.user_file, self.flip_keywords(), self.custom_dir)
+        else:
+            self._app = ClientAlgoApp(cls, self.user_file, self.monai_keywords(), self.custom_dir, self)
+        self.log_info(fl_ctx, f"{display_path(self.user_file)}: {self.user_class} follows FLIP's "
+                              f"{'Executor' if self._app.kind == FLIP_EXECUTOR else 'MONAI FL ClientAlgo'} contract")
+        return self._app
+
     # -- the boundary ---------------------------------------------------------------------------------------
     def run_task(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         raise NotImplementedError
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        try:
+            scope = site_context(fl_ctx.get_identity_name())
+        except ValueError as exc:
+            return self.failure(fl_ctx, task_name, f"this site's name cannot name its data: {exc}", exc)
+        with scope:
+            return self._execute(task_name, shareable, fl_ctx, abort_signal)
+
+    def _execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        try:
+            app = self.flip_app(fl_ctx)
+            if app is not None:
+                return app.execute(self, task_name, shareable, fl_ctx, abort_signal)
+        except TaskFailed as exc:
+            return self.failure(fl_ctx, task_name, exc.reason, None)
+        except FlipError as exc:
+            return self.failure(fl_ctx, task_name, str(exc), exc)
         if task_name not in self.tasks:
             self.log_error(fl_ctx, f"{type(self).__name__} cannot run task {task_name!r} (it runs {list(self.tasks)})")
             return make_reply(ReturnCode.TASK_UNKNOWN)
@@ -133,9 +257,11 @@ class UserCodeExecutor(Executor):
         return reply
 
 
-def call_user(what: str, function, *args) -> Any:
-    """Call user code; any exception becomes a UserCodeError naming ``what`` and the exception type only."""
+def call_user(what: str, function, *args, custom_dir: Path | None = None, **kwargs) -> Any:
+    """Call user code; any exception becomes a UserCodeError naming ``what`` and the failure as
+    :func:`~flip.nvflare.executors.user_code.describe_failure` tells it (type; flip's own message; the line in
+    ``custom_dir``), never the user's own message."""
     try:
-        return function(*args)
+        return function(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the user-code boundary: report every failure the same way
-        raise UserCodeError(f"{what} raised {type(exc).__name__}") from exc
+        raise UserCodeError(f"{what} raised {describe_failure(exc, custom_dir)}") from exc

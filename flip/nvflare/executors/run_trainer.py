@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
@@ -17,9 +18,23 @@ from flip.methods.weighted import checksum, l2_norm
 from flip.constants import FlipMeta, FlipProp, FlipTask, UserFile
 from flip.errors import UserCodeError
 from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics
-from flip.nvflare.executors.base import UserCodeExecutor, call_user
+from flip.checks import check_component_id, check_regex
+from flip.nvflare.executors.base import UserCodeExecutor, call_user, check_task_name
 from flip.nvflare.executors.user_code import display_path, load_module
 from flip.nvflare.models import state_to_numpy
+
+
+#: FLIP's name for the task that asks a site for its local model (NVFlare's AppConstants.TASK_SUBMIT_MODEL)
+SUBMIT_MODEL = "submit_model"
+
+
+def check_exclude_vars(value: Any) -> Any:
+    """Return FLIP's ``exclude_vars`` if it is None, a regular expression or a list of parameter names."""
+    if isinstance(value, list):
+        if not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"exclude_vars must be None, a regular expression or a list of names, got {value!r}")
+        return value
+    return check_regex("exclude_vars", value)
 
 
 def training_result(raw: dict, where: str) -> tuple[int, int, dict]:
@@ -37,12 +52,20 @@ def training_result(raw: dict, where: str) -> tuple[int, int, dict]:
 class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor name
     """Train the received global model with the user's ``trainer.py`` and reply with ΔW.
 
-    Receives WEIGHTS (the global model), loads them into ``models.get_model()``, calls
+    The user's ``FLIP_TRAINER`` decides the contract (flip.nvflare.executors.base):
+
+    - a subclass of NVFlare's ``Executor`` (a FLIP app, flip-fl-base's contract): built once as
+      ``FLIP_TRAINER(train_task_name=, submit_model_task_name=, exclude_vars=, project_id=, query=)`` and every
+      task delegated to its ``execute`` (flip.nvflare.executors.flip_apps.FlipExecutorApp);
+    - a subclass of MONAI's ``ClientAlgo``: driven as RUN_MONAI_FL_TRAINER drives it;
+    - otherwise our plain contract, below.
+
+    Plain contract: receives WEIGHTS (the global model), loads them into ``models.get_model()``, calls
     ``FLIP_TRAINER(config).train(model, ctx)`` and replies with a WEIGHT_DIFF DXO (new − received, for every
     floating-point entry received) so the site's privacy filter sees the difference, never the full model.
     The DXO meta carries ``NUM_STEPS_CURRENT_ROUND`` (the trainer's ``num_steps``) and the number of samples;
     the trainer's metrics go to the ClientEventHandler, which sends them with the result. Integer buffers (e.g.
-    BatchNorm's counters) are not exchanged.
+    BatchNorm's counters) are not exchanged. It serves ``train_task_name`` and ``swag``.
 
     - FedProx: when the task carries ``flip_fedprox_mu``, the proximal term ``mu/2·||w − w_global||²`` is added
       to the user's loss through the gradients while ``train`` runs (user code unchanged).
@@ -51,10 +74,48 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
       ``flip_stage``), for StagePercentilePrivacy to filter with the stage's own threshold.
     - SWAG (task ``swag``): ``train`` is called ``flip_swag_epochs`` times from the global model; the reply is a
       COLLECTION of the weights' first and second moments as differences to the global model's.
+
+    Args:
+        train_task_name: the training task's name (FLIP's multi-stage jobs: ``train_ae``, ``train_dm``). Default
+            ``train``.
+        submit_model_task_name: FLIP's name for the task that asks for the local model (given to a FLIP app).
+            Default ``submit_model``.
+        exclude_vars: given to a FLIP app (FLIP's argument: parameters it leaves out). Default None.
+        project_id, query: FLIP's project and cohort query, given to a FLIP app. Default "".
+
+    Raises:
+        ValueError: a task name that is not a name, or project_id/query that is not a string (named).
     """
 
-    tasks = (FlipTask.TRAIN, FlipTask.SWAG)
     where = f"{display_path(UserFile.TRAINER)}: {UserFile.TRAINER_CLASS}.train"
+    user_file, user_class = UserFile.TRAINER, UserFile.TRAINER_CLASS
+    plain_methods = ("train",)
+
+    def __init__(self, train_task_name: str = FlipTask.TRAIN, submit_model_task_name: str = SUBMIT_MODEL,
+                 exclude_vars: Any = None, project_id: str = "", query: str = ""):
+        super().__init__(project_id=project_id, query=query)
+        self.train_task_name = check_task_name("train_task_name", train_task_name)
+        self.submit_model_task_name = check_component_id("submit_model_task_name", submit_model_task_name,
+                                                         empty=True)
+        self.exclude_vars = check_exclude_vars(exclude_vars)
+        self.tasks = tuple(dict.fromkeys((self.train_task_name, FlipTask.SWAG)))
+
+    def flip_keywords(self) -> dict[str, Any]:
+        return {"train_task_name": self.train_task_name, "submit_model_task_name": self.submit_model_task_name,
+                "exclude_vars": self.exclude_vars, "project_id": self.project_id, "query": self.query}
+
+    def monai_keywords(self) -> dict[str, Any]:
+        return {"project_id": self.project_id, "query": self.query, "train_task_name": self.train_task_name}
+
+    def monai_methods(self) -> tuple[str, ...]:
+        return ("initialize", "train", "get_weights")
+
+    def algo_tasks(self) -> dict[str, str]:
+        """What each task does to a MONAI ClientAlgo: train, or submit (its full weights)."""
+        tasks = {self.train_task_name: "train"}
+        if self.submit_model_task_name:
+            tasks[self.submit_model_task_name] = "submit"
+        return tasks
 
     def run_task(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         ctx = self.context(fl_ctx, shareable, abort_signal)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -62,6 +63,29 @@ class TaskContext:
 def display_path(file_name: str) -> str:
     """How messages name the user's ``file_name``: ``custom/<file_name>``."""
     return f"custom/{file_name}"
+
+
+_FLIP_PACKAGE = Path(__file__).resolve().parents[2]
+
+
+def describe_failure(exc: BaseException, custom_dir: Path | None = None) -> str:
+    """What failed, safe to send off the site: the exception's type; its message's first line only when flip's own
+    code raised it (flip's messages name values and rules, never data: e.g. a dev dataframe without an
+    ``accession_id`` column); and the line of the user's code in ``custom_dir`` it came through
+    (``custom/trainer.py line 12``). The user's own messages (they can hold data) stay in the site's debug log.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    text = type(exc).__name__
+    innermost = Path(frames[-1].filename).resolve() if frames else None
+    if isinstance(exc, UserCodeError) or (innermost is not None and _FLIP_PACKAGE in innermost.parents):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text += f": {first}" if first else ""
+    if custom_dir is not None:
+        custom = Path(custom_dir).resolve()
+        mine = [f for f in frames if Path(f.filename).resolve().parent == custom]
+        if mine:
+            text += f" ({display_path(Path(mine[-1].filename).name)} line {mine[-1].lineno})"
+    return text
 
 
 def load_module(custom_dir: Path, file_name: str, expected: str) -> ModuleType:
