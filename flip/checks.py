@@ -106,18 +106,16 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     return value
 
 
-def check_str(name: str, value: Any, *, empty: bool = False, max_length: int = 10_000,
-              multiline: bool = False) -> str:
-    """Return ``value`` if it is a string without control characters (newlines, NUL...; with ``multiline``,
-    newlines and tabs are allowed), non-empty unless ``empty``, at most ``max_length`` characters."""
+def check_str(name: str, value: Any, *, empty: bool = False, max_length: int = 10_000) -> str:
+    """Return ``value`` if it is a string without control characters (newlines, NUL...), non-empty unless
+    ``empty``, at most ``max_length`` characters."""
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {value!r}")
     if not value and not empty:
         raise ValueError(f"{name} must not be empty")
     if len(value) > max_length:
         raise ValueError(f"{name} must be at most {max_length} characters, got {len(value)}")
-    allowed = "\n\r\t" if multiline else ""
-    bad = next((c for c in value if not c.isprintable() and c not in allowed), None)
+    bad = next((c for c in value if not c.isprintable()), None)
     if bad is not None:
         raise ValueError(f"{name} must not contain control characters, got {value!r}")
     return value

@@ -46,23 +46,26 @@ def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def _site_value(entry: dict, site: str, name: str) -> float | None:
-    """A site's metric ``name`` in a round of metrics.json: returned by a plain-contract trainer, or sent by a FLIP
-    app with send_metrics_value (its last value in the round)."""
-    value = entry.get("sites", {}).get(site, {}).get(name)
-    if value is None:
-        sent = entry.get("flip_metrics", {}).get(site, {}).get(name)
-        value = sent[-1] if isinstance(sent, list) and sent else sent
-    return value if isinstance(value, (int, float)) else None
+def merged_rounds(metrics: dict) -> list[dict]:
+    """metrics.json's rounds, each site's values including what a FLIP app sent with send_metrics_value in that
+    round (``flip_metrics``, by the server's 0-based round; a label's last value in the round)."""
+    rounds = {entry["round"]: {**entry, "sites": {site: dict(values) for site, values in entry["sites"].items()}}
+              for entry in metrics.get("rounds", [])}
+    for sent in metrics.get("flip_metrics", []):
+        entry = rounds.setdefault(sent["round"] + 1, {"round": sent["round"] + 1, "sites": {}})
+        for site, labels in sent["sites"].items():
+            for label, values in labels.items():
+                entry["sites"].setdefault(site, {}).setdefault(label, values[-1])
+    return [rounds[r] for r in sorted(rounds)]
 
 
-def _table(metrics: dict, sites: list[str], name: str) -> list[str]:
+def _table(rounds: list[dict], sites: list[str], name: str) -> list[str]:
     lines = [f"{'round':>5}  " + "  ".join(f"{s:>10}" for s in sites) + f"  {'mean':>10}"]
-    for entry in metrics.get("rounds", []):
-        row = [_site_value(entry, s, name) for s in sites]
+    for entry in rounds:
+        row = [entry["sites"].get(s, {}).get(name) for s in sites]
         mean = entry.get("global", {}).get(name)
-        if mean is None and all(v is not None for v in row) and row:
-            mean = sum(row) / len(row)
+        if mean is None and row and all(v is not None for v in row):
+            mean = sum(row) / len(row)  # a FLIP app's metrics carry no sample counts: the plain mean
         row.append(mean)
         stage = f"  ({entry['stage']})" if entry.get("stage") else ""
         lines.append(f"{entry['round']:>5}  " + "  ".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in row)
@@ -306,11 +309,12 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
         accuracy = holdout_accuracy(state, app_dir=app)
 
     metrics = json.loads(objects[RunFile.METRICS])
+    rounds = merged_rounds(metrics)
     validation = json.loads(objects[RunFile.CROSS_VAL_RESULTS])
     print()
-    name = "accuracy" if any("accuracy" in m for r in metrics["rounds"] for m in r["sites"].values()) else "loss"
+    name = "accuracy" if any("accuracy" in m for r in rounds for m in r["sites"].values()) else "loss"
     print(f"{name} of each site's locally trained model on its own validation images, per round:")
-    print("\n".join(_table(metrics, names, name)))
+    print("\n".join(_table(rounds, names, name)))
     if metrics["rounds"] and metrics["rounds"][0].get("server"):
         steps = ", ".join(f"{r['server']['step_norm']:.3g}" for r in metrics["rounds"])
         print(f"Server optimizer {metrics['rounds'][0]['server']['optimizer']}: global model moved {steps} per round")

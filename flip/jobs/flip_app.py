@@ -491,13 +491,13 @@ def plan_job(app_dir: str | Path, job_type: str | None = None, *, name: str = "f
         AppError: the app does not fit the job type, or an option needs our plain contract (named).
         ValueError: a bad argument (named).
     """
+    from flip.nvflare.executors.base import check_project_id, check_query
     from flip.simulate import site_names
 
     app = inspect_app(app_dir, job_type)
     check_path_name("job name", name)
     model_id = check_model_id(model_id) if model_id is not None else str(uuid.uuid4())
-    project_id = check_str("project_id", project_id, empty=True, max_length=256)
-    query = check_str("query", query, empty=True, multiline=True)
+    project_id, query = check_project_id(project_id), check_query(query)  # the executors' own rules
     min_clients = check_positive_int("min_clients", min_clients)
     plan = JobPlan(app, name, model_id, project_id, query, min_clients)
     if app.job_type == JobType.EVALUATION:

@@ -85,8 +85,8 @@ def strict_json(body: bytes):
 def flip_metrics(metrics: dict) -> dict[str, dict[str, list[float]]]:
     """Every value a site sent with send_metrics_value, over all rounds: ``{site: {label: [values]}}``."""
     found: dict[str, dict[str, list[float]]] = {}
-    for entry in metrics["rounds"]:
-        for site, labels in entry.get("flip_metrics", {}).items():
+    for entry in metrics.get("flip_metrics", []):
+        for site, labels in entry["sites"].items():
             for label, values in labels.items():
                 found.setdefault(site, {}).setdefault(label, []).extend(values)
     return found

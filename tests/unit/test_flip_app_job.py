@@ -361,7 +361,7 @@ def test_flip_diffusion_job_runs_one_trainer_per_stage_task(tmp_path):
     assert executors["train_ae"]["args"]["train_task_name"] == "train_ae"
     assert executors["train_dm"]["args"]["train_task_name"] == "train_dm"
     (stage_filter,) = client["task_result_filters"]
-    assert stage_filter["tasks"] == ["train_ae", "train_dm"]
+    assert sorted(stage_filter["tasks"]) == ["train_ae", "train_dm"]
     assert stage_filter["filters"][0]["path"] == "flip.nvflare.components.StagePercentilePrivacy"
     custom = json.loads((created.path / "app" / "custom" / "config.json").read_text())
     assert (custom["GLOBAL_ROUNDS_AE"], custom["GLOBAL_ROUNDS_DM"]) == (1, 2)
