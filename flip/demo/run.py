@@ -48,11 +48,11 @@ def _say(message: str) -> None:
 
 def merged_rounds(metrics: dict) -> list[dict]:
     """metrics.json's rounds, each site's values including what a FLIP app sent with send_metrics_value in that
-    round (``flip_metrics``, by the server's 0-based round; a label's last value in the round)."""
+    round (``flip_metrics``: a label's last value in the round; the server numbers rounds from 1, as ``rounds``)."""
     rounds = {entry["round"]: {**entry, "sites": {site: dict(values) for site, values in entry["sites"].items()}}
               for entry in metrics.get("rounds", [])}
     for sent in metrics.get("flip_metrics", []):
-        entry = rounds.setdefault(sent["round"] + 1, {"round": sent["round"] + 1, "sites": {}})
+        entry = rounds.setdefault(sent["round"], {"round": sent["round"], "sites": {}})
         for site, labels in sent["sites"].items():
             for label, values in labels.items():
                 entry["sites"].setdefault(site, {}).setdefault(label, values[-1])
@@ -348,7 +348,8 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
     print(f"Verified: {len(result['manifest']['objects'])} objects match "
           f"s3://{server.bucket}/{result['prefix']}{RunFile.MANIFEST}")
     print("Status:   " + " -> ".join(s["status"] for s in result["statuses"]))
-    print(f"Report:   {report_dir / 'index.html'} (curves: {report_dir / 'curves.png'})")
+    curves = report_dir / "curves.png"
+    print(f"Report:   {report_dir / 'index.html'}" + (f" (curves: {curves})" if curves.is_file() else ""))
     print(f"Logs:     {workdir}/workspace-*/server/log.txt")
     print(f"Time:     simulator {demo.run_seconds:.1f} s, whole demo {time.monotonic() - started:.1f} s")
     if dp_epsilon is None and accuracy < 0.8:
