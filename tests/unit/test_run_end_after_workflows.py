@@ -15,9 +15,16 @@ from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.signal import Signal
 
 from flip.constants import RunStatus
-from tests.hostile.test_server import Server, objects_of_model, s3_env  # noqa: F401 - s3_env is a fixture
+from tests.hostile.test_server import Server, objects_of_model
 
 pytestmark = pytest.mark.s3
+
+
+@pytest.fixture
+def s3_env(weed, monkeypatch):
+    for key, value in weed.env.items():
+        monkeypatch.setenv(key, value)
+    return weed
 
 
 def _aborted() -> Signal:
