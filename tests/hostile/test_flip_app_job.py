@@ -1,5 +1,5 @@
 """Hostile inputs to ``flip job create`` (flip/jobs/flip_app.py): each is refused naming the value and what is
-allowed, before anything is written.
+allowed, before anything is written. And a FLIP app's broken entry class is the cause a site names.
 
 Each test fails on the code before this change: ``flip job create`` and flip.jobs.flip_app did not exist (the
 import fails), and the checks below are its own (paths in config.json, links out of the app folder, the project,
@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.fl_constant import ReservedKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.signal import Signal
 
+from flip.constants import FlipMeta
 from flip.errors import AppError
+from flip.jobs import DEMO_APP_DIR
 from flip.jobs.flip_app import create_job, inspect_app, plan_job
+from flip.nvflare import executors
+from flip.nvflare.executors.user_code import build_model
 from tests.apps.data import DICOM_APP, EVALUATION_APP
+from tests.unit.conftest import FakeEngine
 
 pytestmark = pytest.mark.unit
 
@@ -125,3 +135,33 @@ def test_a_job_folder_name_that_is_not_a_path_name_is_refused_before_writing(tmp
     with pytest.raises(ValueError, match=r"job name 'my job' is invalid"):
         create_job(DICOM_APP, tmp_path / "my job")
     assert not (tmp_path / "my job").exists() and not list(tmp_path.glob(".flip-job-*"))
+
+
+@pytest.mark.parametrize("executor, file_name, class_name", [("RUN_TRAINER", "trainer.py", "FLIP_TRAINER"),
+                                                              ("RUN_VALIDATOR", "validator.py", "FLIP_VALIDATOR")])
+def test_a_missing_entry_class_is_the_cause_named_even_without_data(tmp_path, monkeypatch, executor, file_name,
+                                                                   class_name):
+    """A misnamed entry class at a site without plain-contract images (a FLIP app's data comes through
+    get_dataframe): the old RUN_TRAINER/RUN_VALIDATOR fetched the site's images first and failed with "no cohort
+    for site 'site-1'", hiding the cause; the class is now loaded first and named."""
+    monkeypatch.setenv("FLIP_LOCAL_DIR", str(tmp_path / "flip"))  # no cohorts/ there
+    (tmp_path / "site").mkdir()
+    engine = FakeEngine(tmp_path / "site", "site-1")
+    custom = tmp_path / "site" / "job-1" / "app_site-1" / "custom"
+    shutil.copytree(DEMO_APP_DIR, custom, ignore=shutil.ignore_patterns("__pycache__"))
+    (custom / file_name).write_text((custom / file_name).read_text().replace(f"class {class_name}", "class Renamed"))
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=False)
+    fl_ctx.set_prop(ReservedKey.RUN_NUM, "job-1", private=True, sticky=False)
+    fl_ctx.set_prop(ReservedKey.IDENTITY_NAME, "site-1", private=False, sticky=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the executor puts custom/ on the path: undone after
+    for name in ("trainer", "validator", "models", "digits_data"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    weights = {k: v.numpy() for k, v in build_model(custom).state_dict().items()}
+    runner = getattr(executors, executor)()
+    reply = runner.execute(runner.tasks[0], DXO(DataKind.WEIGHTS, data=weights).to_shareable(), fl_ctx, Signal())
+    for name in ("trainer", "validator", "models", "digits_data"):
+        sys.modules.pop(name, None)
+    assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    reason = reply.get_header(FlipMeta.ERROR_REASON)
+    assert f"custom/{file_name} does not define {class_name}" in reason and "cohort" not in reason, reason
