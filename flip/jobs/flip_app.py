@@ -312,9 +312,10 @@ def inspect_app(app_dir: str | Path, job_type: str | None = None) -> FlipApp:
 
     Raises:
         AppError: the folder is missing; a required file is missing (every missing one named); a file links to
-            outside the folder; config.json is not a JSON object; ``--job-type`` and config.json's ``job_type``
-            disagree; a rounds key is not an integer >= 1; models.py lacks ``get_model`` (training) or
-            ``model_paths`` (FLIP evaluation); an entry file is not valid Python.
+            outside the folder; config.json is not a JSON object; a rounds key is not an integer >= 1; models.py
+            lacks ``get_model`` (training) or ``model_paths`` (FLIP evaluation); an entry file is not valid Python.
+            (A ``job_type`` that config.json declares and ``job_type`` overrides is a note, not an error: FLIP's
+            standard apps also run as fed_opt.)
         ValueError: an unknown job type (named).
     """
     app_dir = Path(app_dir).expanduser().resolve()
@@ -328,8 +329,6 @@ def inspect_app(app_dir: str | Path, job_type: str | None = None) -> FlipApp:
                            f"with \"{JOB_TYPE_KEY}\"")
         job_type = declared
     job_type = job_type_name(job_type)
-    if declared is not None and job_type_name_or_none(declared) != job_type:
-        raise AppError(f"--job-type {job_type!r} and {UserFile.CONFIG} \"{JOB_TYPE_KEY}\": {declared!r} disagree")
     required = REQUIRED_FILES[job_type]
     missing = [f for f in required if not (app_dir / f).is_file()]
     if missing:
@@ -340,6 +339,9 @@ def inspect_app(app_dir: str | Path, job_type: str | None = None) -> FlipApp:
         raise AppError(f"{', '.join(sorted(outside))} in {app_dir} link(s) to outside the app folder: a job carries "
                        "the app's own files only (copy the file into the folder)")
     app = FlipApp(app_dir, job_type, config)
+    if declared is not None and job_type_name_or_none(declared) != job_type:
+        app.notes.append(f"--job-type {job_type} is used, not {UserFile.CONFIG}'s \"{JOB_TYPE_KEY}\": {declared!r} "
+                         "(the job's copy of config.json says the job type it is)")
     for file_name, class_name in ENTRY_CLASSES[job_type]:
         contract = detect_contract(app_dir, file_name, class_name)
         if contract is None:
@@ -500,6 +502,8 @@ def plan_job(app_dir: str | Path, job_type: str | None = None, *, name: str = "f
     project_id, query = check_project_id(project_id), check_query(query)  # the executors' own rules
     min_clients = check_positive_int("min_clients", min_clients)
     plan = JobPlan(app, name, model_id, project_id, query, min_clients)
+    if app.config.get(JOB_TYPE_KEY, app.job_type) != app.job_type:
+        plan.config_updates[JOB_TYPE_KEY] = app.job_type
     if app.job_type == JobType.EVALUATION:
         if rounds is not None:
             raise ValueError(f"an evaluation job has no rounds: do not give rounds (got {rounds!r})")

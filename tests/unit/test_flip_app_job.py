@@ -106,13 +106,18 @@ def test_models_without_get_model_is_refused(tmp_path):
         inspect_app(app)
 
 
-def test_job_type_from_config_json_and_a_disagreeing_job_type_is_refused(tmp_path):
+def test_job_type_from_config_json_and_an_explicit_job_type_wins_with_a_note(tmp_path):
     assert inspect_app(DICOM_APP).job_type == "standard"
-    with pytest.raises(AppError, match="--job-type 'fed_opt' and config.json \"job_type\": 'standard' disagree"):
-        inspect_app(DICOM_APP, "fed_opt")
-    app = _copy(DEMO_APP_DIR, tmp_path)  # no job_type in its config.json
+    app = inspect_app(DICOM_APP, "fed_opt")  # FLIP's standard apps also run as fed_opt
+    assert app.job_type == "fed_opt"
+    assert "--job-type fed_opt is used, not config.json's \"job_type\": 'standard'" in app.notes[0]
+    created = create_job(DICOM_APP, tmp_path / "job", "fed_opt")
+    assert json.loads((created.path / "app" / "custom" / "config.json").read_text())["job_type"] == "fed_opt"
+    server, _ = _configs(created.path)
+    assert _component(server, "shareable_generator")["path"] == "flip.nvflare.components.FedOptShareableGenerator"
+    copy = _copy(DEMO_APP_DIR, tmp_path)  # no job_type in its config.json
     with pytest.raises(AppError, match=r"give --job-type \(one of \['standard'.*has no config\.json with \"job_type\""):
-        inspect_app(app)
+        inspect_app(copy)
 
 
 # -- contracts ----------------------------------------------------------------------------------------------------
