@@ -108,7 +108,7 @@ def test_executor_app_trains_and_lands_a_verified_model(dicom_run, weed):
     assert dicom_run.create_rc == 0 and dicom_run.rc == 0, dicom_run.create_output
     assert "trainer.py: FLIP's Executor contract -> RUN_TRAINER" in dicom_run.create_output
     assert [s["status"] for s in dicom_run.statuses()] == LIFECYCLE
-    manifest, objects = dicom_run.objects(weed)
+    _, objects = dicom_run.objects(weed)
     state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), map_location="cpu", weights_only=True)
     model = load_app_module(DICOM_APP, "models").get_model()
     model.load_state_dict(state)  # strict: every entry, BatchNorm's buffers included
