@@ -11,6 +11,7 @@ from pathlib import Path
 from flip.constants import (
     AGGREGATIONS,
     DEMO_JOBS,
+    JOB_TYPE_CHOICES,
     UNCERTAINTY_METHODS,
     Aggregation,
     JobName,
@@ -109,6 +110,28 @@ def _cmd_jobs_export(args) -> int:
         print(write_job(name, args.out, **options))
     if args.new_model_id:
         print(f"model id: {options['model_id']}")
+    return 0
+
+
+def _sites_arg(value: str | None):
+    """``--sites``: a number (site-1..site-N) or comma-separated names."""
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value.split(",")
+
+
+def _cmd_job_create(args) -> int:
+    from flip.jobs.flip_app import create_job
+
+    created = create_job(args.app_dir, args.out, args.job_type, model_id=args.model_id, project_id=args.project_id,
+                         query=args.query, min_clients=args.min_clients, rounds=args.rounds,
+                         sites=_sites_arg(args.sites))
+    print(f"job folder {created.path}")
+    for line in created.plan.describe():
+        print(f"  {line}")
+    sites = len(created.plan.sites) or max(created.plan.min_clients, 2)
+    print(f"run it: flip simulate {created.path} --sites {sites} [--site-data SITE=CSV:IMAGES_DIR ...]; submit it: "
+          f"nvflare job submit -j {created.path}")
     return 0
 
 
@@ -400,6 +423,27 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--num-rounds", type=int, default=None, metavar="N",
                         help="training rounds (standard, fed_opt)")
     export.set_defaults(func=_cmd_jobs_export)
+
+    job = sub.add_parser("job", help="a job from your app").add_subparsers(dest="job_command", required=True)
+    create = job.add_parser("create", help="a job folder from a FLIP app folder and FLIP's job type",
+                            description="Bundle APP_DIR (trainer.py, validator.py, models.py, config.json; evaluator.py "
+                                        "for an evaluation) as a job of JOB_TYPE, checking the files the job type "
+                                        "needs. The contract of each entry file (FLIP's Executor, MONAI FL's "
+                                        "ClientAlgo, or flip's plain one) is read from its source.")
+    create.add_argument("app_dir")
+    create.add_argument("--job-type", default=None, choices=JOB_TYPE_CHOICES,
+                        help="FLIP's job type (multi_stage is FLIP's diffusion_model); default: config.json's "
+                             "job_type")
+    create.add_argument("--out", required=True, metavar="JOB_DIR", help="the job folder to write (new or empty)")
+    create.add_argument("--model-id", default=None, help="the model's UUID (default: a new one)")
+    create.add_argument("--project-id", default="", help="FLIP's project id, passed to the app")
+    create.add_argument("--query", default="", help="the cohort query, passed to the app")
+    create.add_argument("--min-clients", type=int, default=1, help="sites needed to start and in each round")
+    create.add_argument("--rounds", type=int, default=None,
+                        help="training rounds (default: config.json GLOBAL_ROUNDS, else 1)")
+    create.add_argument("--sites", default=None,
+                        help="an evaluation's sites: a number or comma-separated names (default 2: site-1, site-2)")
+    create.set_defaults(func=_cmd_job_create)
 
     simulate = sub.add_parser("simulate", help="run a job folder in the NVFlare simulator")
     simulate.add_argument("job")

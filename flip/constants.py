@@ -303,6 +303,8 @@ class JobType(StrEnum):
 
 
 JobTypeStr = Literal["standard", "evaluation", "fed_opt", "diffusion_model"]
+#: the job types ``flip job create --job-type`` takes: FLIP's, and our name of FLIP's diffusion_model (multi_stage)
+JOB_TYPE_CHOICES = (*(t.value for t in JobType), JobName.MULTI_STAGE)
 
 
 class _PTConstantsType(type):

@@ -101,3 +101,8 @@ class ResultsUploadError(UploadError):
 
 class MetricDropped(FlipError, ValueError):
     """A metrics event the server does not take; the message is the reason and names the site."""
+
+
+class AppError(FlipError, ValueError):
+    """An app folder cannot be bundled as a job (``flip job create``): a required file is missing, config.json or a
+    value in it is not what the job type needs. The message names the file or key and what is expected."""

@@ -1,7 +1,9 @@
-"""The demo's hospitals: scikit-learn's 8x8 digits (shipped with the package, offline) as PNG images.
+"""The demo's hospitals: scikit-learn's 8x8 digits (shipped with the package, offline) as images.
 
-Each site gets a non-IID share (mostly the digits ``label % n_sites == site index``), written as
-``<local_dir>/cohorts/<site>/<label>/<n>.png``, the dev platform's stand-in for a hospital's image store.
+Each site gets a non-IID share (mostly the digits ``label % n_sites == site index``), written either as
+``<local_dir>/cohorts/<site>/<label>/<n>.png`` (the dev platform's image store, for apps of our plain contract) or
+as FLIP's dev data (for FLIP apps): a dataframe of accession ids and labels and one DICOM file per accession,
+``<root>/<site>/dataframe.csv`` and ``<root>/<site>/images/<accession_id>/image.dcm``.
 A held-out 20% is never given to any site; tests and the demo's summary score the final model on it.
 """
 
@@ -67,6 +69,82 @@ def write_cohorts(local_dir: Path, site_names: list[str], seed: int = 0) -> dict
             Image.fromarray(to_pixels(image).reshape(8, 8), mode="L").save(target)
         counts[site] = len(labels)
     return counts
+
+
+#: the columns of a FLIP dev dataframe the demo writes
+ACCESSION_COLUMN, LABEL_COLUMN = "accession_id", "label"
+DATAFRAME_FILE, IMAGES_DIR, DICOM_FILE = "dataframe.csv", "images", "image.dcm"
+
+
+class DicomWriter:
+    """Write 2-D uint8 images as DICOM secondary-capture files (pydicom), MONOCHROME2, without patient data.
+
+    One dataset is built once and each file sets its own UIDs (derived from the accession id: the same input
+    gives the same file), accession number and pixels (3x faster than building a dataset per file).
+    """
+
+    def __init__(self):
+        from pydicom.dataset import FileDataset, FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset("image.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.Modality = SecondaryCaptureImageStorage, "OT"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        self.dataset = ds
+
+    def write(self, path: Path, pixels: np.ndarray, accession_id: str) -> None:
+        """Write ``pixels`` (a 2-D uint8 array) to ``path`` as the image of accession ``accession_id``."""
+        from pydicom.uid import generate_uid
+
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        if pixels.ndim != 2:
+            raise ValueError(f"pixels must be a 2-D array, got shape {pixels.shape}")
+        ds = self.dataset
+        uid = generate_uid(entropy_srcs=["flip-demo", accession_id])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = uid
+        ds.StudyInstanceUID = ds.SeriesInstanceUID = generate_uid(entropy_srcs=["flip-demo-study", accession_id])
+        ds.AccessionNumber = accession_id
+        ds.Rows, ds.Columns = pixels.shape
+        ds.PixelData = pixels.tobytes()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(str(path), enforce_file_format=True)
+
+
+def write_flip_cohorts(root: Path, site_names: list[str], seed: int = 0, classes: list[int] | None = None,
+                       per_site: int | None = None) -> dict[str, tuple[Path, Path]]:
+    """Write each site's share as FLIP's dev data: ``<root>/<site>/dataframe.csv`` (``accession_id,label``) and
+    ``<root>/<site>/images/<accession_id>/image.dcm`` (the digit's 8x8 grey levels, as the PNG files hold them).
+
+    Args:
+        root: the folder to write under.
+        site_names: the sites.
+        seed: the split's seed (the same as :func:`write_cohorts`'s: the same digits per site).
+        classes: only these digits (default: all ten).
+        per_site: at most this many images per site (default: all of the site's share).
+
+    Returns:
+        ``{site: (dataframe CSV, image root)}``, what ``flip simulate --site-data`` takes.
+    """
+    shares, _ = split_digits(site_names, seed)
+    writer = DicomWriter()
+    written = {}
+    for index, (site, (images, labels)) in enumerate(shares.items(), start=1):
+        folder = Path(root) / site
+        keep = [i for i, label in enumerate(labels) if classes is None or int(label) in classes][:per_site]
+        rows = [f"{ACCESSION_COLUMN},{LABEL_COLUMN}"]
+        for n in keep:
+            accession_id = f"ACC{index:02d}{n:05d}"
+            writer.write(folder / IMAGES_DIR / accession_id / DICOM_FILE, to_pixels(images[n]).reshape(8, 8),
+                         accession_id)
+            rows.append(f"{accession_id},{int(labels[n])}")
+        (folder / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        (folder / DATAFRAME_FILE).write_text("\n".join(rows) + "\n")
+        written[site] = (folder / DATAFRAME_FILE, folder / IMAGES_DIR)
+    return written
 
 
 def holdout_accuracy(state_dict, seed: int = 0, app_dir: Path | None = None) -> float:

@@ -1,11 +1,18 @@
 """``make demo`` / ``flip demo``: hospitals train (or evaluate) a digits classifier in the NVFlare simulator.
 
-Steps: write each site's images (non-IID) -> start an embedded S3 server -> write the job with a new model id ->
-run it in the simulator with the privacy filter on -> verify the uploaded manifest -> download the model and the
-report, score the model on held-out digits -> print a summary. Exits non-zero on any failure.
+Steps: write each site's data (non-IID) -> start an embedded S3 server -> create the job from the demo's app with a
+new model id -> run it in the simulator with the privacy filter on -> verify the uploaded manifest -> download the
+model and the report, score the model on held-out digits -> print a summary. Exits non-zero on any failure.
+
+The demo's app is a FLIP app (``flip/demo/flip_app``, FLIP's Executor contract): each site's data comes through
+``get_dataframe`` (a dataframe of accession ids and labels) and ``get_by_accession_number`` (one DICOM file per
+accession), and the job is made as ``flip job create`` makes it. Two variants keep our plain contract
+(``flip/demo/app``, PNG images from the platform): a method that changes the local training inside our
+``RUN_TRAINER`` (``--aggregation fedprox``, ``--uncertainty swag``), and the multi-stage demo
+(``flip/demo/multistage``).
 
 ``--job``: ``standard`` (default), ``fed_opt``, ``multi_stage``, or ``evaluation`` (trains with the standard
-job first, then evaluates that model at every site).
+job first, then evaluates that model at every site: FLIP's evaluation of a checkpoint with the FLIP app).
 """
 
 from __future__ import annotations
@@ -24,6 +31,12 @@ from flip.constants import (AGGREGATIONS, DEMO_JOBS, UNCERTAINTY_METHODS, Aggreg
                             Uncertainty)
 from flip.errors import FlipError
 
+#: the demo's FLIP app: FLIP's Executor contract, data through get_dataframe + get_by_accession_number (DICOM)
+FLIP_APP_DIR = Path(__file__).resolve().parent / "flip_app"
+#: FLIP's project id and cohort query the demo's jobs carry (the dev platform checks and logs them)
+DEMO_PROJECT_ID, DEMO_QUERY = "digits-demo", "SELECT accession_id, label FROM digits"
+#: the name of the evaluated model in the evaluation job (config.json "models") and its checkpoint file
+EVALUATED_MODEL, CHECKPOINT = "digits", "model.pt"
 #: written into a folder the demo created; the demo deletes the contents of no other folder
 MARKER = ".flip-demo"
 _MARKER_TEXT = "This folder was created by `flip demo`, which clears and reuses it on its next run.\n"
@@ -33,10 +46,27 @@ def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def _table(metrics: dict, sites: list[str], name: str) -> list[str]:
+def merged_rounds(metrics: dict) -> list[dict]:
+    """metrics.json's rounds, each site's values including what a FLIP app sent with send_metrics_value in that
+    round (``flip_metrics``: a label's last value in the round; the server numbers rounds from 1, as ``rounds``)."""
+    rounds = {entry["round"]: {**entry, "sites": {site: dict(values) for site, values in entry["sites"].items()}}
+              for entry in metrics.get("rounds", [])}
+    for sent in metrics.get("flip_metrics", []):
+        entry = rounds.setdefault(sent["round"], {"round": sent["round"], "sites": {}})
+        for site, labels in sent["sites"].items():
+            for label, values in labels.items():
+                entry["sites"].setdefault(site, {}).setdefault(label, values[-1])
+    return [rounds[r] for r in sorted(rounds)]
+
+
+def _table(rounds: list[dict], sites: list[str], name: str) -> list[str]:
     lines = [f"{'round':>5}  " + "  ".join(f"{s:>10}" for s in sites) + f"  {'mean':>10}"]
-    for entry in metrics.get("rounds", []):
-        row = [entry["sites"].get(s, {}).get(name) for s in sites] + [entry.get("global", {}).get(name)]
+    for entry in rounds:
+        row = [entry["sites"].get(s, {}).get(name) for s in sites]
+        mean = entry.get("global", {}).get(name)
+        if mean is None and row and all(v is not None for v in row):
+            mean = sum(row) / len(row)  # a FLIP app's metrics carry no sample counts: the plain mean
+        row.append(mean)
         stage = f"  ({entry['stage']})" if entry.get("stage") else ""
         lines.append(f"{entry['round']:>5}  " + "  ".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in row)
                      + stage)
@@ -46,24 +76,37 @@ def _table(metrics: dict, sites: list[str], name: str) -> list[str]:
 class _Demo:
     """One demo: its folder, sites, S3 server and the runs it made."""
 
-    def __init__(self, workdir: Path, names: list[str], threads: int | None, server):
+    def __init__(self, workdir: Path, names: list[str], threads: int | None, server, site_data=None):
         self.workdir, self.names, self.threads, self.server = workdir, names, threads, server
         self.local_dir = workdir / "flip"
+        self.site_data = site_data
         self.run_seconds = 0.0
 
-    def run(self, job: str, model_id: str, **options: Any) -> dict[str, Any]:
-        """Write and simulate ``job``; return its verified manifest, objects and statuses (or raise FlipError)."""
+    def run(self, job: str, model_id: str, app_dir: Path | None = None, **options: Any) -> dict[str, Any]:
+        """Write and simulate ``job`` (from the FLIP app ``app_dir`` as ``flip job create`` does, else our job
+        folder); return its verified manifest, objects and statuses (or raise FlipError)."""
         from flip.jobs import write_job
+        from flip.jobs.flip_app import create_job
         from flip.platform.dev import LocalPlatform
         from flip.simulate import run_simulator
         from flip.storage.client import make_s3_client
         from flip.storage.layout import run_prefix
         from flip.storage.manifest import verify_run
 
-        job_dir = write_job(job, self.workdir / "jobs", model_id=model_id, min_clients=len(self.names), **options)
-        _say(f"{job} job {job_dir} (model {model_id}), {len(self.names)} sites in the simulator")
+        if app_dir is not None:
+            rounds = options.pop("num_rounds", None)
+            sites = {"sites": self.names} if job == JobName.EVALUATION else {"rounds": rounds}
+            job_dir = create_job(app_dir, self.workdir / "jobs" / job, job, model_id=model_id,
+                                 min_clients=len(self.names), project_id=DEMO_PROJECT_ID, query=DEMO_QUERY,
+                                 **sites, **options).path
+            made = f"FLIP app {app_dir.name}, made by flip job create"
+        else:
+            job_dir = write_job(job, self.workdir / "jobs", model_id=model_id, min_clients=len(self.names), **options)
+            made = "flip's plain contract"
+        _say(f"{job} job {job_dir} ({made}; model {model_id}), {len(self.names)} sites in the simulator")
         started = time.monotonic()
-        rc = run_simulator(job_dir, self.workdir / f"workspace-{job}", sites=self.names, threads=self.threads)
+        rc = run_simulator(job_dir, self.workdir / f"workspace-{job}", sites=self.names, threads=self.threads,
+                           site_data=self.site_data)
         self.run_seconds += time.monotonic() - started
         statuses = [s for s in LocalPlatform(self.local_dir).read_statuses(model_id)]
         final = statuses[-1] if statuses else {}
@@ -121,9 +164,42 @@ def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, perce
         runs = [(trained, {"num_rounds": rounds, **training, **methods})]
         if job == JobName.EVALUATION:
             runs.append((JobName.EVALUATION, {}))
+    flip_app = uses_flip_app(job, methods)
     for name, options in runs:
-        JOBS[name](model_id=DEFAULT_MODEL_ID, min_clients=sites, **options)
+        if not flip_app:
+            JOBS[name](model_id=DEFAULT_MODEL_ID, min_clients=sites, **options)
+        elif name != JobName.EVALUATION:  # the evaluation's checkpoint is the trained model: checked when it exists
+            from flip.jobs.flip_app import build_job, plan_job
+
+            options = dict(options)
+            plan = plan_job(FLIP_APP_DIR, name, model_id=DEFAULT_MODEL_ID, min_clients=sites,
+                            rounds=options.pop("num_rounds"), project_id=DEMO_PROJECT_ID, query=DEMO_QUERY,
+                            **options)
+            build_job(plan, **options)
     return runs
+
+
+def uses_flip_app(job: str, methods: dict[str, Any]) -> bool:
+    """True if the demo runs its FLIP app (flip/demo/flip_app) for ``job`` with ``methods``: every job but the
+    multi-stage one, unless a method changes the local training inside our plain contract (fedprox, swag)."""
+    from flip.jobs.flip_app import PLAIN_ONLY_OPTIONS
+
+    if job == JobName.MULTI_STAGE:
+        return False
+    return all(methods.get(option) not in values for option, values in PLAIN_ONLY_OPTIONS.items())
+
+
+def _evaluation_app(workdir: Path, checkpoint: bytes) -> Path:
+    """The FLIP app evaluating the trained model: the demo's FLIP app with the model as its checkpoint and
+    config.json's ``job_type`` and ``"models"`` set for FLIP's evaluation."""
+    app = workdir / "evaluation_app"
+    shutil.copytree(FLIP_APP_DIR, app, ignore=shutil.ignore_patterns("__pycache__"))
+    (app / CHECKPOINT).write_bytes(checkpoint)
+    config = json.loads((app / "config.json").read_text())
+    config["job_type"] = JobName.EVALUATION
+    config["models"] = {EVALUATED_MODEL: {"checkpoint": CHECKPOINT, "path": EVALUATED_MODEL}}
+    (app / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return app
 
 
 def prepare_workdir(workdir: str | Path, owner: str = "the demo", command: str = "`flip demo`") -> Path:
@@ -184,28 +260,42 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
 
     import torch
 
-    from flip.demo.data import holdout_accuracy, write_cohorts
-    from flip.jobs import MULTISTAGE_APP_DIR
+    from flip.demo.data import holdout_accuracy, write_cohorts, write_flip_cohorts
+    from flip.jobs import DEMO_APP_DIR, MULTISTAGE_APP_DIR
+    from flip.platform.site import SiteData
     from flip.simulate import site_names
     from flip.storage.weed import WeedS3
 
     names = site_names(sites)
     os.environ["FLIP_LOCAL_DIR"] = str(workdir / "flip")
     os.environ.setdefault("FLIP_ENV", "dev")
-    counts = write_cohorts(workdir / "flip", names)
-    _say("hospitals' images: " + ", ".join(f"{s} {n} digits" for s, n in counts.items()) + " (non-IID split)")
+    flip_app = uses_flip_app(job, runs[0][1])
+    site_data = None
+    if flip_app:
+        written = write_flip_cohorts(workdir / "hospitals", names)
+        site_data = {site: SiteData(dataframe=csv, images=images) for site, (csv, images) in written.items()}
+        counts = {site: len(csv.read_text().splitlines()) - 1 for site, (csv, _) in written.items()}
+        _say("hospitals' data, FLIP's dev data: a dataframe of accession ids and labels and one DICOM file per "
+             "accession: " + ", ".join(f"{s} {n} digits" for s, n in counts.items()) + " (non-IID split)")
+    else:
+        counts = write_cohorts(workdir / "flip", names)
+        _say("hospitals' images: " + ", ".join(f"{s} {n} digits" for s, n in counts.items()) + " (non-IID split)"
+             + " for flip's plain contract (" + ("the multi-stage demo" if job == JobName.MULTI_STAGE else
+                                                 "fedprox and swag change the local training inside it") + ")")
+    app_dir = FLIP_APP_DIR if flip_app else None
 
     with WeedS3(root=workdir / "s3") as server:
         os.environ.update(server.env)
         _say(f"S3 server (SeaweedFS weed mini) on {server.endpoint}, bucket {server.bucket}, auth enforced")
-        demo = _Demo(workdir, names, threads, server)
+        demo = _Demo(workdir, names, threads, server, site_data=site_data)
         model_id = str(uuid.uuid4())
         try:
             (train_job, train_options), *after = runs  # training, then the evaluation job if asked
-            result = demo.run(train_job, model_id, **train_options)
+            result = demo.run(train_job, model_id, app_dir=app_dir, **train_options)
             evaluation = None
             for name, options in after:
-                evaluation = demo.run(name, model_id, **options)
+                evaluated = _evaluation_app(workdir, result["objects"][RunFile.GLOBAL_MODEL]) if flip_app else None
+                evaluation = demo.run(name, model_id, app_dir=evaluated, **options)
         except FlipError as exc:
             _say(f"FAILED: {exc}")
             return 1
@@ -216,15 +306,16 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
             if key.startswith(f"{RunFile.REPORT_DIR}/"):
                 (report_dir / Path(key).relative_to(RunFile.REPORT_DIR)).write_bytes(body)
         state = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), map_location="cpu", weights_only=True)
-        app = MULTISTAGE_APP_DIR if job == JobName.MULTI_STAGE else None
+        app = MULTISTAGE_APP_DIR if job == JobName.MULTI_STAGE else FLIP_APP_DIR if flip_app else DEMO_APP_DIR
         accuracy = holdout_accuracy(state, app_dir=app)
 
     metrics = json.loads(objects[RunFile.METRICS])
+    rounds = merged_rounds(metrics)
     validation = json.loads(objects[RunFile.CROSS_VAL_RESULTS])
     print()
-    name = "accuracy" if any("accuracy" in m for r in metrics["rounds"] for m in r["sites"].values()) else "loss"
+    name = "accuracy" if any("accuracy" in m for r in rounds for m in r["sites"].values()) else "loss"
     print(f"{name} of each site's locally trained model on its own validation images, per round:")
-    print("\n".join(_table(metrics, names, name)))
+    print("\n".join(_table(rounds, names, name)))
     if metrics["rounds"] and metrics["rounds"][0].get("server"):
         steps = ", ".join(f"{r['server']['step_norm']:.3g}" for r in metrics["rounds"])
         print(f"Server optimizer {metrics['rounds'][0]['server']['optimizer']}: global model moved {steps} per round")
@@ -237,7 +328,7 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
         results = json.loads(evaluation["objects"][RunFile.EVALUATION_RESULTS])
         print("Evaluation-only job, the same model on all of each site's images:")
         for site in names:
-            m = results[site][model_id]
+            m = results[site][EVALUATED_MODEL if flip_app else model_id]
             print(f"  {site}: accuracy {m['accuracy']:.3f} on {m['num_samples']} images")
     validated = [r for r in metrics["rounds"] if r.get("validation")]
     if validated:
@@ -258,7 +349,8 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
     print(f"Verified: {len(result['manifest']['objects'])} objects match "
           f"s3://{server.bucket}/{result['prefix']}{RunFile.MANIFEST}")
     print("Status:   " + " -> ".join(s["status"] for s in result["statuses"]))
-    print(f"Report:   {report_dir / 'index.html'} (curves: {report_dir / 'curves.png'})")
+    curves = report_dir / "curves.png"
+    print(f"Report:   {report_dir / 'index.html'}" + (f" (curves: {curves})" if curves.is_file() else ""))
     print(f"Logs:     {workdir}/workspace-*/server/log.txt")
     print(f"Time:     simulator {demo.run_seconds:.1f} s, whole demo {time.monotonic() - started:.1f} s")
     if dp_epsilon is None and accuracy < 0.8:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
@@ -71,7 +72,8 @@ def add_lifecycle(job: FedJob, model_id: str, json_generator, persistor_id: str 
 def add_training_server(job: FedJob, shareable_generator, training_workflow, aggregator=None,
                         after_training: list | None = None, model_tests: bool = True) -> None:
     """Server: the model persisted from models.get_model(), averaging, the training workflow (and what follows
-    it, e.g. the SWAG round), then cross-site validation of the server's model(s) unless ``model_tests`` is off."""
+    it, e.g. the SWAG round), then cross-site validation of the server's model(s) (task ``validate``) unless
+    ``model_tests`` is off."""
     job.to_server(PTFileModelPersistor(model={"path": f"models.{UserFile.MODEL_FUNCTION}"}), id=ComponentId.PERSISTOR)
     if shareable_generator is not None:
         job.to_server(shareable_generator, id=ComponentId.SHAREABLE_GENERATOR)
@@ -95,12 +97,22 @@ def add_training_server(job: FedJob, shareable_generator, training_workflow, agg
     )
 
 
-def add_training_sites(job: FedJob, privacy_filter, swag: bool = False, dp_filter=None) -> None:
-    """Sites: train and validate the user's code; the privacy filter(s) on every train (and SWAG) result, the
-    differential-privacy filter last (noise is the last thing applied)."""
-    tasks = [FlipTask.TRAIN, FlipTask.SWAG] if swag else [FlipTask.TRAIN]
-    job.to_clients(RUN_TRAINER(), tasks=tasks)
-    job.to_clients(RUN_VALIDATOR(), tasks=[FlipTask.VALIDATE])
+def add_training_sites(job: FedJob, privacy_filter, swag: bool = False, dp_filter=None,
+                       trainers: list[tuple[Any, list[str]]] | None = None, validator=None) -> None:
+    """Sites: train and validate the user's code; the privacy filter(s) on every training (and SWAG) task's
+    result, the differential-privacy filter last (noise is the last thing applied).
+
+    Args:
+        trainers: the executors running the user's trainer, each with its training tasks (default: our
+            ``RUN_TRAINER()`` on ``train``, and ``swag`` if ``swag``); a FLIP app's job names FLIP's executors.
+        validator: the executor running the user's validator on ``validate`` (default: ``RUN_VALIDATOR()``).
+    """
+    if trainers is None:
+        trainers = [(RUN_TRAINER(), [FlipTask.TRAIN, FlipTask.SWAG] if swag else [FlipTask.TRAIN])]
+    tasks = [task for _, trainer_tasks in trainers for task in trainer_tasks]
+    for trainer, trainer_tasks in trainers:
+        job.to_clients(trainer, tasks=list(trainer_tasks))
+    job.to_clients(validator if validator is not None else RUN_VALIDATOR(), tasks=[FlipTask.VALIDATE])
     job.to_clients(privacy_filter, filter_type=FilterType.TASK_RESULT, tasks=tasks)
     if dp_filter is not None:
         job.to_clients(dp_filter, filter_type=FilterType.TASK_RESULT, tasks=tasks)

@@ -24,8 +24,15 @@ DEFAULT_STAGES = [{"name": "denoise", "num_rounds": 2}, {"name": "classify", "nu
 
 def multi_stage_job(name: str = JobName.MULTI_STAGE, model_id: str = DEFAULT_MODEL_ID, stages: list[dict] | None = None,
                     min_clients: int = 2, percentile: float = 10, gamma: float = 0.01,
-                    wait_after_min_clients: int = 60, app_dir=None) -> FedJob:
+                    wait_after_min_clients: int = 60, app_dir=None,
+                    trainers: list[tuple[object, list[str]]] | None = None, validator=None) -> FedJob:
     """Build the multi-stage job (default: the two-stage demo, 2 rounds "denoise" then 2 rounds "classify").
+
+    Args:
+        stages: ``[{"name": str, "num_rounds": int >= 1[, "train_task_name": str]}, ...]`` in order (a stage's
+            own train task name: FLIP's diffusion apps train ``train_ae`` then ``train_dm``).
+        trainers, validator: the sites' executors of the user's trainer(s), each with its training tasks, and of
+            the validator (default: our ``RUN_TRAINER()`` on ``train``, ``RUN_VALIDATOR()``).
 
     Raises:
         ValueError: a bad argument (named), e.g. a stage without rounds.
@@ -37,6 +44,7 @@ def multi_stage_job(name: str = JobName.MULTI_STAGE, model_id: str = DEFAULT_MOD
                                                    wait_time_after_min_received=wait_after_min_clients), "stages")
     aggregator = explicit(SampleWeightedAggregator(min_accepted=min_clients), "min_accepted")
     add_training_server(job, FullModelShareableGenerator(), workflow, aggregator)
-    add_training_sites(job, StagePercentilePrivacy(percentile=percentile, gamma=gamma))
+    add_training_sites(job, StagePercentilePrivacy(percentile=percentile, gamma=gamma), trainers=trainers,
+                       validator=validator)
     add_site_basics(job, app_dir or MULTISTAGE_APP_DIR, JobName.MULTI_STAGE)
     return job

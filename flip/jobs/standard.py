@@ -92,6 +92,8 @@ def standard_job(
     dp_clip_norm: float = 1.0,
     dp_max_epsilon: float | None = None,
     defer_privacy_to_site: bool = False,
+    trainer=None,
+    validator=None,
 ) -> FedJob:
     """Build the standard job.
 
@@ -120,6 +122,9 @@ def standard_job(
         defer_privacy_to_site: the job's PercentilePrivacy leaves an update to the site's own policy when that
             already filtered it with a percentile filter (``defer_to_site``); at a site without such a policy it
             still applies. Default False: both apply (each site's run log and the run report say so).
+        trainer, validator: the sites' executors of the user's trainer (on ``train``, and ``swag``) and validator
+            (on ``validate``); default our ``RUN_TRAINER()`` / ``RUN_VALIDATOR()`` (flip.jobs.flip_app chooses
+            FLIP's for a FLIP app).
 
     Raises:
         ValueError: a bad or conflicting argument (named).
@@ -153,6 +158,7 @@ def standard_job(
                                     max_epsilon=dp_max_epsilon)
     check_bool("defer_privacy_to_site", defer_privacy_to_site)
     job_filter = PercentilePrivacy(percentile=percentile, gamma=gamma, defer_to_site=defer_privacy_to_site)
-    add_training_sites(job, job_filter, swag=swag, dp_filter=dp_filter)
+    trainers = None if trainer is None else [(trainer, [FlipTask.TRAIN, FlipTask.SWAG] if swag else [FlipTask.TRAIN])]
+    add_training_sites(job, job_filter, swag=swag, dp_filter=dp_filter, trainers=trainers, validator=validator)
     add_site_basics(job, app_dir or DEMO_APP_DIR, JobName.STANDARD)
     return job

@@ -98,6 +98,8 @@ class ServerEventHandler(FLComponent):
         self.metrics = RunMetrics(self.model_id)
         self.current_round: int | None = None  # 0-based, the round the training workflow is in
         self.round_returned: set[str] = set()
+        #: whether the run was aborted when its workflows ended (ABOUT_TO_END_RUN); None: not seen yet
+        self.aborted_in_workflows: bool | None = None
 
     # -- status ---------------------------------------------------------------------------------------------
     def report_status(self, fl_ctx: FLContext, status: RunStatus, reason: str | None = None) -> None:
@@ -156,6 +158,9 @@ class ServerEventHandler(FLComponent):
             self.fatal_error = True
             reason = fl_ctx.get_prop(FLContextKey.EVENT_DATA, "") or "fatal system error"
             self.error_reason = self.error_reason or short_reason(reason)
+        elif event_type == EventType.ABOUT_TO_END_RUN:
+            abort = fl_ctx.get_run_abort_signal()
+            self.aborted_in_workflows = abort is not None and abort.triggered
         elif event_type == EventType.END_RUN:
             self._end(fl_ctx)
 
@@ -364,7 +369,12 @@ class ServerEventHandler(FLComponent):
             self.report_status(fl_ctx, RunStatus.ERROR, reason)
             self.log_error(fl_ctx, "the run failed: nothing was uploaded and nothing was deleted")
             return
-        if abort is not None and abort.triggered:
+        # An abort after every workflow ended (the simulator aborts the server once its sites are done, while
+        # the server still waits for the sites' last metrics events) does not undo a completed run.
+        aborted = abort is not None and abort.triggered
+        if self.aborted_in_workflows is not None:
+            aborted = self.aborted_in_workflows
+        if aborted:
             self.report_status(fl_ctx, RunStatus.STOPPED, "the run was aborted")
             return
         end = finish_run(self, fl_ctx, self.metrics, self.validation_json_generator, self.persist_and_cleanup,

@@ -117,8 +117,9 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
         return tasks
 
     def run_task(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        ctx = self.context(fl_ctx, shareable, abort_signal)
+        # the user's class first: a missing or broken FLIP_TRAINER is the cause to name, not the data it never read
         trainer = self.user_instance(UserFile.TRAINER, UserFile.TRAINER_CLASS, "train")
+        ctx = self.context(fl_ctx, shareable, abort_signal)
         global_weights, model = self.model_from_task(task_name, shareable, ctx.device)
         names = [n for n, v in global_weights.items() if np.asarray(v).dtype.kind == "f"]
         if task_name == FlipTask.SWAG:

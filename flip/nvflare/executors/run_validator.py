@@ -48,8 +48,8 @@ class ModelScoringExecutor(UserCodeExecutor):
 
     def run_task(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         owner = shareable.get_header(AppConstants.MODEL_OWNER, "model")
+        scorer = self.user_instance(self.user_file, self.user_class, self.user_method)  # the cause to name first
         ctx = self.context(fl_ctx, shareable, abort_signal)
-        scorer = self.user_instance(self.user_file, self.user_class, self.user_method)
         _, model = self.model_from_task(task_name, shareable, ctx.device)
         model.eval()
         where = f"{display_path(self.user_file)}: {self.user_class}.{self.user_method}"
