@@ -29,9 +29,29 @@ def _series(rounds: list[dict], name: str) -> dict[str, list[tuple[int, float]]]
     return series
 
 
-def write_curves(rounds: list[dict], path: Path) -> Path | None:
-    """Plot accuracy and loss (whichever the sites reported) per round, per site and their mean."""
+#: at most this many labels of FLIP apps' metrics are drawn (the first ones, in the order they arrived)
+MAX_FLIP_CURVES = 4
+
+
+def _flip_series(flip_metrics: list[dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """FLIP apps' metrics (``flip_metrics``) as curves: per label, per site, the mean of the round's values (an app
+    may send a label several times in a round, e.g. once per class)."""
+    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for entry in flip_metrics:
+        for site, labels in sorted(entry.get("sites", {}).items()):
+            for label, values in labels.items():
+                numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                if numbers:
+                    series.setdefault(label, {}).setdefault(site, []).append(
+                        (entry["round"], sum(numbers) / len(numbers)))
+    return dict(list(series.items())[:MAX_FLIP_CURVES])
+
+
+def write_curves(rounds: list[dict], path: Path, flip_metrics: list[dict] | None = None) -> Path | None:
+    """Plot accuracy and loss (whichever the sites reported) per round, per site and their mean; for FLIP apps, the
+    labels they sent with ``send_metrics_value`` (the first few), per site."""
     plotted = {name: series for name in _PLOTTED if (series := _series(rounds, name))}
+    plotted.update({f"{label} (FLIP app)": series for label, series in _flip_series(flip_metrics or []).items()})
     if not plotted:
         return None
     import matplotlib
@@ -40,8 +60,12 @@ def write_curves(rounds: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    figure, axes = plt.subplots(1, len(plotted), figsize=(5.5 * len(plotted), 3.8), squeeze=False)
-    for axis, (name, series) in zip(axes[0], plotted.items()):
+    columns = min(3, len(plotted))
+    rows = -(-len(plotted) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.8 * rows), squeeze=False)
+    for axis in axes.flat[len(plotted):]:
+        axis.set_visible(False)
+    for axis, (name, series) in zip(axes.flat, plotted.items()):
         for label, points in series.items():
             xs, ys = zip(*points)
             mean = label == "mean of sites"
@@ -49,7 +73,9 @@ def write_curves(rounds: list[dict], path: Path) -> Path | None:
         axis.set_xlabel("round")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(name)
-        axis.set_title(f"{name} per round (site's local model, own validation data)", fontsize=9)
+        flip_label = name.endswith(" (FLIP app)")
+        axis.set_title(f"{name}: the round's mean of what each site sent" if flip_label
+                       else f"{name} per round (site's local model, own validation data)", fontsize=9)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
@@ -163,6 +189,6 @@ td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}th{{background:
 def write_report(doc: dict[str, Any], folder: Path) -> dict[str, Path]:
     """Write ``curves.png`` and ``index.html`` into ``folder``; return them by file name."""
     folder.mkdir(parents=True, exist_ok=True)
-    curves = write_curves(doc.get("rounds", []), folder / CURVES)
+    curves = write_curves(doc.get("rounds", []), folder / CURVES, doc.get("flip_metrics"))
     summary = write_summary(doc, folder / SUMMARY, curves)
     return {p.name: p for p in (curves, summary) if p is not None}
