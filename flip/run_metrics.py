@@ -81,6 +81,7 @@ class RunMetrics:
         self.flip_metrics: dict[int, dict[str, dict[str, list[int | float]]]] = {}
         self.flip_metric_values = 0
         self.flip_metrics_dropped = 0
+        self._flip_order: dict[tuple[int, str, str], list[tuple[bool, int, int, int | float]]] = {}
 
     def _round(self, round_num: int) -> dict[str, Any]:
         return self.rounds.setdefault(round_num, {"sites": {}})
@@ -157,8 +158,12 @@ class RunMetrics:
                 if note:
                     notes[site] = note
         return notes
-    def add_flip_metric(self, round_num: int, site: str, label: str, value: int | float) -> bool:
+    def add_flip_metric(self, round_num: int, site: str, label: str, value: int | float,
+                        seq: int | None = None) -> bool:
         """Record one value a FLIP app sent (already checked: a site name, a label, a finite number, round >= 0).
+
+        ``seq`` is the site's own order stamp of the value (events can arrive out of the order they were sent):
+        a label's values are kept in that order, values without one after them in the order they arrived.
 
         Returns:
             False if the run already holds MAX_FLIP_METRIC_VALUES values (this one is dropped and counted).
@@ -166,7 +171,10 @@ class RunMetrics:
         if self.flip_metric_values >= MAX_FLIP_METRIC_VALUES:
             self.flip_metrics_dropped += 1
             return False
-        self.flip_metrics.setdefault(round_num, {}).setdefault(site, {}).setdefault(label, []).append(value)
+        values = self.flip_metrics.setdefault(round_num, {}).setdefault(site, {}).setdefault(label, [])
+        self._flip_order.setdefault((round_num, site, label), []).append(
+            (seq is None, seq or 0, len(values), value))
+        values[:] = [v for *_, v in sorted(self._flip_order[(round_num, site, label)])]
         self.flip_metric_values += 1
         return True
 

@@ -13,6 +13,7 @@ is not filtered like a task result, so anything else is not sent (a warning name
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,9 @@ from flip.metrics import finite_number, to_number
 EVENT_ORIGIN = "flip_client"
 #: the keys of a metrics event's DXO data
 LABEL, VALUE, ROUND = "label", "value", "round"
+#: our addition to FLIP's event: the site's order stamp (a monotonic clock), so that the server keeps a label's
+#: values in the order they were sent (federated events may arrive in another order)
+SEQ = "seq"
 #: the longest label taken (FLIP's labels are short names such as "Train loss (G)" or "TRAIN-F1-SCORE")
 MAX_LABEL_LENGTH = 128
 
@@ -78,6 +82,7 @@ def send_metrics_value(label: str, value: float, fl_ctx: FLContext, round: int |
             log.warning("metric %r not sent: round must be an integer >= 0 or None, got %r", label, round)
             return
         data[ROUND] = int(round)
+    data[SEQ] = time.monotonic_ns()
     event_data = DXO(data_kind=DataKind.METRICS, data=data).to_shareable()
     fl_ctx.set_prop(FLContextKey.EVENT_DATA, event_data, private=True, sticky=False)
     fl_ctx.set_prop(FLContextKey.EVENT_SCOPE, EventScope.FEDERATION, private=True, sticky=False)
@@ -95,6 +100,7 @@ class MetricEvent:
     label: str
     value: float | int
     round: int | None
+    seq: int | None = None  # the site's order stamp, when it sent one
 
 
 def _label_problem(label: Any) -> str | None:
@@ -133,9 +139,9 @@ def parse_metric_event(event_data: Any, current_round: int | None = None) -> Met
         raise MetricDropped(f"{where}: the event holds no DXO ({type(exc).__name__})") from exc
     if dxo.data_kind != DataKind.METRICS or not isinstance(dxo.data, dict):
         raise MetricDropped(f"{where}: expected a METRICS DXO of label and value, got {dxo.data_kind}")
-    extra = sorted(map(str, set(dxo.data) - {LABEL, VALUE, ROUND}))
+    extra = sorted(map(str, set(dxo.data) - {LABEL, VALUE, ROUND, SEQ}))
     if extra or LABEL not in dxo.data or VALUE not in dxo.data:
-        raise MetricDropped(f"{where}: expected the keys label, value and optionally round, got "
+        raise MetricDropped(f"{where}: expected the keys label, value and optionally round and seq, got "
                             f"{sorted(map(str, dxo.data))}")
     label = dxo.data[LABEL]
     problem = _label_problem(label)
@@ -150,8 +156,12 @@ def parse_metric_event(event_data: Any, current_round: int | None = None) -> Met
     round_ = dxo.data.get(ROUND)
     if round_ is not None and not (is_int(round_) and round_ >= 0):
         raise MetricDropped(f"{where}: metric {label!r} has round {round_!r}: expected an integer >= 0")
+    seq = dxo.data.get(SEQ)
+    if seq is not None and not (is_int(seq) and seq >= 0):
+        raise MetricDropped(f"{where}: metric {label!r} has seq {seq!r}: expected an integer >= 0")
     return MetricEvent(site=site, label=label, value=value,
-                       round=int(round_) if round_ is not None else current_round)
+                       round=int(round_) if round_ is not None else current_round,
+                       seq=int(seq) if seq is not None else None)
 
 
 @dataclass

@@ -747,8 +747,9 @@ def test_send_metrics_value_fires_send_result_with_a_plain_metrics_dxo(value, pl
     [(event_type, data, scope, origin)] = engine.fired
     assert (event_type, scope, origin) == ("_send_result", EventScope.FEDERATION, "flip_client")
     dxo = from_shareable(data)
+    seq = dxo.data.pop("seq")  # our addition: the site's order stamp
     assert dxo.data_kind == DataKind.METRICS and dxo.data == {"label": "Train loss (G)", "value": plain, "round": 4}
-    assert type(dxo.data["value"]) is type(plain) and type(dxo.data["round"]) is int
+    assert type(dxo.data["value"]) is type(plain) and type(dxo.data["round"]) is int and type(seq) is int
     [sent] = engine.wire.sent
     assert sent.get_header(FedEventHeader.ORIGIN) == "site-1"
     assert parse_metric_event(sent, current_round=0).round == 4
@@ -760,6 +761,7 @@ def test_send_metrics_value_without_round_and_with_nan():
     send_metrics_value("TEST_DICE", 0.9, fl_ctx)
     send_metrics_value(label="VAL-F1-SCORE", value=float("nan"), fl_ctx=fl_ctx, round=2)
     first, second = (from_shareable(e[1]).data for e in engine.fired)
+    assert first.pop("seq") < second.pop("seq")  # sent in this order
     assert first == {"label": "TEST_DICE", "value": 0.9}
     assert second["label"] == "VAL-F1-SCORE" and math.isnan(second["value"])
 

@@ -104,3 +104,15 @@ def test_run_metrics_imports_no_nvflare():
     code = "import sys, flip.run_metrics; print(sorted(m for m in sys.modules if m.split('.')[0] == 'nvflare'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.unit
+def test_a_labels_values_keep_the_order_the_site_sent_them_in_whatever_order_they_arrive():
+    """FLIP apps send a label once per class; NVFlare delivers federated events asynchronously, so the server may get
+    them out of order (seen in the simulator: 0.75 before 0.5). The site's order stamp (seq) decides."""
+    metrics = RunMetrics()
+    for value, seq in ((0.75, 30), (0.5, 10), (0.6, 20)):
+        assert metrics.add_flip_metric(1, "site-1", "TRAIN-F1-SCORE", value, seq)
+    metrics.add_flip_metric(1, "site-1", "TRAIN-F1-SCORE", 0.9)  # no stamp (an older site): after the stamped ones
+    [entry] = metrics.document()["flip_metrics"]
+    assert entry["sites"]["site-1"]["TRAIN-F1-SCORE"] == [0.5, 0.6, 0.75, 0.9]

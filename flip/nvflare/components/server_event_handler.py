@@ -290,7 +290,7 @@ class ServerEventHandler(FLComponent):
         except MetricDropped as exc:
             self.log_warning(fl_ctx, short_reason(exc))
             return
-        if not self.metrics.add_flip_metric(event.round, event.site, event.label, event.value):
+        if not self.metrics.add_flip_metric(event.round, event.site, event.label, event.value, event.seq):
             if self.metrics.flip_metrics_dropped == 1:
                 self.log_warning(fl_ctx, f"metrics of FLIP apps: the run's limit of {self.metrics.flip_metric_values} "
                                          f"values is reached; later ones (from {event.site} on) are not recorded")
