@@ -17,7 +17,7 @@ from flip.nvflare.end_of_run import finish_run
 from flip.run_metrics import RunMetrics
 from flip.storage.layout import run_prefix
 from flip.storage.manifest import verify_run
-from tests.unit.conftest import FakeEngine
+from tests.fakes import FakeEngine
 
 pytestmark = pytest.mark.s3
 
