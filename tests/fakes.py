@@ -13,6 +13,7 @@ the simulator (one place: no copies elsewhere).
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.abstract.model_persistor import ModelPersistor
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
+from nvflare.fuel.utils.component_builder import ComponentBuilder
 
 from flip.constants import ComponentId, FlipMeta, FlipTask, RunFile
 from flip.nvflare.components import PersistToS3AndCleanup, ServerEventHandler, ValidationJsonGenerator
@@ -176,38 +178,82 @@ def diff_of(data: Shareable, value: float = 0.001) -> dict[str, np.ndarray]:
     return {k: np.full_like(np.asarray(v), value) for k, v in weights.items() if np.asarray(v).dtype.kind == "f"}
 
 
+class _ComponentBuilder(ComponentBuilder):
+    """NVFlare's component builder for configs that name every class by its full path."""
+
+    def get_module_scanner(self):
+        return None
+
+
+def good_update(site: str, data: Shareable, samples: int = 100) -> Shareable:
+    """What a well-behaved site answers to a train task: a small weight difference (``diff_of``) and its metrics."""
+    result = DXO(DataKind.WEIGHT_DIFF, data=diff_of(data), meta={FlipMeta.NUM_SAMPLES: samples}).to_shareable()
+    result.set_header(FlipMeta.METRICS, {"num_samples": samples, "accuracy": 0.5, "loss": 1.0})
+    return result
+
+
 def _refuse_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
 class Server:
-    """One run's server components: ServerEventHandler, ValidationJsonGenerator and PersistToS3AndCleanup (and a
-    persistor and further components if given) on a ServerEngine in ``<tmp>/workspace``, run folder
-    ``<tmp>/workspace/job-1`` with its ``app_server/``, reporting to the dev platform in ``<tmp>/flip`` (or to
-    ``platform``; ``platform="settings"``: the handler builds FLIP() from the settings at START_RUN).
+    """One run's server components on a ServerEngine in ``<tmp>/workspace`` (run folder ``<tmp>/workspace/job-1``
+    with its ``app_server/``): ServerEventHandler, ValidationJsonGenerator and PersistToS3AndCleanup (new ones for a
+    new model id, unless ``components`` holds the job's own, see ``from_job``), the ``persistor`` and other
+    ``components`` if given; the handler reports to the dev platform in ``<tmp>/flip``, or to ``platform``
+    (``"settings"``: FLIP() built from the settings at START_RUN, as in a real run).
 
     ``ctx`` is a context of the run; ``fire`` delivers an event in it; ``run`` runs a job's workflows.
     """
 
     def __init__(self, tmp_path: Path, persistor=None, platform=None, sites=SITES, components: dict | None = None):
-        self.model_id = str(uuid.uuid4())  # its own S3 prefix: the weed server is shared by the session
+        components = dict(components or {})
         self.platform = LocalPlatform(tmp_path / "flip") if platform is None else platform
-        self.handler = ServerEventHandler(model_id=self.model_id,
-                                          flip=None if self.platform == "settings" else self.platform)
-        self.json = ValidationJsonGenerator()
-        self.persist = PersistToS3AndCleanup(model_id=self.model_id,
-                                             persistor_id=ComponentId.PERSISTOR if persistor else "")
-        everything = {ComponentId.JSON_GENERATOR: self.json, ComponentId.PERSIST_AND_CLEANUP: self.persist,
-                      ComponentId.SERVER_EVENT_HANDLER: self.handler, **(components or {})}
+        if ComponentId.SERVER_EVENT_HANDLER not in components:
+            model_id = str(uuid.uuid4())  # its own S3 prefix: the weed server is shared by the session
+            components[ComponentId.JSON_GENERATOR] = ValidationJsonGenerator()
+            components[ComponentId.PERSIST_AND_CLEANUP] = PersistToS3AndCleanup(
+                model_id=model_id, persistor_id=ComponentId.PERSISTOR if persistor else "")
+            components[ComponentId.SERVER_EVENT_HANDLER] = ServerEventHandler(model_id=model_id)
         if persistor is not None:
-            everything[ComponentId.PERSISTOR] = persistor
+            components[ComponentId.PERSISTOR] = persistor
+        self.handler = components[ComponentId.SERVER_EVENT_HANDLER]
+        self.handler.flip = None if self.platform == "settings" else self.platform
+        self.json = components[ComponentId.JSON_GENERATOR]
+        self.persist = components[ComponentId.PERSIST_AND_CLEANUP]
+        self.model_id = self.handler.model_id
+        self.workflows: list = []
         self.workspace = tmp_path / "workspace"
         self.run_dir = self.workspace / JOB_ID
         (self.run_dir / "app_server" / "config").mkdir(parents=True)
-        self.engine = ServerEngine(self.workspace, everything, sites=sites,
+        self.engine = ServerEngine(self.workspace, components, sites=sites,
                                    stickers={FLContextKey.APP_ROOT: str(self.run_dir / "app_server")})
         self.ctx = self.engine.new_context()
         self.runner = None
+
+    @classmethod
+    def from_job(cls, tmp_path: Path, job: Path, sites=SITES, platform=None) -> Server:
+        """The server of the job folder ``job`` (as flip.jobs writes it): its server app's components and workflows
+        built from config_fed_server.json by NVFlare's own component builder, with the app's custom/ folder
+        importable (as NVFlare does); ``run()`` then runs those workflows."""
+        app = Path(job) / "app"
+        config = json.loads((app / "config" / "config_fed_server.json").read_text())
+        builder = _ComponentBuilder()
+        custom = app / "custom"
+        own = [p.stem for p in custom.glob("*.py")]  # a job's modules (models...), imported afresh for each job
+        for name in own:
+            sys.modules.pop(name, None)
+        sys.path.insert(0, str(custom))
+        try:
+            components = {entry["id"]: builder.build_component(entry) for entry in config["components"]}
+            workflows = [builder.build_component(entry) for entry in config["workflows"]]
+        finally:
+            sys.path.remove(str(custom))
+            for name in own:
+                sys.modules.pop(name, None)
+        server = cls(tmp_path, platform=platform, sites=sites, components=components)
+        server.workflows = workflows
+        return server
 
     def fire(self, event_type: str, site: str | None = None, **props) -> None:
         if site:
@@ -244,6 +290,7 @@ class Server:
         from nvflare.private.fed.server.server_json_config import WorkFlow
         from nvflare.private.fed.server.server_runner import ServerRunner, ServerRunnerConfig
 
+        workflows = workflows or self.workflows
         flows = [WorkFlow(f"workflow-{i}", controller) for i, controller in enumerate(workflows)]
         config = ServerRunnerConfig(heartbeat_timeout=60, task_request_interval=1.0, workflows=flows,
                                     task_data_filters={}, task_result_filters={}, handlers=[], components={})

@@ -1,5 +1,6 @@
 """The prod platform in a real run: the hub gets the lifecycle and every site's metrics; nothing secret or
-patient-identifying leaves in logs, hub requests or uploaded files; an undeliverable final status ends in ERROR."""
+patient-identifying leaves in logs, hub requests or uploaded files. (An undeliverable final status ending the run in
+ERROR: tests/unit/test_server_run.py.)"""
 
 from __future__ import annotations
 
@@ -111,23 +112,3 @@ def test_nothing_secret_or_patient_identifying_leaves(hub_run, uploaded, weed):
         for secret in forbidden:
             assert secret not in text, f"{secret!r} found in {where}"
     assert (run.local_dir / "cohorts" / "site-1" / "patients.csv").exists()  # the hospital's data is untouched
-
-
-@pytest.fixture(scope="module")
-def undeliverable_final_status(tmp_path_factory, weed):
-    tmp = tmp_path_factory.mktemp("hub_down_at_the_end")
-    model_id = str(uuid.uuid4())
-    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=1)
-    with HubServer(api_key=HUB_KEY) as hub:
-        hub.reject_status = {"RESULTS_UPLOADED"}
-        env = {"FLIP_ENV": "prod", "FLIP_HUB_URL": hub.url, "FLIP_HUB_API_KEY": HUB_KEY, "FLIP_HUB_RETRIES": "2"}
-        run = simulate(tmp, job, weed, SITES, threads=2, extra_env=env)
-    return model_id, hub, run
-
-
-def test_an_undeliverable_final_status_ends_the_run_in_error(undeliverable_final_status):
-    model_id, hub, run = undeliverable_final_status
-    statuses = hub.statuses(model_id)
-    assert [s["status"] for s in statuses] == ["INITIATED", "PREPARED", "TRAINING_STARTED", "ERROR"]
-    assert "final status could not be delivered" in statuses[-1]["reason"]
-    assert "hub unreachable after 2 attempts (HTTP 500)" in (run.workspace / "server" / "log.txt").read_text()

@@ -16,6 +16,8 @@ from flip.nvflare.components import GaussianPrivacy
 from flip.privacy.gaussian import calibrate_noise, clip_and_noise, epsilon_after, make_rng
 from tests.fakes import FakeEngine
 
+pytestmark = pytest.mark.unit
+
 
 def test_noise_has_the_right_scale():
     n = 400_000

@@ -15,6 +15,8 @@ from flip.errors import PlatformError, SettingsError
 from flip.platform.hub import HubPlatform
 from tests.hub_server import HubServer
 
+pytestmark = pytest.mark.unit  # a hub replica on 127.0.0.1 (tests/hub_server.py), no S3
+
 MODEL_ID = "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90"
 KEY = "hub-key-that-must-never-show"
 

@@ -23,6 +23,8 @@ from flip.nvflare.executors.user_code import TaskContext, build_model, instantia
 from flip.uncertainty import ensemble_predict, mc_dropout_predict, swag_sample
 from tests.fakes import FakeEngine
 
+pytestmark = pytest.mark.unit
+
 GLOBAL = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32)}
 
 

@@ -49,7 +49,7 @@ from flip.nvflare.controllers import FlipScatterAndGather, InitTraining, MultiSt
 from flip.nvflare.result_policy import _DXO_KEY, NON_TRAINING_TASKS
 from flip.nvflare.utils import peer_name
 from flip.provisioning import site_privacy_policy
-from tests.fakes import SITES, Communicator, Persistor, ServerEngine, update
+from tests.fakes import SITES, Communicator, Persistor, Server, ServerEngine, update
 
 pytestmark = pytest.mark.unit
 
@@ -561,6 +561,32 @@ def test_system_panic_fires_fatal_error_with_its_reason(tmp_path):
     in_order(ServerRunner.handle_event, ["elif event_type == EventType.FATAL_SYSTEM_ERROR:",
                                          "fl_ctx.set_prop(key=FLContextKey.FATAL_SYSTEM_ERROR, value=True",
                                          "sticky=True"], EVENTS + " (_end)")
+
+
+def test_server_runner_runs_the_workflows_between_start_and_end_run_and_stops_at_a_panic(tmp_path):
+    """35: ServerRunner.run fires START_RUN (the run's abort signal in the context), runs the workflows in turn
+    (``initialize``, which calls ``start_controller``, then ``control_flow``), then END_RUN; FATAL_SYSTEM_ERROR aborts
+    the run and no later workflow starts. tests/fakes.py's ``Server.run`` drives this same loop (``_execute_run``)
+    between its own START_RUN and END_RUN; it is here run for real with a workflow that panics at its start."""
+    from nvflare.private.fed.server.server_runner import ServerRunner
+
+    fix = EVENTS + " (_end) and tests/fakes.py (Server.run)"
+    in_order(ServerRunner.run, ["fl_ctx.set_prop(ReservedKey.RUN_ABORT_SIGNAL, self.abort_signal",
+                                "self.fire_event(EventType.START_RUN, fl_ctx)", "self._execute_run()",
+                                "self.fire_event(EventType.END_RUN, fl_ctx)"], fix)
+    in_order(ServerRunner._execute_run, ["wf.controller.initialize(fl_ctx)",
+                                         "wf.controller.control_flow(self.abort_signal, fl_ctx)",
+                                         "self.system_panic(", "if self.abort_signal.triggered:", "break"], fix)
+    in_order(ServerRunner.handle_event, ["elif event_type == EventType.FATAL_SYSTEM_ERROR:", "self.abort(fl_ctx)"],
+             fix)
+
+    server = Server(tmp_path, sites=SITES[:1])
+    later = FlipScatterAndGather(min_clients=1, num_rounds=1)
+    server.run(InitTraining(min_clients=2), later)
+    assert server.runner.abort_signal.triggered and server.handler.fatal_error, changed(
+        "a panic in start_controller no longer aborts the run", fix)
+    assert AppEventType.ROUND_STARTED not in server.engine.fired and not later.communicator.sent, changed(
+        "a workflow after an aborted one still runs", fix)
 
 
 def test_fed_event_carries_the_shareable_to_the_server(tmp_path):

@@ -12,6 +12,8 @@ from flip.platform.dev import LocalPlatform
 from flip.platform.hub import HubPlatform
 from flip.settings import load_settings
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults():
     settings = load_settings()
