@@ -64,6 +64,14 @@ def weed(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture
+def s3_env(weed, monkeypatch):
+    """The session's weed server, its endpoint and credentials in this test's environment (as a run reads them)."""
+    for key, value in weed.env.items():
+        monkeypatch.setenv(key, value)
+    return weed
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_stray_settings_in_session():
     """Session and module fixtures (weed, simulator runs) also start without the caller's FLIP_* variables."""

@@ -55,13 +55,6 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-@pytest.fixture
-def s3_env(weed, monkeypatch):
-    for key, value in weed.env.items():
-        monkeypatch.setenv(key, value)
-    return weed
-
-
 def uploaded(weed, key: str) -> bytes:
     return weed._client().get_object(Bucket=weed.bucket, Key=key)["Body"].read()
 

@@ -36,13 +36,6 @@ def dev(tmp_path, monkeypatch):
     return LocalPlatform(tmp_path / "flip")
 
 
-@pytest.fixture
-def s3(weed, monkeypatch):
-    for key, value in weed.env.items():
-        monkeypatch.setenv(key, value)
-    return weed
-
-
 def standard_server(tmp_path, sites=("site-1", "site-2"), platform=None, **options) -> Server:
     """The server of a standard job written with ``options`` and a model id of its own."""
     job = write_job("standard", tmp_path / "jobs", model_id=str(uuid.uuid4()), **options)
@@ -62,7 +55,7 @@ def fatal(server: Server) -> bool:
 # -- failures at the start of a run (simulator runs they replace: too_few_sites_run, prod_run) ------------------
 
 @pytest.mark.unit
-def test_min_clients_above_the_number_of_sites_fails_at_start_naming_it(tmp_path, dev, caplog):
+def test_min_clients_above_the_number_of_sites_fails_at_start_naming_it(tmp_path, dev):
     server = standard_server(tmp_path, min_clients=3, num_rounds=1)
     server.run()
     assert fatal(server)
@@ -88,7 +81,7 @@ def test_prod_without_hub_settings_fails_at_job_start_naming_them(tmp_path, monk
 # -- the end of a run (simulator run it replaces: undeliverable_final_status) -----------------------------------
 
 @pytest.mark.s3
-def test_an_undeliverable_final_status_ends_the_run_in_error(tmp_path, s3, monkeypatch, caplog):
+def test_an_undeliverable_final_status_ends_the_run_in_error(tmp_path, s3_env, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     with HubServer(api_key=HUB_KEY) as hub:
         hub.reject_status = {"RESULTS_UPLOADED"}
@@ -101,7 +94,8 @@ def test_an_undeliverable_final_status_ends_the_run_in_error(tmp_path, s3, monke
     assert [s["status"] for s in statuses] == ["INITIATED", "PREPARED", "TRAINING_STARTED", "ERROR"]
     assert "final status could not be delivered" in statuses[-1]["reason"]
     assert any("hub unreachable after 2 attempts (HTTP 500)" in r.getMessage() for r in caplog.records)
-    verify_run(s3._client(), s3.bucket, run_prefix(server.model_id, server.handler.run_id))  # the upload itself held
+    # the upload itself held: only the final status could not be delivered
+    verify_run(s3_env._client(), s3_env.bucket, run_prefix(server.model_id, server.handler.run_id))
 
 
 # -- updates the aggregator refuses (simulator runs they replace: too_few_run; misbehaving_run's rounds 1-3) -------
@@ -144,7 +138,7 @@ def test_too_few_good_updates_end_the_run_in_error_naming_the_reason(tmp_path, d
 
 
 @pytest.mark.s3
-def test_bad_updates_are_excluded_with_reasons_and_the_run_completes(tmp_path, dev, s3, caplog):
+def test_bad_updates_are_excluded_with_reasons_and_the_run_completes(tmp_path, dev, s3_env, caplog):
     caplog.set_level(logging.INFO)
     server = standard_server(tmp_path, sites=("site-1", "site-2", "site-3"), num_rounds=4, min_clients=2,
                              skip_model_tests=True)
@@ -152,9 +146,9 @@ def test_bad_updates_are_excluded_with_reasons_and_the_run_completes(tmp_path, d
     final = server.statuses()[-1]
     assert final["status"] == "RESULTS_UPLOADED", final
     prefix = run_prefix(server.model_id, final["run_id"])
-    verify_run(s3._client(), s3.bucket, prefix)
-    rounds = json.loads(s3._client().get_object(Bucket=s3.bucket, Key=prefix + RunFile.METRICS)["Body"].read())[
-        "rounds"]
+    verify_run(s3_env._client(), s3_env.bucket, prefix)
+    body = s3_env._client().get_object(Bucket=s3_env.bucket, Key=prefix + RunFile.METRICS)["Body"].read()
+    rounds = json.loads(body)["rounds"]
     excluded = {r["round"]: r.get("excluded", {}).get("site-3", "") for r in rounds}
     assert "holds NaN or Inf" in excluded[1]
     assert "has shape (3, 3), the global model" in excluded[2]
