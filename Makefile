@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: demo test venv jobs bench clean
+.PHONY: demo test check venv jobs bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -21,8 +21,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/flip demo
 
+# every test: unit, S3, the simulator, end to end (POC, the demo, provisioning); what CI runs (.ci/run)
 test: $(STAMP)
 	$(PY) -m pytest
+
+# the fast tier for development: unit, S3 and local-HTTP tests, no simulator and no end-to-end run
+check: $(STAMP)
+	$(PY) -m pytest -m "(unit or s3 or http) and not simulator and not e2e"
 
 jobs: $(STAMP)
 	$(VENV)/bin/flip jobs export --out jobs

@@ -12,6 +12,23 @@ from flip.storage.weed import WeedS3
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: the test tiers (pyproject.toml registers them): every test carries at least one
+TIERS = ("unit", "s3", "http", "simulator", "e2e")
+
+
+def unmarked(items) -> list[str]:
+    """The node ids of the collected ``items`` that carry none of the tier markers."""
+    return [item.nodeid for item in items if not any(item.get_closest_marker(tier) for tier in TIERS)]
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects anything: an unmarked test is never silently skipped
+def pytest_collection_modifyitems(config, items):
+    missing = unmarked(items)
+    if missing:
+        raise pytest.UsageError(
+            f"{len(missing)} test(s) carry no tier marker (one of {', '.join(TIERS)}; see pyproject.toml): "
+            + ", ".join(missing))
+
 
 def clean_env(*prefixes: str) -> dict:
     """A copy of this process's environment without the variables whose names start with any of ``prefixes``."""
@@ -45,6 +62,14 @@ def weed(tmp_path_factory):
     assert server.alive(), "weed mini exited right after start"
     yield server
     server.stop()
+
+
+@pytest.fixture
+def s3_env(weed, monkeypatch):
+    """The session's weed server, its endpoint and credentials in this test's environment (as a run reads them)."""
+    for key, value in weed.env.items():
+        monkeypatch.setenv(key, value)
+    return weed
 
 
 @pytest.fixture(scope="session", autouse=True)

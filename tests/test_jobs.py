@@ -14,6 +14,8 @@ from flip.jobs import DEMO_APP_DIR, JOBS, write_job
 from flip.nvflare import components
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.unit
+
 
 def _tree(folder):
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -71,7 +73,6 @@ def _named_paths(node):
             yield from _named_paths(value)
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize("name, options", [
     ("standard", {}), ("evaluation", {}), ("fed_opt", {}), ("multi_stage", {}),
     ("standard", {"aggregation": "feddc", "uncertainty": "ensemble"}),
@@ -91,7 +92,6 @@ def test_every_flip_class_a_job_names_has_a_public_path(tmp_path, name, options)
         assert cls in importlib.import_module(package).__all__, path
 
 
-@pytest.mark.unit
 def test_job_names_have_one_source():
     assert tuple(JOBS) == JOB_NAMES
     assert sorted(p.name for p in (REPO / "jobs").iterdir() if p.is_dir()) == sorted(JOB_NAMES)
@@ -107,7 +107,6 @@ def _imported_modules(path):
     return names
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(JOBS))
 def test_job_folder_is_self_contained(name):
     """Every module the user's code imports is installed or in the job's custom/ folder (the multi-stage demo's
@@ -118,7 +117,6 @@ def test_job_folder_is_self_contained(name):
             assert (custom / f"{module}.py").is_file() or importlib.util.find_spec(module), f"{path.name}: {module}"
 
 
-@pytest.mark.unit
 def test_one_digits_data_module():
     assert [p.relative_to(DEMO_APP_DIR.parent).as_posix() for p in DEMO_APP_DIR.parent.rglob("digits_data.py")] == [
         "app/digits_data.py"]
@@ -126,7 +124,6 @@ def test_one_digits_data_module():
     assert shipped.read_bytes() == (DEMO_APP_DIR / "digits_data.py").read_bytes()
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize("name, absent", [("standard", {"evaluator.py"}), ("fed_opt", {"evaluator.py"}),
                                           ("multi_stage", {"evaluator.py"}),
                                           ("evaluation", {"trainer.py", "validator.py"})])
@@ -136,7 +133,6 @@ def test_a_job_carries_no_entry_file_it_never_runs(name, absent):
     assert {"models.py", "config.json", "digits_data.py"} <= custom  # helper modules are copied as before
 
 
-@pytest.mark.unit
 def test_an_unused_entry_file_that_the_app_imports_is_kept(tmp_path):
     app = tmp_path / "app"
     app.mkdir()
@@ -149,6 +145,5 @@ def test_an_unused_entry_file_that_the_app_imports_is_kept(tmp_path):
     assert custom == {"models.py", "config.json", "evaluator.py", "helpers.py", "trainer.py"}
 
 
-@pytest.mark.unit
 def test_job_folders_are_marked_generated():
     assert "jobs/** linguist-generated=true" in (REPO / ".gitattributes").read_text().splitlines()

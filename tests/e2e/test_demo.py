@@ -16,7 +16,7 @@ from PIL import Image
 
 from tests.conftest import REPO, clean_env
 
-pytestmark = [pytest.mark.simulator, pytest.mark.s3]
+pytestmark = [pytest.mark.e2e, pytest.mark.simulator]  # the demo starts its own S3 server
 
 
 def _run_demo(tmp: Path, *options: str) -> tuple[int, str]:
@@ -80,6 +80,12 @@ def test_demo_runs_under_differential_privacy_and_reports_the_budget(dp_demo):
     spent = json.loads(spent.replace("'", '"'))
     assert sorted(spent) == ["site-1", "site-2"]
     assert all(7.9 <= v <= 8.0 for v in spent.values()), spent  # calibrated to spend exactly the budget, not more
+    # the sites did learn, each on its own data (their local models, before any noise) ...
+    local = _line(output, r"^    2 +([0-9.]+) +([0-9.]+) +([0-9.]+)$")
+    assert float(local.group(3)) > 0.5, local.group(0)
+    # ... but the noise that ε=8 needs with two sites is of the order of the updates: the global model stays far
+    # below the 0.8 the demo requires without DP (the noise is applied, not only accounted), and the demo says why
     accuracy = float(_line(output, r"^Held-out digits no site ever saw: accuracy ([0-9.]+)$").group(1))
-    assert 0.0 <= accuracy <= 1.0
+    assert accuracy < 0.8
+    assert "client-level DP costs accuracy unless there are many sites" in output
     assert _line(output, r"^Status:   (.+)$").group(1).endswith("RESULTS_UPLOADED")

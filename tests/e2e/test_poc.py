@@ -25,7 +25,7 @@ from flip.storage.registry import ModelRegistry
 from flip.storage.weed import free_ports
 from tests.conftest import REPO, clean_env
 
-pytestmark = [pytest.mark.s3]
+pytestmark = [pytest.mark.e2e, pytest.mark.s3]
 SITES = ["site-1", "site-2"]
 ADMIN = "admin@flip.org"
 ADMIN_CLIENT = Path(__file__).with_name("admin_client.py")
@@ -126,14 +126,20 @@ def _run(poc, job_folder: Path) -> tuple[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def standard_via_api(poc, tmp_path_factory):
-    job = tmp_path_factory.mktemp("jobs") / "standard"
-    shutil.copytree(REPO / "jobs" / "standard", job)
+def job_via_api(poc, tmp_path_factory):
+    """A standard job submitted and monitored through the FLARE API, whose own PercentilePrivacy is switched off."""
+    job = write_job("standard", tmp_path_factory.mktemp("off_job"), num_rounds=1)
+    config_path = job / "app" / "config" / "config_fed_client.json"
+    config = json.loads(config_path.read_text())
+    for entry in config["task_result_filters"]:
+        for flt in entry["filters"]:
+            flt["args"]["off"] = True
+    config_path.write_text(json.dumps(config, indent=2))
     return _run(poc, job)
 
 
-def test_standard_job_via_the_flare_api_lands_a_verified_model(poc, standard_via_api, weed):
-    job_id, meta = standard_via_api
+def test_a_job_via_the_flare_api_lands_a_verified_model(poc, job_via_api, weed):
+    job_id, meta = job_via_api
     assert meta["status"] == "FINISHED:COMPLETED"
     statuses = poc.statuses(job_id)
     assert [s["status"] for s in statuses] == ["INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED"]
@@ -144,19 +150,12 @@ def test_standard_job_via_the_flare_api_lands_a_verified_model(poc, standard_via
     assert record.verified
 
 
-def test_sites_enforce_their_privacy_policy_whatever_the_job_says(poc, tmp_path_factory, weed):
-    """A job whose own PercentilePrivacy is off still sends only filtered updates: the site's scope applies."""
-    job = write_job("standard", tmp_path_factory.mktemp("off_job"), num_rounds=2)
-    config_path = job / "app" / "config" / "config_fed_client.json"
-    config = json.loads(config_path.read_text())
-    for entry in config["task_result_filters"]:
-        for flt in entry["filters"]:
-            flt["args"]["off"] = True
-    config_path.write_text(json.dumps(config, indent=2))
-    job_id, meta = _run(poc, job)
-    assert meta["status"] == "FINISHED:COMPLETED"
+def test_sites_enforce_their_privacy_policy_whatever_the_job_says(poc, job_via_api, weed):
+    """The job's own PercentilePrivacy is off, yet it sent only filtered updates: the site's scope applies."""
+    job_id, _ = job_via_api
     prefix = run_prefix(DEFAULT_MODEL_ID, job_id)
     metrics = json.loads(weed._client().get_object(Bucket=weed.bucket, Key=prefix + "metrics.json")["Body"].read())
+    assert metrics["rounds"]
     for entry in metrics["rounds"]:
         for site in SITES:
             applied = entry["privacy"][site]
@@ -168,17 +167,21 @@ def test_sites_enforce_their_privacy_policy_whatever_the_job_says(poc, tmp_path_
         assert "privacy filter is OFF" in log and "update: percentile 10.0 threshold" in log
 
 
-def test_nvflare_job_submit_runs_the_job_folder_as_it_is(poc):
+def test_nvflare_job_submit_runs_the_job_folder_as_it_is(poc, weed):
     out = poc.nvflare("--format", "json", "job", "submit", "-j", str(REPO / "jobs" / "standard"),
                       "--startup-kit", str(poc.prod / ADMIN))
     job_id = json.loads(out.strip().splitlines()[-1])["data"]["job_id"]
     result = poc.admin("wait", job_id)
     assert result["finished"] and result["status"] == "FINISHED:COMPLETED"
     statuses = [s["status"] for s in poc.statuses(job_id)]
-    assert statuses[-1] == "RESULTS_UPLOADED"
+    assert statuses == ["INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED"]
+    manifest = verify_run(weed._client(), weed.bucket, run_prefix(DEFAULT_MODEL_ID, job_id))
+    assert manifest["rounds"] == 3 and manifest["sites"] == SITES  # jobs/standard as checked in
 
 
-def test_a_job_without_its_trainer_fails_naming_the_file_through_the_admin_api(poc, tmp_path_factory):
+def test_a_job_without_its_trainer_fails_naming_the_file_and_keeps_everything(poc, tmp_path_factory, weed):
+    """Fails clearly and early, with nothing uploaded and nothing deleted at the server, the sites' images still
+    removed; the site's reason reaches the server's log, read through the admin API."""
     app = tmp_path_factory.mktemp("broken_app") / "app"
     shutil.copytree(DEMO_APP_DIR, app, ignore=shutil.ignore_patterns("__pycache__", "trainer.py"))
     job = write_job("standard", tmp_path_factory.mktemp("broken_job"), num_rounds=1, app_dir=app)
@@ -186,6 +189,18 @@ def test_a_job_without_its_trainer_fails_naming_the_file_through_the_admin_api(p
     assert result["status"] != "FINISHED:COMPLETED"
     logs = result["logs"]["logs"]
     assert "custom/trainer.py not found" in logs["server"]  # the site's reason, named in the server's log
+    statuses = poc.statuses(job_id)
+    assert [s["status"] for s in statuses] == ["INITIATED", "PREPARED", "TRAINING_STARTED", "ERROR"]
+    reason = statuses[-1]["reason"]
+    assert "custom/trainer.py not found" in reason and "FLIP_TRAINER" in reason
+    assert "Traceback" not in reason
+    listing = weed._client().list_objects_v2(Bucket=weed.bucket, Prefix=f"{DEFAULT_MODEL_ID}/{job_id}/")
+    assert listing.get("KeyCount", 0) == 0  # nothing uploaded
+    # nothing deleted by flip (NVFlare itself then archives the server's run folder into its job store)
+    assert "the run failed: nothing was uploaded and nothing was deleted" in logs["server"]
+    for site in SITES:
+        assert (poc.local_dir / "cohorts" / site).is_dir()
+        assert not (poc.local_dir / "images" / site / job_id).exists(), site
 
 
 def test_a_bad_component_argument_fails_at_job_start_naming_it(poc, tmp_path_factory):

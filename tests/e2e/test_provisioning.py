@@ -12,6 +12,8 @@ from flip.cli import main as flip_cli
 from flip.provisioning import project_config, render_project
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.e2e  # `flip provision` and `nvflare provision` write real startup kits
+
 
 @pytest.fixture(scope="module")
 def provisioned(tmp_path_factory):

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import re
-import uuid
 
 import numpy as np
 import pytest
@@ -25,7 +24,6 @@ from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
-from nvflare.apis.utils.event import fire_event_to_components
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
@@ -34,18 +32,17 @@ from pydantic import SecretStr
 
 from flip.methods import swag
 from flip.methods.weighted import check_update, norm_outliers, weighted_mean
-from flip.constants import ComponentId, FlipEvent, FlipMeta, RunFile, RunStatus
+from flip.constants import FlipEvent, FlipMeta, RunFile, RunStatus
 from flip.errors import AggregationFailed, JSONValueError, NonFiniteModelError, PlatformError
 from flip.files import write_json_atomic
 from flip.metrics import weighted_means
-from flip.nvflare.components import (GaussianPrivacy, PersistToS3AndCleanup, SampleWeightedAggregator, ServerEventHandler,
-                                     ValidationJsonGenerator)
+from flip.nvflare.components import GaussianPrivacy, SampleWeightedAggregator
 from flip.nvflare.controllers import InitTraining
 from flip.nvflare.controllers.training import FlipScatterAndGather
 from flip.platform.dev import METRICS_FILE, LocalPlatform
 from flip.platform.hub import HubPlatform
+from tests.fakes import FakeEngine, Server
 from tests.replicas.fixtures import running_hub
-from tests.unit.conftest import FakeEngine
 
 MODEL_ID = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 GLOBAL = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32)}
@@ -56,87 +53,6 @@ def strict_json(text: str):
     def refuse(name):
         raise ValueError(f"{name} is not JSON")
     return json.loads(text, parse_constant=refuse)
-
-
-# -- a server at FakeEngine level ---------------------------------------------------------------------------------
-
-class ServerEngine(FakeEngine):
-    """The server's engine: a real Workspace, the job's components by id, and events dispatched to every component
-    with NVFlare's own dispatcher (an exception in a handler is logged and swallowed, as on a real server)."""
-
-    def __init__(self, root, components: dict):
-        super().__init__(root, "server")
-        self.components = components
-
-    def get_component(self, component_id):
-        return self.components.get(component_id)
-
-    def get_clients(self):
-        return []
-
-    def fire_event(self, event_type, fl_ctx):
-        fire_event_to_components(event_type, list(self.components.values()), fl_ctx)
-
-
-class Server:
-    """ServerEventHandler, ValidationJsonGenerator and PersistToS3AndCleanup (and a persistor if given) of one run."""
-
-    def __init__(self, tmp_path, persistor: PTFileModelPersistor | None = None):
-        self.model_id = str(uuid.uuid4())  # its own S3 prefix: the weed server is shared by the session
-        self.platform = LocalPlatform(tmp_path / "flip")
-        self.handler = ServerEventHandler(model_id=self.model_id, flip=self.platform)
-        self.json = ValidationJsonGenerator()
-        self.persist = PersistToS3AndCleanup(model_id=self.model_id,
-                                             persistor_id=ComponentId.PERSISTOR if persistor else "")
-        components = {ComponentId.JSON_GENERATOR: self.json, ComponentId.PERSIST_AND_CLEANUP: self.persist,
-                      ComponentId.SERVER_EVENT_HANDLER: self.handler}
-        if persistor is not None:
-            components[ComponentId.PERSISTOR] = persistor
-        (tmp_path / "workspace").mkdir()
-        self.engine = ServerEngine(tmp_path / "workspace", components)
-        self.run_dir = tmp_path / "workspace" / "job-1"
-        (self.run_dir / "app_server").mkdir(parents=True)
-        self.ctx = FLContext()
-        self.ctx.set_prop(ReservedKey.ENGINE, self.engine, private=True, sticky=False)
-        self.ctx.set_prop(ReservedKey.RUN_NUM, "job-1", private=True, sticky=False)
-        self.ctx.set_prop(FLContextKey.APP_ROOT, str(self.run_dir / "app_server"), private=True, sticky=False)
-
-    def fire(self, event_type: str, site: str | None = None, **props) -> None:
-        if site:
-            peer = FLContext()
-            peer.set_prop(ReservedKey.IDENTITY_NAME, site, private=False, sticky=False)
-            self.ctx.set_peer_context(peer)
-        for key, value in props.items():
-            self.ctx.set_prop(key, value, private=True, sticky=False)
-        self.engine.fire_event(event_type, self.ctx)
-
-    def contribution(self, site: str, round_num: int, metrics: dict, meta: dict | None = None) -> None:
-        """A site's train result the aggregator accepted, with its metrics header and DXO meta."""
-        result = DXO(DataKind.WEIGHT_DIFF, data={"w": np.zeros(2, np.float32)},
-                     meta={FlipMeta.NUM_SAMPLES: metrics.get("num_samples", 10), **(meta or {})}).to_shareable()
-        result.set_header(FlipMeta.METRICS, metrics)
-        self.fire(AppEventType.AFTER_CONTRIBUTION_ACCEPT, site, **{AppConstants.TRAINING_RESULT: result,
-                  AppConstants.CURRENT_ROUND: round_num, AppConstants.AGGREGATION_ACCEPTED: True})
-
-    def one_round(self, meta_by_site: dict[str, dict]) -> None:
-        self.fire(EventType.START_RUN)
-        self.fire(AppEventType.ROUND_STARTED, **{AppConstants.CURRENT_ROUND: 0, AppConstants.NUM_ROUNDS: 1})
-        for i, (site, meta) in enumerate(sorted(meta_by_site.items())):
-            self.contribution(site, 0, {"num_samples": 10 + i, "accuracy": 0.5 + i / 10}, meta)
-        self.fire(AppEventType.ROUND_DONE, **{AppConstants.CURRENT_ROUND: 0})
-
-    def metrics_json(self) -> dict:
-        return strict_json((self.run_dir / RunFile.METRICS).read_text())
-
-    def statuses(self) -> list[dict]:
-        return self.platform.read_statuses(self.model_id)
-
-
-@pytest.fixture
-def s3_env(weed, monkeypatch):
-    for key, value in weed.env.items():
-        monkeypatch.setenv(key, value)
-    return weed
 
 
 def uploaded(weed, key: str) -> bytes:

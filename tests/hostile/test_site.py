@@ -33,7 +33,7 @@ from flip.nvflare.utils import short_reason
 from flip.privacy.percentile import percentile_filter
 from flip.provisioning import project_config, render_project, site_privacy_policy
 from flip.storage.weed import IDENTITIES_FILE, WeedS3
-from tests.unit.conftest import FakeEngine
+from tests.fakes import FakeEngine
 
 # -- item 17: the S3 identities file is private from its creation on ------------------------------------------------
 

@@ -39,7 +39,7 @@ from flip.storage.upload import upload_run
 from flip.storage.pending import find_pending, is_log_file, read_pending, record_pending, resume
 from flip.storage.registry import ModelRegistry
 from tests.conftest import environ
-from tests.unit.conftest import FakeEngine
+from tests.fakes import ServerEngine
 
 SECRET = "-----BEGIN PRIVATE KEY----- not for S3"
 
@@ -385,17 +385,6 @@ def test_registry_upload_refuses_existing_verified_run(tmp_path, weed):
 
 # -- item 4: the advice after a failed end of run is true --------------------------------------------------------
 
-class _Engine(FakeEngine):
-    """FakeEngine that also hands out the run's components by id."""
-
-    def __init__(self, root: Path, components: dict):
-        super().__init__(root, "server")
-        self.components = components
-
-    def get_component(self, comp_id):
-        return self.components.get(comp_id)
-
-
 def _end_of_run(tmp_path: Path, job_id: str, model_id: str, break_staging: bool, env: dict) -> SimpleNamespace:
     """Start and end a run with the real ServerEventHandler and PersistToS3AndCleanup (an evaluation-only run: no
     model persistor), optionally with a file where the staging folder goes; return what it logged and left."""
@@ -404,7 +393,7 @@ def _end_of_run(tmp_path: Path, job_id: str, model_id: str, break_staging: bool,
     handler = ServerEventHandler(model_id, flip=platform)
     components = {ComponentId.JSON_GENERATOR: ValidationJsonGenerator(), ComponentId.PERSIST_AND_CLEANUP: persist}
     (tmp_path / "server").mkdir()
-    engine = _Engine(tmp_path / "server", components)
+    engine = ServerEngine(tmp_path / "server", components)
     ctx = FLContext()
     ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=False)
     ctx.set_prop(ReservedKey.RUN_NUM, job_id, private=True, sticky=False)

@@ -54,11 +54,12 @@ def simulate(tmp: Path, job_dir: Path, weed, sites: list[str], threads: int, ext
     return SimRun(rc, sites, local_dir, tmp / "workspace", env)
 
 
-def run_objects(weed, prefix: str) -> tuple[dict, dict[str, bytes]]:
-    """Verify the run under ``prefix`` against its manifest, then fetch every object the manifest lists."""
-    client = weed._client()
-    manifest = verify_run(client, weed.bucket, prefix)
-    return manifest, {e["key"]: client.get_object(Bucket=weed.bucket, Key=prefix + e["key"])["Body"].read()
+def run_objects(weed, prefix: str, bucket: str | None = None) -> tuple[dict, dict[str, bytes]]:
+    """Verify the run under ``prefix`` (in ``bucket``, default weed's) against its manifest, then fetch every object
+    the manifest lists."""
+    client, bucket = weed._client(), bucket or weed.bucket
+    manifest = verify_run(client, bucket, prefix)
+    return manifest, {e["key"]: client.get_object(Bucket=bucket, Key=prefix + e["key"])["Body"].read()
                       for e in manifest["objects"]}
 
 

@@ -6,7 +6,6 @@ import io
 import json
 import re
 import shutil
-import uuid
 
 import pytest
 import torch
@@ -160,22 +159,3 @@ def test_the_final_model_holds_both_trained_stages(multi_stage_run, weed):
         assert changed, f"no {prefix} parameter changed"
     validation = json.loads(objects[RunFile.CROSS_VAL_RESULTS])
     assert all(v[RunFile.SERVER_MODEL]["accuracy"] > 0.5 for v in validation.values())
-
-
-# -- arguments checked at run start ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def too_few_sites_run(tmp_path_factory, weed):
-    tmp = tmp_path_factory.mktemp("too_few_sites")
-    model_id = str(uuid.uuid4())
-    job = write_job("standard", tmp / "jobs", model_id=model_id, min_clients=3, num_rounds=1)
-    return model_id, simulate(tmp, job, weed, SITES, threads=2)
-
-
-def test_min_clients_above_the_number_of_sites_fails_at_start_naming_it(too_few_sites_run):
-    model_id, run = too_few_sites_run
-    assert run.rc != 0
-    final = run.statuses(model_id)[-1]
-    assert final["status"] == "ERROR" and "min_clients is 3 but only 2 sites joined the run" in final["reason"]
-    assert "round 1/1 started" not in (run.workspace / "server" / "log.txt").read_text()

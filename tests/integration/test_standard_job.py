@@ -82,7 +82,7 @@ def test_metrics_json_has_every_round_and_site(uploaded):
         assert set(entry["sites"]) == {"site-1", "site-2", "site-3"}
         for site_metrics in entry["sites"].values():
             assert site_metrics["num_samples"] > 0
-            assert 0.0 <= site_metrics["accuracy"] <= 1.0
+            assert 0.2 < site_metrics["accuracy"] <= 1.0  # a locally trained model beats chance (0.1)
         assert entry["global"]["num_samples"] == sum(m["num_samples"] for m in entry["sites"].values())
     assert metrics["rounds"][-1]["global"]["accuracy"] > metrics["rounds"][0]["global"]["accuracy"]
 

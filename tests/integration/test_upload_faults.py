@@ -1,17 +1,23 @@
-"""Faults during a run's upload, on a real S3 server (weed mini) and the real simulator.
+"""Faults during a run's upload, on a real S3 server (weed mini) and a TCP fault proxy, without the simulator.
 
-For each fault: the run ends in ERROR naming the cause, its workspace is intact (model, staged artifacts,
-upload_pending.json), then, once the fault is removed, ``flip upload --resume`` completes, the manifest
-verifies, the registry serves the model and the run folder is cleaned.
+Each run is the standard job's server as flip.jobs writes it (tests/fakes.py ``Server.from_job``: its components
+and workflows built from the job's config and run by NVFlare's own ServerRunner loop, the sites answering in
+process), with a model of 6.4 MB so that every upload is multipart: the server's own code stages the run folder,
+records ``upload_pending.json`` and uploads at END_RUN, and the fault hits that upload. For each fault: the run ends
+in ERROR naming the cause, its workspace is intact (model, staged artifacts, upload_pending.json), then, once the
+fault is removed, ``flip upload --resume`` completes, the manifest verifies, the registry serves the model the run
+saved and the run folder is cleaned.
+
+The same path in a real system (the simulator: a run whose upload fails ends in ERROR, and ``flip upload --resume``
+completes it) is checked by tests/integration/test_methods.py, whose simulator runs upload to a missing bucket first.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
-import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -19,19 +25,20 @@ import pytest
 import torch
 
 from flip.cli import main as flip_cli
-from flip.constants import RunFile
+from flip.constants import FlipTask, RunFile
 from flip.jobs import DEMO_APP_DIR, write_job
+from flip.nvflare.components.persist_to_s3_and_cleanup import state_dict_from_checkpoint
 from flip.storage.layout import run_prefix
 from flip.storage.manifest import verify_run
-from flip.storage.upload import abort_incomplete_uploads
 from flip.storage.pending import is_log_file
 from flip.storage.registry import ModelRegistry
+from flip.storage.upload import abort_incomplete_uploads
 from flip.storage.weed import WeedS3
 from tests.conftest import environ
-from tests.integration.conftest import simulate
+from tests.fakes import Server, good_update
 from tests.integration.tcp_proxy import TcpProxy
 
-pytestmark = [pytest.mark.simulator, pytest.mark.s3]
+pytestmark = pytest.mark.s3
 
 BIG_BUFFER = 1_600_000  # 6.4 MB of float32: the model is uploaded in two parts (5 MiB + the rest)
 FAST_FAIL = {"AWS_MAX_ATTEMPTS": "2", "FLIP_S3_MULTIPART_THRESHOLD_MB": "5", "FLIP_S3_PART_SIZE_MB": "5"}
@@ -39,7 +46,7 @@ FAST_FAIL = {"AWS_MAX_ATTEMPTS": "2", "FLIP_S3_MULTIPART_THRESHOLD_MB": "5", "FL
 
 @pytest.fixture(scope="module")
 def big_app(tmp_path_factory):
-    """The demo app with a 12 MB buffer in its model, so that every upload is multipart."""
+    """The demo app with a 6.4 MB buffer in its model, so that every upload is multipart."""
     app = tmp_path_factory.mktemp("big_app") / "app"
     shutil.copytree(DEMO_APP_DIR, app, ignore=shutil.ignore_patterns("__pycache__"))
     models = app / "models.py"
@@ -59,41 +66,39 @@ def get_model() -> torch.nn.Module:
 
 
 class FaultRun:
-    """One simulator run of the big job under a fault, and what it left."""
+    """One run of the big standard job (one round, two sites) under a fault, and what it left."""
 
-    def __init__(self, tmp: Path, big_app: Path, server: WeedS3, env: dict, inject=None):
+    def __init__(self, tmp: Path, big_app: Path, server: WeedS3, env: dict, before_run=None):
         self.model_id = str(uuid.uuid4())
-        job = write_job("standard", tmp / "jobs", model_id=self.model_id, num_rounds=1, app_dir=big_app)
-        self.server = server
-        stop = threading.Event()
-        injector = threading.Thread(target=inject, args=(tmp / "workspace", stop), daemon=True) if inject else None
-        if injector:
-            injector.start()
-        try:
-            self.run = simulate(tmp, job, server, ["site-1", "site-2"], threads=2, extra_env={**FAST_FAIL, **env})
-        finally:
-            stop.set()
-            if injector:
-                injector.join(timeout=30)
-        self.folder = self.run.workspace / "server" / "simulate_job"
+        job = write_job("standard", tmp / "jobs", model_id=self.model_id, num_rounds=1, skip_model_tests=True,
+                        app_dir=big_app)
+        self.env = {**server.env, "FLIP_ENV": "dev", "FLIP_LOCAL_DIR": str(tmp / "flip"), **FAST_FAIL, **env}
+        self.s3 = server
+        with environ(**self.env):
+            self.server = Server.from_job(tmp, job)
+            if before_run:
+                before_run(self.server)
+            self.server.run(answers={FlipTask.TRAIN: good_update})
+        self.workspace, self.folder = self.server.workspace, self.server.run_dir
 
     @property
     def statuses(self) -> list[dict]:
-        return self.run.statuses(self.model_id)
+        return self.server.statuses()
 
     def assert_failed_and_intact(self, cause: str) -> None:
         final = self.statuses[-1]
         assert final["status"] == "ERROR", self.statuses
         assert cause in final["reason"], final["reason"]
         assert "Traceback" not in final["reason"]
-        assert self.server.secret_key not in final["reason"]
+        assert self.s3.secret_key not in final["reason"]
         assert (self.folder / RunFile.UPLOAD_PENDING).is_file()
         assert (self.folder / RunFile.STAGING_DIR / RunFile.GLOBAL_MODEL).is_file()
-        assert list(self.folder.glob("app_server/FL_global_model.pt"))
+        assert (self.folder / "app_server" / "FL_global_model.pt").is_file()
+        self.saved = state_dict_from_checkpoint(self.folder / "app_server" / "FL_global_model.pt")
 
     def resume(self, server: WeedS3, **env) -> int:
-        with environ(**{**self.run.env, **FAST_FAIL, **server.env, **env}):
-            return flip_cli(["upload", "--resume", str(self.run.workspace)])
+        with environ(**{**self.env, **server.env, **env}):
+            return flip_cli(["upload", "--resume", str(self.workspace)])
 
     def assert_resumed(self, server: WeedS3) -> None:
         assert self.statuses[-1]["status"] == "RESULTS_UPLOADED", self.statuses
@@ -103,7 +108,7 @@ class FaultRun:
         assert RunFile.GLOBAL_MODEL in {o["key"] for o in manifest["objects"]}
         state = ModelRegistry(client, server.bucket).load(self.model_id)
         assert state["lookup_table"].shape == (BIG_BUFFER,)
-        assert torch.equal(state["lookup_table"], torch.linspace(0, 1, BIG_BUFFER))  # untouched by training
+        assert set(state) == set(self.saved) and all(torch.equal(state[k], self.saved[k]) for k in state)
         assert all(is_log_file(p.name) for p in self.folder.iterdir())
         assert not abort_incomplete_uploads(client, server.bucket, prefix)  # nothing unfinished left behind
 
@@ -112,6 +117,7 @@ class FaultRun:
 def own_weed(tmp_path):
     server = WeedS3(bucket="flip-models", root=tmp_path / "own_weed").start()
     yield server
+    server.kill()  # a graceful stop waits 10 s for the connections this process still holds open
     server.stop()
 
 
@@ -150,11 +156,14 @@ def test_server_killed_in_the_middle_of_a_multipart_upload_then_network_cut_duri
     fault.assert_resumed(own_weed)
 
 
-def test_wrong_secret(tmp_path, big_app, weed):
+def test_wrong_secret(tmp_path, big_app, weed, caplog):
+    caplog.set_level(logging.DEBUG)
     fault = FaultRun(tmp_path, big_app, weed, {"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
     fault.assert_failed_and_intact("access denied, check the S3 credentials")
     assert "not-the-secret" not in fault.statuses[-1]["reason"]
-    assert "not-the-secret" not in (fault.run.workspace / "server" / "log.txt").read_text()
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("access denied" in line for line in logged)  # the server did log the failure...
+    assert not [line for line in logged if "not-the-secret" in line]  # ...without the secret
     assert fault.resume(weed) == 0
     fault.assert_resumed(weed)
 
@@ -166,7 +175,7 @@ def test_bucket_missing(tmp_path, big_app, weed):
     assert fault.resume(weed, FLIP_S3_CREATE_BUCKET="true", FLIP_MODELS_BUCKET="no-such-bucket") == 0
     assert fault.statuses[-1]["status"] == "RESULTS_UPLOADED"
     state = ModelRegistry(weed._client(), "no-such-bucket").load(fault.model_id)
-    assert state["lookup_table"].shape == (BIG_BUFFER,)
+    assert all(torch.equal(state[k], fault.saved[k]) for k in fault.saved)
 
 
 def _make_read_only(path: Path) -> None:
@@ -188,18 +197,14 @@ def test_read_only_workspace_at_cleanup(tmp_path, big_app, weed):
         pytest.skip("running as root without chattr: a read-only folder cannot be made")
     locked: list[Path] = []
 
-    def lock_config_once_training_runs(workspace: Path, stop: threading.Event) -> None:
-        log, config = workspace / "server" / "log.txt", workspace / "server" / "simulate_job" / "app_server" / "config"
-        while not stop.is_set():
-            if log.is_file() and "run status TRAINING_STARTED" in log.read_text(errors="replace"):
-                _make_read_only(config)
-                locked.append(config)
-                return
-            time.sleep(0.2)
+    def lock_config(server: Server) -> None:  # the app's config folder cannot be deleted at cleanup
+        config = server.run_dir / "app_server" / "config"
+        (config / "config_fed_server.json").write_text("{}")
+        _make_read_only(config)
+        locked.append(config)
 
-    fault = FaultRun(tmp_path, big_app, weed, {}, inject=lock_config_once_training_runs)
-    assert locked, "the run ended before its config folder could be locked"
     try:
+        fault = FaultRun(tmp_path, big_app, weed, {}, before_run=lock_config)
         final = fault.statuses[-1]
         assert final["status"] == "ERROR" and "but cleanup failed" in final["reason"], final
         assert f"verified at s3://{weed.bucket}/{fault.model_id}/" in final["reason"]
@@ -207,10 +212,12 @@ def test_read_only_workspace_at_cleanup(tmp_path, big_app, weed):
         # the upload itself was verified before anything was deleted
         prefix = run_prefix(fault.model_id, final["run_id"])
         verify_run(weed._client(), weed.bucket, prefix)
-        with environ(**{**fault.run.env, **FAST_FAIL}):
+        fault.saved = ModelRegistry(weed._client(), weed.bucket).load(fault.model_id)  # cleanup may have begun
+        with environ(**fault.env):
             assert flip_cli(["upload", "--resume", str(fault.folder)]) == 2  # still read-only: refused, named
         assert fault.statuses[-1]["status"] == "ERROR" and "cleanup" in fault.statuses[-1]["reason"]
     finally:
-        _make_writable(locked[0])
+        for path in locked:
+            _make_writable(path)
     assert fault.resume(weed) == 0
     fault.assert_resumed(weed)

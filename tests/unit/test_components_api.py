@@ -14,6 +14,8 @@ import flip.nvflare.components as components
 import flip.nvflare.controllers as controllers
 import flip.nvflare.executors as executors
 
+pytestmark = pytest.mark.unit
+
 MODEL_ID = "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90"
 EMPTY = inspect.Parameter.empty
 
@@ -40,7 +42,6 @@ def test_all_is_sorted_and_exported():
         assert getattr(components, name).__name__ == name
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize("package", [components, controllers, executors])
 def test_public_packages_export_a_sorted_all(package):
     assert package.__all__ == sorted(package.__all__)
@@ -48,14 +49,12 @@ def test_public_packages_export_a_sorted_all(package):
         assert getattr(package, name).__name__ == name
 
 
-@pytest.mark.unit
 def test_cleanup_images_is_an_executor_also_named_from_components():
     """CleanupImages lives with the executors; SPEC.md and FLIP's configs name flip.nvflare.components.CleanupImages."""
     assert executors.CleanupImages is components.CleanupImages
     assert executors.CleanupImages.__module__ == "flip.nvflare.executors.cleanup_images"
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize("name", ["SampleWeightedAggregator", "FedOptShareableGenerator", "UncertaintyPlan"])
 def test_components_a_job_names_live_in_components(name):
     assert getattr(components, name).__module__.startswith("flip.nvflare.components.")

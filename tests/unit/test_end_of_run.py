@@ -19,7 +19,7 @@ from flip.report import UPLOAD_PENDING
 from flip.run_metrics import RunMetrics
 from flip.storage.layout import run_prefix
 from flip.storage.manifest import verify_run
-from tests.unit.conftest import FakeEngine
+from tests.fakes import FakeEngine
 
 pytestmark = pytest.mark.s3
 

@@ -11,7 +11,6 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from nvflare.apis.client import Client
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.fl_context import FLContext
@@ -24,7 +23,7 @@ from flip.nvflare.components import EvaluationPTModelLocator
 from flip.nvflare.components.initial_pt_model_locator import INITIAL_MODEL_FILE
 from flip.nvflare.controllers import EvaluateModels
 from flip.storage.registry import ModelRegistry
-from tests.unit.conftest import FakeEngine
+from tests.fakes import ServerEngine
 
 pytestmark = pytest.mark.s3
 
@@ -32,21 +31,9 @@ REGISTERED = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}
 INITIAL = {"w": torch.tensor([7.0, 8.0]), "b": torch.tensor([9.0])}
 
 
-class _Engine(FakeEngine):
-    def __init__(self, root, components):
-        super().__init__(root, "server")
-        self.components = components
-
-    def get_component(self, comp_id):
-        return self.components.get(comp_id)
-
-    def get_clients(self):
-        return [Client("site-1", None)]
-
-
 def _ctx(tmp_path, locator, initial: bool) -> FLContext:
     (tmp_path / "ws").mkdir(exist_ok=True)
-    engine = _Engine(tmp_path / "ws", {ComponentId.MODEL_LOCATOR: locator})
+    engine = ServerEngine(tmp_path / "ws", {ComponentId.MODEL_LOCATOR: locator}, sites=["site-1"])
     ctx = FLContext()
     ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=False)
     ctx.set_prop(ReservedKey.RUN_NUM, "job-1", private=True, sticky=False)

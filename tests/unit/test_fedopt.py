@@ -14,6 +14,8 @@ from flip.constants import FlipProp
 from flip.methods.fedopt import FedOptState, fedopt_step
 from flip.nvflare.components import FedOptShareableGenerator
 
+pytestmark = pytest.mark.unit
+
 
 def test_sgd_lr_one_without_momentum_is_fedavg():
     w, d = {"w": np.array([1.0, 2.0])}, {"w": np.array([0.5, -0.25])}

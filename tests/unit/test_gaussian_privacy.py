@@ -14,7 +14,9 @@ from flip.constants import FlipMeta
 from flip.errors import PrivacyError
 from flip.nvflare.components import GaussianPrivacy
 from flip.privacy.gaussian import calibrate_noise, clip_and_noise, epsilon_after, make_rng
-from tests.unit.conftest import FakeEngine
+from tests.fakes import FakeEngine
+
+pytestmark = pytest.mark.unit
 
 
 def test_noise_has_the_right_scale():

@@ -21,7 +21,9 @@ from flip.jobs import DEMO_APP_DIR, write_job
 from flip.nvflare.components import SampleWeightedAggregator
 from flip.nvflare.executors.user_code import TaskContext, build_model, instantiate, load_class
 from flip.uncertainty import ensemble_predict, mc_dropout_predict, swag_sample
-from tests.unit.conftest import FakeEngine
+from tests.fakes import FakeEngine
+
+pytestmark = pytest.mark.unit
 
 GLOBAL = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32)}
 

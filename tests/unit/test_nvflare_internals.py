@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from nvflare.apis.client import Client
-from nvflare.apis.controller_spec import ClientTask
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.event_type import EventType
@@ -31,12 +29,10 @@ from nvflare.apis.fl_constant import (
     ReturnCode,
     WorkspaceConstants,
 )
-from nvflare.apis.fl_context import FLContext, FLContextManager
+from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable, make_reply
 from nvflare.apis.signal import Signal
-from nvflare.apis.wf_comm_spec import WFCommSpec
 from nvflare.app_common.abstract.model import ModelLearnableKey, make_model_learnable
-from nvflare.app_common.abstract.model_persistor import ModelPersistor
 from nvflare.app_common.app_constant import AppConstants, DefaultCheckpointFileName
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
@@ -53,12 +49,11 @@ from flip.nvflare.controllers import FlipScatterAndGather, InitTraining, MultiSt
 from flip.nvflare.result_policy import _DXO_KEY, NON_TRAINING_TASKS
 from flip.nvflare.utils import peer_name
 from flip.provisioning import site_privacy_policy
-from tests.unit.conftest import FakeEngine
+from tests.fakes import SITES, Communicator, Persistor, Server, ServerEngine, update
 
 pytestmark = pytest.mark.unit
 
 DOC = "docs/nvflare-internals.md"
-SITES = ("site-1", "site-2")
 
 
 def changed(what: str, fix: str) -> str:
@@ -84,29 +79,13 @@ def params(func) -> list[str]:
 # -- stand-ins for the parts of a server that only a running NVFlare has --------------------------------------------
 
 
-class Engine(FakeEngine):
-    """A server engine: components by id, the sites, and every event delivered to every component (as NVFlare's
-    run manager does: workflows are handlers too, see test 7), with a snapshot of the context at each event."""
+class Engine(ServerEngine):
+    """The server's engine (tests/fakes.py) that also keeps a snapshot of the context at each event."""
 
     def __init__(self, root: Path, components: dict | None = None, sites=SITES):
         root.mkdir(parents=True, exist_ok=True)
-        super().__init__(root, "server")
-        self.components = components or {}
-        self.clients = [Client(s, None) for s in sites]
+        super().__init__(root, components, sites=sites)
         self.events: list[tuple[str, dict]] = []
-        self.manager = FLContextManager(engine=self, identity_name="server", job_id="job-1")
-
-    def new_context(self) -> FLContext:
-        return self.manager.new_context()
-
-    def get_component(self, component_id):
-        return self.components.get(component_id)
-
-    def get_clients(self):
-        return self.clients
-
-    def persist_components(self, fl_ctx, completed):
-        pass
 
     def fire_event(self, event_type, fl_ctx):
         self.events.append((event_type, {
@@ -118,66 +97,10 @@ class Engine(FakeEngine):
             "peer": peer_name(fl_ctx, default=None),
             "data": fl_ctx.get_prop(FLContextKey.EVENT_DATA),
         }))
-        for component in list(self.components.values()):
-            component.handle_event(event_type, fl_ctx)
+        super().fire_event(event_type, fl_ctx)
 
     def names(self) -> list[str]:
         return [e for e, _ in self.events]
-
-
-class Persistor(ModelPersistor):
-    """NVFlare's abstract model persistor, holding a two-entry model in memory; records the rounds it saved."""
-
-    def __init__(self):
-        super().__init__()
-        self.saved_rounds: list[int] = []
-
-    def load_model(self, fl_ctx):
-        return make_model_learnable({"w": np.zeros(2, np.float32)}, {})
-
-    def save_model(self, model_learnable, fl_ctx):
-        self.saved_rounds.append(fl_ctx.get_prop(AppConstants.CURRENT_ROUND))
-
-
-class Communicator(WFCommSpec):
-    """The server's task communicator, in process: for each site, call the task's before-sent callback, then hand
-    the site's reply to the result callback in a new context of the run with the site as peer (as WFCommServer
-    does, keyword arguments included)."""
-
-    def __init__(self, engine: Engine, reply):
-        self.engine = engine
-        self.reply = reply
-        self.sent: list[dict] = []
-
-    def broadcast_and_wait(self, task, fl_ctx, targets=None, min_responses=1, wait_time_after_min_received=0,
-                           abort_signal=None):
-        for client in self.engine.clients:
-            client_task = ClientTask(client, task)
-            round_before = task.data.get_header(AppConstants.CURRENT_ROUND)
-            if task.before_task_sent_cb is not None:
-                task.before_task_sent_cb(client_task=client_task, fl_ctx=fl_ctx)
-            self.sent.append({"site": client.name, "round_before_hook": round_before,
-                              "headers": dict(task.data.get(ReservedHeaderKey.HEADERS) or {})})
-            result = self.reply(client.name, task.data.get_header(AppConstants.CURRENT_ROUND))
-            result.set_cookie_jar(task.data.get_cookie_jar())  # the site echoes the cookies (see test 19)
-            client_task.result = result
-            submission = self.engine.new_context()
-            peer = FLContext()
-            peer.set_prop(ReservedKey.IDENTITY_NAME, client.name, private=False, sticky=False)
-            submission.set_peer_context(peer)
-            if task.result_received_cb is not None:
-                task.result_received_cb(client_task=client_task, fl_ctx=submission)
-
-    def get_num_standing_tasks(self) -> int:
-        return 0
-
-    def cancel_all_tasks(self, completion_status=None, fl_ctx=None):
-        pass
-
-
-def update(site: str, round_num: int, meta: dict | None = None) -> Shareable:
-    return DXO(DataKind.WEIGHT_DIFF, data={"w": np.full(2, 0.5, np.float32)},
-               meta={FlipMeta.NUM_SAMPLES: 10, **(meta or {})}).to_shareable()
 
 
 def run_rounds(tmp_path: Path, workflow, reply=update, aggregator=None):
@@ -640,6 +563,32 @@ def test_system_panic_fires_fatal_error_with_its_reason(tmp_path):
                                          "sticky=True"], EVENTS + " (_end)")
 
 
+def test_server_runner_runs_the_workflows_between_start_and_end_run_and_stops_at_a_panic(tmp_path):
+    """35: ServerRunner.run fires START_RUN (the run's abort signal in the context), runs the workflows in turn
+    (``initialize``, which calls ``start_controller``, then ``control_flow``), then END_RUN; FATAL_SYSTEM_ERROR aborts
+    the run and no later workflow starts. tests/fakes.py's ``Server.run`` drives this same loop (``_execute_run``)
+    between its own START_RUN and END_RUN; it is here run for real with a workflow that panics at its start."""
+    from nvflare.private.fed.server.server_runner import ServerRunner
+
+    fix = EVENTS + " (_end) and tests/fakes.py (Server.run)"
+    in_order(ServerRunner.run, ["fl_ctx.set_prop(ReservedKey.RUN_ABORT_SIGNAL, self.abort_signal",
+                                "self.fire_event(EventType.START_RUN, fl_ctx)", "self._execute_run()",
+                                "self.fire_event(EventType.END_RUN, fl_ctx)"], fix)
+    in_order(ServerRunner._execute_run, ["wf.controller.initialize(fl_ctx)",
+                                         "wf.controller.control_flow(self.abort_signal, fl_ctx)",
+                                         "self.system_panic(", "if self.abort_signal.triggered:", "break"], fix)
+    in_order(ServerRunner.handle_event, ["elif event_type == EventType.FATAL_SYSTEM_ERROR:", "self.abort(fl_ctx)"],
+             fix)
+
+    server = Server(tmp_path, sites=SITES[:1])
+    later = FlipScatterAndGather(min_clients=1, num_rounds=1)
+    server.run(InitTraining(min_clients=2), later)
+    assert server.runner.abort_signal.triggered and server.handler.fatal_error, changed(
+        "a panic in start_controller no longer aborts the run", fix)
+    assert AppEventType.ROUND_STARTED not in server.engine.fired and not later.communicator.sent, changed(
+        "a workflow after an aborted one still runs", fix)
+
+
 def test_fed_event_carries_the_shareable_to_the_server(tmp_path):
     """23: a site's ``fire_fed_event(event, shareable)`` is sent with its headers (flip's site name and reason) and
     the event type; the server fires it with the Shareable as EVENT_DATA."""
@@ -993,7 +942,8 @@ def test_sag_builds_each_rounds_task_from_train_task_name_after_round_started(tm
     components = {ComponentId.PERSISTOR: Persistor(), ComponentId.AGGREGATOR: SampleWeightedAggregator(min_accepted=2),
                   ComponentId.SHAREABLE_GENERATOR: FullModelShareableGenerator(), "training": workflow}
     engine = Engine(tmp_path, components)
-    workflow.set_communicator(Named(engine, update))
+    stage_tasks = {name: (lambda site, data: update(site, 0)) for name in ("train_ae", "train_dm")}
+    workflow.set_communicator(Named(engine, update, answers=stage_tasks))
     fl_ctx = engine.new_context()
     workflow.initialize(fl_ctx)
     workflow.control_flow(Signal(), fl_ctx)

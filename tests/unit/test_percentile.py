@@ -14,6 +14,8 @@ from flip.errors import PrivacyError
 from flip.nvflare.components import PercentilePrivacy
 from flip.privacy.percentile import percentile_filter, percentile_threshold
 
+pytestmark = pytest.mark.unit
+
 
 def test_hand_worked_example():
     update = {"w": np.array([0.001, -0.5, 0.02, 0.0, 0.3, 0.05])}

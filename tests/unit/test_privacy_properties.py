@@ -21,6 +21,8 @@ from flip.errors import PrivacyError
 from flip.nvflare.components import PercentilePrivacy, StagePercentilePrivacy
 from flip.privacy.percentile import percentile_filter, percentile_threshold
 
+pytestmark = pytest.mark.unit
+
 DTYPES = (np.float16, np.float32, np.float64)
 
 

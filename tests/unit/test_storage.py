@@ -16,6 +16,8 @@ from flip.storage.client import transfer_config
 from flip.storage.layout import run_prefix
 from flip.storage.pending import clean_run_dir, find_pending, write_pending
 
+pytestmark = pytest.mark.unit
+
 MODEL_ID = "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90"
 
 

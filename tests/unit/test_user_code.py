@@ -12,6 +12,8 @@ from flip.jobs import DEMO_APP_DIR
 from flip.nvflare.executors.run_trainer import training_result
 from flip.nvflare.executors.user_code import build_model, instantiate, load_class, load_config
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def app(tmp_path):
