@@ -35,7 +35,14 @@ from flip.api.schemas import (
     UploadAppResponse,
 )
 from flip.api.settings import ServiceConfig
-from flip.api.staging import check_older_fields, map_trusts, stage_job, staged_folder, trust_names
+from flip.api.staging import (
+    check_job_folder,
+    check_older_fields,
+    map_trusts,
+    stage_job,
+    staged_folder,
+    trust_names,
+)
 from flip.checks import check_model_id, check_path_name
 from flip.errors import ApiError
 
@@ -149,10 +156,7 @@ def create_app(config: ServiceConfig, flare: Flare) -> FastAPI:
     @app.post("/submit_job/{job_folder}", response_model=str, responses=_ERRORS, tags=["jobs"])
     def submit_job(job_folder: str) -> str:
         """Submit the staged job folder ``job_folder`` (the model id ``upload_app`` staged); answer the job id."""
-        try:
-            job_folder = check_model_id(job_folder)  # upload_app stages a model id in its canonical form
-        except ValueError:
-            pass
+        job_folder = check_job_folder(job_folder)
         folder = staged_folder(flare.upload_dir, job_folder)
         job_id = flare.call("submit_job", lambda s: s.submit_job(str(folder)))
         logger.info("submitted %s as job %s", job_folder, job_id)

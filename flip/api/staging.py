@@ -17,7 +17,7 @@ from pathlib import Path
 from flip.api.bundle import BundleFile, fetch_bundle
 from flip.api.schemas import UploadAppRequest
 from flip.api.settings import MAX_TRUST_NAME, ServiceConfig
-from flip.checks import check_path_name, check_str
+from flip.checks import check_model_id, check_path_name, check_str
 from flip.constants import JobType
 from flip.errors import ApiError
 
@@ -147,17 +147,29 @@ def _swap(new: Path, target: Path, upload_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def staged_folder(upload_dir: Path, job_folder: str) -> Path:
-    """The staged job folder ``job_folder`` (one safe name) in ``upload_dir``.
+def check_job_folder(job_folder: str) -> str:
+    """Return ``job_folder`` if it is one safe name (a staged job folder's: a model id), in canonical form.
 
     Raises:
-        ApiError: (400) not one safe name (``..``, a slash, a control character); (404) nothing staged under it.
+        ApiError: (400) not one safe name: ``..``, a slash, a control character (named).
     """
     try:
-        check_path_name("job folder", job_folder)
+        return check_model_id(job_folder)  # upload_app stages a model id in its canonical form
+    except ValueError:
+        pass
+    try:
+        return check_path_name("job folder", job_folder)
     except ValueError as exc:
         raise ApiError(str(exc)) from None
-    folder = upload_dir / job_folder
+
+
+def staged_folder(upload_dir: Path, job_folder: str) -> Path:
+    """The staged job folder ``job_folder`` (checked by :func:`check_job_folder`) in ``upload_dir``.
+
+    Raises:
+        ApiError: (404) nothing is staged under that name.
+    """
+    folder = upload_dir / check_job_folder(job_folder)
     if folder.is_symlink() or not (folder / "meta.json").is_file() or job_folder.startswith(_STAGING_PREFIX):
         raise ApiError(f"no job folder {job_folder!r} is staged: POST /upload_app/{job_folder} first", status=404)
     return folder
