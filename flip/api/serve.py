@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 from flip.checks import check_port
@@ -41,6 +42,12 @@ def serve(admin_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, user
     auth = f"key required in {config.key_header}" if config.key else "NO KEY (--insecure-loopback)"
     print(f"FL API for the FL server of {admin_dir.name}'s kit, as {user}, on http://{host}:{port} ({auth})",
           flush=True)
+    for stop in (signal.SIGINT, signal.SIGTERM):  # uvicorn handles them while it serves, then re-raises the one it
+        signal.signal(stop, _stopped)               # got to the handler before it: ours, so the service ends with 0
     uvicorn.run(create_app(config, flare), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
     flare.close()
     return 0
+
+
+def _stopped(signum, frame) -> None:
+    """SIGINT or SIGTERM after uvicorn has shut down: nothing more to do."""
