@@ -37,8 +37,8 @@ def serve(admin_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, user
     settings = load_api_settings(username=username)
     config = service_config(settings, host, insecure_loopback)
     user = settings.username or kit_username(admin_dir)
-    flare = Flare(admin_dir, user, connect_timeout=settings.connect_timeout).connect()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flare = Flare(admin_dir, user, connect_timeout=settings.connect_timeout).connect()
     auth = f"key required in {config.key_header}" if config.key else "NO KEY (--insecure-loopback)"
     print(f"FL API for the FL server of {admin_dir.name}'s kit, as {user}, on http://{host}:{port} ({auth})",
           flush=True)

@@ -62,7 +62,8 @@ def map_trusts(trusts: list[str], trust_sites: dict[str, str], connected: list[s
             raise ApiError(f"trusts: {exc}") from None
     if len(set(sites)) != len(sites):
         raise ApiError(f"trusts name a site twice: {trusts!r}")
-    missing = [f"{t!r}" + (f" (site {s!r})" if s != t else "") for t, s in zip(trusts, sites) if s not in connected]
+    missing = [f"{t!r}" + (f" (site {s!r})" if s != t else "") for t, s in zip(trusts, sites, strict=True)
+               if s not in connected]
     if missing:
         names = trust_names(trust_sites)
         there = [f"{names[c]} (site {c})" if c in names else c for c in sorted(connected)]
