@@ -135,6 +135,20 @@ def _cmd_job_create(args) -> int:
     return 0
 
 
+def _cmd_api_serve(args) -> int:
+    from flip.api.serve import serve
+
+    try:
+        code = serve(args.admin_dir, host=args.host, port=args.port, username=args.username,
+                     insecure_loopback=args.insecure_loopback)
+    except (FlipError, ValueError) as exc:
+        print(f"flip: error: {exc}", file=sys.stderr)
+        code = 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the FLARE API's connection threads outlive its session: they must not keep the process alive
+
+
 def _cmd_simulate(args) -> int:
     from flip.simulate import parse_site_data, parse_site_env, run_simulator, site_names
 
@@ -444,6 +458,26 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--sites", default=None,
                         help="an evaluation's sites: a number or comma-separated names (default 2: site-1, site-2)")
     create.set_defaults(func=_cmd_job_create)
+
+    api = sub.add_parser("api", help="the FL API: FLIP's hub drives the network over HTTP").add_subparsers(
+        dest="api_command", required=True)
+    api_serve = api.add_parser(
+        "serve", help="serve the routes FLIP's hub calls (upload_app, submit_job, list_jobs, abort_job, "
+                      "check_server_status, check_client_status), next to the FL server",
+        description="Serve FLIP's FL API for the FL server an admin's startup kit reaches. The key callers must send "
+                    "comes from FLIP_API_KEY_FILE (a file only this user reads) or FLIP_API_KEY, in the header "
+                    "FLIP_API_KEY_HEADER (X-Internal-Service-Key); bundle URLs may name s3://FLIP_API_BUNDLE_BUCKET "
+                    "or file:// under FLIP_API_BUNDLE_ROOT; FLIP_API_TRUST_SITES maps the hub's trust names to "
+                    "sites. See the README, 'Driving a network over HTTP'.")
+    api_serve.add_argument("--admin-dir", required=True, metavar="STARTUP_KIT",
+                           help="an admin's startup kit (e.g. <kits>/admin@flip.org)")
+    api_serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1)")
+    api_serve.add_argument("--port", type=int, default=8000, help="the port to listen on (8000)")
+    api_serve.add_argument("--username", default=None,
+                           help="the admin identity (default: FLIP_API_USERNAME, else the kit's own)")
+    api_serve.add_argument("--insecure-loopback", action="store_true",
+                           help="serve without a key: only on a loopback address, for a trial on one machine")
+    api_serve.set_defaults(func=_cmd_api_serve)
 
     simulate = sub.add_parser("simulate", help="run a job folder in the NVFlare simulator")
     simulate.add_argument("job")

@@ -106,3 +106,26 @@ class MetricDropped(FlipError, ValueError):
 class AppError(FlipError, ValueError):
     """An app folder cannot be bundled as a job (``flip job create``): a required file is missing, config.json or a
     value in it is not what the job type needs. The message names the file or key and what is expected."""
+
+
+class ApiError(FlipError):
+    """A request the FL API service (``flip api serve``) refuses or cannot serve. The message is short, names the
+    value and what is allowed, and is sent to the caller as ``{"detail": message}`` with HTTP ``status``; it never
+    holds a secret, a URL's query string or a traceback.
+
+    Attributes:
+        status: the HTTP status answered (400 bad input, 401 no key, 404 unknown job or folder, 502 the FL server).
+    """
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class FlareError(ApiError):
+    """The FL server, through NVFlare's FLARE API, failed or could not be reached (HTTP 502 with the short cause)."""
+
+    status = 502

@@ -413,6 +413,8 @@ class JobPlan:
         rounds: training rounds (None for an evaluation); stages: a multi-stage job's stages.
         rounds_source: where the rounds came from.
         sites: the sites an evaluation's site app is deployed to (FLIP evaluation only).
+        participants: the only sites a job runs at, each needed (FLIP's trusts, as its FL API gives them); empty:
+            every site.
         config_updates: keys written into the job's config.json.
     """
 
@@ -426,6 +428,7 @@ class JobPlan:
     stages: list[dict[str, Any]] = field(default_factory=list)
     rounds_source: str = ""
     sites: list[str] = field(default_factory=list)
+    participants: list[str] = field(default_factory=list)
     config_updates: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> list[str]:
@@ -444,6 +447,8 @@ class JobPlan:
             lines.append("models evaluated: " + ", ".join(f"{m.name} ({m.checkpoint} into model_paths[{m.path!r}], "
                                                           "kept on the server)" for m in app.models))
             lines.append(f"site app deployed to {', '.join(self.sites)}")
+        elif self.participants:
+            lines.append(f"deployed to {', '.join(self.participants)} only, each needed")
         if app.is_flip_contract:
             lines.append(f"project id {self.project_id!r}, query {self.query!r}")
         return lines + [f"note: {n}" for n in app.notes]
@@ -474,7 +479,8 @@ def _stage_names(app: FlipApp) -> list[str]:
 
 def plan_job(app_dir: str | Path, job_type: str | None = None, *, name: str = "flip_app", model_id: str | None = None,
              project_id: str = "", query: str = "", min_clients: int = 1, rounds: int | None = None,
-             sites: int | list[str] | None = None, **options: Any) -> JobPlan:
+             sites: int | list[str] | None = None, participants: list[str] | None = None,
+             local_rounds: int | None = None, **options: Any) -> JobPlan:
     """Read and check the app and the arguments; return what the job will be (nothing is written).
 
     Args:
@@ -486,6 +492,11 @@ def plan_job(app_dir: str | Path, job_type: str | None = None, *, name: str = "f
         min_clients: sites needed to start and in each round (>= 1). Default 1, FLIP's.
         rounds: training rounds (default: config.json's, see the module).
         sites: a FLIP evaluation's sites (a number N: site-1..site-N, or names). Default 2.
+        participants: the sites the job runs at, every one of them needed (FLIP's trusts, which its FL API makes
+            the job's ``deploy_map`` and ``mandatory_clients``); a FLIP evaluation's site app goes to them. Default:
+            every site (``@ALL``).
+        local_rounds: ``LOCAL_ROUNDS`` of the job's config.json (FLIP's older hub sent it with the job; >= 1).
+            Default: the app's, else 1.
         options: our job's options (``percentile``, ``aggregation``, ``uncertainty``, ``dp_epsilon``...: see
             :func:`flip.jobs.standard.standard_job`); checked by the job builder.
 
@@ -502,18 +513,28 @@ def plan_job(app_dir: str | Path, job_type: str | None = None, *, name: str = "f
     project_id, query = check_project_id(project_id), check_query(query)  # the executors' own rules
     min_clients = check_positive_int("min_clients", min_clients)
     plan = JobPlan(app, name, model_id, project_id, query, min_clients)
+    if participants is not None:
+        plan.participants = site_names(list(participants))
+        if len(plan.participants) < min_clients:
+            raise ValueError(f"min_clients is {min_clients} but the job runs at {len(plan.participants)} sites "
+                             f"({', '.join(plan.participants)})")
+        if sites is not None and site_names(sites) != plan.participants:
+            raise ValueError(f"sites {sites!r} and participants {plan.participants!r} differ: give one of them")
+        sites = plan.participants
     if app.config.get(JOB_TYPE_KEY, app.job_type) != app.job_type:
         plan.config_updates[JOB_TYPE_KEY] = app.job_type
     if app.job_type == JobType.EVALUATION:
         if rounds is not None:
             raise ValueError(f"an evaluation job has no rounds: do not give rounds (got {rounds!r})")
+        if local_rounds is not None:
+            raise ValueError(f"an evaluation job has no rounds: do not give local_rounds (got {local_rounds!r})")
         if app.models:
             plan.sites = site_names(DEFAULT_EVALUATION_SITES if sites is None else sites)
             if len(plan.sites) < min_clients:
                 raise ValueError(f"min_clients is {min_clients} but the job is deployed to {len(plan.sites)} sites "
                                  f"({', '.join(plan.sites)})")
         return plan
-    if sites is not None:
+    if sites is not None and participants is None:
         raise ValueError(f"sites name where an evaluation's site app goes: a {app.job_type} job is deployed to "
                          f"every site (got {sites!r})")
     trainer = app.contract(UserFile.TRAINER)
@@ -538,7 +559,9 @@ def plan_job(app_dir: str | Path, job_type: str | None = None, *, name: str = "f
     else:
         plan.rounds, plan.rounds_source = _rounds(app.config, rounds, (GLOBAL_ROUNDS,))
         plan.config_updates[GLOBAL_ROUNDS] = plan.rounds
-    if LOCAL_ROUNDS not in app.config:
+    if local_rounds is not None:
+        plan.config_updates[LOCAL_ROUNDS] = check_positive_int("local_rounds", local_rounds)
+    elif LOCAL_ROUNDS not in app.config:
         plan.config_updates[LOCAL_ROUNDS] = 1
         app.notes.append(f"{UserFile.CONFIG} has no {LOCAL_ROUNDS}: the job's copy gets {LOCAL_ROUNDS} 1 (FLIP's "
                          "default)")
@@ -603,6 +626,18 @@ def _finish(folder: Path, plan: JobPlan) -> None:
         (custom / UserFile.CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     if app.models:
         _split_evaluation(folder, plan, checkpoints)
+    elif plan.participants:
+        _deploy(folder, {"app": ["server", *plan.participants]}, plan.participants)
+
+
+def _deploy(folder: Path, deploy_map: dict[str, list[str]], mandatory: list[str]) -> None:
+    """Set the job's ``deploy_map`` and, if any, its ``mandatory_clients`` (meta.json)."""
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["deploy_map"] = deploy_map
+    if mandatory:
+        meta["mandatory_clients"] = list(mandatory)
+    meta_path.write_text(json.dumps(meta, indent=4) + "\n")
 
 
 def _split_evaluation(folder: Path, plan: JobPlan, checkpoints: set[str]) -> None:
@@ -614,10 +649,7 @@ def _split_evaluation(folder: Path, plan: JobPlan, checkpoints: set[str]) -> Non
     shutil.copytree(app_dir / "custom", server_dir / "custom")
     for name in sorted(checkpoints):
         shutil.copy2(plan.app.app_dir / name, server_dir / "custom" / name)
-    meta_path = folder / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta["deploy_map"] = {"app_server": ["server"], "app": list(plan.sites)}
-    meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+    _deploy(folder, {"app_server": ["server"], "app": list(plan.sites)}, plan.participants)
 
 
 @dataclass(frozen=True)
@@ -632,8 +664,8 @@ def create_job(app_dir: str | Path, out: str | Path, job_type: str | None = None
                **kwargs: Any) -> CreatedJob:
     """Write the job folder ``out`` from the app folder ``app_dir`` (``flip job create``).
 
-    ``kwargs`` are :func:`plan_job`'s (model_id, project_id, query, min_clients, rounds, sites) and our job's
-    options. The job's name is ``out``'s name.
+    ``kwargs`` are :func:`plan_job`'s (model_id, project_id, query, min_clients, rounds, sites, participants,
+    local_rounds) and our job's options. The job's name is ``out``'s name.
 
     Raises:
         AppError: the app does not fit the job type (named).
@@ -644,8 +676,8 @@ def create_job(app_dir: str | Path, out: str | Path, job_type: str | None = None
     out = Path(out).expanduser().resolve()
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise ValueError(f"--out {out} exists and is not an empty folder: give a new folder for the job")
-    plan_args = {k: kwargs.pop(k) for k in ("model_id", "project_id", "query", "min_clients", "rounds", "sites")
-                 if k in kwargs}
+    plan_args = {k: kwargs.pop(k) for k in ("model_id", "project_id", "query", "min_clients", "rounds", "sites",
+                                            "participants", "local_rounds") if k in kwargs}
     plan = plan_job(app_dir, job_type, name=out.name, **plan_args, **kwargs)
     job = build_job(plan, wait_after_min_clients=wait_after_min_clients, **kwargs)
     out.parent.mkdir(parents=True, exist_ok=True)
