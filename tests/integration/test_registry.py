@@ -114,7 +114,7 @@ def test_cli_list_show_download_remove(weed, tmp_path, capsys):
     with environ(**weed.env):
         assert flip_cli(["models", "list"]) == 0
         assert model_id in capsys.readouterr().out
-        assert flip_cli(["models", "show", model_id]) == 0
+        assert flip_cli(["models", "show", model_id, "--json"]) == 0
         assert '"run_id": "job-1"' in capsys.readouterr().out
         target = tmp_path / "out" / "model.pt"
         assert flip_cli(["models", "download", model_id, "-o", str(target)]) == 0
