@@ -202,20 +202,25 @@ def test_aggregation_rounds():
 
 def test_swag_moments_and_aggregation_by_hand():
     g = {"w": np.array([1.0, 0.0])}
-    mean_a, sq_a = swag.site_moments([{"w": np.array([1.0, 1.0])}, {"w": np.array([3.0, 1.0])}], g)
+    mean_a, dev_a = swag.site_moments([{"w": np.array([1.0, 1.0])}, {"w": np.array([3.0, 1.0])}], g)
     np.testing.assert_allclose(mean_a["w"], [1.0, 1.0])   # mean [2, 1] - [1, 0]
-    np.testing.assert_allclose(sq_a["w"], [4.0, 1.0])     # mean of squares [5, 1] - [1, 0]
-    mean_b, sq_b = swag.site_moments([{"w": np.array([2.0, 3.0])}], g)  # one snapshot: mean [2, 3], squares [4, 9]
-    mean, var = swag.aggregate(g, [(mean_a, sq_a, 1), (mean_b, sq_b, 3)])
+    np.testing.assert_allclose(dev_a["w"], [1.0, 0.0])    # each weight's std around the site's mean [2, 1]
+    mean_b, dev_b = swag.site_moments([{"w": np.array([2.0, 3.0])}], g)  # one snapshot: mean [2, 3], std 0
+    mean, var = swag.aggregate(g, [(mean_a, dev_a, 1), (mean_b, dev_b, 3)])
     # E[w] = (1*[2,1] + 3*[2,3]) / 4 = [2, 2.5]; E[w^2] = (1*[5,1] + 3*[4,9]) / 4 = [4.25, 7]
     np.testing.assert_allclose(mean["w"], [2.0, 2.5])
-    np.testing.assert_allclose(var["w"], [0.25, 0.75])    # [4.25 - 4, 7 - 6.25]
+    np.testing.assert_allclose(var["w"], [0.25, 0.75])    # [4.25 - 4, 7 - 6.25]: the pooled snapshots' variance
 
 
-def test_swag_variance_is_clamped_at_zero():
-    g = {"w": np.array([1.0])}
-    _, var = swag.aggregate(g, [({"w": np.array([0.5])}, {"w": np.array([0.0])}, 1)])  # E[w^2] < E[w]^2
-    assert var["w"].tolist() == [0.0]
+def test_swag_variance_cannot_go_negative_whatever_the_parts_are():
+    """Pooled by the law of total variance, any mean and non-negative deviation give a variance >= 0 (the old
+    E[w²] − E[w]² went negative when the filter zeroed a second moment, and was clamped at 0)."""
+    g = {"w": np.array([1.0, -3.0])}
+    _, var = swag.aggregate(g, [({"w": np.array([0.5, 0.0])}, {"w": np.array([0.0, 0.0])}, 1),
+                                ({"w": np.array([0.0, 0.2])}, {"w": np.array([0.1, 0.0])}, 2)])
+    np.testing.assert_allclose(var["w"], [(0.25 * 1 / 9 * 4 + 2 * (0.01 + 1 / 36)) / 3, 2 / 3 * (0.2 / 3) ** 2
+                                          + 1 / 3 * (0.4 / 3) ** 2])
+    assert swag.negative_deviation({"w": np.array([0.1, -0.1])}) == "its SWAG deviation 'w' has negative entries"
 
 
 def test_swag_samples_follow_mean_and_variance():
