@@ -102,9 +102,13 @@ def _cmd_jobs_export(args) -> int:
     if args.num_rounds is not None:
         options["num_rounds"] = args.num_rounds
     options.update(_model_option_values(args))
+    options.update(_job_options(args.option))
     for name in args.names or sorted(JOBS):
         if name in JOBS:
-            unknown = [k for k in options if k not in inspect.signature(JOBS[name]).parameters]
+            parameters = dict(inspect.signature(JOBS[name]).parameters)
+            if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):  # fed_opt: the standard job's too
+                parameters.update(inspect.signature(JOBS[JobName.STANDARD]).parameters)
+            unknown = [k for k in options if k not in parameters]
             if unknown:
                 raise ValueError(f"job {name!r} takes no --{unknown[0].replace('_', '-')}")
         print(write_job(name, args.out, **options))
@@ -333,6 +337,24 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                         help="max (default) or min (a loss) for --keep-best")
 
 
+def _job_options(values: list[str] | None) -> dict:
+    """``--option KEY=VALUE`` pairs: the value read as JSON (``true``, ``2``, ``0.1``, ``null``), else as text."""
+    import json
+    import re
+
+    options = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*", key):
+            raise ValueError(f"--option must be KEY=VALUE with KEY a job option name (e.g. aggregation=feddc), "
+                             f"got {item!r}")
+        try:
+            options[key] = json.loads(raw)
+        except ValueError:
+            options[key] = raw
+    return options
+
+
 def _model_option_values(args) -> dict:
     """The --initial-model, --keep-round-models, --keep-best(-mode) given, as job options."""
     given = {"initial_model": args.initial_model, "keep_round_models": args.keep_round_models,
@@ -398,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--num-rounds", type=int, default=None, metavar="N",
                         help="training rounds (standard, fed_opt)")
     _model_options(export)
+    export.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
+                        help="any option of the job builder (repeatable), e.g. aggregation=feddc, "
+                             "delete_local_models_after_aggregation=false, uncertainty=swag")
     export.set_defaults(func=_cmd_jobs_export)
 
     job = sub.add_parser("job", help="a job from your app").add_subparsers(dest="job_command", required=True)
