@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/privacy_filter.py
 	$(PY) benchmarks/s3_upload.py
 	$(PY) benchmarks/dp_utility.py
+	$(PY) benchmarks/swag_filter.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

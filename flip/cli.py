@@ -15,7 +15,6 @@ from flip.constants import (
     UNCERTAINTY_METHODS,
     Aggregation,
     JobName,
-    RunFile,
     RunStatus,
     Uncertainty,
 )
@@ -102,9 +101,14 @@ def _cmd_jobs_export(args) -> int:
         options["model_id"] = check_model_id(args.model_id) if args.model_id else str(uuid.uuid4())
     if args.num_rounds is not None:
         options["num_rounds"] = args.num_rounds
+    options.update(_model_option_values(args))
+    options.update(_job_options(args.option))
     for name in args.names or sorted(JOBS):
         if name in JOBS:
-            unknown = [k for k in options if k not in inspect.signature(JOBS[name]).parameters]
+            parameters = dict(inspect.signature(JOBS[name]).parameters)
+            if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):  # fed_opt: the standard job's too
+                parameters.update(inspect.signature(JOBS[JobName.STANDARD]).parameters)
+            unknown = [k for k in options if k not in parameters]
             if unknown:
                 raise ValueError(f"job {name!r} takes no --{unknown[0].replace('_', '-')}")
         print(write_job(name, args.out, **options))
@@ -125,7 +129,7 @@ def _cmd_job_create(args) -> int:
 
     created = create_job(args.app_dir, args.out, args.job_type, model_id=args.model_id, project_id=args.project_id,
                          query=args.query, min_clients=args.min_clients, rounds=args.rounds,
-                         sites=_sites_arg(args.sites))
+                         sites=_sites_arg(args.sites), **_model_option_values(args))
     print(f"job folder {created.path}")
     for line in created.plan.describe():
         print(f"  {line}")
@@ -165,52 +169,6 @@ def _cmd_upload(args) -> int:
 
     settings = load_settings()
     resume(args.resume, settings, platform=FLIP(settings))
-    return 0
-
-
-def _registry(args):
-    from flip.storage.registry import ModelRegistry
-
-    return ModelRegistry(bucket=args.bucket)
-
-
-def _cmd_models_list(args) -> int:
-    registry = _registry(args)
-    ids = registry.model_ids()
-    if not ids:
-        print(f"no models in s3://{registry.bucket}")
-        return 0
-    print(f"{'model id':36}  {'runs':>9}  latest verified run")
-    for model_id in ids:
-        runs = registry.runs(model_id)
-        verified = [r for r in runs if r.verified]
-        latest = f"{verified[-1].run_id} ({verified[-1].created})" if verified else "-"
-        print(f"{model_id:36}  {len(verified):>3} of {len(runs):<3}  {latest}")
-    return 0
-
-
-def _cmd_models_show(args) -> int:
-    import json
-
-    print(json.dumps(_registry(args).show(args.model_id), indent=2))
-    return 0
-
-
-def _cmd_models_download(args) -> int:
-    registry = _registry(args)
-    if args.report:
-        path = registry.download_report(args.model_id, args.job, args.report)
-    else:
-        path = registry.download(args.model_id, args.job, args.output, artifact=args.artifact)
-    print(path)
-    return 0
-
-
-def _cmd_models_remove(args) -> int:
-    if not args.yes:
-        print(f"flip: removing model {args.model_id} deletes all its runs; add --yes to confirm", file=sys.stderr)
-        return 2
-    print(f"removed {_registry(args).remove(args.model_id)} objects of model {args.model_id}")
     return 0
 
 
@@ -379,6 +337,45 @@ def _cmd_doctor(args) -> int:
     return run_doctor(args.kit, env_file=args.env_file, timeout=args.timeout, wait=args.wait)
 
 
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """The training jobs' options about their models (standard, fed_opt, multi_stage)."""
+    parser.add_argument("--initial-model", default=None, metavar="MODEL_ID[/RUN_ID]",
+                        help="start training from this registry model (default: the platform's initial model if "
+                             "there is one, else models.get_model())")
+    parser.add_argument("--keep-round-models", action="store_true", default=None,
+                        help="keep every round's global model (flip models rounds)")
+    parser.add_argument("--keep-best", nargs="?", const="accuracy", default=None, metavar="METRIC",
+                        help="keep the best global model on this per-round test metric (default accuracy): "
+                             "best_global_model.pt")
+    parser.add_argument("--keep-best-mode", default=None, choices=("max", "min"),
+                        help="max (default) or min (a loss) for --keep-best")
+
+
+def _job_options(values: list[str] | None) -> dict:
+    """``--option KEY=VALUE`` pairs: the value read as JSON (``true``, ``2``, ``0.1``, ``null``), else as text."""
+    import json
+    import re
+
+    options = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*", key):
+            raise ValueError(f"--option must be KEY=VALUE with KEY a job option name (e.g. aggregation=feddc), "
+                             f"got {item!r}")
+        try:
+            options[key] = json.loads(raw)
+        except ValueError:
+            options[key] = raw
+    return options
+
+
+def _model_option_values(args) -> dict:
+    """The --initial-model, --keep-round-models, --keep-best(-mode) given, as job options."""
+    given = {"initial_model": args.initial_model, "keep_round_models": args.keep_round_models,
+             "keep_best": args.keep_best, "keep_best_mode": args.keep_best_mode}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flip", description="FLIP on NVFlare")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -436,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a new model id for this submission (printed): every submission its own model")
     export.add_argument("--num-rounds", type=int, default=None, metavar="N",
                         help="training rounds (standard, fed_opt)")
+    _model_options(export)
+    export.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
+                        help="any option of the job builder (repeatable), e.g. aggregation=feddc, "
+                             "delete_local_models_after_aggregation=false, uncertainty=swag")
     export.set_defaults(func=_cmd_jobs_export)
 
     job = sub.add_parser("job", help="a job from your app").add_subparsers(dest="job_command", required=True)
@@ -457,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training rounds (default: config.json GLOBAL_ROUNDS, else 1)")
     create.add_argument("--sites", default=None,
                         help="an evaluation's sites: a number or comma-separated names (default 2: site-1, site-2)")
+    _model_options(create)
     create.set_defaults(func=_cmd_job_create)
 
     api = sub.add_parser("api", help="the FL API: FLIP's hub drives the network over HTTP").add_subparsers(
@@ -556,29 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "ended RESULTS_UPLOADED")
     status.set_defaults(func=_cmd_status)
 
-    models = sub.add_parser("models", help="the model registry (verified runs only are served)")
-    models.add_argument("--bucket", default=None, help="default: FLIP_MODELS_BUCKET")
-    msub = models.add_subparsers(dest="models_command", required=True)
-    msub.add_parser("list", help="every model and its verified runs").set_defaults(func=_cmd_models_list)
-    show = msub.add_parser("show", help="a model's runs, rounds, sites, final metrics and sizes")
-    show.add_argument("model_id")
-    show.set_defaults(func=_cmd_models_show)
-    download = msub.add_parser("download", help="the global model (or another artifact, or the report) of the latest "
-                                                "(or a given) verified run, checked against its manifest")
-    download.add_argument("model_id")
-    download.add_argument("--job", default=None, help="run id (default: the latest verified run)")
-    download.add_argument("-o", "--output", default=None,
-                          help="file to write, or an existing folder to write the artifact's file name into")
-    download.add_argument("--artifact", default=RunFile.GLOBAL_MODEL, metavar="KEY",
-                          help="another object of the run, e.g. best_global_model.pt, metrics.json, swag.pt, "
-                               f"{RunFile.CROSS_VAL_RESULTS} (flip models show lists them)")
-    download.add_argument("--report", default=None, metavar="DIR",
-                          help="instead: the run report (index.html and its curves) into DIR")
-    download.set_defaults(func=_cmd_models_download)
-    remove = msub.add_parser("remove", help="delete a model and all its runs")
-    remove.add_argument("model_id")
-    remove.add_argument("--yes", action="store_true", help="confirm")
-    remove.set_defaults(func=_cmd_models_remove)
+    from flip.models_cli import add_models_parser
+
+    add_models_parser(sub)
     return parser
 
 

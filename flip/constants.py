@@ -22,6 +22,8 @@ class FlipEvent:
     SITES_PREPARED = "flip.sites_prepared"
     EVALUATION_STARTED = "flip.evaluation_started"
     ROUND_VALIDATED = "flip.round_validated"
+    #: server: every participating site answered the round's per-round test, or its timeout passed
+    ROUND_VALIDATION_DONE = "flip.round_validation_done"
     SWAG_STARTED = "flip.swag_started"
     TRAINING_STOPPED = "flip.training_stopped"
     EVALUATION_RESULT_RECEIVED = "flip.evaluation_result_received"
@@ -84,6 +86,8 @@ class ComponentId:
     PERSIST_AND_CLEANUP = "persist_and_cleanup"
     SERVER_EVENT_HANDLER = "server_event_handler"
     CLIENT_EVENT_HANDLER = "client_event_handler"
+    INITIAL_MODEL_LOCATOR = "initial_model_locator"
+    MODEL_SELECTOR = "model_selector"
 
 
 class UserFile:
@@ -111,9 +115,14 @@ class RunFile:
     RESULTS_DIR = "results"
     STAGING_DIR = "flip_upload"
     UPLOAD_PENDING = "upload_pending.json"
-    PREPROCESSING = "preprocessing.py"
+    #: the model's preprocessing model (TorchScript, or a state dict built by models.get_preprocessing())
+    PREPROCESSING = "preprocessing.pt"
     ARTIFACTS_DIR = "flip_artifacts"
+    #: sites' local models: on the server local_models/round_<n>/<site>.pt (kept only without
+    #: delete_local_models_after_aggregation); in S3 the latest round's as local_models/<site>.pt
     LOCAL_MODELS_DIR = "local_models"
+    #: per-round global models (keep_round_models): rounds/global_model_round_<n>.pt, in the artifacts and in S3
+    ROUNDS_DIR = "rounds"
     ENSEMBLE = "ensemble.pt"
     SWAG = "swag.pt"
     UNCERTAINTY = "uncertainty.json"

@@ -157,6 +157,7 @@ def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
         statuses = f"{statuses} → {UPLOAD_PENDING}" if statuses else UPLOAD_PENDING
     facts = [["model id", doc.get("model_id")], ["run id", doc.get("run_id")], ["NVFlare job id", doc.get("job_id")],
              ["sites", ", ".join(sites)], ["rounds", f"{len(rounds)} of {doc.get('num_rounds') or len(rounds)}"],
+             ["started from", doc.get("initial_model") or "-"],
              ["status", statuses], ["model in S3", doc.get("s3", "-")],
              ["versions", ", ".join(f"{k} {v}" for k, v in sorted(doc.get("versions", {}).items()))],
              ["written", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())]]

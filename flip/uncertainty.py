@@ -1,6 +1,7 @@
 """Predicting with uncertainty from what a run stored: an ensemble, MC dropout, or SWAG.
 
-All return ``(mean, std)`` of the class probabilities over the members/samples.
+All return ``(mean, std)`` of the class probabilities over the members/samples; ``predictive_entropy`` of the mean
+is the usual summary of how unsure the prediction is (0: certain; log(classes): uniform).
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ import torch
 def _stack_probs(outputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     probs = torch.stack([torch.softmax(o, dim=-1) for o in outputs])
     return probs.mean(0), probs.std(0, unbiased=False)
+
+
+def predictive_entropy(mean_probs: torch.Tensor) -> torch.Tensor:
+    """The entropy (in nats) of each row of class probabilities: ``-Σ p·log p`` (0·log 0 taken as 0)."""
+    p = mean_probs.clamp_min(0)
+    return -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1)
 
 
 @torch.no_grad()

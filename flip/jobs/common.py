@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
-from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
@@ -15,6 +14,9 @@ from flip.constants import ComponentId, FlipTask, JobName, UserFile
 from flip.nvflare.components import (
     CleanupImages,
     ClientEventHandler,
+    FlipModelPersistor,
+    FlipModelSelector,
+    InitialPTModelLocator,
     PersistToS3AndCleanup,
     PTModelLocator,
     SampleWeightedAggregator,
@@ -22,7 +24,11 @@ from flip.nvflare.components import (
 )
 from flip.nvflare.controllers import InitTraining
 from flip.nvflare.executors import RUN_TRAINER, RUN_VALIDATOR
-from flip.checks import check_model_id, check_path_name, check_positive_int
+from flip.checks import check_bool, check_choice, check_model_id, check_path_name, check_positive_int, check_str
+from flip.storage.registry import parse_model_ref
+
+#: how --keep-best compares its metric: higher is better (accuracy), or lower (a loss)
+BEST_MODES = ("max", "min")
 
 #: the model id of the checked-in job folders (the hub sets a real one per model)
 DEFAULT_MODEL_ID = "5f2b7c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"
@@ -69,16 +75,45 @@ def add_lifecycle(job: FedJob, model_id: str, json_generator, persistor_id: str 
                   id="init_training")
 
 
+def check_model_options(initial_model: str | None, keep_round_models: bool, keep_best: str | None,
+                        keep_best_mode: str) -> None:
+    """Check the options every training job takes about its models (each named in its error)."""
+    if initial_model is not None:
+        parse_model_ref(initial_model, "initial_model")
+    check_bool("keep_round_models", keep_round_models)
+    if keep_best is not None:
+        check_str("keep_best", keep_best, max_length=128)
+    check_choice("keep_best_mode", keep_best_mode, BEST_MODES)
+
+
+def check_keep_best(keep_best: str | None, model_test_after_each_round: bool, skip_model_tests: bool) -> None:
+    """The best model is chosen on the per-round tests: keep_best needs them."""
+    if keep_best is not None and (skip_model_tests or not model_test_after_each_round):
+        raise ValueError(f"keep_best={keep_best!r} selects on the per-round tests of the global model: it needs "
+                         "model_test_after_each_round=True and skip_model_tests=False")
+
+
 def add_training_server(job: FedJob, shareable_generator, training_workflow, aggregator=None,
-                        after_training: list | None = None, model_tests: bool = True) -> None:
-    """Server: the model persisted from models.get_model(), averaging, the training workflow (and what follows
-    it, e.g. the SWAG round), then cross-site validation of the server's model(s) (task ``validate``) unless
-    ``model_tests`` is off."""
-    job.to_server(PTFileModelPersistor(model={"path": f"models.{UserFile.MODEL_FUNCTION}"}), id=ComponentId.PERSISTOR)
+                        after_training: list | None = None, model_tests: bool = True, initial_model: str | None = None,
+                        keep_round_models: bool = False, keep_best: str | None = None,
+                        keep_best_mode: str = "max") -> None:
+    """Server: the model a run starts from (InitialPTModelLocator: the registry model ``initial_model``, else the
+    platform's initial model, else models.get_model()) in the persistor, averaging, the training workflow (and what
+    follows it, e.g. the SWAG round), then cross-site validation of the server's model(s) (task ``validate``) unless
+    ``model_tests`` is off; every round's global model kept with ``keep_round_models``; the best global model on the
+    per-round tests' metric ``keep_best`` (``keep_best_mode`` max or min) with NVFlare's model selector."""
+    check_model_options(initial_model, keep_round_models, keep_best, keep_best_mode)
+    job.to_server(InitialPTModelLocator(registry_model=initial_model), id=ComponentId.INITIAL_MODEL_LOCATOR)
+    job.to_server(explicit(FlipModelPersistor(model={"path": f"models.{UserFile.MODEL_FUNCTION}"},
+                                              keep_round_models=keep_round_models), "initial_model_locator_id"),
+                  id=ComponentId.PERSISTOR)
     if shareable_generator is not None:
         job.to_server(shareable_generator, id=ComponentId.SHAREABLE_GENERATOR)
     job.to_server(aggregator or SampleWeightedAggregator(), id=ComponentId.AGGREGATOR)
     job.to_server(PTModelLocator(), id=ComponentId.MODEL_LOCATOR)
+    if keep_best is not None:
+        job.to_server(explicit(FlipModelSelector(key_metric=keep_best, negate_key_metric=keep_best_mode == "min"),
+                               "key_metric"), id=ComponentId.MODEL_SELECTOR)
     job.to_server(training_workflow, id="training")
     for workflow, workflow_id in after_training or []:
         job.to_server(workflow, id=workflow_id)

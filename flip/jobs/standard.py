@@ -16,6 +16,7 @@ from flip.jobs.common import (
     add_site_basics,
     add_training_server,
     add_training_sites,
+    check_keep_best,
     explicit,
     new_job,
 )
@@ -26,6 +27,7 @@ from flip.nvflare.components import (
     UncertaintyPlan,
     ValidationJsonGenerator,
 )
+from flip.methods.feddc import training_rounds
 from flip.nvflare.controllers.feddc import FedDCController
 from flip.checks import check_bool, check_choice, check_positive_int
 from flip.nvflare.controllers.swag import SwagRound
@@ -33,7 +35,8 @@ from flip.nvflare.controllers.training import FlipScatterAndGather, check_mu
 
 def check_options(aggregation: str, uncertainty: str, fedprox_mu: float, model_test_after_each_round: bool,
                   skip_model_tests: bool, delete_local_models_after_aggregation: bool) -> None:
-    """Raise ValueError naming the first bad or conflicting option."""
+    """Raise ValueError naming the first bad option. ``skip_model_tests`` wins over ``model_test_after_each_round``
+    (as in the DLR demonstrator: no tests at all)."""
     check_choice("aggregation", aggregation, AGGREGATIONS)
     check_choice("uncertainty", uncertainty, UNCERTAINTY_METHODS)
     if aggregation == Aggregation.FEDPROX and not check_mu(fedprox_mu) > 0:
@@ -41,8 +44,6 @@ def check_options(aggregation: str, uncertainty: str, fedprox_mu: float, model_t
     check_bool("model_test_after_each_round", model_test_after_each_round)
     check_bool("skip_model_tests", skip_model_tests)
     check_bool("delete_local_models_after_aggregation", delete_local_models_after_aggregation)
-    if skip_model_tests and model_test_after_each_round:
-        raise ValueError("skip_model_tests and model_test_after_each_round cannot both be True")
 
 
 def training_workflow(aggregation: str, min_clients: int, num_rounds: int, wait_after_min_clients: int,
@@ -52,7 +53,7 @@ def training_workflow(aggregation: str, min_clients: int, num_rounds: int, wait_
         workflow = FedDCController(num_rounds=num_rounds, daisy_chain_period=daisy_chain_period,
                                    min_clients=min_clients, seed=seed,
                                    model_test_after_each_round=model_test_after_each_round)
-        return explicit(workflow, "daisy_chain_period", "seed")
+        return explicit(workflow, "daisy_chain_period", "seed", "model_test_after_each_round")
     workflow = FlipScatterAndGather(
         min_clients=min_clients,
         num_rounds=num_rounds,
@@ -64,7 +65,8 @@ def training_workflow(aggregation: str, min_clients: int, num_rounds: int, wait_
         fedprox_mu=fedprox_mu if aggregation == Aggregation.FEDPROX else 0.0,
         model_test_after_each_round=model_test_after_each_round,
     )
-    return explicit(workflow, "aggregator_id", "persistor_id", "shareable_generator_id", "train_task_name")
+    return explicit(workflow, "aggregator_id", "persistor_id", "shareable_generator_id", "train_task_name",
+                    "model_test_after_each_round")
 
 
 def standard_job(
@@ -83,9 +85,13 @@ def standard_job(
     seed: int = 0,
     uncertainty: str = Uncertainty.NONE,
     swag_epochs: int = 3,
-    model_test_after_each_round: bool = False,
+    model_test_after_each_round: bool = True,
     skip_model_tests: bool = False,
-    delete_local_models_after_aggregation: bool = False,
+    delete_local_models_after_aggregation: bool = True,
+    initial_model: str | None = None,
+    keep_round_models: bool = False,
+    keep_best: str | None = None,
+    keep_best_mode: str = "max",
     dp_epsilon: float | None = None,
     dp_noise_multiplier: float | None = None,
     dp_delta: float = 1e-5,
@@ -109,12 +115,25 @@ def standard_job(
         shareable_generator: how the averaged update becomes the global model (default: add it; FedOpt's generator
             makes it a server optimizer step).
         aggregation: ``fedavg`` (weighted by samples), ``fedprox`` (with ``fedprox_mu`` > 0) or ``feddc`` (local
-            models daisy-chained between sites, averaged every ``daisy_chain_period`` rounds, routes from ``seed``).
+            models daisy-chained between sites, averaged every ``daisy_chain_period`` rounds, routes from ``seed``;
+            ``num_rounds`` then counts aggregations and the run trains num_rounds × daisy_chain_period rounds, as
+            the DLR demonstrator counts them).
         uncertainty: ``none``, ``ensemble`` (keep every site's last local model), ``mc_dropout`` (record it, check
             the model has dropout) or ``swag`` (one SWAG round of ``swag_epochs`` snapshots after training).
-        model_test_after_each_round: every site validates each new global model; skip_model_tests: no validation
-            at all (no cross-site validation); delete_local_models_after_aggregation: no site model file stays on
-            the server once its round is aggregated.
+        model_test_after_each_round: every site validates each new global model (the round waits for every
+            site's answer). Default True, as in the DLR demonstrator.
+        skip_model_tests: no validation at all (no per-round tests, no cross-site validation; it wins over
+            model_test_after_each_round, as in DLR). Default False.
+        delete_local_models_after_aggregation: no site's local model outlives its round (none is written to the
+            server's disk). Default True, as in DLR; False keeps every round's on the server and uploads the latest
+            round's as ``local_models/<site>.pt``.
+        initial_model: ``MODEL_ID`` or ``MODEL_ID/RUN_ID`` of a registry model to start from (default: the
+            platform's initial model if there is one, else models.get_model()). A model that does not fit
+            models.get_model() ends the run in ERROR naming the first mismatching key.
+        keep_round_models: keep every round's global model (``rounds/global_model_round_<n>.pt``). Default False.
+        keep_best: a validation metric (e.g. ``accuracy``): NVFlare's model selector keeps the global model with the
+            best per-round test (``best_global_model.pt``); ``keep_best_mode`` ``max`` (default) or ``min`` (a loss).
+            Default None: no best model (never fabricated).
         dp_epsilon or dp_noise_multiplier: add GaussianPrivacy at every site (after PercentilePrivacy): client-level
             (ε, δ)-DP, ``dp_epsilon`` spent over ``num_rounds`` (the noise is calibrated) or a given noise
             multiplier; updates clipped to ``dp_clip_norm``; the budget ``dp_max_epsilon`` (default dp_epsilon)
@@ -131,6 +150,8 @@ def standard_job(
     """
     check_options(aggregation, uncertainty, fedprox_mu, model_test_after_each_round, skip_model_tests,
                   delete_local_models_after_aggregation)
+    model_test_after_each_round = model_test_after_each_round and not skip_model_tests
+    check_keep_best(keep_best, model_test_after_each_round, skip_model_tests)
     if (dp_epsilon is not None or dp_noise_multiplier is not None) and uncertainty == Uncertainty.SWAG:
         raise ValueError(f"differential privacy and uncertainty {Uncertainty.SWAG!r} cannot be combined: the SWAG "
                          "round would need its own privacy budget")
@@ -150,11 +171,15 @@ def standard_job(
     generator = None if aggregation == Aggregation.FEDDC else shareable_generator or FullModelShareableGenerator()
     workflow = training_workflow(aggregation, min_clients, num_rounds, wait_after_min_clients, fedprox_mu,
                                  daisy_chain_period, seed, model_test_after_each_round)
-    add_training_server(job, generator, workflow, aggregator, after, model_tests=not skip_model_tests)
+    add_training_server(job, generator, workflow, aggregator, after, model_tests=not skip_model_tests,
+                        initial_model=initial_model, keep_round_models=keep_round_models, keep_best=keep_best,
+                        keep_best_mode=keep_best_mode)
     dp_filter = None
     if dp_epsilon is not None or dp_noise_multiplier is not None:
+        # the updates a site sends: FedDC trains num_rounds × daisy_chain_period rounds (DLR's count)
+        updates = training_rounds(num_rounds, daisy_chain_period) if aggregation == Aggregation.FEDDC else num_rounds
         dp_filter = GaussianPrivacy(clip_norm=dp_clip_norm, noise_multiplier=dp_noise_multiplier, epsilon=dp_epsilon,
-                                    delta=dp_delta, rounds=num_rounds if dp_epsilon is not None else None,
+                                    delta=dp_delta, rounds=updates if dp_epsilon is not None else None,
                                     max_epsilon=dp_max_epsilon)
     check_bool("defer_privacy_to_site", defer_privacy_to_site)
     job_filter = PercentilePrivacy(percentile=percentile, gamma=gamma, defer_to_site=defer_privacy_to_site)

@@ -3,11 +3,20 @@
 Kamp et al., "Federated Learning from Small Datasets", ICLR 2023: every ``daisy_chain_period`` rounds the local
 models are averaged; in the rounds between, each site continues training another site's local model, following
 a permutation the server draws from a seeded generator.
+
+Rounds are counted as the DLR demonstrator counts them: the number of rounds asked for is the number of
+aggregations, and the run trains that many times the daisy-chain period (DLR: ``target_num_updates ×
+daisy_chain_period``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def training_rounds(num_rounds: int, period: int) -> int:
+    """The training rounds of a FedDC run of ``num_rounds`` aggregations, one every ``period`` rounds (DLR's count)."""
+    return num_rounds * period
 
 
 def is_aggregation_round(round_num: int, period: int, num_rounds: int) -> bool:

@@ -112,6 +112,7 @@ def _write_report(component: FLComponent, fl_ctx: FLContext, metrics: RunMetrics
         "statuses": [s.value for s in statuses],
         "upload_pending": True,  # written before the upload it is part of: the page says what is known then
         "s3": f"s3://{persist.bucket_name}/{run_prefix(metrics.model_id, metrics.run_id)}",
+        "initial_model": getattr(persist.model_persistor, "initial_source", None),
         "versions": software_versions(),
     }
     try:

@@ -61,17 +61,22 @@ FEDDC_SITES = ["site-1", "site-2", "site-3"]
 def feddc_run(tmp_path_factory, weed):
     tmp = tmp_path_factory.mktemp("feddc")
     model_id = str(uuid.uuid4())
-    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=3, min_clients=3, aggregation="feddc",
-                    daisy_chain_period=2, seed=5, uncertainty="ensemble", model_test_after_each_round=True)
+    # DLR's count: 2 aggregations, one every 2 rounds: 4 training rounds; local models kept (not DLR's default)
+    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=2, min_clients=3, aggregation="feddc",
+                    daisy_chain_period=2, seed=5, uncertainty="ensemble", model_test_after_each_round=True,
+                    delete_local_models_after_aggregation=False)
     return (model_id, *_run_then_resume(tmp, weed, job, model_id, FEDDC_SITES, threads=3))
 
 
 def test_feddc_aggregates_exactly_every_period_and_at_the_end(feddc_run):
+    """num_rounds=2 with daisy_chain_period=2 trains 4 rounds and aggregates twice, as DLR counts (target number
+    of updates × period); before, num_rounds counted training rounds (2 rounds, 1 aggregation)."""
     _, run, _, resumed, objects = feddc_run
     assert resumed == 0
     rounds = json.loads(objects[RunFile.METRICS])["rounds"]
-    assert [r["feddc"]["aggregated"] for r in rounds] == [is_aggregation_round(i, 2, 3) for i in range(3)]
-    assert [r["feddc"]["aggregated"] for r in rounds] == [False, True, True]  # round 2: the period; round 3: the end
+    assert len(rounds) == 4
+    assert [r["feddc"]["aggregated"] for r in rounds] == [is_aggregation_round(i, 2, 4) for i in range(4)]
+    assert [r["feddc"]["aggregated"] for r in rounds] == [False, True, False, True]
 
 
 def test_feddc_routes_local_models_between_sites_as_seeded(feddc_run):

@@ -8,6 +8,7 @@ import logging
 import uuid
 
 import pytest
+import torch
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.fl_context import FLContext
@@ -24,9 +25,15 @@ from tests.fakes import FakeEngine
 pytestmark = pytest.mark.s3
 
 
+class Scale(torch.nn.Module):
+    def forward(self, x):
+        return x / 255.0
+
+
 @pytest.fixture
 def run(tmp_path, weed, monkeypatch):
-    """A server run folder with the job's custom/preprocessing.py, and a persist-and-cleanup set up at START_RUN."""
+    """A server run folder with the job's custom/preprocessing.pt (a TorchScript module), and a persist-and-cleanup
+    set up at START_RUN."""
     for key, value in weed.env.items():
         monkeypatch.setenv(key, value)
     (tmp_path / "ws").mkdir()
@@ -36,7 +43,7 @@ def run(tmp_path, weed, monkeypatch):
     ctx.set_prop(ReservedKey.RUN_NUM, job_id, private=True, sticky=False)
     custom = tmp_path / "ws" / job_id / "app_server" / "custom"
     custom.mkdir(parents=True)
-    (custom / RunFile.PREPROCESSING).write_text("def preprocess(x):\n    return x\n")
+    torch.jit.script(Scale()).save(str(custom / RunFile.PREPROCESSING))
     persist = PersistToS3AndCleanup(str(uuid.uuid4()), persistor_id="")
     persist.handle_event(EventType.START_RUN, ctx)
     return ctx, persist, job_id, tmp_path / "ws" / job_id

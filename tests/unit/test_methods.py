@@ -80,8 +80,8 @@ def test_a_second_update_from_the_same_site_is_excluded(tmp_path):
     assert aggregator.excluded == {"site-1": "site-1 already sent its update for round 1"}
 
 
-def test_aggregate_weights_by_samples_and_keeps_local_models_on_disk(tmp_path):
-    aggregator = SampleWeightedAggregator(min_accepted=2)
+def test_aggregate_weights_by_samples_and_keeps_local_models_on_disk_when_asked(tmp_path):
+    aggregator = SampleWeightedAggregator(min_accepted=2, delete_local_models_after_aggregation=False)
     aggregator.reset(None)
     assert aggregator.accept(_update({"w": np.array([1.0, 1.0], np.float32)}, samples=1), _ctx(tmp_path, "site-1", 0))
     assert aggregator.accept(_update({"w": np.array([5.0, 5.0], np.float32)}, samples=3), _ctx(tmp_path, "site-2", 0))
@@ -91,13 +91,28 @@ def test_aggregate_weights_by_samples_and_keeps_local_models_on_disk(tmp_path):
     np.testing.assert_allclose(local["w"].numpy(), [6.0, 7.0])  # the global model plus the site's update
 
 
-def test_local_models_are_deleted_after_aggregation_when_asked(tmp_path):
-    aggregator = SampleWeightedAggregator(delete_local_models_after_aggregation=True)
+def test_by_default_no_local_model_is_ever_written_to_the_servers_disk(tmp_path):
+    """DLR's default delete_local_models_after_aggregation=True: the local models live in memory for the round only
+    (the old aggregator wrote every site's full model to local_models/round_<n>/ each round, then deleted it)."""
+    aggregator = SampleWeightedAggregator()
+    assert aggregator.delete_local_models_after_aggregation is True
     aggregator.reset(None)
     assert aggregator.accept(_update(GOOD), _ctx(tmp_path, "site-1", 0))
-    assert list((tmp_path / "job-1" / RunFile.LOCAL_MODELS_DIR).rglob("*.pt"))
+    assert not (tmp_path / "job-1" / RunFile.LOCAL_MODELS_DIR).exists()
     aggregator.aggregate(_ctx(tmp_path, "site-1", 0))
-    assert not list((tmp_path / "job-1" / RunFile.LOCAL_MODELS_DIR).rglob("*.pt"))
+    assert not (tmp_path / "job-1").exists() or not list((tmp_path / "job-1").rglob("*.pt"))
+
+
+def test_the_ensemble_is_built_from_memory_with_local_models_deleted(tmp_path):
+    """The ensemble needs no local model file: with DLR's default (delete) it is still written on the last round
+    (the old job builder refused ensemble with delete_local_models_after_aggregation=True)."""
+    aggregator = SampleWeightedAggregator(ensemble=True)
+    aggregator.reset(None)
+    assert aggregator.accept(_update(GOOD, round_num=2), _ctx(tmp_path, "site-1", 2))
+    aggregator.aggregate(_ctx(tmp_path, "site-1", 2))
+    members = torch.load(tmp_path / "job-1" / RunFile.ARTIFACTS_DIR / RunFile.ENSEMBLE, weights_only=True)
+    np.testing.assert_allclose(members["site-1"]["w"].numpy(), GLOBAL["w"] + GOOD["w"])
+    assert not (tmp_path / "job-1" / RunFile.LOCAL_MODELS_DIR).exists()
 
 
 def test_too_few_accepted_updates_fail_the_round_naming_why(tmp_path):
@@ -189,20 +204,25 @@ def test_aggregation_rounds():
 
 def test_swag_moments_and_aggregation_by_hand():
     g = {"w": np.array([1.0, 0.0])}
-    mean_a, sq_a = swag.site_moments([{"w": np.array([1.0, 1.0])}, {"w": np.array([3.0, 1.0])}], g)
+    mean_a, dev_a = swag.site_moments([{"w": np.array([1.0, 1.0])}, {"w": np.array([3.0, 1.0])}], g)
     np.testing.assert_allclose(mean_a["w"], [1.0, 1.0])   # mean [2, 1] - [1, 0]
-    np.testing.assert_allclose(sq_a["w"], [4.0, 1.0])     # mean of squares [5, 1] - [1, 0]
-    mean_b, sq_b = swag.site_moments([{"w": np.array([2.0, 3.0])}], g)  # one snapshot: mean [2, 3], squares [4, 9]
-    mean, var = swag.aggregate(g, [(mean_a, sq_a, 1), (mean_b, sq_b, 3)])
+    np.testing.assert_allclose(dev_a["w"], [1.0, 0.0])    # each weight's std around the site's mean [2, 1]
+    mean_b, dev_b = swag.site_moments([{"w": np.array([2.0, 3.0])}], g)  # one snapshot: mean [2, 3], std 0
+    mean, var = swag.aggregate(g, [(mean_a, dev_a, 1), (mean_b, dev_b, 3)])
     # E[w] = (1*[2,1] + 3*[2,3]) / 4 = [2, 2.5]; E[w^2] = (1*[5,1] + 3*[4,9]) / 4 = [4.25, 7]
     np.testing.assert_allclose(mean["w"], [2.0, 2.5])
-    np.testing.assert_allclose(var["w"], [0.25, 0.75])    # [4.25 - 4, 7 - 6.25]
+    np.testing.assert_allclose(var["w"], [0.25, 0.75])    # [4.25 - 4, 7 - 6.25]: the pooled snapshots' variance
 
 
-def test_swag_variance_is_clamped_at_zero():
-    g = {"w": np.array([1.0])}
-    _, var = swag.aggregate(g, [({"w": np.array([0.5])}, {"w": np.array([0.0])}, 1)])  # E[w^2] < E[w]^2
-    assert var["w"].tolist() == [0.0]
+def test_swag_variance_cannot_go_negative_whatever_the_parts_are():
+    """Pooled by the law of total variance, any mean and non-negative deviation give a variance >= 0 (the old
+    E[w²] − E[w]² went negative when the filter zeroed a second moment, and was clamped at 0)."""
+    g = {"w": np.array([1.0, -3.0])}
+    _, var = swag.aggregate(g, [({"w": np.array([0.5, 0.0])}, {"w": np.array([0.0, 0.0])}, 1),
+                                ({"w": np.array([0.0, 0.2])}, {"w": np.array([0.1, 0.0])}, 2)])
+    np.testing.assert_allclose(var["w"], [(0.25 * 1 / 9 * 4 + 2 * (0.01 + 1 / 36)) / 3, 2 / 3 * (0.2 / 3) ** 2
+                                          + 1 / 3 * (0.4 / 3) ** 2])
+    assert swag.negative_deviation({"w": np.array([0.1, -0.1])}) == "its SWAG deviation 'w' has negative entries"
 
 
 def test_swag_samples_follow_mean_and_variance():
@@ -242,8 +262,12 @@ def test_mc_dropout_needs_dropout_and_spreads_with_it():
     ({"aggregation": "fedmedian"}, r"aggregation must be one of \['fedavg', 'fedprox', 'feddc'\], got 'fedmedian'"),
     ({"uncertainty": "bayes"}, r"uncertainty must be one of \['none', 'ensemble', 'mc_dropout', 'swag'\]"),
     ({"aggregation": "fedprox", "fedprox_mu": 0}, r"aggregation 'fedprox' needs fedprox_mu > 0, got 0"),
-    ({"skip_model_tests": True, "model_test_after_each_round": True}, "cannot both be True"),
-    ({"uncertainty": "ensemble", "delete_local_models_after_aggregation": True}, "ensemble keeps every site's"),
+    ({"keep_best": "accuracy", "skip_model_tests": True}, "keep_best='accuracy' selects on the per-round tests"),
+    ({"keep_best": "accuracy", "model_test_after_each_round": False}, "needs model_test_after_each_round=True"),
+    ({"keep_best": "loss", "keep_best_mode": "lowest"}, r"keep_best_mode must be one of \['max', 'min'\]"),
+    ({"initial_model": "not-a-model"}, "initial_model must be MODEL_ID or MODEL_ID/RUN_ID: model_id must be a UUID"),
+    ({"initial_model": "5f2b7c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f/../x"}, "initial_model must be MODEL_ID or MODEL_ID/RUN_ID"),
+    ({"keep_round_models": "yes"}, "keep_round_models must be True or False"),
     ({"aggregation": "feddc", "daisy_chain_period": 0}, r"daisy_chain_period must be an integer >= 1, got 0"),
 ])
 def test_bad_method_options_are_named(tmp_path, options, message):

@@ -151,7 +151,7 @@ def test_sag_prepare_train_task_data_is_the_train_task_hook(tmp_path):
                                              "before_task_sent_cb=self._prepare_train_task_data"], fix)
 
     workflow = MultiStageScatterAndGather(stages=[{"name": "a", "num_rounds": 1}, {"name": "b", "num_rounds": 1}],
-                                          min_clients=2, fedprox_mu=0.5)
+                                          min_clients=2, fedprox_mu=0.5, model_test_after_each_round=False)
     engine, communicator = run_rounds(tmp_path, workflow)
     got = [(s["site"], s["round_before_hook"], s["headers"].get(FlipMeta.STAGE), s["headers"].get(FlipMeta.FEDPROX_MU))
            for s in communicator.sent]
@@ -938,7 +938,7 @@ def test_sag_builds_each_rounds_task_from_train_task_name_after_round_started(tm
 
     workflow = MultiStageScatterAndGather(stages=[{"name": "ae", "num_rounds": 2, "train_task_name": "train_ae"},
                                                   {"name": "dm", "num_rounds": 1, "train_task_name": "train_dm"}],
-                                          min_clients=2)
+                                          min_clients=2, model_test_after_each_round=False)
     components = {ComponentId.PERSISTOR: Persistor(), ComponentId.AGGREGATOR: SampleWeightedAggregator(min_accepted=2),
                   ComponentId.SHAREABLE_GENERATOR: FullModelShareableGenerator(), "training": workflow}
     engine = Engine(tmp_path, components)

@@ -137,7 +137,8 @@ def test_too_few_good_updates_end_the_run_in_error_naming_the_reason(tmp_path, d
     # nothing uploaded, nothing deleted: the run folder keeps what the run wrote
     assert server.persist.manifest is None and not (server.run_dir / RunFile.UPLOAD_PENDING).exists()
     assert (server.run_dir / "app_server" / "config").is_dir()
-    assert (server.run_dir / RunFile.LOCAL_MODELS_DIR / "round_1" / "site-1.pt").is_file()
+    # DLR's default (delete_local_models_after_aggregation=True): no site's local model was ever written to disk
+    assert not (server.run_dir / RunFile.LOCAL_MODELS_DIR).exists()
 
 
 @pytest.mark.s3

@@ -1,12 +1,15 @@
 """Every component a job config names as ``flip.nvflare.components.<Class>``: the eleven of SPEC.md (CleanupImages,
 an Executor, lives in flip.nvflare.executors and is re-exported here, where FLIP's configs name it), plus
-GaussianPrivacy (client-level differential privacy), SampleWeightedAggregator, FedOptShareableGenerator and
+GaussianPrivacy (client-level differential privacy), SampleWeightedAggregator, FedOptShareableGenerator,
+FlipModelPersistor (the model a run starts from, per-round models), FlipModelSelector (the best model) and
 UncertaintyPlan."""
 
 from flip.nvflare.components.client_event_handler import ClientEventHandler
 from flip.nvflare.components.evaluation_json_generator import EvaluationJsonGenerator
 from flip.nvflare.components.evaluation_pt_model_locator import EvaluationPTModelLocator
 from flip.nvflare.components.fedopt_shareable_generator import FedOptShareableGenerator
+from flip.nvflare.components.flip_model_persistor import FlipModelPersistor
+from flip.nvflare.components.flip_model_selector import FlipModelSelector
 from flip.nvflare.components.gaussian_privacy import GaussianPrivacy
 from flip.nvflare.components.initial_pt_model_locator import InitialPTModelLocator
 from flip.nvflare.components.percentile_privacy import PercentilePrivacy
@@ -25,6 +28,8 @@ __all__ = [
     "EvaluationJsonGenerator",
     "EvaluationPTModelLocator",
     "FedOptShareableGenerator",
+    "FlipModelPersistor",
+    "FlipModelSelector",
     "GaussianPrivacy",
     "InitialPTModelLocator",
     "PTModelLocator",

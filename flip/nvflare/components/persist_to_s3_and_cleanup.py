@@ -20,7 +20,8 @@ from flip.errors import LookupFailed, SettingsError, UploadError
 from flip.nvflare.utils import app_custom_dir, get_component, new_run_id, run_dir, software_versions, workspace_root
 from flip.settings import load_settings
 from flip.checks import check_model_id, check_object_key
-from flip.storage.layout import run_prefix
+from flip.storage.layout import local_model_key, run_prefix
+from flip.storage.model_files import load_model_file, parameter_count
 from flip.storage.pending import clean_run_dir, complete_upload, record_pending
 
 
@@ -76,6 +77,9 @@ class PersistToS3AndCleanup(FLComponent):
         self.manifest: dict[str, Any] | None = None
         #: the upload_pending.json record of this run's upload, once written (None: no upload was recorded)
         self.pending: dict[str, Any] | None = None
+        #: the global model's parameter count and the round of the local models uploaded, once staged
+        self.parameter_count: int | None = None
+        self.local_models_round: int | None = None
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.START_RUN:
@@ -126,7 +130,7 @@ class PersistToS3AndCleanup(FLComponent):
         run_id = run_id or new_run_id(fl_ctx.get_job_id())
         prefix = run_prefix(self.model_id, run_id)
         files = self._stage_artifacts(fl_ctx, folder / RunFile.STAGING_DIR, artifacts or {})
-        info = {**(info or {}), "versions": software_versions()}
+        info = {**(info or {}), **self._model_info(), "versions": software_versions()}
         self.pending = record_pending(folder, model_id=self.model_id, job_id=fl_ctx.get_job_id(), run_id=run_id,
                                       bucket=self.bucket_name, files=files, info=info)
         self.log_info(fl_ctx, f"uploading {len(files)} objects to s3://{self.bucket_name}/{prefix}")
@@ -145,11 +149,32 @@ class PersistToS3AndCleanup(FLComponent):
         return deleted
 
     # -- helpers --------------------------------------------------------------------------------------------
+    def _model_info(self) -> dict[str, Any]:
+        """The manifest's fields about the model: its parameter count, where the run started from (the
+        persistor's record) and which round the local models are of."""
+        info: dict[str, Any] = {}
+        if self.parameter_count is not None:
+            info["parameter_count"] = self.parameter_count
+        initial = getattr(self.model_persistor, "initial_info", None)
+        if isinstance(initial, dict):
+            info["initial_model"] = initial
+            carried = ("input_shape", "output_shape", "preprocessing")  # what the model is: it keeps its shapes
+            if initial.get("model_id") == self.model_id:  # fine-tuning the same model: it keeps its name too
+                carried += ("name", "description", "owner")
+            info.update({k: initial[k] for k in carried if k in initial})
+        if self.local_models_round is not None:
+            info["local_models_round"] = self.local_models_round
+        return info
+
     def _stage_artifacts(self, fl_ctx: FLContext, staging: Path,
                          artifacts: Mapping[str, str | Path]) -> dict[str, Path]:
         staging.mkdir(parents=True, exist_ok=True)
         files = self._stage_models(fl_ctx, staging) if self.model_persistor is not None else {}
-        artifacts = {RunFile.PREPROCESSING: app_custom_dir(fl_ctx) / RunFile.PREPROCESSING, **artifacts}
+        custom_pre = app_custom_dir(fl_ctx) / RunFile.PREPROCESSING
+        if custom_pre.is_file() and RunFile.PREPROCESSING not in artifacts:
+            load_model_file(custom_pre)  # a preprocessing model that needs code to load is refused
+            artifacts = {RunFile.PREPROCESSING: custom_pre, **artifacts}
+        artifacts = {**self._latest_local_models(run_dir(fl_ctx)), **artifacts}
         for key, source in artifacts.items():
             source = Path(source)
             if source.is_file():
@@ -160,6 +185,19 @@ class PersistToS3AndCleanup(FLComponent):
         if not files:
             raise UploadError("the run produced nothing to upload")
         return files
+
+    def _latest_local_models(self, folder: Path) -> dict[str, Path]:
+        """The latest round's local models the aggregator kept (none unless the job keeps them), by object key."""
+        self.local_models_round = None
+        rounds = [(int(p.name.split("_", 1)[1]), p) for p in (folder / RunFile.LOCAL_MODELS_DIR).glob("round_*")
+                  if p.is_dir() and p.name.split("_", 1)[1].isdigit()]
+        if not rounds:
+            return {}
+        number, latest = max(rounds)
+        models = {local_model_key(p.stem): p for p in sorted(latest.glob("*.pt")) if p.is_file()}
+        if models:
+            self.local_models_round = number
+        return models
 
     def _stage_models(self, fl_ctx: FLContext, staging: Path) -> dict[str, Path]:
         self.model_inventory = self.model_persistor.get_model_inventory(fl_ctx) or {}
@@ -179,6 +217,8 @@ class PersistToS3AndCleanup(FLComponent):
                 continue
             state = state_dict_from_checkpoint(Path(desc.location))
             check_finite(state, key)  # a model with NaN/Inf is never uploaded (raises before anything is staged)
+            if key == RunFile.GLOBAL_MODEL:
+                self.parameter_count = parameter_count(state)
             target = staging / key
             torch.save(state, target)
             files[key] = target

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ from flip.nvflare.utils import peer_name, run_dir
 
 
 class LocalModelStore:
-    """Sites' local models on the server's disk: ``<run>/local_models/round_<n>/<site>.pt``, and the ensemble."""
+    """Sites' local models on the server's disk (``<run>/local_models/round_<n>/<site>.pt``, only when kept), and
+    the ensemble."""
 
     def __init__(self, folder: Path):
         self.root = folder / RunFile.LOCAL_MODELS_DIR
@@ -40,12 +40,6 @@ class LocalModelStore:
 
     def delete(self, round_num: int, site: str) -> None:
         (self.root / f"round_{round_num + 1}" / f"{site}.pt").unlink(missing_ok=True)
-
-    def delete_round(self, round_num: int) -> int:
-        folder = self.root / f"round_{round_num + 1}"
-        count = len(list(folder.glob("*.pt"))) if folder.is_dir() else 0
-        shutil.rmtree(folder, ignore_errors=True)
-        return count
 
     def write_ensemble(self, members: dict[str, dict[str, Any]]) -> Path:
         self.artifacts.mkdir(parents=True, exist_ok=True)
@@ -83,14 +77,16 @@ class SampleWeightedAggregator(Aggregator):
     completes if at least ``min_accepted`` updates remain; otherwise the run ends in ERROR naming the reasons. An
     average that is not finite in its dtype fails the round (it is never sent or saved).
 
-    Accepted sites' local models (the model they started from plus their update) are kept on the server's disk
-    for the round (``local_models/round_<n>/<site>.pt``) and deleted once it is aggregated if
-    ``delete_local_models_after_aggregation``; with ``ensemble``, the last round's local models become the run's
-    ``ensemble.pt`` artifact.
+    Accepted sites' local models (the model they started from plus their update) are held in memory for the
+    round; they are written to the server's disk only when an option needs them: with
+    ``delete_local_models_after_aggregation=False`` (DLR's option off) every round's are kept as
+    ``local_models/round_<n>/<site>.pt`` (the latest round's are uploaded with the run); with ``ensemble``, the
+    last round's become the run's ``ensemble.pt`` artifact.
 
     Args:
         min_accepted: updates needed to aggregate (>= 1). Default 1.
-        delete_local_models_after_aggregation: remove each round's local model files once aggregated.
+        delete_local_models_after_aggregation: no local model outlives its round's aggregation (none is written to
+            disk). Default True, DLR's; False keeps every round's local models on the server's disk.
         ensemble: keep every site's last local model as the ``ensemble.pt`` artifact.
         max_num_samples: the largest ``num_samples`` (a site's weight) an update may claim (>= 1). Default 10
             million.
@@ -99,7 +95,7 @@ class SampleWeightedAggregator(Aggregator):
             (>= 1), or None to turn the rule off. Default 10.
     """
 
-    def __init__(self, min_accepted: int = 1, delete_local_models_after_aggregation: bool = False,
+    def __init__(self, min_accepted: int = 1, delete_local_models_after_aggregation: bool = True,
                  ensemble: bool = False, max_num_samples: int = MAX_NUM_SAMPLES, max_update_norm: float | None = None,
                  norm_ratio_limit: float | None = NORM_RATIO_LIMIT):
         super().__init__()
@@ -109,9 +105,6 @@ class SampleWeightedAggregator(Aggregator):
         self.norm_ratio_limit = optional(check_number, "norm_ratio_limit", norm_ratio_limit, 1)
         check_bool("delete_local_models_after_aggregation", delete_local_models_after_aggregation)
         check_bool("ensemble", ensemble)
-        if ensemble and delete_local_models_after_aggregation:
-            raise ValueError("ensemble keeps every site's last local model: it cannot be combined with "
-                             "delete_local_models_after_aggregation=True")
         self.min_accepted = min_accepted
         self.delete_local_models_after_aggregation = delete_local_models_after_aggregation
         self.ensemble = ensemble
@@ -170,7 +163,8 @@ class SampleWeightedAggregator(Aggregator):
             return False
         self.accepted[site] = (dxo.data, int(dxo.get_meta_prop(FlipMeta.NUM_SAMPLES)))
         self.norms[site] = norm
-        LocalModelStore(run_dir(fl_ctx)).save(current, site, local)
+        if not self.delete_local_models_after_aggregation:  # the only option that needs them on disk
+            LocalModelStore(run_dir(fl_ctx)).save(current, site, local)
         return True
 
     def _exclude_outliers(self, fl_ctx: FLContext) -> None:
@@ -198,7 +192,7 @@ class SampleWeightedAggregator(Aggregator):
                                     f"{self.min_accepted} needed ({why})")
 
     def finish_round(self, fl_ctx: FLContext, members: dict[str, dict[str, Any]] | None = None) -> None:
-        """After aggregating: the ensemble artifact on the last round, then the local model files if asked."""
+        """After aggregating: the ensemble artifact on the last round (from memory: no local model file is needed)."""
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         store = LocalModelStore(run_dir(fl_ctx))
         num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS)
@@ -208,8 +202,6 @@ class SampleWeightedAggregator(Aggregator):
                 members = {s: reconstruct(self._base(fl_ctx, s), d) for s, (d, _) in self.accepted.items()}
             store.write_ensemble(members)
             self.log_info(fl_ctx, f"ensemble of {len(members)} sites' last local models kept: {RunFile.ENSEMBLE}")
-        if self.delete_local_models_after_aggregation:
-            self.log_info(fl_ctx, f"round {current + 1}: deleted {store.delete_round(current)} local model files")
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
         self.check_enough(fl_ctx)

@@ -13,7 +13,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from flip.methods.feddc import daisy_chain, is_aggregation_round
+from flip.methods.feddc import daisy_chain, is_aggregation_round, training_rounds
 from flip.methods.weighted import checksum, weighted_mean
 from flip.constants import ComponentId, FlipMeta, FlipProp, FlipTask
 from flip.errors import FlipError, LookupFailed, NonFiniteModelError
@@ -26,20 +26,25 @@ from flip.nvflare.utils import get_component
 
 
 class FedDCController(FlipController):
-    """FedDC (Kamp et al., ICLR 2023): sites train; every ``daisy_chain_period`` rounds (and at the last) the
-    server averages the local models weighted by samples; in the rounds between, each site gets another site's
-    local model to continue, following a seeded permutation with no site getting its own model back.
+    """FedDC (Kamp et al., ICLR 2023): sites train; every ``daisy_chain_period`` rounds the server averages the
+    local models weighted by samples; in the rounds between, each site gets another site's local model to
+    continue, following a seeded permutation with no site getting its own model back.
+
+    Rounds are counted as the DLR demonstrator counts them: ``num_rounds`` is the number of aggregations (DLR's
+    ``target_num_updates``) and the run trains ``num_rounds × daisy_chain_period`` rounds (DLR multiplies its target
+    by the period), so the same settings give the same number of aggregations and local trainings in both.
 
     Updates pass the SampleWeightedAggregator's checks (its limits on samples and update norms included); a site
     whose update is excluded keeps its model; an average that is not finite ends the run in ERROR. Every
     round's routing, whether it aggregated, and fingerprints of the models sent and received go to metrics.json.
 
     Args:
-        num_rounds: rounds (>= 1). Default 5.
-        daisy_chain_period: rounds between aggregations (>= 1; 1 is FedAvg). Default 2.
+        num_rounds: aggregations (>= 1); the run trains num_rounds × daisy_chain_period rounds. Default 5.
+        daisy_chain_period: training rounds per aggregation (>= 1; 1 is FedAvg). Default 2.
         min_clients: sites that must train in each round (>= 1). Default 1.
         seed: the permutations' seed. Default 0.
-        model_test_after_each_round: after each aggregation, every site validates the new global model.
+        model_test_after_each_round: after each aggregation, every site validates the new global model (the round
+            waits for every site's answer, at most validation_timeout seconds). Default True.
         train_timeout, validation_timeout: seconds (0: no timeout for training). Defaults 0 and 600.
     """
 
@@ -47,7 +52,7 @@ class FedDCController(FlipController):
 
     def __init__(self, num_rounds: int = 5, daisy_chain_period: int = 2, min_clients: int = 1, seed: int = 0,
                  aggregator_id: str = ComponentId.AGGREGATOR, persistor_id: str = ComponentId.PERSISTOR,
-                 train_timeout: int = 0, model_test_after_each_round: bool = False, validation_timeout: int = 600):
+                 train_timeout: int = 0, model_test_after_each_round: bool = True, validation_timeout: int = 600):
         super().__init__()
         check_rounds_args(min_clients=min_clients, num_rounds=num_rounds, wait_time_after_min_received=0,
                           train_timeout=train_timeout, validation_timeout=validation_timeout,
@@ -61,6 +66,8 @@ class FedDCController(FlipController):
         self.persistor_id = persistor_id
         self.train_timeout = train_timeout
         self.model_test_after_each_round = model_test_after_each_round
+        #: training rounds: DLR's count (target number of updates × daisy-chain period)
+        self.training_rounds = training_rounds(num_rounds, self.daisy_chain_period)
         self.validation_timeout = validation_timeout
         self.aggregator: SampleWeightedAggregator | None = None
         self.persistor: PTFileModelPersistor | None = None
@@ -79,10 +86,12 @@ class FedDCController(FlipController):
             self.system_panic(f"FedDC: min_clients is {self.min_clients} but only {len(sites)} sites joined", fl_ctx)
             return
         models = {site: learnable[ModelLearnableKey.WEIGHTS] for site in sites}
-        fl_ctx.set_prop(AppConstants.NUM_ROUNDS, self.num_rounds, private=True, sticky=True)
+        fl_ctx.set_prop(AppConstants.NUM_ROUNDS, self.training_rounds, private=True, sticky=True)
         fl_ctx.set_prop(AppConstants.START_ROUND, 0, private=True, sticky=True)
+        self.log_info(fl_ctx, f"FedDC: {self.num_rounds} aggregations, every {self.daisy_chain_period} rounds: "
+                              f"{self.training_rounds} training rounds")
         self.fire_event(AppEventType.TRAINING_STARTED, fl_ctx)
-        for round_num in range(self.num_rounds):
+        for round_num in range(self.training_rounds):
             if abort_signal.triggered:
                 return
             fl_ctx.set_prop(AppConstants.CURRENT_ROUND, round_num, private=True, sticky=True)
@@ -100,7 +109,7 @@ class FedDCController(FlipController):
                 return
             accepted = self.aggregator.accepted
             local = {s: reconstruct(models[s], accepted[s][0]) if s in accepted else models[s] for s in sites}
-            report = {"aggregated": is_aggregation_round(round_num, self.daisy_chain_period, self.num_rounds),
+            report = {"aggregated": is_aggregation_round(round_num, self.daisy_chain_period, self.training_rounds),
                       "sent_checksums": {s: checksum(models[s]) for s in sites},
                       "local_checksums": {s: checksum(local[s]) for s in sites}}
             if report["aggregated"]:
@@ -127,15 +136,15 @@ class FedDCController(FlipController):
             fl_ctx.set_prop(FlipProp.FEDDC_REPORT, report, private=True, sticky=False)
             self.fire_event(AppEventType.ROUND_DONE, fl_ctx)
             if report["aggregated"] and self.model_test_after_each_round:
-                validate_at_sites(self, learnable[ModelLearnableKey.WEIGHTS], round_num, self.min_clients,
-                                  self.validation_timeout, fl_ctx, abort_signal)
+                validate_at_sites(self, learnable[ModelLearnableKey.WEIGHTS], round_num, self.validation_timeout,
+                                  fl_ctx, abort_signal)
         self.aggregator.bases = None
 
     def _train(self, models: dict, round_num: int, abort_signal: Signal, fl_ctx: FLContext) -> None:
         for site, weights in models.items():
             data = DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable()
             data.set_header(AppConstants.CURRENT_ROUND, round_num)
-            data.set_header(AppConstants.NUM_ROUNDS, self.num_rounds)
+            data.set_header(AppConstants.NUM_ROUNDS, self.training_rounds)
             data.set_header(FlipMeta.REPORT_CHECKSUM, True)
             data.add_cookie(AppConstants.CONTRIBUTION_ROUND, round_num)
             task = Task(name=FlipTask.TRAIN, data=data, timeout=self.train_timeout,

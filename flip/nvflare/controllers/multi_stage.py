@@ -57,7 +57,7 @@ class MultiStageScatterAndGather(FlipScatterAndGather):
     def __init__(self, stages: list[dict], min_clients: int = 1, wait_time_after_min_received: int = 10,
                  aggregator_id=ComponentId.AGGREGATOR, persistor_id=ComponentId.PERSISTOR,
                  shareable_generator_id=ComponentId.SHAREABLE_GENERATOR, train_task_name=FlipTask.TRAIN,
-                 train_timeout: int = 0, fedprox_mu: float = 0.0, model_test_after_each_round: bool = False,
+                 train_timeout: int = 0, fedprox_mu: float = 0.0, model_test_after_each_round: bool = True,
                  validation_timeout: int = 600):
         self.stages = check_stages(stages)
         super().__init__(min_clients=min_clients, num_rounds=sum(s["num_rounds"] for s in stages),

@@ -14,7 +14,7 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
 from flip.methods import swag
-from flip.methods.swag import MEAN, SECOND
+from flip.methods.swag import DEVIATION, MEAN, negative_deviation
 from flip.methods.weighted import check_update, l2_norm, norm_outliers
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask, RunFile
 from flip.errors import LookupFailed, NonFiniteModelError
@@ -27,13 +27,15 @@ class SwagRound(FlipController):
     """The SWAG round (the DLR demonstrator's SWAG_ROUND state), after the training rounds.
 
     Every site starts from the final global model, trains ``swag_epochs`` more times (each call of the user's
-    ``train``), and returns the first and second moments of its weights over those snapshots as differences to
-    the global model's (a COLLECTION of two WEIGHT_DIFF DXOs, through the site's privacy filter). The server
-    averages them weighted by samples into the SWAG mean and diagonal variance (clamped at 0) and stores them as
-    the run's ``swag.pt`` artifact (``{"mean": {...}, "variance": {...}, "num_samples", "sites"}``). Moments pass the
-    aggregator's checks (``num_samples`` at most flip.methods.weighted.MAX_NUM_SAMPLES, and a site whose
-    moments' norm is more than NORM_RATIO_LIMIT times the median is excluded); a mean or variance that is not
-    finite ends the run in ERROR, unsaved.
+    ``train``), and returns its snapshots' mean as a difference to the global model and each weight's standard
+    deviation around that mean (a COLLECTION ``{"mean", "deviation"}`` of two WEIGHT_DIFF DXOs, each through the
+    site's privacy filter). The server pools them, weighted by samples, into the SWAG mean and diagonal variance by
+    the law of total variance (flip.methods.swag: non-negative by construction, whatever the filter zeroed or
+    clipped) and stores them as the run's ``swag.pt`` artifact (``{"mean": {...}, "variance": {...}, "num_samples",
+    "sites"}``). Both parts pass the aggregator's checks (``num_samples`` at most
+    flip.methods.weighted.MAX_NUM_SAMPLES, and a site whose parts' norm is more than NORM_RATIO_LIMIT times the
+    median is excluded); a deviation with a negative entry is excluded; a mean or variance that is not finite ends
+    the run in ERROR, unsaved.
 
     Args:
         swag_epochs: snapshots per site (>= 2). Default 3.
@@ -107,21 +109,22 @@ class SwagRound(FlipController):
         try:
             dxo = from_shareable(result)
             parts = dxo.data if dxo.data_kind == DataKind.COLLECTION else {}
-            mean, second = parts[MEAN], parts[SECOND]
+            mean, deviation = parts[MEAN], parts[DEVIATION]
             n = dxo.get_meta_prop(FlipMeta.NUM_SAMPLES)
         except (ValueError, KeyError, TypeError):
-            self.log_error(fl_ctx, f"SWAG round: {site}'s result is not a collection of {MEAN!r} and {SECOND!r}")
+            self.log_error(fl_ctx, f"SWAG round: {site}'s result is not a collection of {MEAN!r} and {DEVIATION!r}")
             return
-        reason = check_update(mean.data, self._global, n) or check_update(second.data, self._global, n)
+        reason = (check_update(mean.data, self._global, n) or check_update(deviation.data, self._global, n)
+                  or negative_deviation(deviation.data))
         if reason:
             self.log_warning(fl_ctx, f"SWAG round: the moments of {site} are excluded: {reason}")
             return
-        self._moments[site] = (mean.data, second.data, int(n))
-        self._norms[site] = (l2_norm(mean.data.values()), l2_norm(second.data.values()))
+        self._moments[site] = (mean.data, deviation.data, int(n))
+        self._norms[site] = (l2_norm(mean.data.values()), l2_norm(deviation.data.values()))
 
     def _exclude_outliers(self, fl_ctx: FLContext) -> None:
-        """Exclude a site whose first or second moment is far from the others' (the aggregator's relative rule)."""
-        for part, label in ((0, MEAN), (1, SECOND)):
+        """Exclude a site whose mean or deviation is far from the others' (the aggregator's relative rule)."""
+        for part, label in ((0, MEAN), (1, DEVIATION)):
             outliers = norm_outliers({s: norms[part] for s, norms in self._norms.items() if s in self._moments})
             for site, reason in sorted(outliers.items()):
                 del self._moments[site]

@@ -67,8 +67,10 @@ class FlipScatterAndGather(ScatterAndGather):
     Args:
         fedprox_mu: > 0 makes it FedProx: every train task carries ``mu`` and RUN_TRAINER adds the proximal term
             ``mu/2·||w − w_global||²`` to the user's loss (through the gradients; user code unchanged). Default 0.
-        model_test_after_each_round: after each round, every site validates the new global model (RUN_VALIDATOR);
-            the metrics go to metrics.json under the round. Default False.
+        model_test_after_each_round: after each round, every participating site validates the new global model
+            (RUN_VALIDATOR); the round waits for every site's answer, at most ``validation_timeout`` seconds (a site
+            that did not answer is named in the log); the metrics go to metrics.json under the round. Default True
+            (the DLR demonstrator's default).
         validation_timeout: seconds for those tests (>= 1). Default 600.
         Other arguments: as ScatterAndGather.
     """
@@ -76,7 +78,7 @@ class FlipScatterAndGather(ScatterAndGather):
     def __init__(self, min_clients: int = 1, num_rounds: int = 5, wait_time_after_min_received: int = 10,
                  aggregator_id=ComponentId.AGGREGATOR, persistor_id=ComponentId.PERSISTOR,
                  shareable_generator_id=ComponentId.SHAREABLE_GENERATOR, train_task_name=FlipTask.TRAIN,
-                 train_timeout: int = 0, fedprox_mu: float = 0.0, model_test_after_each_round: bool = False,
+                 train_timeout: int = 0, fedprox_mu: float = 0.0, model_test_after_each_round: bool = True,
                  validation_timeout: int = 600):
         check_rounds_args(min_clients=min_clients, num_rounds=num_rounds,
                           wait_time_after_min_received=wait_time_after_min_received, train_timeout=train_timeout,
@@ -124,8 +126,8 @@ class FlipScatterAndGather(ScatterAndGather):
             if self.model_test_after_each_round:
                 model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
                 if model:
-                    validate_at_sites(self, model[ModelLearnableKey.WEIGHTS], current, self._min_clients,
-                                      self.validation_timeout, fl_ctx, self._abort_signal)
+                    validate_at_sites(self, model[ModelLearnableKey.WEIGHTS], current, self.validation_timeout,
+                                      fl_ctx, self._abort_signal)
             if self._stops_after == current:
                 self.log_warning(fl_ctx, f"training stops after round {current + 1}: {self._stop_reason}")
                 fl_ctx.set_prop(FlipProp.STOP_REASON, f"after round {current + 1}: {self._stop_reason}", private=True,
@@ -144,27 +146,52 @@ class FlipScatterAndGather(ScatterAndGather):
             self.system_panic(f"{exc}: it is neither saved nor sent", fl_ctx)
 
 
-def validate_at_sites(controller, weights: dict, round_num: int, min_clients: int, timeout: int, fl_ctx: FLContext,
-                      abort_signal: Signal) -> None:
-    """Send the round's global model to every site's validator; fire ROUND_VALIDATED for each answer."""
+def validate_at_sites(controller, weights: dict, round_num: int, timeout: int, fl_ctx: FLContext,
+                      abort_signal: Signal) -> list[str]:
+    """Send the round's global model to every participating site's validator and wait for every answer (DLR waits
+    for all participants), at most ``timeout`` seconds; fire ROUND_VALIDATED for each answer, then
+    ROUND_VALIDATION_DONE. A site that did not answer in time, or answered with an error, is named in the log.
+
+    Returns:
+        The sites that sent no usable answer (sorted).
+    """
+    sites = sorted(c.name for c in controller._engine.get_clients())
     data = DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable()
     data.set_header(AppConstants.MODEL_OWNER, f"global_round_{round_num + 1}")
+    answered: set[str] = set()
 
     def received(client_task: ClientTask, fl_ctx: FLContext) -> None:  # NVFlare passes these by name
-        result = client_task.result
-        if isinstance(result, Shareable) and result.get_return_code(ReturnCode.OK) == ReturnCode.OK:
-            try:
-                metrics = from_shareable(result).data
-            except (ValueError, TypeError):
-                controller.log_warning(fl_ctx, f"round {round_num + 1}: {client_task.client.name} sent a validation "
-                                               "result that is not a DXO: dropped")
-                client_task.result = None
-                return
-            fl_ctx.set_prop(AppConstants.DATA_CLIENT, client_task.client.name, private=True, sticky=False)
-            fl_ctx.set_prop(FlipProp.ROUND_VALIDATION, metrics, private=True, sticky=False)
-            fl_ctx.set_prop(AppConstants.CURRENT_ROUND, round_num, private=True, sticky=False)
-            controller.fire_event(FlipEvent.ROUND_VALIDATED, fl_ctx)
+        result, site = client_task.result, client_task.client.name
         client_task.result = None
+        if not isinstance(result, Shareable) or result.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            code = result.get_return_code() if isinstance(result, Shareable) else "no result"
+            controller.log_warning(fl_ctx, f"round {round_num + 1}: per-round test at {site} failed ({code})")
+            return
+        try:
+            metrics = from_shareable(result).data
+        except (ValueError, TypeError):
+            controller.log_warning(fl_ctx, f"round {round_num + 1}: {site} sent a validation result that is not a "
+                                           "DXO: dropped")
+            return
+        answered.add(site)
+        fl_ctx.set_prop(AppConstants.DATA_CLIENT, site, private=True, sticky=False)
+        fl_ctx.set_prop(FlipProp.ROUND_VALIDATION, metrics, private=True, sticky=False)
+        fl_ctx.set_prop(AppConstants.CURRENT_ROUND, round_num, private=True, sticky=False)
+        controller.fire_event(FlipEvent.ROUND_VALIDATED, fl_ctx)
 
     task = Task(name=FlipTask.VALIDATE, data=data, timeout=timeout, result_received_cb=received)
-    controller.broadcast_and_wait(task=task, fl_ctx=fl_ctx, min_responses=min_clients, abort_signal=abort_signal)
+    controller.broadcast_and_wait(task=task, fl_ctx=fl_ctx, targets=sites, min_responses=len(sites),
+                                  abort_signal=abort_signal)
+    missing = missing_answers(sites, answered)
+    if missing and not (abort_signal and abort_signal.triggered):
+        controller.log_warning(fl_ctx, f"round {round_num + 1}: per-round test: no usable answer from "
+                                       f"{', '.join(missing)} within {timeout} s ({len(answered)} of {len(sites)} "
+                                       "sites tested the global model)")
+    fl_ctx.set_prop(AppConstants.CURRENT_ROUND, round_num, private=True, sticky=False)
+    controller.fire_event(FlipEvent.ROUND_VALIDATION_DONE, fl_ctx)
+    return missing
+
+
+def missing_answers(sites: list[str], answered: set[str]) -> list[str]:
+    """The participating sites that did not answer (sorted)."""
+    return sorted(set(sites) - set(answered))

@@ -16,7 +16,7 @@ from flip.constants import FlipMeta, FlipProp, FlipTask, UserFile
 from flip.errors import UserCodeError
 from flip.methods import swag
 from flip.methods.fedprox import proximal_term
-from flip.methods.swag import MEAN, SECOND
+from flip.methods.swag import DEVIATION, MEAN
 from flip.methods.weighted import checksum, l2_norm
 from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics
 from flip.nvflare.executors.base import UserCodeExecutor, call_user, check_task_name
@@ -72,7 +72,8 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
       ``STAGES = {stage: [parameter name prefixes]}`` and only the stage's parameters are sent (DXO meta
       ``flip_stage``), for StagePercentilePrivacy to filter with the stage's own threshold.
     - SWAG (task ``swag``): ``train`` is called ``flip_swag_epochs`` times from the global model; the reply is a
-      COLLECTION of the weights' first and second moments as differences to the global model's.
+      COLLECTION of the snapshots' mean (as a difference to the global model) and each weight's standard deviation
+      around it (flip.methods.swag), each filtered by the site's privacy filter.
 
     Args:
         train_task_name: the training task's name (FLIP's multi-stage jobs: ``train_ae``, ``train_dm``). Default
@@ -163,10 +164,10 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
             num_samples, num_steps, _ = training_result(raw, self.where)
             samples, steps = max(samples, num_samples), steps + num_steps
             snapshots.append(state_to_numpy(model, names))
-        mean, second = swag.site_moments(snapshots, {n: global_weights[n] for n in names})
+        mean, deviation = swag.site_moments(snapshots, {n: global_weights[n] for n in names})
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: steps}
         parts = {MEAN: DXO(DataKind.WEIGHT_DIFF, data=mean, meta=dict(meta)),
-                 SECOND: DXO(DataKind.WEIGHT_DIFF, data=second, meta=dict(meta))}
+                 DEVIATION: DXO(DataKind.WEIGHT_DIFF, data=deviation, meta=dict(meta))}
         self.log_info(fl_ctx, f"SWAG: {epochs} snapshots over {steps} steps on {samples} samples")
         return DXO(DataKind.COLLECTION, data=parts, meta={FlipMeta.NUM_SAMPLES: samples}).to_shareable()
 
