@@ -3,7 +3,8 @@ list of options (jobs, aggregation and uncertainty methods, FedOpt optimizers), 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
+from typing import Any, Literal
 
 
 class FlipTask:
@@ -215,11 +216,8 @@ DEFAULT_PART_SIZE_MB = 64
 
 # ---------------------------------------------------------------------------------------------------------------------
 # FLIP's names, for researchers' apps written against FLIP's `flip` package (flip-utils/flip/constants/*.py).
-# Values are FLIP's exactly; /work/notes/flip-app-api.md §2. Our own names above are unchanged.
+# Values are FLIP's exactly. Our own names above are unchanged.
 # ---------------------------------------------------------------------------------------------------------------------
-
-from enum import StrEnum  # kept with FLIP's names so the block above stays untouched
-from typing import Any, Literal
 
 
 class ResourceType(StrEnum):

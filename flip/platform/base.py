@@ -45,7 +45,7 @@ class Platform(ABC):
     def site_images_dir(self, site_name: str, job_id: str) -> Path:
         """Return the folder where this run's images live at ``site_name`` (it may not exist)."""
 
-    def require_hub(self) -> None:
+    def require_hub(self) -> None:  # noqa: B027 (a hook: a platform without a hub needs nothing)
         """Check what the server needs to report to this platform (nothing for local files)."""
 
     @abstractmethod

@@ -1,6 +1,6 @@
 """A researcher's FLIP app runs here unchanged: every name it imports from FLIP's `flip`, and how each behaves.
 
-The tables name where FLIP defines each name (londonaicentre/FLIP, flip-utils/...; /work/notes/flip-app-api.md) and
+The tables name where FLIP defines each name (londonaicentre/FLIP, flip-utils/...) and
 check what an app relies on: existence, parameter names and defaults, constant values. Then the behaviour: the dev
 data API on real files, the dev/prod rule of LOCAL_DEV and FLIP_ENV, per-site data, get_model_weights_diff,
 FLIPDataset, and the metrics path from send_metrics_value through NVFlare's fed-event runner to the server's parser.
