@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from flip.checks import check_path_name
+from flip.errors import FlipError
 from flip.platform.site import (
     DATAFRAME_VAR,
     IMAGES_VAR,
@@ -19,6 +20,38 @@ from flip.platform.site import (
 )
 
 _LOG_CONFIG = "log_config.json"
+
+
+class SerializationStateError(FlipError, RuntimeError):
+    """This process cannot start the simulator: its NVFlare serialization registry would corrupt every message."""
+
+
+def prepare_serialization() -> None:
+    """Register NVFlare's decomposers in this process, then check a Shareable keeps its headers on the wire.
+
+    The simulator forks its server from this process, and the server keeps this process's fobs registry. NVFlare
+    registers a decomposer for a type only if none is registered yet, so a Shareable serialized here before NVFlare's
+    registration (e.g. by a test helper) keeps a generic decomposer that drops its headers: the sites would get tasks
+    without a name or peer context (NVFlare logs ``missing peer_ctx from client``) and every run would end STOPPED.
+
+    Raises:
+        SerializationStateError: a Shareable loses its headers in this process (the registry cannot be repaired;
+            run the simulator from a fresh process).
+    """
+    from nvflare.apis.shareable import Shareable
+    from nvflare.fuel.utils.class_loader import get_class_name
+    from nvflare.fuel.utils.fobs.decomposer import DictDecomposer
+    from nvflare.fuel.utils.fobs.fobs import FOBS_DECOMPOSER, Packer
+    from nvflare.private.fed.utils.fed_utils import nvflare_fobs_initialize
+
+    nvflare_fobs_initialize()
+    on_the_wire = Packer(None).pack(Shareable()).get(FOBS_DECOMPOSER)
+    if on_the_wire != get_class_name(DictDecomposer):
+        raise SerializationStateError(
+            f"this process serialized an NVFlare Shareable before NVFlare registered its decomposers: it would send "
+            f"Shareables with {on_the_wire}, which drops their headers, so every simulated site would fail (missing "
+            "peer context); run the simulator from a fresh process, or call flip.simulate.prepare_serialization() "
+            "before any other fobs use")
 
 
 def site_names(sites: int | list[str]) -> list[str]:
@@ -160,6 +193,7 @@ def run_simulator(job_dir: str | Path, workspace: str | Path, sites: int | list[
     elif (local / _LOG_CONFIG).exists():
         (local / _LOG_CONFIG).unlink()
     prepare_environment(names, site_data, site_env)
+    prepare_serialization()
     runner = SimulatorRunner(job_folder=str(job_dir), workspace=str(workspace), clients=",".join(names),
                              threads=threads, end_run_for_all=end_run_for_all)
     return runner.run()

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from flip.simulate import prepare_serialization
 from flip.storage.weed import WeedS3
 
 REPO = Path(__file__).resolve().parent.parent
+
+# As NVFlare's runtime does at start: its decomposers first, so a test helper's fobs round trip serializes a Shareable
+# as a site or server would, and a simulator forked from this process later inherits the right registry.
+prepare_serialization()
 
 #: the test tiers (pyproject.toml registers them): every test carries at least one
 TIERS = ("unit", "s3", "http", "simulator", "e2e")

@@ -987,3 +987,18 @@ def test_fed_event_reaches_the_server_with_the_senders_peer_props():
              fix)
     assert params(Shareable.get_peer_prop) == ["self", "key", "default"], changed(
         f"Shareable.get_peer_prop takes {params(Shareable.get_peer_prop)}", fix)
+
+
+def test_simulator_server_inherits_the_callers_fobs_registry():
+    """44: ``SimulatorRunner.run`` starts the server with ``multiprocessing.Process`` (forked: it keeps the caller's
+    fobs registry); ``fobs.register`` keeps the first decomposer registered for a type; ``nvflare_fobs_initialize``
+    registers NVFlare's; ``Packer.pack`` names the decomposer under ``FOBS_DECOMPOSER``."""
+    from nvflare.fuel.utils.fobs import fobs
+    from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
+    from nvflare.private.fed.utils.fed_utils import nvflare_fobs_initialize
+
+    fix = "flip/simulate.py (prepare_serialization)"
+    in_order(SimulatorRunner.run, ["process = Process(target=self.run_process", "process.start()"], fix)
+    in_order(fobs.register, ["if name in _decomposers:", "return"], fix)
+    in_order(fobs.Packer.pack, ["FOBS_DECOMPOSER: get_class_name(type(decomposer))"], fix)
+    assert callable(nvflare_fobs_initialize), changed("nvflare_fobs_initialize is gone", fix)
