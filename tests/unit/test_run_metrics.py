@@ -23,7 +23,8 @@ def test_a_round_per_site_and_its_weighted_mean():
     assert run.add_contribution(0, "site-1", {"num_samples": 999, "accuracy": 0.5}, num_samples=10) == (
         {"num_samples": 10, "accuracy": 0.5}, [])
     metrics, dropped = run.add_contribution(0, "site-2", {"accuracy": 0.8, "loss": 2.0}, PRIVACY, "denoise", 30)
-    assert metrics == {"accuracy": 0.8, "loss": 2.0, "num_samples": 30, "dp_epsilon": 1.5} and dropped == []
+    assert metrics == {"accuracy": 0.8, "loss": 2.0, "num_samples": 30,
+                       "dp_epsilon/client-level/rdp": 1.5} and dropped == []
     means, removed = run.round_done(0)
     # accuracy: (10*0.5 + 30*0.8) / 40 = 0.725; loss only from site-2; dp_epsilon is the only site's
     assert means["accuracy"] == pytest.approx(0.725) and means["loss"] == pytest.approx(2.0)
