@@ -27,7 +27,8 @@ def _cmd_demo(args) -> int:
     return run_demo(sites=args.sites, rounds=args.rounds, threads=args.threads, workdir=args.dir,
                     percentile=args.percentile, gamma=args.gamma, job=args.job, aggregation=args.aggregation,
                     uncertainty=args.uncertainty, model_test_after_each_round=args.model_test_after_each_round,
-                    dp_epsilon=args.dp_epsilon, dp_clip_norm=args.dp_clip_norm)
+                    dp_epsilon=args.dp_epsilon, dp_clip_norm=args.dp_clip_norm,
+                    dp_level=args.dp_level)
 
 
 def _cmd_s3_serve(args) -> int:
@@ -388,8 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model-test-after-each-round", action="store_true",
                       help="every site tests each new global model")
     demo.add_argument("--dp-epsilon", type=float, default=None,
-                      help="client-level differential privacy: each site's ε over the whole training (δ=1e-5)")
-    demo.add_argument("--dp-clip-norm", type=float, default=1.0, help="L2 bound of a site's update under DP")
+                      help="differential privacy: each site's ε over the whole training (δ=1e-5), at --dp-level")
+    demo.add_argument("--dp-level", default="record", choices=("record", "client"),
+                      help="record: DP-SGD at each site under its own policy, protects each patient (default); "
+                           "client: the job's GaussianPrivacy, protects each hospital's whole contribution")
+    demo.add_argument("--dp-clip-norm", type=float, default=None,
+                      help="L2 bound under DP: of one record's gradient (record, default 1.0) or of a site's update "
+                           "(client, default 1.0)")
     demo.add_argument("--sites", type=int, default=2)
     demo.add_argument("--rounds", type=int, default=3)
     demo.add_argument("--threads", type=int, default=None, help="sites running at once (default: all)")
