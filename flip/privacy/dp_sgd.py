@@ -241,10 +241,10 @@ class DPSession:
                      epochs: int = 1, log: Callable[[str], None] | None = None):
         """Return ``(model, optimizer, data_loader)`` made private with Opacus for this round.
 
-        ``model`` is returned as it is (Opacus's hooks are attached to it and removed at :meth:`end_round`); the
-        optimizer clips each record's gradient, adds the noise and counts each step; the data loader draws its
-        batches by Poisson sampling. At the job's first call the noise multiplier is calibrated for
-        ``total_rounds × epochs × len(data_loader)`` steps at the job's ε.
+        ``model`` is returned as it is, put in training mode (Opacus's hooks are attached to it and removed at
+        :meth:`end_round`); the optimizer clips each record's gradient, adds the noise and counts each step; the
+        data loader draws its batches by Poisson sampling. At the job's first call the noise multiplier is
+        calibrated for ``total_rounds × epochs × len(data_loader)`` steps at the job's ε.
 
         Args:
             model: the module being trained (its parameters are the optimizer's).
@@ -291,6 +291,7 @@ class DPSession:
             raise PrivacyError(f"the data loader has {batches} batches per epoch; it had {self.batches_per_epoch} when "
                                "the noise was calibrated for this job: keep the data set and batch size of the first "
                                "round")
+        model.train()  # Opacus attaches its hooks to a model in training mode (a trainer's last round left it in eval)
         poisson = DPDataLoader.from_data_loader(data_loader, generator=self._generator(2 * self.steps + 1))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "secure RNG turned off": our generators are seeded from the OS
