@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -338,6 +339,24 @@ def _cmd_doctor(args) -> int:
     return run_doctor(args.kit, env_file=args.env_file, timeout=args.timeout, wait=args.wait)
 
 
+def _cmd_privacy_ledger(args) -> int:
+    from pathlib import Path
+
+    from flip.privacy.ledger import LEDGER_FILE, PrivacyLedger, format_ledger, ledger_path
+
+    given = Path(args.site)
+    path = given if given.name == LEDGER_FILE or given.is_file() else ledger_path(given)
+    if not path.parent.is_dir():
+        raise ValueError(f"--site must be a site's workspace (its startup kit, with local/) or its ledger file, "
+                         f"got {args.site!r}: {path.parent} is not a folder")
+    ledger = PrivacyLedger(path)
+    if args.json:
+        print(json.dumps(ledger.read(), indent=2, sort_keys=True))
+    else:
+        print(format_ledger(ledger))
+    return 0
+
+
 def _model_options(parser: argparse.ArgumentParser) -> None:
     """The training jobs' options about their models (standard, fed_opt, multi_stage)."""
     parser.add_argument("--initial-model", default=None, metavar="MODEL_ID[/RUN_ID]",
@@ -563,6 +582,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait until the model's latest run ends (up to SECONDS), then show it; exit 1 unless it "
                              "ended RESULTS_UPLOADED")
     status.set_defaults(func=_cmd_status)
+
+    privacy = sub.add_parser("privacy", help="a site's differential privacy").add_subparsers(
+        dest="privacy_command", required=True)
+    ledger = privacy.add_parser("ledger", help="the ε each job spent on each of a site's data sets, what is left "
+                                               "(<site workspace>/local/privacy_ledger.json)")
+    ledger.add_argument("--site", default=".", metavar="DIR",
+                        help="the site's workspace (its startup kit folder, with local/) or its ledger file "
+                             "(default: the current folder)")
+    ledger.add_argument("--json", action="store_true", help="print the ledger file itself")
+    ledger.set_defaults(func=_cmd_privacy_ledger)
 
     from flip.models_cli import add_models_parser
 
