@@ -16,13 +16,17 @@ import torch
 from nvflare.apis.client_engine_spec import ClientEngineSpec
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
-from nvflare.apis.fl_constant import EventScope, FLContextKey, ReservedKey, ReturnCode
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
+from nvflare.apis.utils.event import fire_event_to_components
+from nvflare.widgets.fed_event import ClientFedEventRunner
 from opacus.accountants import RDPAccountant
 
 from flip.constants import ComponentId, FlipMeta, FlipProp
 from flip.errors import DPModelError, PrivacyError, TaskFailed
+from flip.nvflare.metrics import send_metrics_value
 from flip.nvflare.components import ClientEventHandler, GaussianPrivacy, PercentilePrivacy, SitePrivacyPolicy
 from flip.privacy import fix_model
 from flip.privacy.dp_sgd import DPSession, RecordLevelPolicy, check_model
@@ -42,6 +46,7 @@ class SiteEngine(FakeEngine):
     def __init__(self, root, components: dict, site: str = "site-1"):
         super().__init__(root, site)
         self.components = dict(components)
+        self.widgets: list = []
 
     def get_component(self, component_id):
         return self.components.get(component_id)
@@ -50,9 +55,12 @@ class SiteEngine(FakeEngine):
         return self.components
 
     def fire(self, event_type: str, fl_ctx: FLContext) -> None:
-        for component in self.components.values():
-            if hasattr(component, "handle_event"):
-                component.handle_event(event_type, fl_ctx)
+        """Deliver the event as NVFlare's dispatcher does: to every component in order, then the widgets (the
+        federated-event forwarder: set ``forwarder``), resetting the event's scope and data for each."""
+        handlers = [c for c in self.components.values() if isinstance(c, FLComponent)] + self.widgets
+        fire_event_to_components(event_type, handlers, fl_ctx)
+
+    fire_event = fire
 
 
 ClientEngineSpec.register(SiteEngine)
@@ -247,11 +255,34 @@ def test_no_value_computed_on_the_sites_data_reaches_the_server(tmp_path):
     assert record["filter"] == "SitePrivacyPolicy" and record["level"] == "record"
     assert record["epsilon"] == pytest.approx(_opacus_epsilon(record["noise_multiplier"], record["sample_rate"],
                                                               record["steps"], 1e-5), abs=1e-6)
-    # a federated event the job fires at the site (FLIP's send_metrics_value) stays at the site
-    ctx.set_prop(FLContextKey.EVENT_SCOPE, EventScope.FEDERATION, private=True, sticky=False)
-    ctx.set_prop(FLContextKey.EVENT_DATA, Shareable(), private=True, sticky=False)
-    policy.handle_event("flip.send_metrics", ctx)
-    assert ctx.get_prop(FLContextKey.EVENT_SCOPE) == EventScope.LOCAL
+
+
+def test_a_metric_the_job_sends_as_a_federated_event_stays_at_the_site(tmp_path):
+    """FLIP's send_metrics_value fires a federated event with the value: NVFlare's forwarder (a widget, after every
+    component, the site's policy included) must not send it. Before, the policy set the event's scope to local,
+    which NVFlare's dispatcher resets for every handler: a demo run's hub still got each site's loss and accuracy."""
+    sent = []
+
+    class Forwarder(ClientFedEventRunner):
+        def fire_and_forget_request(self, request, fl_ctx, targets=None, secure=False):
+            sent.append(request)
+
+    engine, policy = _site(tmp_path)
+    ctx = _ctx(engine)
+    engine.fire(EventType.START_RUN, ctx)
+    engine.widgets.append(Forwarder())  # after START_RUN: it would register with the engine's messaging
+    model = _model()
+    with policy.training(ctx, "project-1", total_rounds=2) as task:
+        _raw_round(ctx, model)
+        task.ok = True
+        send_metrics_value("accuracy", 0.8765, ctx)  # fires through the engine below
+    assert sent == []
+    # the same event at a site without a DP policy is forwarded (the test can fail)
+    plain = SiteEngine(tmp_path / "site-2", {"client_event_handler": ClientEventHandler()})
+    plain.widgets.append(Forwarder())
+    plain_ctx = _ctx(plain)
+    send_metrics_value("accuracy", 0.8765, plain_ctx)
+    assert len(sent) == 1 and from_shareable(sent[0]).data["value"] == 0.8765
 
 
 def test_a_result_not_trained_through_make_private_is_refused(tmp_path):

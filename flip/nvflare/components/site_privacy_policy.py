@@ -335,8 +335,13 @@ class SitePrivacyPolicy(FLComponent):
         return not (isinstance(data, Shareable) and data.get_header(FedEventHeader.DIRECTION, "out") != "out")
 
     def _withhold_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        """Keep an outgoing federated event at the site (NVFlare's forwarder sees it as local)."""
-        fl_ctx.set_prop(FLContextKey.EVENT_SCOPE, EventScope.LOCAL, private=True, sticky=False)
+        """Keep an outgoing federated event at the site: its data is emptied (headers only) and marked incoming,
+        which NVFlare's federated-event forwarder (a widget, after every component) does not send. The scope cannot
+        be changed: NVFlare's dispatcher resets it for every handler; the data is one object for all of them."""
+        data = fl_ctx.get_prop(FLContextKey.EVENT_DATA)
+        for key in [k for k in data if k != ReservedHeaderKey.HEADERS]:
+            del data[key]
+        data.set_header(FedEventHeader.DIRECTION, "in")
         if event_type not in self._withheld:
             self._withheld.add(event_type)
             self.log_info(fl_ctx, f"event {event_type!r} withheld: under the site's DP policy only a training result "
