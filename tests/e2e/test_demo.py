@@ -114,5 +114,5 @@ def test_demo_learns_under_record_level_dp_and_sends_nothing_else(record_dp_demo
     assert accuracy >= 0.7
     for round_num in (1, 2, 3):  # the sites' local scores were withheld: none reached the server
         _line(output, rf"^    {round_num} +- +- +-$")
-    report = Path(_line(output, r"^Report:   (\S+index\.html)").group(1)).read_text()
+    report = html.unescape(Path(_line(output, r"^Report:   (\S+index\.html)").group(1)).read_text())
     assert "record-level (ε, δ)-DP (protects each patient's records)" in report
