@@ -167,7 +167,7 @@ def record_level_rows(epsilons: list[float], seeds: int) -> None:
         runs = [record_level(epsilon, seed) for seed in range(seeds)]
         dp_epoch = float(np.median([t for _, t, _ in runs]))
         print(f"dp_record_level_detail epsilon={epsilon:g} delta={DELTA:g} accuracies="
-              + ",".join(f"{a:.3f}" for a, _, _ in runs) + f" no_dp_accuracies="
+              + ",".join(f"{a:.3f}" for a, _, _ in runs) + " no_dp_accuracies="
               + ",".join(f"{a:.3f}" for a, _, _ in plain) + f" epsilon_spent={max(e for _, _, e in runs):.4f} "
               f"dp_seconds_per_epoch={dp_epoch:.4f} plain_seconds_per_epoch={plain_epoch:.4f}", flush=True)
         rows.append(f"dp_record_level epsilon={epsilon:g} accuracy={np.mean([a for a, _, _ in runs]):.3f} "

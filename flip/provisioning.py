@@ -80,9 +80,9 @@ def dp_policy_component(differential_privacy: dict[str, Any]) -> dict[str, Any]:
     """
     from flip.nvflare.components.site_privacy_policy import SitePrivacyPolicy
 
-    if not isinstance(differential_privacy, dict):
-        raise ValueError(f"differential_privacy must be a dict of SitePrivacyPolicy's arguments, got "
-                         f"{differential_privacy!r}")
+    if not isinstance(differential_privacy, dict):  # a project.yml value: the CLI reports ValueErrors
+        raise ValueError(  # noqa: TRY004
+            f"differential_privacy must be a dict of SitePrivacyPolicy's arguments, got {differential_privacy!r}")
     try:
         SitePrivacyPolicy(**differential_privacy)
     except TypeError as exc:

@@ -220,7 +220,8 @@ def format_ledger(ledger: PrivacyLedger) -> str:
         lines.append(f"{budget.dataset:<24} {budget.spent:>9.4g} {budget.total_epsilon:>9.4g} {budget.remaining:>9.4g} "
                      f"{budget.delta:>9.2g}  {budget.jobs}" + (f" ({budget.running} running: charged what they "
                                                                "planned)" if budget.running else ""))
-        for job_id, job in sorted(doc["datasets"][budget.dataset]["jobs"].items(), key=lambda kv: str(kv[1].get("started"))):
+        jobs = doc["datasets"][budget.dataset]["jobs"]
+        for job_id, job in sorted(jobs.items(), key=lambda kv: str(kv[1].get("started"))):
             lines.append(f"  {job_id}: {job.get('level', '?')}-level ε={job['epsilon']:.4g} of "
                          f"{job['planned_epsilon']:g} at δ={job['delta']:g} ({job.get('accountant', '?')}), "
                          f"{job.get('status', '?')}, started {job.get('started', '?')}")

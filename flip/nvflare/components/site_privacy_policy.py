@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from nvflare.apis.client_engine_spec import ClientEngineSpec
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
@@ -37,7 +38,7 @@ class TrainingTask:
         self.ok = True
 
 
-def site_policy(fl_ctx: FLContext | None) -> "SitePrivacyPolicy | None":
+def site_policy(fl_ctx: FLContext | None) -> SitePrivacyPolicy | None:
     """The site's privacy policy in force for this job (component ``flip_site_privacy``), or None."""
     engine = fl_ctx.get_engine() if fl_ctx is not None else None
     get_component = getattr(engine, "get_component", None)  # an engine without components: no policy
@@ -83,6 +84,7 @@ class SitePrivacyPolicy(FLComponent):
         dataset: the ledger key every job is charged to; None: a FLIP app's project id, else ``default``.
         public_sample_weight: the public weight of this site's updates (an integer >= 1); None: for DP-SGD the
             batches per epoch × batch size, for client level 1.
+        epsilon: FLIP's name (its LocalDifferentialPrivacy's) for ``target_epsilon``; give one, or both equal.
 
     Raises:
         ValueError: a bad argument (named).
@@ -90,9 +92,13 @@ class SitePrivacyPolicy(FLComponent):
 
     def __init__(self, level: str = RECORD_LEVEL, target_epsilon: float | None = None, delta: float = 1e-5,
                  max_grad_norm: float = 1.0, accountant: str = "rdp", total_epsilon: float | None = None,
-                 dataset: str | None = None, public_sample_weight: int | None = None):
+                 dataset: str | None = None, public_sample_weight: int | None = None, epsilon: float | None = None):
         super().__init__()
         self.level = check_choice("level", level, LEVELS)
+        if epsilon is not None and target_epsilon is not None and epsilon != target_epsilon:
+            raise ValueError(f"target_epsilon {target_epsilon!r} and FLIP's epsilon {epsilon!r} name one setting: give "
+                             "one, or both equal")
+        target_epsilon = target_epsilon if target_epsilon is not None else epsilon
         if target_epsilon is None:
             raise ValueError("target_epsilon is required: the ε one job may spend on a data set at this site")
         self.policy = RecordLevelPolicy(target_epsilon=target_epsilon, delta=delta, max_grad_norm=max_grad_norm,
@@ -164,7 +170,7 @@ class SitePrivacyPolicy(FLComponent):
 
     # -- the runner's calls (RUN_TRAINER, and make_private for the user's code) ------------------------------
     @contextmanager
-    def training(self, fl_ctx: FLContext, project_id: str, total_rounds: int) -> Iterator["TrainingTask"]:
+    def training(self, fl_ctx: FLContext, project_id: str, total_rounds: int) -> Iterator[TrainingTask]:
         """Around one training task: admit the job (first time), count the round, remove Opacus's hooks after,
         and, when the task succeeded (the caller leaves ``task.ok`` True), require that it trained privately and
         record what it spent.
