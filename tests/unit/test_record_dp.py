@@ -8,6 +8,7 @@ client engine (components by id, events to every component in order, the policy 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -287,3 +288,25 @@ def test_client_level_within_the_policy_is_released_labelled(tmp_path):
     record = from_shareable(sent).meta[FlipMeta.PRIVACY][-1]
     assert record["level"] == "client" and record["accountant"] == "rdp" and record["delta"] == 1e-5
     assert PrivacyLedger(ledger_path(tmp_path / "site-1")).budget("project-1").spent == pytest.approx(8.0)
+
+
+def test_the_server_stops_training_cleanly_before_a_site_would_pass_its_epsilon(tmp_path):
+    """Each released update says the ε so far and after one more round; the server's workflow stops (the model so
+    far is kept, validated and uploaded) when a site's next round would pass its budget: here after the 2 planned
+    rounds, and not before."""
+    from flip.nvflare.controllers.training import budget_exceeded_next
+
+    engine, policy = _site(tmp_path, target_epsilon=2.0)
+    ctx = _ctx(engine)
+    engine.fire(EventType.START_RUN, ctx)
+    model = _model()
+    reasons = []
+    for round_num in (1, 2):
+        with policy.training(ctx, "project-1", total_rounds=2) as task:
+            reply, raw = _raw_round(ctx, model)
+            task.ok = True
+        sent = _send(engine, ctx, reply, raw)
+        reasons.append(budget_exceeded_next(sent, "site-1", round_num + 1))
+        assert from_shareable(sent).meta[FlipMeta.PRIVACY][-1]["epsilon"] <= 2.0
+    assert reasons[0] is None
+    assert re.fullmatch(r"privacy budget: site-1 would spend ε=\S+ > max_epsilon 2 in round 3", reasons[1])
