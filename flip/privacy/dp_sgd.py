@@ -210,6 +210,9 @@ class DPSession:
         self._accountant = None
         self._engine = None
         self._hooks: list[Any] = []
+        #: called after each step's noise is added, before the parameters move: data-independent gradient terms
+        #: (FedProx's proximal term), post-processing of the private gradient
+        self.after_noise: list[Callable[[], None]] = []
 
     # -- randomness ----------------------------------------------------------------------------------------
     def _generator(self, offset: int) -> torch.Generator:
@@ -325,6 +328,8 @@ class DPSession:
             if taken:
                 self.steps += 1
                 self.round_steps += 1
+                for add_term in self.after_noise:
+                    add_term()
             return taken
 
         optimizer.pre_step = pre_step

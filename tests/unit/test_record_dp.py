@@ -310,3 +310,26 @@ def test_the_server_stops_training_cleanly_before_a_site_would_pass_its_epsilon(
         assert from_shareable(sent).meta[FlipMeta.PRIVACY][-1]["epsilon"] <= 2.0
     assert reasons[0] is None
     assert re.fullmatch(r"privacy budget: site-1 would spend ε=\S+ > max_epsilon 2 in round 3", reasons[1])
+
+
+def test_fedprox_still_pulls_towards_the_global_model_under_dp_sgd():
+    """FedProx's term was a gradient hook, which Opacus's optimizer overwrites with its noised sum: under DP-SGD
+    FedProx did nothing (the hook-only run below equals the run without it). Now it is added after the noise."""
+    from flip.methods.fedprox import proximal_term
+
+    def distance(mu: float, give_session: bool) -> float:
+        session = DPSession(RecordLevelPolicy(target_epsilon=8.0), total_rounds=1, seed=5)
+        model = _model()
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        session.begin_round()
+        with proximal_term(model, mu, dp_session=session if give_session else None):
+            private_model, optimizer, loader = session.make_private(
+                model, torch.optim.SGD(model.parameters(), lr=0.5), torch.utils.data.DataLoader(_data(), BATCH),
+                epochs=3)
+            _train(private_model, optimizer, loader, epochs=3)
+        session.end_round()
+        return math.sqrt(sum(float(((v - start[k]) ** 2).sum()) for k, v in model.state_dict().items()))
+
+    plain = distance(0.0, False)
+    assert distance(1.0, False) == pytest.approx(plain)  # the old hook: lost under DP-SGD
+    assert distance(1.0, True) < 0.8 * plain

@@ -151,7 +151,8 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
 
         started = time.monotonic()
         mu = float(shareable.get_header(FlipMeta.FEDPROX_MU) or 0.0)
-        with proximal_term(model, mu):
+        policy = site_policy(fl_ctx)  # under record-level DP-SGD the term follows the private gradient
+        with proximal_term(model, mu, dp_session=policy.session if policy is not None else None):
             raw = call_user(self.where, trainer.train, model, ctx)
         if abort_signal.triggered:
             return Shareable()
