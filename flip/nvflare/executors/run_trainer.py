@@ -21,8 +21,8 @@ from flip.methods.fedprox import proximal_term
 from flip.methods.swag import DEVIATION, MEAN
 from flip.methods.weighted import checksum, l2_norm
 from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics
-from flip.nvflare.executors.base import UserCodeExecutor, call_user, check_task_name
 from flip.nvflare.components.site_privacy_policy import site_policy
+from flip.nvflare.executors.base import UserCodeExecutor, call_user, check_task_name
 from flip.nvflare.executors.user_code import display_path, load_module
 from flip.nvflare.models import state_to_numpy
 
