@@ -22,7 +22,8 @@ def make_private(model: Any, optimizer: Any, data_loader: Any, fl_ctx: Any = Non
         model: the ``torch.nn.Module`` being trained.
         optimizer: a ``torch.optim.Optimizer`` over its parameters.
         data_loader: a ``torch.utils.data.DataLoader`` of the site's training records (one per sample).
-        fl_ctx: the task's FLContext (a FLIP app's ``execute`` has it); None: no site policy is in force.
+        fl_ctx: the task's FLContext (a FLIP app's ``execute`` has it); None (a MONAI ClientAlgo has none): the
+            policy of the training task the runner is running in this thread, if any.
         epochs: passes over ``data_loader`` this round (the noise is calibrated for them; steps beyond the job's
             planned ones are not taken). Default 1.
 

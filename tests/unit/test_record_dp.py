@@ -333,3 +333,23 @@ def test_fedprox_still_pulls_towards_the_global_model_under_dp_sgd():
     plain = distance(0.0, False)
     assert distance(1.0, False) == pytest.approx(plain)  # the old hook: lost under DP-SGD
     assert distance(1.0, True) < 0.8 * plain
+
+
+def test_make_private_without_a_flcontext_uses_the_running_training_task(tmp_path):
+    """A MONAI ClientAlgo has no FLContext: flip.utils.make_private(model, optimizer, loader) finds the policy of
+    the training task the runner is running; outside one, everything comes back unchanged."""
+    from opacus.optimizers import DPOptimizer
+
+    engine, policy = _site(tmp_path)
+    ctx = _ctx(engine)
+    engine.fire(EventType.START_RUN, ctx)
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(_data(), BATCH)
+    assert make_private(model, optimizer, loader) == (model, optimizer, loader)
+    with policy.training(ctx, "project-1", total_rounds=1) as task:
+        private_model, private_optimizer, private_loader = make_private(model, optimizer, loader)
+        _train(private_model, private_optimizer, private_loader)
+        task.ok = True
+    assert isinstance(private_optimizer, DPOptimizer) and policy.session.steps == RECORDS // BATCH
+    assert make_private(model, optimizer, loader) == (model, optimizer, loader)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from nvflare.apis.client_engine_spec import ClientEngineSpec
@@ -38,8 +39,16 @@ class TrainingTask:
         self.ok = True
 
 
+#: the policy whose training task is running in this thread (set by SitePrivacyPolicy.training): what
+#: ``flip.utils.make_private`` uses when the caller has no FLContext (a MONAI ClientAlgo)
+_TRAINING: ContextVar[SitePrivacyPolicy | None] = ContextVar("flip_site_privacy_training", default=None)
+
+
 def site_policy(fl_ctx: FLContext | None) -> SitePrivacyPolicy | None:
-    """The site's privacy policy in force for this job (component ``flip_site_privacy``), or None."""
+    """The site's privacy policy in force for this job (component ``flip_site_privacy``), or None; without an
+    FLContext, the policy of the training task running in this thread, or None."""
+    if fl_ctx is None:
+        return _TRAINING.get()
     engine = fl_ctx.get_engine() if fl_ctx is not None else None
     get_component = getattr(engine, "get_component", None)  # an engine without components: no policy
     policy = get_component(ComponentId.SITE_PRIVACY) if callable(get_component) else None
@@ -185,12 +194,14 @@ class SitePrivacyPolicy(FLComponent):
         if self.session is not None:
             self.session.begin_round()
         task = TrainingTask()
+        token = _TRAINING.set(self)
         try:
             yield task
         except BaseException:
             task.ok = False
             raise
         finally:
+            _TRAINING.reset(token)
             spend = self.session.end_round() if self.session is not None else None
         if task.ok:
             if spend is not None:
