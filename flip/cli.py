@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -27,7 +28,8 @@ def _cmd_demo(args) -> int:
     return run_demo(sites=args.sites, rounds=args.rounds, threads=args.threads, workdir=args.dir,
                     percentile=args.percentile, gamma=args.gamma, job=args.job, aggregation=args.aggregation,
                     uncertainty=args.uncertainty, model_test_after_each_round=args.model_test_after_each_round,
-                    dp_epsilon=args.dp_epsilon, dp_clip_norm=args.dp_clip_norm)
+                    dp_epsilon=args.dp_epsilon, dp_clip_norm=args.dp_clip_norm,
+                    dp_level=args.dp_level)
 
 
 def _cmd_s3_serve(args) -> int:
@@ -337,6 +339,24 @@ def _cmd_doctor(args) -> int:
     return run_doctor(args.kit, env_file=args.env_file, timeout=args.timeout, wait=args.wait)
 
 
+def _cmd_privacy_ledger(args) -> int:
+    from pathlib import Path
+
+    from flip.privacy.ledger import LEDGER_FILE, PrivacyLedger, format_ledger, ledger_path
+
+    given = Path(args.site)
+    path = given if given.name == LEDGER_FILE or given.is_file() else ledger_path(given)
+    if not path.parent.is_dir():
+        raise ValueError(f"--site must be a site's workspace (its startup kit, with local/) or its ledger file, "
+                         f"got {args.site!r}: {path.parent} is not a folder")
+    ledger = PrivacyLedger(path)
+    if args.json:
+        print(json.dumps(ledger.read(), indent=2, sort_keys=True))
+    else:
+        print(format_ledger(ledger))
+    return 0
+
+
 def _model_options(parser: argparse.ArgumentParser) -> None:
     """The training jobs' options about their models (standard, fed_opt, multi_stage)."""
     parser.add_argument("--initial-model", default=None, metavar="MODEL_ID[/RUN_ID]",
@@ -388,8 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model-test-after-each-round", action="store_true",
                       help="every site tests each new global model")
     demo.add_argument("--dp-epsilon", type=float, default=None,
-                      help="client-level differential privacy: each site's ε over the whole training (δ=1e-5)")
-    demo.add_argument("--dp-clip-norm", type=float, default=1.0, help="L2 bound of a site's update under DP")
+                      help="differential privacy: each site's ε over the whole training (δ=1e-5), at --dp-level")
+    demo.add_argument("--dp-level", default="record", choices=("record", "client"),
+                      help="record: DP-SGD at each site under its own policy, protects each patient (default); "
+                           "client: the job's GaussianPrivacy, protects each hospital's whole contribution")
+    demo.add_argument("--dp-clip-norm", type=float, default=None,
+                      help="L2 bound under DP: of one record's gradient (record, default 1.0) or of a site's update "
+                           "(client, default 1.0)")
     demo.add_argument("--sites", type=int, default=2)
     demo.add_argument("--rounds", type=int, default=3)
     demo.add_argument("--threads", type=int, default=None, help="sites running at once (default: all)")
@@ -557,6 +582,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait until the model's latest run ends (up to SECONDS), then show it; exit 1 unless it "
                              "ended RESULTS_UPLOADED")
     status.set_defaults(func=_cmd_status)
+
+    privacy = sub.add_parser("privacy", help="a site's differential privacy").add_subparsers(
+        dest="privacy_command", required=True)
+    ledger = privacy.add_parser("ledger", help="the ε each job spent on each of a site's data sets, what is left "
+                                               "(<site workspace>/local/privacy_ledger.json)")
+    ledger.add_argument("--site", default=".", metavar="DIR",
+                        help="the site's workspace (its startup kit folder, with local/) or its ledger file "
+                             "(default: the current folder)")
+    ledger.add_argument("--json", action="store_true", help="print the ledger file itself")
+    ledger.set_defaults(func=_cmd_privacy_ledger)
 
     from flip.models_cli import add_models_parser
 

@@ -89,6 +89,8 @@ class ComponentId:
     CLIENT_EVENT_HANDLER = "client_event_handler"
     INITIAL_MODEL_LOCATOR = "initial_model_locator"
     MODEL_SELECTOR = "model_selector"
+    #: a site's differential-privacy policy, declared in its own local/privacy.json ("components"), never by a job
+    SITE_PRIVACY = "flip_site_privacy"
 
 
 class UserFile:

@@ -40,6 +40,14 @@ class PrivacyError(FlipError, ValueError):
     """A privacy filter could not do its job; the update must not be shared."""
 
 
+class DPModelError(PrivacyError):
+    """A model Opacus cannot train with DP-SGD (the message names the layer and the fix, flip.privacy.fix_model)."""
+
+
+class BudgetRefused(PrivacyError):
+    """A job would spend more ε than the site has left for a data set (the message names what is left)."""
+
+
 class StorageError(FlipError):
     """Base of S3 storage errors."""
 

@@ -8,6 +8,9 @@ it too) adds what FLIP needs to every startup kit:
 - at each hospital site, ``local/privacy.json``: a default privacy scope whose task-result filter is
   ``PercentilePrivacy``. NVFlare applies a site's scope filters before the job's own, to every result the site
   sends, whatever the job says: the site, not the job submitter, controls what leaves it;
+- with ``differential_privacy`` (a dict of SitePrivacyPolicy's arguments, e.g. ``{"target_epsilon": 8}``), at each
+  hospital site the ``SitePrivacyPolicy`` component in the same ``local/privacy.json`` (id ``flip_site_privacy``):
+  record-level DP-SGD (or client-level DP) that every job must follow, and its ledger under ``local/``;
 - at each hospital site, ``allow_log_streaming: false`` in ``local/resources.json.default``: NVFlare's default
   (true) streams every job's error log of the site to the server, and a log may name a patient's file. A site
   opts in with ``allow_log_streaming: true`` on its participant in project.yml (or every site, with
@@ -42,6 +45,7 @@ from nvflare.lighter.spec import Builder
 from nvflare.lighter.utils import update_storage_locations
 
 from flip.checks import check_bool, check_port
+from flip.constants import ComponentId
 from flip.errors import FlipError
 from flip.files import write_private
 from flip.ops import service
@@ -52,6 +56,9 @@ ALLOW_PREFIX = "flip."
 PROJECT_FILE = "project.yml"
 ORG = "flip"
 FLIP_BUILDER = "flip.provisioning.FlipSiteBuilder"
+SITE_PRIVACY_PATH = "flip.nvflare.components.SitePrivacyPolicy"
+#: a site's own DP policy in project.yml (SitePrivacyPolicy's arguments), over the builder's
+DP_PROP = "differential_privacy"
 CERT_BUILDER = "nvflare.lighter.impl.cert.CertBuilder"
 #: the root CA of a new project is valid ten years; each participant's certificate NVFlare's 360 days (--renew)
 ROOT_VALID_DAYS = 3650
@@ -65,24 +72,47 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
-def site_privacy_policy(percentile: float = 10, gamma: float = 0.01) -> dict[str, Any]:
-    """The privacy.json a hospital site enforces on every job: PercentilePrivacy on all task results.
+def dp_policy_component(differential_privacy: dict[str, Any]) -> dict[str, Any]:
+    """The ``components`` entry of privacy.json declaring a site's DP policy (SitePrivacyPolicy, checked now).
+
+    Raises:
+        ValueError: an argument SitePrivacyPolicy refuses (named), or one it does not take.
+    """
+    from flip.nvflare.components.site_privacy_policy import SitePrivacyPolicy
+
+    if not isinstance(differential_privacy, dict):  # a project.yml value: the CLI reports ValueErrors
+        raise ValueError(  # noqa: TRY004
+            f"differential_privacy must be a dict of SitePrivacyPolicy's arguments, got {differential_privacy!r}")
+    try:
+        SitePrivacyPolicy(**differential_privacy)
+    except TypeError as exc:
+        raise ValueError(f"differential_privacy: {exc}") from exc
+    return {"id": ComponentId.SITE_PRIVACY, "path": SITE_PRIVACY_PATH, "args": dict(differential_privacy)}
+
+
+def site_privacy_policy(percentile: float = 10, gamma: float = 0.01,
+                        differential_privacy: dict[str, Any] | None = None,
+                        result_filter: bool = True) -> dict[str, Any]:
+    """The privacy.json a hospital site enforces on every job: PercentilePrivacy on all task results, and with
+    ``differential_privacy`` its DP policy (SitePrivacyPolicy's arguments, e.g. ``{"target_epsilon": 8}``).
 
     The filter is marked ``site_policy``: it records so on every update, so that a job's own filter of the same
-    kind can say it applies too (or, with ``defer_to_site``, leave the update to it).
+    kind can say it applies too (or, with ``defer_to_site``, leave the update to it). ``result_filter=False``
+    leaves the scope without a filter (the simulator: every participant, the server too, reads one privacy.json,
+    and the server would apply a scope's filter to the results it receives).
     """
-    return {
-        "scopes": [{
-            "name": "default",
-            "properties": {"policy": "flip site-enforced PercentilePrivacy"},
-            "task_result_filters": [{
-                "path": "flip.nvflare.components.PercentilePrivacy",
-                "args": {"percentile": check_percentile(percentile), "gamma": check_gamma(gamma),
-                         "site_policy": True},
-            }],
-        }],
-        "default_scope": "default",
-    }
+    scope: dict[str, Any] = {"name": "default",
+                             "properties": {"policy": "flip site-enforced PercentilePrivacy" if result_filter else
+                                            "flip site policy"}}
+    if result_filter:
+        scope["task_result_filters"] = [{
+            "path": "flip.nvflare.components.PercentilePrivacy",
+            "args": {"percentile": check_percentile(percentile), "gamma": check_gamma(gamma), "site_policy": True},
+        }]
+    policy: dict[str, Any] = {"scopes": [scope], "default_scope": "default"}
+    if differential_privacy is not None:
+        policy["components"] = [dp_policy_component(differential_privacy)]
+    return policy
 
 
 class FlipSiteBuilder(Builder):
@@ -92,6 +122,9 @@ class FlipSiteBuilder(Builder):
     Args:
         percentile, gamma: the site-enforced PercentilePrivacy. Defaults 10 / 0.01.
         enforce_privacy: write ``local/privacy.json`` at the sites. Default True.
+        differential_privacy: SitePrivacyPolicy's arguments for every site (e.g. ``{"target_epsilon": 8,
+            "total_epsilon": 16}``), or None (default): no DP policy. A site's own ``differential_privacy``
+            property in project.yml wins for that site.
         allow_log_streaming: let NVFlare stream the sites' job error logs to the server. Default False; a site's
             own ``allow_log_streaming`` property in project.yml (true or false) wins for that site.
         removed_sites: sites taken out of the project: the server kit's ``disabled_clients.json`` names them and
@@ -108,8 +141,10 @@ class FlipSiteBuilder(Builder):
     def __init__(self, percentile: float = 10, gamma: float = 0.01, enforce_privacy: bool = True,
                  allow_log_streaming: bool = False, removed_sites: list[str] | None = None,
                  server_storage: str | None = None, service_root: str = service.SERVICE_ROOT,
-                 service_user: str = service.SERVICE_USER):
-        self.policy = site_privacy_policy(percentile, gamma)
+                 service_user: str = service.SERVICE_USER, differential_privacy: dict[str, Any] | None = None):
+        self.percentile, self.gamma = percentile, gamma
+        self.differential_privacy = differential_privacy
+        self.policy = site_privacy_policy(percentile, gamma, differential_privacy)
         self.enforce_privacy = enforce_privacy
         self.allow_log_streaming = check_bool("allow_log_streaming", allow_log_streaming)
         self.removed_sites = check_site_names(list(removed_sites)) if removed_sites else []
@@ -141,7 +176,9 @@ class FlipSiteBuilder(Builder):
                     resources.write_text(json.dumps(data, indent=4))
         if self.enforce_privacy:
             for client in clients:
-                (Path(ctx.get_local_dir(client)) / "privacy.json").write_text(json.dumps(self.policy, indent=4))
+                own = client.get_prop(DP_PROP)
+                policy = self.policy if own is None else site_privacy_policy(self.percentile, self.gamma, own)
+                (Path(ctx.get_local_dir(client)) / "privacy.json").write_text(json.dumps(policy, indent=4))
         if self.server_storage:
             update_storage_locations(local_dir=ctx.get_local_dir(server), workspace=self.server_storage)
         if self.removed_sites:

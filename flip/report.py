@@ -7,7 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flip.run_metrics import privacy_note
+from flip.run_metrics import guarantee_level, privacy_note
+
+#: what each level of differential privacy protects, as the report says it
+GUARANTEES = {"record": "protects each patient's records", "client": "protects each hospital's whole contribution"}
 
 CURVES = "curves.png"
 SUMMARY = "index.html"
@@ -142,8 +145,15 @@ def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
             elif p.get("deferred"):
                 detail = "left the update to the site's policy (defer_to_site)"
             elif "epsilon" in p:
-                detail = (f"clip {p.get('clip_norm')}, noise multiplier {_num(p.get('noise_multiplier'), '.3g')}, "
-                          f"ε spent {_num(p['epsilon'], '.3g')} (δ {p.get('delta')})")
+                detail = (f"{guarantee_level(p)}-level (ε, δ)-DP ({GUARANTEES[guarantee_level(p)]}): ε spent "
+                          f"{_num(p['epsilon'], '.3g')} of {_num(p.get('max_epsilon'), '.3g')} at δ {p.get('delta')} "
+                          f"({p.get('accountant') or 'rdp'} accountant)")
+                if p.get("max_grad_norm") is not None:
+                    detail += (f"; DP-SGD: max_grad_norm {p['max_grad_norm']}, noise multiplier "
+                               f"{_num(p.get('noise_multiplier'), '.3g')}, {p.get('steps')} steps at sample rate "
+                               f"{_num(p.get('sample_rate'), '.3g')}")
+                elif p.get("clip_norm") is not None:
+                    detail += f"; clip {p.get('clip_norm')}, noise multiplier {_num(p.get('noise_multiplier'), '.3g')}"
             elif p.get("parts"):
                 detail = f"percentile {p.get('percentile')}, gamma {p.get('gamma')}, shared " + ", ".join(
                     f"{k} {_num(v.get('shared', 0), '.1%')}" for k, v in p["parts"].items())

@@ -29,7 +29,23 @@ def describe_record(record: Mapping[str, Any]) -> str:
         return f"{name}({_g(record['percentile'])}, {_g(record.get('gamma'))})"
     if "clip_norm" in record:
         return f"{name}(clip {_g(record['clip_norm'])}, noise {_g(record.get('noise_multiplier'))})"
+    if "level" in record:
+        return f"{name}({record['level']}-level, ε {_g(record.get('max_epsilon'))}, δ {_g(record.get('delta'))})"
     return name
+
+
+def guarantee_level(record: Mapping[str, Any]) -> str:
+    """``record`` or ``client``: which guarantee a privacy record's ε is (records before levels were named: the
+    client-level filter's)."""
+    level = record.get("level")
+    return level if level in ("record", "client") else "client"
+
+
+def epsilon_label(record: Mapping[str, Any]) -> str:
+    """The metric name an ε is reported under (metrics.json, the hub), saying which guarantee it is:
+    ``dp_epsilon/record-level/delta-1e-05/rdp`` (record level: one patient; client level: one hospital)."""
+    delta = f"delta-{_g(record['delta'])}/" if record.get("delta") is not None else ""
+    return f"dp_epsilon/{guarantee_level(record)}-level/{delta}{record.get('accountant') or 'rdp'}"
 
 
 def privacy_note(records: list[Mapping[str, Any]]) -> str | None:
@@ -52,8 +68,9 @@ class RunMetrics:
     """Collect a run's per-round, per-site metrics and what the server did with them.
 
     Per round (0-based here, 1-based in the document): each site's metrics of its *aggregated* update (with the
-    weight the aggregator accepted as ``num_samples`` and, under differential privacy, the site's ``dp_epsilon``
-    so far), its privacy annotations, the stage, the sites' sample-weighted mean (``global``), which updates were
+    weight the aggregator accepted as ``num_samples`` and, under differential privacy, the site's ε so far under a
+    name that says its guarantee: ``dp_epsilon/record-level/delta-1e-05/rdp`` or ``dp_epsilon/client-level/...``),
+    its privacy annotations, the stage, the sites' sample-weighted mean (``global``), which updates were
     accepted or excluded, the server optimizer's step (FedOpt), the FedDC routing, and each site's validation of
     the round's global model. The run records why training stopped early, if it did.
 
@@ -82,6 +99,8 @@ class RunMetrics:
         self.flip_metric_values = 0
         self.flip_metrics_dropped = 0
         self._flip_order: dict[tuple[int, str, str], list[tuple[bool, int, int, int | float]]] = {}
+        #: per site, the guarantee of the ε it spent so far (level, ε, δ, accountant, budget)
+        self.differential_privacy: dict[str, dict[str, Any]] = {}
 
     def _round(self, round_num: int) -> dict[str, Any]:
         return self.rounds.setdefault(round_num, {"sites": {}})
@@ -102,8 +121,12 @@ class RunMetrics:
         if isinstance(num_samples, numbers.Integral) and not isinstance(num_samples, bool):
             clean[NUM_SAMPLES] = int(num_samples)
         for applied in privacy:
-            if applied.get("epsilon") is not None:
-                clean["dp_epsilon"] = applied["epsilon"]  # the site's privacy spent so far
+            if applied.get("epsilon") is not None:  # the site's privacy spent so far, labelled with its guarantee
+                clean[epsilon_label(applied)] = applied["epsilon"]
+                self.differential_privacy[site] = {
+                    "level": guarantee_level(applied), "epsilon": applied["epsilon"], "delta": applied.get("delta"),
+                    "accountant": applied.get("accountant") or "rdp", "max_epsilon": applied.get("max_epsilon"),
+                    "filter": applied.get("filter")}
         entry = self._round(round_num)
         entry["sites"][site] = clean
         if stage:
@@ -194,6 +217,8 @@ class RunMetrics:
             "stopped_early": self.stopped_early,
             "rounds": [{"round": r + 1, **self.rounds[r]} for r in sorted(self.rounds)],
         }
+        if self.differential_privacy:
+            doc["differential_privacy"] = dict(sorted(self.differential_privacy.items()))
         if self.flip_metrics:
             doc["flip_metrics"] = [{"round": r, "sites": self.flip_metrics[r]} for r in sorted(self.flip_metrics)]
         if self.flip_metrics_dropped:

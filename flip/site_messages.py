@@ -19,7 +19,7 @@ Problems name the field, never the value (it could be data).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -85,6 +85,12 @@ class PrivacyRecord(_Record):
     deferred: bool | None = None
     integer_entries: Annotated[int, Field(ge=0)] | None = None
     integer_entries_withheld: Annotated[int, Field(ge=0)] | None = None
+    #: which guarantee an ε is: per record (DP-SGD at the site) or per site (the whole update), and its accountant
+    level: Literal["record", "client"] | None = None
+    accountant: Name | None = None
+    max_grad_norm: FiniteNumber | None = None
+    sample_rate: Fraction | None = None
+    steps: Annotated[int, Field(ge=0)] | None = None
 
 
 _PRIVACY = TypeAdapter(Annotated[list[PrivacyRecord], Field(max_length=MAX_PRIVACY_RECORDS)])

@@ -8,23 +8,41 @@ parameter adds it to the gradient of the user's loss, so ``optimizer.step()`` fo
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
 
 @contextmanager
-def proximal_term(model: torch.nn.Module, mu: float) -> Iterator[None]:
-    """While active, gradients of ``model``'s parameters include ``mu·(w − w_at_entry)``."""
+def proximal_term(model: torch.nn.Module, mu: float, dp_session: Any = None) -> Iterator[None]:
+    """While active, gradients of ``model``'s parameters include ``mu·(w − w_at_entry)``.
+
+    Under record-level DP-SGD (``dp_session``, a flip.privacy.dp_sgd.DPSession) the term is added to each step's
+    private gradient after the noise (Opacus's optimizer replaces the gradient with its clipped, noised sum, so a
+    hook's term would be lost): it depends only on the weights and the global model, so it is post-processing and
+    costs no privacy.
+    """
     if not mu:
         yield
         return
     if mu < 0:
         raise ValueError(f"mu must be >= 0, got {mu}")
-    handles = []
-    for param in model.parameters():
-        anchor = param.detach().clone()
-        handles.append(param.register_hook(lambda grad, p=param, a=anchor: grad + mu * (p.detach() - a)))
+    anchors = [(param, param.detach().clone()) for param in model.parameters()]
+    if dp_session is not None:
+        def add_term() -> None:
+            with torch.no_grad():
+                for param, anchor in anchors:
+                    if param.grad is not None:
+                        param.grad.add_(param.detach() - anchor, alpha=mu)
+
+        dp_session.after_noise.append(add_term)
+        try:
+            yield
+        finally:
+            dp_session.after_noise.remove(add_term)
+        return
+    handles = [param.register_hook(lambda grad, p=param, a=anchor: grad + mu * (p.detach() - a))
+               for param, anchor in anchors]
     try:
         yield
     finally:

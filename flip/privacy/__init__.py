@@ -1,0 +1,9 @@
+"""Privacy math (no NVFlare import): the percentile policy, client-level (ε, δ) DP, record-level DP-SGD, the site's
+ledger, what may be released under DP; and Opacus's fix for models DP-SGD cannot train, :func:`fix_model`.
+
+User code makes its training private with ``flip.utils.make_private`` (FLIP's contracts) or ``ctx.make_private``
+(our plain contract)."""
+
+from flip.privacy.dp_sgd import fix_model
+
+__all__ = ["fix_model"]

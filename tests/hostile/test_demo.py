@@ -51,6 +51,9 @@ def test_demo_refuses_foreign_nonempty_dir(tmp_path, capsys):
     (["--dp-epsilon", "nan"], "dp_epsilon must be a finite number > 0, got nan"),
     (["--dp-clip-norm", "-2"], "dp_clip_norm must be a finite number > 0, got -2.0"),
     (["--dp-epsilon", "8", "--uncertainty", "swag"], "differential privacy and uncertainty 'swag' cannot be combined"),
+    (["--dp-epsilon", "8", "--dp-level", "client", "--uncertainty", "swag"],
+     "differential privacy and uncertainty 'swag' cannot be combined"),
+    (["--dp-epsilon", "8", "--job", "multi_stage"], "record-level DP (dp_level 'record') trains the standard"),
 ])
 def test_demo_checks_arguments_before_touching_disk(tmp_path, capsys, args, named):
     folder, sentinel = _folder_with_sentinel(tmp_path)

@@ -64,7 +64,7 @@ def test_epsilon_is_accounted_every_round_and_sent_with_the_metrics(budget_run):
     for k, entry in enumerate(rounds, start=1):
         for site in SITES:
             expected = epsilon_after(k, Z, 1e-5)
-            assert entry["sites"][site]["dp_epsilon"] == pytest.approx(expected, rel=1e-5)
+            assert entry["sites"][site]["dp_epsilon/client-level/delta-1e-05/rdp"] == pytest.approx(expected, rel=1e-5)
             dp = [a for a in entry["privacy"][site] if a["filter"] == "GaussianPrivacy"]
             assert dp and dp[0]["released"] == k and dp[0]["noise_multiplier"] == Z
             assert [a["filter"] for a in entry["privacy"][site]] == ["PercentilePrivacy", "GaussianPrivacy"]

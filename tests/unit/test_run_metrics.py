@@ -23,7 +23,8 @@ def test_a_round_per_site_and_its_weighted_mean():
     assert run.add_contribution(0, "site-1", {"num_samples": 999, "accuracy": 0.5}, num_samples=10) == (
         {"num_samples": 10, "accuracy": 0.5}, [])
     metrics, dropped = run.add_contribution(0, "site-2", {"accuracy": 0.8, "loss": 2.0}, PRIVACY, "denoise", 30)
-    assert metrics == {"accuracy": 0.8, "loss": 2.0, "num_samples": 30, "dp_epsilon": 1.5} and dropped == []
+    assert metrics == {"accuracy": 0.8, "loss": 2.0, "num_samples": 30,
+                       "dp_epsilon/client-level/rdp": 1.5} and dropped == []
     means, removed = run.round_done(0)
     # accuracy: (10*0.5 + 30*0.8) / 40 = 0.725; loss only from site-2; dp_epsilon is the only site's
     assert means["accuracy"] == pytest.approx(0.725) and means["loss"] == pytest.approx(2.0)
@@ -116,3 +117,36 @@ def test_a_labels_values_keep_the_order_the_site_sent_them_in_whatever_order_the
     metrics.add_flip_metric(1, "site-1", "TRAIN-F1-SCORE", 0.9)  # no stamp (an older site): after the stamped ones
     [entry] = metrics.document()["flip_metrics"]
     assert entry["sites"]["site-1"]["TRAIN-F1-SCORE"] == [0.5, 0.6, 0.75, 0.9]
+
+
+def test_each_epsilon_is_labelled_with_its_guarantee_delta_and_accountant(tmp_path):
+    """metrics.json, the hub's metric names and the report say whether an ε is per patient (record level, DP-SGD
+    at the site) or per hospital (client level), with δ and the accountant. Before, both were ``dp_epsilon``."""
+    import html
+
+    from flip.platform.flip_api import training_metrics
+    from flip.report import write_summary
+
+    record = {"filter": "SitePrivacyPolicy", "site_policy": True, "level": "record", "epsilon": 2.5, "delta": 1e-5,
+              "accountant": "prv", "max_epsilon": 8.0, "max_grad_norm": 1.0, "noise_multiplier": 1.1,
+              "sample_rate": 0.1, "steps": 90}
+    client = {"filter": "GaussianPrivacy", "level": "client", "epsilon": 4.0, "delta": 1e-6, "accountant": "rdp",
+              "max_epsilon": 8.0, "clip_norm": 1.0, "noise_multiplier": 2.0}
+    run = RunMetrics("m", "job-1", "run-1")
+    site_1, _ = run.add_contribution(0, "site-1", {"update_norm": 1.0}, [record], num_samples=64)
+    site_2, _ = run.add_contribution(0, "site-2", {"update_norm": 1.0}, [client], num_samples=1)
+    run.round_done(0)
+    assert site_1["dp_epsilon/record-level/delta-1e-05/prv"] == 2.5 and "dp_epsilon" not in site_1
+    assert site_2["dp_epsilon/client-level/delta-1e-06/rdp"] == 4.0
+    doc = json.loads(json.dumps(run.document()))
+    assert doc["differential_privacy"]["site-1"] == {"level": "record", "epsilon": 2.5, "delta": 1e-5,
+                                                     "accountant": "prv", "max_epsilon": 8.0,
+                                                     "filter": "SitePrivacyPolicy"}
+    assert doc["differential_privacy"]["site-2"]["level"] == "client"
+    # the hub takes the labelled names as FLIP TrainingMetrics labels
+    assert training_metrics("site-1", 1, "dp_epsilon/record-level/delta-1e-05/prv", 2.5)["label"].startswith(
+        "dp_epsilon/record-level")
+    page = html.unescape(write_summary({**run.document(), "sites": run.sites()}, tmp_path / "index.html",
+                                       None).read_text())
+    assert "record-level (ε, δ)-DP (protects each patient's records): ε spent 2.5 of 8 at δ 1e-05 (prv" in page
+    assert "client-level (ε, δ)-DP (protects each hospital's whole contribution): ε spent 4 of 8 at δ 1e-06" in page

@@ -18,21 +18,23 @@ class FLIP_TRAINER:
         x_train, y_train, x_val, y_val = self.data
         generator = torch.Generator().manual_seed(1000 * ctx.round + 7)
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train, y_train),
+                                             batch_size=self.batch_size, shuffle=True, generator=generator)
+        # under the site's record-level DP policy: Opacus's DP-SGD; elsewhere the three come back unchanged
+        model, optimizer, loader = ctx.make_private(model, optimizer, loader, epochs=self.epochs)
         loss_fn = torch.nn.CrossEntropyLoss()
         model.train()
         steps, epoch_loss = 0, 0.0
         for _ in range(self.epochs):
-            order = torch.randperm(len(y_train), generator=generator)
             total = 0.0
-            for start in range(0, len(order), self.batch_size):
+            for images, labels in loader:
                 if ctx.should_abort():
                     return {"num_samples": len(y_train), "num_steps": max(steps, 1)}
-                batch = order[start : start + self.batch_size]
                 optimizer.zero_grad()
-                loss = loss_fn(model(x_train[batch].to(ctx.device)), y_train[batch].to(ctx.device))
+                loss = loss_fn(model(images.to(ctx.device)), labels.to(ctx.device))
                 loss.backward()
-                optimizer.step()
-                total += loss.item() * len(batch)
+                optimizer.step()  # every batch steps, an empty Poisson batch too (it adds the noise)
+                total += loss.item() * len(labels) if len(labels) else 0.0
                 steps += 1
             epoch_loss = total / len(y_train)
         model.eval()

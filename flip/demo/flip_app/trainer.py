@@ -15,7 +15,7 @@ from nvflare.app_common.app_constant import AppConstants
 from digits_dicom import load_cohort, train_val_split
 from flip import FLIP
 from flip.nvflare.metrics import send_metrics_value
-from flip.utils import get_model_weights_diff
+from flip.utils import get_model_weights_diff, make_private
 from models import get_model
 
 
@@ -61,20 +61,22 @@ class FLIP_TRAINER(Executor):
         optimizer = torch.optim.SGD(self.model.parameters(), lr=float(self.config["LEARNING_RATE"]), momentum=0.9)
         loss_fn = torch.nn.CrossEntropyLoss()
         generator = torch.Generator().manual_seed(1000 * current_round + 7)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train, y_train), batch_size=batch_size,
+                                             shuffle=True, generator=generator)
+        # under the site's record-level DP policy: Opacus's DP-SGD; elsewhere the three come back unchanged
+        self.model, optimizer, loader = make_private(self.model, optimizer, loader, fl_ctx, epochs=self._epochs)
         steps, epoch_loss = 0, 0.0
         self.model.train()
         for _ in range(self._epochs):
-            order = torch.randperm(len(y_train), generator=generator)
             total = 0.0
-            for start in range(0, len(order), batch_size):
+            for images, labels in loader:
                 if abort_signal.triggered:
                     return make_reply(ReturnCode.TASK_ABORTED)
-                batch = order[start:start + batch_size]
                 optimizer.zero_grad()
-                loss = loss_fn(self.model(x_train[batch]), y_train[batch])
+                loss = loss_fn(self.model(images), labels)
                 loss.backward()
-                optimizer.step()
-                total += loss.item() * len(batch)
+                optimizer.step()  # every batch steps, an empty Poisson batch too (it adds the noise)
+                total += loss.item() * len(labels) if len(labels) else 0.0
                 steps += 1
             epoch_loss = total / len(y_train)
         self.model.eval()

@@ -1,6 +1,7 @@
 """Every component a job config names as ``flip.nvflare.components.<Class>``: the eleven of SPEC.md (CleanupImages,
 an Executor, lives in flip.nvflare.executors and is re-exported here, where FLIP's configs name it), plus
-GaussianPrivacy (client-level differential privacy), SampleWeightedAggregator, FedOptShareableGenerator,
+GaussianPrivacy (client-level differential privacy), SitePrivacyPolicy (a site's own DP policy: record-level DP-SGD
+or client-level, and its budget ledger), SampleWeightedAggregator, FedOptShareableGenerator,
 FlipModelPersistor (the model a run starts from, per-round models), FlipModelSelector (the best model) and
 UncertaintyPlan."""
 
@@ -17,6 +18,7 @@ from flip.nvflare.components.persist_to_s3_and_cleanup import PersistToS3AndClea
 from flip.nvflare.components.pt_model_locator import PTModelLocator
 from flip.nvflare.components.sample_weighted_aggregator import SampleWeightedAggregator
 from flip.nvflare.components.server_event_handler import ServerEventHandler
+from flip.nvflare.components.site_privacy_policy import SitePrivacyPolicy
 from flip.nvflare.components.stage_percentile_privacy import StagePercentilePrivacy
 from flip.nvflare.components.uncertainty_plan import UncertaintyPlan
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
@@ -37,6 +39,7 @@ __all__ = [
     "PersistToS3AndCleanup",
     "SampleWeightedAggregator",
     "ServerEventHandler",
+    "SitePrivacyPolicy",
     "StagePercentilePrivacy",
     "UncertaintyPlan",
     "ValidationJsonGenerator",

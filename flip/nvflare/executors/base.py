@@ -47,6 +47,7 @@ from flip.nvflare.executors.user_code import (
 from flip.nvflare.models import load_weights
 from flip.nvflare.utils import app_custom_dir, log_site_failure
 from flip.platform.site import site_context
+from flip.utils.dp import make_private
 
 #: the contracts a user's class can follow
 PLAIN, FLIP_EXECUTOR, CLIENT_ALGO = "plain", "executor", "client_algo"
@@ -181,6 +182,8 @@ class UserCodeExecutor(Executor):
             device="cuda" if torch.cuda.is_available() else "cpu",
             should_abort=lambda: abort_signal.triggered,
             log=lambda msg: get_obj_logger(self).info(str(msg)),
+            make_private=lambda model, optimizer, data_loader, epochs=1: make_private(
+                model, optimizer, data_loader, fl_ctx, epochs=epochs),
         )
 
     # -- the contract ---------------------------------------------------------------------------------------

@@ -7,18 +7,21 @@ from typing import Any
 
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
+from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
+from nvflare.app_common.app_constant import AppConstants
 
 from flip.checks import check_component_id, check_regex
 from flip.constants import FlipMeta, FlipProp, FlipTask, UserFile
-from flip.errors import UserCodeError
+from flip.errors import TaskFailed, UserCodeError
 from flip.methods import swag
 from flip.methods.fedprox import proximal_term
 from flip.methods.swag import DEVIATION, MEAN
 from flip.methods.weighted import checksum, l2_norm
 from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics
+from flip.nvflare.components.site_privacy_policy import site_policy
 from flip.nvflare.executors.base import UserCodeExecutor, call_user, check_task_name
 from flip.nvflare.executors.user_code import display_path, load_module
 from flip.nvflare.models import state_to_numpy
@@ -75,6 +78,13 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
       COLLECTION of the snapshots' mean (as a difference to the global model) and each weight's standard deviation
       around it (flip.methods.swag), each filtered by the site's privacy filter.
 
+    Differential privacy: at a site whose own policy (``SitePrivacyPolicy`` in its ``local/privacy.json``) asks for
+    it, every training task, whatever the contract, runs inside the policy's ``training``: the job is admitted
+    against the site's privacy ledger first (refused, naming the budget left, before the user's code runs), the
+    user's training goes through ``make_private`` (``ctx.make_private``; FLIP's contracts:
+    ``flip.utils.make_private(model, optimizer, data_loader, fl_ctx)``), and a task that did not train privately
+    fails (nothing is sent). The update's ``update_norm`` is measured after the filters (ClientEventHandler).
+
     Args:
         train_task_name: the training task's name (FLIP's multi-stage jobs: ``train_ae``, ``train_dm``). Default
             ``train``.
@@ -117,6 +127,19 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
             tasks[self.submit_model_task_name] = "submit"
         return tasks
 
+    def _execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        policy = site_policy(fl_ctx)
+        if policy is None or task_name not in (self.train_task_name, FlipTask.SWAG):
+            return super()._execute(task_name, shareable, fl_ctx, abort_signal)
+        total_rounds = int(shareable.get_header(AppConstants.NUM_ROUNDS, 1) or 1)
+        try:
+            with policy.training(fl_ctx, self.project_id, total_rounds) as task:
+                reply = super()._execute(task_name, shareable, fl_ctx, abort_signal)
+                task.ok = isinstance(reply, Shareable) and reply.get_return_code(ReturnCode.OK) == ReturnCode.OK
+        except TaskFailed as exc:
+            return self.failure(fl_ctx, task_name, exc.reason, None)
+        return reply
+
     def run_task(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         # the user's class first: a missing or broken FLIP_TRAINER is the cause to name, not the data it never read
         trainer = self.user_instance(UserFile.TRAINER, UserFile.TRAINER_CLASS, "train")
@@ -128,7 +151,8 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
 
         started = time.monotonic()
         mu = float(shareable.get_header(FlipMeta.FEDPROX_MU) or 0.0)
-        with proximal_term(model, mu):
+        policy = site_policy(fl_ctx)  # under record-level DP-SGD the term follows the private gradient
+        with proximal_term(model, mu, dp_session=policy.session if policy is not None else None):
             raw = call_user(self.where, trainer.train, model, ctx)
         if abort_signal.triggered:
             return Shareable()
@@ -139,7 +163,7 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
         if ctx.stage:
             diff = self._stage_part(fl_ctx, ctx.stage, diff)
             meta[FlipMeta.STAGE] = ctx.stage
-        metrics["update_norm"] = l2_norm(diff.values())
+        norm = l2_norm(diff.values())  # before the filters: for this site's log only (what leaves is measured after)
         if shareable.get_header(FlipMeta.REPORT_CHECKSUM):
             metrics["received_checksum"] = checksum(global_weights)
         # the ClientEventHandler checks these and sends them with the result (see ClientEventHandler)
@@ -150,7 +174,7 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
         self.log_info(
             fl_ctx,
             f"round {ctx.round + 1}/{ctx.total_rounds}{stage}: trained on {num_samples} samples, {num_steps} steps in "
-            f"{time.monotonic() - started:.2f} s{prox}; {summary}",
+            f"{time.monotonic() - started:.2f} s{prox}; {summary} update norm before the filters {norm:.4g}",
         )
         return DXO(data_kind=DataKind.WEIGHT_DIFF, data=diff, meta=meta).to_shareable()
 

@@ -11,7 +11,9 @@ The contract (plain PyTorch, no nvflare import):
 - ``config.json`` is a JSON object (e.g. ``{"LOCAL_ROUNDS": 2, "LEARNING_RATE": 0.01}``), given to the
   classes as ``config``.
 
-``ctx`` is a :class:`TaskContext`.
+``ctx`` is a :class:`TaskContext`. Under a site's record-level DP policy the trainer builds its optimizer and
+``torch.utils.data.DataLoader`` and passes them through ``ctx.make_private`` (Opacus's DP-SGD; unchanged at a site
+without such a policy).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ from flip.constants import UserFile
 from flip.errors import CohortValueError, UserCodeError
 
 
+def _unchanged(model, optimizer, data_loader, epochs: int = 1):
+    """``ctx.make_private`` where no site policy asks for DP-SGD: everything as it was given."""
+    return model, optimizer, data_loader
+
+
 @dataclass
 class TaskContext:
     """What the user's trainer/validator gets besides the model.
@@ -46,6 +53,11 @@ class TaskContext:
         device: "cuda" if available, else "cpu".
         should_abort: call it in your loops; stop and return when it says True.
         log: write one line to the site's log.
+        make_private: ``model, optimizer, data_loader = ctx.make_private(model, optimizer, data_loader,
+            epochs=E)``: under the site's record-level DP policy, Opacus's DP-SGD (per-record clipping and noise,
+            Poisson-sampled batches) for this round's ``E`` epochs over ``data_loader`` (a torch DataLoader);
+            elsewhere the three come back unchanged. Required at a site with that policy (a training result that
+            did not go through it is refused).
     """
 
     site_name: str
@@ -58,6 +70,7 @@ class TaskContext:
     device: str = "cpu"
     should_abort: Callable[[], bool] = field(default=lambda: False)
     log: Callable[[str], None] = field(default=print)
+    make_private: Callable[..., tuple] = field(default=_unchanged)
 
 
 def display_path(file_name: str) -> str:
