@@ -37,6 +37,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/s3_upload.py
 	$(PY) benchmarks/dp_utility.py
 	$(PY) benchmarks/swag_filter.py
+	# whole runs in the simulator (minutes each; the 250M one needs ~10 GB of RAM)
+	$(PY) benchmarks/round_overhead.py
+	$(PY) benchmarks/sites_scale.py
+	$(PY) benchmarks/large_model.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

@@ -15,8 +15,8 @@ from nvflare.app_common.abstract.aggregator import Aggregator
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
-from flip.methods.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, check_finite, check_update, float_entries,
-                                   l2_norm, norm_outliers, weighted_mean)
+from flip.methods.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, StreamingWeightedMean, as_tensor, check_finite,
+                                   check_update, float_entries, l2_norm, norm_outliers)
 from flip.constants import FlipMeta, FlipProp, RunFile
 from flip.errors import AggregationFailed, NonFiniteModelError
 from flip.checks import check_bool, check_number, check_positive, check_positive_int, optional
@@ -49,6 +49,25 @@ class LocalModelStore:
         return path
 
 
+def check_local_finite(base: dict[str, Any], diff: dict[str, Any], what: str) -> None:
+    """Raise NonFiniteModelError naming the first entry where the model a site started from plus its update is not
+    finite in the model's dtype (as :func:`reconstruct` then :func:`check_finite`, one entry at a time: no copy of the
+    whole model is made)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, d in diff.items():
+            start = as_tensor(base[name])
+            if not start.is_floating_point():
+                continue  # an integer entry's range is checked with the update (check_update)
+            step = as_tensor(d)
+            if step.dtype == start.dtype:
+                local = start + step
+            else:
+                local = torch.from_numpy((np.asarray(base[name]) + np.asarray(d)).astype(np.asarray(base[name]).dtype))
+            if not bool(torch.isfinite(local).all()):
+                raise NonFiniteModelError(f"{what}: entry {name!r} holds NaN or Inf (or a value beyond its dtype)")
+    check_finite({name: value for name, value in base.items() if name not in diff}, what)
+
+
 def reconstruct(base: dict[str, Any], diff: dict[str, Any]) -> dict[str, np.ndarray]:
     """A site's local model: the model it started from plus its (filtered) update (an entry that overflows its
     dtype becomes Inf: check the result with check_finite)."""
@@ -77,8 +96,11 @@ class SampleWeightedAggregator(Aggregator):
     completes if at least ``min_accepted`` updates remain; otherwise the run ends in ERROR naming the reasons. An
     average that is not finite in its dtype fails the round (it is never sent or saved).
 
-    Accepted sites' local models (the model they started from plus their update) are held in memory for the
-    round; they are written to the server's disk only when an option needs them: with
+    An accepted update is folded into the round's running weighted mean as it arrives (flip.methods.weighted.
+    StreamingWeightedMean: float32 for float32 models, within 1e-6 of float64 sums) and then dropped, unless the
+    round must keep it: FedDC, the ensemble, or three or more sites with the norm rule on (an update may still be
+    excluded, and the mean is then taken again without it). Sites' local models (the model they started from plus
+    their update) are built only when an option needs them, and written to the server's disk only then: with
     ``delete_local_models_after_aggregation=False`` (DLR's option off) every round's are kept as
     ``local_models/round_<n>/<site>.pt`` (the latest round's are uploaded with the run); with ``ensemble``, the
     last round's become the run's ``ensemble.pt`` artifact.
@@ -108,14 +130,33 @@ class SampleWeightedAggregator(Aggregator):
         self.min_accepted = min_accepted
         self.delete_local_models_after_aggregation = delete_local_models_after_aggregation
         self.ensemble = ensemble
-        self.accepted: dict[str, tuple[dict[str, Any], int]] = {}
+        #: the round's accepted updates by site: (the update, or None once folded into the mean and dropped; samples)
+        self.accepted: dict[str, tuple[dict[str, Any] | None, int]] = {}
         self.excluded: dict[str, str] = {}
+        self.mean = StreamingWeightedMean()  # the accepted updates' weighted mean, taken as they arrive
+        self._hold: bool | None = None  # whether the round's updates are kept until it closes (decided per round)
         self.norms: dict[str, float] = {}  # the accepted updates' L2 norms, for the round's relative rule
         #: FedDC: each site's starting model this round (None: everyone started from the global model)
         self.bases: dict[str, dict[str, Any]] | None = None
 
     def reset(self, fl_ctx: FLContext) -> None:
         self.accepted, self.excluded, self.norms = {}, {}, {}
+        self.mean, self._hold = StreamingWeightedMean(), None
+
+    def _holds_updates(self, fl_ctx: FLContext) -> bool:
+        """Whether this round's updates must be kept until it closes: FedDC (it reads them), the ensemble (the last
+        round's local models), or when the norm rule may still exclude an update that was already averaged (it
+        cannot with at most two sites and a ratio limit >= 2: see norm_outliers). Otherwise each update is folded
+        into the mean on arrival and dropped, as stock NVFlare's FedAvg does."""
+        if self.bases is not None or self.ensemble:
+            return True
+        if self.norm_ratio_limit is None:
+            return False
+        try:
+            sites = len(fl_ctx.get_engine().get_clients())
+        except (AttributeError, TypeError):
+            return True  # unknown: keep them
+        return not (1 <= sites <= 2 and self.norm_ratio_limit >= 2)
 
     def _check(self, shareable: Shareable, site: str, current: int, base: dict) -> tuple[DXO | None, str | None]:
         """The update's DXO, and why it must be excluded (None if it may be aggregated)."""
@@ -152,19 +193,22 @@ class SampleWeightedAggregator(Aggregator):
             if self.max_update_norm is not None and not norm <= self.max_update_norm:
                 reason = f"its update norm {norm:.3g} is more than max_update_norm ({self.max_update_norm:g})"
         if not reason:
-            local = reconstruct(base, dxo.data)
             try:
-                check_finite(local, "its local model (the model it started from plus its update)")
+                check_local_finite(base, dxo.data, "its local model (the model it started from plus its update)")
             except NonFiniteModelError as exc:
                 reason = str(exc)
         if reason:
             self.excluded.setdefault(site, reason)
             self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} is excluded: {reason}")
             return False
-        self.accepted[site] = (dxo.data, int(dxo.get_meta_prop(FlipMeta.NUM_SAMPLES)))
+        if self._hold is None:
+            self._hold = self._holds_updates(fl_ctx)
+        samples = int(dxo.get_meta_prop(FlipMeta.NUM_SAMPLES))
+        self.mean.add(dxo.data, samples)
+        self.accepted[site] = (dxo.data if self._hold else None, samples)
         self.norms[site] = norm
         if not self.delete_local_models_after_aggregation:  # the only option that needs them on disk
-            LocalModelStore(run_dir(fl_ctx)).save(current, site, local)
+            LocalModelStore(run_dir(fl_ctx)).save(current, site, reconstruct(base, dxo.data))
         return True
 
     def _exclude_outliers(self, fl_ctx: FLContext) -> None:
@@ -178,6 +222,16 @@ class SampleWeightedAggregator(Aggregator):
             self.excluded[site] = reason
             LocalModelStore(run_dir(fl_ctx)).delete(current, site)
             self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} is excluded: {reason}")
+        if outliers:
+            self._average_again(current)
+
+    def _average_again(self, current: int) -> None:
+        """The mean of the remaining updates, taken again from the kept updates (in their order of arrival)."""
+        if any(update is None for update, _ in self.accepted.values()):  # cannot happen: see _holds_updates
+            raise AggregationFailed(f"round {current + 1}: an update was excluded after it was averaged and dropped")
+        self.mean = StreamingWeightedMean()
+        for update, samples in self.accepted.values():
+            self.mean.add(update, samples)
 
     def check_enough(self, fl_ctx: FLContext) -> None:
         """Close the round's acceptance: exclude norm outliers, then raise AggregationFailed (naming why updates
@@ -207,7 +261,7 @@ class SampleWeightedAggregator(Aggregator):
         self.check_enough(fl_ctx)
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         try:
-            mean = weighted_mean([(d, n) for d, n in self.accepted.values()])
+            mean = self.mean.result()
         except NonFiniteModelError as exc:
             raise AggregationFailed(f"round {current + 1}: {exc}: the round's average is refused") from exc
         total = sum(n for _, n in self.accepted.values())

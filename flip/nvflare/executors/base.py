@@ -17,11 +17,13 @@ short reason (never a traceback or the user's message, which can hold data) sent
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 from nvflare.apis.dxo import DataKind, from_shareable
+from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
@@ -44,13 +46,24 @@ from flip.nvflare.executors.user_code import (
     load_config,
     load_module,
 )
-from flip.nvflare.models import load_weights
+from flip.nvflare.models import ReusedModel, load_weights
 from flip.nvflare.utils import app_custom_dir, log_site_failure
 from flip.platform.site import site_context
 from flip.utils.dp import make_private
 
 #: the contracts a user's class can follow
 PLAIN, FLIP_EXECUTOR, CLIENT_ALGO = "plain", "executor", "client_algo"
+
+#: each site's model, built once and shared by its executors (a process may serve several sites: the simulator)
+_SITE_MODELS: dict[tuple[str, str], ReusedModel] = {}
+_SITE_MODELS_LOCK = threading.Lock()
+
+
+def release_site_models(site: str) -> None:
+    """Drop the models kept for ``site`` (at the end of its run)."""
+    with _SITE_MODELS_LOCK:
+        for key in [k for k in _SITE_MODELS if k[0] == site]:
+            del _SITE_MODELS[key]
 
 
 def check_task_name(name: str, value: Any) -> str:
@@ -144,8 +157,11 @@ class UserCodeExecutor(Executor):
         return self.user_object(class_name, lambda: instantiate(
             load_class(self.custom_dir, file_name, class_name, (method,)), self.config, file_name))
 
-    def model_from_task(self, task_name: str, shareable: Shareable, device: str) -> tuple[dict, torch.nn.Module]:
-        """The WEIGHTS the task carries, and ``models.get_model()`` holding them on ``device``.
+    def model_from_task(self, task_name: str, shareable: Shareable, device: str,
+                        site: str = "") -> tuple[dict, torch.nn.Module]:
+        """The WEIGHTS the task carries, and ``models.get_model()`` holding them on ``device``: the site's model is
+        built once and reused by every task and executor of the site (flip.nvflare.models.ReusedModel: the same
+        state as a freshly built model holding the weights), dropped at END_RUN.
 
         Raises:
             TaskFailed: the task carries no WEIGHTS DXO.
@@ -158,12 +174,24 @@ class UserCodeExecutor(Executor):
         if incoming.data_kind != DataKind.WEIGHTS or not isinstance(incoming.data, dict):
             raise TaskFailed(f"the {task_name} task carried {incoming.data_kind}: expected WEIGHTS")
         owner = shareable.get_header(AppConstants.MODEL_OWNER, "the global model")
-        model = self.new_model()
+        key = (site, str(self.custom_dir))
+        with _SITE_MODELS_LOCK:
+            kept = _SITE_MODELS.get(key)  # a site runs one task at a time
+        if kept is None or not kept.fits(incoming.data):
+            kept = ReusedModel(self.new_model(), incoming.data)
         try:
-            load_weights(model, incoming.data, str(owner))
+            model = kept.prepare(incoming.data, str(owner))
         except ValueError as exc:
             raise UserCodeError(f"{display_path(UserFile.MODELS)}: get_model() does not fit {owner}: {exc}") from exc
-        return incoming.data, model.to(device)
+        model = model.to(device)
+        with _SITE_MODELS_LOCK:
+            _SITE_MODELS[key] = kept
+        return incoming.data, model
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        if event_type == EventType.END_RUN:
+            release_site_models(fl_ctx.get_identity_name())
+        super().handle_event(event_type, fl_ctx)
 
     def data_dir(self, fl_ctx: FLContext) -> Path:
         if self.platform is None:

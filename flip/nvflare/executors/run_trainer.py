@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
@@ -19,7 +20,7 @@ from flip.errors import TaskFailed, UserCodeError
 from flip.methods import swag
 from flip.methods.fedprox import proximal_term
 from flip.methods.swag import DEVIATION, MEAN
-from flip.methods.weighted import checksum, l2_norm
+from flip.methods.weighted import as_tensor, checksum, l2_norm
 from flip.metrics import NUM_SAMPLES, NUM_STEPS, clean_metrics
 from flip.nvflare.components.site_privacy_policy import site_policy
 from flip.nvflare.executors.base import UserCodeExecutor, call_user, check_task_name
@@ -49,6 +50,18 @@ def training_result(raw: dict, where: str) -> tuple[int, int, dict]:
     if not isinstance(num_steps, int) or num_steps <= 0:
         raise UserCodeError(f"{where} returned 'num_steps' {num_steps!r}: expected a positive integer")
     return num_samples, num_steps, metrics
+
+
+def weight_difference(model: torch.nn.Module, received: dict, names: list[str]) -> dict[str, np.ndarray]:
+    """``model``'s entries ``names`` minus the ``received`` ones, each in the model entry's dtype, as numpy arrays
+    (taken by torch, on the CPU: the same values as numpy's ``(new - received).astype(new.dtype)``)."""
+    state = model.state_dict()
+    diff = {}
+    with torch.no_grad():
+        for name in names:
+            new = state[name].detach().cpu()
+            diff[name] = (new - as_tensor(received[name])).to(new.dtype).numpy()
+    return diff
 
 
 class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor name
@@ -144,7 +157,7 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
         # the user's class first: a missing or broken FLIP_TRAINER is the cause to name, not the data it never read
         trainer = self.user_instance(UserFile.TRAINER, UserFile.TRAINER_CLASS, "train")
         ctx = self.context(fl_ctx, shareable, abort_signal)
-        global_weights, model = self.model_from_task(task_name, shareable, ctx.device)
+        global_weights, model = self.model_from_task(task_name, shareable, ctx.device, ctx.site_name)
         names = [n for n, v in global_weights.items() if np.asarray(v).dtype.kind == "f"]
         if task_name == FlipTask.SWAG:
             return self._swag(fl_ctx, shareable, ctx, trainer, model, global_weights, names, abort_signal)
@@ -157,8 +170,7 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
         if abort_signal.triggered:
             return Shareable()
         num_samples, num_steps, metrics = training_result(raw, self.where)
-        new = state_to_numpy(model, names, copy=False)  # only read: the difference below is a new array
-        diff = {n: (new[n] - np.asarray(global_weights[n])).astype(new[n].dtype, copy=False) for n in names}
+        diff = weight_difference(model, global_weights, names)
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: num_steps, FlipMeta.NUM_SAMPLES: num_samples}
         if ctx.stage:
             diff = self._stage_part(fl_ctx, ctx.stage, diff)

@@ -50,7 +50,7 @@ class ModelScoringExecutor(UserCodeExecutor):
         owner = shareable.get_header(AppConstants.MODEL_OWNER, "model")
         scorer = self.user_instance(self.user_file, self.user_class, self.user_method)  # the cause to name first
         ctx = self.context(fl_ctx, shareable, abort_signal)
-        _, model = self.model_from_task(task_name, shareable, ctx.device)
+        _, model = self.model_from_task(task_name, shareable, ctx.device, ctx.site_name)
         model.eval()
         where = f"{display_path(self.user_file)}: {self.user_class}.{self.user_method}"
         metrics = clean_metrics(call_user(where, getattr(scorer, self.user_method), model, ctx), where)
