@@ -137,3 +137,7 @@ class FlareError(ApiError):
     """The FL server, through NVFlare's FLARE API, failed or could not be reached (HTTP 502 with the short cause)."""
 
     status = 502
+
+
+class SerializationStateError(FlipError, RuntimeError):
+    """This process cannot start the simulator: its NVFlare serialization registry would drop a Shareable's headers."""

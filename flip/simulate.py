@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from flip.checks import check_path_name
-from flip.errors import FlipError
+from flip.errors import SerializationStateError
 from flip.platform.site import (
     DATAFRAME_VAR,
     IMAGES_VAR,
@@ -20,10 +20,6 @@ from flip.platform.site import (
 )
 
 _LOG_CONFIG = "log_config.json"
-
-
-class SerializationStateError(FlipError, RuntimeError):
-    """This process cannot start the simulator: its NVFlare serialization registry would corrupt every message."""
 
 
 def prepare_serialization() -> None:
