@@ -19,15 +19,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simbench import REPO, gb, our_job_folder, run_child, simulate, stock_job_folder, summary, temp_dir, write_app, \
-    write_cohorts  # noqa: E402
+from simbench import (
+    gb,
+    our_job_folder,
+    run_child,
+    simulate,
+    stock_job_folder,
+    summary,
+    temp_dir,
+    write_app,
+    write_cohorts,  # noqa: E402
+)
 
 MODEL_ID = "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90"
 SIZES = (1_000_000, 25_000_000, 100_000_000)

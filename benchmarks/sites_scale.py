@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simbench import gb, run_child, summary, temp_dir  # noqa: E402
+from simbench import run_child, summary, temp_dir  # noqa: E402
 
 
 def child(args) -> None:

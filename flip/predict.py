@@ -24,8 +24,14 @@ import torch
 
 from flip.constants import RunFile, Uncertainty
 from flip.errors import RegistryError
-from flip.storage.model_files import (MODEL_FUNCTION, PREPROCESSING_FUNCTION, load_models_module, module_of,
-                                      shape_text, state_of)
+from flip.storage.model_files import (
+    MODEL_FUNCTION,
+    PREPROCESSING_FUNCTION,
+    load_models_module,
+    module_of,
+    shape_text,
+    state_of,
+)
 from flip.storage.registry import ModelRegistry, RunRecord
 from flip.uncertainty import ensemble_predict, mc_dropout_predict, predictive_entropy, swag_predict
 

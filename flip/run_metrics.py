@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numbers
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from flip import site_messages
 from flip.constants import FlipMeta

@@ -19,13 +19,14 @@ Problems name the field, never the value (it could be data).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
+from flip.checks import check_path_name
 from flip.errors import SiteMessageError
 from flip.metrics import MAX_METRICS, clean_nested_metrics, finite_number, metric_problem
-from flip.checks import check_path_name
 
 #: the longest error reason a site may send (longer ones are refused, not cut: they are not a short reason)
 MAX_REASON_CHARS = 2000

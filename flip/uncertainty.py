@@ -6,7 +6,8 @@ is the usual summary of how unsure the prediction is (0: certain; log(classes): 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 

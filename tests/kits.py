@@ -37,7 +37,7 @@ class TlsServer:
         self._stop = False
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> "TlsServer":
+    def __enter__(self) -> TlsServer:
         self.thread.start()
         return self
 
@@ -88,7 +88,7 @@ def reissue(state_dir: Path, kit: Path, days: int) -> None:
     root = x509.load_pem_x509_certificate(state["root_cert"].encode())
     path = next(p for p in (Path(kit) / "startup" / n for n in ("client.crt", "server.crt")) if p.is_file())
     old = x509.load_pem_x509_certificate(path.read_bytes())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(root.subject)
             .public_key(old.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=300)).not_valid_after(now + datetime.timedelta(days=days))

@@ -27,8 +27,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from flip.constants import (AGGREGATIONS, DEMO_JOBS, UNCERTAINTY_METHODS, Aggregation, JobName, RunFile, RunStatus,
-                            Uncertainty)
+from flip.constants import (
+    AGGREGATIONS,
+    DEMO_JOBS,
+    UNCERTAINTY_METHODS,
+    Aggregation,
+    JobName,
+    RunFile,
+    RunStatus,
+    Uncertainty,
+)
 from flip.errors import FlipError
 
 #: the demo's FLIP app: FLIP's Executor contract, data through get_dataframe + get_by_accession_number (DICOM)
@@ -144,8 +152,8 @@ def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, perce
     Raises:
         ValueError: naming the first bad argument and what is allowed.
     """
-    from flip.jobs import DEFAULT_MODEL_ID, JOBS
     from flip.checks import check_positive, check_positive_int
+    from flip.jobs import DEFAULT_MODEL_ID, JOBS
     from flip.privacy.percentile import check_gamma, check_percentile
 
     if job not in DEMO_JOBS:

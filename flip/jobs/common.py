@@ -10,6 +10,7 @@ from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEva
 from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
+from flip.checks import check_bool, check_choice, check_model_id, check_path_name, check_positive_int, check_str
 from flip.constants import ComponentId, FlipTask, JobName, UserFile
 from flip.nvflare.components import (
     CleanupImages,
@@ -24,7 +25,6 @@ from flip.nvflare.components import (
 )
 from flip.nvflare.controllers import InitTraining
 from flip.nvflare.executors import RUN_TRAINER, RUN_VALIDATOR
-from flip.checks import check_bool, check_choice, check_model_id, check_path_name, check_positive_int, check_str
 from flip.storage.registry import parse_model_ref
 
 #: how --keep-best compares its metric: higher is better (accuracy), or lower (a loss)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 from nvflare.job_config.api import FedJob
 
+from flip.checks import check_bool
 from flip.constants import JobName
 from flip.jobs.common import (
     DEFAULT_MODEL_ID,
@@ -18,7 +19,6 @@ from flip.jobs.common import (
     new_job,
 )
 from flip.nvflare.components import SampleWeightedAggregator, StagePercentilePrivacy, ValidationJsonGenerator
-from flip.checks import check_bool
 from flip.nvflare.controllers import MultiStageScatterAndGather
 
 DEFAULT_STAGES = [{"name": "denoise", "num_rounds": 2}, {"name": "classify", "num_rounds": 2}]

@@ -7,8 +7,8 @@ from pathlib import Path
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 from nvflare.job_config.api import FedJob
 
-from flip.constants import (AGGREGATIONS, UNCERTAINTY_METHODS, Aggregation, ComponentId, FlipTask, JobName,
-                            Uncertainty)
+from flip.checks import check_bool, check_choice, check_positive_int
+from flip.constants import AGGREGATIONS, UNCERTAINTY_METHODS, Aggregation, ComponentId, FlipTask, JobName, Uncertainty
 from flip.jobs.common import (
     DEFAULT_MODEL_ID,
     DEMO_APP_DIR,
@@ -20,6 +20,7 @@ from flip.jobs.common import (
     explicit,
     new_job,
 )
+from flip.methods.feddc import training_rounds
 from flip.nvflare.components import (
     GaussianPrivacy,
     PercentilePrivacy,
@@ -27,11 +28,10 @@ from flip.nvflare.components import (
     UncertaintyPlan,
     ValidationJsonGenerator,
 )
-from flip.methods.feddc import training_rounds
 from flip.nvflare.controllers.feddc import FedDCController
-from flip.checks import check_bool, check_choice, check_positive_int
 from flip.nvflare.controllers.swag import SwagRound
 from flip.nvflare.controllers.training import FlipScatterAndGather, check_mu
+
 
 def check_options(aggregation: str, uncertainty: str, fedprox_mu: float, model_test_after_each_round: bool,
                   skip_model_tests: bool, delete_local_models_after_aggregation: bool) -> None:

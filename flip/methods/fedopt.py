@@ -11,8 +11,9 @@ them the same way; a test checks them against torch.optim. Plain numpy: no NVFla
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -7,8 +7,9 @@ parameter adds it to the gradient of the user's loss, so ``optimizer.step()`` fo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 

@@ -21,7 +21,8 @@ clamped at 0; ``benchmarks/swag_filter.py`` measures both.)
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

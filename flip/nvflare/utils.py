@@ -17,7 +17,6 @@ from flip.constants import SIMULATOR_JOB_ID
 from flip.errors import LookupFailed
 from flip.storage.layout import unique_run_id
 
-
 _MAX_REASON = 300
 _SECRETISH = re.compile(r"(?i)(key|secret|token|password|passwd|credential)[^\s,;:=]*\s*[:=]\s*\S+")
 #: an absolute file path (``/data/images/<patient>/...``, ``~/...``): not a URL's path, not a relative name

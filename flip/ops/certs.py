@@ -35,7 +35,7 @@ class CertInfo:
 
     def days_left(self, now: datetime.datetime | None = None) -> int:
         """Whole days until it expires (negative once expired)."""
-        now = now or datetime.datetime.now(datetime.timezone.utc)
+        now = now or datetime.datetime.now(datetime.UTC)
         return (self.not_after - now).days
 
     def line(self, now: datetime.datetime | None = None, warn_days: int = WARN_DAYS) -> tuple[str, bool]:

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flip.checks import check_path_name
 from flip.constants import ModelStatus, ResourceType, RunStatus
 from flip.errors import JSONValueError, PlatformError
 from flip.files import to_json
-from flip.checks import check_path_name
 from flip.platform.base import Platform
 from flip.platform.flip_api import ACCESSION_COLUMN, FLIPBase, training_log
 from flip.platform.site import DATAFRAME_VAR, IMAGES_VAR, SITE_DATA_VAR, DevData, current_site
@@ -164,7 +164,7 @@ class LocalPlatform(Platform, FLIPBase):
 
         return load_settings().dev_data()
 
-    def get_dataframe(self, project_id: str, query: str) -> "pd.DataFrame":
+    def get_dataframe(self, project_id: str, query: str) -> pd.DataFrame:
         """Return the current site's dev CSV (``FLIP_SITE_DATA`` entry, else ``DEV_DATAFRAME``) as a DataFrame.
 
         ``project_id`` and ``query`` are checked, not used. ``accession_id`` is read as text (so ``00123`` keeps

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flip.checks import check_path_name
-from flip.errors import CohortValueError
 from flip.constants import ModelStatus, ResourceType
+from flip.errors import CohortValueError
 
 if TYPE_CHECKING:
     import pandas as pd

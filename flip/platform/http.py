@@ -23,8 +23,8 @@ import time
 import unicodedata
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 from flip.errors import FlipError, PlatformError

@@ -24,8 +24,9 @@ Works on numpy arrays and torch tensors (any floating dtype, each kept); no NVFl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -9,8 +9,8 @@ message ends with a short cause (describe_error: an error code or an exception t
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import boto3
 from boto3.exceptions import S3UploadFailedError

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from flip.checks import check_model_id, check_object_key, check_path_name
 from flip.constants import SIMULATOR_JOB_ID, RunFile

@@ -20,9 +20,10 @@ import json
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from flip.checks import check_bucket_name, check_model_id, check_object_key, check_path_name, check_str
 from flip.constants import RunFile
@@ -30,8 +31,14 @@ from flip.errors import RegistryError, VerificationError
 from flip.storage.client import make_s3_client, s3_errors
 from flip.storage.layout import round_of_key, run_prefix, site_of_key, unique_run_id
 from flip.storage.manifest import check_manifest, read_manifest, verify_run
-from flip.storage.model_files import (check_input_shape, check_model_file, check_preprocessing_file, is_torchscript,
-                                      load_model_file, load_models_module)
+from flip.storage.model_files import (
+    check_input_shape,
+    check_model_file,
+    check_preprocessing_file,
+    is_torchscript,
+    load_model_file,
+    load_models_module,
+)
 from flip.storage.upload import upload_run
 
 __all__ = ["ModelRegistry", "RegistryError", "RunRecord", "is_torchscript", "load_model_file", "parse_model_ref"]

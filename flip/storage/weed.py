@@ -103,7 +103,7 @@ class WeedS3:
             env["FLIP_MODELS_BUCKET"] = self.bucket
         return env
 
-    def start(self, timeout: float = 60.0) -> "WeedS3":
+    def start(self, timeout: float = 60.0) -> WeedS3:
         data_dir = self.root / "data"
         shutil.rmtree(data_dir, ignore_errors=True)  # weed keeps mini.options in its data dir
         data_dir.mkdir(parents=True)
@@ -111,13 +111,13 @@ class WeedS3:
                               free_ports(2 * len(_SERVICES))))
         return self._launch(timeout)
 
-    def restart(self, timeout: float = 60.0) -> "WeedS3":
+    def restart(self, timeout: float = 60.0) -> WeedS3:
         """Start again on the same data and ports (after stop() or kill()): buckets and objects survive."""
         if self.alive():
             raise StorageError("weed mini is still running: stop or kill it before restarting")
         return self._launch(timeout)
 
-    def _launch(self, timeout: float) -> "WeedS3":
+    def _launch(self, timeout: float) -> WeedS3:
         data_dir = self.root / "data"
         log_dir = self.root / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ class WeedS3:
         if self._own_root and remove_data:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "WeedS3":
+    def __enter__(self) -> WeedS3:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

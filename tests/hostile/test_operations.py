@@ -19,8 +19,8 @@ from flip.cli import main as flip_cli
 from flip.errors import FlipError
 from flip.ops.doctor import read_env_file
 from flip.ops.service import check_service_root, check_service_user
-from flip.storage.service import PID_FILE, serving_pid, stop_s3
 from flip.provisioning import project_config
+from flip.storage.service import PID_FILE, serving_pid, stop_s3
 
 pytestmark = pytest.mark.unit
 

@@ -30,11 +30,11 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 from pydantic import SecretStr
 
-from flip.methods import swag
-from flip.methods.weighted import check_update, norm_outliers, weighted_mean
 from flip.constants import FlipEvent, FlipMeta, RunFile, RunStatus
 from flip.errors import AggregationFailed, JSONValueError, NonFiniteModelError, PlatformError
 from flip.files import write_json_atomic
+from flip.methods import swag
+from flip.methods.weighted import check_update, norm_outliers, weighted_mean
 from flip.metrics import weighted_means
 from flip.nvflare.components import GaussianPrivacy, SampleWeightedAggregator
 from flip.nvflare.controllers import InitTraining

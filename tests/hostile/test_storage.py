@@ -23,6 +23,7 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.fl_context import FLContext
 
+from flip.checks import check_object_key
 from flip.cli import main as flip_cli
 from flip.constants import ComponentId, RunFile, RunStatus
 from flip.errors import RegistryError, StorageError, UploadError, VerificationError
@@ -31,13 +32,12 @@ from flip.nvflare.components.server_event_handler import ServerEventHandler
 from flip.nvflare.components.validation_json_generator import ValidationJsonGenerator
 from flip.platform.dev import LocalPlatform
 from flip.settings import load_settings
-from flip.checks import check_object_key
 from flip.storage.client import make_s3_client
 from flip.storage.layout import run_prefix
 from flip.storage.manifest import verify_run
-from flip.storage.upload import upload_run
 from flip.storage.pending import find_pending, is_log_file, read_pending, record_pending, resume
 from flip.storage.registry import ModelRegistry
+from flip.storage.upload import upload_run
 from tests.conftest import environ
 from tests.fakes import ServerEngine
 

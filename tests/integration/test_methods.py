@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from flip.methods.feddc import daisy_chain, is_aggregation_round
 from flip.cli import main as flip_cli
 from flip.constants import RunFile
 from flip.jobs import DEMO_APP_DIR, write_job
+from flip.methods.feddc import daisy_chain, is_aggregation_round
 from flip.storage.layout import run_prefix
 from flip.storage.pending import is_log_file
 from flip.uncertainty import ensemble_predict, swag_predict

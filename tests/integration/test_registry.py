@@ -14,8 +14,8 @@ from flip.constants import RunFile
 from flip.errors import RegistryError
 from flip.jobs import DEMO_APP_DIR
 from flip.storage.layout import run_prefix
-from flip.storage.upload import upload_run
 from flip.storage.registry import ModelRegistry, load_model_file
+from flip.storage.upload import upload_run
 from tests.conftest import environ
 
 pytestmark = pytest.mark.s3

@@ -14,9 +14,9 @@ from flip.cli import main as flip_cli
 from flip.constants import RunFile
 from flip.demo.data import holdout_accuracy
 from flip.jobs import DEFAULT_MODEL_ID
-from flip.storage.pending import is_log_file
 from flip.storage.layout import run_prefix
 from flip.storage.manifest import verify_run
+from flip.storage.pending import is_log_file
 from tests.conftest import environ
 from tests.integration.conftest import direct_evaluation
 

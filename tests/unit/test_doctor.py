@@ -13,8 +13,8 @@ from flip.cli import main as flip_cli
 from flip.demo.data import write_cohorts
 from flip.ops.doctor import FAIL, OK, WARN, diagnose
 from flip.storage.weed import free_ports
-from tests.replicas.fixtures import HUB_KEY, running_hub
 from tests.kits import TlsServer, reissue
+from tests.replicas.fixtures import HUB_KEY, running_hub
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 
+from flip.constants import FlipMeta, RunFile
 from flip.errors import AggregationFailed
+from flip.jobs import DEMO_APP_DIR, write_job
 from flip.methods import swag
 from flip.methods.feddc import daisy_chain, is_aggregation_round
 from flip.methods.fedprox import proximal_term
 from flip.methods.weighted import check_update, weighted_mean
-from flip.constants import FlipMeta, RunFile
-from flip.jobs import DEMO_APP_DIR, write_job
 from flip.nvflare.components import SampleWeightedAggregator
 from flip.nvflare.executors.user_code import TaskContext, build_model, instantiate, load_class
 from flip.uncertainty import ensemble_predict, mc_dropout_predict, swag_sample

@@ -21,8 +21,13 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 
 from flip.constants import ComponentId, FlipEvent, FlipTask, RunFile
-from flip.nvflare.components import (FlipModelPersistor, FlipModelSelector, InitialPTModelLocator,
-                                     SampleWeightedAggregator, ServerEventHandler)
+from flip.nvflare.components import (
+    FlipModelPersistor,
+    FlipModelSelector,
+    InitialPTModelLocator,
+    SampleWeightedAggregator,
+    ServerEventHandler,
+)
 from flip.nvflare.components.flip_model_persistor import FRESH_MODEL
 from flip.nvflare.controllers import FlipScatterAndGather
 from flip.storage.layout import round_model_key

@@ -43,8 +43,13 @@ from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
 from flip.constants import SIMULATOR_JOB_ID, ComponentId, FlipEvent, FlipMeta, FlipProp, FlipTask, RunFile
 from flip.jobs.common import explicit
-from flip.nvflare.components import (ClientEventHandler, PercentilePrivacy, PTModelLocator, SampleWeightedAggregator,
-                                     ValidationJsonGenerator)
+from flip.nvflare.components import (
+    ClientEventHandler,
+    PercentilePrivacy,
+    PTModelLocator,
+    SampleWeightedAggregator,
+    ValidationJsonGenerator,
+)
 from flip.nvflare.controllers import FlipScatterAndGather, InitTraining, MultiStageScatterAndGather
 from flip.nvflare.result_policy import _DXO_KEY, NON_TRAINING_TASKS
 from flip.nvflare.utils import peer_name

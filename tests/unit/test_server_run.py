@@ -25,6 +25,7 @@ from flip.storage.manifest import verify_run
 from tests.fakes import Server, diff_of, good_update
 from tests.replicas.fixtures import HUB_KEY, MODEL_ID, running_hub
 
+
 @pytest.fixture
 def dev(tmp_path, monkeypatch):
     """The dev platform in ``<tmp>/flip``, as the settings give it to a run."""

@@ -8,9 +8,9 @@ import zlib
 
 import pytest
 
+from flip.checks import check_object_key
 from flip.constants import RunFile
 from flip.errors import CleanupError
-from flip.checks import check_object_key
 from flip.storage.checksums import describe_file
 from flip.storage.client import transfer_config
 from flip.storage.layout import run_prefix

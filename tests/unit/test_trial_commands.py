@@ -15,8 +15,8 @@ import pytest
 
 from flip.cli import main as flip_cli
 from flip.jobs import DEFAULT_MODEL_ID
-from flip.storage.service import serving_pid
 from flip.platform.dev import LocalPlatform
+from flip.storage.service import serving_pid
 
 
 def _model_id(job) -> str:

@@ -1,7 +1,6 @@
 """The demo's trainer: plain PyTorch, no nvflare import. Replace with your own FLIP_TRAINER."""
 
 import torch
-
 from digits_data import load_folder, train_val_split
 
 

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import torch
+from digits_dicom import load_cohort
+from models import model_paths
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_constant import ReturnCode
@@ -12,10 +14,8 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 
-from digits_dicom import load_cohort
 from flip import FLIP
 from flip.constants import PTConstants
-from models import model_paths
 
 
 class FLIP_EVALUATOR(Executor):

@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 
 import torch
+from digits_dicom import load_cohort, train_val_split
+from models import get_model
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_constant import ReturnCode
@@ -12,11 +14,9 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
-from digits_dicom import load_cohort, train_val_split
 from flip import FLIP
 from flip.nvflare.metrics import send_metrics_value
 from flip.utils import get_model_weights_diff, make_private
-from models import get_model
 
 
 class FLIP_TRAINER(Executor):

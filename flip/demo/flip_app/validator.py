@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 
 import torch
+from digits_dicom import load_cohort, train_val_split
+from models import get_model
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_constant import ReturnCode
@@ -11,9 +13,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 
-from digits_dicom import load_cohort, train_val_split
 from flip import FLIP
-from models import get_model
 
 
 class FLIP_VALIDATOR(Executor):

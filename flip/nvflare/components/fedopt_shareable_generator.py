@@ -15,7 +15,6 @@ from flip.methods.fedopt import FedOptState, check_fedopt_args, fedopt_step
 from flip.methods.weighted import float_entries, l2_norm
 
 
-
 class FedOptShareableGenerator(FullModelShareableGenerator):
     """Apply the aggregated WEIGHT_DIFF with a server optimizer instead of adding it (FedOpt).
 

@@ -20,8 +20,8 @@ from flip.nvflare.result_policy import check_result
 from flip.nvflare.utils import run_dir
 from flip.privacy.dp_sgd import CLIENT_LEVEL
 from flip.privacy.entries import split_integer_entries
-from flip.privacy.release import release_meta, release_metrics
 from flip.privacy.gaussian import calibrate_noise, check_noise_multiplier, clip_and_noise, epsilon_after, make_rng
+from flip.privacy.release import release_meta, release_metrics
 
 BUDGET_FILE = "flip_dp_budget.json"
 #: how the records name the accountant (dp-accounting's RDP accountant, flip.privacy.gaussian)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from nvflare.apis.event_type import EventType
@@ -13,13 +14,12 @@ from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from flip.methods.weighted import check_finite
-from flip.checks import check_component_id
+from flip.checks import check_component_id, check_model_id, check_object_key
 from flip.constants import ComponentId, RunFile
 from flip.errors import LookupFailed, SettingsError, UploadError
+from flip.methods.weighted import check_finite
 from flip.nvflare.utils import app_custom_dir, get_component, new_run_id, run_dir, software_versions, workspace_root
 from flip.settings import load_settings
-from flip.checks import check_model_id, check_object_key
 from flip.storage.layout import local_model_key, run_prefix
 from flip.storage.model_files import load_model_file, parameter_count
 from flip.storage.pending import clean_run_dir, complete_upload, record_pending

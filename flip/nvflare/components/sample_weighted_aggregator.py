@@ -15,13 +15,21 @@ from nvflare.app_common.abstract.aggregator import Aggregator
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
-from flip.methods.weighted import (MAX_NUM_SAMPLES, NORM_RATIO_LIMIT, StreamingWeightedMean, as_tensor, check_finite,
-                                   check_update, float_entries, l2_norm, norm_outliers)
+from flip.checks import check_bool, check_number, check_positive, check_positive_int, optional
 from flip.constants import FlipMeta, FlipProp, RunFile
 from flip.errors import AggregationFailed, NonFiniteModelError
-from flip.checks import check_bool, check_number, check_positive, check_positive_int, optional
+from flip.methods.weighted import (
+    MAX_NUM_SAMPLES,
+    NORM_RATIO_LIMIT,
+    StreamingWeightedMean,
+    as_tensor,
+    check_finite,
+    check_update,
+    float_entries,
+    l2_norm,
+    norm_outliers,
+)
 from flip.nvflare.utils import peer_name, run_dir
-
 
 
 class LocalModelStore:
@@ -187,7 +195,7 @@ class SampleWeightedAggregator(Aggregator):
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         base = self._base(fl_ctx, site)
         dxo, reason = self._check(shareable, site, current, base)
-        local = norm = None
+        norm = None
         if not reason:
             norm = l2_norm(float_entries(dxo.data))
             if self.max_update_norm is not None and not norm <= self.max_update_norm:

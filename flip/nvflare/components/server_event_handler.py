@@ -16,7 +16,7 @@ from nvflare.app_common.app_event_type import AppEventType
 
 from flip import FLIP, site_messages
 from flip.checks import check_component_id, check_model_id
-from flip.constants import ComponentId, FLLogEvent, FlipEvent, FlipEvents, FlipMeta, FlipProp, RunFile, RunStatus
+from flip.constants import ComponentId, FlipEvent, FlipEvents, FlipMeta, FlipProp, FLLogEvent, RunFile, RunStatus
 from flip.errors import FlipError, LookupFailed, MetricDropped, SiteMessageError, StatusNotDelivered
 from flip.metrics import format_metrics
 from flip.nvflare.components.persist_to_s3_and_cleanup import PersistToS3AndCleanup

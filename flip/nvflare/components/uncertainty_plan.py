@@ -14,6 +14,7 @@ from flip.constants import UNCERTAINTY_METHODS, ComponentId, RunFile, Uncertaint
 from flip.nvflare.utils import run_dir
 from flip.uncertainty import dropout_layers
 
+
 class UncertaintyPlan(FLComponent):
     """Record the run's uncertainty method as the ``uncertainty.json`` artifact (what was stored and how to use
     it: see flip.uncertainty), and check what the method needs before any training: MC_DROPOUT needs dropout

@@ -14,12 +14,10 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.widgets.validation_json_generator import ValidationJsonGenerator as _NVFlareGenerator
 
 from flip import site_messages
+from flip.checks import check_relative_name
 from flip.constants import RunFile
 from flip.files import write_json_atomic
 from flip.nvflare.utils import run_dir, short_reason
-from flip.checks import check_relative_name
-
-
 
 
 class ValidationJsonGenerator(_NVFlareGenerator):

@@ -9,13 +9,12 @@ from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
+from flip.checks import check_component_id, check_model_id, check_positive_int
 from flip.constants import ComponentId, FlipEvent, FlipProp, FlipTask
 from flip.errors import LookupFailed
 from flip.nvflare.components.evaluation_pt_model_locator import EvaluationPTModelLocator
 from flip.nvflare.controllers.base import FlipController
-from flip.checks import check_component_id, check_model_id, check_positive_int
 from flip.nvflare.utils import get_component
-
 
 
 class EvaluateModels(FlipController):

@@ -13,16 +13,15 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from flip.methods.feddc import daisy_chain, is_aggregation_round, training_rounds
-from flip.methods.weighted import checksum, weighted_mean
+from flip.checks import check_int, check_positive_int
 from flip.constants import ComponentId, FlipMeta, FlipProp, FlipTask
 from flip.errors import FlipError, LookupFailed, NonFiniteModelError
+from flip.methods.feddc import daisy_chain, is_aggregation_round, training_rounds
+from flip.methods.weighted import checksum, weighted_mean
 from flip.nvflare.components.sample_weighted_aggregator import SampleWeightedAggregator, reconstruct
 from flip.nvflare.controllers.base import FlipController
 from flip.nvflare.controllers.training import check_rounds_args, validate_at_sites
-from flip.checks import check_int, check_positive_int
 from flip.nvflare.utils import get_component
-
 
 
 class FedDCController(FlipController):

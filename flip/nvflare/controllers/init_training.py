@@ -9,10 +9,10 @@ from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
 from flip import site_messages
+from flip.checks import check_positive_int
 from flip.constants import FlipEvent, FlipMeta, FlipTask
 from flip.errors import SiteMessageError
 from flip.nvflare.controllers.base import FlipController
-from flip.checks import check_positive_int
 from flip.nvflare.utils import short_reason
 
 

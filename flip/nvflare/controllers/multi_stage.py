@@ -7,10 +7,9 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
+from flip.checks import check_component_id, check_path_name, check_positive_int
 from flip.constants import ComponentId, FlipMeta, FlipTask
 from flip.nvflare.controllers.training import FlipScatterAndGather
-from flip.checks import check_component_id, check_path_name, check_positive_int
-
 
 #: a stage's keys: required, and optional (its own train task name, as FLIP's diffusion jobs have train_ae, train_dm)
 _STAGE_KEYS = {"name", "num_rounds"}

@@ -13,13 +13,13 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
+from flip.checks import check_component_id, check_positive_int
+from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask, RunFile
+from flip.errors import LookupFailed, NonFiniteModelError
 from flip.methods import swag
 from flip.methods.swag import DEVIATION, MEAN, negative_deviation
 from flip.methods.weighted import check_update, l2_norm, norm_outliers
-from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipTask, RunFile
-from flip.errors import LookupFailed, NonFiniteModelError
 from flip.nvflare.controllers.base import FlipController
-from flip.checks import check_component_id, check_positive_int
 from flip.nvflare.utils import get_component, run_dir
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from nvflare.apis.controller_spec import ClientTask, Task
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.fl_constant import ReturnCode
@@ -15,13 +14,18 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
 from flip import site_messages
-from flip.methods.weighted import check_finite
-from flip.checks import (check_bool, check_component_id, check_int, check_number, check_positive_int,
-                         check_timeout_seconds)
+from flip.checks import (
+    check_bool,
+    check_component_id,
+    check_int,
+    check_number,
+    check_positive_int,
+    check_timeout_seconds,
+)
 from flip.constants import ComponentId, FlipEvent, FlipMeta, FlipProp, FlipTask
 from flip.errors import NonFiniteModelError
+from flip.methods.weighted import check_finite
 from flip.nvflare.utils import peer_name
-
 
 
 def budget_exceeded_next(result: Shareable, site: str, next_round: int) -> str | None:

@@ -46,7 +46,7 @@ from flip.nvflare.executors.user_code import (
     load_config,
     load_module,
 )
-from flip.nvflare.models import ReusedModel, load_weights
+from flip.nvflare.models import ReusedModel
 from flip.nvflare.utils import app_custom_dir, log_site_failure
 from flip.platform.site import site_context
 from flip.utils.dp import make_private

@@ -4,19 +4,19 @@ import json
 from pathlib import Path
 
 import torch
+from data_utils import DicomDataset, cohort_items, split_items
+from models import get_model
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
+from scores import per_class_scores
 from torch.utils.data import DataLoader
 
-from data_utils import DicomDataset, cohort_items, split_items
 from flip import FLIP
 from flip.nvflare.metrics import send_metrics_value
-from models import get_model
-from scores import per_class_scores
 
 
 class FLIP_VALIDATOR(Executor):

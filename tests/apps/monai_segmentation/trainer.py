@@ -5,18 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flip_datasets import SegmentationDataset
+from models import get_model
 from monai.data import DataLoader
 from monai.fl.client import ClientAlgo
 from monai.fl.utils.constants import WeightType
 from monai.fl.utils.exchange_object import ExchangeObject
 from monai.losses import DiceLoss
+from transforms import get_transforms
 
 from flip import FLIP
 from flip.nvflare.metrics import send_metrics_value
 from flip.utils import get_model_weights_diff
-from flip_datasets import SegmentationDataset
-from models import get_model
-from transforms import get_transforms
 
 
 class FLIP_TRAINER(ClientAlgo):

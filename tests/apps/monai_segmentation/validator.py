@@ -5,17 +5,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flip_datasets import SegmentationDataset
+from models import get_model
 from monai.data import DataLoader
 from monai.fl.client import ClientAlgo
 from monai.fl.utils.exchange_object import ExchangeObject
 from monai.metrics import DiceMetric
 from monai.transforms import AsDiscrete
+from transforms import get_transforms
 
 from flip import FLIP
 from flip.nvflare.metrics import send_metrics_value
-from flip_datasets import SegmentationDataset
-from models import get_model
-from transforms import get_transforms
 
 
 class FLIP_VALIDATOR(ClientAlgo):

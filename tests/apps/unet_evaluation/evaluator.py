@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from models import model_paths
 from monai.data import DataLoader, Dataset
 from monai.metrics import DiceMetric
 from monai.transforms import AsDiscrete, Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd
@@ -17,7 +18,6 @@ from nvflare.apis.signal import Signal
 
 from flip import FLIP
 from flip.constants import PTConstants, ResourceType
-from models import model_paths
 
 
 class FLIP_EVALUATOR(Executor):

@@ -1,7 +1,6 @@
 """The prod end-to-end app's trainer: plain PyTorch on the cohort the site's trust gives (dicom_digits)."""
 
 import torch
-
 from dicom_digits import load_cohort, split
 
 

@@ -2,7 +2,6 @@
 failure the hub must receive)."""
 
 import torch
-
 from dicom_digits import load_cohort, split
 
 
