@@ -49,7 +49,7 @@ def pooled_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every image the sites hold together, flattened (the split between sites does not change the pool), and the
     held-out images with a bias column, and their labels."""
     shares, (images, labels) = split_digits(["all-sites"])
-    (x, y), = shares.values()
+    ((x, y),) = shares.values()
     held_out = np.concatenate([as_model_input(images).reshape(len(images), -1), np.ones((len(images), 1))], axis=1)
     return as_model_input(x).reshape(len(x), -1), y, held_out, labels
 
@@ -66,8 +66,15 @@ def accuracy(weights: np.ndarray, held_out: np.ndarray, labels: np.ndarray) -> f
     return float(((held_out @ weights.T).argmax(axis=1) == labels).mean())
 
 
-def best_case(weights: np.ndarray, held_out: np.ndarray, labels: np.ndarray, epsilon: float, sites: int, draws: int,
-              clip_norm: float = 1.0) -> float:
+def best_case(
+    weights: np.ndarray,
+    held_out: np.ndarray,
+    labels: np.ndarray,
+    epsilon: float,
+    sites: int,
+    draws: int,
+    clip_norm: float = 1.0,
+) -> float:
     """Mean accuracy of ``sites`` noisy releases of the ideal update ``weights``, averaged."""
     z = calibrate_noise(epsilon, DELTA, rounds=1)
     rng = make_rng(0)
@@ -78,8 +85,17 @@ def best_case(weights: np.ndarray, held_out: np.ndarray, labels: np.ndarray, eps
     return float(np.mean(scores))
 
 
-def fine_tune(x: np.ndarray, y: np.ndarray, held_out: np.ndarray, labels: np.ndarray, epsilon: float, sites: int,
-              public: int, steps: list[float], draws: int) -> tuple[float, dict]:
+def fine_tune(
+    x: np.ndarray,
+    y: np.ndarray,
+    held_out: np.ndarray,
+    labels: np.ndarray,
+    epsilon: float,
+    sites: int,
+    public: int,
+    steps: list[float],
+    draws: int,
+) -> tuple[float, dict]:
     """Held-out accuracy of the public model, and mean accuracy after one ideal noisy update of each length."""
     rng = make_rng(0)
     chosen = rng.permutation(len(x))[:public]
@@ -88,8 +104,9 @@ def fine_tune(x: np.ndarray, y: np.ndarray, held_out: np.ndarray, labels: np.nda
     z = calibrate_noise(epsilon, DELTA, rounds=1)
     scores = {}
     for step in steps:
-        noisy = [start + step * (direction + rng.standard_normal(direction.shape) * z / np.sqrt(sites))
-                 for _ in range(draws)]
+        noisy = [
+            start + step * (direction + rng.standard_normal(direction.shape) * z / np.sqrt(sites)) for _ in range(draws)
+        ]
         scores[step] = float(np.mean([accuracy(w, held_out, labels) for w in noisy]))
     return accuracy(start, held_out, labels), scores
 
@@ -103,8 +120,15 @@ def _demo_model_module():
     return module
 
 
-def record_level(epsilon: float | None, seed: int = 0, rounds: int = 3, epochs: int = 5, batch_size: int = 64,
-                 lr: float = 0.2, max_grad_norm: float = 1.0) -> tuple[float, float, float]:
+def record_level(
+    epsilon: float | None,
+    seed: int = 0,
+    rounds: int = 3,
+    epochs: int = 5,
+    batch_size: int = 64,
+    lr: float = 0.2,
+    max_grad_norm: float = 1.0,
+) -> tuple[float, float, float]:
     """Train the demo's 2 sites with FedAvg, each with DP-SGD at ``epsilon`` (None: no DP); return the held-out
     accuracy, the seconds per local epoch, and the largest ε a site spent."""
     import torch
@@ -118,9 +142,18 @@ def record_level(epsilon: float | None, seed: int = 0, rounds: int = 3, epochs: 
         x, y = torch.from_numpy(as_model_input(x)), torch.from_numpy(y).long()
         train = torch.arange(len(y)) % 5 != 0  # the demo trainer keeps every 5th image for local validation
         data[site] = torch.utils.data.TensorDataset(x[train], y[train])
-    sessions = {site: DPSession(RecordLevelPolicy(target_epsilon=epsilon, delta=DELTA, max_grad_norm=max_grad_norm),
-                                total_rounds=rounds, seed=1000 * seed + i)
-                for i, site in enumerate(data)} if epsilon is not None else {}
+    sessions = (
+        {
+            site: DPSession(
+                RecordLevelPolicy(target_epsilon=epsilon, delta=DELTA, max_grad_norm=max_grad_norm),
+                total_rounds=rounds,
+                seed=1000 * seed + i,
+            )
+            for i, site in enumerate(data)
+        }
+        if epsilon is not None
+        else {}
+    )
     global_model = models.get_model()
     seconds, trained_epochs = 0.0, 0
     for r in range(rounds):
@@ -129,8 +162,9 @@ def record_level(epsilon: float | None, seed: int = 0, rounds: int = 3, epochs: 
             model = models.get_model()
             model.load_state_dict(global_model.state_dict())
             optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                                 generator=torch.Generator().manual_seed(1000 * r + seed))
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(1000 * r + seed)
+            )
             if sessions:
                 sessions[site].begin_round()
                 model, optimizer, loader = sessions[site].make_private(model, optimizer, loader, epochs=epochs)
@@ -166,12 +200,19 @@ def record_level_rows(epsilons: list[float], seeds: int) -> None:
     for epsilon in sorted(epsilons):
         runs = [record_level(epsilon, seed) for seed in range(seeds)]
         dp_epoch = float(np.median([t for _, t, _ in runs]))
-        print(f"dp_record_level_detail epsilon={epsilon:g} delta={DELTA:g} accuracies="
-              + ",".join(f"{a:.3f}" for a, _, _ in runs) + " no_dp_accuracies="
-              + ",".join(f"{a:.3f}" for a, _, _ in plain) + f" epsilon_spent={max(e for _, _, e in runs):.4f} "
-              f"dp_seconds_per_epoch={dp_epoch:.4f} plain_seconds_per_epoch={plain_epoch:.4f}", flush=True)
-        rows.append(f"dp_record_level epsilon={epsilon:g} accuracy={np.mean([a for a, _, _ in runs]):.3f} "
-                    f"no_dp_accuracy={no_dp:.3f} slowdown={dp_epoch / plain_epoch:.2f}")
+        print(
+            f"dp_record_level_detail epsilon={epsilon:g} delta={DELTA:g} accuracies="
+            + ",".join(f"{a:.3f}" for a, _, _ in runs)
+            + " no_dp_accuracies="
+            + ",".join(f"{a:.3f}" for a, _, _ in plain)
+            + f" epsilon_spent={max(e for _, _, e in runs):.4f} "
+            f"dp_seconds_per_epoch={dp_epoch:.4f} plain_seconds_per_epoch={plain_epoch:.4f}",
+            flush=True,
+        )
+        rows.append(
+            f"dp_record_level epsilon={epsilon:g} accuracy={np.mean([a for a, _, _ in runs]):.3f} "
+            f"no_dp_accuracy={no_dp:.3f} slowdown={dp_epoch / plain_epoch:.2f}"
+        )
     print("\n".join(rows), flush=True)
 
 
@@ -182,28 +223,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=20)
     parser.add_argument("--public", type=int, default=100, help="public images behind the fine-tuning start model")
     parser.add_argument("--steps", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0])
-    parser.add_argument("--record-epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0],
-                        help="record-level DP-SGD rows (the largest ε is the last line)")
+    parser.add_argument(
+        "--record-epsilons",
+        type=float,
+        nargs="+",
+        default=[1.0, 3.0, 8.0],
+        help="record-level DP-SGD rows (the largest ε is the last line)",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="noise seeds per record-level row")
     parser.add_argument("--no-client-level", action="store_true", help="only the record-level rows")
     args = parser.parse_args(argv)
     if args.no_client_level:
         record_level_rows(args.record_epsilons, args.seeds)
         return
-    print(f"noise multiplier of the single best release at ε={args.epsilon:g}, δ={DELTA:g}: "
-          f"{calibrate_noise(args.epsilon, DELTA, rounds=1):.3f}")
+    print(
+        f"noise multiplier of the single best release at ε={args.epsilon:g}, δ={DELTA:g}: "
+        f"{calibrate_noise(args.epsilon, DELTA, rounds=1):.3f}"
+    )
     x, y, held_out, labels = pooled_digits()
     ideal = fit_linear(x, y, C=0.1, max_iter=2000)
     clear = accuracy(ideal, held_out, labels)
     for sites in args.sites:
         best = best_case(ideal, held_out, labels, args.epsilon, sites, args.draws)
-        print(f"dp_utility epsilon={args.epsilon:g} sites={sites} best_case_accuracy={best:.3f} no_dp={clear:.3f}",
-              flush=True)
-    start, scores = fine_tune(x, y, held_out, labels, args.epsilon, min(args.sites), args.public, args.steps,
-                              args.draws)
+        print(
+            f"dp_utility epsilon={args.epsilon:g} sites={sites} best_case_accuracy={best:.3f} no_dp={clear:.3f}",
+            flush=True,
+        )
+    start, scores = fine_tune(
+        x, y, held_out, labels, args.epsilon, min(args.sites), args.public, args.steps, args.draws
+    )
     for step, score in scores.items():
-        print(f"dp_utility epsilon={args.epsilon:g} sites={min(args.sites)} fine_tune public={args.public} "
-              f"step={step:g} accuracy={score:.3f} start={start:.3f}", flush=True)
+        print(
+            f"dp_utility epsilon={args.epsilon:g} sites={min(args.sites)} fine_tune public={args.public} "
+            f"step={step:g} accuracy={score:.3f} start={start:.3f}",
+            flush=True,
+        )
     record_level_rows(args.record_epsilons, args.seeds)
 
 

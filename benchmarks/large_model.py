@@ -75,9 +75,20 @@ def main() -> None:
         job = our_job_folder(tmp / "jobs", app, args.sites, args.rounds, MODEL_ID, model_test_after_each_round=False)
         env = {**server.env, "FLIP_LOCAL_DIR": str(local), "FLIP_ENV": "dev"}
         workspace = tmp / "ws"
-        measured = run_child([str(Path(__file__).resolve()), "--child", "--job", str(job), "--workspace",
-                              str(workspace), "--sites", str(args.sites)], env=env,
-                             exclude={server.pid} if server.pid else set())
+        measured = run_child(
+            [
+                str(Path(__file__).resolve()),
+                "--child",
+                "--job",
+                str(job),
+                "--workspace",
+                str(workspace),
+                "--sites",
+                str(args.sites),
+            ],
+            env=env,
+            exclude={server.pid} if server.pid else set(),
+        )
         print(f"params={params} {summary('ours', measured)}")
         for name, peak in sorted(measured.per_process.items(), key=lambda kv: -kv[1])[:6]:
             print(f"  process {name}: peak {gb(peak)} GB ({peak / (params * 4):.1f} model sizes)")
@@ -96,8 +107,10 @@ def main() -> None:
         if model["size"] < params * 4:
             sys.exit(f"global_model.pt is {model['size']} bytes: less than {params} float32 parameters")
         upload = upload_seconds(workspace)
-        print(f"S3: run {runs[0]} verified against its manifest, global_model.pt {model['size'] / GB:.2f} GB; "
-              f"upload + verification {upload if upload is None else round(upload, 1)} s")
+        print(
+            f"S3: run {runs[0]} verified against its manifest, global_model.pt {model['size'] / GB:.2f} GB; "
+            f"upload + verification {upload if upload is None else round(upload, 1)} s"
+        )
         print(f"large_model params={params} seconds={measured.seconds:.1f} peak_rss_gb={measured.peak_rss / GB:.2f}")
 
 

@@ -35,8 +35,12 @@ def make_update(n_params: int, seed: int = 0) -> dict[str, np.ndarray]:
     while remaining > 0:
         c_in = channels[block % len(channels)]
         c_out = channels[min(block + 1, len(channels) - 1) % len(channels)]
-        for name, shape in ((f"block{block}.conv.weight", (c_out, c_in, 3, 3)), (f"block{block}.conv.bias", (c_out,)),
-                            (f"block{block}.norm.weight", (c_out,)), (f"block{block}.norm.bias", (c_out,))):
+        for name, shape in (
+            (f"block{block}.conv.weight", (c_out, c_in, 3, 3)),
+            (f"block{block}.conv.bias", (c_out,)),
+            (f"block{block}.norm.weight", (c_out,)),
+            (f"block{block}.norm.bias", (c_out,)),
+        ):
             size = int(np.prod(shape))
             if size >= remaining:
                 shape, size = (remaining,), remaining
@@ -110,8 +114,9 @@ def time_impl(impl: str, update: dict[str, np.ndarray], repeats: int) -> float:
 
 
 def memory_in_subprocess(impl: str, n_params: int) -> float:
-    out = subprocess.run([sys.executable, __file__, "--memory", impl, str(n_params)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory", impl, str(n_params)], check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])["extra"]
 
 
@@ -142,8 +147,10 @@ def main() -> None:
         gc.collect()
         mem_ours = memory_in_subprocess("ours", n)
         mem_theirs = memory_in_subprocess("nvflare", n)
-        print(f"{n:>10} {n * 4 / _MIB:>6.0f} {ours:>8.3f} {theirs:>9.3f} {ours / theirs:>6.2f} {mem_ours:>8.2f} {mem_theirs:>11.2f}",
-              flush=True)
+        print(
+            f"{n:>10} {n * 4 / _MIB:>6.0f} {ours:>8.3f} {theirs:>9.3f} {ours / theirs:>6.2f} {mem_ours:>8.2f} {mem_theirs:>11.2f}",
+            flush=True,
+        )
         last = (n, ours / theirs, mem_ours, gaussian, ours)
     n, ratio, mem, gaussian, ours = last
     print(f"gaussian_privacy params={n} seconds={gaussian:.3f} ratio_vs_percentile={gaussian / ours:.2f}")

@@ -72,22 +72,39 @@ def main() -> None:
             folder = tmp / f"p{size}"
             app, params = write_app(folder / "app", size)
             stock_dir = stock_job_folder(folder / "jobs", app, args.sites, args.rounds)
-            ours_dir = our_job_folder(folder / "jobs", app, args.sites, args.rounds, MODEL_ID,
-                                      model_test_after_each_round=False)
+            ours_dir = our_job_folder(
+                folder / "jobs", app, args.sites, args.rounds, MODEL_ID, model_test_after_each_round=False
+            )
             measured = {}
             for name, job in (("stock", stock_dir), ("ours", ours_dir)):
-                measured[name] = run_child([str(Path(__file__).resolve()), "--child", "--job", str(job),
-                                            "--workspace", str(folder / f"ws_{name}"), "--sites", str(args.sites)],
-                                           env=env, exclude=exclude)
+                measured[name] = run_child(
+                    [
+                        str(Path(__file__).resolve()),
+                        "--child",
+                        "--job",
+                        str(job),
+                        "--workspace",
+                        str(folder / f"ws_{name}"),
+                        "--sites",
+                        str(args.sites),
+                    ],
+                    env=env,
+                    exclude=exclude,
+                )
                 print(f"params={params} {summary(name, measured[name])}", flush=True)
                 if measured[name].rc != 0 or measured[name].result.get("rc") != 0:
                     sys.exit(f"{name} run failed at params={params}: see {folder / f'ws_{name}'}")
             stock, ours = measured["stock"], measured["ours"]
             server_ratio = ours.role_peak("server") / max(stock.role_peak("server"), 1)
-            print(f"params={params} server peak: ours {gb(ours.role_peak('server'))} GB, stock "
-                  f"{gb(stock.role_peak('server'))} GB, ratio {server_ratio:.2f}", flush=True)
-            lines.append(f"round_overhead params={params} ratio_vs_stock={ours.seconds / stock.seconds:.3f} "
-                         f"peak_rss_ratio={ours.peak_rss / stock.peak_rss:.3f}")
+            print(
+                f"params={params} server peak: ours {gb(ours.role_peak('server'))} GB, stock "
+                f"{gb(stock.role_peak('server'))} GB, ratio {server_ratio:.2f}",
+                flush=True,
+            )
+            lines.append(
+                f"round_overhead params={params} ratio_vs_stock={ours.seconds / stock.seconds:.3f} "
+                f"peak_rss_ratio={ours.peak_rss / stock.peak_rss:.3f}"
+            )
     print("\n".join(lines))
 
 

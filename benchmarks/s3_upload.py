@@ -79,14 +79,20 @@ def main() -> None:
             archive.unlink()
 
         results = {}
-        for name, action in (("put_object", put_object), ("upload_file", upload_file), ("ours", ours),
-                             ("zip_then_upload", zip_then_upload)):
+        for name, action in (
+            ("put_object", put_object),
+            ("upload_file", upload_file),
+            ("ours", ours),
+            ("zip_then_upload", zip_then_upload),
+        ):
             results[name] = _best(args.repeats, action)
             print(f"{name:>16}: {results[name]:6.2f} s  {args.size / results[name] / 2**20:7.1f} MiB/s", flush=True)
         baseline = min(results["put_object"], results["upload_file"])
-        print(f"part size {DEFAULT_TRANSFER.multipart_chunksize // 2**20} MiB, "
-              f"threshold {DEFAULT_TRANSFER.multipart_threshold // 2**20} MiB, "
-              f"concurrency {DEFAULT_TRANSFER.max_concurrency}")
+        print(
+            f"part size {DEFAULT_TRANSFER.multipart_chunksize // 2**20} MiB, "
+            f"threshold {DEFAULT_TRANSFER.multipart_threshold // 2**20} MiB, "
+            f"concurrency {DEFAULT_TRANSFER.max_concurrency}"
+        )
         print(f"s3_upload bytes={args.size} ratio_vs_boto3={baseline / results['ours']:.3f}")
 
 

@@ -179,8 +179,13 @@ def run_child(args: list[str], env: dict | None = None, exclude: set[int] | None
     """
     started = time.perf_counter()
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)  # this tree's flip
-    proc = subprocess.Popen([PYTHON, *args], cwd=REPO, env={**os.environ, **(env or {}), "PYTHONPATH": path},
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PYTHON, *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {}), "PYTHONPATH": path},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     root = psutil.Process(proc.pid)
     peak, per_process = 0, {}
     stop = threading.Event()
@@ -226,8 +231,10 @@ def gb(value: int) -> str:
 
 def summary(name: str, m: Measured) -> str:
     site = max((v for k, v in m.per_process.items() if k.startswith("site")), default=0)
-    return (f"{name:>6}: {m.seconds:7.1f} s  peak RSS {gb(m.peak_rss)} GB summed, server {gb(m.role_peak('server'))} "
-            f"GB, largest site process {gb(site)} GB  (rc {m.rc})")
+    return (
+        f"{name:>6}: {m.seconds:7.1f} s  peak RSS {gb(m.peak_rss)} GB summed, server {gb(m.role_peak('server'))} "
+        f"GB, largest site process {gb(site)} GB  (rc {m.rc})"
+    )
 
 
 def our_job_folder(workdir: Path, app: Path, sites: int, rounds: int, model_id: str, **options) -> Path:
@@ -235,8 +242,9 @@ def our_job_folder(workdir: Path, app: Path, sites: int, rounds: int, model_id: 
     sys.path.insert(0, str(REPO))
     from flip.jobs.standard import standard_job
 
-    job = standard_job(name="bench_ours", model_id=model_id, num_rounds=rounds, min_clients=sites, app_dir=app,
-                       **options)
+    job = standard_job(
+        name="bench_ours", model_id=model_id, num_rounds=rounds, min_clients=sites, app_dir=app, **options
+    )
     job.export_job(str(workdir))
     return workdir / "bench_ours"
 
@@ -249,9 +257,14 @@ def stock_job_folder(workdir: Path, app: Path, sites: int, rounds: int) -> Path:
     from nvflare.client.config import TransferType
     from nvflare.recipe.utils import add_final_global_evaluation
 
-    recipe = FedAvgRecipe(name="bench_stock", model={"path": "models.BenchNet", "args": {}}, min_clients=sites,
-                          num_rounds=rounds,
-                          train_script=str(app / "client_api_train.py"), params_transfer_type=TransferType.DIFF)
+    recipe = FedAvgRecipe(
+        name="bench_stock",
+        model={"path": "models.BenchNet", "args": {}},
+        min_clients=sites,
+        num_rounds=rounds,
+        train_script=str(app / "client_api_train.py"),
+        params_transfer_type=TransferType.DIFF,
+    )
     add_final_global_evaluation(recipe)
     recipe.export(str(workdir))
     folder = workdir / "bench_stock"

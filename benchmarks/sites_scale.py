@@ -59,8 +59,18 @@ def main() -> None:
     seconds = {}
     with temp_dir("sites_scale-") as tmp:
         for sites in (2, 8):
-            measured = run_child([str(Path(__file__).resolve()), "--child", "--sites", str(sites), "--rounds",
-                                  str(args.rounds), "--workdir", str(Path(tmp) / f"s{sites}")])
+            measured = run_child(
+                [
+                    str(Path(__file__).resolve()),
+                    "--child",
+                    "--sites",
+                    str(sites),
+                    "--rounds",
+                    str(args.rounds),
+                    "--workdir",
+                    str(Path(tmp) / f"s{sites}"),
+                ]
+            )
             if measured.rc != 0 or "seconds" not in measured.result:
                 sys.exit(f"the {sites}-site demo failed (exit code {measured.rc})")
             seconds[sites] = measured.result["seconds"]

@@ -60,7 +60,7 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(order), 32):
-            batch = order[start:start + 32]
+            batch = order[start : start + 32]
             optimizer.zero_grad()
             loss_fn(model(x[batch]), y[batch]).backward()
             optimizer.step()
@@ -70,8 +70,9 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
 
 def site_data() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     shares, _ = split_digits(SITES)
-    return {s: (torch.from_numpy(as_model_input(x)), torch.from_numpy(y.astype(np.int64))) for s, (x, y) in
-            shares.items()}
+    return {
+        s: (torch.from_numpy(as_model_input(x)), torch.from_numpy(y.astype(np.int64))) for s, (x, y) in shares.items()
+    }
 
 
 def snapshots_per_site(data, swag_epochs: int, global_epochs: int):
@@ -99,7 +100,7 @@ def legacy_moments(shots, global_weights):
     for name, w in global_weights.items():
         stack = np.stack([s[name].astype(np.float64) for s in shots])
         mean_d[name] = (stack.mean(0) - w).astype(w.dtype)
-        sq_d[name] = ((stack ** 2).mean(0) - w.astype(np.float64) ** 2).astype(w.dtype)
+        sq_d[name] = ((stack**2).mean(0) - w.astype(np.float64) ** 2).astype(w.dtype)
     return mean_d, sq_d
 
 
@@ -111,7 +112,7 @@ def legacy_aggregate(global_weights, sites):
     for name, d in mean_d.items():
         w = global_weights[name].astype(np.float64)
         first = w + d.astype(np.float64)
-        variance[name] = np.maximum(w ** 2 + sq_d[name].astype(np.float64) - first ** 2, 0.0)
+        variance[name] = np.maximum(w**2 + sq_d[name].astype(np.float64) - first**2, 0.0)
     return variance
 
 
@@ -141,10 +142,14 @@ def compare(global_weights, sites, percentile: float, gamma: float):
     new = {s: swag.site_moments(shots, floats) + (steps, n) for s, (shots, steps, n) in sites.items()}
     old = {s: legacy_moments(shots, floats) + (steps, n) for s, (shots, steps, n) in sites.items()}
     _, reference = swag.aggregate(floats, [(m, d, n) for m, d, _, n in new.values()])
-    _, after = swag.aggregate(floats, [(filtered(m, st, percentile, gamma), filtered(d, st, percentile, gamma), n)
-                                       for m, d, st, n in new.values()])
-    before = legacy_aggregate(floats, [(filtered(m, st, percentile, gamma), filtered(q, st, percentile, gamma), n)
-                                       for m, q, st, n in old.values()])
+    _, after = swag.aggregate(
+        floats,
+        [(filtered(m, st, percentile, gamma), filtered(d, st, percentile, gamma), n) for m, d, st, n in new.values()],
+    )
+    before = legacy_aggregate(
+        floats,
+        [(filtered(m, st, percentile, gamma), filtered(q, st, percentile, gamma), n) for m, q, st, n in old.values()],
+    )
     results = {}
     for scheme, variance in (("moments", before), ("deviation", after)):
         total = sum(v.size for v in variance.values())
@@ -157,8 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--swag-epochs", type=int, default=3)
     parser.add_argument("--global-epochs", type=int, default=5)
-    parser.add_argument("--setting", action="append", default=None, metavar="PERCENTILE:GAMMA",
-                        help="filter settings to measure (repeatable); default 10:0.01 25:0.001 50:0.01 50:0.001")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=None,
+        metavar="PERCENTILE:GAMMA",
+        help="filter settings to measure (repeatable); default 10:0.01 25:0.001 50:0.01 50:0.001",
+    )
     args = parser.parse_args(argv)
     settings = [tuple(float(v) for v in s.split(":")) for s in args.setting or DEFAULT_SETTINGS]
     snapshots = snapshots_per_site(site_data(), args.swag_epochs, args.global_epochs)
@@ -166,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         results = compare(*snapshots, percentile, gamma)
         for scheme, (errors, zero) in results.items():
             layers = ",".join(f"{layer}:{error:.3f}" for layer, error in errors.items())
-            print(f"swag_filter percentile={percentile:g} gamma={gamma:g} scheme={scheme} "
-                  f"max_rel_error_std={max(errors.values()):.3f} zero_variance={zero:.3f} layers={layers}")
+            print(
+                f"swag_filter percentile={percentile:g} gamma={gamma:g} scheme={scheme} "
+                f"max_rel_error_std={max(errors.values()):.3f} zero_variance={zero:.3f} layers={layers}"
+            )
     return 0
 
 

@@ -56,10 +56,18 @@ def FLIP(job_type: Any = JobType.STANDARD, **kwargs: Any) -> Platform:  # noqa: 
         return LocalPlatform(settings.local_dir, dev_data=settings.dev_data())
     from flip.platform.hub import HubPlatform
 
-    return HubPlatform(settings.hub_url, settings.hub_api_key, settings.local_dir,
-                       timeout=settings.hub_timeout, attempts=settings.hub_retries,
-                       key_header=settings.internal_service_key_header, key_file=settings.internal_service_key_file,
-                       user_token=settings.hub_user_token, http_hosts=settings.http_hosts, settings=settings)
+    return HubPlatform(
+        settings.hub_url,
+        settings.hub_api_key,
+        settings.local_dir,
+        timeout=settings.hub_timeout,
+        attempts=settings.hub_retries,
+        key_header=settings.internal_service_key_header,
+        key_file=settings.internal_service_key_file,
+        user_token=settings.hub_user_token,
+        http_hosts=settings.http_hosts,
+        settings=settings,
+    )
 
 
 def check_job_type(job_type: Any) -> JobType:

@@ -57,8 +57,15 @@ def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     return check_int(name, value, minimum=minimum)
 
 
-def check_number(name: str, value: Any, minimum: float | None = None, maximum: float | None = None, *,
-                 low_open: bool = False, high_open: bool = False) -> float:
+def check_number(
+    name: str,
+    value: Any,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     """Return ``value`` as a float if it is a finite number within the bounds (open or closed, either optional)."""
     ok = is_number(value) and math.isfinite(value)
     if ok and minimum is not None:
@@ -135,8 +142,10 @@ def check_component_id(name: str, value: Any, *, empty: bool = False) -> str:
         return value
     if not isinstance(value, str) or not _COMPONENT_ID.fullmatch(value):
         allowed = " (or '' for none)" if empty else ""
-        raise ValueError(f"{name} must be a component id: a letter or '_' then letters, digits, '_', '.', '-'"
-                         f"{allowed}, got {value!r}")
+        raise ValueError(
+            f"{name} must be a component id: a letter or '_' then letters, digits, '_', '.', '-'"
+            f"{allowed}, got {value!r}"
+        )
     return value
 
 
@@ -157,7 +166,9 @@ def check_bucket_name(name: Any) -> str:
 def check_object_key(key: Any) -> str:
     """Return ``key`` if it is a safe relative object key (no '..', no absolute path), else raise ValueError."""
     if not isinstance(key, str) or not _OBJECT_KEY.fullmatch(key) or any(p in (".", "..") for p in key.split("/")):
-        raise ValueError(f"object key {key!r} is invalid: expected names of letters, digits, '.', '_', '-' joined by '/'")
+        raise ValueError(
+            f"object key {key!r} is invalid: expected names of letters, digits, '.', '_', '-' joined by '/'"
+        )
     return key
 
 

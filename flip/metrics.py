@@ -108,8 +108,10 @@ class NestedMetrics:
         """One line per problem, and one line counting the non-finite numbers dropped."""
         lines = [f"{where}: {p}" for p in self.problems]
         if self.non_finite:
-            lines.append(f"{where}: {self.non_finite} non-finite value(s) dropped (NaN, Inf), the first at "
-                         f"{self.first_non_finite!r}")
+            lines.append(
+                f"{where}: {self.non_finite} non-finite value(s) dropped (NaN, Inf), the first at "
+                f"{self.first_non_finite!r}"
+            )
         return lines
 
 

@@ -72,8 +72,10 @@ def read_input(path: str | Path) -> tuple[list[str], torch.Tensor]:
         raise
     except Exception as exc:  # noqa: BLE001 - image, DICOM and torch readers raise many types on a bad file
         raise RegistryError(f"input {path.name} cannot be read as {suffix[1:]}: {type(exc).__name__}") from exc
-    raise RegistryError(f"input {path.name}: expected an image ({', '.join(IMAGE_SUFFIXES)}), a DICOM file "
-                        f"({', '.join(DICOM_SUFFIXES)}) or a .pt tensor")
+    raise RegistryError(
+        f"input {path.name}: expected an image ({', '.join(IMAGE_SUFFIXES)}), a DICOM file "
+        f"({', '.join(DICOM_SUFFIXES)}) or a .pt tensor"
+    )
 
 
 def read_inputs(paths: list[str | Path], input_shape: list[int] | None) -> tuple[list[str], torch.Tensor]:
@@ -97,8 +99,10 @@ def read_inputs(paths: list[str | Path], input_shape: list[int] | None) -> tuple
         parts.append(batch)
     shapes = {tuple(p.shape[1:]) for p in parts}
     if len(shapes) > 1:
-        raise RegistryError(f"the inputs have different shapes ({', '.join(shape_text(s) for s in sorted(shapes))}): "
-                            "predict on inputs of one shape at a time")
+        raise RegistryError(
+            f"the inputs have different shapes ({', '.join(shape_text(s) for s in sorted(shapes))}): "
+            "predict on inputs of one shape at a time"
+        )
     if len(names) > MAX_INPUTS:
         raise RegistryError(f"{len(names)} inputs: at most {MAX_INPUTS} per call")
     return names, torch.cat(parts)
@@ -115,8 +119,13 @@ class Prediction:
     rows: list[dict[str, Any]]
 
     def document(self) -> dict[str, Any]:
-        return {"model_id": self.model_id, "run_id": self.run_id, "uncertainty": self.method,
-                "preprocessing": self.preprocessing, "predictions": self.rows}
+        return {
+            "model_id": self.model_id,
+            "run_id": self.run_id,
+            "uncertainty": self.method,
+            "preprocessing": self.preprocessing,
+            "predictions": self.rows,
+        }
 
 
 def _method(registry: ModelRegistry, record: RunRecord) -> str:
@@ -131,8 +140,16 @@ def _method(registry: ModelRegistry, record: RunRecord) -> str:
     return Uncertainty.NONE
 
 
-def predict(model_id: str, inputs: list[str | Path], *, run_id: str | None = None, models_file: str | Path | None = None,
-            samples: int = 20, seed: int = 0, registry: ModelRegistry | None = None) -> Prediction:
+def predict(
+    model_id: str,
+    inputs: list[str | Path],
+    *,
+    run_id: str | None = None,
+    models_file: str | Path | None = None,
+    samples: int = 20,
+    seed: int = 0,
+    registry: ModelRegistry | None = None,
+) -> Prediction:
     """Predict with a verified run of a registry model (default: its latest) on ``inputs``.
 
     Args:
@@ -183,8 +200,13 @@ def predict(model_id: str, inputs: list[str | Path], *, run_id: str | None = Non
     rows = []
     for i, name in enumerate(names):
         label = int(mean[i].argmax())
-        row = {"input": name, "prediction": label, "probability": float(mean[i, label]),
-               "entropy": float(entropy[i]), "probabilities": [float(p) for p in mean[i]]}
+        row = {
+            "input": name,
+            "prediction": label,
+            "probability": float(mean[i, label]),
+            "entropy": float(entropy[i]),
+            "probabilities": [float(p) for p in mean[i]],
+        }
         if std is not None:
             row["std"] = float(std[i, label])
         rows.append(row)
@@ -198,8 +220,10 @@ def _rebuilt(model: torch.nn.Module) -> torch.nn.Module:
 
 def format_prediction(result: Prediction) -> str:
     """The table ``flip models predict`` prints."""
-    lines = [f"model {result.model_id} run {result.run_id}: uncertainty {result.method.upper()}"
-             + (", preprocessing applied" if result.preprocessing else "")]
+    lines = [
+        f"model {result.model_id} run {result.run_id}: uncertainty {result.method.upper()}"
+        + (", preprocessing applied" if result.preprocessing else "")
+    ]
     spread = any("std" in r for r in result.rows)
     width = max(5, *(len(r["input"]) for r in result.rows))
     lines.append(f"{'input':{width}}  class  probability  entropy" + ("      std" if spread else ""))

@@ -66,8 +66,10 @@ ROOT_VALID_DAYS = 3650
 DISABLED_CLIENTS_FILE = "disabled_clients.json"
 #: the provisioning state's file: the root CA's certificate and private key, and every participant's
 CERT_STATE_FILE = "cert.json"
-STATE_WHAT = ("it holds the root CA's private key and every participant's (flip provision --add-site, --renew and "
-              "--remove-site need it): only its owner may read it, and it belongs offline")
+STATE_WHAT = (
+    "it holds the root CA's private key and every participant's (flip provision --add-site, --renew and "
+    "--remove-site need it): only its owner may read it, and it belongs offline"
+)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
@@ -82,7 +84,8 @@ def dp_policy_component(differential_privacy: dict[str, Any]) -> dict[str, Any]:
 
     if not isinstance(differential_privacy, dict):  # a project.yml value: the CLI reports ValueErrors
         raise ValueError(  # noqa: TRY004
-            f"differential_privacy must be a dict of SitePrivacyPolicy's arguments, got {differential_privacy!r}")
+            f"differential_privacy must be a dict of SitePrivacyPolicy's arguments, got {differential_privacy!r}"
+        )
     try:
         SitePrivacyPolicy(**differential_privacy)
     except TypeError as exc:
@@ -90,9 +93,12 @@ def dp_policy_component(differential_privacy: dict[str, Any]) -> dict[str, Any]:
     return {"id": ComponentId.SITE_PRIVACY, "path": SITE_PRIVACY_PATH, "args": dict(differential_privacy)}
 
 
-def site_privacy_policy(percentile: float = 10, gamma: float = 0.01,
-                        differential_privacy: dict[str, Any] | None = None,
-                        result_filter: bool = True) -> dict[str, Any]:
+def site_privacy_policy(
+    percentile: float = 10,
+    gamma: float = 0.01,
+    differential_privacy: dict[str, Any] | None = None,
+    result_filter: bool = True,
+) -> dict[str, Any]:
     """The privacy.json a hospital site enforces on every job: PercentilePrivacy on all task results, and with
     ``differential_privacy`` its DP policy (SitePrivacyPolicy's arguments, e.g. ``{"target_epsilon": 8}``).
 
@@ -101,14 +107,17 @@ def site_privacy_policy(percentile: float = 10, gamma: float = 0.01,
     leaves the scope without a filter (the simulator: every participant, the server too, reads one privacy.json,
     and the server would apply a scope's filter to the results it receives).
     """
-    scope: dict[str, Any] = {"name": "default",
-                             "properties": {"policy": "flip site-enforced PercentilePrivacy" if result_filter else
-                                            "flip site policy"}}
+    scope: dict[str, Any] = {
+        "name": "default",
+        "properties": {"policy": "flip site-enforced PercentilePrivacy" if result_filter else "flip site policy"},
+    }
     if result_filter:
-        scope["task_result_filters"] = [{
-            "path": "flip.nvflare.components.PercentilePrivacy",
-            "args": {"percentile": check_percentile(percentile), "gamma": check_gamma(gamma), "site_policy": True},
-        }]
+        scope["task_result_filters"] = [
+            {
+                "path": "flip.nvflare.components.PercentilePrivacy",
+                "args": {"percentile": check_percentile(percentile), "gamma": check_gamma(gamma), "site_policy": True},
+            }
+        ]
     policy: dict[str, Any] = {"scopes": [scope], "default_scope": "default"}
     if differential_privacy is not None:
         policy["components"] = [dp_policy_component(differential_privacy)]
@@ -138,10 +147,18 @@ class FlipSiteBuilder(Builder):
         ValueError: a bad argument (named).
     """
 
-    def __init__(self, percentile: float = 10, gamma: float = 0.01, enforce_privacy: bool = True,
-                 allow_log_streaming: bool = False, removed_sites: list[str] | None = None,
-                 server_storage: str | None = None, service_root: str = service.SERVICE_ROOT,
-                 service_user: str = service.SERVICE_USER, differential_privacy: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        percentile: float = 10,
+        gamma: float = 0.01,
+        enforce_privacy: bool = True,
+        allow_log_streaming: bool = False,
+        removed_sites: list[str] | None = None,
+        server_storage: str | None = None,
+        service_root: str = service.SERVICE_ROOT,
+        service_user: str = service.SERVICE_USER,
+        differential_privacy: dict[str, Any] | None = None,
+    ):
         self.percentile, self.gamma = percentile, gamma
         self.differential_privacy = differential_privacy
         self.policy = site_privacy_policy(percentile, gamma, differential_privacy)
@@ -155,8 +172,11 @@ class FlipSiteBuilder(Builder):
     def log_streaming(self, client) -> bool:
         """Whether ``client`` streams its logs to the server: its own project.yml property, else the builder's."""
         own = client.get_prop(PropKey.ALLOW_LOG_STREAMING)
-        return self.allow_log_streaming if own is None else check_bool(
-            f"{client.name}'s {PropKey.ALLOW_LOG_STREAMING}", own)
+        return (
+            self.allow_log_streaming
+            if own is None
+            else check_bool(f"{client.name}'s {PropKey.ALLOW_LOG_STREAMING}", own)
+        )
 
     def build(self, project, ctx):
         clients = project.get_clients()
@@ -183,14 +203,17 @@ class FlipSiteBuilder(Builder):
             update_storage_locations(local_dir=ctx.get_local_dir(server), workspace=self.server_storage)
         if self.removed_sites:
             (Path(ctx.get_ws_dir(server)) / DISABLED_CLIENTS_FILE).write_text(
-                json.dumps({"disabled_clients": sorted(self.removed_sites)}, indent=2) + "\n")
+                json.dumps({"disabled_clients": sorted(self.removed_sites)}, indent=2) + "\n"
+            )
         for participant, role in [(server, "server")] + [(c, "site") for c in clients]:
             folder = Path(ctx.get_ws_dir(participant)) / service.SERVICE_DIR
             folder.mkdir(exist_ok=True)
             (folder / service.unit_name(participant.name)).write_text(
-                service.unit_text(participant.name, role, self.service_root, self.service_user))
-            write_private(folder / service.env_name(participant.name),
-                          service.env_text(participant.name, role, self.service_root))
+                service.unit_text(participant.name, role, self.service_root, self.service_user)
+            )
+            write_private(
+                folder / service.env_name(participant.name), service.env_text(participant.name, role, self.service_root)
+            )
 
 
 def check_site_names(sites: list[str]) -> list[str]:
@@ -204,10 +227,15 @@ def check_site_names(sites: list[str]) -> list[str]:
 
 def check_server_name(server: str) -> str:
     """The server's name is the host every site and admin connects to (and its certificate's name): a DNS name."""
-    if (not isinstance(server, str) or len(server) > 253
-            or not all(_HOST_LABEL_RE.fullmatch(label) for label in server.split("."))):
-        raise ValueError(f"server name {server!r} is invalid: the DNS name sites and admins reach the server by "
-                         "(labels of letters, digits and '-', separated by '.'), e.g. fl.example.org or localhost")
+    if (
+        not isinstance(server, str)
+        or len(server) > 253
+        or not all(_HOST_LABEL_RE.fullmatch(label) for label in server.split("."))
+    ):
+        raise ValueError(
+            f"server name {server!r} is invalid: the DNS name sites and admins reach the server by "
+            "(labels of letters, digits and '-', separated by '.'), e.g. fl.example.org or localhost"
+        )
     return server
 
 
@@ -218,8 +246,10 @@ def check_server_ip(value: str) -> str:
     except ValueError:
         address = None
     if not isinstance(address, ipaddress.IPv4Address) or str(address) != value:
-        raise ValueError(f"server IP {value!r} is invalid: an IPv4 address such as 203.0.113.7 (NVFlare 2.9 takes "
-                         "no IPv6 host names)")
+        raise ValueError(
+            f"server IP {value!r} is invalid: an IPv4 address such as 203.0.113.7 (NVFlare 2.9 takes "
+            "no IPv6 host names)"
+        )
     return value
 
 
@@ -232,17 +262,28 @@ def server_host_names(server: str, ips: list[str] = (), names: list[str] = ()) -
 def check_storage(value: str) -> str:
     """The server's storage folder: an absolute path (the server runs from any working folder)."""
     if not isinstance(value, str) or not value.startswith("/") or "\n" in value or ".." in Path(value).parts:
-        raise ValueError(f"server storage {value!r} is invalid: an absolute folder path without '..', e.g. "
-                         "/var/lib/flip/server")
+        raise ValueError(
+            f"server storage {value!r} is invalid: an absolute folder path without '..', e.g. /var/lib/flip/server"
+        )
     return value.rstrip("/") or "/"
 
 
-def project_config(sites: list[str], name: str = "flip", server: str = "server", admin: str = "admin@flip.org",
-                   fed_learn_port: int = 8002, admin_port: int = 8003, percentile: float = 10,
-                   gamma: float = 0.01, allow_log_streaming: bool = False, server_ips: list[str] = (),
-                   server_names: list[str] = (), server_storage: str | None = None,
-                   service_root: str = service.SERVICE_ROOT,
-                   service_user: str = service.SERVICE_USER) -> dict[str, Any]:
+def project_config(
+    sites: list[str],
+    name: str = "flip",
+    server: str = "server",
+    admin: str = "admin@flip.org",
+    fed_learn_port: int = 8002,
+    admin_port: int = 8003,
+    percentile: float = 10,
+    gamma: float = 0.01,
+    allow_log_streaming: bool = False,
+    server_ips: list[str] = (),
+    server_names: list[str] = (),
+    server_storage: str | None = None,
+    service_root: str = service.SERVICE_ROOT,
+    service_user: str = service.SERVICE_USER,
+) -> dict[str, Any]:
     """The project.yml content: one server, the hospital sites, a project admin, NVFlare's builders + ours.
 
     ``allow_log_streaming`` (default False) lets every site stream its job error logs to the server (NVFlare's
@@ -263,8 +304,13 @@ def project_config(sites: list[str], name: str = "flip", server: str = "server",
         flip_args["service_root"] = service.check_service_root(service_root)
     if service_user != service.SERVICE_USER:
         flip_args["service_user"] = service.check_service_user(service_user)
-    server_def: dict[str, Any] = {"name": server, "type": "server", "org": ORG, "fed_learn_port": fed_learn_port,
-                                  "admin_port": admin_port}
+    server_def: dict[str, Any] = {
+        "name": server,
+        "type": "server",
+        "org": ORG,
+        "fed_learn_port": fed_learn_port,
+        "admin_port": admin_port,
+    }
     if hosts:
         server_def[PropKey.HOST_NAMES] = hosts
     participants = [server_def]
@@ -276,8 +322,10 @@ def project_config(sites: list[str], name: str = "flip", server: str = "server",
         "description": "FLIP on NVFlare: a server and hospital sites",
         "participants": participants,
         "builders": [
-            {"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder",
-             "args": {"template_file": ["master_template.yml"]}},
+            {
+                "path": "nvflare.lighter.impl.workspace.WorkspaceBuilder",
+                "args": {"template_file": ["master_template.yml"]},
+            },
             {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}},
             {"path": FLIP_BUILDER, "args": flip_args},
             {"path": CERT_BUILDER, "args": {"root_valid_days": ROOT_VALID_DAYS}},
@@ -402,8 +450,9 @@ def add_site(name: str, out: str | Path) -> Path:
     if any(p["name"] == name for p in config["participants"]):
         raise ValueError(f"site {name!r} is already in {project}")
     if name in _flip_builder_args(config, project).get("removed_sites", []):
-        raise ValueError(f"site {name!r} was removed from {project} (the server refuses that name): give the "
-                         "hospital a new name")
+        raise ValueError(
+            f"site {name!r} was removed from {project} (the server refuses that name): give the hospital a new name"
+        )
     client = out / f"add_{name}.yml"
     client.write_text(json.dumps({"name": name, "org": ORG}) + "\n")
     try:
@@ -419,8 +468,10 @@ def add_site(name: str, out: str | Path) -> Path:
 def _state(out: Path, name: str) -> tuple[Path, dict[str, Any]]:
     path = state_dir(out, name) / CERT_STATE_FILE
     if not path.is_file():
-        raise FlipError(f"{path} not found: the project's certificates cannot be renewed or changed without its "
-                        "provisioning state (the root CA's key)")
+        raise FlipError(
+            f"{path} not found: the project's certificates cannot be renewed or changed without its "
+            "provisioning state (the root CA's key)"
+        )
     return path, json.loads(path.read_text())
 
 

@@ -16,9 +16,11 @@ CURVES = "curves.png"
 SUMMARY = "index.html"
 _PLOTTED = ("accuracy", "loss")
 #: the status the report gives a run whose upload has not happened when it is written (it is part of the upload)
-UPLOAD_PENDING = ("RESULTS_UPLOADED after verification (upload pending when this page was written: it is one of "
-                  "the run's files checked against manifest.json, and `flip models` serves it only from a verified "
-                  "run)")
+UPLOAD_PENDING = (
+    "RESULTS_UPLOADED after verification (upload pending when this page was written: it is one of "
+    "the run's files checked against manifest.json, and `flip models` serves it only from a verified "
+    "run)"
+)
 
 
 def _series(rounds: list[dict], name: str) -> dict[str, list[tuple[int, float]]]:
@@ -46,7 +48,8 @@ def _flip_series(flip_metrics: list[dict]) -> dict[str, dict[str, list[tuple[int
                 numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
                 if numbers:
                     series.setdefault(label, {}).setdefault(site, []).append(
-                        (entry["round"], sum(numbers) / len(numbers)))
+                        (entry["round"], sum(numbers) / len(numbers))
+                    )
     return dict(list(series.items())[:MAX_FLIP_CURVES])
 
 
@@ -66,7 +69,7 @@ def write_curves(rounds: list[dict], path: Path, flip_metrics: list[dict] | None
     columns = min(3, len(plotted))
     rows = -(-len(plotted) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.8 * rows), squeeze=False)
-    for axis in axes.flat[len(plotted):]:
+    for axis in axes.flat[len(plotted) :]:
         axis.set_visible(False)
     for axis, (name, series) in zip(axes.flat, plotted.items()):
         for label, points in series.items():
@@ -77,8 +80,12 @@ def write_curves(rounds: list[dict], path: Path, flip_metrics: list[dict] | None
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(name)
         flip_label = name.endswith(" (FLIP app)")
-        axis.set_title(f"{name}: the round's mean of what each site sent" if flip_label
-                       else f"{name} per round (site's local model, own validation data)", fontsize=9)
+        axis.set_title(
+            f"{name}: the round's mean of what each site sent"
+            if flip_label
+            else f"{name} per round (site's local model, own validation data)",
+            fontsize=9,
+        )
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
@@ -133,8 +140,11 @@ def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
     final_rows.append(["mean of sites"] + [last.get("global", {}).get(n) for n in names])
     validation = doc.get("validation", {})
     val_names = sorted({k for models in validation.values() for m in models.values() for k in m})
-    val_rows = [[site, model] + [m.get(n) for n in val_names]
-                for site, models in sorted(validation.items()) for model, m in sorted(models.items())]
+    val_rows = [
+        [site, model] + [m.get(n) for n in val_names]
+        for site, models in sorted(validation.items())
+        for model, m in sorted(models.items())
+    ]
     privacy = last.get("privacy", {})
     privacy_rows = []
     for site in sites:
@@ -145,18 +155,23 @@ def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
             elif p.get("deferred"):
                 detail = "left the update to the site's policy (defer_to_site)"
             elif "epsilon" in p:
-                detail = (f"{guarantee_level(p)}-level (ε, δ)-DP ({GUARANTEES[guarantee_level(p)]}): ε spent "
-                          f"{_num(p['epsilon'], '.3g')} of {_num(p.get('max_epsilon'), '.3g')} at δ {p.get('delta')} "
-                          f"({p.get('accountant') or 'rdp'} accountant)")
+                detail = (
+                    f"{guarantee_level(p)}-level (ε, δ)-DP ({GUARANTEES[guarantee_level(p)]}): ε spent "
+                    f"{_num(p['epsilon'], '.3g')} of {_num(p.get('max_epsilon'), '.3g')} at δ {p.get('delta')} "
+                    f"({p.get('accountant') or 'rdp'} accountant)"
+                )
                 if p.get("max_grad_norm") is not None:
-                    detail += (f"; DP-SGD: max_grad_norm {p['max_grad_norm']}, noise multiplier "
-                               f"{_num(p.get('noise_multiplier'), '.3g')}, {p.get('steps')} steps at sample rate "
-                               f"{_num(p.get('sample_rate'), '.3g')}")
+                    detail += (
+                        f"; DP-SGD: max_grad_norm {p['max_grad_norm']}, noise multiplier "
+                        f"{_num(p.get('noise_multiplier'), '.3g')}, {p.get('steps')} steps at sample rate "
+                        f"{_num(p.get('sample_rate'), '.3g')}"
+                    )
                 elif p.get("clip_norm") is not None:
                     detail += f"; clip {p.get('clip_norm')}, noise multiplier {_num(p.get('noise_multiplier'), '.3g')}"
             elif p.get("parts"):
                 detail = f"percentile {p.get('percentile')}, gamma {p.get('gamma')}, shared " + ", ".join(
-                    f"{k} {_num(v.get('shared', 0), '.1%')}" for k, v in p["parts"].items())
+                    f"{k} {_num(v.get('shared', 0), '.1%')}" for k, v in p["parts"].items()
+                )
             else:
                 detail = "-"
             source = " (site policy)" if p.get("site_policy") else ""
@@ -165,17 +180,29 @@ def write_summary(doc: dict[str, Any], path: Path, curves: Path | None) -> Path:
     statuses = " → ".join(doc.get("statuses", []))
     if doc.get("upload_pending"):
         statuses = f"{statuses} → {UPLOAD_PENDING}" if statuses else UPLOAD_PENDING
-    facts = [["model id", doc.get("model_id")], ["run id", doc.get("run_id")], ["NVFlare job id", doc.get("job_id")],
-             ["sites", ", ".join(sites)], ["rounds", f"{len(rounds)} of {doc.get('num_rounds') or len(rounds)}"],
-             ["started from", doc.get("initial_model") or "-"],
-             ["status", statuses], ["model in S3", doc.get("s3", "-")],
-             ["versions", ", ".join(f"{k} {v}" for k, v in sorted(doc.get("versions", {}).items()))],
-             ["written", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())]]
+    facts = [
+        ["model id", doc.get("model_id")],
+        ["run id", doc.get("run_id")],
+        ["NVFlare job id", doc.get("job_id")],
+        ["sites", ", ".join(sites)],
+        ["rounds", f"{len(rounds)} of {doc.get('num_rounds') or len(rounds)}"],
+        ["started from", doc.get("initial_model") or "-"],
+        ["status", statuses],
+        ["model in S3", doc.get("s3", "-")],
+        ["versions", ", ".join(f"{k} {v}" for k, v in sorted(doc.get("versions", {}).items()))],
+        ["written", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())],
+    ]
     image = f'<p><img src="{html.escape(curves.name)}" alt="learning curves"></p>' if curves else ""
-    flip_metrics = ("<h2>Metrics the app sent (send_metrics_value)</h2>" + _table(
-        ["site", "label", "values", "last value", "at round"], _flip_metric_rows(doc))) if doc.get("flip_metrics") else ""
+    flip_metrics = (
+        (
+            "<h2>Metrics the app sent (send_metrics_value)</h2>"
+            + _table(["site", "label", "values", "last value", "at round"], _flip_metric_rows(doc))
+        )
+        if doc.get("flip_metrics")
+        else ""
+    )
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>FLIP run {html.escape(str(doc.get('run_id')))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>FLIP run {html.escape(str(doc.get("run_id")))}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:72em}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}
 td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}th{{background:#f3f3f3}}img{{max-width:100%}}</style>
 </head><body>

@@ -57,10 +57,14 @@ def privacy_note(records: list[Mapping[str, Any]]) -> str | None:
         kind = PERCENTILE_FILTERS if site.get("filter") in PERCENTILE_FILTERS else (site.get("filter"),)
         for job in (r for r in records if not r.get("site_policy") and r.get("filter") in kind and not r.get("off")):
             if job.get("deferred"):
-                return (f"site policy applies {describe_record(site)}; the job's {describe_record(job)} left the "
-                        "update to it")
+                return (
+                    f"site policy applies {describe_record(site)}; the job's {describe_record(job)} left the "
+                    "update to it"
+                )
             return f"site policy applies {describe_record(site)}; the job's {describe_record(job)} also applies"
     return None
+
+
 #: the most values a run records of the metrics FLIP apps send (``send_metrics_value``); later ones are dropped
 MAX_FLIP_METRIC_VALUES = 100_000
 
@@ -106,8 +110,9 @@ class RunMetrics:
     def _round(self, round_num: int) -> dict[str, Any]:
         return self.rounds.setdefault(round_num, {"sites": {}})
 
-    def add_contribution(self, round_num: int, site: str, metrics: Any, privacy: Any = None, stage: Any = None,
-                         num_samples: Any = None) -> tuple[dict[str, int | float], list[str]]:
+    def add_contribution(
+        self, round_num: int, site: str, metrics: Any, privacy: Any = None, stage: Any = None, num_samples: Any = None
+    ) -> tuple[dict[str, int | float], list[str]]:
         """Record what came with a site's aggregated update: its metrics (the result's ``flip_metrics`` header), the
         privacy records and stage of its DXO meta, and the weight the aggregator accepted (``num_samples``, which
         replaces what the site claimed in its metrics).
@@ -125,9 +130,13 @@ class RunMetrics:
             if applied.get("epsilon") is not None:  # the site's privacy spent so far, labelled with its guarantee
                 clean[epsilon_label(applied)] = applied["epsilon"]
                 self.differential_privacy[site] = {
-                    "level": guarantee_level(applied), "epsilon": applied["epsilon"], "delta": applied.get("delta"),
-                    "accountant": applied.get("accountant") or "rdp", "max_epsilon": applied.get("max_epsilon"),
-                    "filter": applied.get("filter")}
+                    "level": guarantee_level(applied),
+                    "epsilon": applied["epsilon"],
+                    "delta": applied.get("delta"),
+                    "accountant": applied.get("accountant") or "rdp",
+                    "max_epsilon": applied.get("max_epsilon"),
+                    "filter": applied.get("filter"),
+                }
         entry = self._round(round_num)
         entry["sites"][site] = clean
         if stage:
@@ -135,9 +144,13 @@ class RunMetrics:
         entry.setdefault("privacy", {})[site] = privacy
         return clean, dropped
 
-    def round_done(self, round_num: int, aggregation_report: Mapping[str, Any] | None = None,
-                   server_step: Mapping[str, Any] | None = None,
-                   feddc_report: Mapping[str, Any] | None = None) -> tuple[dict[str, float], list[str]]:
+    def round_done(
+        self,
+        round_num: int,
+        aggregation_report: Mapping[str, Any] | None = None,
+        server_step: Mapping[str, Any] | None = None,
+        feddc_report: Mapping[str, Any] | None = None,
+    ) -> tuple[dict[str, float], list[str]]:
         """Close a round: the aggregator's report (the metrics of a site whose update it excluded once every update
         was in are removed: they were not averaged), the sites' weighted mean, the server step, the FedDC report.
 
@@ -160,8 +173,9 @@ class RunMetrics:
             entry["feddc"] = dict(feddc_report)
         return entry["global"], removed
 
-    def add_validation(self, round_num: int, site: str, metrics: Any) -> tuple[dict[str, int | float] | None,
-                                                                                list[str]]:
+    def add_validation(
+        self, round_num: int, site: str, metrics: Any
+    ) -> tuple[dict[str, int | float] | None, list[str]]:
         """Record a site's validation of the round's global model.
 
         Returns:
@@ -182,8 +196,10 @@ class RunMetrics:
                 if note:
                     notes[site] = note
         return notes
-    def add_flip_metric(self, round_num: int, site: str, label: str, value: int | float,
-                        seq: int | None = None) -> bool:
+
+    def add_flip_metric(
+        self, round_num: int, site: str, label: str, value: int | float, seq: int | None = None
+    ) -> bool:
         """Record one value a FLIP app sent (already checked: a site name, a label, a finite number, round >= 0).
 
         ``seq`` is the site's own order stamp of the value (events can arrive out of the order they were sent):
@@ -196,8 +212,7 @@ class RunMetrics:
             self.flip_metrics_dropped += 1
             return False
         values = self.flip_metrics.setdefault(round_num, {}).setdefault(site, {}).setdefault(label, [])
-        self._flip_order.setdefault((round_num, site, label), []).append(
-            (seq is None, seq or 0, len(values), value))
+        self._flip_order.setdefault((round_num, site, label), []).append((seq is None, seq or 0, len(values), value))
         values[:] = [v for *_, v in sorted(self._flip_order[(round_num, site, label)])]
         self.flip_metric_values += 1
         return True

@@ -42,9 +42,11 @@ def resolve_env(flip_env: Env | None, local_dev: bool | None) -> Env:
     """
     from_local_dev = None if local_dev is None else ("dev" if local_dev else "prod")
     if flip_env is not None and from_local_dev is not None and flip_env != from_local_dev:
-        raise SettingsError(f"FLIP_ENV={flip_env} and LOCAL_DEV={str(local_dev).lower()} contradict each other "
-                            f"(LOCAL_DEV={str(local_dev).lower()} means {from_local_dev}): unset one of them or make "
-                            f"them agree")
+        raise SettingsError(
+            f"FLIP_ENV={flip_env} and LOCAL_DEV={str(local_dev).lower()} contradict each other "
+            f"(LOCAL_DEV={str(local_dev).lower()} means {from_local_dev}): unset one of them or make "
+            f"them agree"
+        )
     return flip_env or from_local_dev or "dev"
 
 
@@ -88,8 +90,10 @@ def one_of(flip_name: str, flip_value: Any, our_name: str, our_value: Any, same=
     a, b = (v.get_secret_value() if isinstance(v, SecretStr) else v for v in (flip_value, our_value))
     if not (same(a, b) if same else a == b):
         shown = "" if secret else f" ({flip_name}={a!r}, {our_name}={b!r})"
-        raise ValueError(f"{flip_name} and {our_name} name the same setting and are both set, differently{shown}: "
-                         f"unset one of them (FLIP's {flip_name} is preferred) or make them agree")
+        raise ValueError(
+            f"{flip_name} and {our_name} name the same setting and are both set, differently{shown}: "
+            f"unset one of them (FLIP's {flip_name} is preferred) or make them agree"
+        )
     return flip_value
 
 
@@ -102,10 +106,12 @@ def bucket_of(url: str) -> str:
     """
     if not isinstance(url, str) or not url.startswith("s3://"):
         raise ValueError(f"must be an s3:// URL such as s3://bucket, got {url!r}")
-    bucket, _, prefix = url[len("s3://"):].partition("/")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
     if prefix.strip("/"):
-        raise ValueError(f"must name a bucket without a key prefix (s3://<bucket>): flip keeps each run at "
-                         f"<bucket>/<model_id>/<run_id>/, where FLIP's hub lists <bucket>/<model_id>; got {url!r}")
+        raise ValueError(
+            f"must name a bucket without a key prefix (s3://<bucket>): flip keeps each run at "
+            f"<bucket>/<model_id>/<run_id>/, where FLIP's hub lists <bucket>/<model_id>; got {url!r}"
+        )
     return check_bucket_name(bucket)
 
 
@@ -182,15 +188,17 @@ class FlipSettings(BaseSettings):
     min_clients: PositiveInt = Field(default=1, validation_alias="MIN_CLIENTS")
     mlflow_tracking_uri: str = Field(default="", validation_alias="MLFLOW_TRACKING_URI")
     flip_api_internal_url: str | None = Field(default=None, validation_alias="FLIP_API_INTERNAL_URL")
-    internal_service_key_header: str = Field(default="X-Internal-Service-Key",
-                                             validation_alias="INTERNAL_SERVICE_KEY_HEADER")
+    internal_service_key_header: str = Field(
+        default="X-Internal-Service-Key", validation_alias="INTERNAL_SERVICE_KEY_HEADER"
+    )
     internal_service_key: SecretStr | None = Field(default=None, validation_alias="INTERNAL_SERVICE_KEY")
     internal_service_key_file: Path | None = Field(default=None, validation_alias="INTERNAL_SERVICE_KEY_FILE")
     server_checkpoint_root: str = Field(default="/app/server-checkpoints", validation_alias="SERVER_CHECKPOINT_ROOT")
     data_access_api_url: str = Field(default="http://localhost:8001", validation_alias="DATA_ACCESS_API_URL")
     imaging_api_url: str = Field(default="http://localhost:8002", validation_alias="IMAGING_API_URL")
-    trust_internal_service_key_header: str = Field(default="X-Trust-Internal-Service-Key",
-                                                   validation_alias="TRUST_INTERNAL_SERVICE_KEY_HEADER")
+    trust_internal_service_key_header: str = Field(
+        default="X-Trust-Internal-Service-Key", validation_alias="TRUST_INTERNAL_SERVICE_KEY_HEADER"
+    )
     trust_internal_service_key: SecretStr = Field(default=SecretStr(""), validation_alias="TRUST_INTERNAL_SERVICE_KEY")
     images_dir: str = Field(default="", validation_alias="IMAGES_DIR")
     net_id: str = Field(default="default", validation_alias="NET_ID")
@@ -207,8 +215,13 @@ class FlipSettings(BaseSettings):
     @model_validator(mode="after")
     def _one_setting_per_pair(self) -> FlipSettings:
         """FLIP's name and ours set one setting: either alone; both set must agree (checked URLs, bucket, key)."""
-        url = one_of("FLIP_API_INTERNAL_URL", self.flip_api_internal_url, "FLIP_HUB_URL", self.hub_url,
-                     same=lambda a, b: a.rstrip("/") == b.rstrip("/"))
+        url = one_of(
+            "FLIP_API_INTERNAL_URL",
+            self.flip_api_internal_url,
+            "FLIP_HUB_URL",
+            self.hub_url,
+            same=lambda a, b: a.rstrip("/") == b.rstrip("/"),
+        )
         if url is not None:
             name = "FLIP_API_INTERNAL_URL" if not _unset(self.flip_api_internal_url) else "FLIP_HUB_URL"
             try:
@@ -216,14 +229,22 @@ class FlipSettings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         self.hub_url = self.flip_api_internal_url = url
-        key = one_of("INTERNAL_SERVICE_KEY", self.internal_service_key, "FLIP_HUB_API_KEY", self.hub_api_key,
-                     secret=True)
+        key = one_of(
+            "INTERNAL_SERVICE_KEY", self.internal_service_key, "FLIP_HUB_API_KEY", self.hub_api_key, secret=True
+        )
         if key is not None and self.internal_service_key_file is not None:
-            raise ValueError("INTERNAL_SERVICE_KEY_FILE and a key variable (INTERNAL_SERVICE_KEY or FLIP_HUB_API_KEY) "
-                             "are both set: give the hub's key one way")
+            raise ValueError(
+                "INTERNAL_SERVICE_KEY_FILE and a key variable (INTERNAL_SERVICE_KEY or FLIP_HUB_API_KEY) "
+                "are both set: give the hub's key one way"
+            )
         self.hub_api_key = self.internal_service_key = key
-        bucket = one_of("UPLOADED_FEDERATED_DATA_BUCKET", self.uploaded_federated_data_bucket, "FLIP_MODELS_BUCKET",
-                        self.models_bucket, same=lambda a, b: bucket_of(a) == b)
+        bucket = one_of(
+            "UPLOADED_FEDERATED_DATA_BUCKET",
+            self.uploaded_federated_data_bucket,
+            "FLIP_MODELS_BUCKET",
+            self.models_bucket,
+            same=lambda a, b: bucket_of(a) == b,
+        )
         if bucket is not None and bucket == self.uploaded_federated_data_bucket:
             bucket = bucket_of(bucket)
         self.models_bucket = bucket or DEFAULT_MODELS_BUCKET
@@ -328,7 +349,8 @@ _OURS_UNPREFIXED = {"INTERNAL_SERVICE_KEY_FILE"}
 
 #: FLIP's setting names (``FlipConstants.<NAME>``) -> FlipSettings fields; LOCAL_DEV is the resolved decision
 FLIP_NAMES: dict[str, str] = {
-    info.validation_alias: name for name, info in FlipSettings.model_fields.items()
+    info.validation_alias: name
+    for name, info in FlipSettings.model_fields.items()
     if isinstance(info.validation_alias, str) and info.validation_alias not in _OURS_UNPREFIXED
 }
 

@@ -47,7 +47,8 @@ def prepare_serialization() -> None:
             f"this process serialized an NVFlare Shareable before NVFlare registered its decomposers: it would send "
             f"Shareables with {on_the_wire}, which drops their headers, so every simulated site would fail (missing "
             "peer context); run the simulator from a fresh process, or call flip.simulate.prepare_serialization() "
-            "before any other fobs use")
+            "before any other fobs use"
+        )
 
 
 def site_names(sites: int | list[str]) -> list[str]:
@@ -110,8 +111,9 @@ def parse_site_env(specs: list[str] | None, sites: list[str]) -> dict[str, dict[
     return check_site_env(result)
 
 
-def prepare_environment(sites: list[str], site_data: dict[str, SiteData] | None = None,
-                        site_env: dict[str, dict[str, str]] | None = None) -> None:
+def prepare_environment(
+    sites: list[str], site_data: dict[str, SiteData] | None = None, site_env: dict[str, dict[str, str]] | None = None
+) -> None:
     """Set what the simulator's processes inherit: FLIP_LOCAL_DIR, DEV_DATAFRAME and DEV_IMAGES_DIR made absolute
     (the simulator changes directories), FLIP_SITE_DATA from ``site_data`` and FLIP_SITE_ENV from ``site_env``
     (if given).
@@ -152,10 +154,16 @@ def console_log_config() -> dict:
     return config
 
 
-def run_simulator(job_dir: str | Path, workspace: str | Path, sites: int | list[str] = 2, threads: int | None = None,
-                  end_run_for_all: bool = True, quiet: bool = True,
-                  site_data: dict[str, SiteData] | None = None,
-                  site_env: dict[str, dict[str, str]] | None = None) -> int:
+def run_simulator(
+    job_dir: str | Path,
+    workspace: str | Path,
+    sites: int | list[str] = 2,
+    threads: int | None = None,
+    end_run_for_all: bool = True,
+    quiet: bool = True,
+    site_data: dict[str, SiteData] | None = None,
+    site_env: dict[str, dict[str, str]] | None = None,
+) -> int:
     """Run ``job_dir`` in the simulator and return its exit code (0: the run ended without a fatal error).
 
     Args:
@@ -190,6 +198,11 @@ def run_simulator(job_dir: str | Path, workspace: str | Path, sites: int | list[
         (local / _LOG_CONFIG).unlink()
     prepare_environment(names, site_data, site_env)
     prepare_serialization()
-    runner = SimulatorRunner(job_folder=str(job_dir), workspace=str(workspace), clients=",".join(names),
-                             threads=threads, end_run_for_all=end_run_for_all)
+    runner = SimulatorRunner(
+        job_folder=str(job_dir),
+        workspace=str(workspace),
+        clients=",".join(names),
+        threads=threads,
+        end_run_for_all=end_run_for_all,
+    )
     return runner.run()

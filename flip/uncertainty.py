@@ -24,8 +24,9 @@ def predictive_entropy(mean_probs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ensemble_predict(build_model: Callable[[], torch.nn.Module], members: Mapping[str, Mapping[str, Any]],
-                     x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def ensemble_predict(
+    build_model: Callable[[], torch.nn.Module], members: Mapping[str, Mapping[str, Any]], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Predict with every member of an ensemble (e.g. ``ensemble.pt``'s sites' last local models)."""
     if not members:
         raise ValueError("the ensemble has no members")
@@ -44,8 +45,9 @@ def dropout_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
 
 
-def mc_dropout_predict(model: torch.nn.Module, x: torch.Tensor, samples: int = 20,
-                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def mc_dropout_predict(
+    model: torch.nn.Module, x: torch.Tensor, samples: int = 20, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Monte Carlo dropout: dropout stays on at inference; ``samples`` stochastic forward passes."""
     dropouts = dropout_layers(model)
     if not dropouts:
@@ -66,18 +68,33 @@ def mc_dropout_predict(model: torch.nn.Module, x: torch.Tensor, samples: int = 2
     return _stack_probs(outputs)
 
 
-def swag_sample(swag: Mapping[str, Any], count: int, seed: int = 0, scale: float = 1.0) -> list[dict[str, torch.Tensor]]:
+def swag_sample(
+    swag: Mapping[str, Any], count: int, seed: int = 0, scale: float = 1.0
+) -> list[dict[str, torch.Tensor]]:
     """Draw ``count`` weight sets from the diagonal SWAG Gaussian N(mean, scale·variance)."""
     generator = torch.Generator().manual_seed(seed)
     mean = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in swag["mean"].items()}
-    std = {k: torch.as_tensor(v, dtype=torch.float64).clamp_min(0).sqrt() * scale ** 0.5
-           for k, v in swag["variance"].items()}
-    return [{k: (mean[k] + std[k] * torch.randn(mean[k].shape, generator=generator, dtype=torch.float64)).to(
-        torch.as_tensor(swag["mean"][k]).dtype) for k in mean} for _ in range(count)]
+    std = {
+        k: torch.as_tensor(v, dtype=torch.float64).clamp_min(0).sqrt() * scale**0.5 for k, v in swag["variance"].items()
+    }
+    return [
+        {
+            k: (mean[k] + std[k] * torch.randn(mean[k].shape, generator=generator, dtype=torch.float64)).to(
+                torch.as_tensor(swag["mean"][k]).dtype
+            )
+            for k in mean
+        }
+        for _ in range(count)
+    ]
 
 
 @torch.no_grad()
-def swag_predict(build_model: Callable[[], torch.nn.Module], swag: Mapping[str, Any], x: torch.Tensor,
-                 samples: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def swag_predict(
+    build_model: Callable[[], torch.nn.Module],
+    swag: Mapping[str, Any],
+    x: torch.Tensor,
+    samples: int = 20,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Predict with ``samples`` models drawn from the SWAG posterior (``swag.pt``)."""
     return ensemble_predict(build_model, {str(i): s for i, s in enumerate(swag_sample(swag, samples, seed))}, x)

@@ -32,7 +32,8 @@ def pytest_collection_modifyitems(config, items):
     if missing:
         raise pytest.UsageError(
             f"{len(missing)} test(s) carry no tier marker (one of {', '.join(TIERS)}; see pyproject.toml): "
-            + ", ".join(missing))
+            + ", ".join(missing)
+        )
 
 
 def clean_env(*prefixes: str) -> dict:

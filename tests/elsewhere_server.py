@@ -22,8 +22,9 @@ class CatchAllServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                server.requests.append((method, self.path, self.headers.get("Authorization")
-                                         or self.headers.get("X-Internal-Service-Key")))
+                server.requests.append(
+                    (method, self.path, self.headers.get("Authorization") or self.headers.get("X-Internal-Service-Key"))
+                )
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", "2")

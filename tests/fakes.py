@@ -65,15 +65,20 @@ class ServerEngine(FakeEngine):
     delivered to every component and then to ``handlers`` with NVFlare's own dispatcher (like the server, it logs
     and swallows an exception a handler raises). ``fired`` lists the events in order."""
 
-    def __init__(self, root: Path, components: dict | None = None, sites=SITES, job_id: str = JOB_ID,
-                 stickers: dict | None = None):
+    def __init__(
+        self,
+        root: Path,
+        components: dict | None = None,
+        sites=SITES,
+        job_id: str = JOB_ID,
+        stickers: dict | None = None,
+    ):
         super().__init__(root, "server")
         self.components = dict(components or {})
         self.handlers: list = []
         self.clients = [Client(s, None) for s in sites]
         self.fired: list[str] = []
-        self.manager = FLContextManager(engine=self, identity_name="server", job_id=job_id,
-                                        private_stickers=stickers)
+        self.manager = FLContextManager(engine=self, identity_name="server", job_id=job_id, private_stickers=stickers)
 
     def new_context(self) -> FLContext:
         return self.manager.new_context()
@@ -97,8 +102,9 @@ class ServerEngine(FakeEngine):
 
 def update(site: str, round_num: int, meta: dict | None = None) -> Shareable:
     """A site's train result for the two-entry model of ``Persistor``: a WEIGHT_DIFF of 0.5 on 10 samples."""
-    return DXO(DataKind.WEIGHT_DIFF, data={"w": np.full(2, 0.5, np.float32)},
-               meta={FlipMeta.NUM_SAMPLES: 10, **(meta or {})}).to_shareable()
+    return DXO(
+        DataKind.WEIGHT_DIFF, data={"w": np.full(2, 0.5, np.float32)}, meta={FlipMeta.NUM_SAMPLES: 10, **(meta or {})}
+    ).to_shareable()
 
 
 class Communicator(WFCommSpec):
@@ -111,15 +117,20 @@ class Communicator(WFCommSpec):
     carried before the callback, and the headers after it.
     """
 
-    def __init__(self, engine: ServerEngine, reply: Callable[[str, int], Shareable] = update,
-                 answers: dict[str, Callable[[str, Shareable], Shareable]] | None = None):
+    def __init__(
+        self,
+        engine: ServerEngine,
+        reply: Callable[[str, int], Shareable] = update,
+        answers: dict[str, Callable[[str, Shareable], Shareable]] | None = None,
+    ):
         self.engine = engine
         self.reply = reply
         self.answers = answers or {}
         self.sent: list[dict] = []
 
-    def broadcast_and_wait(self, task, fl_ctx, targets=None, min_responses=1, wait_time_after_min_received=0,
-                           abort_signal=None):
+    def broadcast_and_wait(
+        self, task, fl_ctx, targets=None, min_responses=1, wait_time_after_min_received=0, abort_signal=None
+    ):
         for client in self.engine.clients:
             if abort_signal is not None and abort_signal.triggered:
                 return
@@ -128,8 +139,14 @@ class Communicator(WFCommSpec):
             round_before = task.data.get_header(AppConstants.CURRENT_ROUND)
             if task.before_task_sent_cb is not None:
                 task.before_task_sent_cb(client_task=client_task, fl_ctx=fl_ctx)
-            self.sent.append({"site": client.name, "task": task.name, "round_before_hook": round_before,
-                              "headers": dict(task.data.get(ReservedHeaderKey.HEADERS) or {})})
+            self.sent.append(
+                {
+                    "site": client.name,
+                    "task": task.name,
+                    "round_before_hook": round_before,
+                    "headers": dict(task.data.get(ReservedHeaderKey.HEADERS) or {}),
+                }
+            )
             if task.name in self.answers:
                 result = self.answers[task.name](client.name, task.data)
             elif task.name == FlipTask.TRAIN:
@@ -213,7 +230,8 @@ class Server:
             model_id = str(uuid.uuid4())  # its own S3 prefix: the weed server is shared by the session
             components[ComponentId.JSON_GENERATOR] = ValidationJsonGenerator()
             components[ComponentId.PERSIST_AND_CLEANUP] = PersistToS3AndCleanup(
-                model_id=model_id, persistor_id=ComponentId.PERSISTOR if persistor else "")
+                model_id=model_id, persistor_id=ComponentId.PERSISTOR if persistor else ""
+            )
             components[ComponentId.SERVER_EVENT_HANDLER] = ServerEventHandler(model_id=model_id)
         if persistor is not None:
             components[ComponentId.PERSISTOR] = persistor
@@ -226,8 +244,9 @@ class Server:
         self.workspace = tmp_path / "workspace"
         self.run_dir = self.workspace / JOB_ID
         (self.run_dir / "app_server" / "config").mkdir(parents=True)
-        self.engine = ServerEngine(self.workspace, components, sites=sites,
-                                   stickers={FLContextKey.APP_ROOT: str(self.run_dir / "app_server")})
+        self.engine = ServerEngine(
+            self.workspace, components, sites=sites, stickers={FLContextKey.APP_ROOT: str(self.run_dir / "app_server")}
+        )
         self.ctx = self.engine.new_context()
         self.runner = None
 
@@ -266,11 +285,21 @@ class Server:
 
     def contribution(self, site: str, round_num: int, metrics: dict, meta: dict | None = None) -> None:
         """A site's train result the aggregator accepted, with its metrics header and DXO meta."""
-        result = DXO(DataKind.WEIGHT_DIFF, data={"w": np.zeros(2, np.float32)},
-                     meta={FlipMeta.NUM_SAMPLES: metrics.get("num_samples", 10), **(meta or {})}).to_shareable()
+        result = DXO(
+            DataKind.WEIGHT_DIFF,
+            data={"w": np.zeros(2, np.float32)},
+            meta={FlipMeta.NUM_SAMPLES: metrics.get("num_samples", 10), **(meta or {})},
+        ).to_shareable()
         result.set_header(FlipMeta.METRICS, metrics)
-        self.fire(AppEventType.AFTER_CONTRIBUTION_ACCEPT, site, **{AppConstants.TRAINING_RESULT: result,
-                  AppConstants.CURRENT_ROUND: round_num, AppConstants.AGGREGATION_ACCEPTED: True})
+        self.fire(
+            AppEventType.AFTER_CONTRIBUTION_ACCEPT,
+            site,
+            **{
+                AppConstants.TRAINING_RESULT: result,
+                AppConstants.CURRENT_ROUND: round_num,
+                AppConstants.AGGREGATION_ACCEPTED: True,
+            },
+        )
 
     def one_round(self, meta_by_site: dict[str, dict]) -> None:
         self.fire(EventType.START_RUN)
@@ -279,8 +308,12 @@ class Server:
             self.contribution(site, 0, {"num_samples": 10 + i, "accuracy": 0.5 + i / 10}, meta)
         self.fire(AppEventType.ROUND_DONE, **{AppConstants.CURRENT_ROUND: 0})
 
-    def run(self, *workflows, reply: Callable[[str, int], Shareable] = update,
-            answers: dict[str, Callable[[str, Shareable], Shareable]] | None = None) -> None:
+    def run(
+        self,
+        *workflows,
+        reply: Callable[[str, int], Shareable] = update,
+        answers: dict[str, Callable[[str, Shareable], Shareable]] | None = None,
+    ) -> None:
         """Run the job's ``workflows`` (controllers) as NVFlare's server runs a job (ServerRunner.run, whose order
         tests/unit/test_nvflare_internals.py checks): START_RUN with the run's abort signal in the context, then
         ServerRunner's own workflow loop (each controller's initialize and control_flow in turn; a
@@ -292,8 +325,15 @@ class Server:
 
         workflows = workflows or self.workflows
         flows = [WorkFlow(f"workflow-{i}", controller) for i, controller in enumerate(workflows)]
-        config = ServerRunnerConfig(heartbeat_timeout=60, task_request_interval=1.0, workflows=flows,
-                                    task_data_filters={}, task_result_filters={}, handlers=[], components={})
+        config = ServerRunnerConfig(
+            heartbeat_timeout=60,
+            task_request_interval=1.0,
+            workflows=flows,
+            task_data_filters={},
+            task_result_filters={},
+            handlers=[],
+            components={},
+        )
         self.runner = ServerRunner(config, JOB_ID, self.engine)
         for flow in flows:
             flow.controller.set_communicator(Communicator(self.engine, reply, answers))

@@ -16,7 +16,7 @@ import numpy as np
 #: the modules an app's custom/ folder holds (imported by bare name, as NVFlare and FLIP do)
 APP_MODULES = ("trainer", "validator", "evaluator", "models", "app_data")
 
-MODELS = '''
+MODELS = """
 import torch
 
 
@@ -37,7 +37,7 @@ def get_model():
 
 
 model_paths = {"net": get_model()}
-'''
+"""
 
 APP_DATA = '''
 """The app's own data code: the cohort from FLIP, DICOM files read with pydicom."""
@@ -78,7 +78,7 @@ def loader(found, workers=1):
     return DataLoader(Images(found), batch_size=2, shuffle=False, num_workers=workers)
 '''
 
-EXECUTOR_TRAINER = '''
+EXECUTOR_TRAINER = """
 import json
 from pathlib import Path
 
@@ -138,9 +138,9 @@ class FLIP_TRAINER(Executor):
         for value in (0.5, float("nan"), 0.75):  # one label per class, NaN included, without a round
             send_metrics_value("TRAIN-F1-SCORE", value, fl_ctx)
         return get_model_weights_diff(global_weights, self.model.state_dict(), steps).to_shareable()
-'''
+"""
 
-EXECUTOR_VALIDATOR = '''
+EXECUTOR_VALIDATOR = """
 import numpy as np
 import torch
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
@@ -179,9 +179,9 @@ class FLIP_VALIDATOR(Executor):
         metrics = {"loss": losses, "accuracy": np.float64(correct / total),
                    "f1-score": {"Effusion": [0.5, float("nan")], "Lungs in normal arrangement": [np.float32(0.25)]}}
         return DXO(data_kind=DataKind.METRICS, data=metrics).to_shareable()
-'''
+"""
 
-EXECUTOR_EVALUATOR = '''
+EXECUTOR_EVALUATOR = """
 import json
 from pathlib import Path
 
@@ -222,9 +222,9 @@ class FLIP_EVALUATOR(Executor):
                 raw = [float((model(x).argmax(1) == y).float().mean()) for x, y in loader(self.found, 0)]
             results[name] = {"lesion": {"mean_accuracy": sum(raw) / len(raw), "raw_accuracy": raw + [float("nan")]}}
         return DXO(data_kind=DataKind.METRICS, data=results).to_shareable()
-'''
+"""
 
-CLIENT_ALGO_TRAINER = '''
+CLIENT_ALGO_TRAINER = """
 import torch
 from monai.fl.client import ClientAlgo
 from monai.fl.utils.constants import WeightType
@@ -278,9 +278,9 @@ class FLIP_TRAINER(ClientAlgo):
 
     def finalize(self, extra=None):
         pass
-'''
+"""
 
-CLIENT_ALGO_VALIDATOR = '''
+CLIENT_ALGO_VALIDATOR = """
 import torch
 from monai.fl.client import ClientAlgo
 from monai.fl.utils.exchange_object import ExchangeObject
@@ -298,9 +298,9 @@ class FLIP_VALIDATOR(ClientAlgo):
     def evaluate(self, data, extra=None):
         self.model.load_state_dict({k: torch.as_tensor(v) for k, v in data.weights.items()})
         return ExchangeObject(metrics={"val_acc": torch.tensor(0.5).numpy(), "per_class": [0.25, float("nan")]})
-'''
+"""
 
-CLIENT_ALGO_EVALUATOR = '''
+CLIENT_ALGO_EVALUATOR = """
 import torch
 from monai.fl.client import ClientAlgo
 from monai.fl.utils.exchange_object import ExchangeObject
@@ -321,7 +321,7 @@ class FLIP_EVALUATOR(ClientAlgo):
             model_paths["net"].load_state_dict({k: torch.as_tensor(v) for k, v in sub.data.items()})
             results[name] = {"mean_dice": 0.5, "raw_dice": [0.25, 0.75]}
         return ExchangeObject(metrics=results)
-'''
+"""
 
 CONFIG = '{"LOCAL_ROUNDS": 1, "WORKERS": 1}'
 
@@ -363,8 +363,9 @@ def write_dicom(path: Path, level: int) -> None:
     ds.save_as(str(path), enforce_file_format=True)
 
 
-def write_cohort(root: Path, accessions: int, offset: int = 0, accession_column: str = "accession_id") -> tuple[Path,
-                                                                                                               Path]:
+def write_cohort(
+    root: Path, accessions: int, offset: int = 0, accession_column: str = "accession_id"
+) -> tuple[Path, Path]:
     """A site's cohort: ``root/cohort.csv`` (accession ids and a label) and ``root/images/<accession>/*.dcm``."""
     images = root / "images"
     rows = [f"{accession_column},label"]

@@ -34,9 +34,16 @@ def test_standard_job_names_public_component_paths_and_documented_privacy_defaul
     client = json.loads((REPO / "jobs/standard/app/config/config_fed_client.json").read_text())
     server = json.loads((REPO / "jobs/standard/app/config/config_fed_server.json").read_text())
     paths = {c["path"] for c in server["components"] + client["components"]}
-    assert {f"flip.nvflare.components.{n}" for n in ("ServerEventHandler", "PersistToS3AndCleanup",
-                                                      "ValidationJsonGenerator", "PTModelLocator",
-                                                      "ClientEventHandler")} <= paths
+    assert {
+        f"flip.nvflare.components.{n}"
+        for n in (
+            "ServerEventHandler",
+            "PersistToS3AndCleanup",
+            "ValidationJsonGenerator",
+            "PTModelLocator",
+            "ClientEventHandler",
+        )
+    } <= paths
     (train_filter,) = [f for f in client["task_result_filters"] if f["tasks"] == ["train"]]
     (privacy,) = train_filter["filters"]
     assert privacy["path"] == "flip.nvflare.components.PercentilePrivacy"
@@ -73,12 +80,18 @@ def _named_paths(node):
             yield from _named_paths(value)
 
 
-@pytest.mark.parametrize("name, options", [
-    ("standard", {}), ("evaluation", {}), ("fed_opt", {}), ("multi_stage", {}),
-    ("standard", {"aggregation": "feddc", "uncertainty": "ensemble"}),
-    ("standard", {"uncertainty": "swag", "model_test_after_each_round": True}),
-    ("standard", {"dp_epsilon": 8.0}),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("standard", {}),
+        ("evaluation", {}),
+        ("fed_opt", {}),
+        ("multi_stage", {}),
+        ("standard", {"aggregation": "feddc", "uncertainty": "ensemble"}),
+        ("standard", {"uncertainty": "swag", "model_test_after_each_round": True}),
+        ("standard", {"dp_epsilon": 8.0}),
+    ],
+)
 def test_every_flip_class_a_job_names_has_a_public_path(tmp_path, name, options):
     """A job config names each flip class as flip.nvflare.{components,controllers,executors}.<Class>, exported in
     that package's __all__ (old jobs named e.g. flip.nvflare.aggregator.SampleWeightedAggregator)."""
@@ -119,14 +132,21 @@ def test_job_folder_is_self_contained(name):
 
 def test_one_digits_data_module():
     assert [p.relative_to(DEMO_APP_DIR.parent).as_posix() for p in DEMO_APP_DIR.parent.rglob("digits_data.py")] == [
-        "app/digits_data.py"]
+        "app/digits_data.py"
+    ]
     shipped = REPO / "jobs" / "multi_stage" / "app" / "custom" / "digits_data.py"
     assert shipped.read_bytes() == (DEMO_APP_DIR / "digits_data.py").read_bytes()
 
 
-@pytest.mark.parametrize("name, absent", [("standard", {"evaluator.py"}), ("fed_opt", {"evaluator.py"}),
-                                          ("multi_stage", {"evaluator.py"}),
-                                          ("evaluation", {"trainer.py", "validator.py"})])
+@pytest.mark.parametrize(
+    "name, absent",
+    [
+        ("standard", {"evaluator.py"}),
+        ("fed_opt", {"evaluator.py"}),
+        ("multi_stage", {"evaluator.py"}),
+        ("evaluation", {"trainer.py", "validator.py"}),
+    ],
+)
 def test_a_job_carries_no_entry_file_it_never_runs(name, absent):
     custom = {p.name for p in (REPO / "jobs" / name / "app" / "custom").iterdir()}
     assert not custom & absent

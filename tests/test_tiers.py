@@ -14,18 +14,26 @@ pytestmark = pytest.mark.unit
 
 
 def _collect(folder, *options: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                           *options, str(folder)], cwd=folder, env={"PYTHONPATH": str(REPO), "PATH": ""},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *options, str(folder)],
+        cwd=folder,
+        env={"PYTHONPATH": str(REPO), "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture
 def suite(tmp_path):
     """A small suite under tests/conftest.py's rule: one test per tier, one test without a marker."""
     (tmp_path / "conftest.py").write_text("from tests.conftest import pytest_collection_modifyitems  # noqa: F401\n")
-    (tmp_path / "test_some.py").write_text("import pytest\n\n" + "".join(
-        f"@pytest.mark.{tier}\ndef test_{tier}():\n    pass\n\n\n" for tier in TIERS) + "def test_forgotten():\n"
-        "    pass\n")
+    (tmp_path / "test_some.py").write_text(
+        "import pytest\n\n"
+        + "".join(f"@pytest.mark.{tier}\ndef test_{tier}():\n    pass\n\n\n" for tier in TIERS)
+        + "def test_forgotten():\n"
+        "    pass\n"
+    )
     return tmp_path
 
 

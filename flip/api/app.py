@@ -52,12 +52,14 @@ HEALTH = "/health/"
 #: the routes anyone may call (the health check, the API's description)
 OPEN_PATHS = frozenset({HEALTH, "/health", "/openapi.json"})
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorModel, "description": text} for code, text in (
+    code: {"model": ErrorModel, "description": text}
+    for code, text in (
         (400, "bad input: the reason names the value and what is allowed"),
         (401, "missing or wrong key"),
         (404, "no such job or job folder"),
         (422, "the request does not have the schema's shape"),
-        (502, "the FL server failed or cannot be reached: the short cause"))
+        (502, "the FL server failed or cannot be reached: the short cause"),
+    )
 }
 
 
@@ -78,8 +80,9 @@ class KeyCheck:
         if hmac.compare_digest(presented, self.key):
             return await self.app(scope, receive, send)
         client = (scope.get("client") or ("?",))[0]
-        logger.warning("refused %s %s from %s: %s key", scope["method"], scope["path"], client,
-                       "wrong" if presented else "no")
+        logger.warning(
+            "refused %s %s from %s: %s key", scope["method"], scope["path"], client, "wrong" if presented else "no"
+        )
         response = JSONResponse({"detail": f"missing or wrong {self.header} header"}, status_code=401)
         return await response(scope, receive, send)
 
@@ -111,9 +114,15 @@ def create_app(config: ServiceConfig, flare: Flare) -> FastAPI:
         finally:
             flare.close()
 
-    app = FastAPI(title=TITLE, version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
-                  description="FLIP's hub drives the network through these routes. Every route but /health/ and "
-                              f"/openapi.json needs the key in the {config.key_header} header.")
+    app = FastAPI(
+        title=TITLE,
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        description="FLIP's hub drives the network through these routes. Every route but /health/ and "
+        f"/openapi.json needs the key in the {config.key_header} header.",
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -127,8 +136,7 @@ def create_app(config: ServiceConfig, flare: Flare) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         logger.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}): see the FL API's log"},
-                            status_code=500)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}): see the FL API's log"}, status_code=500)
 
     @app.get(HEALTH, response_model=HealthModel, tags=["health"])
     def health() -> dict:
@@ -150,8 +158,13 @@ def create_app(config: ServiceConfig, flare: Flare) -> FastAPI:
         sites = map_trusts(body.trusts, config.trust_sites, connected)
         with staging_lock:
             staged = stage_job(files, flare.upload_dir, model_id, body, sites, config)
-        return {"message": f"Application uploaded successfully to: {staged.folder}", "job_folder": model_id,
-                "job_type": staged.job_type, "sites": staged.sites, "rounds": staged.rounds}
+        return {
+            "message": f"Application uploaded successfully to: {staged.folder}",
+            "job_folder": model_id,
+            "job_type": staged.job_type,
+            "sites": staged.sites,
+            "rounds": staged.rounds,
+        }
 
     @app.post("/submit_job/{job_folder}", response_model=str, responses=_ERRORS, tags=["jobs"])
     def submit_job(job_folder: str) -> str:
@@ -163,12 +176,20 @@ def create_app(config: ServiceConfig, flare: Flare) -> FastAPI:
         return job_id
 
     @app.get("/list_jobs", response_model=list[JobMetadata], responses=_ERRORS, tags=["jobs"])
-    def list_jobs(detailed: bool = False, limit: int | None = Query(default=None, ge=0, le=100_000),
-                  id_prefix: str | None = Query(default=None, max_length=128),
-                  name_prefix: str | None = Query(default=None, max_length=128), reverse: bool = False) -> list:
+    def list_jobs(
+        detailed: bool = False,
+        limit: int | None = Query(default=None, ge=0, le=100_000),
+        id_prefix: str | None = Query(default=None, max_length=128),
+        name_prefix: str | None = Query(default=None, max_length=128),
+        reverse: bool = False,
+    ) -> list:
         """Every job and its status: PENDING, RUNNING, FINISHED, FAILED or STOPPED."""
-        jobs = flare.call("list_jobs", lambda s: s.list_jobs(detailed=detailed, limit=limit, id_prefix=id_prefix,
-                                                             name_prefix=name_prefix, reverse=reverse))
+        jobs = flare.call(
+            "list_jobs",
+            lambda s: s.list_jobs(
+                detailed=detailed, limit=limit, id_prefix=id_prefix, name_prefix=name_prefix, reverse=reverse
+            ),
+        )
         return job_list(jobs)
 
     @app.delete("/abort_job/{job_id}", response_model=JobMetadata, responses=_ERRORS, tags=["jobs"])
@@ -197,8 +218,9 @@ def create_app(config: ServiceConfig, flare: Flare) -> FastAPI:
         it; ``no_reply`` is offline."""
         wanted = None if not targets else {config.trust_sites.get(t, t) for t in targets}
         statuses = flare.client_statuses()
-        return [{**c, "name": names.get(c["name"], c["name"])} for c in statuses
-                if wanted is None or c["name"] in wanted]
+        return [
+            {**c, "name": names.get(c["name"], c["name"])} for c in statuses if wanted is None or c["name"] in wanted
+        ]
 
     if config.key is not None:
         app.add_middleware(KeyCheck, key=config.key, header=config.key_header)
@@ -213,7 +235,8 @@ def _openapi(app: FastAPI, config: ServiceConfig) -> dict:
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     if config.key is not None:
         schema.setdefault("components", {})["securitySchemes"] = {
-            "ServiceKey": {"type": "apiKey", "in": "header", "name": config.key_header}}
+            "ServiceKey": {"type": "apiKey", "in": "header", "name": config.key_header}
+        }
         for path, operations in schema.get("paths", {}).items():
             if path not in OPEN_PATHS:
                 for operation in operations.values():

@@ -88,8 +88,9 @@ def parse_url(url: object, config: ServiceConfig) -> list[BundleFile]:
         try:
             check_object_key(key)
         except ValueError:
-            raise _refuse(url, "its key is not a relative path of safe names (letters, digits, '.', '_', '-')",
-                          config) from None
+            raise _refuse(
+                url, "its key is not a relative path of safe names (letters, digits, '.', '_', '-')", config
+            ) from None
         return [BundleFile(redact_url(url), tuple(key.split("/")), bucket=parts.netloc, key=key)]
     return _local_files(url, parts.netloc, unquote(parts.path), config)
 
@@ -128,14 +129,14 @@ def _local_file(url: str, path: Path, root: Path, config: ServiceConfig, shown: 
     """One file under the bundle root, its link resolved and checked, as the bundle file ``shown``."""
     real = Path(os.path.realpath(path))
     if not real.is_relative_to(root) or not real.is_file():
-        raise _refuse(url, f"{shown.rsplit('/', 1)[-1]} links outside the bundle root or is not a regular file",
-                      config)
+        raise _refuse(url, f"{shown.rsplit('/', 1)[-1]} links outside the bundle root or is not a regular file", config)
     relative = path.relative_to(root).as_posix()
     try:
         check_object_key(relative)
     except ValueError:
-        raise _refuse(url, f"{relative!r} is not a relative path of safe names (letters, digits, '.', '_', '-')",
-                      config) from None
+        raise _refuse(
+            url, f"{relative!r} is not a relative path of safe names (letters, digits, '.', '_', '-')", config
+        ) from None
     return BundleFile(shown, tuple(relative.split("/")), path=real)
 
 
@@ -168,7 +169,7 @@ def layout(files: list[BundleFile]) -> list[tuple[BundleFile, PurePosixPath]]:
         while n < min(len(common), len(f.parts) - 1) and common[n] == f.parts[n]:
             n += 1
         del common[n:]
-    return [(f, PurePosixPath(*f.parts[len(common):])) for f in files]
+    return [(f, PurePosixPath(*f.parts[len(common) :])) for f in files]
 
 
 def fetch_bundle(files: list[BundleFile], dest: Path, config: ServiceConfig, s3_client=None) -> Path:
@@ -193,8 +194,9 @@ def fetch_bundle(files: list[BundleFile], dest: Path, config: ServiceConfig, s3_
         total += size
         sizes[rel] = size
         if total > config.max_bundle_bytes:
-            raise ApiError(f"the bundle is larger than {config.max_bundle_bytes // (1024 * 1024)} MiB "
-                           "(FLIP_API_MAX_BUNDLE_MB)")
+            raise ApiError(
+                f"the bundle is larger than {config.max_bundle_bytes // (1024 * 1024)} MiB (FLIP_API_MAX_BUNDLE_MB)"
+            )
     for f, rel in placed:
         target = dest.joinpath(*rel.parts)
         try:

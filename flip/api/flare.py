@@ -94,8 +94,7 @@ def client_statuses(clients: list[tuple[str, float | None]], rows: object) -> li
         if isinstance(row, dict) and isinstance(row.get("client_name"), str):
             status = row.get("status")
             reported.setdefault(row["client_name"], status if isinstance(status, str) and status else NO_REPLY)
-    return [{"name": name, "last_connect_time": when, "status": reported.get(name, NO_REPLY)}
-            for name, when in clients]
+    return [{"name": name, "last_connect_time": when, "status": reported.get(name, NO_REPLY)} for name, when in clients]
 
 
 def describe(exc: BaseException) -> str:
@@ -119,8 +118,13 @@ class Flare:
         connect: the session factory (NVFlare's ``new_secure_session``).
     """
 
-    def __init__(self, admin_dir: str | Path, username: str, connect_timeout: float = 30.0,
-                 connect: Callable[..., Session] = new_secure_session):
+    def __init__(
+        self,
+        admin_dir: str | Path,
+        username: str,
+        connect_timeout: float = 30.0,
+        connect: Callable[..., Session] = new_secure_session,
+    ):
         self.admin_dir = Path(admin_dir).resolve()
         self.username = username
         self.connect_timeout = connect_timeout
@@ -132,8 +136,10 @@ class Flare:
         try:
             session = self._connect(self.username, str(self.admin_dir), timeout=self.connect_timeout)
         except Exception as exc:  # noqa: BLE001 - NVFlare raises many types here; each is reported, typed, as 502
-            raise FlareError(f"cannot reach the FL server with the admin kit {self.admin_dir.name} as "
-                             f"{self.username}: {describe(exc)}") from exc
+            raise FlareError(
+                f"cannot reach the FL server with the admin kit {self.admin_dir.name} as "
+                f"{self.username}: {describe(exc)}"
+            ) from exc
         logger.info("admin session to the FL server open (%s)", self.username)
         return session
 
@@ -188,8 +194,7 @@ class Flare:
                 except _LOST as exc:
                     self._drop()
                     if attempt == 2:
-                        raise FlareError(f"{what}: the connection to the FL server was lost: {describe(exc)}") \
-                            from exc
+                        raise FlareError(f"{what}: the connection to the FL server was lost: {describe(exc)}") from exc
                     logger.info("%s: the admin connection was lost (%s): reconnecting once", what, describe(exc))
                 except FlareError:
                     raise

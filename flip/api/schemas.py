@@ -21,28 +21,46 @@ class UploadAppRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    project_id: str = Field(max_length=1000, description="the hub's project id (FLIP's newest hub sends it "
-                                                         "encrypted); given to the app's classes as project_id")
+    project_id: str = Field(
+        max_length=1000,
+        description="the hub's project id (FLIP's newest hub sends it "
+        "encrypted); given to the app's classes as project_id",
+    )
     cohort_query: str = Field(max_length=100_000, description="the cohort's SQL; given to the app as query")
-    trusts: list[str] = Field(min_length=1, max_length=100,
-                              description="the trusts that train: FL kit slot names, each a site of the network "
-                                          "(FLIP_API_TRUST_SITES maps other names)")
-    bundle_urls: list[str] = Field(min_length=1, max_length=100_000,
-                                   description="one URL per file of the app bundle: s3://<bundle bucket>/<key> or "
-                                               "file://<path under the bundle root> (a folder: all its files)")
-    global_rounds: int | None = Field(default=None, ge=1, le=MAX_ROUNDS,
-                                      description="FLIP's older hub: training rounds (default: the app's "
-                                                  "config.json GLOBAL_ROUNDS, else 1)")
-    local_rounds: int | None = Field(default=None, ge=1, le=MAX_ROUNDS,
-                                     description="FLIP's older hub: LOCAL_ROUNDS of the job's config.json")
+    trusts: list[str] = Field(
+        min_length=1,
+        max_length=100,
+        description="the trusts that train: FL kit slot names, each a site of the network "
+        "(FLIP_API_TRUST_SITES maps other names)",
+    )
+    bundle_urls: list[str] = Field(
+        min_length=1,
+        max_length=100_000,
+        description="one URL per file of the app bundle: s3://<bundle bucket>/<key> or "
+        "file://<path under the bundle root> (a folder: all its files)",
+    )
+    global_rounds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ROUNDS,
+        description="FLIP's older hub: training rounds (default: the app's config.json GLOBAL_ROUNDS, else 1)",
+    )
+    local_rounds: int | None = Field(
+        default=None, ge=1, le=MAX_ROUNDS, description="FLIP's older hub: LOCAL_ROUNDS of the job's config.json"
+    )
     ignore_result_error: bool | None = Field(default=None, description="FLIP's older hub: only false is supported")
-    aggregator: str | None = Field(default=None, description="FLIP's older hub: InTimeAccumulateWeightedAggregator "
-                                                             "or AccumulateWeightedAggregator (both: flip's "
-                                                             "sample-weighted mean)")
-    aggregation_weights: dict[str, float] | None = Field(default=None,
-                                                         description="FLIP's older hub: only empty is supported")
-    job_type: str | None = Field(default=None, description="FLIP's job type (default: config.json's job_type, "
-                                                           "else standard)")
+    aggregator: str | None = Field(
+        default=None,
+        description="FLIP's older hub: InTimeAccumulateWeightedAggregator "
+        "or AccumulateWeightedAggregator (both: flip's "
+        "sample-weighted mean)",
+    )
+    aggregation_weights: dict[str, float] | None = Field(
+        default=None, description="FLIP's older hub: only empty is supported"
+    )
+    job_type: str | None = Field(
+        default=None, description="FLIP's job type (default: config.json's job_type, else standard)"
+    )
 
 
 class UploadAppResponse(BaseModel):

@@ -10,8 +10,13 @@ from flip.checks import check_port
 from flip.errors import SettingsError
 
 
-def serve(admin_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, username: str | None = None,
-          insecure_loopback: bool = False) -> int:
+def serve(
+    admin_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    username: str | None = None,
+    insecure_loopback: bool = False,
+) -> int:
     """Serve the FL API for the FL server the admin kit ``admin_dir`` reaches, until SIGINT or SIGTERM.
 
     Args:
@@ -40,10 +45,11 @@ def serve(admin_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, user
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flare = Flare(admin_dir, user, connect_timeout=settings.connect_timeout).connect()
     auth = f"key required in {config.key_header}" if config.key else "NO KEY (--insecure-loopback)"
-    print(f"FL API for the FL server of {admin_dir.name}'s kit, as {user}, on http://{host}:{port} ({auth})",
-          flush=True)
+    print(
+        f"FL API for the FL server of {admin_dir.name}'s kit, as {user}, on http://{host}:{port} ({auth})", flush=True
+    )
     for stop in (signal.SIGINT, signal.SIGTERM):  # uvicorn handles them while it serves, then re-raises the one it
-        signal.signal(stop, _stopped)               # got to the handler before it: ours, so the service ends with 0
+        signal.signal(stop, _stopped)  # got to the handler before it: ours, so the service ends with 0
     uvicorn.run(create_app(config, flare), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
     flare.close()
     return 0

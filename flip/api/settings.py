@@ -43,7 +43,7 @@ def check_trust_sites(value: Any) -> dict[str, str]:
         try:
             value = json.loads(value)
         except ValueError as exc:
-            raise ValueError(f"must be a JSON object such as {{\"Trust_1\": \"hospital-a\"}}: {exc}") from None
+            raise ValueError(f'must be a JSON object such as {{"Trust_1": "hospital-a"}}: {exc}') from None
     if not isinstance(value, dict):
         raise ValueError(f"must be a JSON object of trust names to site names, got a {type(value).__name__}")
     mapping: dict[str, str] = {}
@@ -147,8 +147,10 @@ def read_key(settings: ApiSettings) -> str | None:
         try:
             mode = stat.S_IMODE(path.stat().st_mode)  # the file itself: a secret mounted through a link is fine
             if mode & 0o077:
-                raise SettingsError(f"FLIP_API_KEY_FILE: {path} is open to other users (mode {mode:04o}): make it "
-                                    f"readable by the service's user only (chmod 600 {path})")
+                raise SettingsError(
+                    f"FLIP_API_KEY_FILE: {path} is open to other users (mode {mode:04o}): make it "
+                    f"readable by the service's user only (chmod 600 {path})"
+                )
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SettingsError(f"FLIP_API_KEY_FILE: cannot read {path} ({type(exc).__name__})") from None
@@ -158,8 +160,10 @@ def read_key(settings: ApiSettings) -> str | None:
     else:
         return None
     if len(key) < MIN_KEY_LENGTH or not all(33 <= ord(c) <= 126 for c in key):
-        raise SettingsError(f"{where}: the key must be at least {MIN_KEY_LENGTH} printable ASCII characters "
-                            "without spaces (e.g. `openssl rand -hex 32`)")
+        raise SettingsError(
+            f"{where}: the key must be at least {MIN_KEY_LENGTH} printable ASCII characters "
+            "without spaces (e.g. `openssl rand -hex 32`)"
+        )
     return key
 
 
@@ -176,8 +180,9 @@ def read_trust_sites(settings: ApiSettings) -> dict[str, str]:
     try:
         return check_trust_sites(settings.trust_sites_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"FLIP_API_TRUST_SITES_FILE: cannot read {settings.trust_sites_file} "
-                            f"({type(exc).__name__})") from None
+        raise SettingsError(
+            f"FLIP_API_TRUST_SITES_FILE: cannot read {settings.trust_sites_file} ({type(exc).__name__})"
+        ) from None
     except ValueError as exc:
         raise SettingsError(f"FLIP_API_TRUST_SITES_FILE {settings.trust_sites_file}: {exc}") from None
 
@@ -193,8 +198,10 @@ def kit_username(admin_dir: Path) -> str:
         name = json.loads(path.read_text(encoding="utf-8"))["admin"]["username"]
         return check_str("username", name, max_length=256)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SettingsError(f"--admin-dir {admin_dir}: {path} names no admin username ({type(exc).__name__}): give "
-                            "an admin's startup kit, or --username") from None
+        raise SettingsError(
+            f"--admin-dir {admin_dir}: {path} names no admin username ({type(exc).__name__}): give "
+            "an admin's startup kit, or --username"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -233,17 +240,27 @@ def service_config(settings: ApiSettings, host: str, insecure_loopback: bool = F
     key = read_key(settings)
     if key is None and not (insecure_loopback and is_loopback(host)):
         if insecure_loopback:
-            raise SettingsError(f"--insecure-loopback serves without a key on a loopback address only (127.0.0.1, "
-                                f"::1, localhost), not on {host!r}: set FLIP_API_KEY_FILE")
-        raise SettingsError("the FL API needs a key: set FLIP_API_KEY_FILE (a file only the service's user reads) or "
-                            "FLIP_API_KEY; callers send it in the " f"{settings.key_header} header (for a trial on "
-                            "127.0.0.1 only: --insecure-loopback)")
+            raise SettingsError(
+                f"--insecure-loopback serves without a key on a loopback address only (127.0.0.1, "
+                f"::1, localhost), not on {host!r}: set FLIP_API_KEY_FILE"
+            )
+        raise SettingsError(
+            "the FL API needs a key: set FLIP_API_KEY_FILE (a file only the service's user reads) or "
+            "FLIP_API_KEY; callers send it in the "
+            f"{settings.key_header} header (for a trial on "
+            "127.0.0.1 only: --insecure-loopback)"
+        )
     root = None
     if settings.bundle_root is not None:
         root = settings.bundle_root.expanduser().resolve()
         if not root.is_dir():
             raise SettingsError(f"FLIP_API_BUNDLE_ROOT: {settings.bundle_root} is not a folder")
-    return ServiceConfig(key=key, key_header=settings.key_header, bundle_bucket=settings.bundle_bucket,
-                         bundle_root=root, trust_sites=read_trust_sites(settings),
-                         max_bundle_bytes=settings.max_bundle_mb * 1024 * 1024,
-                         max_bundle_files=settings.max_bundle_files)
+    return ServiceConfig(
+        key=key,
+        key_header=settings.key_header,
+        bundle_bucket=settings.bundle_bucket,
+        bundle_root=root,
+        trust_sites=read_trust_sites(settings),
+        max_bundle_bytes=settings.max_bundle_mb * 1024 * 1024,
+        max_bundle_files=settings.max_bundle_files,
+    )

@@ -36,14 +36,20 @@ def check_older_fields(body: UploadAppRequest) -> None:
             per-site ``aggregation_weights`` (named).
     """
     if body.ignore_result_error:
-        raise ApiError("ignore_result_error true is not supported: a site's failed result ends the run in ERROR "
-                       "naming it (send false or leave it out)")
+        raise ApiError(
+            "ignore_result_error true is not supported: a site's failed result ends the run in ERROR "
+            "naming it (send false or leave it out)"
+        )
     if body.aggregator is not None and body.aggregator not in FLIP_AGGREGATORS:
-        raise ApiError(f"aggregator must be one of {list(FLIP_AGGREGATORS)} or null (flip weighs each site's update "
-                       f"by its samples), got {body.aggregator[:100]!r}")
+        raise ApiError(
+            f"aggregator must be one of {list(FLIP_AGGREGATORS)} or null (flip weighs each site's update "
+            f"by its samples), got {body.aggregator[:100]!r}"
+        )
     if body.aggregation_weights:
-        raise ApiError("aggregation_weights are not supported: flip weighs each site's update by its number of "
-                       "samples (send {} or leave it out)")
+        raise ApiError(
+            "aggregation_weights are not supported: flip weighs each site's update by its number of "
+            "samples (send {} or leave it out)"
+        )
 
 
 def map_trusts(trusts: list[str], trust_sites: dict[str, str], connected: list[str]) -> list[str]:
@@ -62,13 +68,18 @@ def map_trusts(trusts: list[str], trust_sites: dict[str, str], connected: list[s
             raise ApiError(f"trusts: {exc}") from None
     if len(set(sites)) != len(sites):
         raise ApiError(f"trusts name a site twice: {trusts!r}")
-    missing = [f"{t!r}" + (f" (site {s!r})" if s != t else "") for t, s in zip(trusts, sites, strict=True)
-               if s not in connected]
+    missing = [
+        f"{t!r}" + (f" (site {s!r})" if s != t else "")
+        for t, s in zip(trusts, sites, strict=True)
+        if s not in connected
+    ]
     if missing:
         names = trust_names(trust_sites)
         there = [f"{names[c]} (site {c})" if c in names else c for c in sorted(connected)]
-        raise ApiError(f"trust(s) {', '.join(missing)} not in the network: the sites connected to the FL server are "
-                       f"{', '.join(there) or 'none'}")
+        raise ApiError(
+            f"trust(s) {', '.join(missing)} not in the network: the sites connected to the FL server are "
+            f"{', '.join(there) or 'none'}"
+        )
     return sites
 
 
@@ -96,8 +107,15 @@ def _job_type(body: UploadAppRequest, app_dir: Path) -> str:
     return declared if declared is not None else JobType.STANDARD.value
 
 
-def stage_job(files: list[BundleFile], upload_dir: Path, model_id: str, body: UploadAppRequest, sites: list[str],
-              config: ServiceConfig, s3_client=None) -> Staged:
+def stage_job(
+    files: list[BundleFile],
+    upload_dir: Path,
+    model_id: str,
+    body: UploadAppRequest,
+    sites: list[str],
+    config: ServiceConfig,
+    s3_client=None,
+) -> Staged:
     """Fetch the bundle, build the job with flip's job builder and stage it as ``upload_dir/<model_id>``.
 
     The job runs at ``sites`` only, each needed (``min_clients`` is their number); ``project_id`` and
@@ -118,17 +136,32 @@ def stage_job(files: list[BundleFile], upload_dir: Path, model_id: str, body: Up
         app_dir = fetch_bundle(files, bundle, config, s3_client)
         try:
             job_type = _job_type(body, app_dir)
-            created = create_job(app_dir, work / "job" / model_id, job_type, model_id=model_id,
-                                 project_id=body.project_id, query=body.cohort_query, min_clients=len(sites),
-                                 rounds=body.global_rounds, local_rounds=body.local_rounds, participants=sites)
+            created = create_job(
+                app_dir,
+                work / "job" / model_id,
+                job_type,
+                model_id=model_id,
+                project_id=body.project_id,
+                query=body.cohort_query,
+                min_clients=len(sites),
+                rounds=body.global_rounds,
+                local_rounds=body.local_rounds,
+                participants=sites,
+            )
         except ValueError as exc:  # AppError too: the app does not fit its job type
             raise ApiError(str(exc).replace(str(app_dir), "the bundle").replace(str(work), "the bundle")) from exc
         target = upload_dir / model_id
         _swap(created.path, target, upload_dir)
         plan = created.plan
         rounds = sum(s["num_rounds"] for s in plan.stages) if plan.stages else plan.rounds
-        logger.info("staged job %s: %s, sites %s, %s round(s), from %d bundle file(s)", model_id,
-                    plan.app.job_type, ", ".join(sites), rounds, len(files))
+        logger.info(
+            "staged job %s: %s, sites %s, %s round(s), from %d bundle file(s)",
+            model_id,
+            plan.app.job_type,
+            ", ".join(sites),
+            rounds,
+            len(files),
+        )
         return Staged(target, plan.app.job_type, sites, rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -114,8 +114,9 @@ class DicomWriter:
         ds.save_as(str(path), enforce_file_format=True)
 
 
-def write_flip_cohorts(root: Path, site_names: list[str], seed: int = 0, classes: list[int] | None = None,
-                       per_site: int | None = None) -> dict[str, tuple[Path, Path]]:
+def write_flip_cohorts(
+    root: Path, site_names: list[str], seed: int = 0, classes: list[int] | None = None, per_site: int | None = None
+) -> dict[str, tuple[Path, Path]]:
     """Write each site's share as FLIP's dev data: ``<root>/<site>/dataframe.csv`` (``accession_id,label``) and
     ``<root>/<site>/images/<accession_id>/image.dcm`` (the digit's 8x8 grey levels, as the PNG files hold them).
 
@@ -138,8 +139,9 @@ def write_flip_cohorts(root: Path, site_names: list[str], seed: int = 0, classes
         rows = [f"{ACCESSION_COLUMN},{LABEL_COLUMN}"]
         for n in keep:
             accession_id = f"ACC{index:02d}{n:05d}"
-            writer.write(folder / IMAGES_DIR / accession_id / DICOM_FILE, to_pixels(images[n]).reshape(8, 8),
-                         accession_id)
+            writer.write(
+                folder / IMAGES_DIR / accession_id / DICOM_FILE, to_pixels(images[n]).reshape(8, 8), accession_id
+            )
             rows.append(f"{accession_id},{int(labels[n])}")
         (folder / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
         (folder / DATAFRAME_FILE).write_text("\n".join(rows) + "\n")

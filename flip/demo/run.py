@@ -66,8 +66,10 @@ def _say(message: str) -> None:
 def merged_rounds(metrics: dict) -> list[dict]:
     """metrics.json's rounds, each site's values including what a FLIP app sent with send_metrics_value in that
     round (``flip_metrics``: a label's last value in the round; the server numbers rounds from 1, as ``rounds``)."""
-    rounds = {entry["round"]: {**entry, "sites": {site: dict(values) for site, values in entry["sites"].items()}}
-              for entry in metrics.get("rounds", [])}
+    rounds = {
+        entry["round"]: {**entry, "sites": {site: dict(values) for site, values in entry["sites"].items()}}
+        for entry in metrics.get("rounds", [])
+    }
     for sent in metrics.get("flip_metrics", []):
         entry = rounds.setdefault(sent["round"], {"round": sent["round"], "sites": {}})
         for site, labels in sent["sites"].items():
@@ -85,8 +87,9 @@ def _table(rounds: list[dict], sites: list[str], name: str) -> list[str]:
             mean = sum(row) / len(row)  # a FLIP app's metrics carry no sample counts: the plain mean
         row.append(mean)
         stage = f"  ({entry['stage']})" if entry.get("stage") else ""
-        lines.append(f"{entry['round']:>5}  " + "  ".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in row)
-                     + stage)
+        lines.append(
+            f"{entry['round']:>5}  " + "  ".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in row) + stage
+        )
     return lines
 
 
@@ -113,37 +116,59 @@ class _Demo:
         if app_dir is not None:
             rounds = options.pop("num_rounds", None)
             sites = {"sites": self.names} if job == JobName.EVALUATION else {"rounds": rounds}
-            job_dir = create_job(app_dir, self.workdir / "jobs" / job, job, model_id=model_id,
-                                 min_clients=len(self.names), project_id=DEMO_PROJECT_ID, query=DEMO_QUERY,
-                                 **sites, **options).path
+            job_dir = create_job(
+                app_dir,
+                self.workdir / "jobs" / job,
+                job,
+                model_id=model_id,
+                min_clients=len(self.names),
+                project_id=DEMO_PROJECT_ID,
+                query=DEMO_QUERY,
+                **sites,
+                **options,
+            ).path
             made = f"FLIP app {app_dir.name}, made by flip job create"
         else:
             job_dir = write_job(job, self.workdir / "jobs", model_id=model_id, min_clients=len(self.names), **options)
             made = "flip's plain contract"
         _say(f"{job} job {job_dir} ({made}; model {model_id}), {len(self.names)} sites in the simulator")
         started = time.monotonic()
-        rc = run_simulator(job_dir, self.workdir / f"workspace-{job}", sites=self.names, threads=self.threads,
-                           site_data=self.site_data)
+        rc = run_simulator(
+            job_dir, self.workdir / f"workspace-{job}", sites=self.names, threads=self.threads, site_data=self.site_data
+        )
         self.run_seconds += time.monotonic() - started
         statuses = [s for s in LocalPlatform(self.local_dir).read_statuses(model_id)]
         final = statuses[-1] if statuses else {}
         if rc != 0 or final.get("status") != RunStatus.RESULTS_UPLOADED.value:
-            raise FlipError(f"{job}: simulator exit code {rc}, final status {final.get('status')}: "
-                            f"{final.get('reason', 'see the logs')} (logs: {self.workdir / f'workspace-{job}'})")
+            raise FlipError(
+                f"{job}: simulator exit code {rc}, final status {final.get('status')}: "
+                f"{final.get('reason', 'see the logs')} (logs: {self.workdir / f'workspace-{job}'})"
+            )
         client = make_s3_client()
         prefix = run_prefix(model_id, final["run_id"])
         manifest = verify_run(client, self.server.bucket, prefix)
-        objects = {e["key"]: client.get_object(Bucket=self.server.bucket, Key=prefix + e["key"])["Body"].read()
-                   for e in manifest["objects"]}
+        objects = {
+            e["key"]: client.get_object(Bucket=self.server.bucket, Key=prefix + e["key"])["Body"].read()
+            for e in manifest["objects"]
+        }
         statuses = [s for s in statuses if s["run_id"] == final["run_id"]]
         return {"manifest": manifest, "objects": objects, "statuses": statuses, "prefix": prefix}
 
 
-def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, percentile: float = 10,
-              gamma: float = 0.01, job: str = JobName.STANDARD, aggregation: str = Aggregation.FEDAVG,
-              uncertainty: str = Uncertainty.NONE,
-              model_test_after_each_round: bool = False, dp_epsilon: float | None = None,
-              dp_clip_norm: float | None = None, dp_level: str = "record") -> list[tuple[str, dict[str, Any]]]:
+def demo_runs(
+    sites: int = 2,
+    rounds: int = 3,
+    threads: int | None = None,
+    percentile: float = 10,
+    gamma: float = 0.01,
+    job: str = JobName.STANDARD,
+    aggregation: str = Aggregation.FEDAVG,
+    uncertainty: str = Uncertainty.NONE,
+    model_test_after_each_round: bool = False,
+    dp_epsilon: float | None = None,
+    dp_clip_norm: float | None = None,
+    dp_level: str = "record",
+) -> list[tuple[str, dict[str, Any]]]:
     """Check every demo argument and return the jobs the demo runs, in order: ``[(job name, options)]``.
 
     Touches no file: each job is built in memory with the options (so the job builders' own rules, e.g. that
@@ -169,8 +194,11 @@ def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, perce
         raise ValueError(f"uncertainty must be one of {list(UNCERTAINTY_METHODS)}, got {uncertainty!r}")
     if not isinstance(model_test_after_each_round, bool):
         raise ValueError(f"model_test_after_each_round must be True or False, got {model_test_after_each_round!r}")
-    methods = {"aggregation": aggregation, "uncertainty": uncertainty,
-               "model_test_after_each_round": model_test_after_each_round}
+    methods = {
+        "aggregation": aggregation,
+        "uncertainty": uncertainty,
+        "model_test_after_each_round": model_test_after_each_round,
+    }
     if dp_clip_norm is not None:
         check_positive("dp_clip_norm", dp_clip_norm)
     if dp_level not in DP_LEVELS:
@@ -182,8 +210,9 @@ def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, perce
         if uncertainty == Uncertainty.SWAG:
             raise ValueError("differential privacy and uncertainty 'swag' cannot be combined in the demo")
         if job == JobName.MULTI_STAGE:
-            raise ValueError("record-level DP (dp_level 'record') trains the standard, fed_opt or evaluation demo, "
-                             f"got job {job!r}")
+            raise ValueError(
+                f"record-level DP (dp_level 'record') trains the standard, fed_opt or evaluation demo, got job {job!r}"
+            )
     if job == JobName.MULTI_STAGE:
         runs = [(job, training)]
     else:
@@ -199,9 +228,16 @@ def demo_runs(sites: int = 2, rounds: int = 3, threads: int | None = None, perce
             from flip.jobs.flip_app import build_job, plan_job
 
             options = dict(options)
-            plan = plan_job(FLIP_APP_DIR, name, model_id=DEFAULT_MODEL_ID, min_clients=sites,
-                            rounds=options.pop("num_rounds"), project_id=DEMO_PROJECT_ID, query=DEMO_QUERY,
-                            **options)
+            plan = plan_job(
+                FLIP_APP_DIR,
+                name,
+                model_id=DEFAULT_MODEL_ID,
+                min_clients=sites,
+                rounds=options.pop("num_rounds"),
+                project_id=DEMO_PROJECT_ID,
+                query=DEMO_QUERY,
+                **options,
+            )
             build_job(plan, **options)
     return runs
 
@@ -215,8 +251,12 @@ def record_level_policy(dp_epsilon: float, dp_clip_norm: float | None = None) ->
     from flip.checks import check_positive
     from flip.provisioning import dp_policy_component
 
-    policy = {"level": "record", "target_epsilon": check_positive("dp_epsilon", dp_epsilon), "delta": 1e-5,
-              "max_grad_norm": RECORD_LEVEL_CLIP if dp_clip_norm is None else dp_clip_norm}
+    policy = {
+        "level": "record",
+        "target_epsilon": check_positive("dp_epsilon", dp_epsilon),
+        "delta": 1e-5,
+        "max_grad_norm": RECORD_LEVEL_CLIP if dp_clip_norm is None else dp_clip_norm,
+    }
     dp_policy_component(policy)  # checks every value as SitePrivacyPolicy does
     return policy
 
@@ -290,8 +330,10 @@ def prepare_workdir(workdir: str | Path, owner: str = "the demo", command: str =
                     child.unlink()
             return path
         if any(path.iterdir()):
-            raise FlipError(f"{path} is not empty and was not created by {owner} (no {MARKER} in it): {owner} "
-                            "clears only a folder it created; give --dir an absent or empty folder")
+            raise FlipError(
+                f"{path} is not empty and was not created by {owner} (no {MARKER} in it): {owner} "
+                "clears only a folder it created; give --dir an absent or empty folder"
+            )
     elif path.exists() or path.is_symlink():
         raise FlipError(f"{path} exists and is not a folder: give --dir an absent or empty folder")
     path.mkdir(parents=True, exist_ok=True)
@@ -299,11 +341,21 @@ def prepare_workdir(workdir: str | Path, owner: str = "the demo", command: str =
     return path
 
 
-def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdir: str | Path = ".demo",
-             percentile: float = 10, gamma: float = 0.01, job: str = JobName.STANDARD,
-             aggregation: str = Aggregation.FEDAVG, uncertainty: str = Uncertainty.NONE,
-             model_test_after_each_round: bool = False, dp_epsilon: float | None = None,
-             dp_clip_norm: float | None = None, dp_level: str = "record") -> int:
+def run_demo(
+    sites: int = 2,
+    rounds: int = 3,
+    threads: int | None = None,
+    workdir: str | Path = ".demo",
+    percentile: float = 10,
+    gamma: float = 0.01,
+    job: str = JobName.STANDARD,
+    aggregation: str = Aggregation.FEDAVG,
+    uncertainty: str = Uncertainty.NONE,
+    model_test_after_each_round: bool = False,
+    dp_epsilon: float | None = None,
+    dp_clip_norm: float | None = None,
+    dp_level: str = "record",
+) -> int:
     """Run the demo end to end; return 0 on success, 1 on failure (with the reason printed).
 
     ``aggregation`` (fedavg, fedprox, feddc), ``uncertainty`` (none, ensemble, mc_dropout, swag) and
@@ -317,12 +369,23 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
         ValueError: a bad argument (named).
         FlipError: ``workdir`` is not the demo's own folder (named).
     """
-    runs = demo_runs(sites=sites, rounds=rounds, threads=threads, percentile=percentile, gamma=gamma, job=job,
-                     aggregation=aggregation, uncertainty=uncertainty,
-                     model_test_after_each_round=model_test_after_each_round, dp_epsilon=dp_epsilon,
-                     dp_clip_norm=dp_clip_norm, dp_level=dp_level)
-    record_dp = record_level_policy(dp_epsilon, dp_clip_norm) if dp_epsilon is not None and dp_level == "record" \
-        else None
+    runs = demo_runs(
+        sites=sites,
+        rounds=rounds,
+        threads=threads,
+        percentile=percentile,
+        gamma=gamma,
+        job=job,
+        aggregation=aggregation,
+        uncertainty=uncertainty,
+        model_test_after_each_round=model_test_after_each_round,
+        dp_epsilon=dp_epsilon,
+        dp_clip_norm=dp_clip_norm,
+        dp_level=dp_level,
+    )
+    record_dp = (
+        record_level_policy(dp_epsilon, dp_clip_norm) if dp_epsilon is not None and dp_level == "record" else None
+    )
     started = time.monotonic()
     workdir = prepare_workdir(workdir)
 
@@ -343,20 +406,33 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
         written = write_flip_cohorts(workdir / "hospitals", names)
         site_data = {site: SiteData(dataframe=csv, images=images) for site, (csv, images) in written.items()}
         counts = {site: len(csv.read_text().splitlines()) - 1 for site, (csv, _) in written.items()}
-        _say("hospitals' data, FLIP's dev data: a dataframe of accession ids and labels and one DICOM file per "
-             "accession: " + ", ".join(f"{s} {n} digits" for s, n in counts.items()) + " (non-IID split)")
+        _say(
+            "hospitals' data, FLIP's dev data: a dataframe of accession ids and labels and one DICOM file per "
+            "accession: " + ", ".join(f"{s} {n} digits" for s, n in counts.items()) + " (non-IID split)"
+        )
     else:
         counts = write_cohorts(workdir / "flip", names)
-        _say("hospitals' images: " + ", ".join(f"{s} {n} digits" for s, n in counts.items()) + " (non-IID split)"
-             + " for flip's plain contract (" + ("the multi-stage demo" if job == JobName.MULTI_STAGE else
-                                                 "fedprox and swag change the local training inside it") + ")")
+        _say(
+            "hospitals' images: "
+            + ", ".join(f"{s} {n} digits" for s, n in counts.items())
+            + " (non-IID split)"
+            + " for flip's plain contract ("
+            + (
+                "the multi-stage demo"
+                if job == JobName.MULTI_STAGE
+                else "fedprox and swag change the local training inside it"
+            )
+            + ")"
+        )
     app_dir = FLIP_APP_DIR if flip_app else None
     if record_dp is not None:
         app_dir = _record_level_app(workdir) if flip_app else None
         _write_site_policy(workdir / f"workspace-{runs[0][0]}", record_dp)
-        _say(f"each site's own privacy policy: record-level DP-SGD (Opacus), ε={dp_epsilon:g} per job at δ=1e-5, "
-             f"max_grad_norm {record_dp['max_grad_norm']:g}" + (f"; the FLIP app trains with {RECORD_LEVEL_TRAINING}"
-                                                                 if flip_app else ""))
+        _say(
+            f"each site's own privacy policy: record-level DP-SGD (Opacus), ε={dp_epsilon:g} per job at δ=1e-5, "
+            f"max_grad_norm {record_dp['max_grad_norm']:g}"
+            + (f"; the FLIP app trains with {RECORD_LEVEL_TRAINING}" if flip_app else "")
+        )
 
     with WeedS3(root=workdir / "s3") as server:
         os.environ.update(server.env)
@@ -406,9 +482,14 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
             print(f"  {site}: accuracy {m['accuracy']:.3f} on {m['num_samples']} images")
     validated = [r for r in metrics["rounds"] if r.get("validation")]
     if validated:
-        print("Each new global model tested at every site (accuracy): " + "; ".join(
-            f"round {r['round']}: " + ", ".join(f"{s} {m.get('accuracy', 0):.3f}" for s, m in sorted(r["validation"].items()))
-            for r in validated))
+        print(
+            "Each new global model tested at every site (accuracy): "
+            + "; ".join(
+                f"round {r['round']}: "
+                + ", ".join(f"{s} {m.get('accuracy', 0):.3f}" for s, m in sorted(r["validation"].items()))
+                for r in validated
+            )
+        )
     extras = [k for k in (RunFile.ENSEMBLE, RunFile.SWAG, RunFile.UNCERTAINTY) if k in objects]
     if extras:
         print(f"Uncertainty ({uncertainty}): stored {', '.join(extras)} with the model (see flip.uncertainty)")
@@ -416,16 +497,22 @@ def run_demo(sites: int = 2, rounds: int = 3, threads: int | None = None, workdi
         guarantees = metrics.get("differential_privacy", {})
         spent = {s: round(g["epsilon"], 3) for s, g in guarantees.items()}
         level = "record-level (one patient)" if record_dp is not None else "client-level (a whole hospital)"
-        print(f"Differential privacy, {level}: each site's ε spent (δ=1e-5): {spent} of {dp_epsilon:g}"
-              + (f"; training stopped early {metrics['stopped_early']}" if metrics.get("stopped_early") else ""))
+        print(
+            f"Differential privacy, {level}: each site's ε spent (δ=1e-5): {spent} of {dp_epsilon:g}"
+            + (f"; training stopped early {metrics['stopped_early']}" if metrics.get("stopped_early") else "")
+        )
         if record_dp is None:
-            print(f"  With {len(names)} sites the noise that ε={dp_epsilon:g} needs is on the order of the updates "
-                  "themselves: client-level DP costs accuracy unless there are many sites (README: differential "
-                  "privacy).")
+            print(
+                f"  With {len(names)} sites the noise that ε={dp_epsilon:g} needs is on the order of the updates "
+                "themselves: client-level DP costs accuracy unless there are many sites (README: differential "
+                "privacy)."
+            )
     print(f"Held-out digits no site ever saw: accuracy {accuracy:.3f}")
     print(f"Model:    s3://{server.bucket}/{result['prefix']}{RunFile.GLOBAL_MODEL}")
-    print(f"Verified: {len(result['manifest']['objects'])} objects match "
-          f"s3://{server.bucket}/{result['prefix']}{RunFile.MANIFEST}")
+    print(
+        f"Verified: {len(result['manifest']['objects'])} objects match "
+        f"s3://{server.bucket}/{result['prefix']}{RunFile.MANIFEST}"
+    )
     print("Status:   " + " -> ".join(s["status"] for s in result["statuses"]))
     curves = report_dir / "curves.png"
     print(f"Report:   {report_dir / 'index.html'}" + (f" (curves: {curves})" if curves.is_file() else ""))

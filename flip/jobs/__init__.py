@@ -50,7 +50,9 @@ def _public_path(path: str) -> str:
 
 def _shorten_paths(node: Any) -> Any:
     if isinstance(node, dict):
-        return {k: _public_path(v) if k == "path" and isinstance(v, str) else _shorten_paths(v) for k, v in node.items()}
+        return {
+            k: _public_path(v) if k == "path" and isinstance(v, str) else _shorten_paths(v) for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_shorten_paths(v) for v in node]
     return node

@@ -64,19 +64,29 @@ def new_job(name: str, model_id: str, min_clients: int, wait_after_min_clients: 
     return job
 
 
-def add_lifecycle(job: FedJob, model_id: str, json_generator, persistor_id: str = ComponentId.PERSISTOR,
-                  min_clients: int = 1, wait_after_min_clients: int = 60) -> None:
+def add_lifecycle(
+    job: FedJob,
+    model_id: str,
+    json_generator,
+    persistor_id: str = ComponentId.PERSISTOR,
+    min_clients: int = 1,
+    wait_after_min_clients: int = 60,
+) -> None:
     """Server: results JSON, persist-and-cleanup and the event handler; the InitTraining workflow first."""
     job.to_server(json_generator, id=ComponentId.JSON_GENERATOR)
-    job.to_server(PersistToS3AndCleanup(model_id=check_model_id(model_id), persistor_id=persistor_id),
-                  id=ComponentId.PERSIST_AND_CLEANUP)
+    job.to_server(
+        PersistToS3AndCleanup(model_id=check_model_id(model_id), persistor_id=persistor_id),
+        id=ComponentId.PERSIST_AND_CLEANUP,
+    )
     job.to_server(ServerEventHandler(model_id=check_model_id(model_id)), id=ComponentId.SERVER_EVENT_HANDLER)
-    job.to_server(InitTraining(min_clients=min_clients, wait_time_after_min_received=wait_after_min_clients),
-                  id="init_training")
+    job.to_server(
+        InitTraining(min_clients=min_clients, wait_time_after_min_received=wait_after_min_clients), id="init_training"
+    )
 
 
-def check_model_options(initial_model: str | None, keep_round_models: bool, keep_best: str | None,
-                        keep_best_mode: str) -> None:
+def check_model_options(
+    initial_model: str | None, keep_round_models: bool, keep_best: str | None, keep_best_mode: str
+) -> None:
     """Check the options every training job takes about its models (each named in its error)."""
     if initial_model is not None:
         parse_model_ref(initial_model, "initial_model")
@@ -89,14 +99,24 @@ def check_model_options(initial_model: str | None, keep_round_models: bool, keep
 def check_keep_best(keep_best: str | None, model_test_after_each_round: bool, skip_model_tests: bool) -> None:
     """The best model is chosen on the per-round tests: keep_best needs them."""
     if keep_best is not None and (skip_model_tests or not model_test_after_each_round):
-        raise ValueError(f"keep_best={keep_best!r} selects on the per-round tests of the global model: it needs "
-                         "model_test_after_each_round=True and skip_model_tests=False")
+        raise ValueError(
+            f"keep_best={keep_best!r} selects on the per-round tests of the global model: it needs "
+            "model_test_after_each_round=True and skip_model_tests=False"
+        )
 
 
-def add_training_server(job: FedJob, shareable_generator, training_workflow, aggregator=None,
-                        after_training: list | None = None, model_tests: bool = True, initial_model: str | None = None,
-                        keep_round_models: bool = False, keep_best: str | None = None,
-                        keep_best_mode: str = "max") -> None:
+def add_training_server(
+    job: FedJob,
+    shareable_generator,
+    training_workflow,
+    aggregator=None,
+    after_training: list | None = None,
+    model_tests: bool = True,
+    initial_model: str | None = None,
+    keep_round_models: bool = False,
+    keep_best: str | None = None,
+    keep_best_mode: str = "max",
+) -> None:
     """Server: the model a run starts from (InitialPTModelLocator: the registry model ``initial_model``, else the
     platform's initial model, else models.get_model()) in the persistor, averaging, the training workflow (and what
     follows it, e.g. the SWAG round), then cross-site validation of the server's model(s) (task ``validate``) unless
@@ -104,16 +124,24 @@ def add_training_server(job: FedJob, shareable_generator, training_workflow, agg
     per-round tests' metric ``keep_best`` (``keep_best_mode`` max or min) with NVFlare's model selector."""
     check_model_options(initial_model, keep_round_models, keep_best, keep_best_mode)
     job.to_server(InitialPTModelLocator(registry_model=initial_model), id=ComponentId.INITIAL_MODEL_LOCATOR)
-    job.to_server(explicit(FlipModelPersistor(model={"path": f"models.{UserFile.MODEL_FUNCTION}"},
-                                              keep_round_models=keep_round_models), "initial_model_locator_id"),
-                  id=ComponentId.PERSISTOR)
+    job.to_server(
+        explicit(
+            FlipModelPersistor(
+                model={"path": f"models.{UserFile.MODEL_FUNCTION}"}, keep_round_models=keep_round_models
+            ),
+            "initial_model_locator_id",
+        ),
+        id=ComponentId.PERSISTOR,
+    )
     if shareable_generator is not None:
         job.to_server(shareable_generator, id=ComponentId.SHAREABLE_GENERATOR)
     job.to_server(aggregator or SampleWeightedAggregator(), id=ComponentId.AGGREGATOR)
     job.to_server(PTModelLocator(), id=ComponentId.MODEL_LOCATOR)
     if keep_best is not None:
-        job.to_server(explicit(FlipModelSelector(key_metric=keep_best, negate_key_metric=keep_best_mode == "min"),
-                               "key_metric"), id=ComponentId.MODEL_SELECTOR)
+        job.to_server(
+            explicit(FlipModelSelector(key_metric=keep_best, negate_key_metric=keep_best_mode == "min"), "key_metric"),
+            id=ComponentId.MODEL_SELECTOR,
+        )
     job.to_server(training_workflow, id="training")
     for workflow, workflow_id in after_training or []:
         job.to_server(workflow, id=workflow_id)
@@ -132,8 +160,14 @@ def add_training_server(job: FedJob, shareable_generator, training_workflow, agg
     )
 
 
-def add_training_sites(job: FedJob, privacy_filter, swag: bool = False, dp_filter=None,
-                       trainers: list[tuple[Any, list[str]]] | None = None, validator=None) -> None:
+def add_training_sites(
+    job: FedJob,
+    privacy_filter,
+    swag: bool = False,
+    dp_filter=None,
+    trainers: list[tuple[Any, list[str]]] | None = None,
+    validator=None,
+) -> None:
     """Sites: train and validate the user's code; the privacy filter(s) on every training (and SWAG) task's
     result, the differential-privacy filter last (noise is the last thing applied).
 

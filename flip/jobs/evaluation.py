@@ -15,8 +15,15 @@ from flip.nvflare.controllers import EvaluateModels
 from flip.nvflare.executors import RUN_EVALUATOR
 
 
-def evaluation_job(name: str = JobName.EVALUATION, model_id: str = DEFAULT_MODEL_ID, model_ids: list[str] | None = None,
-                   min_clients: int = 2, wait_after_min_clients: int = 60, app_dir=None, evaluator=None) -> FedJob:
+def evaluation_job(
+    name: str = JobName.EVALUATION,
+    model_id: str = DEFAULT_MODEL_ID,
+    model_ids: list[str] | None = None,
+    min_clients: int = 2,
+    wait_after_min_clients: int = 60,
+    app_dir=None,
+    evaluator=None,
+) -> FedJob:
     """Build the evaluation job.
 
     Args:
@@ -29,18 +36,29 @@ def evaluation_job(name: str = JobName.EVALUATION, model_id: str = DEFAULT_MODEL
         ValueError: a bad argument (named).
     """
     job = new_job(name, model_id, min_clients, wait_after_min_clients)
-    add_lifecycle(job, model_id, EvaluationJsonGenerator(), persistor_id="", min_clients=min_clients,
-                  wait_after_min_clients=wait_after_min_clients)
+    add_lifecycle(
+        job,
+        model_id,
+        EvaluationJsonGenerator(),
+        persistor_id="",
+        min_clients=min_clients,
+        wait_after_min_clients=wait_after_min_clients,
+    )
     job.to_server(EvaluationPTModelLocator(), id=ComponentId.MODEL_LOCATOR)
-    job.to_server(EvaluateModels(model_ids=model_ids, min_clients=min_clients,
-                                 wait_time_after_min_received=wait_after_min_clients), id="evaluate")
+    job.to_server(
+        EvaluateModels(
+            model_ids=model_ids, min_clients=min_clients, wait_time_after_min_received=wait_after_min_clients
+        ),
+        id="evaluate",
+    )
     job.to_clients(evaluator if evaluator is not None else RUN_EVALUATOR(), tasks=[FlipTask.EVALUATE])
     add_site_basics(job, app_dir or DEMO_APP_DIR, JobName.EVALUATION)
     return job
 
 
-def flip_evaluation_job(name: str, model_id: str, app_dir, evaluator, min_clients: int = 1,
-                        wait_after_min_clients: int = 60) -> FedJob:
+def flip_evaluation_job(
+    name: str, model_id: str, app_dir, evaluator, min_clients: int = 1, wait_after_min_clients: int = 60
+) -> FedJob:
     """Build FLIP's evaluation job: ``FlipEvaluation`` loads each checkpoint of the server app's ``config.json``
     ``"models"`` into ``models.model_paths`` and sends them in one ``evaluation`` task; ``evaluator`` (FLIP's
     ``RUN_EVALUATOR`` or ``RUN_MONAI_FL_EVALUATOR``) runs the app's ``FLIP_EVALUATOR`` at each site.
@@ -54,11 +72,25 @@ def flip_evaluation_job(name: str, model_id: str, app_dir, evaluator, min_client
     from flip.nvflare.controllers import FlipEvaluation
 
     job = new_job(name, model_id, min_clients, wait_after_min_clients)
-    add_lifecycle(job, model_id, EvaluationJsonGenerator(), persistor_id="", min_clients=min_clients,
-                  wait_after_min_clients=wait_after_min_clients)
-    job.to_server(explicit(FlipEvaluation(min_clients=min_clients, evaluate_task_name=PTConstants.EvalTaskName,
-                                          wait_time_after_min_received=wait_after_min_clients),
-                           "evaluate_task_name"), id="evaluate")
+    add_lifecycle(
+        job,
+        model_id,
+        EvaluationJsonGenerator(),
+        persistor_id="",
+        min_clients=min_clients,
+        wait_after_min_clients=wait_after_min_clients,
+    )
+    job.to_server(
+        explicit(
+            FlipEvaluation(
+                min_clients=min_clients,
+                evaluate_task_name=PTConstants.EvalTaskName,
+                wait_time_after_min_received=wait_after_min_clients,
+            ),
+            "evaluate_task_name",
+        ),
+        id="evaluate",
+    )
     job.to_clients(evaluator, tasks=[PTConstants.EvalTaskName])
     add_site_basics(job, app_dir, JobName.EVALUATION)
     return job

@@ -49,8 +49,10 @@ REQUIRED_FILES: dict[str, tuple[str, ...]] = {
 }
 #: the entry files of each job type and the class each must define
 ENTRY_CLASSES: dict[str, tuple[tuple[str, str], ...]] = {
-    **{t: ((UserFile.TRAINER, UserFile.TRAINER_CLASS), (UserFile.VALIDATOR, UserFile.VALIDATOR_CLASS))
-       for t in (JobType.STANDARD, JobType.FED_OPT, JobType.DIFFUSION)},
+    **{
+        t: ((UserFile.TRAINER, UserFile.TRAINER_CLASS), (UserFile.VALIDATOR, UserFile.VALIDATOR_CLASS))
+        for t in (JobType.STANDARD, JobType.FED_OPT, JobType.DIFFUSION)
+    },
     JobType.EVALUATION: ((UserFile.EVALUATOR, UserFile.EVALUATOR_CLASS),),
 }
 #: FLIP's diffusion stages: (stage name, train task, config.json key of its rounds)
@@ -74,8 +76,11 @@ class Contract(StrEnum):
 
     @property
     def described(self) -> str:
-        return {Contract.PLAIN: "flip's plain contract (FLIP_*(config))",
-                Contract.EXECUTOR: "FLIP's Executor contract", Contract.CLIENT_ALGO: "MONAI FL's ClientAlgo"}[self]
+        return {
+            Contract.PLAIN: "flip's plain contract (FLIP_*(config))",
+            Contract.EXECUTOR: "FLIP's Executor contract",
+            Contract.CLIENT_ALGO: "MONAI FL's ClientAlgo",
+        }[self]
 
 
 _CONTRACT_BASES = {"ClientAlgo": Contract.CLIENT_ALGO, "Executor": Contract.EXECUTOR}
@@ -114,8 +119,9 @@ def read_config(app_dir: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise AppError(f"{UserFile.CONFIG} is not valid JSON (line {getattr(exc, 'lineno', '?')}): "
-                       "expected a JSON object") from exc
+        raise AppError(
+            f"{UserFile.CONFIG} is not valid JSON (line {getattr(exc, 'lineno', '?')}): expected a JSON object"
+        ) from exc
     if not isinstance(config, dict):
         raise AppError(f"{UserFile.CONFIG} holds a JSON {type(config).__name__}: expected a JSON object")
     return config
@@ -232,8 +238,9 @@ def _defines(app_dir: Path, file_name: str, name: str) -> ast.AST | tuple | None
 def _model_paths_keys(binding: Any) -> set[str] | None:
     """The keys of ``model_paths = {"unet": ...}`` when it is a dict literal with string keys, else None."""
     value = binding.value if isinstance(binding, (ast.Assign, ast.AnnAssign)) else None
-    if isinstance(value, ast.Dict) and all(isinstance(k, ast.Constant) and isinstance(k.value, str)
-                                           for k in value.keys):
+    if isinstance(value, ast.Dict) and all(
+        isinstance(k, ast.Constant) and isinstance(k.value, str) for k in value.keys
+    ):
         return {k.value for k in value.keys}
     return None
 
@@ -257,8 +264,10 @@ def evaluated_models(config: dict[str, Any]) -> list[EvaluatedModel]:
     models = config.get(MODELS_KEY)
     expected = '{"<name>": {"checkpoint": "<file in the app folder>", "path": "<key of models.model_paths>"}}'
     if not isinstance(models, dict) or not models:
-        raise AppError(f"{UserFile.CONFIG} must have \"{MODELS_KEY}\": {expected} for an evaluation, got "
-                       f"{type(models).__name__ if models is not None else 'none'}")
+        raise AppError(
+            f'{UserFile.CONFIG} must have "{MODELS_KEY}": {expected} for an evaluation, got '
+            f"{type(models).__name__ if models is not None else 'none'}"
+        )
     found = []
     for name, entry in models.items():
         where = f"{UserFile.CONFIG} {MODELS_KEY}[{name!r}]"
@@ -267,8 +276,10 @@ def evaluated_models(config: dict[str, Any]) -> list[EvaluatedModel]:
         except ValueError as exc:
             raise AppError(f"{where}: {exc}") from None
         if not isinstance(entry, dict) or sorted(entry) != ["checkpoint", "path"]:
-            raise AppError(f"{where} must be an object with exactly the keys ['checkpoint', 'path'], got "
-                           f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}")
+            raise AppError(
+                f"{where} must be an object with exactly the keys ['checkpoint', 'path'], got "
+                f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}"
+            )
         try:
             checkpoint = check_path_name("checkpoint", entry["checkpoint"])
             path = check_str("path", entry["path"], max_length=256)
@@ -325,29 +336,39 @@ def inspect_app(app_dir: str | Path, job_type: str | None = None) -> FlipApp:
     declared = config.get(JOB_TYPE_KEY) if config else None
     if job_type is None:
         if declared is None:
-            raise AppError(f"give --job-type (one of {list(JOB_TYPE_CHOICES)}): {app_dir} has no config.json "
-                           f"with \"{JOB_TYPE_KEY}\"")
+            raise AppError(
+                f'give --job-type (one of {list(JOB_TYPE_CHOICES)}): {app_dir} has no config.json with "{JOB_TYPE_KEY}"'
+            )
         job_type = declared
     job_type = job_type_name(job_type)
     required = REQUIRED_FILES[job_type]
     missing = [f for f in required if not (app_dir / f).is_file()]
     if missing:
         raise AppError(f"{app_dir} lacks {', '.join(missing)}: a job of type {job_type} needs {', '.join(required)}")
-    outside = [p.name for p in app_dir.iterdir()
-               if p.is_symlink() and not p.is_dir() and not p.resolve().is_relative_to(app_dir)]
+    outside = [
+        p.name
+        for p in app_dir.iterdir()
+        if p.is_symlink() and not p.is_dir() and not p.resolve().is_relative_to(app_dir)
+    ]
     if outside:
-        raise AppError(f"{', '.join(sorted(outside))} in {app_dir} link(s) to outside the app folder: a job carries "
-                       "the app's own files only (copy the file into the folder)")
+        raise AppError(
+            f"{', '.join(sorted(outside))} in {app_dir} link(s) to outside the app folder: a job carries "
+            "the app's own files only (copy the file into the folder)"
+        )
     app = FlipApp(app_dir, job_type, config)
     if declared is not None and job_type_name_or_none(declared) != job_type:
-        app.notes.append(f"--job-type {job_type} is used, not {UserFile.CONFIG}'s \"{JOB_TYPE_KEY}\": {declared!r} "
-                         "(the job's copy of config.json says the job type it is)")
+        app.notes.append(
+            f'--job-type {job_type} is used, not {UserFile.CONFIG}\'s "{JOB_TYPE_KEY}": {declared!r} '
+            "(the job's copy of config.json says the job type it is)"
+        )
     for file_name, class_name in ENTRY_CLASSES[job_type]:
         contract = detect_contract(app_dir, file_name, class_name)
         if contract is None:
-            app.notes.append(f"{file_name}: no class {class_name} found in its source (it may be made at run "
-                             f"time); flip's plain contract is assumed, and the run fails naming {class_name} if "
-                             "the module has none")
+            app.notes.append(
+                f"{file_name}: no class {class_name} found in its source (it may be made at run "
+                f"time); flip's plain contract is assumed, and the run fails naming {class_name} if "
+                "the module has none"
+            )
             contract = Contract.PLAIN
         app.contracts[file_name] = contract
     for key in (GLOBAL_ROUNDS, LOCAL_ROUNDS, *(key for _, _, key in DIFFUSION_STAGES)):
@@ -355,12 +376,16 @@ def inspect_app(app_dir: str | Path, job_type: str | None = None) -> FlipApp:
     if job_type == JobType.EVALUATION and app.contract(UserFile.EVALUATOR) != Contract.PLAIN:
         _check_flip_evaluation(app)
     elif _defines(app_dir, UserFile.MODELS, UserFile.MODEL_FUNCTION) is None:
-        raise AppError(f"{UserFile.MODELS} defines no {UserFile.MODEL_FUNCTION}(): the server builds the initial "
-                       f"global model with models.{UserFile.MODEL_FUNCTION}()")
+        raise AppError(
+            f"{UserFile.MODELS} defines no {UserFile.MODEL_FUNCTION}(): the server builds the initial "
+            f"global model with models.{UserFile.MODEL_FUNCTION}()"
+        )
     for key in _FLIP_API_KEYS:
         if key in config:
-            app.notes.append(f"{UserFile.CONFIG} {key} is a setting of FLIP's FL API: not used here (see the "
-                             "README, aggregation methods)")
+            app.notes.append(
+                f"{UserFile.CONFIG} {key} is a setting of FLIP's FL API: not used here (see the "
+                "README, aggregation methods)"
+            )
     return app
 
 
@@ -374,17 +399,23 @@ def _check_flip_evaluation(app: FlipApp) -> None:
     app.models = evaluated_models(app.config)
     missing = [m.checkpoint for m in app.models if not (app.app_dir / m.checkpoint).is_file()]
     if missing:
-        raise AppError(f"{app.app_dir} lacks {', '.join(sorted(set(missing)))}: the checkpoint(s) "
-                       f"{UserFile.CONFIG} \"{MODELS_KEY}\" names")
+        raise AppError(
+            f"{app.app_dir} lacks {', '.join(sorted(set(missing)))}: the checkpoint(s) "
+            f'{UserFile.CONFIG} "{MODELS_KEY}" names'
+        )
     binding = _defines(app.app_dir, UserFile.MODELS, "model_paths")
     if binding is None:
-        raise AppError(f"{UserFile.MODELS} defines no model_paths: an evaluation loads each checkpoint into "
-                       "models.model_paths[<path>] (a dict of torch modules)")
+        raise AppError(
+            f"{UserFile.MODELS} defines no model_paths: an evaluation loads each checkpoint into "
+            "models.model_paths[<path>] (a dict of torch modules)"
+        )
     keys = _model_paths_keys(binding)
     unknown = sorted({m.path for m in app.models} - keys) if keys is not None else []
     if unknown:
-        raise AppError(f"{UserFile.CONFIG} \"{MODELS_KEY}\" names path(s) {unknown} that models.model_paths lacks "
-                       f"(it has {sorted(keys)})")
+        raise AppError(
+            f'{UserFile.CONFIG} "{MODELS_KEY}" names path(s) {unknown} that models.model_paths lacks '
+            f"(it has {sorted(keys)})"
+        )
 
 
 # -- building the job -----------------------------------------------------------------------------------------
@@ -439,13 +470,20 @@ class JobPlan:
             role = {UserFile.TRAINER: "train", UserFile.VALIDATOR: "validate"}.get(file_name, "evaluate")
             lines.append(f"{file_name}: {contract.described} -> {_EXECUTORS[(role, contract)][0]}")
         if self.stages:
-            lines.append("stages: " + ", ".join(f"{s['name']} {s['num_rounds']} round(s)" for s in self.stages)
-                         + f" ({self.rounds_source})")
+            lines.append(
+                "stages: "
+                + ", ".join(f"{s['name']} {s['num_rounds']} round(s)" for s in self.stages)
+                + f" ({self.rounds_source})"
+            )
         elif self.rounds is not None:
             lines.append(f"rounds: {self.rounds} ({self.rounds_source})")
         if app.models:
-            lines.append("models evaluated: " + ", ".join(f"{m.name} ({m.checkpoint} into model_paths[{m.path!r}], "
-                                                          "kept on the server)" for m in app.models))
+            lines.append(
+                "models evaluated: "
+                + ", ".join(
+                    f"{m.name} ({m.checkpoint} into model_paths[{m.path!r}], kept on the server)" for m in app.models
+                )
+            )
             lines.append(f"site app deployed to {', '.join(self.sites)}")
         elif self.participants:
             lines.append(f"deployed to {', '.join(self.participants)} only, each needed")
@@ -471,16 +509,29 @@ def _stage_names(app: FlipApp) -> list[str]:
     value = binding.value if isinstance(binding, (ast.Assign, ast.AnnAssign)) else None
     keys = [k.value for k in value.keys if isinstance(k, ast.Constant)] if isinstance(value, ast.Dict) else []
     if not keys or not all(isinstance(k, str) for k in keys) or len(keys) != len(value.keys):
-        raise AppError(f"{UserFile.MODELS} must define STAGES = {{\"<stage>\": [<parameter name prefixes>], ...}} "
-                       "as a dict literal for a multi-stage job of flip's plain contract (its keys are the stages, "
-                       "in order)")
+        raise AppError(
+            f'{UserFile.MODELS} must define STAGES = {{"<stage>": [<parameter name prefixes>], ...}} '
+            "as a dict literal for a multi-stage job of flip's plain contract (its keys are the stages, "
+            "in order)"
+        )
     return keys
 
 
-def plan_job(app_dir: str | Path, job_type: str | None = None, *, name: str = "flip_app", model_id: str | None = None,
-             project_id: str = "", query: str = "", min_clients: int = 1, rounds: int | None = None,
-             sites: int | list[str] | None = None, participants: list[str] | None = None,
-             local_rounds: int | None = None, **options: Any) -> JobPlan:
+def plan_job(
+    app_dir: str | Path,
+    job_type: str | None = None,
+    *,
+    name: str = "flip_app",
+    model_id: str | None = None,
+    project_id: str = "",
+    query: str = "",
+    min_clients: int = 1,
+    rounds: int | None = None,
+    sites: int | list[str] | None = None,
+    participants: list[str] | None = None,
+    local_rounds: int | None = None,
+    **options: Any,
+) -> JobPlan:
     """Read and check the app and the arguments; return what the job will be (nothing is written).
 
     Args:
@@ -516,8 +567,10 @@ def plan_job(app_dir: str | Path, job_type: str | None = None, *, name: str = "f
     if participants is not None:
         plan.participants = site_names(list(participants))
         if len(plan.participants) < min_clients:
-            raise ValueError(f"min_clients is {min_clients} but the job runs at {len(plan.participants)} sites "
-                             f"({', '.join(plan.participants)})")
+            raise ValueError(
+                f"min_clients is {min_clients} but the job runs at {len(plan.participants)} sites "
+                f"({', '.join(plan.participants)})"
+            )
         if sites is not None and site_names(sites) != plan.participants:
             raise ValueError(f"sites {sites!r} and participants {plan.participants!r} differ: give one of them")
         sites = plan.participants
@@ -531,19 +584,25 @@ def plan_job(app_dir: str | Path, job_type: str | None = None, *, name: str = "f
         if app.models:
             plan.sites = site_names(DEFAULT_EVALUATION_SITES if sites is None else sites)
             if len(plan.sites) < min_clients:
-                raise ValueError(f"min_clients is {min_clients} but the job is deployed to {len(plan.sites)} sites "
-                                 f"({', '.join(plan.sites)})")
+                raise ValueError(
+                    f"min_clients is {min_clients} but the job is deployed to {len(plan.sites)} sites "
+                    f"({', '.join(plan.sites)})"
+                )
         return plan
     if sites is not None and participants is None:
-        raise ValueError(f"sites name where an evaluation's site app goes: a {app.job_type} job is deployed to "
-                         f"every site (got {sites!r})")
+        raise ValueError(
+            f"sites name where an evaluation's site app goes: a {app.job_type} job is deployed to "
+            f"every site (got {sites!r})"
+        )
     trainer = app.contract(UserFile.TRAINER)
     if trainer != Contract.PLAIN:
         for option, plain_only in PLAIN_ONLY_OPTIONS.items():
             if options.get(option) in plain_only:
-                raise AppError(f"{option} {options[option]!r} changes the local training inside flip's plain "
-                               f"contract: trainer.py's FLIP_TRAINER is {trainer.described}, which trains its own "
-                               "model (use another method, or the plain contract)")
+                raise AppError(
+                    f"{option} {options[option]!r} changes the local training inside flip's plain "
+                    f"contract: trainer.py's FLIP_TRAINER is {trainer.described}, which trains its own "
+                    "model (use another method, or the plain contract)"
+                )
     if app.job_type == JobType.DIFFUSION:
         if trainer == Contract.PLAIN:
             stages = [(stage, None, f"{GLOBAL_ROUNDS}_{stage.upper()}") for stage in _stage_names(app)]
@@ -563,8 +622,9 @@ def plan_job(app_dir: str | Path, job_type: str | None = None, *, name: str = "f
         plan.config_updates[LOCAL_ROUNDS] = check_positive_int("local_rounds", local_rounds)
     elif LOCAL_ROUNDS not in app.config:
         plan.config_updates[LOCAL_ROUNDS] = 1
-        app.notes.append(f"{UserFile.CONFIG} has no {LOCAL_ROUNDS}: the job's copy gets {LOCAL_ROUNDS} 1 (FLIP's "
-                         "default)")
+        app.notes.append(
+            f"{UserFile.CONFIG} has no {LOCAL_ROUNDS}: the job's copy gets {LOCAL_ROUNDS} 1 (FLIP's default)"
+        )
     return plan
 
 
@@ -580,8 +640,13 @@ def build_job(plan: JobPlan, wait_after_min_clients: int = 60, **options: Any) -
     from flip.jobs.standard import standard_job
 
     app = plan.app
-    common = {"name": plan.name, "model_id": plan.model_id, "min_clients": plan.min_clients,
-              "wait_after_min_clients": wait_after_min_clients, "app_dir": app.app_dir}
+    common = {
+        "name": plan.name,
+        "model_id": plan.model_id,
+        "min_clients": plan.min_clients,
+        "wait_after_min_clients": wait_after_min_clients,
+        "app_dir": app.app_dir,
+    }
     project = {"project_id": plan.project_id, "query": plan.query}
     if app.job_type == JobType.EVALUATION:
         contract = app.contract(UserFile.EVALUATOR)
@@ -597,8 +662,10 @@ def build_job(plan: JobPlan, wait_after_min_clients: int = 60, **options: Any) -
     if app.job_type == JobType.DIFFUSION:
         trainers = None
         if trainer_contract != Contract.PLAIN:
-            trainers = [(_executor("train", trainer_contract, s["train_task_name"], **project), [s["train_task_name"]])
-                        for s in plan.stages]
+            trainers = [
+                (_executor("train", trainer_contract, s["train_task_name"], **project), [s["train_task_name"]])
+                for s in plan.stages
+            ]
         return multi_stage_job(**common, stages=plan.stages, trainers=trainers, validator=validator, **options)
     trainer = _executor("train", trainer_contract, FlipTask.TRAIN, **project)
     build = fed_opt_job if app.job_type == JobType.FED_OPT else standard_job
@@ -660,8 +727,14 @@ class CreatedJob:
     plan: JobPlan
 
 
-def create_job(app_dir: str | Path, out: str | Path, job_type: str | None = None, *, wait_after_min_clients: int = 60,
-               **kwargs: Any) -> CreatedJob:
+def create_job(
+    app_dir: str | Path,
+    out: str | Path,
+    job_type: str | None = None,
+    *,
+    wait_after_min_clients: int = 60,
+    **kwargs: Any,
+) -> CreatedJob:
     """Write the job folder ``out`` from the app folder ``app_dir`` (``flip job create``).
 
     ``kwargs`` are :func:`plan_job`'s (model_id, project_id, query, min_clients, rounds, sites, participants,
@@ -676,8 +749,11 @@ def create_job(app_dir: str | Path, out: str | Path, job_type: str | None = None
     out = Path(out).expanduser().resolve()
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise ValueError(f"--out {out} exists and is not an empty folder: give a new folder for the job")
-    plan_args = {k: kwargs.pop(k) for k in ("model_id", "project_id", "query", "min_clients", "rounds", "sites",
-                                            "participants", "local_rounds") if k in kwargs}
+    plan_args = {
+        k: kwargs.pop(k)
+        for k in ("model_id", "project_id", "query", "min_clients", "rounds", "sites", "participants", "local_rounds")
+        if k in kwargs
+    }
     plan = plan_job(app_dir, job_type, name=out.name, **plan_args, **kwargs)
     job = build_job(plan, wait_after_min_clients=wait_after_min_clients, **kwargs)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,14 @@ from flip.nvflare.controllers.swag import SwagRound
 from flip.nvflare.controllers.training import FlipScatterAndGather, check_mu
 
 
-def check_options(aggregation: str, uncertainty: str, fedprox_mu: float, model_test_after_each_round: bool,
-                  skip_model_tests: bool, delete_local_models_after_aggregation: bool) -> None:
+def check_options(
+    aggregation: str,
+    uncertainty: str,
+    fedprox_mu: float,
+    model_test_after_each_round: bool,
+    skip_model_tests: bool,
+    delete_local_models_after_aggregation: bool,
+) -> None:
     """Raise ValueError naming the first bad option. ``skip_model_tests`` wins over ``model_test_after_each_round``
     (as in the DLR demonstrator: no tests at all)."""
     check_choice("aggregation", aggregation, AGGREGATIONS)
@@ -46,13 +52,25 @@ def check_options(aggregation: str, uncertainty: str, fedprox_mu: float, model_t
     check_bool("delete_local_models_after_aggregation", delete_local_models_after_aggregation)
 
 
-def training_workflow(aggregation: str, min_clients: int, num_rounds: int, wait_after_min_clients: int,
-                      fedprox_mu: float, daisy_chain_period: int, seed: int, model_test_after_each_round: bool):
+def training_workflow(
+    aggregation: str,
+    min_clients: int,
+    num_rounds: int,
+    wait_after_min_clients: int,
+    fedprox_mu: float,
+    daisy_chain_period: int,
+    seed: int,
+    model_test_after_each_round: bool,
+):
     check_positive_int("num_rounds", num_rounds)
     if aggregation == Aggregation.FEDDC:
-        workflow = FedDCController(num_rounds=num_rounds, daisy_chain_period=daisy_chain_period,
-                                   min_clients=min_clients, seed=seed,
-                                   model_test_after_each_round=model_test_after_each_round)
+        workflow = FedDCController(
+            num_rounds=num_rounds,
+            daisy_chain_period=daisy_chain_period,
+            min_clients=min_clients,
+            seed=seed,
+            model_test_after_each_round=model_test_after_each_round,
+        )
         return explicit(workflow, "daisy_chain_period", "seed", "model_test_after_each_round")
     workflow = FlipScatterAndGather(
         min_clients=min_clients,
@@ -65,8 +83,14 @@ def training_workflow(aggregation: str, min_clients: int, num_rounds: int, wait_
         fedprox_mu=fedprox_mu if aggregation == Aggregation.FEDPROX else 0.0,
         model_test_after_each_round=model_test_after_each_round,
     )
-    return explicit(workflow, "aggregator_id", "persistor_id", "shareable_generator_id", "train_task_name",
-                    "model_test_after_each_round")
+    return explicit(
+        workflow,
+        "aggregator_id",
+        "persistor_id",
+        "shareable_generator_id",
+        "train_task_name",
+        "model_test_after_each_round",
+    )
 
 
 def standard_job(
@@ -148,39 +172,76 @@ def standard_job(
     Raises:
         ValueError: a bad or conflicting argument (named).
     """
-    check_options(aggregation, uncertainty, fedprox_mu, model_test_after_each_round, skip_model_tests,
-                  delete_local_models_after_aggregation)
+    check_options(
+        aggregation,
+        uncertainty,
+        fedprox_mu,
+        model_test_after_each_round,
+        skip_model_tests,
+        delete_local_models_after_aggregation,
+    )
     model_test_after_each_round = model_test_after_each_round and not skip_model_tests
     check_keep_best(keep_best, model_test_after_each_round, skip_model_tests)
     if (dp_epsilon is not None or dp_noise_multiplier is not None) and uncertainty == Uncertainty.SWAG:
-        raise ValueError(f"differential privacy and uncertainty {Uncertainty.SWAG!r} cannot be combined: the SWAG "
-                         "round would need its own privacy budget")
+        raise ValueError(
+            f"differential privacy and uncertainty {Uncertainty.SWAG!r} cannot be combined: the SWAG "
+            "round would need its own privacy budget"
+        )
     if aggregation == Aggregation.FEDDC and shareable_generator is not None:
-        raise ValueError(f"aggregation {Aggregation.FEDDC!r} averages local models itself: it takes no "
-                         "shareable_generator")
+        raise ValueError(
+            f"aggregation {Aggregation.FEDDC!r} averages local models itself: it takes no shareable_generator"
+        )
     job = new_job(name, model_id, min_clients, wait_after_min_clients)
-    add_lifecycle(job, model_id, ValidationJsonGenerator(), min_clients=min_clients,
-                  wait_after_min_clients=wait_after_min_clients)
+    add_lifecycle(
+        job, model_id, ValidationJsonGenerator(), min_clients=min_clients, wait_after_min_clients=wait_after_min_clients
+    )
     if uncertainty != Uncertainty.NONE:
         job.to_server(UncertaintyPlan(method=uncertainty), id="uncertainty")
-    aggregator = explicit(SampleWeightedAggregator(
-        min_accepted=min_clients, ensemble=uncertainty == Uncertainty.ENSEMBLE,
-        delete_local_models_after_aggregation=delete_local_models_after_aggregation), "min_accepted")
+    aggregator = explicit(
+        SampleWeightedAggregator(
+            min_accepted=min_clients,
+            ensemble=uncertainty == Uncertainty.ENSEMBLE,
+            delete_local_models_after_aggregation=delete_local_models_after_aggregation,
+        ),
+        "min_accepted",
+    )
     swag = uncertainty == Uncertainty.SWAG
     after = [(SwagRound(swag_epochs=swag_epochs, min_clients=min_clients), "swag")] if swag else []
     generator = None if aggregation == Aggregation.FEDDC else shareable_generator or FullModelShareableGenerator()
-    workflow = training_workflow(aggregation, min_clients, num_rounds, wait_after_min_clients, fedprox_mu,
-                                 daisy_chain_period, seed, model_test_after_each_round)
-    add_training_server(job, generator, workflow, aggregator, after, model_tests=not skip_model_tests,
-                        initial_model=initial_model, keep_round_models=keep_round_models, keep_best=keep_best,
-                        keep_best_mode=keep_best_mode)
+    workflow = training_workflow(
+        aggregation,
+        min_clients,
+        num_rounds,
+        wait_after_min_clients,
+        fedprox_mu,
+        daisy_chain_period,
+        seed,
+        model_test_after_each_round,
+    )
+    add_training_server(
+        job,
+        generator,
+        workflow,
+        aggregator,
+        after,
+        model_tests=not skip_model_tests,
+        initial_model=initial_model,
+        keep_round_models=keep_round_models,
+        keep_best=keep_best,
+        keep_best_mode=keep_best_mode,
+    )
     dp_filter = None
     if dp_epsilon is not None or dp_noise_multiplier is not None:
         # the updates a site sends: FedDC trains num_rounds × daisy_chain_period rounds (DLR's count)
         updates = training_rounds(num_rounds, daisy_chain_period) if aggregation == Aggregation.FEDDC else num_rounds
-        dp_filter = GaussianPrivacy(clip_norm=dp_clip_norm, noise_multiplier=dp_noise_multiplier, epsilon=dp_epsilon,
-                                    delta=dp_delta, rounds=updates if dp_epsilon is not None else None,
-                                    max_epsilon=dp_max_epsilon)
+        dp_filter = GaussianPrivacy(
+            clip_norm=dp_clip_norm,
+            noise_multiplier=dp_noise_multiplier,
+            epsilon=dp_epsilon,
+            delta=dp_delta,
+            rounds=updates if dp_epsilon is not None else None,
+            max_epsilon=dp_max_epsilon,
+        )
     check_bool("defer_privacy_to_site", defer_privacy_to_site)
     job_filter = PercentilePrivacy(percentile=percentile, gamma=gamma, defer_to_site=defer_privacy_to_site)
     trainers = None if trainer is None else [(trainer, [FlipTask.TRAIN, FlipTask.SWAG] if swag else [FlipTask.TRAIN])]

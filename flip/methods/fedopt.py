@@ -39,10 +39,17 @@ def check_fedopt_args(optimizer: str, lr: float, momentum: float, beta1: float, 
     check_positive("eps", eps)
 
 
-def fedopt_step(weights: Mapping[str, Any], update: Mapping[str, Any], state: FedOptState,
-                optimizer: str = FedOptimizer.SGD,
-                lr: float = 1.0, momentum: float = 0.0, beta1: float = 0.9, beta2: float = 0.99,
-                eps: float = 1e-8) -> dict[str, np.ndarray]:
+def fedopt_step(
+    weights: Mapping[str, Any],
+    update: Mapping[str, Any],
+    state: FedOptState,
+    optimizer: str = FedOptimizer.SGD,
+    lr: float = 1.0,
+    momentum: float = 0.0,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    eps: float = 1e-8,
+) -> dict[str, np.ndarray]:
     """Return the new global weights after one server optimizer step on the aggregated ``update`` (Δ).
 
     Floating-point entries present in ``update`` take the optimizer step; other entries of the update (integer
@@ -77,8 +84,8 @@ def fedopt_step(weights: Mapping[str, Any], update: Mapping[str, Any], state: Fe
             m = beta1 * state.first.get(name, np.zeros_like(g)) + (1 - beta1) * g
             v = beta2 * state.second.get(name, np.zeros_like(g)) + (1 - beta2) * g * g
             state.first[name], state.second[name] = m, v
-            m_hat = m / (1 - beta1 ** state.step)
-            v_hat = v / (1 - beta2 ** state.step)
+            m_hat = m / (1 - beta1**state.step)
+            v_hat = v / (1 - beta2**state.step)
             step = lr * m_hat / (np.sqrt(v_hat) + eps)
         new[name] = (w.astype(np.float64) - step).astype(w.dtype)
     return new

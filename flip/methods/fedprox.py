@@ -30,6 +30,7 @@ def proximal_term(model: torch.nn.Module, mu: float, dp_session: Any = None) -> 
         raise ValueError(f"mu must be >= 0, got {mu}")
     anchors = [(param, param.detach().clone()) for param in model.parameters()]
     if dp_session is not None:
+
         def add_term() -> None:
             with torch.no_grad():
                 for param, anchor in anchors:
@@ -42,8 +43,9 @@ def proximal_term(model: torch.nn.Module, mu: float, dp_session: Any = None) -> 
         finally:
             dp_session.after_noise.remove(add_term)
         return
-    handles = [param.register_hook(lambda grad, p=param, a=anchor: grad + mu * (p.detach() - a))
-               for param, anchor in anchors]
+    handles = [
+        param.register_hook(lambda grad, p=param, a=anchor: grad + mu * (p.detach() - a)) for param, anchor in anchors
+    ]
     try:
         yield
     finally:

@@ -60,8 +60,9 @@ def negative_deviation(deviation: Mapping[str, Any]) -> str | None:
     return None
 
 
-def aggregate(global_weights: Mapping[str, Any], sites: list[tuple[Mapping[str, Any], Mapping[str, Any], float]]
-              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def aggregate(
+    global_weights: Mapping[str, Any], sites: list[tuple[Mapping[str, Any], Mapping[str, Any], float]]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """SWAG mean and diagonal variance from the sites' (mean_diff, deviation, num_samples), by the law of total
     variance (see the module).
 
@@ -81,7 +82,7 @@ def aggregate(global_weights: Mapping[str, Any], sites: list[tuple[Mapping[str, 
             pooled = np.zeros_like(w)
             for m, dev, n in sites:
                 spread = np.asarray(m[name], dtype=np.float64) - shift
-                pooled += (n / total) * (np.asarray(dev[name], dtype=np.float64) ** 2 + spread ** 2)
+                pooled += (n / total) * (np.asarray(dev[name], dtype=np.float64) ** 2 + spread**2)
             dtype = np.asarray(global_weights[name]).dtype
             mean[name] = (w + shift).astype(dtype)
             variance[name] = pooled.astype(dtype)

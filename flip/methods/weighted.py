@@ -23,8 +23,9 @@ MAX_NUM_SAMPLES = 10_000_000
 NORM_RATIO_LIMIT = 10.0
 
 
-def check_update(update: Mapping[str, Any], reference: Mapping[str, Any], num_samples: Any,
-                 max_num_samples: int = MAX_NUM_SAMPLES) -> str | None:
+def check_update(
+    update: Mapping[str, Any], reference: Mapping[str, Any], num_samples: Any, max_num_samples: int = MAX_NUM_SAMPLES
+) -> str | None:
     """Why ``update`` must not be aggregated (None if it may): every entry must be named and shaped as in
     ``reference`` (the global model), a finite floating-point array where the global entry is floating point, or
     an integer array where it is an integer (a counter such as BatchNorm's ``num_batches_tracked``) that keeps
@@ -79,8 +80,12 @@ def norm_outliers(norms: Mapping[str, float], ratio_limit: float = NORM_RATIO_LI
     if not median > 0 or not math.isfinite(median):
         return {}
     limit = ratio_limit * median
-    return {site: f"its update norm {norm:.3g} is more than {ratio_limit:g} times the round's median update norm "
-                  f"{median:.3g}" for site, norm in norms.items() if not norm <= limit}
+    return {
+        site: f"its update norm {norm:.3g} is more than {ratio_limit:g} times the round's median update norm "
+        f"{median:.3g}"
+        for site, norm in norms.items()
+        if not norm <= limit
+    }
 
 
 def check_finite(weights: Mapping[str, Any], what: str) -> None:
@@ -184,7 +189,9 @@ def as_tensor(value: Any) -> torch.Tensor:
 def value_dtype(value: Any) -> np.dtype:
     """The numpy dtype of an array or tensor (bfloat16, which numpy lacks, as float32)."""
     if isinstance(value, torch.Tensor):
-        return np.dtype(np.float32) if value.dtype == torch.bfloat16 else torch.empty(0, dtype=value.dtype).numpy().dtype
+        return (
+            np.dtype(np.float32) if value.dtype == torch.bfloat16 else torch.empty(0, dtype=value.dtype).numpy().dtype
+        )
     return np.asarray(value).dtype
 
 

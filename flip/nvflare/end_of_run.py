@@ -43,9 +43,14 @@ class RunEnd:
     upload_key: str | None = None
 
 
-def finish_run(component: FLComponent, fl_ctx: FLContext, metrics: RunMetrics,
-               json_generator: ValidationJsonGenerator, persist: PersistToS3AndCleanup,
-               statuses: list[RunStatus]) -> RunEnd:
+def finish_run(
+    component: FLComponent,
+    fl_ctx: FLContext,
+    metrics: RunMetrics,
+    json_generator: ValidationJsonGenerator,
+    persist: PersistToS3AndCleanup,
+    statuses: list[RunStatus],
+) -> RunEnd:
     """Write the run's files, then upload, verify and clean up; return the final status to report.
 
     Expected failures become an ERROR with the true advice (resume only when this run's upload was recorded):
@@ -68,24 +73,36 @@ def finish_run(component: FLComponent, fl_ctx: FLContext, metrics: RunMetrics,
             info["stopped_early"] = metrics.stopped_early
         manifest = persist.execute(fl_ctx, run_id=metrics.run_id, artifacts=artifacts, info=info)
     except NonFiniteModelError as exc:
-        return RunEnd(RunStatus.ERROR, f"results not uploaded: {exc}",
-                      "a model holding NaN or Inf is never uploaded: nothing was uploaded or deleted")
+        return RunEnd(
+            RunStatus.ERROR,
+            f"results not uploaded: {exc}",
+            "a model holding NaN or Inf is never uploaded: nothing was uploaded or deleted",
+        )
     except CleanupError as exc:
         uploaded = persist.manifest
         where = f"s3://{persist.bucket_name}/{uploaded['prefix']}" if uploaded else "S3"
-        return RunEnd(RunStatus.ERROR, f"results verified at {where} but cleanup failed: {exc}",
-                      what_next(folder, persist, "the results are verified in S3"))
+        return RunEnd(
+            RunStatus.ERROR,
+            f"results verified at {where} but cleanup failed: {exc}",
+            what_next(folder, persist, "the results are verified in S3"),
+        )
     except (FlipError, OSError, ValueError) as exc:
-        return RunEnd(RunStatus.ERROR, f"results not uploaded: {exc}",
-                      what_next(folder, persist, "nothing was deleted"))
+        return RunEnd(
+            RunStatus.ERROR, f"results not uploaded: {exc}", what_next(folder, persist, "nothing was deleted")
+        )
     key = f"s3://{persist.bucket_name}/{manifest['prefix']}"
     component.log_info(fl_ctx, f"model and results verified at {key}")
     return RunEnd(RunStatus.RESULTS_UPLOADED, upload_key=key)
 
 
-def write_artifacts(component: FLComponent, fl_ctx: FLContext, metrics: RunMetrics,
-                    json_generator: ValidationJsonGenerator, persist: PersistToS3AndCleanup,
-                    statuses: list[RunStatus]) -> dict[str, Path]:
+def write_artifacts(
+    component: FLComponent,
+    fl_ctx: FLContext,
+    metrics: RunMetrics,
+    json_generator: ValidationJsonGenerator,
+    persist: PersistToS3AndCleanup,
+    statuses: list[RunStatus],
+) -> dict[str, Path]:
     """Write ``metrics.json``, the results JSON (if there are results: none when the job skips model tests) and
     the report; return every artifact to upload besides the models, object key -> local path (the files under
     ``flip_artifacts/``, e.g. ``ensemble.pt``, included)."""
@@ -101,9 +118,14 @@ def write_artifacts(component: FLComponent, fl_ctx: FLContext, metrics: RunMetri
     return artifacts
 
 
-def _write_report(component: FLComponent, fl_ctx: FLContext, metrics: RunMetrics,
-                  json_generator: ValidationJsonGenerator, persist: PersistToS3AndCleanup,
-                  statuses: list[RunStatus]) -> dict[str, Path]:
+def _write_report(
+    component: FLComponent,
+    fl_ctx: FLContext,
+    metrics: RunMetrics,
+    json_generator: ValidationJsonGenerator,
+    persist: PersistToS3AndCleanup,
+    statuses: list[RunStatus],
+) -> dict[str, Path]:
     """Curves and a one-page summary in <run folder>/report/ (a failure here never stops the upload)."""
     doc = {
         **metrics.document(),
@@ -130,6 +152,8 @@ def what_next(folder: Path, persist: PersistToS3AndCleanup, done: str) -> str:
     recorded = persist.pending is not None and (folder / RunFile.UPLOAD_PENDING).is_file()
     if recorded:
         return f"{done}: fix the cause, then finish with `flip upload --resume {folder}`"
-    return (f"nothing was uploaded and nothing was deleted: the run folder {folder} keeps what the run wrote "
-            f"(the model, logs); no upload was recorded ({RunFile.UPLOAD_PENDING} was not written), so "
-            f"`flip upload --resume` cannot finish this run")
+    return (
+        f"nothing was uploaded and nothing was deleted: the run folder {folder} keeps what the run wrote "
+        f"(the model, logs); no upload was recorded ({RunFile.UPLOAD_PENDING} was not written), so "
+        f"`flip upload --resume` cannot finish this run"
+    )

@@ -46,8 +46,7 @@ def _logger(flip: Any) -> logging.Logger:
     return logger if isinstance(logger, logging.Logger) else _log
 
 
-def send_metrics_value(label: str, value: float, fl_ctx: FLContext, round: int | None = None,
-                       flip: Any = None) -> None:
+def send_metrics_value(label: str, value: float, fl_ctx: FLContext, round: int | None = None, flip: Any = None) -> None:
     """Send one metric value from a site's task to the server (event ``"_send_result"``, federation scope).
 
     A value that cannot be sent (not a number, or a ``round`` that is not an integer) is logged as a warning and
@@ -125,8 +124,9 @@ def parse_metric_event(event_data: Any, current_round: int | None = None) -> Met
             value that is not a finite number (NaN, Inf, a string...), a round that is not an integer >= 0.
     """
     if not isinstance(event_data, Shareable):
-        raise MetricDropped(f"a metrics event from an unknown site dropped: its data is a "
-                            f"{type(event_data).__name__}, not a Shareable")
+        raise MetricDropped(
+            f"a metrics event from an unknown site dropped: its data is a {type(event_data).__name__}, not a Shareable"
+        )
     origin = event_data.get_header(FedEventHeader.ORIGIN)
     try:
         site = check_path_name("site name", origin)
@@ -141,8 +141,9 @@ def parse_metric_event(event_data: Any, current_round: int | None = None) -> Met
         raise MetricDropped(f"{where}: expected a METRICS DXO of label and value, got {dxo.data_kind}")
     extra = sorted(map(str, set(dxo.data) - {LABEL, VALUE, ROUND, SEQ}))
     if extra or LABEL not in dxo.data or VALUE not in dxo.data:
-        raise MetricDropped(f"{where}: expected the keys label, value and optionally round and seq, got "
-                            f"{sorted(map(str, dxo.data))}")
+        raise MetricDropped(
+            f"{where}: expected the keys label, value and optionally round and seq, got {sorted(map(str, dxo.data))}"
+        )
     label = dxo.data[LABEL]
     problem = _label_problem(label)
     if problem:
@@ -150,8 +151,11 @@ def parse_metric_event(event_data: Any, current_round: int | None = None) -> Met
     raw = dxo.data[VALUE]
     value = finite_number(raw)
     if value is None:
-        kind = "not finite (NaN, Inf or beyond the float range)" if to_number(raw) is not None else \
-            f"of type {type(raw).__name__}: expected a number"
+        kind = (
+            "not finite (NaN, Inf or beyond the float range)"
+            if to_number(raw) is not None
+            else f"of type {type(raw).__name__}: expected a number"
+        )
         raise MetricDropped(f"{where}: metric {label!r} is {kind}")
     round_ = dxo.data.get(ROUND)
     if round_ is not None and not (is_int(round_) and round_ >= 0):
@@ -159,9 +163,13 @@ def parse_metric_event(event_data: Any, current_round: int | None = None) -> Met
     seq = dxo.data.get(SEQ)
     if seq is not None and not (is_int(seq) and seq >= 0):
         raise MetricDropped(f"{where}: metric {label!r} has seq {seq!r}: expected an integer >= 0")
-    return MetricEvent(site=site, label=label, value=value,
-                       round=int(round_) if round_ is not None else current_round,
-                       seq=int(seq) if seq is not None else None)
+    return MetricEvent(
+        site=site,
+        label=label,
+        value=value,
+        round=int(round_) if round_ is not None else current_round,
+        seq=int(seq) if seq is not None else None,
+    )
 
 
 @dataclass
@@ -219,5 +227,6 @@ def handle_metrics_event(event_data: Shareable, global_round: int, model_id: str
     except MetricDropped as exc:
         _logger(flip).warning("%s", exc)
         return
-    flip.send_metrics(client_name=event.site, model_id=model_id, label=event.label, value=event.value,
-                      round=event.round)
+    flip.send_metrics(
+        client_name=event.site, model_id=model_id, label=event.label, value=event.value, round=event.round
+    )

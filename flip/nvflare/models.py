@@ -34,11 +34,17 @@ def check_model_spec(model: Any) -> Any:
     (built later, at run start, by :func:`resolve_model`); else raise ValueError naming it."""
     if model is None or isinstance(model, torch.nn.Module):
         return model
-    if (isinstance(model, dict) and isinstance(model.get("path"), str) and model["path"]
-            and set(model) <= {"path", "args"} and isinstance(model.get("args") or {}, dict)):
+    if (
+        isinstance(model, dict)
+        and isinstance(model.get("path"), str)
+        and model["path"]
+        and set(model) <= {"path", "args"}
+        and isinstance(model.get("args") or {}, dict)
+    ):
         return model
-    raise ValueError(f"model must be None, a torch.nn.Module or {{'path': 'module.function', 'args': {{...}}}}, "
-                     f"got {model!r}")
+    raise ValueError(
+        f"model must be None, a torch.nn.Module or {{'path': 'module.function', 'args': {{...}}}}, got {model!r}"
+    )
 
 
 def check_weights_fit(weights: Mapping[str, Any], model: torch.nn.Module, what: str) -> None:

@@ -40,9 +40,16 @@ from flip.metrics import NestedMetrics, clean_nested_metrics
 
 #: tasks whose results are scores of a model the server sent (or nothing): flip's, NVFlare's cross-site one, and
 #: FLIP's (its evaluation task and its cleanup tasks, which CleanupImages answers with an empty reply)
-NON_TRAINING_TASKS = frozenset({FlipTask.VALIDATE, FlipTask.EVALUATE, FlipTask.INIT_TRAINING,
-                                AppConstants.TASK_VALIDATION, PTConstants.EvalTaskName,
-                                *(str(t) for t in FlipTasks)})
+NON_TRAINING_TASKS = frozenset(
+    {
+        FlipTask.VALIDATE,
+        FlipTask.EVALUATE,
+        FlipTask.INIT_TRAINING,
+        AppConstants.TASK_VALIDATION,
+        PTConstants.EvalTaskName,
+        *(str(t) for t in FlipTasks),
+    }
+)
 #: a stage's validation task in FLIP's multi-stage jobs (``validate_ae``, ``validate_dm``): scores only
 _STAGE_VALIDATION = re.compile(r"validate_[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: the key a DXO is stored under in its Shareable (nvflare.apis.dxo writes it; not exported there)
@@ -80,8 +87,7 @@ def _is_tensor(value: Any) -> bool:
     return module.startswith("torch") and hasattr(value, "numel")
 
 
-def check_result(shareable: Shareable, fl_ctx: FLContext, who: str,
-                 note: Callable[[str], None] | None = None) -> bool:
+def check_result(shareable: Shareable, fl_ctx: FLContext, who: str, note: Callable[[str], None] | None = None) -> bool:
     """Decide what happens to a result leaving this site (the rule in the module docstring).
 
     A non-training task's METRICS are rewritten in place as they may leave: plain numbers, non-finite ones dropped
@@ -169,8 +175,10 @@ def _check_update(dxo: DXO, refuse, depth: int = 0) -> None:
         return
     if dxo.data_kind == DataKind.WEIGHTS:
         raise refuse(kind, "only WEIGHT_DIFF can be filtered (send weight differences, never full weights)")
-    raise refuse(kind, "only a WEIGHT_DIFF update (or a COLLECTION of them) may leave for a training task, "
-                       "through the privacy filter")
+    raise refuse(
+        kind,
+        "only a WEIGHT_DIFF update (or a COLLECTION of them) may leave for a training task, through the privacy filter",
+    )
 
 
 def _check_scores(dxo: DXO, refuse) -> NestedMetrics:

@@ -34,9 +34,7 @@ def get_component(fl_ctx: FLContext, comp_id: str, expected: type | tuple[type, 
     if component is None:
         raise LookupFailed(f"{role} component {comp_id!r} not found: expected a {names} with that id in the job")
     if not isinstance(component, expected):
-        raise LookupFailed(
-            f"{role} component {comp_id!r} is a {type(component).__name__}: expected a {names}"
-        )
+        raise LookupFailed(f"{role} component {comp_id!r} is a {type(component).__name__}: expected a {names}")
     return component
 
 
@@ -80,8 +78,9 @@ def short_reason(text: Any, limit: int = _MAX_REASON) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def log_site_failure(component: FLComponent, fl_ctx: FLContext, what: str, reason: Any,
-                     exc: BaseException | None = None) -> str:
+def log_site_failure(
+    component: FLComponent, fl_ctx: FLContext, what: str, reason: Any, exc: BaseException | None = None
+) -> str:
     """Log a failure at a site: ``what: <short reason>`` at error level, the detail at debug level only.
 
     An error-level line may leave the site (NVFlare can stream a site's error log to the server), so it carries

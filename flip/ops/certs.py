@@ -50,8 +50,10 @@ class CertInfo:
 
     def _advice(self) -> str:
         if self.owner == "root CA":
-            return ("a new root CA means new kits for every participant: provision a new project (flip provision "
-                    "--out NEW_DIR) and hand out all its kits")
+            return (
+                "a new root CA means new kits for every participant: provision a new project (flip provision "
+                "--out NEW_DIR) and hand out all its kits"
+            )
         return "run flip provision --renew --out DIR and give the participant its new startup/ folder"
 
 
@@ -95,8 +97,9 @@ def prod_certs(prod: Path) -> list[CertInfo]:
     return [read_cert(kits[0] / "startup" / ROOT_CERT, "root CA")] + [kit_cert(k) for k in kits]
 
 
-def expiry_report(certs: list[CertInfo], now: datetime.datetime | None = None,
-                  warn_days: int = WARN_DAYS) -> tuple[list[str], int]:
+def expiry_report(
+    certs: list[CertInfo], now: datetime.datetime | None = None, warn_days: int = WARN_DAYS
+) -> tuple[list[str], int]:
     """One line per certificate and how many need action (expired, or expiring within ``warn_days``)."""
     lines, count = [], 0
     for cert in certs:

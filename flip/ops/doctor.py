@@ -146,13 +146,21 @@ def check_kit(kit: Kit, warn_days: int = WARN_DAYS) -> Iterator[Check]:
         yield Check(FAIL, "certificate", f"cannot read the kit's certificate, key or root CA ({type(exc).__name__})")
         return
     if key.public_key().public_numbers() != cert.public_key().public_numbers():
-        yield Check(FAIL, "certificate", f"{kit.key.name} is not the key of {kit.cert.name}: the startup/ folder mixes "
-                                         "two kits; copy the whole startup/ folder of one kit")
+        yield Check(
+            FAIL,
+            "certificate",
+            f"{kit.key.name} is not the key of {kit.cert.name}: the startup/ folder mixes "
+            "two kits; copy the whole startup/ folder of one kit",
+        )
     try:
         cert.verify_directly_issued_by(root)
     except (InvalidSignature, ValueError, TypeError) as exc:
-        yield Check(FAIL, "certificate", f"{kit.cert.name} is not signed by the kit's {ROOT_CERT} "
-                                         f"({type(exc).__name__}): the kit mixes two projects")
+        yield Check(
+            FAIL,
+            "certificate",
+            f"{kit.cert.name} is not signed by the kit's {ROOT_CERT} "
+            f"({type(exc).__name__}): the kit mixes two projects",
+        )
     for info in (read_cert(kit.startup / ROOT_CERT, "root CA"), kit_cert(kit.root)):
         text, action = info.line(warn_days=warn_days)
         days = info.days_left()
@@ -212,24 +220,60 @@ def tls_probe(kit: Kit, host: str, port: int, server_name: str, identity: str, t
             common = _handshake(kit, host, port, server_name, timeout, check_hostname=False)
             named = False
     except ssl.SSLCertVerificationError as exc:
-        return [Check(FAIL, "connection", f"{where}: the server's certificate is not from this kit's root CA "
-                                          f"({exc.verify_message}): the kit and the server are of different projects")]
+        return [
+            Check(
+                FAIL,
+                "connection",
+                f"{where}: the server's certificate is not from this kit's root CA "
+                f"({exc.verify_message}): the kit and the server are of different projects",
+            )
+        ]
     except ssl.SSLError as exc:
-        return [Check(FAIL, "connection", f"{where} refused this kit's certificate or TLS ({exc.reason or exc}): is "
-                                          "the kit of this project, and has its certificate expired?")]
+        return [
+            Check(
+                FAIL,
+                "connection",
+                f"{where} refused this kit's certificate or TLS ({exc.reason or exc}): is "
+                "the kit of this project, and has its certificate expired?",
+            )
+        ]
     except OSError as exc:
-        return [Check(FAIL, "connection", f"cannot reach {where} ({type(exc).__name__}): is the server running, does "
-                                          f"{host} resolve here, and may this machine connect out to port {port}?")]
+        return [
+            Check(
+                FAIL,
+                "connection",
+                f"cannot reach {where} ({type(exc).__name__}): is the server running, does "
+                f"{host} resolve here, and may this machine connect out to port {port}?",
+            )
+        ]
     if common != identity:
-        return [Check(FAIL, "connection", f"{where} answered as {common!r}, not as the server {identity!r}: another "
-                                          "server of this project's root CA listens there")]
-    checks.append(Check(OK, "connection", f"TLS to {where}: the server {identity} (certificate from this kit's root "
-                                          "CA) accepted this kit's certificate"))
+        return [
+            Check(
+                FAIL,
+                "connection",
+                f"{where} answered as {common!r}, not as the server {identity!r}: another "
+                "server of this project's root CA listens there",
+            )
+        ]
+    checks.append(
+        Check(
+            OK,
+            "connection",
+            f"TLS to {where}: the server {identity} (certificate from this kit's root "
+            "CA) accepted this kit's certificate",
+        )
+    )
     if not named:
-        checks.append(Check(WARN, "TLS names", f"the server's certificate does not name {server_name!r} (its subject "
-                                               "alternative names): NVFlare connects anyway (it checks the common "
-                                               "name), a proxy or client that checks host names will not; add it "
-                                               "(flip provision --server-name/--server-ip, then --renew)"))
+        checks.append(
+            Check(
+                WARN,
+                "TLS names",
+                f"the server's certificate does not name {server_name!r} (its subject "
+                "alternative names): NVFlare connects anyway (it checks the common "
+                "name), a proxy or client that checks host names will not; add it "
+                "(flip provision --server-name/--server-ip, then --renew)",
+            )
+        )
     return checks
 
 
@@ -255,8 +299,12 @@ def _s3_check() -> Check:
     try:
         make_s3_client(max_attempts=1, connect_timeout=5, read_timeout=10).head_bucket(Bucket=bucket)
     except BOTO_ERRORS as exc:
-        return Check(FAIL, "S3", f"models bucket {bucket!r}: {describe_error(exc)} (check FLIP_MODELS_BUCKET, "
-                                 "AWS_ENDPOINT_URL_S3 and the AWS_* credentials in the server's environment)")
+        return Check(
+            FAIL,
+            "S3",
+            f"models bucket {bucket!r}: {describe_error(exc)} (check FLIP_MODELS_BUCKET, "
+            "AWS_ENDPOINT_URL_S3 and the AWS_* credentials in the server's environment)",
+        )
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
     return Check(OK, "S3", f"models bucket {bucket!r} at {endpoint} answers with these credentials")
 
@@ -271,8 +319,11 @@ def _hub_check(url: str, timeout: float) -> Check:
     except ssl.SSLError as exc:
         return Check(FAIL, "hub", f"{parts.hostname}:{port}: TLS failed ({exc.reason or type(exc).__name__})")
     except OSError as exc:
-        return Check(FAIL, "hub", f"cannot reach {parts.hostname}:{port} ({type(exc).__name__}): may the server "
-                                  "connect out to it?")
+        return Check(
+            FAIL,
+            "hub",
+            f"cannot reach {parts.hostname}:{port} ({type(exc).__name__}): may the server connect out to it?",
+        )
     return Check(OK, "hub", f"{parts.scheme}://{parts.hostname}:{port} answers (no request sent, the key stays here)")
 
 
@@ -291,8 +342,9 @@ def check_settings(kit: Kit, timeout: float = 5.0) -> Iterator[Check]:
     yield Check(OK, "settings", f"FLIP_ENV={settings.env}")
     if kit.role == "server":
         if settings.env == "prod":
-            missing = [n for n, v in (("FLIP_HUB_URL", settings.hub_url), ("FLIP_HUB_API_KEY", settings.hub_api_key))
-                       if not v]
+            missing = [
+                n for n, v in (("FLIP_HUB_URL", settings.hub_url), ("FLIP_HUB_API_KEY", settings.hub_api_key)) if not v
+            ]
             if missing:
                 yield Check(FAIL, "hub", f"FLIP_ENV=prod needs {' and '.join(missing)} in the server's environment")
             else:
@@ -304,8 +356,11 @@ def check_settings(kit: Kit, timeout: float = 5.0) -> Iterator[Check]:
         yield Check(WARN, "secrets", f"this site's environment holds {', '.join(held)}: only the server needs them")
     cohort = Path(settings.local_dir) / "cohorts" / kit.name
     if not cohort.is_dir() or not any(cohort.iterdir()):
-        yield Check(FAIL, "images", f"no images in {cohort} (FLIP_LOCAL_DIR={settings.local_dir}): the site has "
-                                    "nothing to train on")
+        yield Check(
+            FAIL,
+            "images",
+            f"no images in {cohort} (FLIP_LOCAL_DIR={settings.local_dir}): the site has nothing to train on",
+        )
     else:
         yield Check(OK, "images", f"{cohort} holds {sum(1 for p in cohort.rglob('*') if p.is_file())} files")
 
@@ -319,8 +374,9 @@ def check_env_file(path: Path) -> Iterator[Check]:
         yield Check(OK, "env file", f"{path} is private (mode {mode:04o})")
 
 
-def diagnose(kit_dir: str | Path, env_file: str | Path | None = None, timeout: float = 5.0,
-             warn_days: int = WARN_DAYS) -> list[Check]:
+def diagnose(
+    kit_dir: str | Path, env_file: str | Path | None = None, timeout: float = 5.0, warn_days: int = WARN_DAYS
+) -> list[Check]:
     """Every check for the kit at ``kit_dir`` (with ``env_file``'s variables applied to this process first)."""
     kit = read_kit(kit_dir)
     checks: list[Check] = []
@@ -334,8 +390,13 @@ def diagnose(kit_dir: str | Path, env_file: str | Path | None = None, timeout: f
     return checks
 
 
-def run_doctor(kit_dir: str | Path, env_file: str | Path | None = None, timeout: float = 5.0,
-               wait: float = 0, warn_days: int = WARN_DAYS) -> int:
+def run_doctor(
+    kit_dir: str | Path,
+    env_file: str | Path | None = None,
+    timeout: float = 5.0,
+    wait: float = 0,
+    warn_days: int = WARN_DAYS,
+) -> int:
     """Print every check, failures first; return 1 if one failed, else 0. ``wait``: retry for this many seconds
     while the connection fails (a service that is starting)."""
     deadline = time.monotonic() + wait

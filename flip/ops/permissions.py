@@ -40,8 +40,10 @@ def check_private(folder: Path, what: str) -> None:
     shared = shared_paths(folder)
     if shared:
         first = shared[0]
-        raise FlipError(f"{first} is open to other users (mode {mode_of(first):04o}): {what}; make it private "
-                        f"with `chmod -R go= {folder}` (and check who could have read it), then run again")
+        raise FlipError(
+            f"{first} is open to other users (mode {mode_of(first):04o}): {what}; make it private "
+            f"with `chmod -R go= {folder}` (and check who could have read it), then run again"
+        )
 
 
 def make_private(path: Path) -> None:

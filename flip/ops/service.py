@@ -24,18 +24,25 @@ _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 def check_service_root(value: str) -> str:
     """An absolute POSIX path without whitespace, quotes or ``..`` (it is written into unit files)."""
-    if (not isinstance(value, str) or not value.startswith("/") or ".." in PurePosixPath(value).parts
-            or not re.fullmatch(r"[A-Za-z0-9_./@+-]+", value)):
-        raise ValueError(f"service root {value!r} is invalid: an absolute path of letters, digits and . _ - / @ +, "
-                         "without '..', e.g. /opt/flip")
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or ".." in PurePosixPath(value).parts
+        or not re.fullmatch(r"[A-Za-z0-9_./@+-]+", value)
+    ):
+        raise ValueError(
+            f"service root {value!r} is invalid: an absolute path of letters, digits and . _ - / @ +, "
+            "without '..', e.g. /opt/flip"
+        )
     return value.rstrip("/") or "/"
 
 
 def check_service_user(value: str) -> str:
     """A POSIX user name (lower case, at most 32 characters)."""
     if not isinstance(value, str) or not _USER_RE.fullmatch(value):
-        raise ValueError(f"service user {value!r} is invalid: a user name of lower-case letters, digits, '_' or "
-                         "'-', e.g. flip")
+        raise ValueError(
+            f"service user {value!r} is invalid: a user name of lower-case letters, digits, '_' or '-', e.g. flip"
+        )
     return value
 
 

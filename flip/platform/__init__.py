@@ -6,5 +6,12 @@ from flip.platform.dev import LocalPlatform
 from flip.platform.flip_api import FLIPBase
 from flip.platform.site import current_site, set_current_site, site_context
 
-__all__ = ["FLIPBase", "LocalPlatform", "Platform", "check_path_name", "current_site", "set_current_site",
-           "site_context"]
+__all__ = [
+    "FLIPBase",
+    "LocalPlatform",
+    "Platform",
+    "check_path_name",
+    "current_site",
+    "set_current_site",
+    "site_context",
+]

@@ -24,8 +24,15 @@ class Platform(ABC):
         """Record one site's metrics for one round (``site`` may be ``"global"``)."""
 
     @abstractmethod
-    def report_event(self, model_id: str, run_id: str, event: str, round_num: int, site: str | None = None,
-                     details: dict[str, Any] | None = None) -> None:
+    def report_event(
+        self,
+        model_id: str,
+        run_id: str,
+        event: str,
+        round_num: int,
+        site: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         """Record a round event (FLIP's ``ROUND_STARTED``, ``CLIENT_RESULT_RECEIVED``, ``ROUND_AGGREGATED``;
         ``round_num`` 1-based; ``site`` None: the server's own)."""
 

@@ -89,23 +89,49 @@ class LocalPlatform(Platform, FLIPBase):
         record["metrics"] = metrics
         self._append(METRICS_FILE, record)
 
-    def report_event(self, model_id: str, run_id: str, event: str, round_num: int, site: str | None = None,
-                     details: dict[str, Any] | None = None) -> None:
+    def report_event(
+        self,
+        model_id: str,
+        run_id: str,
+        event: str,
+        round_num: int,
+        site: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         try:
             body = training_log(client_name=site, event_type=event, global_round=round_num, details=details)
         except ValueError as exc:
             raise PlatformError(f"not recorded in {LOGS_FILE}: {exc}") from exc
-        self._append(LOGS_FILE, {"time": time.time(), "model_id": model_id, "run_id": run_id, "site": site,
-                                 "round": round_num, "event": body["event_type"], "details": details,
-                                 "success": True})
+        self._append(
+            LOGS_FILE,
+            {
+                "time": time.time(),
+                "model_id": model_id,
+                "run_id": run_id,
+                "site": site,
+                "round": round_num,
+                "event": body["event_type"],
+                "details": details,
+                "success": True,
+            },
+        )
 
     def report_failure(self, model_id: str, run_id: str, site: str | None, reason: str) -> None:
         try:
             training_log(client_name=site, text=reason, success=False)
         except ValueError as exc:
             raise PlatformError(f"not recorded in {LOGS_FILE}: {exc}") from exc
-        self._append(LOGS_FILE, {"time": time.time(), "model_id": model_id, "run_id": run_id, "site": site,
-                                 "text": reason, "success": False})
+        self._append(
+            LOGS_FILE,
+            {
+                "time": time.time(),
+                "model_id": model_id,
+                "run_id": run_id,
+                "site": site,
+                "text": reason,
+                "success": False,
+            },
+        )
 
     def read_logs(self, model_id: str | None = None) -> list[dict[str, Any]]:
         """Return the recorded round events and failures, oldest first (optionally of one model)."""
@@ -187,14 +213,21 @@ class LocalPlatform(Platform, FLIPBase):
         except (OSError, ValueError) as exc:  # pandas' parser and decoding errors are ValueErrors
             raise PlatformError(f"cannot read the dev dataframe {path} as CSV: {type(exc).__name__}") from exc
         if ACCESSION_COLUMN not in frame.columns:
-            raise ValueError(f"the dev dataframe {path} has no {ACCESSION_COLUMN!r} column (every cohort has one; "
-                             f"it has {len(frame.columns)} other columns)")
-        self.logger.info("get_dataframe: %d rows, %d columns (dev dataframe of %s)", len(frame), len(frame.columns),
-                         current_site() or "this process")
+            raise ValueError(
+                f"the dev dataframe {path} has no {ACCESSION_COLUMN!r} column (every cohort has one; "
+                f"it has {len(frame.columns)} other columns)"
+            )
+        self.logger.info(
+            "get_dataframe: %d rows, %d columns (dev dataframe of %s)",
+            len(frame),
+            len(frame.columns),
+            current_site() or "this process",
+        )
         return frame
 
-    def get_by_accession_number(self, project_id: str, accession_id: str,
-                                resource_type: ResourceType | list[ResourceType] = ResourceType.NIFTI) -> Path:
+    def get_by_accession_number(
+        self, project_id: str, accession_id: str, resource_type: ResourceType | list[ResourceType] = ResourceType.NIFTI
+    ) -> Path:
         """Return ``<image root>/<accession_id>``; a missing folder is created empty (FLIP's dev behaviour).
 
         The image root is the current site's (``FLIP_SITE_DATA`` entry, else ``DEV_IMAGES_DIR``); it must exist.
@@ -217,27 +250,35 @@ class LocalPlatform(Platform, FLIPBase):
             try:
                 folder.mkdir()
             except OSError as exc:
-                raise PlatformError(f"cannot create the image folder of accession #{fingerprint} under {root}: "
-                                    f"{exc.strerror}") from exc
-            self.logger.info("get_by_accession_number: accession #%s has no images: created its folder empty",
-                             fingerprint)
+                raise PlatformError(
+                    f"cannot create the image folder of accession #{fingerprint} under {root}: {exc.strerror}"
+                ) from exc
+            self.logger.info(
+                "get_by_accession_number: accession #%s has no images: created its folder empty", fingerprint
+            )
         return folder
 
-    def add_resource(self, project_id: str, accession_id: str, scan_id: str, resource_id: str,
-                     files: list[str]) -> None:
+    def add_resource(
+        self, project_id: str, accession_id: str, scan_id: str, resource_id: str, files: list[str]
+    ) -> None:
         """Check the arguments as FLIP's prod does, log, upload nothing (dev).
 
         Raises:
             TypeError: one of the ids is not a str, or files is not a list.
         """
-        for name, value in (("project_id", project_id), ("accession_id", accession_id), ("scan_id", scan_id),
-                            ("resource_id", resource_id)):
+        for name, value in (
+            ("project_id", project_id),
+            ("accession_id", accession_id),
+            ("scan_id", scan_id),
+            ("resource_id", resource_id),
+        ):
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be a str, got {type(value).__name__}")
         if not isinstance(files, list):
             raise TypeError(f"files must be a list of file paths, got {type(files).__name__}")
-        self.logger.info("add_resource: %d files for accession #%s (dev: not uploaded)", len(files),
-                         Utils.hash_for_log(accession_id))
+        self.logger.info(
+            "add_resource: %d files for accession #%s (dev: not uploaded)", len(files), Utils.hash_for_log(accession_id)
+        )
 
     def update_status(self, model_id: str, new_model_status: ModelStatus) -> None:
         """Log the new status (dev: nothing is sent)."""
@@ -246,22 +287,45 @@ class LocalPlatform(Platform, FLIPBase):
 
     def send_metrics(self, client_name: str, model_id: str, label: str, value: float, round: int) -> None:
         """Log the metric (dev: nothing is sent)."""
-        self.logger.info("send_metrics: %s, model %s, round %s: %s = %s (dev: not sent)", client_name, model_id,
-                         round, label, _number_text(value))
+        self.logger.info(
+            "send_metrics: %s, model %s, round %s: %s = %s (dev: not sent)",
+            client_name,
+            model_id,
+            round,
+            label,
+            _number_text(value),
+        )
 
     def send_handled_exception(self, formatted_exception: str, client_name: str | None, model_id: str) -> None:
         """Log that a failure was reported, not its text (it may hold paths or data; dev: nothing is sent)."""
         size = len(formatted_exception) if isinstance(formatted_exception, str) else 0
-        self.logger.info("send_handled_exception: from %s, model %s, %d characters (dev: not sent)",
-                         client_name or "the server", model_id, size)
+        self.logger.info(
+            "send_handled_exception: from %s, model %s, %d characters (dev: not sent)",
+            client_name or "the server",
+            model_id,
+            size,
+        )
 
-    def send_event(self, model_id: str, event_type: Any, global_round: int, client_name: str | None = None,
-                   details: dict[str, Any] | None = None, success: bool = True) -> None:
+    def send_event(
+        self,
+        model_id: str,
+        event_type: Any,
+        global_round: int,
+        client_name: str | None = None,
+        details: dict[str, Any] | None = None,
+        success: bool = True,
+    ) -> None:
         """Log the event's type, round and detail keys (dev: nothing is sent)."""
         keys = sorted(map(str, details)) if isinstance(details, dict) else []
-        self.logger.info("send_event: model %s, %s, round %s, %s, success %s, details %s (dev: not sent)", model_id,
-                         getattr(event_type, "value", event_type), global_round, client_name or "the server",
-                         success, keys)
+        self.logger.info(
+            "send_event: model %s, %s, round %s, %s, success %s, details %s (dev: not sent)",
+            model_id,
+            getattr(event_type, "value", event_type),
+            global_round,
+            client_name or "the server",
+            success,
+            keys,
+        )
 
     def upload_results_to_s3(self, results_folder: Path, model_id: str) -> None:
         """Log (dev: nothing is uploaded; flip's server uploads a run with PersistToS3AndCleanup)."""

@@ -60,11 +60,14 @@ class FLIPBase(ABC):
         if isinstance(resource_type, list):
             wrong = [r for r in resource_type if not isinstance(r, ResourceType)]
             if wrong:
-                raise TypeError(f"every item of resource_type must be a ResourceType, got {wrong[0]!r} "
-                                f"({type(wrong[0]).__name__})")
+                raise TypeError(
+                    f"every item of resource_type must be a ResourceType, got {wrong[0]!r} ({type(wrong[0]).__name__})"
+                )
             return resource_type
-        raise TypeError(f"resource_type must be a ResourceType or a list of ResourceType, got {resource_type!r} "
-                        f"({type(resource_type).__name__})")
+        raise TypeError(
+            f"resource_type must be a ResourceType or a list of ResourceType, got {resource_type!r} "
+            f"({type(resource_type).__name__})"
+        )
 
     def checked_accession_id(self, accession_id: Any) -> str:
         """Return ``accession_id`` if it is a str that is one safe path component (it names a folder).
@@ -86,13 +89,15 @@ class FLIPBase(ABC):
         """Return the cohort of ``query`` in project ``project_id``; it has an ``accession_id`` column."""
 
     @abstractmethod
-    def get_by_accession_number(self, project_id: str, accession_id: str,
-                                resource_type: ResourceType | list[ResourceType] = ResourceType.NIFTI) -> Path:
+    def get_by_accession_number(
+        self, project_id: str, accession_id: str, resource_type: ResourceType | list[ResourceType] = ResourceType.NIFTI
+    ) -> Path:
         """Return the folder holding the images of ``accession_id`` (the requested resource types)."""
 
     @abstractmethod
-    def add_resource(self, project_id: str, accession_id: str, scan_id: str, resource_id: str,
-                     files: list[str]) -> None:
+    def add_resource(
+        self, project_id: str, accession_id: str, scan_id: str, resource_id: str, files: list[str]
+    ) -> None:
         """Add files (e.g. a segmentation) to an accession's scan in the trust's imaging store."""
 
     # -- the server: reports to the hub ---------------------------------------------------------------------
@@ -109,8 +114,15 @@ class FLIPBase(ABC):
         """Send a training failure's text to the hub (``client_name`` None: the model's, not a site's)."""
 
     @abstractmethod
-    def send_event(self, model_id: str, event_type: Any, global_round: int, client_name: str | None = None,
-                   details: dict[str, Any] | None = None, success: bool = True) -> None:
+    def send_event(
+        self,
+        model_id: str,
+        event_type: Any,
+        global_round: int,
+        client_name: str | None = None,
+        details: dict[str, Any] | None = None,
+        success: bool = True,
+    ) -> None:
         """Send a round-progress event to the hub (FLIP's newest interface)."""
 
     @abstractmethod
@@ -146,8 +158,9 @@ def _client(name: Any) -> str | None:
     if name is None:
         return None
     if not (isinstance(name, str) and name and len(name) <= 255 and name.isprintable()):
-        raise ValueError(f"fl_client_name must be a non-empty printable string of at most 255 characters or None, "
-                         f"got {name!r}")
+        raise ValueError(
+            f"fl_client_name must be a non-empty printable string of at most 255 characters or None, got {name!r}"
+        )
     return name
 
 
@@ -170,8 +183,15 @@ def training_metrics(client_name: Any, global_round: Any, label: Any, result: An
     return {"fl_client_name": client, "global_round": global_round, "label": label, "result": float(result)}
 
 
-def training_log(*, client_name: Any = None, text: Any = None, event_type: Any = None, global_round: Any = None,
-                 details: Any = None, success: bool = True) -> dict[str, Any]:
+def training_log(
+    *,
+    client_name: Any = None,
+    text: Any = None,
+    event_type: Any = None,
+    global_round: Any = None,
+    details: Any = None,
+    success: bool = True,
+) -> dict[str, Any]:
     """FLIP's ``TrainingLog`` body: free text xor a typed round event (rounds 1-based).
 
     Raises:
@@ -183,8 +203,14 @@ def training_log(*, client_name: Any = None, text: Any = None, event_type: Any =
         raise ValueError("a training log is free text or a typed event, exactly one of them")
     if not isinstance(success, bool):
         raise ValueError(f"success must be a bool, got {success!r}")
-    body: dict[str, Any] = {"fl_client_name": _client(client_name), "log": None, "event_type": None,
-                            "global_round": None, "details": None, "success": success}
+    body: dict[str, Any] = {
+        "fl_client_name": _client(client_name),
+        "log": None,
+        "event_type": None,
+        "global_round": None,
+        "details": None,
+        "success": success,
+    }
     if text is not None:
         if not (isinstance(text, str) and text.strip() and len(text) <= MAX_LOG_TEXT):
             raise ValueError(f"log text must be a non-empty string of at most {MAX_LOG_TEXT} characters")
@@ -196,8 +222,10 @@ def training_log(*, client_name: Any = None, text: Any = None, event_type: Any =
     if event not in SENDABLE_EVENTS:
         raise ValueError(f"event_type must be one of {list(SENDABLE_EVENTS)}, got {event_type!r}")
     if not (isinstance(global_round, int) and not isinstance(global_round, bool) and 1 <= global_round <= MAX_ROUND):
-        raise ValueError(f"global_round of a {event} event must be an integer from 1 to {MAX_ROUND} (rounds are "
-                         f"1-based), got {global_round!r}")
+        raise ValueError(
+            f"global_round of a {event} event must be an integer from 1 to {MAX_ROUND} (rounds are "
+            f"1-based), got {global_round!r}"
+        )
     if details is not None:
         from flip.errors import JSONValueError
         from flip.files import to_json

@@ -45,9 +45,11 @@ _READ_CHUNK = 1024 * 1024
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-URL_RULE = ("expected https://host[:port][/path] (http:// only for a loopback host: 127.0.0.0/8, ::1, localhost, or "
-            "a host listed in FLIP_HTTP_HOSTS), without user:password@, query, fragment, whitespace or control "
-            "characters")
+URL_RULE = (
+    "expected https://host[:port][/path] (http:// only for a loopback host: 127.0.0.0/8, ::1, localhost, or "
+    "a host listed in FLIP_HTTP_HOSTS), without user:password@, query, fragment, whitespace or control "
+    "characters"
+)
 #: an HTTP header name (RFC 9110 token)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 
@@ -102,8 +104,9 @@ def check_http_hosts(value: object) -> frozenset[str]:
 def check_header_name(value: object, what: str = "header name") -> str:
     """Return ``value`` if it is an HTTP header name (a token of at most 128 characters), else raise ValueError."""
     if not (isinstance(value, str) and _TOKEN.fullmatch(value)):
-        raise ValueError(f"{what} must be an HTTP header name (letters, digits and !#$%&'*+.^_`|~-, at most 128), "
-                         f"got {value!r}")
+        raise ValueError(
+            f"{what} must be an HTTP header name (letters, digits and !#$%&'*+.^_`|~-, at most 128), got {value!r}"
+        )
     return value
 
 
@@ -151,8 +154,10 @@ def check_service_url(url: object, what: str = "service URL", http_hosts: frozen
     if port == 0:
         raise bad("port 0 is not a port")
     if scheme == "http" and not is_loopback(host) and host.lower() not in http_hosts:
-        raise bad(f"http:// sends the key in clear text: use https:// for host {host!r} (or list it in "
-                  f"FLIP_HTTP_HOSTS if it is on a private network)")
+        raise bad(
+            f"http:// sends the key in clear text: use https:// for host {host!r} (or list it in "
+            f"FLIP_HTTP_HOSTS if it is on a private network)"
+        )
     return url.rstrip("/")
 
 
@@ -165,8 +170,10 @@ def check_api_url(url: object, what: str = "hub URL", http_hosts: frozenset[str]
     """
     checked = check_service_url(url, what, http_hosts)
     if not urlsplit(checked).path.strip("/"):
-        raise ValueError(f"{what} {redact_url(checked)!r} is invalid: it must include the API's path, e.g. "
-                         f"{checked}/api (FLIP's hub serves its routes under /api)")
+        raise ValueError(
+            f"{what} {redact_url(checked)!r} is invalid: it must include the API's path, e.g. "
+            f"{checked}/api (FLIP's hub serves its routes under /api)"
+        )
     return checked
 
 
@@ -190,7 +197,7 @@ def check_attempts(value: object, what: str = "attempts") -> int:
 
 def backoff_delays(attempts: int, backoff: float, max_sleep: float = MAX_SLEEP) -> list[float]:
     """Return the sleeps before attempts 2..``attempts``: ``backoff`` doubling each time, each at most ``max_sleep``."""
-    return [min(max_sleep, backoff * 2.0 ** i) for i in range(attempts - 1)]
+    return [min(max_sleep, backoff * 2.0**i) for i in range(attempts - 1)]
 
 
 @dataclass(frozen=True)
@@ -218,8 +225,9 @@ class Retry:
         if not (_is_number(self.max_sleep) and 0 <= self.max_sleep <= MAX_SLEEP):
             raise ValueError(f"max_sleep must be a number of seconds from 0 to {MAX_SLEEP:g}, got {self.max_sleep!r}")
         if not (_is_number(self.backoff) and 0 <= self.backoff <= self.max_sleep):
-            raise ValueError(f"backoff must be a number of seconds from 0 to max_sleep ({self.max_sleep:g}), "
-                             f"got {self.backoff!r}")
+            raise ValueError(
+                f"backoff must be a number of seconds from 0 to max_sleep ({self.max_sleep:g}), got {self.backoff!r}"
+            )
         if not (_is_number(self.deadline) and 0 < self.deadline <= MAX_DEADLINE):
             raise ValueError(f"deadline must be a number of seconds > 0 and <= {MAX_DEADLINE:g}, got {self.deadline!r}")
 
@@ -309,9 +317,18 @@ def _read_bounded(reply, max_bytes: int) -> bytes | None:
             return None
 
 
-def request(service: Service, method: str, url: str, *, body: bytes | None = None,
-            headers: Mapping[str, str] | None = None, timeout: float = 5.0, retry: Retry = Retry(),
-            accept: Accept | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Reply:
+def request(
+    service: Service,
+    method: str,
+    url: str,
+    *,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+    retry: Retry = Retry(),
+    accept: Accept | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Reply:
     """Send one HTTP request by the rules of this module and return the successful answer.
 
     A 2xx answer, or a 4xx/5xx answer ``accept(status, attempt)`` approves, is success. Timeouts, connection
@@ -351,16 +368,20 @@ def request(service: Service, method: str, url: str, *, body: bytes | None = Non
             with _OPENER.open(req, timeout=min(timeout, left)) as reply:
                 payload = _read_bounded(reply, max_bytes)
                 if payload is None:
-                    raise error(f"{name} answered {where} with more than {max_bytes} bytes: refused unread (the "
-                                f"bound is {max_bytes} bytes)")
+                    raise error(
+                        f"{name} answered {where} with more than {max_bytes} bytes: refused unread (the "
+                        f"bound is {max_bytes} bytes)"
+                    )
                 return Reply(reply.status, payload, attempt)
         except urllib.error.HTTPError as exc:
             code = exc.code
             if 300 <= code < 400:
                 host = _location_host(exc.headers.get("Location") if exc.headers else None, url)
                 exc.close()
-                raise error(f"{name} answered {where} with a redirect (HTTP {code}) to {host}: redirects are not "
-                            f"followed, so nothing was delivered there; check {service.url_var}") from exc
+                raise error(
+                    f"{name} answered {where} with a redirect (HTTP {code}) to {host}: redirects are not "
+                    f"followed, so nothing was delivered there; check {service.url_var}"
+                ) from exc
             if accept is not None and accept(code, attempt):
                 try:
                     payload = _read_bounded(exc, max_bytes) or b""

@@ -65,11 +65,23 @@ from flip.platform.site import current_site
 from flip.platform.trust import TrustClient
 
 HUB = Service(
-    name="hub", url_var="FLIP_API_INTERNAL_URL", key_var="INTERNAL_SERVICE_KEY", error=PlatformError,
-    meanings={400: "the hub cannot attribute the client to a trust of this model (FLIP's fl_kit_slot)",
-              404: "the hub has no such model", 422: "the hub refused the request's form"})
-HUB_USER = Service(name="hub", url_var="FLIP_API_INTERNAL_URL", key_var="FLIP_HUB_USER_TOKEN", error=PlatformError,
-                   meanings={404: "the hub has no such model"})
+    name="hub",
+    url_var="FLIP_API_INTERNAL_URL",
+    key_var="INTERNAL_SERVICE_KEY",
+    error=PlatformError,
+    meanings={
+        400: "the hub cannot attribute the client to a trust of this model (FLIP's fl_kit_slot)",
+        404: "the hub has no such model",
+        422: "the hub refused the request's form",
+    },
+)
+HUB_USER = Service(
+    name="hub",
+    url_var="FLIP_API_INTERNAL_URL",
+    key_var="FLIP_HUB_USER_TOKEN",
+    error=PlatformError,
+    meanings={404: "the hub has no such model"},
+)
 
 #: our lifecycle -> FLIP's status names on the wire
 WIRE_STATUS: dict[RunStatus, ModelStatus] = {
@@ -172,11 +184,24 @@ class HubPlatform(LocalPlatform):
 
     name = "prod"
 
-    def __init__(self, hub_url: str | None, api_key: SecretStr | None, local_dir: str | Path,
-                 timeout: float = 5.0, attempts: int = 4, backoff: float = 0.5, max_sleep: float = MAX_SLEEP,
-                 deadline: float = DEFAULT_DEADLINE, trust: TrustClient | None = None, *,
-                 key_header: str = "X-Internal-Service-Key", key_file: str | Path | None = None,
-                 user_token: SecretStr | None = None, http_hosts: frozenset[str] = frozenset(), settings=None):
+    def __init__(
+        self,
+        hub_url: str | None,
+        api_key: SecretStr | None,
+        local_dir: str | Path,
+        timeout: float = 5.0,
+        attempts: int = 4,
+        backoff: float = 0.5,
+        max_sleep: float = MAX_SLEEP,
+        deadline: float = DEFAULT_DEADLINE,
+        trust: TrustClient | None = None,
+        *,
+        key_header: str = "X-Internal-Service-Key",
+        key_file: str | Path | None = None,
+        user_token: SecretStr | None = None,
+        http_hosts: frozenset[str] = frozenset(),
+        settings=None,
+    ):
         super().__init__(local_dir)
         self._trust = trust
         self._trusts: dict[str | None, TrustClient] = {}
@@ -209,15 +234,17 @@ class HubPlatform(LocalPlatform):
             try:
                 text = self._key_file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
-                raise SettingsError(f"INTERNAL_SERVICE_KEY_FILE: cannot read {self._key_file} "
-                                    f"({type(exc).__name__})") from None
+                raise SettingsError(
+                    f"INTERNAL_SERVICE_KEY_FILE: cannot read {self._key_file} ({type(exc).__name__})"
+                ) from None
             lines = text.strip().splitlines()
             if not lines or not lines[0].strip():
                 raise SettingsError(f"INTERNAL_SERVICE_KEY_FILE: {self._key_file} holds no key")
             self._api_key = SecretStr(lines[0].strip())
         if self._api_key is None:
-            raise SettingsError("the hub's key is not set (INTERNAL_SERVICE_KEY, FLIP_HUB_API_KEY or "
-                                "INTERNAL_SERVICE_KEY_FILE)")
+            raise SettingsError(
+                "the hub's key is not set (INTERNAL_SERVICE_KEY, FLIP_HUB_API_KEY or INTERNAL_SERVICE_KEY_FILE)"
+            )
         return self._api_key.get_secret_value()
 
     def require_hub(self) -> None:
@@ -246,8 +273,10 @@ class HubPlatform(LocalPlatform):
         """
         self.require_hub()
         if not final and self._failed_at is not None and time.monotonic() - self._failed_at < self.holdoff:
-            raise PlatformError(f"hub not asked ({method} {path}): it failed {time.monotonic() - self._failed_at:.0f} s "
-                                f"ago; reports are held off for {self.holdoff:g} s after a failure")
+            raise PlatformError(
+                f"hub not asked ({method} {path}): it failed {time.monotonic() - self._failed_at:.0f} s "
+                f"ago; reports are held off for {self.holdoff:g} s after a failure"
+            )
         headers = {self.key_header: self._key()}
         data = None
         if body is not None:
@@ -257,8 +286,16 @@ class HubPlatform(LocalPlatform):
                 raise PlatformError(f"not sent to the hub ({method} {path}): {exc}") from exc
             headers["Content-Type"] = "application/json"
         try:
-            reply = request(HUB, method, self.hub_url + path, body=data, headers=headers, timeout=self.timeout,
-                            retry=self.retry, max_bytes=HUB_MAX_BYTES)
+            reply = request(
+                HUB,
+                method,
+                self.hub_url + path,
+                body=data,
+                headers=headers,
+                timeout=self.timeout,
+                retry=self.retry,
+                max_bytes=HUB_MAX_BYTES,
+            )
         except PlatformError:
             self._failed_at = time.monotonic()
             raise
@@ -287,15 +324,19 @@ class HubPlatform(LocalPlatform):
         final = status.is_final
         try:
             if reason and status in (RunStatus.ERROR, RunStatus.STOPPED):
-                self._post_log(model_id, training_log(text=_bounded(f"run {run_id}: {reason}"), success=False),
-                               final=final)
+                self._post_log(
+                    model_id, training_log(text=_bounded(f"run {run_id}: {reason}"), success=False), final=final
+                )
             self._put_status(model_id, WIRE_STATUS[status], final=final)
         except PlatformError as exc:
             if not final:
                 raise
             path = self.outbox.add(model_id, run_id, status, reason, str(exc))
-            raise StatusNotDelivered(f"{exc}; final status {status.value} recorded in {path} (resend with `flip "
-                                     f"status {model_id} --resend`)", recorded=path) from exc
+            raise StatusNotDelivered(
+                f"{exc}; final status {status.value} recorded in {path} (resend with `flip "
+                f"status {model_id} --resend`)",
+                recorded=path,
+            ) from exc
         if final:
             self.outbox.remove(model_id, run_id)
 
@@ -319,8 +360,15 @@ class HubPlatform(LocalPlatform):
         for body in bodies:
             self._post_metric(model_id, body)
 
-    def report_event(self, model_id: str, run_id: str, event: FLLogEvent | str, round_num: int,
-                     site: str | None = None, details: dict[str, Any] | None = None) -> None:
+    def report_event(
+        self,
+        model_id: str,
+        run_id: str,
+        event: FLLogEvent | str,
+        round_num: int,
+        site: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         try:
             body = training_log(client_name=site, event_type=event, global_round=round_num, details=details)
         except ValueError as exc:
@@ -356,11 +404,20 @@ class HubPlatform(LocalPlatform):
         if not self.hub_url:
             raise SettingsError("flip status in prod reads the hub: set FLIP_API_INTERNAL_URL (or FLIP_HUB_URL)")
         if self._user_token is None or not self._user_token.get_secret_value():
-            raise SettingsError("flip status in prod reads FLIP's user routes: set FLIP_HUB_USER_TOKEN to a hub "
-                                "user's bearer token (the internal service key is not accepted there)")
+            raise SettingsError(
+                "flip status in prod reads FLIP's user routes: set FLIP_HUB_USER_TOKEN to a hub "
+                "user's bearer token (the internal service key is not accepted there)"
+            )
         headers = {"Authorization": f"Bearer {self._user_token.get_secret_value()}", "Accept": "application/json"}
-        reply = request(HUB_USER, method, self.hub_url + path, headers=headers, timeout=self.timeout,
-                        retry=self.retry, max_bytes=HUB_MAX_BYTES)
+        reply = request(
+            HUB_USER,
+            method,
+            self.hub_url + path,
+            headers=headers,
+            timeout=self.timeout,
+            retry=self.retry,
+            max_bytes=HUB_MAX_BYTES,
+        )
         try:
             return json.loads(reply.body) if reply.body else None
         except ValueError as exc:
@@ -382,10 +439,16 @@ class HubPlatform(LocalPlatform):
         if model_id is None:
             raise PlatformError("the hub reads statuses per model: give a model id")
         model = self.read_model(model_id)
-        records = [{"time": _epoch(model.get(key)), "status": status}
-                   for key, status in (("creationTimestamp", "PENDING"), ("preparedAt", "PREPARED"),
-                                       ("trainingStartedAt", "RUNNING"), ("resultsUploadedAt", "RESULTS_UPLOADED"))
-                   if _epoch(model.get(key)) is not None]
+        records = [
+            {"time": _epoch(model.get(key)), "status": status}
+            for key, status in (
+                ("creationTimestamp", "PENDING"),
+                ("preparedAt", "PREPARED"),
+                ("trainingStartedAt", "RUNNING"),
+                ("resultsUploadedAt", "RESULTS_UPLOADED"),
+            )
+            if _epoch(model.get(key)) is not None
+        ]
         records.sort(key=lambda r: r["time"])
         if not records or records[-1]["status"] != model["status"]:
             records.append({"time": None, "status": model["status"]})
@@ -405,9 +468,10 @@ class HubPlatform(LocalPlatform):
                     if not (_is_number(x) and _is_number(y)):
                         continue
                     round_num = int(x) if float(x).is_integer() else x
-                    record = merged.setdefault((round_num, series.get("seriesLabel", "?")),
-                                               {"round": round_num, "site": series.get("seriesLabel", "?"),
-                                                "metrics": {}})
+                    record = merged.setdefault(
+                        (round_num, series.get("seriesLabel", "?")),
+                        {"round": round_num, "site": series.get("seriesLabel", "?"), "metrics": {}},
+                    )
                     record["metrics"][chart.get("yLabel", "?")] = y
         return sorted(merged.values(), key=lambda r: (r["round"], r["site"]))
 
@@ -416,8 +480,17 @@ class HubPlatform(LocalPlatform):
         if model_id is None:
             raise PlatformError("the hub reads logs per model: give a model id")
         answer = self._read("GET", f"/model/{check_model_id(model_id)}/logs") or []
-        records = [{"time": _epoch(r.get("logDate")), "site": r.get("trustName"), "round": r.get("globalRound"),
-                    "text": r.get("log"), "success": r.get("success")} for r in answer if isinstance(r, dict)]
+        records = [
+            {
+                "time": _epoch(r.get("logDate")),
+                "site": r.get("trustName"),
+                "round": r.get("globalRound"),
+                "text": r.get("log"),
+                "success": r.get("success"),
+            }
+            for r in answer
+            if isinstance(r, dict)
+        ]
         return sorted(records, key=lambda r: r["time"] or 0)
 
     # -- a site's data (FLIP's prod platform) -----------------------------------------------------------------
@@ -431,8 +504,10 @@ class HubPlatform(LocalPlatform):
 
                 self._settings = load_settings()
             if site is None and self._settings.site_env:
-                raise SettingsError("FLIP_SITE_ENV gives simulated sites their own trust variables, but the site this "
-                                    "process serves is not known (flip's executors name it): refusing to guess")
+                raise SettingsError(
+                    "FLIP_SITE_ENV gives simulated sites their own trust variables, but the site this "
+                    "process serves is not known (flip's executors name it): refusing to guess"
+                )
             self._trusts[site] = TrustClient.from_settings(self._settings, site)
         return self._trusts[site]
 
@@ -451,8 +526,10 @@ class HubPlatform(LocalPlatform):
         check_path_name("job id", job_id)
         trust = self.trust_for(check_path_name("site name", site_name))
         if not trust.images_dir:
-            raise SettingsError(f"IMAGES_DIR is not set for site {site_name!r}: a prod site's images are the imaging "
-                                f"service's folder <IMAGES_DIR>/<NET_ID>")
+            raise SettingsError(
+                f"IMAGES_DIR is not set for site {site_name!r}: a prod site's images are the imaging "
+                f"service's folder <IMAGES_DIR>/<NET_ID>"
+            )
         return Path(trust.images_dir).expanduser().resolve() / trust.net_id
 
     def prepare_site_data(self, site_name: str, job_id: str) -> Path:
@@ -471,18 +548,24 @@ class HubPlatform(LocalPlatform):
         self.check_query(query)
         return self.trust.get_dataframe(project_id, query)
 
-    def get_by_accession_number(self, project_id: str, accession_id: str,
-                                resource_type: ResourceType | list[ResourceType] = ResourceType.NIFTI) -> Path:
+    def get_by_accession_number(
+        self, project_id: str, accession_id: str, resource_type: ResourceType | list[ResourceType] = ResourceType.NIFTI
+    ) -> Path:
         """Return the folder of the accession's images from the site's imaging service (flip.platform.trust)."""
         self.check_project_id(project_id)
         accession_id = self.checked_accession_id(accession_id)
         return self.trust.download_images(project_id, accession_id, self.check_resource_type(resource_type))
 
-    def add_resource(self, project_id: str, accession_id: str, scan_id: str, resource_id: str,
-                     files: list[str]) -> None:
+    def add_resource(
+        self, project_id: str, accession_id: str, scan_id: str, resource_id: str, files: list[str]
+    ) -> None:
         """Upload files to an accession's scan through the site's imaging service (flip.platform.trust)."""
-        for name, value in (("project_id", project_id), ("accession_id", accession_id), ("scan_id", scan_id),
-                            ("resource_id", resource_id)):
+        for name, value in (
+            ("project_id", project_id),
+            ("accession_id", accession_id),
+            ("scan_id", scan_id),
+            ("resource_id", resource_id),
+        ):
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be a str, got {type(value).__name__}")
         if not isinstance(files, list):
@@ -529,14 +612,26 @@ class HubPlatform(LocalPlatform):
         body = training_log(client_name=client_name, text=text, success=False)
         self._best_effort("send_handled_exception", lambda: self._post_log(model_id, body))
 
-    def send_event(self, model_id: str, event_type, global_round: int, client_name: str | None = None,
-                   details: dict[str, Any] | None = None, success: bool = True) -> None:
+    def send_event(
+        self,
+        model_id: str,
+        event_type,
+        global_round: int,
+        client_name: str | None = None,
+        details: dict[str, Any] | None = None,
+        success: bool = True,
+    ) -> None:
         """Send a typed round event (ValueError for a non-UUID model id, as FLIP; a bad event or a failure is
         logged)."""
         model_id = check_model_id(model_id)
         try:
-            body = training_log(client_name=client_name, event_type=event_type, global_round=global_round,
-                                details=details, success=success)
+            body = training_log(
+                client_name=client_name,
+                event_type=event_type,
+                global_round=global_round,
+                details=details,
+                success=success,
+            )
         except ValueError as exc:
             self.logger.error("send_event not sent to the hub: %s", exc)
             return
@@ -548,9 +643,11 @@ class HubPlatform(LocalPlatform):
         Raises:
             ResultsUploadError: always (FLIP's failure type), naming the component that uploads.
         """
-        raise ResultsUploadError(f"upload_results_to_s3 is not available for model {model_id}: flip's server uploads "
-                                 f"a run's results with PersistToS3AndCleanup (to FLIP_MODELS_BUCKET / "
-                                 f"UPLOADED_FEDERATED_DATA_BUCKET, verified)")
+        raise ResultsUploadError(
+            f"upload_results_to_s3 is not available for model {model_id}: flip's server uploads "
+            f"a run's results with PersistToS3AndCleanup (to FLIP_MODELS_BUCKET / "
+            f"UPLOADED_FEDERATED_DATA_BUCKET, verified)"
+        )
 
     def cleanup(self, path: Path) -> None:
         """Refuse: flip deletes a run's files only after their upload was verified (PersistToS3AndCleanup).
@@ -558,8 +655,10 @@ class HubPlatform(LocalPlatform):
         Raises:
             CleanupError: always.
         """
-        raise CleanupError("cleanup(path) is refused: flip deletes a run's files only after their upload to S3 was "
-                           "verified (PersistToS3AndCleanup), never on request")
+        raise CleanupError(
+            "cleanup(path) is refused: flip deletes a run's files only after their upload to S3 was "
+            "verified (PersistToS3AndCleanup), never on request"
+        )
 
 
 def _bounded(text: str) -> str:

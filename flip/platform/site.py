@@ -110,10 +110,14 @@ def check_site_data(raw: Any) -> dict[str, SiteData]:
             entry = entry.to_json()
         if not isinstance(entry, Mapping) or sorted(entry) != sorted(_SITE_DATA_KEYS):
             shown = sorted(entry) if isinstance(entry, Mapping) else type(entry).__name__
-            raise ValueError(f"{SITE_DATA_VAR}[{site!r}] must be an object with exactly the keys "
-                             f"{list(_SITE_DATA_KEYS)}, got {shown}")
-        sites[site] = SiteData(dataframe=_absolute(site, "dataframe", entry["dataframe"]),
-                               images=_absolute(site, "images", entry["images"]))
+            raise ValueError(
+                f"{SITE_DATA_VAR}[{site!r}] must be an object with exactly the keys "
+                f"{list(_SITE_DATA_KEYS)}, got {shown}"
+            )
+        sites[site] = SiteData(
+            dataframe=_absolute(site, "dataframe", entry["dataframe"]),
+            images=_absolute(site, "images", entry["images"]),
+        )
     return sites
 
 
@@ -133,8 +137,10 @@ class DevData:
     def _missing(self, site: str | None, variable: str) -> PlatformError:
         who = f"site {site!r}" if site else "this process (its site is not known)"
         entry = f"{SITE_DATA_VAR} has no entry for it" if site else f"{SITE_DATA_VAR} is not used without a site"
-        return PlatformError(f"no dev data for {who}: {entry} and {variable} is not set (set {variable}, or run "
-                             f"`flip simulate --site-data SITE=CSV:IMAGES_DIR`)")
+        return PlatformError(
+            f"no dev data for {who}: {entry} and {variable} is not set (set {variable}, or run "
+            f"`flip simulate --site-data SITE=CSV:IMAGES_DIR`)"
+        )
 
     def dataframe_path(self, site: str | None = None) -> Path:
         """Return the CSV of ``site`` (default: the current site) by the module's rule.
@@ -166,8 +172,14 @@ class DevData:
 # -- FLIP_SITE_ENV: each simulated site's trust variables -------------------------------------------------------------
 SITE_ENV_VAR = "FLIP_SITE_ENV"
 #: the variables FLIP_SITE_ENV may set for a site: its trust's services, nothing of the hub's
-SITE_ENV_VARS = ("DATA_ACCESS_API_URL", "IMAGING_API_URL", "NET_ID", "TRUST_INTERNAL_SERVICE_KEY_HEADER",
-                 "TRUST_INTERNAL_SERVICE_KEY", "IMAGES_DIR")
+SITE_ENV_VARS = (
+    "DATA_ACCESS_API_URL",
+    "IMAGING_API_URL",
+    "NET_ID",
+    "TRUST_INTERNAL_SERVICE_KEY_HEADER",
+    "TRUST_INTERNAL_SERVICE_KEY",
+    "IMAGES_DIR",
+)
 _SECRET_SITE_VARS = {"TRUST_INTERNAL_SERVICE_KEY"}
 
 
@@ -200,12 +212,15 @@ def check_site_env(raw: Any) -> dict[str, dict[str, str]]:
         variables = {}
         for var, value in entry.items():
             if var not in SITE_ENV_VARS:
-                raise ValueError(f"{SITE_ENV_VAR}[{site!r}] may set only a site's trust variables "
-                                 f"{list(SITE_ENV_VARS)}, got {var!r}")
+                raise ValueError(
+                    f"{SITE_ENV_VAR}[{site!r}] may set only a site's trust variables {list(SITE_ENV_VARS)}, got {var!r}"
+                )
             if not (isinstance(value, str) and len(value) <= 4096 and value.isprintable()):
                 shown = "(not shown)" if var in _SECRET_SITE_VARS else repr(value)
-                raise ValueError(f"{SITE_ENV_VAR}[{site!r}][{var!r}] must be a string of at most 4096 printable "
-                                 f"characters, got {shown}")
+                raise ValueError(
+                    f"{SITE_ENV_VAR}[{site!r}][{var!r}] must be a string of at most 4096 printable "
+                    f"characters, got {shown}"
+                )
             variables[var] = value
         sites[site] = variables
     return sites

@@ -48,16 +48,30 @@ if TYPE_CHECKING:
     from flip.settings import FlipSettings
 
 DATA_ACCESS = Service(
-    name="data-access service", url_var="DATA_ACCESS_API_URL", key_var="TRUST_INTERNAL_SERVICE_KEY",
-    error=TrustServiceError, key_refused=(401,),
-    meanings={400: "the query was refused (the service runs one SELECT over the omop schema)",
-              403: "the trust releases no row-level data for this cohort (too small, or no approved snapshot)",
-              404: "no such route: check DATA_ACCESS_API_URL", 422: "the request's form was refused"})
+    name="data-access service",
+    url_var="DATA_ACCESS_API_URL",
+    key_var="TRUST_INTERNAL_SERVICE_KEY",
+    error=TrustServiceError,
+    key_refused=(401,),
+    meanings={
+        400: "the query was refused (the service runs one SELECT over the omop schema)",
+        403: "the trust releases no row-level data for this cohort (too small, or no approved snapshot)",
+        404: "no such route: check DATA_ACCESS_API_URL",
+        422: "the request's form was refused",
+    },
+)
 IMAGING = Service(
-    name="imaging service", url_var="IMAGING_API_URL", key_var="TRUST_INTERNAL_SERVICE_KEY",
-    error=TrustServiceError, key_refused=(401,),
-    meanings={400: "the download was refused (invalid request)",
-              404: "the trust has no such project, accession or resource", 422: "the request's form was refused"})
+    name="imaging service",
+    url_var="IMAGING_API_URL",
+    key_var="TRUST_INTERNAL_SERVICE_KEY",
+    error=TrustServiceError,
+    key_refused=(401,),
+    meanings={
+        400: "the download was refused (invalid request)",
+        404: "the trust has no such project, accession or resource",
+        422: "the request's form was refused",
+    },
+)
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +133,13 @@ class TrustClient:
             SettingsError: NET_ID or a header name in the site's entry is invalid (named).
         """
         values: dict[str, Any] = {
-            "DATA_ACCESS_API_URL": settings.data_access_api_url, "IMAGING_API_URL": settings.imaging_api_url,
-            "NET_ID": settings.net_id, "TRUST_INTERNAL_SERVICE_KEY_HEADER": settings.trust_internal_service_key_header,
-            "TRUST_INTERNAL_SERVICE_KEY": settings.trust_internal_service_key, "IMAGES_DIR": settings.images_dir}
+            "DATA_ACCESS_API_URL": settings.data_access_api_url,
+            "IMAGING_API_URL": settings.imaging_api_url,
+            "NET_ID": settings.net_id,
+            "TRUST_INTERNAL_SERVICE_KEY_HEADER": settings.trust_internal_service_key_header,
+            "TRUST_INTERNAL_SERVICE_KEY": settings.trust_internal_service_key,
+            "IMAGES_DIR": settings.images_dir,
+        }
         entry: Mapping[str, str] = settings.site_env.get(site, {}) if site else {}
         values.update(entry)
         where = f" (FLIP_SITE_ENV[{site!r}])" if entry else ""
@@ -131,10 +149,18 @@ class TrustClient:
         except ValueError as exc:
             raise SettingsError(f"{exc}{where}") from None
         key = values["TRUST_INTERNAL_SERVICE_KEY"]
-        return cls(data_access_api_url=values["DATA_ACCESS_API_URL"], imaging_api_url=values["IMAGING_API_URL"],
-                   net_id=net_id, key_header=header, key=key if isinstance(key, SecretStr) else SecretStr(key),
-                   images_dir=values["IMAGES_DIR"], http_hosts=settings.http_hosts, timeout=settings.trust_timeout,
-                   attempts=settings.trust_retries, max_bytes=settings.trust_max_response_mb * 1024 * 1024)
+        return cls(
+            data_access_api_url=values["DATA_ACCESS_API_URL"],
+            imaging_api_url=values["IMAGING_API_URL"],
+            net_id=net_id,
+            key_header=header,
+            key=key if isinstance(key, SecretStr) else SecretStr(key),
+            images_dir=values["IMAGES_DIR"],
+            http_hosts=settings.http_hosts,
+            timeout=settings.trust_timeout,
+            attempts=settings.trust_retries,
+            max_bytes=settings.trust_max_response_mb * 1024 * 1024,
+        )
 
     def with_(self, **changes: Any) -> TrustClient:
         """A copy with ``changes`` (e.g. a shorter timeout in a test)."""
@@ -147,25 +173,38 @@ class TrustClient:
         except ValueError as exc:
             raise SettingsError(f"{service.url_var}: {exc}") from None
 
-    def _call(self, service: Service, method: str, base: str, path: str, body: Any,
-              params: dict[str, str] | None = None) -> Any:
+    def _call(
+        self, service: Service, method: str, base: str, path: str, body: Any, params: dict[str, str] | None = None
+    ) -> Any:
         """Send one JSON request to ``service`` and return its JSON answer (``None`` for an empty one)."""
         base = self._base(service, base)
         secret = self.key.get_secret_value()
         if not secret:
-            raise SettingsError(f"TRUST_INTERNAL_SERVICE_KEY is not set: the site's {service.name} needs the trust's "
-                                f"internal service key")
+            raise SettingsError(
+                f"TRUST_INTERNAL_SERVICE_KEY is not set: the site's {service.name} needs the trust's "
+                f"internal service key"
+            )
         url = base + path + (f"?{urlencode(params)}" if params else "")
         headers = {self.key_header: secret, "Content-Type": "application/json", "Accept": "application/json"}
-        reply = request(service, method, url, body=json.dumps(body).encode(), headers=headers, timeout=self.timeout,
-                        retry=self.retry, max_bytes=self.max_bytes)
+        reply = request(
+            service,
+            method,
+            url,
+            body=json.dumps(body).encode(),
+            headers=headers,
+            timeout=self.timeout,
+            retry=self.retry,
+            max_bytes=self.max_bytes,
+        )
         if not reply.body:
             return None
         try:
             return json.loads(reply.body)
         except ValueError:
-            raise TrustServiceError(f"{service.name} answered {method} {path} with a body that is not JSON "
-                                    f"({len(reply.body)} bytes, not shown)") from None
+            raise TrustServiceError(
+                f"{service.name} answered {method} {path} with a body that is not JSON "
+                f"({len(reply.body)} bytes, not shown)"
+            ) from None
 
     # -- the calls ------------------------------------------------------------------------------------------
     def get_dataframe(self, project_id: str, query: str) -> pd.DataFrame:
@@ -179,8 +218,9 @@ class TrustClient:
         import pandas as pd
 
         path = "/cohort/dataframe"
-        data = self._call(DATA_ACCESS, "POST", self.data_access_api_url, path,
-                          {"encrypted_project_id": project_id, "query": query})
+        data = self._call(
+            DATA_ACCESS, "POST", self.data_access_api_url, path, {"encrypted_project_id": project_id, "query": query}
+        )
         columns = _columns(data, f"data-access service answered POST {path} with")
         frame = pd.DataFrame(columns)
         frame[ACCESSION_COLUMN] = [None if v is None else str(v) for v in frame[ACCESSION_COLUMN]]
@@ -196,8 +236,10 @@ class TrustClient:
                 ``<IMAGES_DIR>`` (symlinks resolved): refused, whatever is there is not used.
         """
         if not self.images_dir:
-            raise SettingsError("IMAGES_DIR is not set: flip uses images only from inside the folder the imaging "
-                                "service writes to (its BASE_IMAGES_DOWNLOAD_DIR as this site sees it)")
+            raise SettingsError(
+                "IMAGES_DIR is not set: flip uses images only from inside the folder the imaging "
+                "service writes to (its BASE_IMAGES_DOWNLOAD_DIR as this site sees it)"
+            )
         if not resources:
             raise ValueError("resource_type must name at least one ResourceType, got an empty list")
         path = f"/download/images/{quote(self.net_id, safe='')}"
@@ -205,42 +247,67 @@ class TrustClient:
         folder = None
         for resource in resources:
             params = {"assessor_type": assessor_type(resource), "resource_type": ResourceType(resource).value}
-            answer = self._call(IMAGING, "POST", self.imaging_api_url, path,
-                                {"encrypted_central_hub_project_id": project_id, "accession_id": accession_id},
-                                params)
+            answer = self._call(
+                IMAGING,
+                "POST",
+                self.imaging_api_url,
+                path,
+                {"encrypted_central_hub_project_id": project_id, "accession_id": accession_id},
+                params,
+            )
             folder = self._inside_images_dir(answer, path, fingerprint)
-        logger.info("get_by_accession_number: accession #%s, %s (imaging service)", fingerprint,
-                    "+".join(ResourceType(r).value for r in resources))
+        logger.info(
+            "get_by_accession_number: accession #%s, %s (imaging service)",
+            fingerprint,
+            "+".join(ResourceType(r).value for r in resources),
+        )
         return folder
 
     def _inside_images_dir(self, answer: Any, path: str, fingerprint: str) -> Path:
         if not (isinstance(answer, dict) and isinstance(answer.get("path"), str) and answer["path"]):
-            raise TrustServiceError(f"imaging service answered POST {path} for accession #{fingerprint} without a "
-                                    f"\"path\" string")
+            raise TrustServiceError(
+                f'imaging service answered POST {path} for accession #{fingerprint} without a "path" string'
+            )
         root = Path(self.images_dir).expanduser().resolve()
         answered = Path(answer["path"])
         folder = answered.resolve() if answered.is_absolute() else None
         if folder is None or not folder.is_relative_to(root):
-            raise TrustServiceError(f"imaging service answered POST {path} for accession #{fingerprint} with a path "
-                                    f"outside IMAGES_DIR ({root}): refused")
+            raise TrustServiceError(
+                f"imaging service answered POST {path} for accession #{fingerprint} with a path "
+                f"outside IMAGES_DIR ({root}): refused"
+            )
         if not folder.is_dir():
-            raise TrustServiceError(f"imaging service answered POST {path} for accession #{fingerprint} with a path "
-                                    f"inside IMAGES_DIR that is not a folder")
+            raise TrustServiceError(
+                f"imaging service answered POST {path} for accession #{fingerprint} with a path "
+                f"inside IMAGES_DIR that is not a folder"
+            )
         return folder
 
-    def add_resource(self, project_id: str, accession_id: str, scan_id: str, resource_id: str,
-                     files: list[str]) -> None:
+    def add_resource(
+        self, project_id: str, accession_id: str, scan_id: str, resource_id: str, files: list[str]
+    ) -> None:
         """Upload ``files`` (paths relative to ``<IMAGES_DIR>/<NET_ID>/upload/``) to an accession's scan.
 
         Raises:
             SettingsError, TrustServiceError: as :meth:`get_dataframe`.
         """
         path = f"/upload/images/{quote(self.net_id, safe='')}"
-        self._call(IMAGING, "PUT", self.imaging_api_url, path,
-                   {"encrypted_central_hub_project_id": project_id, "accession_id": accession_id, "scan_id": scan_id,
-                    "resource_id": resource_id, "files": list(files)})
-        logger.info("add_resource: %d files for accession #%s (imaging service)", len(files),
-                    Utils.hash_for_log(accession_id))
+        self._call(
+            IMAGING,
+            "PUT",
+            self.imaging_api_url,
+            path,
+            {
+                "encrypted_central_hub_project_id": project_id,
+                "accession_id": accession_id,
+                "scan_id": scan_id,
+                "resource_id": resource_id,
+                "files": list(files),
+            },
+        )
+        logger.info(
+            "add_resource: %d files for accession #%s (imaging service)", len(files), Utils.hash_for_log(accession_id)
+        )
 
 
 def _columns(data: Any, where: str) -> dict[str, list]:
@@ -251,6 +318,8 @@ def _columns(data: Any, where: str) -> dict[str, list]:
     if len(lengths) > 1:
         raise TrustServiceError(f"{where} columns of different lengths ({sorted(lengths)})")
     if ACCESSION_COLUMN not in data:
-        raise TrustServiceError(f"{where} a cohort without an {ACCESSION_COLUMN!r} column ({len(data)} other "
-                                f"columns): every cohort has one (the imaging service's key)")
+        raise TrustServiceError(
+            f"{where} a cohort without an {ACCESSION_COLUMN!r} column ({len(data)} other "
+            f"columns): every cohort has one (the imaging service's key)"
+        )
     return data

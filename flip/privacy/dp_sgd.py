@@ -40,8 +40,10 @@ ACCOUNTANTS = ("rdp", "prv")
 RECORD_LEVEL, CLIENT_LEVEL = "record", "client"
 LEVELS = (RECORD_LEVEL, CLIENT_LEVEL)
 #: ``flip.privacy.fix_model``: Opacus's fix, named where a model is refused
-FIX_HINT = ("make get_model() return flip.privacy.fix_model(model) (Opacus's ModuleValidator.fix: e.g. BatchNorm "
-            "becomes GroupNorm), so that the server and every site build the same model")
+FIX_HINT = (
+    "make get_model() return flip.privacy.fix_model(model) (Opacus's ModuleValidator.fix: e.g. BatchNorm "
+    "becomes GroupNorm), so that the server and every site build the same model"
+)
 
 
 def check_delta(name: str, value: Any) -> float:
@@ -82,10 +84,13 @@ class RecordLevelPolicy:
         check_delta("delta", self.delta)
         check_positive("max_grad_norm", self.max_grad_norm)
         check_choice("accountant", self.accountant, ACCOUNTANTS)
-        if self.total_epsilon is not None and not check_positive("total_epsilon", self.total_epsilon) >= \
-                self.target_epsilon:
-            raise ValueError(f"total_epsilon must be >= target_epsilon ({self.target_epsilon:g}), got "
-                             f"{self.total_epsilon!r}")
+        if (
+            self.total_epsilon is not None
+            and not check_positive("total_epsilon", self.total_epsilon) >= self.target_epsilon
+        ):
+            raise ValueError(
+                f"total_epsilon must be >= target_epsilon ({self.target_epsilon:g}), got {self.total_epsilon!r}"
+            )
         optional(check_path_name, "dataset", self.dataset)
         optional(check_int, "public_sample_weight", self.public_sample_weight, 1)
 
@@ -161,11 +166,20 @@ def calibrate_noise(epsilon: float, delta: float, sample_rate: float, steps: int
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                              steps=steps, accountant=accountant))
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=epsilon,
+                    target_delta=delta,
+                    sample_rate=sample_rate,
+                    steps=steps,
+                    accountant=accountant,
+                )
+            )
     except ValueError as exc:
-        raise PrivacyError(f"ε={epsilon:g} at δ={delta:g} cannot be reached over {steps} steps at sample rate "
-                           f"{sample_rate:.4g}: the budget is too small for that much training ({exc})") from exc
+        raise PrivacyError(
+            f"ε={epsilon:g} at δ={delta:g} cannot be reached over {steps} steps at sample rate "
+            f"{sample_rate:.4g}: the budget is too small for that much training ({exc})"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -189,13 +203,15 @@ class DPSession:
         seed: for tests only: seed the noise and sampling generators (production draws from the OS).
     """
 
-    def __init__(self, policy: RecordLevelPolicy, epsilon: float | None = None, total_rounds: int = 1,
-                 seed: int | None = None):
+    def __init__(
+        self, policy: RecordLevelPolicy, epsilon: float | None = None, total_rounds: int = 1, seed: int | None = None
+    ):
         self.policy = policy
         self.epsilon_target = check_positive("epsilon", epsilon if epsilon is not None else policy.target_epsilon)
         if self.epsilon_target > policy.target_epsilon:
-            raise PrivacyError(f"epsilon {self.epsilon_target:g} is more than the site's target_epsilon "
-                               f"{policy.target_epsilon:g}")
+            raise PrivacyError(
+                f"epsilon {self.epsilon_target:g} is more than the site's target_epsilon {policy.target_epsilon:g}"
+            )
         self.total_rounds = check_int("total_rounds", total_rounds, 1)
         self._seed = seed
         self.noise_multiplier: float | None = None
@@ -240,8 +256,14 @@ class DPSession:
         """Start counting a new round's steps."""
         self.round_steps = self.round_skipped = self.private_calls = 0
 
-    def make_private(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data_loader,
-                     epochs: int = 1, log: Callable[[str], None] | None = None):
+    def make_private(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data_loader,
+        epochs: int = 1,
+        log: Callable[[str], None] | None = None,
+    ):
         """Return ``(model, optimizer, data_loader)`` made private with Opacus for this round.
 
         ``model`` is returned as it is, put in training mode (Opacus's hooks are attached to it and removed at
@@ -270,8 +292,9 @@ class DPSession:
         check_model(model)
         check_int("epochs", epochs, 1)
         if not isinstance(data_loader, DataLoader) or isinstance(data_loader, DPDataLoader):
-            raise PrivacyError(f"make_private needs the torch DataLoader of the training records, got a "
-                               f"{type(data_loader).__name__}")
+            raise PrivacyError(
+                f"make_private needs the torch DataLoader of the training records, got a {type(data_loader).__name__}"
+            )
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise PrivacyError(f"make_private needs a torch.optim.Optimizer, got a {type(optimizer).__name__}")
         batches = len(data_loader)
@@ -282,18 +305,23 @@ class DPSession:
             self.sample_rate = 1 / batches
             self.batch_size = int(data_loader.batch_size or max(1, round(len(data_loader.dataset) / batches)))
             self.planned_steps = self.total_rounds * epochs * batches
-            self.noise_multiplier = calibrate_noise(self.epsilon_target, self.policy.delta, self.sample_rate,
-                                                    self.planned_steps, self.policy.accountant)
+            self.noise_multiplier = calibrate_noise(
+                self.epsilon_target, self.policy.delta, self.sample_rate, self.planned_steps, self.policy.accountant
+            )
             self._accountant = create_accountant(mechanism=self.policy.accountant)
             if log:
-                log(f"DP-SGD: noise multiplier {self.noise_multiplier:.4g} for ε={self.epsilon_target:g} at "
+                log(
+                    f"DP-SGD: noise multiplier {self.noise_multiplier:.4g} for ε={self.epsilon_target:g} at "
                     f"δ={self.policy.delta:g} over {self.planned_steps} steps ({self.total_rounds} rounds × {epochs} "
                     f"epochs × {batches} batches, sample rate {self.sample_rate:.4g}), max_grad_norm "
-                    f"{self.policy.max_grad_norm:g}, {self.policy.accountant} accountant")
+                    f"{self.policy.max_grad_norm:g}, {self.policy.accountant} accountant"
+                )
         elif batches != self.batches_per_epoch:
-            raise PrivacyError(f"the data loader has {batches} batches per epoch; it had {self.batches_per_epoch} when "
-                               "the noise was calibrated for this job: keep the data set and batch size of the first "
-                               "round")
+            raise PrivacyError(
+                f"the data loader has {batches} batches per epoch; it had {self.batches_per_epoch} when "
+                "the noise was calibrated for this job: keep the data set and batch size of the first "
+                "round"
+            )
         model.train()  # Opacus attaches its hooks to a model in training mode (a trainer's last round left it in eval)
         poisson = DPDataLoader.from_data_loader(data_loader, generator=self._generator(2 * self.steps + 1))
         with warnings.catch_warnings():
@@ -302,9 +330,15 @@ class DPSession:
             engine.accountant = self._accountant  # one accountant over every round of the job
             try:
                 hooks, private_optimizer, private_loader = engine.make_private(
-                    module=model, optimizer=optimizer, data_loader=poisson, noise_multiplier=self.noise_multiplier,
-                    max_grad_norm=self.policy.max_grad_norm, poisson_sampling=False, wrap_model=False,
-                    noise_generator=self._generator(2 * self.steps + 2))
+                    module=model,
+                    optimizer=optimizer,
+                    data_loader=poisson,
+                    noise_multiplier=self.noise_multiplier,
+                    max_grad_norm=self.policy.max_grad_norm,
+                    poisson_sampling=False,
+                    wrap_model=False,
+                    noise_generator=self._generator(2 * self.steps + 2),
+                )
             except ValueError as exc:  # e.g. the optimizer's parameters are not the model's, hooks added twice
                 raise PrivacyError(f"Opacus cannot make this training private: {exc}") from exc
         hooks.forbid_grad_accumulation()  # one batch, one step: the accounting counts each step once
@@ -339,8 +373,13 @@ class DPSession:
         for hooks in self._hooks:
             hooks.cleanup()
         self._hooks.clear()
-        return RoundSpend(steps=self.round_steps, skipped=self.round_skipped, total_steps=self.steps,
-                          epsilon=self.epsilon(), next_epsilon=self.epsilon_after(max(self.round_steps, 1)))
+        return RoundSpend(
+            steps=self.round_steps,
+            skipped=self.round_skipped,
+            total_steps=self.steps,
+            epsilon=self.epsilon(),
+            next_epsilon=self.epsilon_after(max(self.round_steps, 1)),
+        )
 
     def public_sample_weight(self) -> int | None:
         """The weight of this site's update that reveals nothing the mechanism does not: the policy's, else the
@@ -354,8 +393,15 @@ class DPSession:
     def record(self) -> dict[str, Any]:
         """What a privacy record on the update says of this session (settings and counts: never data)."""
         spent = self.epsilon()
-        return {"level": RECORD_LEVEL, "epsilon": round(spent, 6), "delta": self.policy.delta,
-                "accountant": self.policy.accountant, "max_grad_norm": self.policy.max_grad_norm,
-                "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
-                "steps": self.steps, "max_epsilon": self.epsilon_target,
-                "next_epsilon": round(self.epsilon_after(max(self.round_steps, 1)), 6)}
+        return {
+            "level": RECORD_LEVEL,
+            "epsilon": round(spent, 6),
+            "delta": self.policy.delta,
+            "accountant": self.policy.accountant,
+            "max_grad_norm": self.policy.max_grad_norm,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "max_epsilon": self.epsilon_target,
+            "next_epsilon": round(self.epsilon_after(max(self.round_steps, 1)), 6),
+        }

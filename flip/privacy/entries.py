@@ -29,8 +29,9 @@ def is_integer_entry(value: Any) -> bool:
     return isinstance(value, np.ndarray) and value.dtype.kind in "iu"
 
 
-def split_integer_entries(update: Mapping[str, Any], counters_only: bool = True) -> tuple[dict[str, Any],
-                                                                                          dict[str, Any]]:
+def split_integer_entries(
+    update: Mapping[str, Any], counters_only: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split an update into its floating-point entries (to filter) and its integer entries.
 
     Entries that are neither a floating-point nor an integer array or tensor stay with the floating-point ones,
@@ -53,9 +54,11 @@ def split_integer_entries(update: Mapping[str, Any], counters_only: bool = True)
             floats[key] = value
             continue
         if counters_only and value.ndim != 0 and bool((value != 0).any()):
-            raise PrivacyError(f"update entry {key!r} is an integer array of shape {tuple(value.shape)} that changed: "
-                               "only integer counters (0-d, e.g. num_batches_tracked) or unchanged integer buffers "
-                               "may leave a site")
+            raise PrivacyError(
+                f"update entry {key!r} is an integer array of shape {tuple(value.shape)} that changed: "
+                "only integer counters (0-d, e.g. num_batches_tracked) or unchanged integer buffers "
+                "may leave a site"
+            )
         integers[key] = value
     return floats, integers
 

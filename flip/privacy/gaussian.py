@@ -44,8 +44,9 @@ def _flat_chunks(array: np.ndarray):
         yield flat[start : start + CHUNK]
 
 
-def clip_and_noise(update: Mapping[str, Any], clip_norm: float, noise_multiplier: float,
-                   rng: np.random.Generator) -> tuple[dict[str, np.ndarray], NoiseStats]:
+def clip_and_noise(
+    update: Mapping[str, Any], clip_norm: float, noise_multiplier: float, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], NoiseStats]:
     """Clip the whole update to L2 norm ``clip_norm``, then add N(0, (noise_multiplier·clip_norm)²) per entry.
 
     Works in place, chunk by chunk, on float numpy arrays (dtypes kept; the norm is summed in float64; float16
@@ -105,12 +106,16 @@ def check_noise_multiplier(noise_multiplier: float, delta: float) -> float:
     try:
         epsilon = epsilon_after(1, noise_multiplier, delta)
     except (ArithmeticError, ValueError) as exc:
-        raise ValueError(f"noise_multiplier {noise_multiplier!r} cannot be accounted at delta={delta!r} "
-                         f"({type(exc).__name__}): use a noise multiplier between {NOISE_SEARCH_RANGE[0]:g} and "
-                         f"{NOISE_SEARCH_RANGE[1]:g}") from exc
+        raise ValueError(
+            f"noise_multiplier {noise_multiplier!r} cannot be accounted at delta={delta!r} "
+            f"({type(exc).__name__}): use a noise multiplier between {NOISE_SEARCH_RANGE[0]:g} and "
+            f"{NOISE_SEARCH_RANGE[1]:g}"
+        ) from exc
     if not math.isfinite(epsilon):
-        raise ValueError(f"noise_multiplier {noise_multiplier!r} gives ε={epsilon} for one round at delta={delta!r}: "
-                         f"no privacy guarantee; use a larger noise multiplier (e.g. >= {NOISE_SEARCH_RANGE[0]:g})")
+        raise ValueError(
+            f"noise_multiplier {noise_multiplier!r} gives ε={epsilon} for one round at delta={delta!r}: "
+            f"no privacy guarantee; use a larger noise multiplier (e.g. >= {NOISE_SEARCH_RANGE[0]:g})"
+        )
     return epsilon
 
 
@@ -126,13 +131,19 @@ def calibrate_noise(epsilon: float, delta: float, rounds: int) -> float:
 
     low, high = NOISE_SEARCH_RANGE
     try:
-        return float(dp_accounting.calibrate_dp_mechanism(
-            rdp.RdpAccountant,
-            lambda z: dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds),
-            epsilon, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(low, high)))
+        return float(
+            dp_accounting.calibrate_dp_mechanism(
+                rdp.RdpAccountant,
+                lambda z: dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds),
+                epsilon,
+                delta,
+                bracket_interval=dp_accounting.ExplicitBracketInterval(low, high),
+            )
+        )
     except (ArithmeticError, ValueError, RuntimeError) as exc:
         smallest, largest = epsilon_after(rounds, high, delta), epsilon_after(rounds, low, delta)
         raise ValueError(
             f"epsilon={epsilon!r} over rounds={rounds!r} at delta={delta!r} cannot be reached: with noise "
             f"multipliers in [{low:g}, {high:g}] the achievable epsilon is between {smallest:.3g} and {largest:.3g} "
-            "(choose epsilon in that range, or change rounds or delta)") from exc
+            "(choose epsilon in that range, or change rounds or delta)"
+        ) from exc

@@ -101,12 +101,16 @@ class PrivacyLedger:
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise PrivacyError(f"the privacy ledger {self.path} cannot be read ({type(exc).__name__}): no job is "
-                               "admitted until the site repairs it") from exc
+            raise PrivacyError(
+                f"the privacy ledger {self.path} cannot be read ({type(exc).__name__}): no job is "
+                "admitted until the site repairs it"
+            ) from exc
         problem = _ledger_problem(doc)
         if problem:
-            raise PrivacyError(f"the privacy ledger {self.path} is not a ledger ({problem}): no job is admitted until "
-                               "the site repairs it")
+            raise PrivacyError(
+                f"the privacy ledger {self.path} is not a ledger ({problem}): no job is admitted until "
+                "the site repairs it"
+            )
         return doc
 
     def budgets(self) -> list[DatasetBudget]:
@@ -132,8 +136,16 @@ class PrivacyLedger:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def admit(self, dataset: str, job_id: str, epsilon: float, delta: float, total_epsilon: float,
-              accountant: str, level: str = "record") -> DatasetBudget:
+    def admit(
+        self,
+        dataset: str,
+        job_id: str,
+        epsilon: float,
+        delta: float,
+        total_epsilon: float,
+        accountant: str,
+        level: str = "record",
+    ) -> DatasetBudget:
         """Admit job ``job_id`` to spend ``epsilon`` on ``dataset`` if the site has that much left; record it.
 
         A job already in the ledger (its first task ran before) is admitted as recorded (the call is
@@ -161,10 +173,18 @@ class PrivacyLedger:
                     raise BudgetRefused(
                         f"privacy budget: data set {dataset!r} has ε={budget.remaining:.4g} left of its total "
                         f"{total_epsilon:g} at this site ({budget.jobs} earlier job(s) spent {budget.spent:.4g}); this "
-                        f"job needs ε={epsilon:g}: refused (`flip privacy ledger` shows the ledger)")
-                entry["jobs"][job_id] = {"level": level, "epsilon": 0.0, "planned_epsilon": epsilon, "delta": delta,
-                                         "accountant": accountant, "status": RUNNING, "started": _now(),
-                                         "updated": _now()}
+                        f"job needs ε={epsilon:g}: refused (`flip privacy ledger` shows the ledger)"
+                    )
+                entry["jobs"][job_id] = {
+                    "level": level,
+                    "epsilon": 0.0,
+                    "planned_epsilon": epsilon,
+                    "delta": delta,
+                    "accountant": accountant,
+                    "status": RUNNING,
+                    "started": _now(),
+                    "updated": _now(),
+                }
             return _budget(dataset, entry)
 
     def spend(self, dataset: str, job_id: str, epsilon: float, done: bool = False) -> DatasetBudget:
@@ -189,9 +209,14 @@ class PrivacyLedger:
 
 def _budget(name: str, entry: dict[str, Any]) -> DatasetBudget:
     jobs = entry.get("jobs", {}).values()
-    return DatasetBudget(dataset=name, total_epsilon=float(entry["total_epsilon"]),
-                         spent=sum(charge(j) for j in jobs), delta=sum(float(j.get("delta", 0.0)) for j in jobs),
-                         jobs=len(jobs), running=sum(j.get("status") != DONE for j in jobs))
+    return DatasetBudget(
+        dataset=name,
+        total_epsilon=float(entry["total_epsilon"]),
+        spent=sum(charge(j) for j in jobs),
+        delta=sum(float(j.get("delta", 0.0)) for j in jobs),
+        jobs=len(jobs),
+        running=sum(j.get("status") != DONE for j in jobs),
+    )
 
 
 def _ledger_problem(doc: Any) -> str | None:
@@ -199,12 +224,16 @@ def _ledger_problem(doc: Any) -> str | None:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("datasets"), dict):
         return f"expected a JSON object with format {FORMAT!r} and datasets"
     for name, entry in doc["datasets"].items():
-        if not isinstance(entry, dict) or not is_number(entry.get("total_epsilon")) or \
-                not isinstance(entry.get("jobs"), dict):
+        if (
+            not isinstance(entry, dict)
+            or not is_number(entry.get("total_epsilon"))
+            or not isinstance(entry.get("jobs"), dict)
+        ):
             return f"data set {name!r} needs total_epsilon and jobs"
         for job_id, job in entry["jobs"].items():
-            if not isinstance(job, dict) or not all(is_number(job.get(k)) and job[k] >= 0
-                                                    for k in ("epsilon", "planned_epsilon", "delta")):
+            if not isinstance(job, dict) or not all(
+                is_number(job.get(k)) and job[k] >= 0 for k in ("epsilon", "planned_epsilon", "delta")
+            ):
                 return f"job {job_id!r} of data set {name!r} needs epsilon, planned_epsilon and delta >= 0"
     return None
 
@@ -214,15 +243,21 @@ def format_ledger(ledger: PrivacyLedger) -> str:
     doc = ledger.read()
     if not doc["datasets"]:
         return f"{ledger.path}: no job has spent privacy budget at this site yet"
-    lines = [f"{ledger.path} (site {doc.get('site') or '?'}): ε spent per data set, jobs composed by adding ε and δ",
-             f"{'data set':<24} {'spent ε':>9} {'total ε':>9} {'left ε':>9} {'δ':>9}  jobs"]
+    lines = [
+        f"{ledger.path} (site {doc.get('site') or '?'}): ε spent per data set, jobs composed by adding ε and δ",
+        f"{'data set':<24} {'spent ε':>9} {'total ε':>9} {'left ε':>9} {'δ':>9}  jobs",
+    ]
     for budget in ledger.budgets():
-        lines.append(f"{budget.dataset:<24} {budget.spent:>9.4g} {budget.total_epsilon:>9.4g} {budget.remaining:>9.4g} "
-                     f"{budget.delta:>9.2g}  {budget.jobs}" + (f" ({budget.running} running: charged what they "
-                                                               "planned)" if budget.running else ""))
+        lines.append(
+            f"{budget.dataset:<24} {budget.spent:>9.4g} {budget.total_epsilon:>9.4g} {budget.remaining:>9.4g} "
+            f"{budget.delta:>9.2g}  {budget.jobs}"
+            + (f" ({budget.running} running: charged what they planned)" if budget.running else "")
+        )
         jobs = doc["datasets"][budget.dataset]["jobs"]
         for job_id, job in sorted(jobs.items(), key=lambda kv: str(kv[1].get("started"))):
-            lines.append(f"  {job_id}: {job.get('level', '?')}-level ε={job['epsilon']:.4g} of "
-                         f"{job['planned_epsilon']:g} at δ={job['delta']:g} ({job.get('accountant', '?')}), "
-                         f"{job.get('status', '?')}, started {job.get('started', '?')}")
+            lines.append(
+                f"  {job_id}: {job.get('level', '?')}-level ε={job['epsilon']:.4g} of "
+                f"{job['planned_epsilon']:g} at δ={job['delta']:g} ({job.get('accountant', '?')}), "
+                f"{job.get('status', '?')}, started {job.get('started', '?')}"
+            )
     return "\n".join(lines)

@@ -41,7 +41,12 @@ SMALL_UPDATE = 1 << 18
 #: values sampled to bracket the order statistics
 SAMPLE_SIZE = 1 << 16
 
-_NP_DTYPE = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64, torch.bfloat16: np.float32}
+_NP_DTYPE = {
+    torch.float16: np.float16,
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+    torch.bfloat16: np.float32,
+}
 
 
 @dataclass(frozen=True)

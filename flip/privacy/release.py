@@ -33,12 +33,19 @@ RELEASED_METRICS = ("update_norm", "received_checksum")
 #: NVFlare's key of the optimizer steps of a round in DXO meta (nvflare.apis.dxo.MetaKey.NUM_STEPS_CURRENT_ROUND)
 NUM_STEPS_META = "NUM_STEPS_CURRENT_ROUND"
 #: flip's DXO meta keys that may stay on an update under DP (structure and privacy records: no counts of data)
-RELEASED_META = (FlipMeta.PRIVACY, FlipMeta.STAGE, FlipMeta.STAGE_PARAMS, FlipMeta.STAGE_STEPS, FlipMeta.NUM_SAMPLES,
-                 NUM_STEPS_META)
+RELEASED_META = (
+    FlipMeta.PRIVACY,
+    FlipMeta.STAGE,
+    FlipMeta.STAGE_PARAMS,
+    FlipMeta.STAGE_STEPS,
+    FlipMeta.NUM_SAMPLES,
+    NUM_STEPS_META,
+)
 
 
-def release_metrics(metrics: Mapping[str, Any] | None, public_weight: int | None,
-                    update_norm: float | None) -> tuple[dict[str, Any], list[str]]:
+def release_metrics(
+    metrics: Mapping[str, Any] | None, public_weight: int | None, update_norm: float | None
+) -> tuple[dict[str, Any], list[str]]:
     """The metrics a training result may carry under DP, and the names of those withheld.
 
     Args:

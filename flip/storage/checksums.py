@@ -81,8 +81,9 @@ def describe_file(path: Path, key: str, transfer: TransferConfig = DEFAULT_TRANS
                 parts.append(part.digest())
                 part, in_part = hashlib.sha256(), 0
     if part_size is None:
-        return ObjectEntry(check_object_key(key), size, full.hexdigest(),
-                           base64.b64encode(crc.to_bytes(4, "big")).decode(), "CRC32")
+        return ObjectEntry(
+            check_object_key(key), size, full.hexdigest(), base64.b64encode(crc.to_bytes(4, "big")).decode(), "CRC32"
+        )
     if in_part:
         parts.append(part.digest())
     checksum = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode() + f"-{len(parts)}"

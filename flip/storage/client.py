@@ -36,13 +36,20 @@ _DENIED = {"403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId",
 _NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 
 
-def transfer_config(threshold_mb: int = DEFAULT_THRESHOLD_MB, part_size_mb: int = DEFAULT_PART_SIZE_MB,
-                    concurrency: int = DEFAULT_CONCURRENCY) -> TransferConfig:
+def transfer_config(
+    threshold_mb: int = DEFAULT_THRESHOLD_MB,
+    part_size_mb: int = DEFAULT_PART_SIZE_MB,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> TransferConfig:
     """boto3 managed-transfer settings: objects of ``threshold_mb`` or more go in ``part_size_mb`` parts."""
     if part_size_mb < 5:
         raise ValueError(f"part size must be at least 5 MiB (an S3 limit), got {part_size_mb}")
-    return TransferConfig(multipart_threshold=threshold_mb * _MIB, multipart_chunksize=part_size_mb * _MIB,
-                          max_concurrency=concurrency, use_threads=True)
+    return TransferConfig(
+        multipart_threshold=threshold_mb * _MIB,
+        multipart_chunksize=part_size_mb * _MIB,
+        max_concurrency=concurrency,
+        use_threads=True,
+    )
 
 
 DEFAULT_TRANSFER = transfer_config()
@@ -103,8 +110,9 @@ def s3_error(exc: BaseException, what: str, error: type[StorageError] = StorageE
 
 
 @contextmanager
-def s3_errors(what: str, error: type[StorageError] = StorageError,
-              also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+def s3_errors(
+    what: str, error: type[StorageError] = StorageError, also: tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
     """Turn a boto error raised in the block (BOTO_ERRORS, and ``also``) into ``s3_error(exc, what, error)``.
 
     Args:

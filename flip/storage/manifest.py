@@ -38,6 +38,7 @@ def check_manifest(manifest: Any, where: str, prefix: str | None = None) -> dict
     Raises:
         VerificationError: ``<where> is not a valid manifest: <problem>``.
     """
+
     def bad(problem: str) -> VerificationError:
         return VerificationError(f"{where} is not a valid manifest: {problem}")
 
@@ -60,8 +61,10 @@ def check_manifest(manifest: Any, where: str, prefix: str | None = None) -> dict
         missing = [f for f in ENTRY_FIELDS if f not in raw]
         extra = sorted(str(f) for f in raw if f not in ENTRY_FIELDS)
         if missing or extra:
-            raise bad(f"objects[{i}] has missing fields {missing} and extra fields {extra}; "
-                      f"expected exactly {list(ENTRY_FIELDS)}")
+            raise bad(
+                f"objects[{i}] has missing fields {missing} and extra fields {extra}; "
+                f"expected exactly {list(ENTRY_FIELDS)}"
+            )
         key = raw["key"]
         try:
             check_object_key(key)
@@ -78,8 +81,10 @@ def check_manifest(manifest: Any, where: str, prefix: str | None = None) -> dict
         if not isinstance(raw["s3_checksum"], str) or not raw["s3_checksum"]:
             raise bad(f"objects[{i}].s3_checksum must be a non-empty string, got {raw['s3_checksum']!r}")
         if raw["s3_checksum_algorithm"] not in CHECKSUM_ALGORITHMS:
-            raise bad(f"objects[{i}].s3_checksum_algorithm must be one of {list(CHECKSUM_ALGORITHMS)}, "
-                      f"got {raw['s3_checksum_algorithm']!r}")
+            raise bad(
+                f"objects[{i}].s3_checksum_algorithm must be one of {list(CHECKSUM_ALGORITHMS)}, "
+                f"got {raw['s3_checksum_algorithm']!r}"
+            )
     return manifest
 
 

@@ -73,8 +73,7 @@ def state_of(loaded: Any, what: str) -> dict[str, torch.Tensor]:
         raise RegistryError(f"{what} is not a state dict: got {type(loaded).__name__}")
     bad = next((k for k, v in loaded.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
     if bad is not None:
-        raise RegistryError(f"{what} is not a state dict of tensors: entry {bad!r} is a "
-                            f"{type(loaded[bad]).__name__}")
+        raise RegistryError(f"{what} is not a state dict of tensors: entry {bad!r} is a {type(loaded[bad]).__name__}")
     return loaded
 
 
@@ -110,13 +109,18 @@ def check_input_shape(value: Any) -> tuple[int, ...]:
     parts = value.split(",") if isinstance(value, str) else value
     try:
         shape = tuple(int(p) for p in parts)
-        ok = (1 <= len(shape) <= MAX_RANK and all(1 <= d <= MAX_DIM for d in shape)
-              and (not isinstance(value, str) or all(p.strip().isdigit() for p in parts)))
+        ok = (
+            1 <= len(shape) <= MAX_RANK
+            and all(1 <= d <= MAX_DIM for d in shape)
+            and (not isinstance(value, str) or all(p.strip().isdigit() for p in parts))
+        )
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"input shape must be 1 to {MAX_RANK} whole numbers in [1, {MAX_DIM}] such as '1,28,28' "
-                         f"(one input, no batch dimension), got {value!r}")
+        raise ValueError(
+            f"input shape must be 1 to {MAX_RANK} whole numbers in [1, {MAX_DIM}] such as '1,28,28' "
+            f"(one input, no batch dimension), got {value!r}"
+        )
     return shape
 
 
@@ -185,11 +189,15 @@ def output_shape(module: torch.nn.Module, input_shape: tuple[int, ...], what: st
     try:
         out = module(torch.zeros((1, *input_shape)))
     except Exception as exc:  # noqa: BLE001 - a module may raise anything on an input of the wrong shape
-        raise RegistryError(f"{what} does not run on an input of shape {input_shape} (batch of 1): "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise RegistryError(
+            f"{what} does not run on an input of shape {input_shape} (batch of 1): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
     if not isinstance(out, torch.Tensor) or out.dim() < 1 or out.shape[0] != 1:
-        raise RegistryError(f"{what} must return a tensor with the batch dimension first, got "
-                            f"{type(out).__name__}{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}")
+        raise RegistryError(
+            f"{what} must return a tensor with the batch dimension first, got "
+            f"{type(out).__name__}{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}"
+        )
     if out.is_floating_point() and not bool(torch.isfinite(out).all()):
         raise RegistryError(f"{what} returns NaN or Inf on a zero input of shape {input_shape}")
     return tuple(out.shape[1:])
@@ -213,8 +221,9 @@ class ModelFileInfo:
         return info
 
 
-def check_model_file(path: str | Path, models: ModuleType | None = None,
-                     input_shape: tuple[int, ...] | None = None) -> ModelFileInfo:
+def check_model_file(
+    path: str | Path, models: ModuleType | None = None, input_shape: tuple[int, ...] | None = None
+) -> ModelFileInfo:
     """Check a model to register: it loads safely; with ``models`` (or as TorchScript) it builds, and with
     ``input_shape`` it runs on a dummy input of that shape (its output shape recorded).
 
@@ -234,8 +243,9 @@ def check_model_file(path: str | Path, models: ModuleType | None = None,
     return ModelFileInfo(file_format(loaded), count, input_shape, out)
 
 
-def check_preprocessing_file(path: str | Path, input_shape: tuple[int, ...],
-                             models: ModuleType | None = None) -> ModelFileInfo:
+def check_preprocessing_file(
+    path: str | Path, input_shape: tuple[int, ...], models: ModuleType | None = None
+) -> ModelFileInfo:
     """Check a preprocessing model: TorchScript, or a state dict built by ``models.get_preprocessing()``; it must
     run on a dummy input of the declared ``input_shape`` and return a finite tensor.
 
@@ -260,7 +270,23 @@ def human_count(count: Any) -> str:
     return f"{count:,}" if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else "unknown"
 
 
-__all__ = ["MODEL_FUNCTION", "PREPROCESSING_FUNCTION", "ModelFileInfo", "build_module", "check_input_shape",
-           "check_model_file", "check_preprocessing_file", "file_format", "first_mismatch", "human_count",
-           "is_torchscript", "load_model_file", "load_models_module", "module_of", "output_shape", "parameter_count",
-           "shape_text", "state_of"]
+__all__ = [
+    "MODEL_FUNCTION",
+    "PREPROCESSING_FUNCTION",
+    "ModelFileInfo",
+    "build_module",
+    "check_input_shape",
+    "check_model_file",
+    "check_preprocessing_file",
+    "file_format",
+    "first_mismatch",
+    "human_count",
+    "is_torchscript",
+    "load_model_file",
+    "load_models_module",
+    "module_of",
+    "output_shape",
+    "parameter_count",
+    "shape_text",
+    "state_of",
+]

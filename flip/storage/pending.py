@@ -58,8 +58,14 @@ def staged_path(folder: Path, rel: Any) -> Path:
         UploadError: naming the path (absolute, with '..', or resolving outside ``<folder>/flip_upload/``).
     """
     staging = Path(folder).resolve() / RunFile.STAGING_DIR
-    if not isinstance(rel, str) or not rel or PurePosixPath(rel).is_absolute() or "\\" in rel or ":" in rel \
-            or ".." in PurePosixPath(rel).parts:
+    if (
+        not isinstance(rel, str)
+        or not rel
+        or PurePosixPath(rel).is_absolute()
+        or "\\" in rel
+        or ":" in rel
+        or ".." in PurePosixPath(rel).parts
+    ):
         raise UploadError(f"staged path {rel!r} is refused: expected a relative path inside {staging}")
     path = Path(folder) / rel
     resolved = path.resolve()
@@ -68,8 +74,16 @@ def staged_path(folder: Path, rel: Any) -> Path:
     return path
 
 
-def record_pending(folder: Path, *, model_id: str, job_id: str, run_id: str, bucket: str,
-                   files: Mapping[str, Path], info: Mapping[str, Any]) -> dict[str, Any]:
+def record_pending(
+    folder: Path,
+    *,
+    model_id: str,
+    job_id: str,
+    run_id: str,
+    bucket: str,
+    files: Mapping[str, Path],
+    info: Mapping[str, Any],
+) -> dict[str, Any]:
     """Describe the staged ``files`` (object key -> file in ``<folder>/flip_upload/``) and write
     ``upload_pending.json`` in the run folder ``folder``; return the record.
 
@@ -89,8 +103,16 @@ def record_pending(folder: Path, *, model_id: str, job_id: str, run_id: str, buc
         rel = Path(path).relative_to(folder).as_posix()
         sha256, size = file_digest(staged_path(folder, rel))
         described[check_object_key(key)] = {"path": rel, "sha256": sha256, "size": size}
-    record = {"format": PENDING_FORMAT, "model_id": check_model_id(model_id), "job_id": job_id, "run_id": run_id,
-              "bucket": bucket, "prefix": run_prefix(model_id, run_id), "info": dict(info), "files": described}
+    record = {
+        "format": PENDING_FORMAT,
+        "model_id": check_model_id(model_id),
+        "job_id": job_id,
+        "run_id": run_id,
+        "bucket": bucket,
+        "prefix": run_prefix(model_id, run_id),
+        "info": dict(info),
+        "files": described,
+    }
     write_pending(folder, record)
     return record
 
@@ -140,11 +162,14 @@ def read_pending(folder: Path, bucket: str) -> dict[str, Any]:
     except ValueError as exc:
         raise UploadError(f"refusing {path}: {exc}") from exc
     if pending["prefix"] != prefix:
-        raise UploadError(f"refusing {path}: prefix {pending['prefix']!r} is not {prefix!r}, the prefix of its "
-                          f"model id and run id")
+        raise UploadError(
+            f"refusing {path}: prefix {pending['prefix']!r} is not {prefix!r}, the prefix of its model id and run id"
+        )
     if pending["bucket"] != bucket:
-        raise UploadError(f"refusing {path}: bucket {pending['bucket']!r} is not FLIP_MODELS_BUCKET {bucket!r} "
-                          f"(set FLIP_MODELS_BUCKET to the run's bucket to finish it there)")
+        raise UploadError(
+            f"refusing {path}: bucket {pending['bucket']!r} is not FLIP_MODELS_BUCKET {bucket!r} "
+            f"(set FLIP_MODELS_BUCKET to the run's bucket to finish it there)"
+        )
     if not isinstance(pending["info"], dict):
         raise UploadError(f"refusing {path}: info must be an object, got {type(pending['info']).__name__}")
     files = pending["files"]
@@ -158,10 +183,16 @@ def read_pending(folder: Path, bucket: str) -> dict[str, Any]:
         if key == RunFile.MANIFEST or not isinstance(entry, dict) or sorted(entry) != sorted(_FILE_FIELDS):
             raise UploadError(f"refusing {path}: files[{key!r}] must be {{path, sha256, size}}, got {entry!r}")
         staged_path(folder, entry["path"])
-        if not (isinstance(entry["sha256"], str) and SHA256_RE.fullmatch(entry["sha256"])
-                and type(entry["size"]) is int and entry["size"] >= 0):
-            raise UploadError(f"refusing {path}: files[{key!r}] needs a sha256 of 64 lowercase hex digits and a size "
-                              f">= 0, got {entry['sha256']!r} and {entry['size']!r}")
+        if not (
+            isinstance(entry["sha256"], str)
+            and SHA256_RE.fullmatch(entry["sha256"])
+            and type(entry["size"]) is int
+            and entry["size"] >= 0
+        ):
+            raise UploadError(
+                f"refusing {path}: files[{key!r}] needs a sha256 of 64 lowercase hex digits and a size "
+                f">= 0, got {entry['sha256']!r} and {entry['size']!r}"
+            )
     return pending
 
 
@@ -177,9 +208,14 @@ def find_pending(path: str | Path) -> list[Path]:
     found = []
     for workspace in (path, path / _SIMULATOR_SERVER):
         if workspace.is_dir() and not workspace.is_symlink() and not _is_run_folder(workspace):
-            found += [child for child in workspace.iterdir()
-                      if child.is_dir() and not child.is_symlink() and not child.name.startswith(_APP_PREFIX)
-                      and (child / RunFile.UPLOAD_PENDING).is_file()]
+            found += [
+                child
+                for child in workspace.iterdir()
+                if child.is_dir()
+                and not child.is_symlink()
+                and not child.name.startswith(_APP_PREFIX)
+                and (child / RunFile.UPLOAD_PENDING).is_file()
+            ]
     return sorted(found)
 
 
@@ -200,18 +236,29 @@ def check_staged_files(folder: Path, pending: dict[str, Any]) -> dict[str, Path]
         try:
             sha256, size = file_digest(path)
         except OSError as exc:
-            raise UploadError(f"the staged {key} ({entry['path']}) cannot be read in {folder}: {exc.strerror}; "
-                              f"the upload cannot be finished") from exc
+            raise UploadError(
+                f"the staged {key} ({entry['path']}) cannot be read in {folder}: {exc.strerror}; "
+                f"the upload cannot be finished"
+            ) from exc
         if (sha256, size) != (entry["sha256"], entry["size"]):
-            raise UploadError(f"the staged {key} ({entry['path']}) is not the file recorded in "
-                              f"{RunFile.UPLOAD_PENDING} (sha256 or size differ): refusing to upload it")
+            raise UploadError(
+                f"the staged {key} ({entry['path']}) is not the file recorded in "
+                f"{RunFile.UPLOAD_PENDING} (sha256 or size differ): refusing to upload it"
+            )
         files[key] = path
     return files
 
 
-def complete_upload(folder: Path, pending: dict[str, Any], *, sse: str | None = None, create_bucket: bool = False,
-                    transfer=None, log: Callable[[str], None] | None = None,
-                    check_files: bool = True) -> dict[str, Any]:
+def complete_upload(
+    folder: Path,
+    pending: dict[str, Any],
+    *,
+    sse: str | None = None,
+    create_bucket: bool = False,
+    transfer=None,
+    log: Callable[[str], None] | None = None,
+    check_files: bool = True,
+) -> dict[str, Any]:
     """Make sure what ``pending`` (see record_pending) describes is in S3 and verified; return the manifest.
 
     A manifest already at the prefix is accepted only if it lists exactly the staged files (keys, sha256, sizes):
@@ -260,10 +307,13 @@ def complete_upload(folder: Path, pending: dict[str, Any], *, sse: str | None = 
         if log:
             log(f"{'uploaded' if uploaded else 'already present'}: {entry.key} ({entry.size} bytes)")
 
-    info = {**pending["info"], "model_id": pending["model_id"], "job_id": pending["job_id"],
-            "run_id": pending["run_id"]}
-    upload_run(client, bucket, prefix, files, info, sse=sse, transfer=transfer or DEFAULT_TRANSFER,
-                  on_object=on_object)
+    info = {
+        **pending["info"],
+        "model_id": pending["model_id"],
+        "job_id": pending["job_id"],
+        "run_id": pending["run_id"],
+    }
+    upload_run(client, bucket, prefix, files, info, sse=sse, transfer=transfer or DEFAULT_TRANSFER, on_object=on_object)
     manifest = verify_run(client, bucket, prefix)
     check_manifest_matches(manifest, pending["files"], where)
     return manifest
@@ -297,8 +347,9 @@ def clean_run_dir(folder: Path, root: Path) -> list[str]:
     return deleted
 
 
-def resume(path: str | Path, settings=None, *, platform=None, log: Callable[[str], None] = print
-           ) -> list[dict[str, Any]]:
+def resume(
+    path: str | Path, settings=None, *, platform=None, log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """Finish every pending upload at ``path`` (see find_pending): complete, verify, report, then clean.
 
     Bucket, encryption, bucket creation and part sizes come from ``settings``; the pending record must name the
@@ -320,16 +371,24 @@ def resume(path: str | Path, settings=None, *, platform=None, log: Callable[[str
     settings = settings or load_settings()
     folders = find_pending(path)
     if not folders:
-        raise UploadError(f"no {RunFile.UPLOAD_PENDING} in the run folder {path} or in the run folders of the "
-                          f"workspace {path}: there is nothing to resume")
+        raise UploadError(
+            f"no {RunFile.UPLOAD_PENDING} in the run folder {path} or in the run folders of the "
+            f"workspace {path}: there is nothing to resume"
+        )
     manifests = []
     for folder in folders:
         folder = folder.absolute()
         pending = read_pending(folder, settings.models_bucket)
         model_id, run_id = pending["model_id"], pending["run_id"]
         try:
-            manifest = complete_upload(folder, pending, sse=settings.s3_sse, create_bucket=settings.s3_create_bucket,
-                                       transfer=settings.transfer(), log=log)
+            manifest = complete_upload(
+                folder,
+                pending,
+                sse=settings.s3_sse,
+                create_bucket=settings.s3_create_bucket,
+                transfer=settings.transfer(),
+                log=log,
+            )
             log(f"verified s3://{pending['bucket']}/{pending['prefix']} ({len(manifest['objects'])} objects)")
             clean_run_dir(folder, folder.parent)
         except (StorageError, CleanupError) as exc:

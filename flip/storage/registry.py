@@ -124,8 +124,11 @@ class ModelRegistry:
 
     def _prefixes(self, prefix: str) -> list[str]:
         with s3_errors(f"cannot list s3://{self.bucket}/{prefix}"):
-            return [p["Prefix"][len(prefix):].rstrip("/")
-                    for page in self._pages(prefix, Delimiter="/") for p in page.get("CommonPrefixes", [])]
+            return [
+                p["Prefix"][len(prefix) :].rstrip("/")
+                for page in self._pages(prefix, Delimiter="/")
+                for p in page.get("CommonPrefixes", [])
+            ]
 
     def model_ids(self) -> list[str]:
         """Every model id that has objects in the bucket."""
@@ -157,8 +160,9 @@ class ModelRegistry:
                 verify_run(self.client, self.bucket, prefix, manifest)
                 records.append(RunRecord(model_id, run_id, True, manifest=manifest))
             except VerificationError as exc:  # no manifest, a malformed one, or objects that differ
-                records.append(RunRecord(model_id, run_id, False, problem=str(exc),
-                                         manifest=self._shown(manifest, prefix)))
+                records.append(
+                    RunRecord(model_id, run_id, False, problem=str(exc), manifest=self._shown(manifest, prefix))
+                )
         return sorted(records, key=lambda r: (r.created, r.run_id))
 
     def _shown(self, manifest: Any, prefix: str) -> dict[str, Any]:
@@ -215,11 +219,17 @@ class ModelRegistry:
         records = self.runs(model_id)
         verified = [r for r in records if r.verified]
         latest = verified[-1] if verified else None
-        summary = {"model_id": check_model_id(model_id), "runs": len(records), "verified_runs": len(verified),
-                   "latest_run": latest.run_id if latest else None, "latest_created": latest.created if latest else None}
+        summary = {
+            "model_id": check_model_id(model_id),
+            "runs": len(records),
+            "verified_runs": len(verified),
+            "latest_run": latest.run_id if latest else None,
+            "latest_created": latest.created if latest else None,
+        }
         for name in ("name", "owner"):
-            summary[name] = next((r.manifest[name] for r in reversed(verified) if isinstance(r.manifest.get(name), str)),
-                                 None)
+            summary[name] = next(
+                (r.manifest[name] for r in reversed(verified) if isinstance(r.manifest.get(name), str)), None
+            )
         return summary
 
     def show(self, model_id: str) -> dict[str, Any]:
@@ -242,9 +252,15 @@ class ModelRegistry:
             raise RegistryError(f"model {model_id} has no runs in s3://{self.bucket}")
         runs = []
         for record in records:
-            entry = {"run_id": record.run_id, "verified": record.verified, "created": record.created,
-                     "rounds": record.manifest.get("rounds"), "sites": record.manifest.get("sites"),
-                     "bytes": record.size, "artifacts": record.keys}
+            entry = {
+                "run_id": record.run_id,
+                "verified": record.verified,
+                "created": record.created,
+                "rounds": record.manifest.get("rounds"),
+                "sites": record.manifest.get("sites"),
+                "bytes": record.size,
+                "artifacts": record.keys,
+            }
             if record.verified:
                 rounds = self.metrics(record).get("rounds") or []
                 entry["final_metrics"] = rounds[-1].get("global", {}) if rounds else {}
@@ -255,16 +271,18 @@ class ModelRegistry:
         latest = verified[-1] if verified else None
         info: dict[str, Any] = {"model_id": model_id, "bucket": self.bucket}
         for name in MODEL_FIELDS:
-            info[name] = next((r.manifest[name] for r in reversed(verified) if isinstance(r.manifest.get(name), str)),
-                              None)
+            info[name] = next(
+                (r.manifest[name] for r in reversed(verified) if isinstance(r.manifest.get(name), str)), None
+            )
         info["created"] = records[0].created or None
         manifest = latest.manifest if latest else {}
         for name in ("parameter_count", "input_shape", "output_shape", "rounds", "sites", "initial_model"):
             info[name] = manifest.get(name)
         info["latest_run"] = latest.run_id if latest else None
         info["metrics"] = self._summary(latest) if latest else None
-        info["preprocessing"] = manifest.get("preprocessing") if latest and RunFile.PREPROCESSING in latest.keys \
-            else None
+        info["preprocessing"] = (
+            manifest.get("preprocessing") if latest and RunFile.PREPROCESSING in latest.keys else None
+        )
         info["runs"] = runs
         return info
 
@@ -273,8 +291,12 @@ class ModelRegistry:
         if not rounds:
             return None
         last = rounds[-1]
-        return {"run_id": record.run_id, "round": last.get("round"), "sites_mean": last.get("global", {}),
-                "global_model_tests": last.get("validation", {})}
+        return {
+            "run_id": record.run_id,
+            "round": last.get("round"),
+            "sites_mean": last.get("global", {}),
+            "global_model_tests": last.get("validation", {}),
+        }
 
     def metrics_rows(self, model_id: str, run_id: str | None = None) -> dict[str, Any]:
         """Every metric of a verified run (default: the latest with metrics.json), per round and reporter.
@@ -292,12 +314,16 @@ class ModelRegistry:
         rows = []
         for entry in self.metrics(record).get("rounds") or []:
             r = entry.get("round")
-            rows += [{"round": r, "reporter": site, "kind": "train", "metrics": m}
-                     for site, m in sorted((entry.get("sites") or {}).items())]
+            rows += [
+                {"round": r, "reporter": site, "kind": "train", "metrics": m}
+                for site, m in sorted((entry.get("sites") or {}).items())
+            ]
             if entry.get("global"):
                 rows.append({"round": r, "reporter": "global", "kind": "mean", "metrics": entry["global"]})
-            rows += [{"round": r, "reporter": site, "kind": "test", "metrics": m}
-                     for site, m in sorted((entry.get("validation") or {}).items())]
+            rows += [
+                {"round": r, "reporter": site, "kind": "test", "metrics": m}
+                for site, m in sorted((entry.get("validation") or {}).items())
+            ]
             if isinstance(entry.get("server"), dict):
                 rows.append({"round": r, "reporter": "server", "kind": "server", "metrics": entry["server"]})
         return {"model_id": record.model_id, "run_id": record.run_id, "rows": rows}
@@ -311,17 +337,32 @@ class ModelRegistry:
             ``delete_local_models_after_aggregation=False`` keep them).
         """
         record = self.run(model_id, run_id)
-        rounds = sorted(({"round": round_of_key(o["key"]), "key": o["key"], "bytes": o["size"]}
-                         for o in record.manifest["objects"] if round_of_key(o["key"]) is not None),
-                        key=lambda e: e["round"])
-        local = [{"site": site_of_key(o["key"]), "key": o["key"], "bytes": o["size"]}
-                 for o in record.manifest["objects"] if site_of_key(o["key"]) is not None]
-        return {"model_id": record.model_id, "run_id": record.run_id, "rounds": rounds,
-                "local_models": {"round": record.manifest.get("local_models_round"),
-                                 "sites": sorted(local, key=lambda e: e["site"])}}
+        rounds = sorted(
+            (
+                {"round": round_of_key(o["key"]), "key": o["key"], "bytes": o["size"]}
+                for o in record.manifest["objects"]
+                if round_of_key(o["key"]) is not None
+            ),
+            key=lambda e: e["round"],
+        )
+        local = [
+            {"site": site_of_key(o["key"]), "key": o["key"], "bytes": o["size"]}
+            for o in record.manifest["objects"]
+            if site_of_key(o["key"]) is not None
+        ]
+        return {
+            "model_id": record.model_id,
+            "run_id": record.run_id,
+            "rounds": rounds,
+            "local_models": {
+                "round": record.manifest.get("local_models_round"),
+                "sites": sorted(local, key=lambda e: e["site"]),
+            },
+        }
 
-    def download_preprocessing(self, model_id: str, run_id: str | None = None,
-                               out: str | Path | None = None) -> Path | None:
+    def download_preprocessing(
+        self, model_id: str, run_id: str | None = None, out: str | Path | None = None
+    ) -> Path | None:
         """Download the model's preprocessing model (the latest verified run that has one); None if it has none."""
         try:
             record = self.run(model_id, run_id, RunFile.PREPROCESSING if run_id is None else None)
@@ -339,8 +380,13 @@ class ModelRegistry:
     def _has_verified(self, model_id: str) -> bool:
         return any(r.verified for r in self.runs(model_id))
 
-    def download(self, model_id: str, run_id: str | None = None, out: str | Path | None = None,
-                 artifact: str = RunFile.GLOBAL_MODEL) -> Path:
+    def download(
+        self,
+        model_id: str,
+        run_id: str | None = None,
+        out: str | Path | None = None,
+        artifact: str = RunFile.GLOBAL_MODEL,
+    ) -> Path:
         """Download an artifact of a verified run (default: the latest), check its sha256 and that it loads.
 
         Returns:
@@ -400,7 +446,9 @@ class ModelRegistry:
                 Path(tmp).unlink(missing_ok=True)
         return target, loaded
 
-    def download_report(self, model_id: str, run_id: str | None = None, folder: str | Path = RunFile.REPORT_DIR) -> Path:
+    def download_report(
+        self, model_id: str, run_id: str | None = None, folder: str | Path = RunFile.REPORT_DIR
+    ) -> Path:
         """Download the run report (``report/index.html`` and its images) of a verified run into ``folder``."""
         record = self.run(model_id, run_id, RunFile.REPORT_INDEX)
         folder = Path(folder)
@@ -418,10 +466,19 @@ class ModelRegistry:
         with tempfile.TemporaryDirectory() as tmp:
             return self._download(record, RunFile.GLOBAL_MODEL, Path(tmp) / RunFile.GLOBAL_MODEL)[1]
 
-    def upload(self, model_id: str | None, model_file: str | Path, run_id: str | None = None, *,
-               name: str | None = None, description: str | None = None, owner: str | None = None,
-               preprocessing: str | Path | None = None, input_shape: Any = None,
-               models_file: str | Path | None = None) -> dict[str, Any]:
+    def upload(
+        self,
+        model_id: str | None,
+        model_file: str | Path,
+        run_id: str | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        owner: str | None = None,
+        preprocessing: str | Path | None = None,
+        input_shape: Any = None,
+        models_file: str | Path | None = None,
+    ) -> dict[str, Any]:
         """Register a model file (a weights-only torch.save state or a TorchScript archive) as a new verified run,
         e.g. a model for a job to start from (``initial_model``).
 
@@ -447,15 +504,21 @@ class ModelRegistry:
             ValueError: a bad argument (named). StorageError: the upload failed.
         """
         model_id = check_model_id(model_id) if model_id is not None else str(uuid.uuid4())
-        info: dict[str, Any] = {"model_id": model_id, "source": "upload", "owner": check_owner(owner or default_owner())}
+        info: dict[str, Any] = {
+            "model_id": model_id,
+            "source": "upload",
+            "owner": check_owner(owner or default_owner()),
+        }
         if name is not None:
             info["name"] = check_str("name", name, max_length=MAX_NAME)
         if description is not None:
             info["description"] = check_str("description", description, empty=True, max_length=MAX_DESCRIPTION)
         shape = check_input_shape(input_shape) if input_shape is not None else None
         if preprocessing is not None and shape is None:
-            raise ValueError("a preprocessing model needs the input shape it takes (input_shape, e.g. '8,8'): it is "
-                             "checked by running it on a dummy input of that shape")
+            raise ValueError(
+                "a preprocessing model needs the input shape it takes (input_shape, e.g. '8,8'): it is "
+                "checked by running it on a dummy input of that shape"
+            )
         models = load_models_module(models_file) if models_file is not None else None
         model_file = Path(model_file)
         files = {RunFile.GLOBAL_MODEL: model_file}
@@ -476,8 +539,10 @@ class ModelRegistry:
         except VerificationError:  # a manifest that is not JSON is still someone's
             existing = True
         if existing:
-            raise RegistryError(f"run {run_id} of model {model_id} already exists in s3://{self.bucket}/{prefix}: "
-                                f"a run is never replaced, choose another run id")
+            raise RegistryError(
+                f"run {run_id} of model {model_id} already exists in s3://{self.bucket}/{prefix}: "
+                f"a run is never replaced, choose another run id"
+            )
         upload_run(self.client, self.bucket, prefix, files, {**info, "run_id": run_id})
         return verify_run(self.client, self.bucket, prefix)
 
@@ -499,8 +564,10 @@ class ModelRegistry:
         owner = check_owner(owner or default_owner())
         others = sorted(self.owners(model_id) - {owner})
         if others:
-            raise RegistryError(f"model {model_id} is owned by {', '.join(others)}, not {owner}: only its owner "
-                                "removes it (give --owner as recorded)")
+            raise RegistryError(
+                f"model {model_id} is owned by {', '.join(others)}, not {owner}: only its owner "
+                "removes it (give --owner as recorded)"
+            )
         with s3_errors(f"cannot remove model {model_id}"):
             keys = [o["Key"] for page in self._pages(f"{model_id}/") for o in page.get("Contents", [])]
             if not keys:

@@ -77,9 +77,25 @@ def start_s3(root: str | Path, bucket: str = "flip-models", timeout: float = 120
     root.mkdir(parents=True, exist_ok=True)
     (root / ENV_FILE).unlink(missing_ok=True)
     with open(root / LOG_FILE, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "flip.cli", "s3", "serve", "--bucket", bucket, "--dir",
-                                    str(root), "--env-file", str(root / ENV_FILE)], stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flip.cli",
+                "s3",
+                "serve",
+                "--bucket",
+                bucket,
+                "--dir",
+                str(root),
+                "--env-file",
+                str(root / ENV_FILE),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (root / ENV_FILE).is_file():

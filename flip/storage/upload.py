@@ -97,8 +97,9 @@ def upload_run(
             known = {k: describe_file(Path(files[k]), k, transfer) for k in files}
             check_manifest_matches(existing, {k: asdict(e) for k, e in known.items()}, f"{bucket}/{manifest_key}")
         except VerificationError as exc:
-            raise UploadError(f"refusing to upload to {bucket}/{prefix}: it holds another run, which is never "
-                              f"replaced ({exc})") from exc
+            raise UploadError(
+                f"refusing to upload to {bucket}/{prefix}: it holds another run, which is never replaced ({exc})"
+            ) from exc
         except OSError as exc:
             raise UploadError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     entries: list[ObjectEntry] = []
@@ -127,8 +128,9 @@ def upload_run(
                     with open(path, "rb") as body:
                         client.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="CRC32", **extra)
                 else:
-                    client.upload_file(str(path), bucket, key, Config=transfer,
-                                       ExtraArgs={"ChecksumAlgorithm": "SHA256", **extra})
+                    client.upload_file(
+                        str(path), bucket, key, Config=transfer, ExtraArgs={"ChecksumAlgorithm": "SHA256", **extra}
+                    )
                 landed = head_object(client, bucket, key)
             entry = hashed.result()
             if not stored_matches(landed, entry, require_checksum=False):
@@ -145,8 +147,14 @@ def upload_run(
         "objects": [asdict(e) for e in entries],
     }
     body = to_json(manifest, indent=2, sort_keys=True).encode()
-    put = {"Bucket": bucket, "Key": manifest_key, "Body": body, "ContentType": "application/json",
-           "ChecksumAlgorithm": "CRC32", **extra}
+    put = {
+        "Bucket": bucket,
+        "Key": manifest_key,
+        "Body": body,
+        "ContentType": "application/json",
+        "ChecksumAlgorithm": "CRC32",
+        **extra,
+    }
     with s3_errors(f"upload to {bucket}/{manifest_key} failed", UploadError):
         if existing is not None:  # the same files: the manifest is rewritten with what it already says
             client.put_object(**put)
@@ -155,14 +163,18 @@ def upload_run(
             client.put_object(**put, IfNoneMatch="*")
         except ClientError as exc:
             if error_code(exc) in _PRECONDITION_FAILED:
-                raise UploadError(f"upload to {bucket}/{manifest_key} refused: another upload wrote a manifest "
-                                  f"there meanwhile, and a run is never replaced") from exc
+                raise UploadError(
+                    f"upload to {bucket}/{manifest_key} refused: another upload wrote a manifest "
+                    f"there meanwhile, and a run is never replaced"
+                ) from exc
             if error_code(exc) not in _NOT_IMPLEMENTED:
                 raise
             # a server without conditional writes: check, then put
             if _existing_manifest(client, bucket, prefix) is not None:
-                raise UploadError(f"upload to {bucket}/{manifest_key} refused: another upload wrote a manifest "
-                                  f"there meanwhile, and a run is never replaced") from exc
+                raise UploadError(
+                    f"upload to {bucket}/{manifest_key} refused: another upload wrote a manifest "
+                    f"there meanwhile, and a run is never replaced"
+                ) from exc
             client.put_object(**put)
     return manifest
 

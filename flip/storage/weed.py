@@ -71,8 +71,13 @@ class WeedS3:
         access_key, secret_key: credentials (default: generated).
     """
 
-    def __init__(self, bucket: str | None = "flip-models", root: str | Path | None = None,
-                 access_key: str | None = None, secret_key: str | None = None):
+    def __init__(
+        self,
+        bucket: str | None = "flip-models",
+        root: str | Path | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+    ):
         self.bucket = bucket
         self._own_root = root is None
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="flip-weed-"))
@@ -107,8 +112,9 @@ class WeedS3:
         data_dir = self.root / "data"
         shutil.rmtree(data_dir, ignore_errors=True)  # weed keeps mini.options in its data dir
         data_dir.mkdir(parents=True)
-        self.ports = dict(zip([f"{s}.port{g}" for s in _SERVICES for g in ("", ".grpc")],
-                              free_ports(2 * len(_SERVICES))))
+        self.ports = dict(
+            zip([f"{s}.port{g}" for s in _SERVICES for g in ("", ".grpc")], free_ports(2 * len(_SERVICES)))
+        )
         return self._launch(timeout)
 
     def restart(self, timeout: float = 60.0) -> WeedS3:
@@ -121,21 +127,46 @@ class WeedS3:
         data_dir = self.root / "data"
         log_dir = self.root / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        identities = write_private(self.root / IDENTITIES_FILE, json.dumps({"identities": [{
-            "name": "flip",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))  # created 0600: the secret key is never readable by others, not even for a moment
+        identities = write_private(
+            self.root / IDENTITIES_FILE,
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "flip",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            ),
+        )  # created 0600: the secret key is never readable by others, not even for a moment
 
         self.s3_port = self.ports["s3.port"]
-        args = [find_weed(), f"-logdir={log_dir}", "mini", f"-dir={data_dir}", "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
-                "-s3.port.lance=0", f"-s3.config={identities}"]
+        args = [
+            find_weed(),
+            f"-logdir={log_dir}",
+            "mini",
+            f"-dir={data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={identities}",
+        ]
         args += [f"-{name}={port}" for name, port in self.ports.items()]
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self._log = open(log_dir / "weed.out", "ab")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=child_env,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         try:
             self._wait_ready(timeout)
         except BaseException:
@@ -147,10 +178,16 @@ class WeedS3:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
-                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                                          connect_timeout=2, read_timeout=10))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=Config(
+                s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10
+            ),
+        )
 
     def _wait_ready(self, timeout: float) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -32,8 +32,9 @@ class FLIPDataset(Dataset, ABC):
         dataframe = flip.get_dataframe(project_id, query)
         datalist = self._build_datalist(dataframe)
         if not isinstance(datalist, (list, tuple)) or not all(isinstance(item, dict) for item in datalist):
-            raise TypeError(f"{type(self).__name__}._build_datalist must return a list of dicts, got "
-                            f"{type(datalist).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}._build_datalist must return a list of dicts, got {type(datalist).__name__}"
+            )
         super().__init__(data=list(datalist), transform=transform)
 
     @abstractmethod

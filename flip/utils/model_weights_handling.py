@@ -25,8 +25,7 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def get_model_weights_diff(original_weights: Mapping[str, Any], new_weights: Mapping[str, Any],
-                           iterations: int) -> DXO:
+def get_model_weights_diff(original_weights: Mapping[str, Any], new_weights: Mapping[str, Any], iterations: int) -> DXO:
     """Return the WEIGHT_DIFF DXO of a local training: ``new - original`` for every entry of ``new_weights``.
 
     Each key of ``new_weights`` (a ``state_dict()`` of tensors on any device, or a mapping of numpy arrays)

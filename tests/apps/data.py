@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 
 APPS = Path(__file__).resolve().parent
-DICOM_APP, SEGMENTATION_APP, EVALUATION_APP = (APPS / "dicom_classifier", APPS / "monai_segmentation",
-                                               APPS / "unet_evaluation")
+DICOM_APP, SEGMENTATION_APP, EVALUATION_APP = (
+    APPS / "dicom_classifier",
+    APPS / "monai_segmentation",
+    APPS / "unet_evaluation",
+)
 
 
 def write_dicom_cohorts(root: Path, sites: list[str], per_site: int = 24) -> dict[str, tuple[Path, Path]]:
@@ -22,8 +25,9 @@ def write_dicom_cohorts(root: Path, sites: list[str], per_site: int = 24) -> dic
     return write_flip_cohorts(root, sites, classes=[0, 1, 2], per_site=per_site)
 
 
-def write_nifti_cohorts(root: Path, sites: list[str], per_site: int = 4, size: int = 16,
-                        seed: int = 0) -> dict[str, tuple[Path, Path]]:
+def write_nifti_cohorts(
+    root: Path, sites: list[str], per_site: int = 4, size: int = 16, seed: int = 0
+) -> dict[str, tuple[Path, Path]]:
     """``per_site`` volumes of ``size``^3 voxels per site; returns ``{site: (dataframe CSV, image root)}``."""
     import nibabel as nib
 

@@ -23,8 +23,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.simulator]  # the demo starts its own
 def _run_demo(tmp: Path, *options: str) -> tuple[int, str]:
     env = clean_env("AWS_", "FLIP_")
     env["HOME"] = str(tmp / "home")
-    done = subprocess.run([sys.executable, "-m", "flip.cli", "demo", "--dir", str(tmp / "demo"), *options],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "flip.cli", "demo", "--dir", str(tmp / "demo"), *options],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -83,8 +89,11 @@ def test_demo_report_opens_as_png_and_html(methods_demo):
 def test_demo_runs_under_differential_privacy_and_reports_the_budget(dp_demo):
     rc, output = dp_demo
     assert rc == 0, output[-3000:]
-    spent = _line(output, r"^Differential privacy, client-level \(a whole hospital\): each site's ε spent \(δ=1e-5\): "
-                          r"(\{.*?\}) of 8$").group(1)
+    spent = _line(
+        output,
+        r"^Differential privacy, client-level \(a whole hospital\): each site's ε spent \(δ=1e-5\): "
+        r"(\{.*?\}) of 8$",
+    ).group(1)
     spent = json.loads(spent.replace("'", '"'))
     assert sorted(spent) == ["site-1", "site-2"]
     assert all(7.9 <= v <= 8.0 for v in spent.values()), spent  # calibrated to spend exactly the budget, not more
@@ -106,8 +115,11 @@ def test_demo_learns_under_record_level_dp_and_sends_nothing_else(record_dp_demo
     rc, output = record_dp_demo
     assert rc == 0, output[-3000:]
     assert "each site's own privacy policy: record-level DP-SGD (Opacus), ε=8 per job at δ=1e-5" in output
-    spent = _line(output, r"^Differential privacy, record-level \(one patient\): each site's ε spent \(δ=1e-5\): "
-                          r"(\{.*?\}) of 8$").group(1)
+    spent = _line(
+        output,
+        r"^Differential privacy, record-level \(one patient\): each site's ε spent \(δ=1e-5\): "
+        r"(\{.*?\}) of 8$",
+    ).group(1)
     spent = json.loads(spent.replace("'", '"'))
     assert sorted(spent) == ["site-1", "site-2"] and all(7.9 <= v <= 8.0 for v in spent.values()), spent
     accuracy = float(_line(output, r"^Held-out digits no site ever saw: accuracy ([0-9.]+)$").group(1))

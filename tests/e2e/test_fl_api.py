@@ -55,8 +55,16 @@ COHORT_QUERY = "SELECT accession_id, label FROM digits WHERE site = 'any';"
 #: with no body for submit_job (the hub's json=None).
 HUB_START_TRAINING = (
     ("GET", "/check_client_status", None),
-    ("POST", "/upload_app/{model_id}", {"project_id": "{project_id}", "cohort_query": "{cohort_query}",
-                                        "trusts": "{trusts}", "bundle_urls": "{bundle_urls}"}),
+    (
+        "POST",
+        "/upload_app/{model_id}",
+        {
+            "project_id": "{project_id}",
+            "cohort_query": "{cohort_query}",
+            "trusts": "{trusts}",
+            "bundle_urls": "{bundle_urls}",
+        },
+    ),
     ("POST", "/submit_job/{model_id}", None),
 )
 HUB_STATUS_PAGE = (("GET", "/check_server_status", None), ("GET", "/check_client_status", None))
@@ -149,18 +157,40 @@ class Network:
         self.tmp, self.weed = tmp, weed
         fed, admin, self.api_port = free_ports(3)
         out = tmp / "kits"
-        assert flip_cli(["provision", "--sites", ",".join(SITES), "--server", "localhost", "--fed-port", str(fed),
-                         "--admin-port", str(admin), "--server-storage", str(tmp / "storage"), "--out",
-                         str(out)]) == 0
+        assert (
+            flip_cli(
+                [
+                    "provision",
+                    "--sites",
+                    ",".join(SITES),
+                    "--server",
+                    "localhost",
+                    "--fed-port",
+                    str(fed),
+                    "--admin-port",
+                    str(admin),
+                    "--server-storage",
+                    str(tmp / "storage"),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         self.kits = out / "workspace" / "flip" / "prod_00"
         self.local_dir = tmp / "flip"
         self.data = write_flip_cohorts(tmp / "data", list(SITES), per_site=60)
         (tmp / "home").mkdir()
         self.env = clean_env("FLIP_", "AWS_", "NVFLARE_", "NVFL_", "DEV_", "LOCAL_DEV")
-        self.env.update({"HOME": str(tmp / "home"), "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
-                         f"{self.env['PATH']}", "PYTHONPATH": os.pathsep.join(filter(None, [
-                             str(REPO), self.env.get("PYTHONPATH")])), "FLIP_ENV": "dev",
-                         "FLIP_LOCAL_DIR": str(self.local_dir)})
+        self.env.update(
+            {
+                "HOME": str(tmp / "home"),
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{self.env['PATH']}",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), self.env.get("PYTHONPATH")])),
+                "FLIP_ENV": "dev",
+                "FLIP_LOCAL_DIR": str(self.local_dir),
+            }
+        )
         self.key = uuid.uuid4().hex + uuid.uuid4().hex
         self.key_file = tmp / "secrets" / "fl-api.key"
         self.key_file.parent.mkdir(mode=0o700)
@@ -176,23 +206,52 @@ class Network:
         self._start_kit(self.kits / "localhost", server_env)
         for site in SITES:
             dataframe, images = self.data[site]
-            self._start_kit(self.kits / site, {**self.env, "DEV_DATAFRAME": str(dataframe),
-                                               "DEV_IMAGES_DIR": str(images)})
+            self._start_kit(
+                self.kits / site, {**self.env, "DEV_DATAFRAME": str(dataframe), "DEV_IMAGES_DIR": str(images)}
+            )
 
     def _start_kit(self, kit: Path, env: dict) -> None:
-        subprocess.run([str(kit / "startup" / "start.sh")], env=env, check=True, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        subprocess.run(
+            [str(kit / "startup" / "start.sh")],
+            env=env,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
 
     def start_api(self) -> Api:
-        env = {**self.env, **{k: v for k, v in self.weed.env.items() if k.startswith("AWS_")},
-               "FLIP_API_KEY_FILE": str(self.key_file), "FLIP_API_BUNDLE_BUCKET": BUNDLE_BUCKET,
-               "FLIP_API_BUNDLE_ROOT": str(self.bundles), "FLIP_API_TRUST_SITES": json.dumps(TRUSTS),
-               "FLIP_API_CONNECT_TIMEOUT": "120"}
+        env = {
+            **self.env,
+            **{k: v for k, v in self.weed.env.items() if k.startswith("AWS_")},
+            "FLIP_API_KEY_FILE": str(self.key_file),
+            "FLIP_API_BUNDLE_BUCKET": BUNDLE_BUCKET,
+            "FLIP_API_BUNDLE_ROOT": str(self.bundles),
+            "FLIP_API_TRUST_SITES": json.dumps(TRUSTS),
+            "FLIP_API_CONNECT_TIMEOUT": "120",
+        }
         with open(self.api_log, "wb") as log:
             self.api_process = subprocess.Popen(
-                [sys.executable, "-m", "flip.cli", "api", "serve", "--admin-dir", str(self.kits / ADMIN), "--host",
-                 "127.0.0.1", "--port", str(self.api_port)], env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "flip.cli",
+                    "api",
+                    "serve",
+                    "--admin-dir",
+                    str(self.kits / ADMIN),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.api_port),
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         api = Api(f"http://127.0.0.1:{self.api_port}", self.key)
         deadline = time.monotonic() + 180
         while True:
@@ -216,8 +275,20 @@ class Network:
                 self.api_process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 pass
-        subprocess.run([str(Path(sys.executable).with_name("nvflare")), "system", "shutdown", "all", "--force",
-                        "--startup-kit", str(self.kits / ADMIN)], env=self.env, capture_output=True, timeout=180)
+        subprocess.run(
+            [
+                str(Path(sys.executable).with_name("nvflare")),
+                "system",
+                "shutdown",
+                "all",
+                "--force",
+                "--startup-kit",
+                str(self.kits / ADMIN),
+            ],
+            env=self.env,
+            capture_output=True,
+            timeout=180,
+        )
         return wait_gone(self.tmp, seconds=90)
 
 
@@ -296,8 +367,13 @@ def test_the_hubs_training_sequence_runs_a_training_to_a_verified_model(network,
     """The hub's start sequence, its status page while the job runs, and the model verified in S3."""
     api, model_id, project_id = network.api, str(uuid.uuid4()), str(uuid.uuid4())
     app = _app(tmp_path / "researcher_app", GLOBAL_ROUNDS=1, LOCAL_ROUNDS=1)
-    values = {"model_id": model_id, "project_id": project_id, "cohort_query": COHORT_QUERY,
-              "trusts": list(TRUSTS), "bundle_urls": _hub_bundle(weed, model_id, app)}
+    values = {
+        "model_id": model_id,
+        "project_id": project_id,
+        "cohort_query": COHORT_QUERY,
+        "trusts": list(TRUSTS),
+        "bundle_urls": _hub_bundle(weed, model_id, app),
+    }
     started = time.monotonic()
     clients, uploaded, job_id = api.replay(HUB_START_TRAINING, values)
     hub_clients_available(clients, list(TRUSTS))
@@ -334,9 +410,19 @@ def test_the_hubs_stop_sequence_ends_a_running_job_stopped(network, tmp_path):
     """A second training (a file:// bundle, an older hub's ``global_rounds``) is stopped by the hub's sequence."""
     api, model_id = network.api, str(uuid.uuid4())
     app = _app(network.bundles / model_id, GLOBAL_ROUNDS=1, LOCAL_ROUNDS=1)
-    status, uploaded = api.request("POST", f"/upload_app/{model_id}", {
-        "project_id": "p", "cohort_query": COHORT_QUERY, "trusts": list(TRUSTS), "bundle_urls": [f"file://{app}"],
-        "global_rounds": 50, "local_rounds": 1, "aggregator": "InTimeAccumulateWeightedAggregator"})
+    status, uploaded = api.request(
+        "POST",
+        f"/upload_app/{model_id}",
+        {
+            "project_id": "p",
+            "cohort_query": COHORT_QUERY,
+            "trusts": list(TRUSTS),
+            "bundle_urls": [f"file://{app}"],
+            "global_rounds": 50,
+            "local_rounds": 1,
+            "aggregator": "InTimeAccumulateWeightedAggregator",
+        },
+    )
     assert status == 200 and uploaded["rounds"] == 50, uploaded
     status, job_id = api.request("POST", f"/submit_job/{model_id}")
     assert status == 200, job_id
@@ -363,17 +449,25 @@ def test_refusals_of_the_running_service(network):
     status, reply = api.request("DELETE", f"/abort_job/{uuid.uuid4()}")
     assert status == 404 and "the FL server knows no such job" in reply["detail"]
     status, reply = api.request("POST", f"/submit_job/{model_id}")
-    assert status == 404 and reply["detail"] == f"no job folder '{model_id}' is staged: POST /upload_app/{model_id} " \
-                                                "first"
+    assert (
+        status == 404 and reply["detail"] == f"no job folder '{model_id}' is staged: POST /upload_app/{model_id} first"
+    )
     app = _app(network.bundles / model_id)
-    status, reply = api.request("POST", f"/upload_app/{model_id}", {
-        "project_id": "p", "cohort_query": "q", "trusts": ["Trust_1", "Trust_3"], "bundle_urls": [f"file://{app}"]})
+    status, reply = api.request(
+        "POST",
+        f"/upload_app/{model_id}",
+        {"project_id": "p", "cohort_query": "q", "trusts": ["Trust_1", "Trust_3"], "bundle_urls": [f"file://{app}"]},
+    )
     assert status == 400 and reply["detail"] == (
         "trust(s) 'Trust_3' not in the network: the sites connected to the FL server are Trust_1 (site hospital-a), "
-        "Trust_2 (site hospital-b)")
+        "Trust_2 (site hospital-b)"
+    )
     (app / "validator.py").unlink()
-    status, reply = api.request("POST", f"/upload_app/{model_id}", {
-        "project_id": "p", "cohort_query": "q", "trusts": ["Trust_1"], "bundle_urls": [f"file://{app}"]})
+    status, reply = api.request(
+        "POST",
+        f"/upload_app/{model_id}",
+        {"project_id": "p", "cohort_query": "q", "trusts": ["Trust_1"], "bundle_urls": [f"file://{app}"]},
+    )
     assert status == 400 and reply["detail"].startswith("the bundle lacks validator.py: a job of type standard "), reply
     assert not (network.kits / ADMIN / "transfer" / model_id).exists()  # nothing staged
     assert [p.name for p in (network.kits / ADMIN / "transfer").iterdir() if p.name.startswith(".")] == []

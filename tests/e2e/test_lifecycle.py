@@ -40,16 +40,38 @@ def _until(what: str, check, seconds: float = 120) -> None:
 def test_renewed_server_old_site_kit_and_removed_sites(tmp_path):
     fed, admin = free_ports(2)
     out = tmp_path / "kits"
-    assert flip_cli(["provision", "--sites", "hospital-a,hospital-b", "--server", "localhost", "--fed-port", str(fed),
-                     "--admin-port", str(admin), "--server-storage", str(tmp_path / "storage"), "--out",
-                     str(out)]) == 0
+    assert (
+        flip_cli(
+            [
+                "provision",
+                "--sites",
+                "hospital-a,hospital-b",
+                "--server",
+                "localhost",
+                "--fed-port",
+                str(fed),
+                "--admin-port",
+                str(admin),
+                "--server-storage",
+                str(tmp_path / "storage"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert flip_cli(["provision", "--renew", "--out", str(out)]) == 0
     assert flip_cli(["provision", "--remove-site", "hospital-b", "--out", str(out)]) == 0
     old, new = out / "workspace" / "flip" / "prod_00", out / "workspace" / "flip" / "prod_02"
     server, admin_kit = new / "localhost", new / "admin@flip.org"
     env = clean_env("FLIP_", "AWS_", "NVFLARE_", "NVFL_")
-    env.update({"HOME": str(tmp_path), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))})
+    env.update(
+        {
+            "HOME": str(tmp_path),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        }
+    )
     nvflare = str(Path(sys.executable).with_name("nvflare"))
     log = server / "log.txt"
 
@@ -58,28 +80,46 @@ def test_renewed_server_old_site_kit_and_removed_sites(tmp_path):
 
     try:
         for kit in (server, old / "hospital-a", old / "hospital-b"):
-            subprocess.run([str(kit / "startup" / "start.sh")], env=env, check=True, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [str(kit / "startup" / "start.sh")],
+                env=env,
+                check=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         _until("hospital-a (old kit) joins the renewed server", lambda: JOINED.format("hospital-a") in server_log())
         _until("the removed hospital-b is refused", lambda: REFUSED.format("hospital-b") in server_log())
         assert JOINED.format("hospital-b") not in server_log()
 
-        done = subprocess.run([nvflare, "system", "disable-client", "hospital-a", "--force", "--startup-kit",
-                               str(admin_kit)], env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [nvflare, "system", "disable-client", "hospital-a", "--force", "--startup-kit", str(admin_kit)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         _until("the server drops hospital-a", lambda: "Client hospital-a disabled." in server_log())
         site_log = old / "hospital-a" / "log.txt"
-        _until("hospital-a's heartbeats are refused",
-               lambda: "Failed to send heartbeat" in site_log.read_text(errors="replace"))
+        _until(
+            "hospital-a's heartbeats are refused",
+            lambda: "Failed to send heartbeat" in site_log.read_text(errors="replace"),
+        )
         assert server_log().count(JOINED.format("hospital-a")) == 1  # never let in again
         listed = json.loads((server / "disabled_clients.json").read_text())["disabled_clients"]
         assert sorted(listed) == ["hospital-a", "hospital-b"]  # persisted: refused after a restart too
 
-        stopped = subprocess.run([nvflare, "system", "shutdown", "all", "--force", "--startup-kit", str(admin_kit)],
-                                 env=env, capture_output=True, text=True, timeout=120)
+        stopped = subprocess.run(
+            [nvflare, "system", "shutdown", "all", "--force", "--startup-kit", str(admin_kit)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         for kit in (old / "hospital-a", old / "hospital-b"):  # refused sites do not hear the shutdown: NVFlare's
-            (kit / "shutdown.fl").touch()                      # own stop file ends their watchdog
+            (kit / "shutdown.fl").touch()  # own stop file ends their watchdog
         assert wait_gone(tmp_path, seconds=90) == [], "processes left after the shutdown"
     finally:
         kill(processes_of(tmp_path))

@@ -41,13 +41,15 @@ class Poc:
         fed_port, admin_port = free_ports(2)
         self.env = clean_env("FLIP_", "AWS_", "NVFLARE_")
         self.env.update(weed.env)
-        self.env.update({
-            "HOME": str(root / "home"),
-            "NVFLARE_POC_WORKSPACE": str(root / "poc"),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "FLIP_ENV": "dev",
-            "FLIP_LOCAL_DIR": str(self.local_dir),
-        })
+        self.env.update(
+            {
+                "HOME": str(root / "home"),
+                "NVFLARE_POC_WORKSPACE": str(root / "poc"),
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                "FLIP_ENV": "dev",
+                "FLIP_LOCAL_DIR": str(self.local_dir),
+            }
+        )
         (root / "home").mkdir()
         project = root / "project.yml"
         project.write_text(render_project(project_config(SITES, fed_learn_port=fed_port, admin_port=admin_port)))
@@ -56,8 +58,14 @@ class Poc:
         write_cohorts(self.local_dir, SITES)
 
     def nvflare(self, *args: str, timeout: float = 180) -> str:
-        result = subprocess.run([str(Path(sys.executable).with_name("nvflare")), *args], env=self.env,
-                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            [str(Path(sys.executable).with_name("nvflare")), *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert result.returncode == 0, f"nvflare {' '.join(args)}: {result.stdout[-2000:]} {result.stderr[-2000:]}"
         return result.stdout
 
@@ -76,9 +84,13 @@ class Poc:
 
     def admin(self, command: str, target: str) -> dict:
         """Submit-and-monitor (``run``) or monitor (``wait``) through the FLARE API, in its own process."""
-        result = subprocess.run([sys.executable, str(ADMIN_CLIENT), str(self.prod / ADMIN), ADMIN, command, target,
-                                 str(JOB_TIMEOUT)], env=self.env, capture_output=True, text=True,
-                                timeout=JOB_TIMEOUT + 120)
+        result = subprocess.run(
+            [sys.executable, str(ADMIN_CLIENT), str(self.prod / ADMIN), ADMIN, command, target, str(JOB_TIMEOUT)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=JOB_TIMEOUT + 120,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -168,8 +180,16 @@ def test_sites_enforce_their_privacy_policy_whatever_the_job_says(poc, job_via_a
 
 
 def test_nvflare_job_submit_runs_the_job_folder_as_it_is(poc, weed):
-    out = poc.nvflare("--format", "json", "job", "submit", "-j", str(REPO / "jobs" / "standard"),
-                      "--startup-kit", str(poc.prod / ADMIN))
+    out = poc.nvflare(
+        "--format",
+        "json",
+        "job",
+        "submit",
+        "-j",
+        str(REPO / "jobs" / "standard"),
+        "--startup-kit",
+        str(poc.prod / ADMIN),
+    )
     job_id = json.loads(out.strip().splitlines()[-1])["data"]["job_id"]
     result = poc.admin("wait", job_id)
     assert result["finished"] and result["status"] == "FINISHED:COMPLETED"

@@ -37,24 +37,44 @@ LABELS = ("num_samples", "loss", "accuracy")
 def prod_run(tmp_path_factory, weed):
     tmp = tmp_path_factory.mktemp("prod_flip")
     model_id, project_id, aes_key = str(uuid.uuid4()), str(uuid.uuid4()), new_key()
-    s3 = {"bucket_url": f"s3://{weed.bucket}", "endpoint": weed.env["AWS_ENDPOINT_URL_S3"],
-          "key": weed.env["AWS_ACCESS_KEY_ID"], "secret": weed.env["AWS_SECRET_ACCESS_KEY"]}
-    with running_hub(tmp / "hub", model_id=model_id, s3=s3) as hub, \
-            running_trust(tmp / "trust-a", "A", count=60, aes_key=aes_key, project_id=project_id) as a, \
-            running_trust(tmp / "trust-b", "B", start=600, count=60, aes_key=aes_key, project_id=project_id) as b:
+    s3 = {
+        "bucket_url": f"s3://{weed.bucket}",
+        "endpoint": weed.env["AWS_ENDPOINT_URL_S3"],
+        "key": weed.env["AWS_ACCESS_KEY_ID"],
+        "secret": weed.env["AWS_SECRET_ACCESS_KEY"],
+    }
+    with (
+        running_hub(tmp / "hub", model_id=model_id, s3=s3) as hub,
+        running_trust(tmp / "trust-a", "A", count=60, aes_key=aes_key, project_id=project_id) as a,
+        running_trust(tmp / "trust-b", "B", start=600, count=60, aes_key=aes_key, project_id=project_id) as b,
+    ):
         app = tmp / "app"
         shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
-        (app / "config.json").write_text(json.dumps({
-            "LOCAL_ROUNDS": 5, "LEARNING_RATE": 0.1, "PROJECT_ID": encrypt_project_id(project_id, aes_key),
-            "QUERY": COHORT_QUERY, "FAIL_VALIDATION_AT": "site-2"}))
+        (app / "config.json").write_text(
+            json.dumps(
+                {
+                    "LOCAL_ROUNDS": 5,
+                    "LEARNING_RATE": 0.1,
+                    "PROJECT_ID": encrypt_project_id(project_id, aes_key),
+                    "QUERY": COHORT_QUERY,
+                    "FAIL_VALIDATION_AT": "site-2",
+                }
+            )
+        )
         job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=2, app_dir=app)
         key_file = tmp / "server-secrets" / "hub.key"
         key_file.parent.mkdir(mode=0o700)
         key_file.write_text(HUB_KEY + "\n")
-        env = {"FLIP_ENV": "prod", "FLIP_API_INTERNAL_URL": hub.url, "INTERNAL_SERVICE_KEY_FILE": str(key_file),
-               "FLIP_MODELS_BUCKET": None, "UPLOADED_FEDERATED_DATA_BUCKET": f"s3://{weed.bucket}",
-               "FLIP_SITE_ENV": json.dumps({"site-1": a.site_env(), "site-2": b.site_env()}),
-               "E2E_ENV_DUMP": str(tmp / "site-env"), "FLIP_HUB_RETRIES": "2"}
+        env = {
+            "FLIP_ENV": "prod",
+            "FLIP_API_INTERNAL_URL": hub.url,
+            "INTERNAL_SERVICE_KEY_FILE": str(key_file),
+            "FLIP_MODELS_BUCKET": None,
+            "UPLOADED_FEDERATED_DATA_BUCKET": f"s3://{weed.bucket}",
+            "FLIP_SITE_ENV": json.dumps({"site-1": a.site_env(), "site-2": b.site_env()}),
+            "E2E_ENV_DUMP": str(tmp / "site-env"),
+            "FLIP_HUB_RETRIES": "2",
+        }
         started = time.monotonic()
         run = simulate(tmp, job, weed, list(SITES), threads=2, extra_env=env, cohorts_ready=True)
         print(f"prod run in the simulator: {time.monotonic() - started:.1f} s")
@@ -78,9 +98,13 @@ def test_every_metric_reaches_the_hub_in_order(prod_run, weed):
     model_id, hub, _, _, _ = prod_run
     rows = hub.replica.metrics(model_id)
     _, _, objects = _uploaded(weed, model_id)
-    recorded = {(site, entry["round"], label, value) for entry in json.loads(objects["metrics.json"])["rounds"]
-                for site, values in entry["sites"].items() for label, value in values.items()
-                if isinstance(value, (int, float))}
+    recorded = {
+        (site, entry["round"], label, value)
+        for entry in json.loads(objects["metrics.json"])["rounds"]
+        for site, values in entry["sites"].items()
+        for label, value in values.items()
+        if isinstance(value, (int, float))
+    }
     assert {(r["fl_client_name"], r["global_round"], r["label"], r["result"]) for r in rows} == recorded
     assert {label for *_, label, _ in recorded} >= set(LABELS) and len(rows) == len(recorded)
     assert [r["global_round"] for r in rows] == sorted(r["global_round"] for r in rows)
@@ -118,8 +142,9 @@ def test_images_come_only_through_each_sites_imaging_service(prod_run):
 def test_the_model_lands_verified_where_the_hubs_listing_finds_it(prod_run, weed):
     model_id, hub, _, _, _ = prod_run
     run_id, manifest, objects = _uploaded(weed, model_id)
-    request = urllib.request.Request(f"{hub.url}/files/model/{model_id}/fl/results",
-                                     headers={"Authorization": f"Bearer {USER_TOKEN}"})
+    request = urllib.request.Request(
+        f"{hub.url}/files/model/{model_id}/fl/results", headers={"Authorization": f"Bearer {USER_TOKEN}"}
+    )
     with urllib.request.urlopen(request, timeout=10) as reply:
         urls = json.loads(reply.read())
     downloaded = {}
@@ -160,8 +185,12 @@ def test_the_hub_key_is_in_no_sites_environment_log_or_message(prod_run):
 
 def test_flip_status_reads_the_run_back_from_the_hub(prod_run, capsys):
     model_id, hub, _, run, _ = prod_run
-    env = {"FLIP_ENV": "prod", "FLIP_API_INTERNAL_URL": hub.url, "FLIP_HUB_USER_TOKEN": USER_TOKEN,
-           "FLIP_LOCAL_DIR": str(run.local_dir)}
+    env = {
+        "FLIP_ENV": "prod",
+        "FLIP_API_INTERNAL_URL": hub.url,
+        "FLIP_HUB_USER_TOKEN": USER_TOKEN,
+        "FLIP_LOCAL_DIR": str(run.local_dir),
+    }
     with environ(**env):
         assert flip_cli(["status", model_id]) == 0
     out = capsys.readouterr().out

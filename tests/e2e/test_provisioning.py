@@ -24,11 +24,17 @@ def provisioned(tmp_path_factory):
 
 def test_kits_for_the_server_every_site_and_the_admin(provisioned):
     prod = provisioned / "workspace" / "flip" / "prod_00"
-    assert sorted(p.name for p in prod.iterdir() if p.is_dir()) == ["admin@flip.org", "hospital-a", "hospital-b",
-                                                                    "server"]
+    assert sorted(p.name for p in prod.iterdir() if p.is_dir()) == [
+        "admin@flip.org",
+        "hospital-a",
+        "hospital-b",
+        "server",
+    ]
     for site in ("hospital-a", "hospital-b"):
         startup = prod / site / "startup"
-        assert {"fed_client.json", "client.crt", "client.key", "rootCA.pem", "start.sh"} <= {p.name for p in startup.iterdir()}
+        assert {"fed_client.json", "client.crt", "client.key", "rootCA.pem", "start.sh"} <= {
+            p.name for p in startup.iterdir()
+        }
     assert (prod / "admin@flip.org" / "startup" / "fed_admin.json").is_file()
     server = json.loads((prod / "server" / "startup" / "fed_server.json").read_text())
     assert server["servers"][0]["admin_port"] == 8003
@@ -67,8 +73,17 @@ def test_adding_a_hospital_keeps_the_root_ca_and_existing_certificates(provision
         for name in ("client.crt", "client.key", "rootCA.pem"):
             assert _read(after / site / "startup" / name) == _read(before / site / "startup" / name), (site, name)
     assert _read(after / "server" / "startup" / "server.crt") == _read(before / "server" / "startup" / "server.crt")
-    verify = subprocess.run(["openssl", "verify", "-CAfile", str(before / "server" / "startup" / "rootCA.pem"),
-                             str(after / "hospital-c" / "startup" / "client.crt")], capture_output=True, text=True)
+    verify = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            str(before / "server" / "startup" / "rootCA.pem"),
+            str(after / "hospital-c" / "startup" / "client.crt"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert verify.returncode == 0 and "OK" in verify.stdout
     assert (after / "hospital-c" / "local" / "privacy.json").is_file()
     project = (provisioned / "project.yml").read_text()
@@ -87,8 +102,24 @@ def test_bad_site_names_and_ports_are_named(tmp_path):
 
 
 def test_the_server_name_is_the_host_every_kit_connects_to(tmp_path, capsys):
-    assert flip_cli(["provision", "--sites", "1", "--server", "localhost", "--fed-port", "9102",
-                     "--admin-port", "9103", "--out", str(tmp_path)]) == 0
+    assert (
+        flip_cli(
+            [
+                "provision",
+                "--sites",
+                "1",
+                "--server",
+                "localhost",
+                "--fed-port",
+                "9102",
+                "--admin-port",
+                "9103",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert "sites connect to localhost:9102 and admins to localhost:9103" in capsys.readouterr().out
     prod = tmp_path / "workspace" / "flip" / "prod_00"
     client = json.loads((prod / "site-1" / "startup" / "fed_client.json").read_text())

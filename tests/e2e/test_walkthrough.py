@@ -43,7 +43,7 @@ def walkthrough_blocks(readme: str) -> list[str]:
         assert lines[start].strip().startswith("```"), f"README line {start + 1}: a walk-through mark needs a block"
         indent = len(lines[start]) - len(lines[start].lstrip())
         end = next(j for j in range(start + 1, len(lines)) if lines[j].strip() == "```")
-        blocks.append("\n".join(text[indent:] for text in lines[start + 1:end]))
+        blocks.append("\n".join(text[indent:] for text in lines[start + 1 : end]))
     return blocks
 
 
@@ -62,8 +62,18 @@ def test_the_walkthrough_blocks_are_found_in_order():
     blocks = walkthrough_blocks((REPO / "README.md").read_text())
     script = "\n".join(blocks)
     assert len(blocks) == 8
-    steps = ["flip provision", "flip trial data", "flip s3 serve", "start.sh", "flip doctor", "nvflare job submit",
-             "flip status", "flip models download", "nvflare system shutdown all", "flip s3 stop"]
+    steps = [
+        "flip provision",
+        "flip trial data",
+        "flip s3 serve",
+        "start.sh",
+        "flip doctor",
+        "nvflare job submit",
+        "flip status",
+        "flip models download",
+        "nvflare system shutdown all",
+        "flip s3 stop",
+    ]
     positions = [script.index(step) for step in steps]
     assert positions == sorted(positions), "the walk-through's steps are out of order"
 
@@ -78,16 +88,29 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
     home.mkdir()
     trial = home / "flip-trial"
     script = tmp_path / "walkthrough.sh"
-    script.write_text("set -euo pipefail\nset -x\n" + "\n".join(walkthrough_blocks((REPO / "README.md").read_text()))
-                      + "\n")
+    script.write_text(
+        "set -euo pipefail\nset -x\n" + "\n".join(walkthrough_blocks((REPO / "README.md").read_text())) + "\n"
+    )
     env = clean_env("FLIP_", "AWS_", "NVFLARE_", "NVFL_")
-    env.update({"HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))})
+    env.update(
+        {
+            "HOME": str(home),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        }
+    )
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     started = time.monotonic()
     with open(out, "wb") as stdout, open(err, "wb") as stderr:  # files: the kits' daemons keep them open
-        bash = subprocess.Popen(["bash", str(script)], cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=stderr, start_new_session=True)
+        bash = subprocess.Popen(
+            ["bash", str(script)],
+            cwd=home,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
     try:
         code = bash.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -113,13 +136,32 @@ def _kill(trial: Path, session: int, left: list[int]) -> None:
     if not left:
         return
     kits = trial / "kits" / "workspace" / "flip" / "prod_00"
-    env = {**clean_env("FLIP_", "AWS_"), "HOME": str(trial.parent),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **clean_env("FLIP_", "AWS_"),
+        "HOME": str(trial.parent),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     if (kits / "admin@flip.org").is_dir():
-        subprocess.run([str(Path(sys.executable).with_name("nvflare")), "system", "shutdown", "all", "--force",
-                        "--startup-kit", str(kits / "admin@flip.org")], env=env, capture_output=True, timeout=120)
-    subprocess.run([sys.executable, "-m", "flip.cli", "s3", "stop", "--dir", str(trial / "s3")], env=env,
-                   capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                str(Path(sys.executable).with_name("nvflare")),
+                "system",
+                "shutdown",
+                "all",
+                "--force",
+                "--startup-kit",
+                str(kits / "admin@flip.org"),
+            ],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
+    subprocess.run(
+        [sys.executable, "-m", "flip.cli", "s3", "stop", "--dir", str(trial / "s3")],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     kill(wait_gone(trial, session, seconds=20))
 
 

@@ -48,19 +48,22 @@ MODEL_ID = "5f2b7c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"
 # -- item 13: a trailing newline is not part of a name -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("check, value", [
-    (checks.check_object_key, "global_model.pt\n"),
-    (checks.check_object_key, "report/index.html\n"),
-    (lambda v: checks.check_path_name("job id", v), "job-1\n"),
-    (lambda v: checks.check_path_name("site name", v), "site-1\n"),
-    (checks.check_bucket_name, "flip-models\n"),
-    (checks.check_model_id, MODEL_ID + "\n"),
-    (lambda v: checks.check_relative_name("json_file_name", v, ".json"), "cross_val_results.json\n"),
-    (lambda v: checks.check_component_id("persistor_id", v), "persistor\n"),
-    (lambda v: check_site_names([v]), "site-1\n"),
-    (check_server_name, "localhost\n"),
-    (check_server_name, "fl.example.org\n"),
-])
+@pytest.mark.parametrize(
+    "check, value",
+    [
+        (checks.check_object_key, "global_model.pt\n"),
+        (checks.check_object_key, "report/index.html\n"),
+        (lambda v: checks.check_path_name("job id", v), "job-1\n"),
+        (lambda v: checks.check_path_name("site name", v), "site-1\n"),
+        (checks.check_bucket_name, "flip-models\n"),
+        (checks.check_model_id, MODEL_ID + "\n"),
+        (lambda v: checks.check_relative_name("json_file_name", v, ".json"), "cross_val_results.json\n"),
+        (lambda v: checks.check_component_id("persistor_id", v), "persistor\n"),
+        (lambda v: check_site_names([v]), "site-1\n"),
+        (check_server_name, "localhost\n"),
+        (check_server_name, "fl.example.org\n"),
+    ],
+)
 def test_trailing_newline_is_refused_by_every_name_rule(check, value):
     with pytest.raises(ValueError, match=r"\\n"):
         check(value)
@@ -96,8 +99,11 @@ BAD_ARGUMENTS = [
     (FlipScatterAndGather, {"aggregator_id": ""}, "aggregator_id"),
     (FlipScatterAndGather, {"persistor_id": "persistor\n"}, "persistor_id"),
     (FlipScatterAndGather, {"train_task_name": 7}, "train_task_name"),
-    (MultiStageScatterAndGather, {"stages": [{"name": "a", "num_rounds": 1}], "validation_timeout": "x"},
-     "validation_timeout"),
+    (
+        MultiStageScatterAndGather,
+        {"stages": [{"name": "a", "num_rounds": 1}], "validation_timeout": "x"},
+        "validation_timeout",
+    ),
     (MultiStageScatterAndGather, {"stages": [{"name": "a", "num_rounds": 0}]}, "stages[0].num_rounds"),
     (FedDCController, {"seed": "x"}, "seed"),
     (FedDCController, {"daisy_chain_period": 0}, "daisy_chain_period"),
@@ -142,8 +148,9 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.mark.parametrize("factory, kwargs, name", BAD_ARGUMENTS,
-                         ids=[f"{f.__name__}-{'-'.join(k)}" for f, k, _ in BAD_ARGUMENTS])
+@pytest.mark.parametrize(
+    "factory, kwargs, name", BAD_ARGUMENTS, ids=[f"{f.__name__}-{'-'.join(k)}" for f, k, _ in BAD_ARGUMENTS]
+)
 def test_bad_argument_is_refused_at_construction_naming_it(factory, kwargs, name):
     with pytest.raises(ValueError) as refused:
         factory(**kwargs)
@@ -153,19 +160,22 @@ def test_bad_argument_is_refused_at_construction_naming_it(factory, kwargs, name
         assert f"got {kwargs[name]!r}" in message or f"{name}={kwargs[name]!r}" in message, message
 
 
-@pytest.mark.parametrize("options, name", [
-    ({"num_rounds": 0}, "num_rounds"),
-    ({"min_clients": "2"}, "min_clients"),
-    ({"wait_after_min_clients": -1}, "wait_after_min_clients"),
-    ({"name": "../escape"}, "job name"),
-    ({"aggregation": "fedsgd"}, "aggregation"),
-    ({"uncertainty": "bayes"}, "uncertainty"),
-    ({"skip_model_tests": "no"}, "skip_model_tests"),
-    ({"aggregation": "fedprox", "fedprox_mu": -1.0}, "fedprox_mu"),
-    ({"uncertainty": "swag", "swag_epochs": 1}, "swag_epochs"),
-    ({"dp_epsilon": -1.0}, "epsilon"),
-    ({"dp_noise_multiplier": 1.0, "dp_clip_norm": 0}, "clip_norm"),
-])
+@pytest.mark.parametrize(
+    "options, name",
+    [
+        ({"num_rounds": 0}, "num_rounds"),
+        ({"min_clients": "2"}, "min_clients"),
+        ({"wait_after_min_clients": -1}, "wait_after_min_clients"),
+        ({"name": "../escape"}, "job name"),
+        ({"aggregation": "fedsgd"}, "aggregation"),
+        ({"uncertainty": "bayes"}, "uncertainty"),
+        ({"skip_model_tests": "no"}, "skip_model_tests"),
+        ({"aggregation": "fedprox", "fedprox_mu": -1.0}, "fedprox_mu"),
+        ({"uncertainty": "swag", "swag_epochs": 1}, "swag_epochs"),
+        ({"dp_epsilon": -1.0}, "epsilon"),
+        ({"dp_noise_multiplier": 1.0, "dp_clip_norm": 0}, "clip_norm"),
+    ],
+)
 def test_job_builder_refuses_bad_options_before_writing(tmp_path, options, name):
     with pytest.raises(ValueError, match=name.replace(".", r"\.")):
         JOBS["standard"](**options)

@@ -38,23 +38,31 @@ def test_demo_refuses_foreign_nonempty_dir(tmp_path, capsys):
     assert str(sentinel) in capsys.readouterr().err and sentinel.read_text() == "must survive"
 
 
-@pytest.mark.parametrize("args, named", [
-    (["--sites", "0"], "sites must be an integer >= 1, got 0"),
-    (["--rounds", "0"], "rounds must be an integer >= 1, got 0"),
-    (["--sites", "2", "--threads", "3"], "threads must be between 1 and the number of sites (2), got 3"),
-    (["--threads", "0"], "threads must be an integer >= 1, got 0"),
-    (["--percentile", "150"], "percentile must be a finite number in [0, 100], got 150.0"),
-    (["--percentile", "nan"], "percentile must be a finite number in [0, 100], got nan"),
-    (["--gamma", "-1"], "gamma must be a finite number > 0, got -1.0"),
-    (["--gamma", "inf"], "gamma must be a finite number > 0, got inf"),
-    (["--dp-epsilon", "0"], "dp_epsilon must be a finite number > 0, got 0.0"),
-    (["--dp-epsilon", "nan"], "dp_epsilon must be a finite number > 0, got nan"),
-    (["--dp-clip-norm", "-2"], "dp_clip_norm must be a finite number > 0, got -2.0"),
-    (["--dp-epsilon", "8", "--uncertainty", "swag"], "differential privacy and uncertainty 'swag' cannot be combined"),
-    (["--dp-epsilon", "8", "--dp-level", "client", "--uncertainty", "swag"],
-     "differential privacy and uncertainty 'swag' cannot be combined"),
-    (["--dp-epsilon", "8", "--job", "multi_stage"], "record-level DP (dp_level 'record') trains the standard"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--sites", "0"], "sites must be an integer >= 1, got 0"),
+        (["--rounds", "0"], "rounds must be an integer >= 1, got 0"),
+        (["--sites", "2", "--threads", "3"], "threads must be between 1 and the number of sites (2), got 3"),
+        (["--threads", "0"], "threads must be an integer >= 1, got 0"),
+        (["--percentile", "150"], "percentile must be a finite number in [0, 100], got 150.0"),
+        (["--percentile", "nan"], "percentile must be a finite number in [0, 100], got nan"),
+        (["--gamma", "-1"], "gamma must be a finite number > 0, got -1.0"),
+        (["--gamma", "inf"], "gamma must be a finite number > 0, got inf"),
+        (["--dp-epsilon", "0"], "dp_epsilon must be a finite number > 0, got 0.0"),
+        (["--dp-epsilon", "nan"], "dp_epsilon must be a finite number > 0, got nan"),
+        (["--dp-clip-norm", "-2"], "dp_clip_norm must be a finite number > 0, got -2.0"),
+        (
+            ["--dp-epsilon", "8", "--uncertainty", "swag"],
+            "differential privacy and uncertainty 'swag' cannot be combined",
+        ),
+        (
+            ["--dp-epsilon", "8", "--dp-level", "client", "--uncertainty", "swag"],
+            "differential privacy and uncertainty 'swag' cannot be combined",
+        ),
+        (["--dp-epsilon", "8", "--job", "multi_stage"], "record-level DP (dp_level 'record') trains the standard"),
+    ],
+)
 def test_demo_checks_arguments_before_touching_disk(tmp_path, capsys, args, named):
     folder, sentinel = _folder_with_sentinel(tmp_path)
     marked = tmp_path / "marked"
@@ -74,10 +82,13 @@ def test_demo_checks_job_aggregation_and_uncertainty_before_touching_disk(tmp_pa
     from flip.demo.run import demo_runs, run_demo
 
     folder, sentinel = _folder_with_sentinel(tmp_path)
-    for bad, named in ((dict(job="nope"), "job must be one of"), (dict(aggregation="mean"), "aggregation must be"),
-                       (dict(uncertainty="vibes"), "uncertainty must be one of"),
-                       (dict(model_test_after_each_round="yes"), "model_test_after_each_round must be True or False"),
-                       (dict(sites=True), "sites must be an integer >= 1, got True")):
+    for bad, named in (
+        (dict(job="nope"), "job must be one of"),
+        (dict(aggregation="mean"), "aggregation must be"),
+        (dict(uncertainty="vibes"), "uncertainty must be one of"),
+        (dict(model_test_after_each_round="yes"), "model_test_after_each_round must be True or False"),
+        (dict(sites=True), "sites must be an integer >= 1, got True"),
+    ):
         with pytest.raises(ValueError, match=named):
             run_demo(workdir=folder, **bad)
     assert sentinel.read_text() == "must survive"

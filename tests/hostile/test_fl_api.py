@@ -54,28 +54,38 @@ def test_a_presigned_https_url_is_refused_naming_scheme_and_host_never_its_query
     served, root, _ = service
     status, reply = _upload(served, f"https://bucket.s3.amazonaws.com/{MODEL}/app/custom/trainer.py?{SIGNATURE}")
     assert status == 400
-    assert reply["detail"] == (f"bundle URL https://bucket.s3.amazonaws.com/{MODEL}/app/custom/trainer.py?... is not "
-                               f"allowed: scheme 'https' (host 'bucket.s3.amazonaws.com'); allowed: "
-                               f"s3://flip-bundles/<key> (FLIP_API_BUNDLE_BUCKET) or file:// under {root.resolve()} "
-                               "(FLIP_API_BUNDLE_ROOT)")
+    assert reply["detail"] == (
+        f"bundle URL https://bucket.s3.amazonaws.com/{MODEL}/app/custom/trainer.py?... is not "
+        f"allowed: scheme 'https' (host 'bucket.s3.amazonaws.com'); allowed: "
+        f"s3://flip-bundles/<key> (FLIP_API_BUNDLE_BUCKET) or file:// under {root.resolve()} "
+        "(FLIP_API_BUNDLE_ROOT)"
+    )
     assert "Signature" not in json.dumps(reply)
-    for url in ("http://169.254.169.254/latest/meta-data/", "ftp://host/x", "gs://flip-bundles/x", "/etc/passwd",
-                "s3:flip-bundles/x"):
+    for url in (
+        "http://169.254.169.254/latest/meta-data/",
+        "ftp://host/x",
+        "gs://flip-bundles/x",
+        "/etc/passwd",
+        "s3:flip-bundles/x",
+    ):
         status, reply = _upload(served, url)
         assert status == 400 and "is not allowed" in reply["detail"], url
 
 
 @pytest.mark.http
-@pytest.mark.parametrize("url, why", [
-    ("s3://other-bucket/m/app/custom/trainer.py", "bucket 'other-bucket' is not the bundle bucket"),
-    ("s3://flip-bundles/m/../../other/key", "its key is not a relative path of safe names"),
-    ("s3://flip-bundles/m/%2e%2e/x", "its key is not a relative path of safe names"),
-    ("s3://flip-bundles//abs", "its key is not a relative path of safe names"),
-    (f"s3://flip-bundles/m/trainer.py?{SIGNATURE}", "it carries a query or a fragment"),
-    ("s3://user:secret@flip-bundles/m/trainer.py", "it carries credentials or a port"),
-    ("s3://flip-bundles/m/train er.py", "whitespace or a control character"),
-    ("s3://flip-bundles/m/trainer.py\n", "whitespace or a control character"),
-])
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        ("s3://other-bucket/m/app/custom/trainer.py", "bucket 'other-bucket' is not the bundle bucket"),
+        ("s3://flip-bundles/m/../../other/key", "its key is not a relative path of safe names"),
+        ("s3://flip-bundles/m/%2e%2e/x", "its key is not a relative path of safe names"),
+        ("s3://flip-bundles//abs", "its key is not a relative path of safe names"),
+        (f"s3://flip-bundles/m/trainer.py?{SIGNATURE}", "it carries a query or a fragment"),
+        ("s3://user:secret@flip-bundles/m/trainer.py", "it carries credentials or a port"),
+        ("s3://flip-bundles/m/train er.py", "whitespace or a control character"),
+        ("s3://flip-bundles/m/trainer.py\n", "whitespace or a control character"),
+    ],
+)
 def test_an_s3_url_outside_the_bundle_bucket_or_with_a_climbing_key_is_refused(service, url, why):
     served, _, _ = service
     status, reply = _upload(served, url)
@@ -113,8 +123,18 @@ def test_a_model_id_that_is_not_a_uuid_is_refused_before_anything_is_staged(serv
 
 
 @pytest.mark.http
-@pytest.mark.parametrize("path", ["/submit_job/..", "/submit_job/%2E%2E", "/submit_job/.hidden",
-                                  "/submit_job/a%0Ab", "/abort_job/..", "/abort_job/%2E%2E", "/abort_job/a%0Ab"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/submit_job/..",
+        "/submit_job/%2E%2E",
+        "/submit_job/.hidden",
+        "/submit_job/a%0Ab",
+        "/abort_job/..",
+        "/abort_job/%2E%2E",
+        "/abort_job/a%0Ab",
+    ],
+)
 def test_a_job_folder_or_job_id_that_climbs_or_hides_is_refused(service, path):
     served, _, _ = service
     status, reply = call(served, "DELETE" if path.startswith("/abort") else "POST", path)
@@ -165,12 +185,26 @@ def test_the_service_does_not_start_without_a_key(tmp_path):
     (kit / "startup" / "fed_admin.json").write_text(json.dumps({"admin": {"username": "admin@flip.org"}}))
     env = clean_env("FLIP_", "AWS_")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    for extra, message in (([], "the FL API needs a key: set FLIP_API_KEY_FILE"),
-                           (["--insecure-loopback"], "on a loopback address only (127.0.0.1, ::1, localhost), not on "
-                                                     "'0.0.0.0'")):
-        done = subprocess.run([sys.executable, "-m", "flip.cli", "api", "serve", "--admin-dir", str(kit), "--host",
-                               "0.0.0.0", *extra], env=env, capture_output=True, text=True, timeout=120)
+    for extra, message in (
+        ([], "the FL API needs a key: set FLIP_API_KEY_FILE"),
+        (["--insecure-loopback"], "on a loopback address only (127.0.0.1, ::1, localhost), not on '0.0.0.0'"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "flip.cli", "api", "serve", "--admin-dir", str(kit), "--host", "0.0.0.0", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
-    assert HEADER in subprocess.run([sys.executable, "-m", "flip.cli", "api", "serve", "--help"], env=env,
-                                    capture_output=True, text=True, timeout=120).stdout
+    assert (
+        HEADER
+        in subprocess.run(
+            [sys.executable, "-m", "flip.cli", "api", "serve", "--help"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    )

@@ -25,8 +25,22 @@ from flip.settings import load_settings
 
 pytestmark = pytest.mark.unit
 
-UNSAFE_ACCESSION_IDS = ["../x", "/etc", "", ".", "..", "a/b", "x/../../y", "a\n", "a\r", "\x00", "acc\t1",
-                        "~root", "-rf", "a" * 129]
+UNSAFE_ACCESSION_IDS = [
+    "../x",
+    "/etc",
+    "",
+    ".",
+    "..",
+    "a/b",
+    "x/../../y",
+    "a\n",
+    "a\r",
+    "\x00",
+    "acc\t1",
+    "~root",
+    "-rf",
+    "a" * 129,
+]
 
 
 @pytest.fixture(autouse=True)
@@ -75,19 +89,22 @@ def test_prod_refuses_unsafe_accession_ids_before_any_call(monkeypatch, accessio
         FLIP().get_by_accession_number("p", accession_id)
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("{not json", "must be a JSON object, got text that is not JSON"),
-    ('["site-1"]', "must be a JSON object of sites, got list"),
-    ('{"../x": {"dataframe": "/a.csv", "images": "/i"}}', "site name '../x' is invalid"),
-    ('{"site-1\\n": {"dataframe": "/a.csv", "images": "/i"}}', "site name 'site-1\\\\n' is invalid"),
-    ('{"site-1": {"dataframe": "a.csv", "images": "/i"}}', r"\['site-1'\]\['dataframe'\] must be an absolute path"),
-    ('{"site-1": {"dataframe": "/a.csv", "images": "../i"}}', r"\['images'\] must be an absolute path"),
-    ('{"site-1": {"dataframe": "/a.csv\\n", "images": "/i"}}', "must not contain control characters"),
-    ('{"site-1": {"dataframe": 3, "images": "/i"}}', "must be a string"),
-    ('{"site-1": {"dataframe": "/a.csv"}}', "exactly the keys \\['dataframe', 'images'\\]"),
-    ('{"site-1": {"dataframe": "/a.csv", "images": "/i", "cmd": "rm"}}', "exactly the keys"),
-    ('{"site-1": "/a.csv:/i"}', "exactly the keys"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{not json", "must be a JSON object, got text that is not JSON"),
+        ('["site-1"]', "must be a JSON object of sites, got list"),
+        ('{"../x": {"dataframe": "/a.csv", "images": "/i"}}', "site name '../x' is invalid"),
+        ('{"site-1\\n": {"dataframe": "/a.csv", "images": "/i"}}', "site name 'site-1\\\\n' is invalid"),
+        ('{"site-1": {"dataframe": "a.csv", "images": "/i"}}', r"\['site-1'\]\['dataframe'\] must be an absolute path"),
+        ('{"site-1": {"dataframe": "/a.csv", "images": "../i"}}', r"\['images'\] must be an absolute path"),
+        ('{"site-1": {"dataframe": "/a.csv\\n", "images": "/i"}}', "must not contain control characters"),
+        ('{"site-1": {"dataframe": 3, "images": "/i"}}', "must be a string"),
+        ('{"site-1": {"dataframe": "/a.csv"}}', "exactly the keys \\['dataframe', 'images'\\]"),
+        ('{"site-1": {"dataframe": "/a.csv", "images": "/i", "cmd": "rm"}}', "exactly the keys"),
+        ('{"site-1": "/a.csv:/i"}', "exactly the keys"),
+    ],
+)
 def test_hostile_site_data_is_refused_naming_the_variable(monkeypatch, value, message):
     """FLIP_SITE_DATA comes from the environment: a relative path would move with the simulator's working folder,
     a site name with '/' or a newline would not name one site."""
@@ -118,8 +135,10 @@ def test_a_site_without_an_entry_never_reads_another_sites_data(tmp_path, monkey
     """site-2 has no entry and no DEV_* is set: it gets an error naming it, never site-1's cohort."""
     (tmp_path / "s1.csv").write_text("accession_id\nS1\n")
     (tmp_path / "s1").mkdir()
-    monkeypatch.setenv("FLIP_SITE_DATA", json.dumps({"site-1": {"dataframe": str(tmp_path / "s1.csv"),
-                                                                "images": str(tmp_path / "s1")}}))
+    monkeypatch.setenv(
+        "FLIP_SITE_DATA",
+        json.dumps({"site-1": {"dataframe": str(tmp_path / "s1.csv"), "images": str(tmp_path / "s1")}}),
+    )
     with site_context("site-2"), pytest.raises(Exception, match="site 'site-2'"):
         FLIP().get_dataframe("p", "q")
 
@@ -142,14 +161,17 @@ def test_a_metric_cannot_carry_arrays_or_text_off_a_site(value):
     assert engine.fired == []
 
 
-@pytest.mark.parametrize("data", [
-    {"label": "loss", "value": 0.5, "weights": np.ones(10)},
-    {"label": "loss", "value": np.ones(10)},
-    {"label": "x" * 10_000, "value": 0.5},
-    {"label": "loss\nERROR forged log line", "value": 0.5},
-    {"label": "loss", "value": float("nan")},
-    {"label": "loss", "value": 10 ** 400},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"label": "loss", "value": 0.5, "weights": np.ones(10)},
+        {"label": "loss", "value": np.ones(10)},
+        {"label": "x" * 10_000, "value": 0.5},
+        {"label": "loss\nERROR forged log line", "value": 0.5},
+        {"label": "loss", "value": float("nan")},
+        {"label": "loss", "value": 10**400},
+    ],
+)
 def test_the_server_drops_a_hostile_metrics_event(data):
     """A site (or an old client) may send anything in a ``_send_result`` event: the server takes named finite
     numbers only and says why it dropped the rest, naming the site."""

@@ -50,22 +50,40 @@ def _evaluation_app(tmp_path: Path, models: object) -> Path:
 @pytest.mark.parametrize("checkpoint", ["../../etc/passwd", "/etc/passwd", "sub/model.pt", "model.pt\n", ""])
 def test_a_checkpoint_outside_the_app_folder_is_refused(tmp_path, checkpoint):
     app = _evaluation_app(tmp_path, {"unet": {"checkpoint": checkpoint, "path": "unet"}})
-    with pytest.raises(AppError, match=r"config\.json models\['unet'\]: checkpoint .* is invalid: expected 1-128 "
-                                       r"letters.*\(the checkpoint is a file name in the app folder\)"):
+    with pytest.raises(
+        AppError,
+        match=r"config\.json models\['unet'\]: checkpoint .* is invalid: expected 1-128 "
+        r"letters.*\(the checkpoint is a file name in the app folder\)",
+    ):
         inspect_app(app)
 
 
-@pytest.mark.parametrize("models, error", [
-    ({}, r"config\.json must have \"models\": .* for an evaluation, got dict"),
-    ([["unet", "model.pt"]], r"config\.json must have \"models\": .* for an evaluation, got list"),
-    ({"unet": "model.pt"}, r"models\['unet'\] must be an object with exactly the keys \['checkpoint', 'path'\], got str"),
-    ({"unet": {"checkpoint": "model.pt", "path": "unet", "url": "http://x"}},
-     (r"models\['unet'\] must be an object with exactly the keys \['checkpoint', 'path'\], got \['checkpoint', "
-      r"'path', 'url'\]")),
-    ({"../unet": {"checkpoint": "model.pt", "path": "unet"}}, r"models\['\.\./unet'\]: model name '\.\./unet' is invalid"),
-    ({"unet": {"checkpoint": "model.pt", "path": "resnet"}},
-     r"config\.json \"models\" names path\(s\) \['resnet'\] that models\.model_paths lacks \(it has \['unet'\]\)"),
-])
+@pytest.mark.parametrize(
+    "models, error",
+    [
+        ({}, r"config\.json must have \"models\": .* for an evaluation, got dict"),
+        ([["unet", "model.pt"]], r"config\.json must have \"models\": .* for an evaluation, got list"),
+        (
+            {"unet": "model.pt"},
+            r"models\['unet'\] must be an object with exactly the keys \['checkpoint', 'path'\], got str",
+        ),
+        (
+            {"unet": {"checkpoint": "model.pt", "path": "unet", "url": "http://x"}},
+            (
+                r"models\['unet'\] must be an object with exactly the keys \['checkpoint', 'path'\], got \['checkpoint', "
+                r"'path', 'url'\]"
+            ),
+        ),
+        (
+            {"../unet": {"checkpoint": "model.pt", "path": "unet"}},
+            r"models\['\.\./unet'\]: model name '\.\./unet' is invalid",
+        ),
+        (
+            {"unet": {"checkpoint": "model.pt", "path": "resnet"}},
+            r"config\.json \"models\" names path\(s\) \['resnet'\] that models\.model_paths lacks \(it has \['unet'\]\)",
+        ),
+    ],
+)
 def test_a_bad_models_entry_is_named(tmp_path, models, error):
     with pytest.raises(AppError, match=error):
         inspect_app(_evaluation_app(tmp_path, models))
@@ -74,8 +92,11 @@ def test_a_bad_models_entry_is_named(tmp_path, models, error):
 def test_an_evaluation_whose_models_py_has_no_model_paths_is_refused(tmp_path):
     app = _evaluation_app(tmp_path, {"unet": {"checkpoint": "model.pt", "path": "unet"}})
     (app / "models.py").write_text("def get_model():\n    return None\n")
-    with pytest.raises(AppError, match=r"models\.py defines no model_paths: an evaluation loads each checkpoint into "
-                                       r"models\.model_paths\[<path>\]"):
+    with pytest.raises(
+        AppError,
+        match=r"models\.py defines no model_paths: an evaluation loads each checkpoint into "
+        r"models\.model_paths\[<path>\]",
+    ):
         inspect_app(app)
 
 
@@ -85,8 +106,11 @@ def test_a_file_linking_out_of_the_app_folder_is_refused(tmp_path):
     secret.write_text("aws_secret_access_key = x\n")
     app = _app(tmp_path)
     (app / "helpers.json").symlink_to(secret)
-    with pytest.raises(AppError, match=r"helpers\.json in .* link\(s\) to outside the app folder: a job carries the "
-                                       "app's own files only"):
+    with pytest.raises(
+        AppError,
+        match=r"helpers\.json in .* link\(s\) to outside the app folder: a job carries the "
+        "app's own files only",
+    ):
         create_job(app, tmp_path / "job")
     assert not (tmp_path / "job").exists()
     (app / "helpers.json").unlink()
@@ -94,17 +118,20 @@ def test_a_file_linking_out_of_the_app_folder_is_refused(tmp_path):
     assert inspect_app(app).job_type == "standard"
 
 
-@pytest.mark.parametrize("arguments, error", [
-    ({"project_id": "p\nq"}, r"project_id must not contain control characters, got 'p\\nq'"),
-    ({"project_id": 7}, "project_id must be a string, got 7"),
-    ({"query": None}, "query must be a string of at most 100000 characters, got NoneType"),
-    ({"query": "x" * 100_001}, "query must be a string of at most 100000 characters, got str of 100001"),
-    ({"model_id": "not-a-uuid"}, "model_id must be a UUID"),
-    ({"min_clients": 0}, "min_clients must be an integer >= 1, got 0"),
-    ({"min_clients": True}, "min_clients must be an integer >= 1, got True"),
-    ({"rounds": float("nan")}, "rounds must be an integer >= 1, got nan"),
-    ({"name": "../job"}, r"job name '\.\./job' is invalid"),
-])
+@pytest.mark.parametrize(
+    "arguments, error",
+    [
+        ({"project_id": "p\nq"}, r"project_id must not contain control characters, got 'p\\nq'"),
+        ({"project_id": 7}, "project_id must be a string, got 7"),
+        ({"query": None}, "query must be a string of at most 100000 characters, got NoneType"),
+        ({"query": "x" * 100_001}, "query must be a string of at most 100000 characters, got str of 100001"),
+        ({"model_id": "not-a-uuid"}, "model_id must be a UUID"),
+        ({"min_clients": 0}, "min_clients must be an integer >= 1, got 0"),
+        ({"min_clients": True}, "min_clients must be an integer >= 1, got True"),
+        ({"rounds": float("nan")}, "rounds must be an integer >= 1, got nan"),
+        ({"name": "../job"}, r"job name '\.\./job' is invalid"),
+    ],
+)
 def test_a_bad_argument_is_named(arguments, error):
     with pytest.raises(ValueError, match=error):
         plan_job(DICOM_APP, **arguments)
@@ -137,10 +164,13 @@ def test_a_job_folder_name_that_is_not_a_path_name_is_refused_before_writing(tmp
     assert not (tmp_path / "my job").exists() and not list(tmp_path.glob(".flip-job-*"))
 
 
-@pytest.mark.parametrize("executor, file_name, class_name", [("RUN_TRAINER", "trainer.py", "FLIP_TRAINER"),
-                                                              ("RUN_VALIDATOR", "validator.py", "FLIP_VALIDATOR")])
-def test_a_missing_entry_class_is_the_cause_named_even_without_data(tmp_path, monkeypatch, executor, file_name,
-                                                                   class_name):
+@pytest.mark.parametrize(
+    "executor, file_name, class_name",
+    [("RUN_TRAINER", "trainer.py", "FLIP_TRAINER"), ("RUN_VALIDATOR", "validator.py", "FLIP_VALIDATOR")],
+)
+def test_a_missing_entry_class_is_the_cause_named_even_without_data(
+    tmp_path, monkeypatch, executor, file_name, class_name
+):
     """A misnamed entry class at a site without plain-contract images (a FLIP app's data comes through
     get_dataframe): the old RUN_TRAINER/RUN_VALIDATOR fetched the site's images first and failed with "no cohort
     for site 'site-1'", hiding the cause; the class is now loaded first and named."""

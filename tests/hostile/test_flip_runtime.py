@@ -65,16 +65,16 @@ def flip_env(tmp_path, monkeypatch):
     apps.forget_app_modules()
 
 
-NO_FLIP_TRAINER = '''
+NO_FLIP_TRAINER = """
 from nvflare.apis.executor import Executor
 
 
 class Trainer(Executor):
     def execute(self, task_name, shareable, fl_ctx, abort_signal):
         raise NotImplementedError
-'''
+"""
 
-RAISING_CONSTRUCTOR = f'''
+RAISING_CONSTRUCTOR = f"""
 from nvflare.apis.executor import Executor
 
 
@@ -86,7 +86,7 @@ class FLIP_TRAINER(Executor):
 
     def execute(self, task_name, shareable, fl_ctx, abort_signal):
         raise NotImplementedError
-'''
+"""
 
 
 def _records(caplog, level):
@@ -101,8 +101,11 @@ def test_broken_flip_app_fails_with_a_short_reason_naming_the_cause(tmp_path, fl
     raised TypeError (the constructor must accept the config dict)" whatever was wrong."""
     caplog.set_level(logging.DEBUG)
     site = Site(tmp_path, "site-1")
-    trainer = {"no FLIP_TRAINER": NO_FLIP_TRAINER, "constructor raises": RAISING_CONSTRUCTOR,
-               "no accession_id column": apps.EXECUTOR_TRAINER}[case]
+    trainer = {
+        "no FLIP_TRAINER": NO_FLIP_TRAINER,
+        "constructor raises": RAISING_CONSTRUCTOR,
+        "no accession_id column": apps.EXECUTOR_TRAINER,
+    }[case]
     apps.write_app(site.custom, trainer=trainer)
     if case == "no accession_id column":
         flip_env.write_text("patient_id,label\nACC0000,0\n")
@@ -111,10 +114,10 @@ def test_broken_flip_app_fails_with_a_short_reason_naming_the_cause(tmp_path, fl
     assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
     expected = {
         "no FLIP_TRAINER": "custom/trainer.py does not define FLIP_TRAINER: expected class FLIP_TRAINER with "
-                           "method(s) train",
+        "method(s) train",
         "constructor raises": "custom/trainer.py: FLIP_TRAINER(train_task_name=..., submit_model_task_name=..., "
-                              "exclude_vars=..., project_id=..., query=...) raised ValueError (custom/trainer.py "
-                              "line 8)",
+        "exclude_vars=..., project_id=..., query=...) raised ValueError (custom/trainer.py "
+        "line 8)",
         "no accession_id column": "raised ValueError: the dev dataframe <path> has no 'accession_id' column",
     }[case]
     assert expected in reason, reason
@@ -125,8 +128,11 @@ def test_broken_flip_app_fails_with_a_short_reason_naming_the_cause(tmp_path, fl
 
     server = make_server(tmp_path)
     server.fire(EventType.START_RUN)
-    server.fire(EventType.BEFORE_PROCESS_SUBMISSION, "site-1", **{FLContextKey.TASK_RESULT: reply,
-                                                                  FLContextKey.TASK_NAME: FlipTask.TRAIN})
+    server.fire(
+        EventType.BEFORE_PROCESS_SUBMISSION,
+        "site-1",
+        **{FLContextKey.TASK_RESULT: reply, FLContextKey.TASK_NAME: FlipTask.TRAIN},
+    )
     assert server.handler._failure_reason() == f"site site-1: {reason}"
 
 
@@ -134,7 +140,9 @@ def test_flip_apps_own_error_reply_keeps_only_its_code(tmp_path, flip_env):
     """A FLIP app that catches its own exception and replies with it (FLIP's style: a traceback in the header
     "exception") sends only the return code and a short reason of ours. Before: no FLIP contract (TypeError)."""
     site = Site(tmp_path, "site-1")
-    apps.write_app(site.custom, trainer=f'''
+    apps.write_app(
+        site.custom,
+        trainer=f"""
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.shareable import make_reply
@@ -148,25 +156,32 @@ class FLIP_TRAINER(Executor):
         reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
         reply.set_header("exception", "Traceback ...\\n  File /data/{PATIENT}/scan.dcm")
         return reply
-''')
+""",
+    )
     reply = RUN_TRAINER().execute(FlipTask.TRAIN, train_task(global_weights()), site.ctx(FlipTask.TRAIN), Signal())
     assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
     assert reply.get_header("exception") is None and PATIENT not in str(dict(reply))
-    assert reply.get_header(FlipMeta.ERROR_REASON) == ("custom/trainer.py: FLIP_TRAINER.execute('train') replied "
-                                                       "EXECUTION_EXCEPTION")
+    assert reply.get_header(FlipMeta.ERROR_REASON) == (
+        "custom/trainer.py: FLIP_TRAINER.execute('train') replied EXECUTION_EXCEPTION"
+    )
 
 
-@pytest.mark.parametrize("metrics, entry", [
-    ({"accuracy": 0.5, "note": f"patient {PATIENT}"}, "entry 'note' is a str"),
-    ({"accuracy": 0.5, "confusion": "np.eye(2)"}, "entry 'confusion' is a ndarray"),
-    ({"per_class": {"a": [0.1, b"raw"]}}, "entry 'per_class.a[1]' is a bytes"),
-])
+@pytest.mark.parametrize(
+    "metrics, entry",
+    [
+        ({"accuracy": 0.5, "note": f"patient {PATIENT}"}, "entry 'note' is a str"),
+        ({"accuracy": 0.5, "confusion": "np.eye(2)"}, "entry 'confusion' is a ndarray"),
+        ({"per_class": {"a": [0.1, b"raw"]}}, "entry 'per_class.a[1]' is a bytes"),
+    ],
+)
 def test_flip_app_metrics_that_are_not_numbers_fail_the_task(tmp_path, flip_env, metrics, entry):
     """Only numbers (in dicts and lists) leave a site as metrics: anything else fails the task naming the entry,
     never its value. Before: no FLIP contract (TypeError)."""
     source = repr(metrics).replace("'np.eye(2)'", "np.eye(2)")
     site = Site(tmp_path, "site-1")
-    apps.write_app(site.custom, validator=f'''
+    apps.write_app(
+        site.custom,
+        validator=f"""
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.executor import Executor
@@ -178,9 +193,11 @@ class FLIP_VALIDATOR(Executor):
 
     def execute(self, task_name, shareable, fl_ctx, abort_signal):
         return DXO(data_kind=DataKind.METRICS, data={source}).to_shareable()
-''')
-    reply = RUN_VALIDATOR().execute(FlipTask.VALIDATE, train_task(global_weights()), site.ctx(FlipTask.VALIDATE),
-                                    Signal())
+""",
+    )
+    reply = RUN_VALIDATOR().execute(
+        FlipTask.VALIDATE, train_task(global_weights()), site.ctx(FlipTask.VALIDATE), Signal()
+    )
     reason = reply.get_header(FlipMeta.ERROR_REASON)
     assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION and entry in reason, reason
     assert PATIENT not in reason
@@ -191,13 +208,15 @@ def test_monai_executor_names_the_contract_it_needs(tmp_path, flip_env):
     initialize on it, and said nothing off-site)."""
     site = Site(tmp_path, "site-1")
     apps.write_app(site.custom, trainer=apps.EXECUTOR_TRAINER)
-    reply = RUN_MONAI_FL_TRAINER().execute(FlipTask.TRAIN, train_task(global_weights()), site.ctx(FlipTask.TRAIN),
-                                           Signal())
+    reply = RUN_MONAI_FL_TRAINER().execute(
+        FlipTask.TRAIN, train_task(global_weights()), site.ctx(FlipTask.TRAIN), Signal()
+    )
     assert reply.get_header(FlipMeta.ERROR_REASON) in (
         "custom/trainer.py: class FLIP_TRAINER has no method initialize(): expected class FLIP_TRAINER with "
         "method(s) initialize, train, get_weights",
         "custom/trainer.py: FLIP_TRAINER must subclass MONAI's ClientAlgo (monai.fl.client.ClientAlgo) for "
-        "RUN_MONAI_FL_TRAINER")
+        "RUN_MONAI_FL_TRAINER",
+    )
 
 
 # -- integer entries --------------------------------------------------------------------------------------------
@@ -208,16 +227,20 @@ def _train_ctx() -> FLContext:
 
 
 def _update(**entries) -> Shareable:
-    return DXO(DataKind.WEIGHT_DIFF, data={"w": np.full(8, 0.5, np.float32), **entries},
-               meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 1}).to_shareable()
+    return DXO(
+        DataKind.WEIGHT_DIFF,
+        data={"w": np.full(8, 0.5, np.float32), **entries},
+        meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 1},
+    ).to_shareable()
 
 
 def test_only_integer_counters_or_unchanged_buffers_pass_the_percentile_filter():
     """A 0-d counter (num_batches_tracked) or an unchanged integer buffer passes; an integer array that changed
     could carry anything and is refused, naming it. Before: every integer entry refused the whole update, so no
     FLIP app with BatchNorm could train."""
-    out = from_shareable(PercentilePrivacy().process(_update(steps=np.array(3, np.int64),
-                                                             index=np.zeros(5, np.int64)), _train_ctx()))
+    out = from_shareable(
+        PercentilePrivacy().process(_update(steps=np.array(3, np.int64), index=np.zeros(5, np.int64)), _train_ctx())
+    )
     assert int(out.data["steps"]) == 3 and not out.data["index"].any()
     assert out.get_meta_prop(FlipMeta.PRIVACY)[0]["integer_entries"] == 2
     with pytest.raises(PrivacyError, match=r"update entry 'pixels' is an integer array of shape \(4,\) that changed"):
@@ -235,19 +258,25 @@ def test_gaussian_privacy_withholds_every_integer_entry(tmp_path):
     ctx.set_prop(ReservedKey.ENGINE, FakeEngine(tmp_path, "site-1"), private=True, sticky=False)
     ctx.set_prop(ReservedKey.RUN_NUM, "job-1", private=True, sticky=False)
     (tmp_path / "job-1").mkdir()
-    out = from_shareable(GaussianPrivacy(noise_multiplier=1.0).process(
-        _update(steps=np.array(3, np.int64), pixels=np.array([12, 200], np.int32)), ctx))
+    out = from_shareable(
+        GaussianPrivacy(noise_multiplier=1.0).process(
+            _update(steps=np.array(3, np.int64), pixels=np.array([12, 200], np.int32)), ctx
+        )
+    )
     assert list(out.data) == ["w"] and out.get_meta_prop(FlipMeta.PRIVACY)[0]["integer_entries_withheld"] == 2
 
 
 GLOBAL = {"w": np.ones(2, np.float32), "bn.num_batches_tracked": np.array(10, np.int64)}
 
 
-@pytest.mark.parametrize("update, reason", [
-    ({"bn.num_batches_tracked": np.array(1.5)}, "has dtype float64, the global model's is int64 (an integer)"),
-    ({"w": np.array([1, 2], np.int64)}, "parameter 'w' has dtype int64, expected floating point"),
-    ({"bn.num_batches_tracked": np.array(2**63 - 5, np.int64)}, "would leave the range of int64"),
-])
+@pytest.mark.parametrize(
+    "update, reason",
+    [
+        ({"bn.num_batches_tracked": np.array(1.5)}, "has dtype float64, the global model's is int64 (an integer)"),
+        ({"w": np.array([1, 2], np.int64)}, "parameter 'w' has dtype int64, expected floating point"),
+        ({"bn.num_batches_tracked": np.array(2**63 - 5, np.int64)}, "would leave the range of int64"),
+    ],
+)
 def test_aggregator_checks_integer_entries(update, reason):
     """An integer entry is taken only where the global entry is an integer, and only if the global value stays in
     its dtype (int64 wraps silently). Before: every integer entry was excluded ("expected floating point")."""
@@ -302,14 +331,17 @@ def _deep(levels: int):
     return value
 
 
-@pytest.mark.parametrize("metrics, problem", [
-    (_deep(9), "nested deeper than 8 levels"),
-    ({"values": [0.1] * (MAX_NESTED_NUMBERS + 1)}, f"more than {MAX_NESTED_NUMBERS} numbers"),
-    ({"a\nb": 0.5}, "keys are 1-128 printable characters"),
-    ({"x" * 129: 0.5}, "keys are 1-128 printable characters"),
-    ({"ok": {3: 0.5}}, "a key of type int"),
-    ({"flag": True}, "entry 'flag' is a bool"),
-])
+@pytest.mark.parametrize(
+    "metrics, problem",
+    [
+        (_deep(9), "nested deeper than 8 levels"),
+        ({"values": [0.1] * (MAX_NESTED_NUMBERS + 1)}, f"more than {MAX_NESTED_NUMBERS} numbers"),
+        ({"a\nb": 0.5}, "keys are 1-128 printable characters"),
+        ({"x" * 129: 0.5}, "keys are 1-128 printable characters"),
+        ({"ok": {3: 0.5}}, "a key of type int"),
+        ({"flag": True}, "entry 'flag' is a bool"),
+    ],
+)
 def test_nested_metrics_are_bounded_at_the_site_and_the_server(metrics, problem):
     """Nested metrics are bounded in depth (8), numbers (10,000) and key form: the site's privacy filter refuses
     them (fail closed), the server drops what breaks the rule. Before: any nesting was refused, so FLIP's validators
@@ -351,15 +383,21 @@ class _Code:
     """Not a tensor: pickling it stores a reference to code, which weights_only refuses to load."""
 
 
-@pytest.mark.parametrize("fault, message", [
-    ("outside", "is invalid"),
-    ("pickle", "cannot be loaded with weights_only=True (UnpicklingError)"),
-    ("mismatch", "does not fit models.model_paths['net']: the model's entry 'bn.num_batches_tracked' is not in "
-                 "the checkpoint"),
-    ("wrong path", "models.model_paths['nope'] is not a torch.nn.Module"),
-    ("missing", "checkpoint custom/first.pt not found"),
-    ("no models", 'custom/config.json must hold "models"'),
-])
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("outside", "is invalid"),
+        ("pickle", "cannot be loaded with weights_only=True (UnpicklingError)"),
+        (
+            "mismatch",
+            "does not fit models.model_paths['net']: the model's entry 'bn.num_batches_tracked' is not in "
+            "the checkpoint",
+        ),
+        ("wrong path", "models.model_paths['nope'] is not a torch.nn.Module"),
+        ("missing", "checkpoint custom/first.pt not found"),
+        ("no models", 'custom/config.json must hold "models"'),
+    ],
+)
 def test_flip_evaluation_refuses_unsafe_or_unfitting_checkpoints(tmp_path, flip_env, fault, message):
     """A checkpoint outside the app, one that needs code to load, one that does not fit its model, a model path
     models.py lacks, a missing checkpoint or no "models": the run ends in ERROR naming it, and nothing is sent
@@ -382,8 +420,9 @@ def test_flip_evaluation_refuses_unsafe_or_unfitting_checkpoints(tmp_path, flip_
         config.pop("models")
     (custom / "config.json").write_text(json.dumps(config))
     apps.forget_app_modules()
-    with pytest.raises(UserCodeError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
-                       .replace("]", r"\]")):
+    with pytest.raises(
+        UserCodeError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ):
         load_evaluation_models(custom)
     server.fire(EventType.START_RUN)
     workflow = AnsweredFlipEvaluation(lambda site, task: pytest.fail("a task was sent"))
@@ -392,23 +431,30 @@ def test_flip_evaluation_refuses_unsafe_or_unfitting_checkpoints(tmp_path, flip_
 
 
 # -- arguments --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("build, message", [
-    (lambda: RUN_TRAINER(train_task_name=""), "train_task_name must be a component id"),
-    (lambda: RUN_TRAINER(train_task_name="train\n"), "train_task_name must be a component id"),
-    (lambda: RUN_TRAINER(project_id=3), "project_id must be a string, got 3"),
-    (lambda: RUN_TRAINER(project_id="p\n1"), "project_id must not contain control characters"),
-    (lambda: RUN_TRAINER(query=None), "query must be a string of at most 100000 characters, got NoneType"),
-    (lambda: RUN_TRAINER(exclude_vars="("), "exclude_vars must be a regular expression or None, got '\\('"),
-    (lambda: RUN_TRAINER(exclude_vars=[""]), "exclude_vars must be None, a regular expression or a list of names"),
-    (lambda: RUN_EVALUATOR(evaluate_task_name="a b"), "evaluate_task_name must be a component id"),
-    (lambda: RUN_VALIDATOR(validate_task_name=None), "validate_task_name must be a component id"),
-    (lambda: FlipEvaluation(min_clients=0), "min_clients must be an integer >= 1, got 0"),
-    (lambda: FlipEvaluation(evaluate_task_name=""), "evaluate_task_name must be a component id"),
-    (lambda: MultiStageScatterAndGather(stages=[{"name": "ae", "num_rounds": 1, "train_task_name": "x y"}]),
-     r"stages\[0\].train_task_name must be a component id"),
-    (lambda: MultiStageScatterAndGather(stages=[{"name": "ae", "num_rounds": 1, "task": "x"}]),
-     r"stages\[0\] must be \{'name': ..., 'num_rounds': ...\} \(and optionally 'train_task_name'\)"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: RUN_TRAINER(train_task_name=""), "train_task_name must be a component id"),
+        (lambda: RUN_TRAINER(train_task_name="train\n"), "train_task_name must be a component id"),
+        (lambda: RUN_TRAINER(project_id=3), "project_id must be a string, got 3"),
+        (lambda: RUN_TRAINER(project_id="p\n1"), "project_id must not contain control characters"),
+        (lambda: RUN_TRAINER(query=None), "query must be a string of at most 100000 characters, got NoneType"),
+        (lambda: RUN_TRAINER(exclude_vars="("), "exclude_vars must be a regular expression or None, got '\\('"),
+        (lambda: RUN_TRAINER(exclude_vars=[""]), "exclude_vars must be None, a regular expression or a list of names"),
+        (lambda: RUN_EVALUATOR(evaluate_task_name="a b"), "evaluate_task_name must be a component id"),
+        (lambda: RUN_VALIDATOR(validate_task_name=None), "validate_task_name must be a component id"),
+        (lambda: FlipEvaluation(min_clients=0), "min_clients must be an integer >= 1, got 0"),
+        (lambda: FlipEvaluation(evaluate_task_name=""), "evaluate_task_name must be a component id"),
+        (
+            lambda: MultiStageScatterAndGather(stages=[{"name": "ae", "num_rounds": 1, "train_task_name": "x y"}]),
+            r"stages\[0\].train_task_name must be a component id",
+        ),
+        (
+            lambda: MultiStageScatterAndGather(stages=[{"name": "ae", "num_rounds": 1, "task": "x"}]),
+            r"stages\[0\] must be \{'name': ..., 'num_rounds': ...\} \(and optionally 'train_task_name'\)",
+        ),
+    ],
+)
 def test_runtime_arguments_are_checked_naming_them(build, message):
     with pytest.raises(ValueError, match=message):
         build()
@@ -420,7 +466,9 @@ def test_an_accession_id_in_flips_message_never_leaves_the_site(tmp_path, flip_e
     flip raised), the reason sent to the server held the patient's accession id."""
     caplog.set_level(logging.DEBUG)
     site = Site(tmp_path, "site-1")
-    apps.write_app(site.custom, trainer=f'''
+    apps.write_app(
+        site.custom,
+        trainer=f"""
 from nvflare.apis.executor import Executor
 
 from flip import FLIP
@@ -433,7 +481,8 @@ class FLIP_TRAINER(Executor):
 
     def execute(self, task_name, shareable, fl_ctx, abort_signal):
         raise NotImplementedError
-''')
+""",
+    )
     reply = RUN_TRAINER().execute(FlipTask.TRAIN, train_task(global_weights()), site.ctx(FlipTask.TRAIN), Signal())
     reason = reply.get_header(FlipMeta.ERROR_REASON)
     assert reason.endswith("raised CohortValueError (custom/trainer.py line 9)"), reason

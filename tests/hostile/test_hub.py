@@ -101,8 +101,16 @@ def test_redirect_error_names_location_host(hub, elsewhere):
     assert elsewhere.requests == []
 
 
-@pytest.mark.parametrize("url", ["http://hub.example.org/api", "http://10.0.0.5:8080/flip", "http://127.0.0.1.evil.example/api",
-                                 "http://0.0.0.0:8080/api", "ftp://hub.example.org/api"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hub.example.org/api",
+        "http://10.0.0.5:8080/flip",
+        "http://127.0.0.1.evil.example/api",
+        "http://0.0.0.0:8080/api",
+        "ftp://hub.example.org/api",
+    ],
+)
 def test_plain_http_hub_url_refused_unless_loopback(monkeypatch, tmp_path, url):
     """Before: any http:// URL was accepted and the key went out in clear text (ftp:// was refused already)."""
     with pytest.raises(SettingsError, match=r"FLIP_HUB_URL: hub URL .* is invalid: .*https") as err:
@@ -112,17 +120,33 @@ def test_plain_http_hub_url_refused_unless_loopback(monkeypatch, tmp_path, url):
         HubPlatform(url, SecretStr(KEY), tmp_path)
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/api", "http://127.4.5.6/api", "http://[::1]:8080/flip",
-                                 "http://localhost:8080/api", "HTTP://LOCALHOST/api", "https://hub.example.org/flip/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/api",
+        "http://127.4.5.6/api",
+        "http://[::1]:8080/flip",
+        "http://localhost:8080/api",
+        "HTTP://LOCALHOST/api",
+        "https://hub.example.org/flip/",
+    ],
+)
 def test_https_and_loopback_http_hub_urls_accepted(monkeypatch, tmp_path, url):
     """The accepting side of the rule above (passed before too)."""
     assert prod_settings(monkeypatch, FLIP_HUB_URL=url).hub_url == url.rstrip("/")
     assert HubPlatform(url, SecretStr(KEY), tmp_path).hub_url == url.rstrip("/")
 
 
-@pytest.mark.parametrize("url", [f"https://flip:{PASSWORD}@hub.example.org/api", f"https://{PASSWORD}@hub.example.org/api",
-                                 f"https://hub.example.org:{PASSWORD}@evil.example/api",
-                                 f"https://flip:{PASSWORD}/x@hub.example.org", f"http://flip:{PASSWORD}@127.0.0.1/api"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"https://flip:{PASSWORD}@hub.example.org/api",
+        f"https://{PASSWORD}@hub.example.org/api",
+        f"https://hub.example.org:{PASSWORD}@evil.example/api",
+        f"https://flip:{PASSWORD}/x@hub.example.org",
+        f"http://flip:{PASSWORD}@127.0.0.1/api",
+    ],
+)
 def test_hub_url_with_credentials_refused(monkeypatch, tmp_path, url):
     """Before: user:password@ URLs were accepted (and the old message echoed the whole URL)."""
     with pytest.raises(SettingsError, match=r"FLIP_HUB_URL: hub URL .* user name or password") as err:
@@ -133,12 +157,17 @@ def test_hub_url_with_credentials_refused(monkeypatch, tmp_path, url):
     assert PASSWORD not in str(err.value) and PASSWORD not in repr(err.value.__cause__)
 
 
-@pytest.mark.parametrize("url, bad", [("https://hub.example.org/api\n", "'\\n' at position 27"),
-                                      ("https://hub.example.org/api\nX-Injected: 1", "'\\n' at position 27"),
-                                      ("https://hub.example.org/api/\r\n", "'\\r' at position 28"),
-                                      ("https://hub.exa mple.org/api", "' ' at position 15"),
-                                      ("https://hub.example.org/api\t", "'\\t' at position 27"),
-                                      ("https://hub.example.org/api/\u200b", "'\\u200b' at position 28")])
+@pytest.mark.parametrize(
+    "url, bad",
+    [
+        ("https://hub.example.org/api\n", "'\\n' at position 27"),
+        ("https://hub.example.org/api\nX-Injected: 1", "'\\n' at position 27"),
+        ("https://hub.example.org/api/\r\n", "'\\r' at position 28"),
+        ("https://hub.exa mple.org/api", "' ' at position 15"),
+        ("https://hub.example.org/api\t", "'\\t' at position 27"),
+        ("https://hub.example.org/api/\u200b", "'\\u200b' at position 28"),
+    ],
+)
 def test_hub_url_with_newline_refused(monkeypatch, tmp_path, url, bad):
     """Before: the check was a `^`-anchored match on the start, so a newline (or a space in the path) passed."""
     with pytest.raises(SettingsError, match=r"FLIP_HUB_URL: hub URL .* is invalid") as err:
@@ -150,11 +179,14 @@ def test_hub_url_with_newline_refused(monkeypatch, tmp_path, url, bad):
 
 def test_hub_url_with_query_or_without_host_refused(monkeypatch):
     """Before: 'https://?x' and a query on the base URL (later followed by the API path) were accepted."""
-    for url, why in [("https://hub.example.org/api?token=QUERY-SECRET", "no query or fragment"),
-                     ("https://hub.example.org/api#frag", "no query or fragment"),
-                     ("https://:8443/flip", "names no host"), ("https://hub\\evil.example/api", "not a DNS name"),
-                     ("https://hub.example.org", "must include the API's path"),
-                     ("http://127.0.0.1:8000/", "must include the API's path")]:
+    for url, why in [
+        ("https://hub.example.org/api?token=QUERY-SECRET", "no query or fragment"),
+        ("https://hub.example.org/api#frag", "no query or fragment"),
+        ("https://:8443/flip", "names no host"),
+        ("https://hub\\evil.example/api", "not a DNS name"),
+        ("https://hub.example.org", "must include the API's path"),
+        ("http://127.0.0.1:8000/", "must include the API's path"),
+    ]:
         with pytest.raises(SettingsError, match=f"FLIP_HUB_URL: hub URL .*{why}") as err:
             prod_settings(monkeypatch, FLIP_HUB_URL=url)
         assert "QUERY-SECRET" not in str(err.value)
@@ -162,8 +194,11 @@ def test_hub_url_with_query_or_without_host_refused(monkeypatch):
 
 # -- item 6: timeout, retries, backoff -------------------------------------------------------------------------------
 def _timeout_refused(monkeypatch, tmp_path, value: str):
-    with pytest.raises(SettingsError, match=r"FLIP_HUB_TIMEOUT: hub timeout must be a number of seconds > 0 and "
-                                            r"<= 300, got ") as err:
+    with pytest.raises(
+        SettingsError,
+        match=r"FLIP_HUB_TIMEOUT: hub timeout must be a number of seconds > 0 and "
+        r"<= 300, got ",
+    ) as err:
         prod_settings(monkeypatch, FLIP_HUB_TIMEOUT=value)
     assert KEY not in str(err.value)
     with pytest.raises(ValueError, match=r"timeout must be a number of seconds > 0 and <= 300"):
@@ -195,8 +230,11 @@ def test_hub_timeout_huge_refused(monkeypatch, tmp_path):
 @pytest.mark.parametrize("value", ["0", "-1", "11", "1000000"])
 def test_hub_retries_bounded(monkeypatch, tmp_path, value):
     """Before: any count >= 1 was accepted (a million attempts with doubling sleeps); HubPlatform turned 0 into 1."""
-    with pytest.raises(SettingsError, match=rf"FLIP_HUB_RETRIES: hub retries must be an integer from 1 to 10 "
-                                            rf"\(attempts in all\), got {value}"):
+    with pytest.raises(
+        SettingsError,
+        match=rf"FLIP_HUB_RETRIES: hub retries must be an integer from 1 to 10 "
+        rf"\(attempts in all\), got {value}",
+    ):
         prod_settings(monkeypatch, FLIP_HUB_RETRIES=value)
     with pytest.raises(ValueError, match="attempts must be an integer from 1 to 10"):
         HubPlatform("https://hub.example.org/api", SecretStr(KEY), tmp_path, attempts=int(value))
@@ -215,7 +253,8 @@ def test_backoff_is_capped(hub):
     started = time.monotonic()
     with pytest.raises(PlatformError, match=r"hub unreachable after 5 attempts \(HTTP 500\)"):
         platform(hub, attempts=5, backoff=0.2, max_sleep=0.3).report_metrics(
-            MODEL_ID, "job-1", 1, "site-1", {"loss": 1.0})
+            MODEL_ID, "job-1", 1, "site-1", {"loss": 1.0}
+        )
     slept = time.monotonic() - started
     assert 0.2 + 3 * 0.3 <= slept < 2.5  # capped: 0.2, 0.3, 0.3, 0.3; uncapped: 0.2 + 0.4 + 0.8 + 1.6 = 3.0
     assert len(hub.replica.requests()) == 5
@@ -228,8 +267,7 @@ def test_request_deadline_bounds_the_total_time(hub):
     hub.replica.faults.slow = 3.0
     started = time.monotonic()
     with pytest.raises(PlatformError, match=r"hub unreachable after [1-4] attempts? .*gave up at the 1 s deadline"):
-        platform(hub, timeout=0.4, attempts=10, deadline=1.0).report_status(
-            MODEL_ID, "job-1", RunStatus.INITIATED)
+        platform(hub, timeout=0.4, attempts=10, deadline=1.0).report_status(MODEL_ID, "job-1", RunStatus.INITIATED)
     assert time.monotonic() - started < 1.8
 
 
@@ -292,12 +330,21 @@ def _contribution(handler, site: str, round_num: int, metrics: dict) -> None:
 
     from flip.constants import FlipMeta
 
-    result = DXO(DataKind.WEIGHT_DIFF, data={"w": np.zeros(2, np.float32)},
-                 meta={FlipMeta.NUM_SAMPLES: metrics["num_samples"]}).to_shareable()
+    result = DXO(
+        DataKind.WEIGHT_DIFF, data={"w": np.zeros(2, np.float32)}, meta={FlipMeta.NUM_SAMPLES: metrics["num_samples"]}
+    ).to_shareable()
     result.set_header(FlipMeta.METRICS, metrics)
-    handler.handle_event(AppEventType.AFTER_CONTRIBUTION_ACCEPT, _ctx(
-        site, **{AppConstants.TRAINING_RESULT: result, AppConstants.CURRENT_ROUND: round_num,
-                 AppConstants.AGGREGATION_ACCEPTED: True}))
+    handler.handle_event(
+        AppEventType.AFTER_CONTRIBUTION_ACCEPT,
+        _ctx(
+            site,
+            **{
+                AppConstants.TRAINING_RESULT: result,
+                AppConstants.CURRENT_ROUND: round_num,
+                AppConstants.AGGREGATION_ACCEPTED: True,
+            },
+        ),
+    )
 
 
 def _handler(p: HubPlatform) -> ServerEventHandler:
@@ -311,8 +358,9 @@ def test_a_round_reaches_the_hub_as_flips_events_metrics_and_failures(hub, tmp_p
     label per request, ROUND_AGGREGATED with returned/expected, a site's failure as a failed log; in order."""
     monkeypatch.chdir(tmp_path)
     handler = _handler(platform(hub))
-    handler.handle_event(AppEventType.ROUND_STARTED, _ctx(**{AppConstants.CURRENT_ROUND: 0,
-                                                             AppConstants.NUM_ROUNDS: 2}))
+    handler.handle_event(
+        AppEventType.ROUND_STARTED, _ctx(**{AppConstants.CURRENT_ROUND: 0, AppConstants.NUM_ROUNDS: 2})
+    )
     _contribution(handler, "site-1", 0, {"num_samples": 10, "loss": 0.7})
     handler.site_errors.clear()
     from nvflare.apis.fl_constant import FLContextKey, ReturnCode
@@ -322,29 +370,40 @@ def test_a_round_reaches_the_hub_as_flips_events_metrics_and_failures(hub, tmp_p
 
     failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
     failed.set_header(FlipMeta.ERROR_REASON, "train failed: trainer.py raised KeyError")
-    handler.handle_event(EventType.BEFORE_PROCESS_SUBMISSION, _ctx("site-2", **{FLContextKey.TASK_RESULT: failed,
-                                                                                FLContextKey.TASK_NAME: "train"}))
+    handler.handle_event(
+        EventType.BEFORE_PROCESS_SUBMISSION,
+        _ctx("site-2", **{FLContextKey.TASK_RESULT: failed, FLContextKey.TASK_NAME: "train"}),
+    )
     handler.handle_event(AppEventType.ROUND_DONE, _ctx(**{AppConstants.CURRENT_ROUND: 0}))
     assert hub.replica.statuses(MODEL_ID) == ["RUNNING"]  # the first round starts training
     logs = [r for r in hub.replica.logs(MODEL_ID) if r["event_type"] or r["fl_client_name"]]  # not the hub's own
     assert [(r["event_type"], r["fl_client_name"], r["global_round"]) for r in logs[:2]] == [
-        ("ROUND_STARTED", None, 1), ("CLIENT_RESULT_RECEIVED", "site-1", 1)]
+        ("ROUND_STARTED", None, 1),
+        ("CLIENT_RESULT_RECEIVED", "site-1", 1),
+    ]
     assert logs[0]["details"] == {"total_rounds": 2}
     assert (logs[2]["fl_client_name"], logs[2]["log"], logs[2]["success"]) == (
-        "site-2", "train failed: trainer.py raised KeyError", 0)
+        "site-2",
+        "train failed: trainer.py raised KeyError",
+        0,
+    )
     assert (logs[3]["event_type"], logs[3]["details"]) == ("ROUND_AGGREGATED", {"returned": 1, "expected": 2})
     assert [(m["fl_client_name"], m["global_round"], m["label"]) for m in hub.replica.metrics(MODEL_ID)] == [
-        ("site-1", 1, "num_samples"), ("site-1", 1, "loss")]
+        ("site-1", 1, "num_samples"),
+        ("site-1", 1, "loss"),
+    ]
 
 
 def test_hub_down_at_start_run_is_named_and_the_run_goes_on(tmp_path, caplog):
     """The hub unreachable at START_RUN: INITIATED is not delivered, the log names the cause; no fatal error."""
-    p = HubPlatform(f"http://127.0.0.1:{closed_port()}/api", SecretStr(KEY), tmp_path, timeout=0.5, attempts=2,
-                    backoff=0.01)
+    p = HubPlatform(
+        f"http://127.0.0.1:{closed_port()}/api", SecretStr(KEY), tmp_path, timeout=0.5, attempts=2, backoff=0.01
+    )
     handler = _handler(p)
     handler.report_status(_ctx(), RunStatus.INITIATED)
-    assert ("could not report status INITIATED: hub unreachable after 2 attempts (ConnectionRefusedError) for PUT "
-            "<path>") in caplog.text  # the short reason sent on: paths replaced
+    assert (
+        "could not report status INITIATED: hub unreachable after 2 attempts (ConnectionRefusedError) for PUT <path>"
+    ) in caplog.text  # the short reason sent on: paths replaced
     assert handler.fatal_error is False and handler.final_status is None and p.undelivered() == []
 
 
@@ -354,8 +413,9 @@ def test_hub_down_mid_run_loses_no_metrics(hub, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     handler = _handler(platform(hub, attempts=2))
     hub.replica.faults.fail = 100
-    handler.handle_event(AppEventType.ROUND_STARTED, _ctx(**{AppConstants.CURRENT_ROUND: 0,
-                                                             AppConstants.NUM_ROUNDS: 1}))
+    handler.handle_event(
+        AppEventType.ROUND_STARTED, _ctx(**{AppConstants.CURRENT_ROUND: 0, AppConstants.NUM_ROUNDS: 1})
+    )
     started = time.monotonic()
     _contribution(handler, "site-1", 0, {"num_samples": 10, "loss": 0.7})
     _contribution(handler, "site-2", 0, {"num_samples": 12, "loss": 0.6})
@@ -393,19 +453,31 @@ def test_a_failed_run_sends_its_reason_and_records_both_if_the_hub_is_down(hub):
 
 
 # -- issue 17: FLIP's variables and ours ------------------------------------------------------------------------------
-@pytest.mark.parametrize("flip_name, flip_value, ours, our_value, shown", [
-    ("FLIP_API_INTERNAL_URL", "https://hub-a.example.org/api", "FLIP_HUB_URL", "https://hub-b.example.org/api", True),
-    ("INTERNAL_SERVICE_KEY", "key-one-SECRET", "FLIP_HUB_API_KEY", "key-two-SECRET", False),
-    ("UPLOADED_FEDERATED_DATA_BUCKET", "s3://bucket-a", "FLIP_MODELS_BUCKET", "bucket-b", True),
-])
+@pytest.mark.parametrize(
+    "flip_name, flip_value, ours, our_value, shown",
+    [
+        (
+            "FLIP_API_INTERNAL_URL",
+            "https://hub-a.example.org/api",
+            "FLIP_HUB_URL",
+            "https://hub-b.example.org/api",
+            True,
+        ),
+        ("INTERNAL_SERVICE_KEY", "key-one-SECRET", "FLIP_HUB_API_KEY", "key-two-SECRET", False),
+        ("UPLOADED_FEDERATED_DATA_BUCKET", "s3://bucket-a", "FLIP_MODELS_BUCKET", "bucket-b", True),
+    ],
+)
 def test_flips_variable_and_ours_disagreeing_is_named(monkeypatch, flip_name, flip_value, ours, our_value, shown):
     """Before: FLIP's variable was read beside ours and ignored (the hub URL, the key, the bucket came from ours)."""
     for var in ("FLIP_HUB_URL", "FLIP_HUB_API_KEY", "FLIP_MODELS_BUCKET"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv(flip_name, flip_value)
     monkeypatch.setenv(ours, our_value)
-    with pytest.raises(SettingsError, match=rf"{flip_name} and {ours} name the same setting and are both set, "
-                                            r"differently") as err:
+    with pytest.raises(
+        SettingsError,
+        match=rf"{flip_name} and {ours} name the same setting and are both set, "
+        r"differently",
+    ) as err:
         load_settings()
     assert (flip_value in str(err.value)) is shown and (our_value in str(err.value)) is shown
 

@@ -33,8 +33,10 @@ def out(tmp_path_factory):
 
 
 @pytest.mark.parametrize("target", ["state", "state/cert.json"])
-@pytest.mark.parametrize("command", [["--renew"], ["--add-site", "hospital-z"], ["--remove-site", "hospital-b"],
-                                     ["--sites", "hospital-a,hospital-b"]])
+@pytest.mark.parametrize(
+    "command",
+    [["--renew"], ["--add-site", "hospital-z"], ["--remove-site", "hospital-b"], ["--sites", "hospital-a,hospital-b"]],
+)
 def test_a_state_others_can_read_is_refused_naming_it(out, capsys, target, command):
     path = out / "workspace" / "flip" / target
     before = sorted(p.name for p in (out / "workspace" / "flip").iterdir())
@@ -48,33 +50,43 @@ def test_a_state_others_can_read_is_refused_naming_it(out, capsys, target, comma
     assert f"chmod -R go= {out / 'workspace' / 'flip' / 'state'}" in err
     assert sorted(p.name for p in (out / "workspace" / "flip").iterdir()) == before  # nothing ran
 
-@pytest.mark.parametrize("bad, message", [
-    ({"server_ips": ["::1"]}, "server IP '::1' is invalid: an IPv4 address"),
-    ({"server_ips": ["10.0.0"]}, "server IP '10.0.0' is invalid"),
-    ({"server_ips": ["10.0.0.1\n"]}, "server IP '10.0.0.1\\\\n' is invalid"),
-    ({"server_ips": ["010.0.0.1"]}, "server IP '010.0.0.1' is invalid"),
-    ({"server_names": ["bad name"]}, "server name 'bad name' is invalid"),
-])
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"server_ips": ["::1"]}, "server IP '::1' is invalid: an IPv4 address"),
+        ({"server_ips": ["10.0.0"]}, "server IP '10.0.0' is invalid"),
+        ({"server_ips": ["10.0.0.1\n"]}, "server IP '10.0.0.1\\\\n' is invalid"),
+        ({"server_ips": ["010.0.0.1"]}, "server IP '010.0.0.1' is invalid"),
+        ({"server_names": ["bad name"]}, "server name 'bad name' is invalid"),
+    ],
+)
 def test_bad_names_and_ips_are_refused_naming_them(bad, message):
     with pytest.raises(ValueError, match=message):
         project_config(["a"], server="localhost", **bad)
 
-@pytest.mark.parametrize("check, bad, message", [
-    (check_service_root, "opt/flip", "service root 'opt/flip' is invalid: an absolute path"),
-    (check_service_root, "/opt/flip dir", "service root '/opt/flip dir' is invalid"),
-    (check_service_root, "/opt/../etc", "service root '/opt/../etc' is invalid"),
-    (check_service_user, "Flip", "service user 'Flip' is invalid"),
-    (check_service_user, "flip\n", "service user 'flip\\\\n' is invalid"),
-])
+
+@pytest.mark.parametrize(
+    "check, bad, message",
+    [
+        (check_service_root, "opt/flip", "service root 'opt/flip' is invalid: an absolute path"),
+        (check_service_root, "/opt/flip dir", "service root '/opt/flip dir' is invalid"),
+        (check_service_root, "/opt/../etc", "service root '/opt/../etc' is invalid"),
+        (check_service_user, "Flip", "service user 'Flip' is invalid"),
+        (check_service_user, "flip\n", "service user 'flip\\\\n' is invalid"),
+    ],
+)
 def test_bad_service_settings_are_refused_naming_them(check, bad, message):
     with pytest.raises(ValueError, match=message):
         check(bad)
+
 
 def test_an_env_file_line_that_is_not_key_value_is_named_not_shown(tmp_path):
     env_file = tmp_path / "x.env"
     env_file.write_text("A=1\nthe secret is hunter2\n")
     with pytest.raises(FlipError, match=r"x.env line 2 is not KEY=VALUE\Z"):
         read_env_file(env_file)
+
 
 def test_trial_data_refuses_a_folder_that_is_not_its_own(tmp_path, capsys):
     foreign = tmp_path / "images"
@@ -86,11 +98,15 @@ def test_trial_data_refuses_a_folder_that_is_not_its_own(tmp_path, capsys):
     assert flip_cli(["trial", "data", "--sites", "bad name", "--dir", str(tmp_path / "x")]) == 2
     assert "site name 'bad name' is invalid" in capsys.readouterr().err
 
-@pytest.mark.parametrize("args, message", [
-    (["--remove-site", "hospital-q"], "'hospital-q' is not a site of"),
-    (["--remove-site", "hospital-a"], "'hospital-a' is the last site of"),
-    (["--renew", "--check"], "give one of --add-site, --remove-site, --renew or --check, got --renew and --check"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--remove-site", "hospital-q"], "'hospital-q' is not a site of"),
+        (["--remove-site", "hospital-a"], "'hospital-a' is the last site of"),
+        (["--renew", "--check"], "give one of --add-site, --remove-site, --renew or --check, got --renew and --check"),
+    ],
+)
 def test_bad_lifecycle_requests_are_refused_naming_them(tmp_path, capsys, args, message):
     out = tmp_path / "kits"
     assert flip_cli(["provision", "--sites", "hospital-a", "--server", "localhost", "--out", str(out)]) == 0
@@ -116,13 +132,22 @@ def test_a_pid_file_naming_another_process_stops_nothing(tmp_path):
         other.wait()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["status", "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90", "--wait", "nan"], "--wait must be a finite number >= 0, got nan"),
-    (["status", "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90", "--wait", "-1"], "--wait must be a finite number >= 0, got -1.0"),
-    (["doctor", "--kit", ".", "--timeout", "0"], "--timeout must be a finite number > 0, got 0.0"),
-    (["doctor", "--kit", ".", "--wait", "inf"], "--wait must be a finite number >= 0, got inf"),
-    (["provision", "--check", "--out", ".", "--warn-days", "-1"], "--warn-days must be an integer >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["status", "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90", "--wait", "nan"],
+            "--wait must be a finite number >= 0, got nan",
+        ),
+        (
+            ["status", "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90", "--wait", "-1"],
+            "--wait must be a finite number >= 0, got -1.0",
+        ),
+        (["doctor", "--kit", ".", "--timeout", "0"], "--timeout must be a finite number > 0, got 0.0"),
+        (["doctor", "--kit", ".", "--wait", "inf"], "--wait must be a finite number >= 0, got inf"),
+        (["provision", "--check", "--out", ".", "--warn-days", "-1"], "--warn-days must be an integer >= 0, got -1"),
+    ],
+)
 def test_waits_and_timeouts_that_never_end_are_refused(capsys, args, message):
     """``flip status --wait nan`` polled forever (nan is never <= 0)."""
     assert flip_cli(args) == 2

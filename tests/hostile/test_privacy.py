@@ -30,12 +30,20 @@ def test_a_job_cannot_replace_the_sites_policy_under_its_id():
     """privacy.json (as provisioning writes it) declares the policy with id flip_site_privacy; NVFlare adds it to
     every job's components and refuses a job that already has that id: the job does not start at the site."""
     policy = site_privacy_policy(differential_privacy={"target_epsilon": 8})
-    assert policy["components"] == [{"id": ComponentId.SITE_PRIVACY,
-                                     "path": "flip.nvflare.components.SitePrivacyPolicy",
-                                     "args": {"target_epsilon": 8}}]
-    job = ClientRunnerConfig(task_router=None, task_data_filters={}, task_result_filters={}, handlers=[],
-                             components={ComponentId.SITE_PRIVACY: SitePrivacyPolicy(level="client",
-                                                                                     target_epsilon=100.0)})
+    assert policy["components"] == [
+        {
+            "id": ComponentId.SITE_PRIVACY,
+            "path": "flip.nvflare.components.SitePrivacyPolicy",
+            "args": {"target_epsilon": 8},
+        }
+    ]
+    job = ClientRunnerConfig(
+        task_router=None,
+        task_data_filters={},
+        task_result_filters={},
+        handlers=[],
+        components={ComponentId.SITE_PRIVACY: SitePrivacyPolicy(level="client", target_epsilon=100.0)},
+    )
     with pytest.raises(ValueError, match=f"duplicate component id {ComponentId.SITE_PRIVACY}"):
         job.add_component(ComponentId.SITE_PRIVACY, SitePrivacyPolicy(target_epsilon=8.0))
 
@@ -76,19 +84,24 @@ def test_a_job_cannot_bring_its_own_weaker_policy(tmp_path):
     engine = SiteEngine(tmp_path / "site-1", {"job_dp": job_policy, ComponentId.SITE_PRIVACY: site_policy})
     ctx = _ctx(engine)
     engine.fire(EventType.START_RUN, ctx)
-    with pytest.raises(TaskFailed, match=r"the job declares its own SitePrivacyPolicy \('job_dp'\)"), \
-            site_policy.training(ctx, "project-1", total_rounds=2):
+    with (
+        pytest.raises(TaskFailed, match=r"the job declares its own SitePrivacyPolicy \('job_dp'\)"),
+        site_policy.training(ctx, "project-1", total_rounds=2),
+    ):
         pass
     with pytest.raises(TaskFailed, match="never by a job"), job_policy.training(ctx, "project-1", total_rounds=2):
         pass
     assert not ledger_path(tmp_path / "site-1").exists()  # nothing was admitted
 
 
-@pytest.mark.parametrize("job_filter, message", [
-    (None, "the update did not pass GaussianPrivacy"),  # the job turned DP off
-    (GaussianPrivacy(epsilon=50.0, rounds=2, seed=1), r"allows ε up to 50.0; this site allows at most 8"),
-    (GaussianPrivacy(epsilon=8.0, rounds=2, delta=1e-3, seed=1), r"δ=0.001; this site allows at most 1e-05"),
-])
+@pytest.mark.parametrize(
+    "job_filter, message",
+    [
+        (None, "the update did not pass GaussianPrivacy"),  # the job turned DP off
+        (GaussianPrivacy(epsilon=50.0, rounds=2, seed=1), r"allows ε up to 50.0; this site allows at most 8"),
+        (GaussianPrivacy(epsilon=8.0, rounds=2, delta=1e-3, seed=1), r"δ=0.001; this site allows at most 1e-05"),
+    ],
+)
 def test_a_job_cannot_turn_client_level_dp_off_or_raise_epsilon(tmp_path, job_filter, message):
     engine, policy = _site(tmp_path, level="client", target_epsilon=8.0)
     ctx = _ctx(engine)

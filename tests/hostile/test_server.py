@@ -50,8 +50,10 @@ GLOBAL = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32
 
 def strict_json(text: str):
     """Parse JSON as a strict reader does: NaN and Infinity are errors."""
+
     def refuse(name):
         raise ValueError(f"{name} is not JSON")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -65,15 +67,25 @@ def objects_of_model(weed, model_id: str) -> list[str]:
 
 
 def warnings_naming(caplog, *words: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.levelno >= logging.WARNING and all(w in r.getMessage() for w in words)]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and all(w in r.getMessage() for w in words)
+    ]
 
 
-GOOD_PRIVACY = [{"filter": "PercentilePrivacy", "percentile": 10, "gamma": 0.01,
-                 "parts": {"update": {"shared": 0.9, "clipped": 0.05}}}]
+GOOD_PRIVACY = [
+    {
+        "filter": "PercentilePrivacy",
+        "percentile": 10,
+        "gamma": 0.01,
+        "parts": {"update": {"shared": 0.9, "clipped": 0.05}},
+    }
+]
 
 
 # -- item 8: a site's bad metadata never stops the end of the run --------------------------------------------------
+
 
 @pytest.mark.s3
 def test_bad_privacy_annotation_is_dropped_and_run_finishes(tmp_path, s3_env, caplog):
@@ -85,8 +97,11 @@ def test_bad_privacy_annotation_is_dropped_and_run_finishes(tmp_path, s3_env, ca
     server.fire(EventType.END_RUN)
     assert server.handler.final_status == RunStatus.RESULTS_UPLOADED
     assert [s["status"] for s in server.statuses()][-1] == "RESULTS_UPLOADED"
-    metrics = strict_json(uploaded(s3_env, f"{server.handler.upload_key.removeprefix(f's3://{s3_env.bucket}/')}"
-                                           f"{RunFile.METRICS}").decode())
+    metrics = strict_json(
+        uploaded(
+            s3_env, f"{server.handler.upload_key.removeprefix(f's3://{s3_env.bucket}/')}{RunFile.METRICS}"
+        ).decode()
+    )
     assert metrics["rounds"][0]["privacy"] == {"site-1": GOOD_PRIVACY, "site-2": []}
     assert warnings_naming(caplog, "site-2", "flip_privacy[0]")
 
@@ -123,22 +138,37 @@ def test_raw_validation_values_dropped_per_site(tmp_path, caplog):
     server.fire(EventType.START_RUN)
     model = RunFile.SERVER_MODEL
     results = {
-        "site-1": DXO(DataKind.METRICS, data={"accuracy": 0.9, "confusion": np.eye(2), "note": "x",
-                                              "nested": {"a": 1}, "loss": float("nan")}),
+        "site-1": DXO(
+            DataKind.METRICS,
+            data={"accuracy": 0.9, "confusion": np.eye(2), "note": "x", "nested": {"a": 1}, "loss": float("nan")},
+        ),
         "site-2": DXO(DataKind.WEIGHTS, data={"w": np.zeros(2)}),
         "site-3": DXO(DataKind.METRICS, data={"accuracy": np.float32(0.75), "n": np.int64(4)}),
         "site-4": DXO(DataKind.METRICS, data={}),
     }
     results["site-4"].data = ["not", "a", "dict"]  # what a site can put on the wire (DXO() itself refuses it)
     for site, dxo in results.items():
-        server.fire(AppEventType.VALIDATION_RESULT_RECEIVED, **{AppConstants.MODEL_OWNER: model,
-                    AppConstants.DATA_CLIENT: site, AppConstants.VALIDATION_RESULT: dxo.to_shareable()})
+        server.fire(
+            AppEventType.VALIDATION_RESULT_RECEIVED,
+            **{
+                AppConstants.MODEL_OWNER: model,
+                AppConstants.DATA_CLIENT: site,
+                AppConstants.VALIDATION_RESULT: dxo.to_shareable(),
+            },
+        )
     path = server.json.write_results(server.ctx)
     # issue 16: numbers nested in dicts and lists are kept with their shape (FLIP's validators send them)
-    assert strict_json(path.read_text()) == {"site-1": {model: {"accuracy": 0.9, "nested": {"a": 1}}},
-                                             "site-3": {model: {"accuracy": 0.75, "n": 4}}}
-    for site, word in (("site-1", "'confusion'"), ("site-1", "'note'"), ("site-1", "'loss'"),
-                       ("site-2", "WEIGHTS"), ("site-4", "not a DXO")):
+    assert strict_json(path.read_text()) == {
+        "site-1": {model: {"accuracy": 0.9, "nested": {"a": 1}}},
+        "site-3": {model: {"accuracy": 0.75, "n": 4}},
+    }
+    for site, word in (
+        ("site-1", "'confusion'"),
+        ("site-1", "'note'"),
+        ("site-1", "'loss'"),
+        ("site-2", "WEIGHTS"),
+        ("site-4", "not a DXO"),
+    ):
         assert warnings_naming(caplog, site, word), (site, word)
 
 
@@ -232,6 +262,7 @@ def test_end_run_always_reaches_final_status(tmp_path, s3_env, monkeypatch, faul
 
 # -- item 9: one site cannot move the global model without bound ---------------------------------------------------
 
+
 def _ctx(tmp_path, site, round_num=0, global_weights=GLOBAL):
     ctx = FLContext()
     ctx.set_prop(ReservedKey.ENGINE, FakeEngine(tmp_path, "server"), private=True, sticky=False)
@@ -298,12 +329,15 @@ def test_num_samples_cap(tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("kwargs, message", [
-    ({"max_num_samples": 0}, "max_num_samples must be an integer >= 1, got 0"),
-    ({"max_update_norm": float("nan")}, "max_update_norm must be a finite number > 0 or None, got nan"),
-    ({"max_update_norm": 0}, "max_update_norm must be a finite number > 0 or None, got 0"),
-    ({"norm_ratio_limit": 0.5}, "norm_ratio_limit must be a finite number >= 1 or None, got 0.5"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_num_samples": 0}, "max_num_samples must be an integer >= 1, got 0"),
+        ({"max_update_norm": float("nan")}, "max_update_norm must be a finite number > 0 or None, got nan"),
+        ({"max_update_norm": 0}, "max_update_norm must be a finite number > 0 or None, got 0"),
+        ({"norm_ratio_limit": 0.5}, "norm_ratio_limit must be a finite number >= 1 or None, got 0.5"),
+    ],
+)
 def test_aggregator_limits_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         SampleWeightedAggregator(**kwargs)
@@ -351,8 +385,9 @@ def test_global_model_overflow_panics_before_it_is_saved(tmp_path):
     server.engine.components["training"] = workflow
     server.fire(EventType.START_RUN)
     bad = make_model_learnable({"w": np.array([np.inf, 1.0], np.float32)}, {})
-    server.fire(AppEventType.AFTER_SHAREABLE_TO_LEARNABLE, **{AppConstants.GLOBAL_MODEL: bad,
-                                                              AppConstants.CURRENT_ROUND: 1})
+    server.fire(
+        AppEventType.AFTER_SHAREABLE_TO_LEARNABLE, **{AppConstants.GLOBAL_MODEL: bad, AppConstants.CURRENT_ROUND: 1}
+    )
     assert server.handler.fatal_error
     assert "round 2: the new global model: entry 'w' holds NaN or Inf" in server.handler.error_reason
 
@@ -377,6 +412,7 @@ def test_non_finite_global_model_never_uploaded(tmp_path, s3_env):
 
 # -- item 10: no Infinity in JSON ----------------------------------------------------------------------------------
 
+
 @pytest.mark.unit
 @pytest.mark.parametrize("noise_multiplier", [1e-300, 1e300])
 def test_gaussian_privacy_refuses_infinite_epsilon(noise_multiplier):
@@ -389,9 +425,12 @@ def test_gaussian_privacy_refuses_infinite_epsilon(noise_multiplier):
 def test_gaussian_privacy_unachievable_epsilon_named():
     """Old code raised dp_accounting's 'brentq raised ValueError ... did not bracket a solution', naming no
     argument."""
-    with pytest.raises(ValueError, match=r"epsilon=1000000000.0 over rounds=1 at delta=1e-05 cannot be reached: "
-                                         r"with noise multipliers in \[0.001, 10000\] the achievable epsilon is "
-                                         r"between 0.0035\d* and 5.5e\+05"):
+    with pytest.raises(
+        ValueError,
+        match=r"epsilon=1000000000.0 over rounds=1 at delta=1e-05 cannot be reached: "
+        r"with noise multipliers in \[0.001, 10000\] the achievable epsilon is "
+        r"between 0.0035\d* and 5.5e\+05",
+    ):
         GaussianPrivacy(epsilon=1e9, rounds=1)
 
 

@@ -112,8 +112,10 @@ def _site_filter(cls=PercentilePrivacy):
     return cls(**spec["args"])
 
 
-SITE_FILTERS = [pytest.param(lambda: _site_filter(PercentilePrivacy), id="PercentilePrivacy"),
-                pytest.param(lambda: _site_filter(StagePercentilePrivacy), id="StagePercentilePrivacy")]
+SITE_FILTERS = [
+    pytest.param(lambda: _site_filter(PercentilePrivacy), id="PercentilePrivacy"),
+    pytest.param(lambda: _site_filter(StagePercentilePrivacy), id="StagePercentilePrivacy"),
+]
 ALL_FILTERS = SITE_FILTERS + [pytest.param(lambda: GaussianPrivacy(noise_multiplier=1.0), id="GaussianPrivacy")]
 TRAINING_TASKS = [FlipTask.TRAIN, FlipTask.SWAG, AppConstants.TASK_SUBMIT_MODEL, "some_new_task", None]
 
@@ -176,8 +178,11 @@ def test_site_filter_refuses_plain_shareable_with_arrays(make):
         make().process(not_array, _ctx(FlipTask.TRAIN))
     failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
     failed["weights"] = np.ones(8)
-    with pytest.raises(PrivacyError, match=r"refuses an EXECUTION_EXCEPTION error result .*: an error reply must "
-                                           r"carry no data, it holds \['weights'\]"):
+    with pytest.raises(
+        PrivacyError,
+        match=r"refuses an EXECUTION_EXCEPTION error result .*: an error reply must "
+        r"carry no data, it holds \['weights'\]",
+    ):
         make().process(failed, _ctx(FlipTask.TRAIN))
     with pytest.raises(PrivacyError, match="refuses an empty result for task 'train'"):
         make().process(Shareable(), _ctx(FlipTask.TRAIN))
@@ -236,11 +241,17 @@ def test_site_filter_filters_swag_collection_leaves(make):
         expected, _ = percentile_filter({"w": original.copy()}, 10, 0.01)
         np.testing.assert_array_equal(out.data[name].data["w"], expected["w"])
         assert np.abs(out.data[name].data["w"]).max() <= 0.01
-    for leaf in (DXO(DataKind.METRICS, data={"loss": 0.1}), DXO("CUSTOM", data={"x": np.ones(3)}),
-                 DXO(DataKind.WEIGHTS, data={"w": np.ones(3)})):
+    for leaf in (
+        DXO(DataKind.METRICS, data={"loss": 0.1}),
+        DXO("CUSTOM", data={"x": np.ones(3)}),
+        DXO(DataKind.WEIGHTS, data={"w": np.ones(3)}),
+    ):
         mixed = DXO(DataKind.COLLECTION, data={"mean": _diff(w=np.ones(3)), "extra": leaf}).to_shareable()
-        with pytest.raises(PrivacyError, match=rf"refuses a {getattr(leaf.data_kind, 'value', leaf.data_kind)} "
-                                               r"result for task 'swag'"):
+        with pytest.raises(
+            PrivacyError,
+            match=rf"refuses a {getattr(leaf.data_kind, 'value', leaf.data_kind)} "
+            r"result for task 'swag'",
+        ):
             make().process(mixed, _ctx(FlipTask.SWAG))
 
 
@@ -286,8 +297,14 @@ def test_provisioned_site_streams_logs_only_if_it_opts_in(tmp_path):
             participant["allow_log_streaming"] = True
     (one / "project.yml").write_text(render_project(config))
     nvflare = str(Path(sys.executable).with_name("nvflare"))
-    done = subprocess.run([nvflare, "provision", "-p", "project.yml", "-w", "workspace"], cwd=one,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    done = subprocess.run(
+        [nvflare, "provision", "-p", "project.yml", "-w", "workspace"],
+        cwd=one,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     prod = one / "workspace" / "flip" / "prod_00"
     assert (_streams_logs(prod / "hospital-a"), _streams_logs(prod / "hospital-b")) == (False, True)
@@ -329,15 +346,20 @@ def test_site_error_log_is_short_reason_only(tmp_path, monkeypatch, caplog):
     custom = Path(fl_ctx.get_engine().get_workspace().get_app_custom_dir("job-1"))
     custom.mkdir(parents=True)
     (custom / "config.json").write_text("{}")
-    (custom / "trainer.py").write_text("raise ImportError('no module dicom_reader, "
-                                       f"password={SECRET} set\\n  while reading /data/{PATIENT}/scan.dcm')\n")
+    (custom / "trainer.py").write_text(
+        "raise ImportError('no module dicom_reader, "
+        f"password={SECRET} set\\n  while reading /data/{PATIENT}/scan.dcm')\n"
+    )
     weights = DXO(DataKind.WEIGHTS, data={"w": np.ones(2, dtype=np.float32)}).to_shareable()
     with caplog.at_level(logging.DEBUG):
         reply = RUN_TRAINER().execute(FlipTask.TRAIN, weights, fl_ctx, Signal())
     reason = reply.get_header(FlipMeta.ERROR_REASON)
     assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
-    assert reason == ("custom/trainer.py could not be imported: ImportError: no module dicom_reader, "
-                      "password=*** set") == short_reason(reason)
+    assert (
+        reason
+        == ("custom/trainer.py could not be imported: ImportError: no module dicom_reader, password=*** set")
+        == short_reason(reason)
+    )
     errors = [r.getMessage() for r in _records(caplog, logging.ERROR)]
     assert len(errors) == 1 and errors[0].endswith(f"train failed: {reason}"), errors
     debug = "\n".join(r.getMessage() for r in _records(caplog, logging.DEBUG))
@@ -364,11 +386,14 @@ def test_site_error_log_is_short_reason_only(tmp_path, monkeypatch, caplog):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("text, leaked", [
-    ("no cohort for site 'site-1': expected images under /data/images/PATIENT-0042", "PATIENT-0042"),
-    ("cannot read ~/cohorts/PATIENT-0042.csv", "PATIENT-0042"),
-    ("FileNotFoundError: [Errno 2] No such file: '/mnt/pacs/PATIENT-0042/1.dcm'", "PATIENT-0042"),
-])
+@pytest.mark.parametrize(
+    "text, leaked",
+    [
+        ("no cohort for site 'site-1': expected images under /data/images/PATIENT-0042", "PATIENT-0042"),
+        ("cannot read ~/cohorts/PATIENT-0042.csv", "PATIENT-0042"),
+        ("FileNotFoundError: [Errno 2] No such file: '/mnt/pacs/PATIENT-0042/1.dcm'", "PATIENT-0042"),
+    ],
+)
 def test_reason_sent_off_site_carries_no_absolute_path(text, leaked):
     """A folder or file name can name a patient: the one line a site sends keeps no absolute path (before: the
     first line went as it was)."""

@@ -46,6 +46,7 @@ SECRET = "-----BEGIN PRIVATE KEY----- not for S3"
 
 # -- a server workspace with one run whose upload is pending ----------------------------------------------------
 
+
 def _workspace(tmp_path: Path, bucket: str = "flip-models") -> SimpleNamespace:
     """``<tmp>/workspace/`` with ``startup/server.key`` and a run folder whose upload is recorded but not done."""
     workspace = tmp_path / "workspace"
@@ -65,11 +66,18 @@ def _workspace(tmp_path: Path, bucket: str = "flip-models") -> SimpleNamespace:
     metrics = staging / RunFile.METRICS
     metrics.write_text('{"rounds": []}')
     model_id = str(uuid.uuid4())
-    record = record_pending(run, model_id=model_id, job_id=job_id, run_id=job_id, bucket=bucket,
-                            files={RunFile.GLOBAL_MODEL: model, RunFile.METRICS: metrics},
-                            info={"rounds": 1, "sites": ["site-1"]})
-    return SimpleNamespace(workspace=workspace, run=run, key=key, job_id=job_id, model_id=model_id,
-                           prefix=record["prefix"], record=record)
+    record = record_pending(
+        run,
+        model_id=model_id,
+        job_id=job_id,
+        run_id=job_id,
+        bucket=bucket,
+        files={RunFile.GLOBAL_MODEL: model, RunFile.METRICS: metrics},
+        info={"rounds": 1, "sites": ["site-1"]},
+    )
+    return SimpleNamespace(
+        workspace=workspace, run=run, key=key, job_id=job_id, model_id=model_id, prefix=record["prefix"], record=record
+    )
 
 
 def _pending(run: Path) -> dict:
@@ -110,6 +118,7 @@ def _assert_untouched(ws: SimpleNamespace, weed) -> None:
 
 # -- item 2: only the pending record the server wrote for that run is honoured ----------------------------------
 
+
 @pytest.mark.s3
 def test_resume_of_a_genuine_pending_upload_completes(tmp_path, weed):
     """The control case: the record the server wrote is honoured, uploaded, verified, and the run folder cleaned."""
@@ -132,8 +141,13 @@ def test_resume_refuses_pending_file_in_custom_folder(tmp_path, weed):
     (ws.run / RunFile.UPLOAD_PENDING).unlink()  # this run's own upload was never recorded
     custom = ws.run / "app_server" / "custom"
     forged_prefix = f"{ws.model_id}/stolen/"
-    forged = {"bucket": weed.bucket, "prefix": forged_prefix, "info": {}, "workspace_root": str(ws.workspace),
-              "files": {RunFile.GLOBAL_MODEL: str(ws.key)}}
+    forged = {
+        "bucket": weed.bucket,
+        "prefix": forged_prefix,
+        "info": {},
+        "workspace_root": str(ws.workspace),
+        "files": {RunFile.GLOBAL_MODEL: str(ws.key)},
+    }
     (custom / RunFile.UPLOAD_PENDING).write_text(json.dumps(forged))
     assert find_pending(ws.workspace) == [] and find_pending(ws.run) == []
     for path in (ws.workspace, ws.run):
@@ -189,8 +203,11 @@ def test_resume_refuses_staged_symlink_to_server_key(tmp_path, weed, link):
         (elsewhere / RunFile.GLOBAL_MODEL).symlink_to(ws.key)
         (ws.run / RunFile.STAGING_DIR).symlink_to(elsewhere, target_is_directory=True)
     _point_model_at(ws, "flip_upload/global_model.pt", ws.key)
-    with pytest.raises(UploadError, match=r"staged path 'flip_upload/global_model.pt' is refused: it resolves to "
-                                          r".*(server\.key|elsewhere).*, outside"):
+    with pytest.raises(
+        UploadError,
+        match=r"staged path 'flip_upload/global_model.pt' is refused: it resolves to "
+        r".*(server\.key|elsewhere).*, outside",
+    ):
         _resume(weed, ws.workspace)
     assert _objects(weed, ws.prefix) == [] and ws.key.read_text() == SECRET
 
@@ -276,6 +293,7 @@ def test_read_pending_names_each_refused_value(tmp_path):
 
 # -- item 3: a reused prefix never replaces or stands in for a run ----------------------------------------------
 
+
 def _other_run_at(weed, prefix: str, tmp_path: Path) -> dict:
     other = tmp_path / "other.pt"
     torch.save({"w": torch.ones(4)}, other)
@@ -289,8 +307,11 @@ def test_resume_refuses_manifest_of_other_files_at_reused_prefix(tmp_path, weed)
     this run's and cleaned the run folder, while this run's model was never in S3."""
     ws = _workspace(tmp_path)
     theirs = _other_run_at(weed, ws.prefix, tmp_path)
-    with pytest.raises(VerificationError, match="describes other files than this run staged: metrics.json: staged "
-                                                "but not listed; global_model.pt: sha256/size differ"):
+    with pytest.raises(
+        VerificationError,
+        match="describes other files than this run staged: metrics.json: staged "
+        "but not listed; global_model.pt: sha256/size differ",
+    ):
         _resume(weed, ws.workspace)
     assert (ws.run / RunFile.UPLOAD_PENDING).is_file()
     assert (ws.run / RunFile.STAGING_DIR / RunFile.GLOBAL_MODEL).is_file()
@@ -385,6 +406,7 @@ def test_registry_upload_refuses_existing_verified_run(tmp_path, weed):
 
 # -- item 4: the advice after a failed end of run is true --------------------------------------------------------
 
+
 def _end_of_run(tmp_path: Path, job_id: str, model_id: str, break_staging: bool, env: dict) -> SimpleNamespace:
     """Start and end a run with the real ServerEventHandler and PersistToS3AndCleanup (an evaluation-only run: no
     model persistor), optionally with a file where the staging folder goes; return what it logged and left."""
@@ -451,6 +473,7 @@ def test_failure_after_pending_advises_a_resume_that_works(tmp_path, weed, caplo
 
 
 # -- item 11: malformed manifests ----------------------------------------------------------------------------------
+
 
 def _good_and_bad_run(weed, tmp_path: Path, damage) -> tuple[str, str]:
     """A model with a verified run ``good`` and a run ``bad`` whose manifest ``damage`` rewrote."""
@@ -527,6 +550,7 @@ def test_object_key_with_a_trailing_newline_is_refused():
 
 # -- item 12: downloads --------------------------------------------------------------------------------------------
 
+
 def _one_run(weed, tmp_path: Path) -> tuple[str, dict]:
     model_id = str(uuid.uuid4())
     state = {"w": torch.arange(3.0)}
@@ -597,8 +621,7 @@ def test_download_failure_leaves_no_temp_file(weed, tmp_path):
     """The read of the model fails (the connection drops on its GET): the old code left ``.download-XXXX`` beside
     the target. Now nothing is left."""
     model_id, _ = _one_run(weed, tmp_path)
-    proxy = _DropGets(int(weed.endpoint.rsplit(":", 1)[1]),
-                      f"{weed.bucket}/{model_id}/job-1/{RunFile.GLOBAL_MODEL}")
+    proxy = _DropGets(int(weed.endpoint.rsplit(":", 1)[1]), f"{weed.bucket}/{model_id}/job-1/{RunFile.GLOBAL_MODEL}")
     out = tmp_path / "out"
     out.mkdir()
     try:

@@ -39,17 +39,22 @@ def test_a_500_is_retried_then_named(trust):
     assert len(trust.client().get_dataframe(trust.encrypted_project_id, COHORT_QUERY)) == len(trust.cohort)
     assert len(trust.data.received) == 2
     trust.imaging.faults.fail = 10
-    with pytest.raises(TrustServiceError, match=r"imaging service unreachable after 2 attempts \(HTTP 500\) for POST "
-                                                r"/download/images/net-1"):
+    with pytest.raises(
+        TrustServiceError,
+        match=r"imaging service unreachable after 2 attempts \(HTTP 500\) for POST "
+        r"/download/images/net-1",
+    ):
         trust.client().download_images(trust.encrypted_project_id, trust.cohort[0][0], [ResourceType.DICOM])
 
 
 def test_a_refused_key_is_named_not_retried_and_never_shown(trust):
     """A 401 names the variable to check and is not retried; neither key is in the message."""
-    with pytest.raises(TrustServiceError, match=r"data-access service refused the API key \(HTTP 401\): check "
-                                                r"TRUST_INTERNAL_SERVICE_KEY") as err:
-        trust.client(key=SecretStr("wrong-trust-key")).get_dataframe(
-            trust.encrypted_project_id, COHORT_QUERY)
+    with pytest.raises(
+        TrustServiceError,
+        match=r"data-access service refused the API key \(HTTP 401\): check "
+        r"TRUST_INTERNAL_SERVICE_KEY",
+    ) as err:
+        trust.client(key=SecretStr("wrong-trust-key")).get_dataframe(trust.encrypted_project_id, COHORT_QUERY)
     assert "wrong-trust-key" not in str(err.value) and trust.key not in str(err.value)
     assert len(trust.data.received) == 1
 
@@ -63,24 +68,33 @@ def test_no_trust_key_sends_nothing(trust):
 
 def test_a_trust_service_that_is_down_is_named(trust):
     client = trust.client(data_access_api_url=f"http://127.0.0.1:{closed_port()}")
-    with pytest.raises(TrustServiceError, match=r"data-access service unreachable after 2 attempts "
-                                                r"\(ConnectionRefusedError\) for POST /cohort/dataframe"):
+    with pytest.raises(
+        TrustServiceError,
+        match=r"data-access service unreachable after 2 attempts "
+        r"\(ConnectionRefusedError\) for POST /cohort/dataframe",
+    ):
         client.get_dataframe(trust.encrypted_project_id, COHORT_QUERY)
 
 
 def test_a_dataframe_without_accession_id_is_refused(trust):
     """Every cohort has an accession_id column (the imaging service's key): one without it is a named error."""
     trust.data.faults.drop_accession_column = True
-    with pytest.raises(TrustServiceError, match=r"answered POST /cohort/dataframe with a cohort without an "
-                                                r"'accession_id' column \(1 other columns\)"):
+    with pytest.raises(
+        TrustServiceError,
+        match=r"answered POST /cohort/dataframe with a cohort without an "
+        r"'accession_id' column \(1 other columns\)",
+    ):
         trust.client().get_dataframe(trust.encrypted_project_id, COHORT_QUERY)
 
 
-@pytest.mark.parametrize("answer, why", [
-    ([{"accession_id": PATIENT, "label": 1}], r"something other than column-oriented JSON"),
-    ({"accession_id": [PATIENT, "B"], "label": [1]}, r"columns of different lengths \(\[1, 2\]\)"),
-    ({"accession_id": PATIENT}, r"something other than column-oriented JSON"),
-])
+@pytest.mark.parametrize(
+    "answer, why",
+    [
+        ([{"accession_id": PATIENT, "label": 1}], r"something other than column-oriented JSON"),
+        ({"accession_id": [PATIENT, "B"], "label": [1]}, r"columns of different lengths \(\[1, 2\]\)"),
+        ({"accession_id": PATIENT}, r"something other than column-oriented JSON"),
+    ],
+)
 def test_a_dataframe_of_another_shape_is_refused_without_its_values(trust, answer, why):
     trust.data.faults.answer = answer
     with pytest.raises(TrustServiceError, match=why) as err:
@@ -100,8 +114,11 @@ def test_an_images_path_outside_the_images_root_is_refused(trust, outside):
     """The imaging service's answer names the folder the app reads: a path outside IMAGES_DIR is refused."""
     (trust.images.parent / "elsewhere").mkdir(exist_ok=True)
     trust.imaging.faults.path_outside = outside.format(images=trust.images)
-    with pytest.raises(TrustServiceError, match=r"imaging service answered POST /download/images/net-1 for accession "
-                                                r"#[0-9a-f]{12} (with a path outside IMAGES_DIR|without a \"path\")"):
+    with pytest.raises(
+        TrustServiceError,
+        match=r"imaging service answered POST /download/images/net-1 for accession "
+        r"#[0-9a-f]{12} (with a path outside IMAGES_DIR|without a \"path\")",
+    ):
         trust.client().download_images(trust.encrypted_project_id, trust.cohort[0][0], [ResourceType.DICOM])
 
 
@@ -128,8 +145,11 @@ def test_a_huge_answer_is_refused_at_the_bound(trust, announced):
     not retried."""
     trust.data.faults.huge, trust.data.faults.huge_announced = 40 * 1024 * 1024, announced
     started = time.monotonic()
-    with pytest.raises(TrustServiceError, match=r"data-access service answered POST /cohort/dataframe with more than "
-                                                r"1048576 bytes: refused unread"):
+    with pytest.raises(
+        TrustServiceError,
+        match=r"data-access service answered POST /cohort/dataframe with more than "
+        r"1048576 bytes: refused unread",
+    ):
         trust.client(max_bytes=1024 * 1024).get_dataframe(trust.encrypted_project_id, COHORT_QUERY)
     assert len(trust.data.received) == 1 and time.monotonic() - started < 10
 
@@ -137,8 +157,11 @@ def test_a_huge_answer_is_refused_at_the_bound(trust, announced):
 def test_a_plain_http_trust_url_is_refused_unless_listed(monkeypatch):
     """FLIP's trust services sit on a private network over http: allowed only for hosts in FLIP_HTTP_HOSTS."""
     client = TrustClient(data_access_api_url="http://data-access-api:8000", key=SecretStr("k"))
-    with pytest.raises(SettingsError, match=r"DATA_ACCESS_API_URL: data-access service URL 'http://data-access-api:"
-                                            r"8000' is invalid: http:// sends the key in clear text.*FLIP_HTTP_HOSTS"):
+    with pytest.raises(
+        SettingsError,
+        match=r"DATA_ACCESS_API_URL: data-access service URL 'http://data-access-api:"
+        r"8000' is invalid: http:// sends the key in clear text.*FLIP_HTTP_HOSTS",
+    ):
         client.get_dataframe("p", "SELECT 1")
     monkeypatch.setenv("FLIP_HTTP_HOSTS", "data-access-api")
     listed = TrustClient.from_settings(load_settings())

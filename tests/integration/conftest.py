@@ -42,8 +42,15 @@ class SimRun:
         return (self.workspace / site / "log.txt").read_text()
 
 
-def simulate(tmp: Path, job_dir: Path, weed, sites: list[str], threads: int, extra_env: dict | None = None,
-             cohorts_ready: bool = False) -> SimRun:
+def simulate(
+    tmp: Path,
+    job_dir: Path,
+    weed,
+    sites: list[str],
+    threads: int,
+    extra_env: dict | None = None,
+    cohorts_ready: bool = False,
+) -> SimRun:
     """Write the sites' cohorts (unless ready), run ``job_dir`` in the simulator against ``weed``."""
     local_dir = tmp / "flip"
     if not cohorts_ready:
@@ -59,8 +66,9 @@ def run_objects(weed, prefix: str, bucket: str | None = None) -> tuple[dict, dic
     the manifest lists."""
     client, bucket = weed._client(), bucket or weed.bucket
     manifest = verify_run(client, bucket, prefix)
-    return manifest, {e["key"]: client.get_object(Bucket=bucket, Key=prefix + e["key"])["Body"].read()
-                      for e in manifest["objects"]}
+    return manifest, {
+        e["key"]: client.get_object(Bucket=bucket, Key=prefix + e["key"])["Body"].read() for e in manifest["objects"]
+    }
 
 
 @functools.cache
@@ -88,8 +96,11 @@ def direct_evaluation(state: dict, cohort: Path, *, val_only: bool = False) -> d
     model.eval()
     with torch.no_grad():
         logits = model(images)
-    return {"accuracy": (logits.argmax(1) == labels).float().mean().item(),
-            "loss": torch.nn.functional.cross_entropy(logits, labels).item(), "num_samples": len(labels)}
+    return {
+        "accuracy": (logits.argmax(1) == labels).float().mean().item(),
+        "loss": torch.nn.functional.cross_entropy(logits, labels).item(),
+        "num_samples": len(labels),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -99,4 +110,3 @@ def standard_run(tmp_path_factory, weed) -> SimRun:
     job = tmp / "standard"
     shutil.copytree(REPO / "jobs" / "standard", job)
     return simulate(tmp, job, weed, ["site-1", "site-2", "site-3"], threads=2)
-

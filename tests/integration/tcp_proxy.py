@@ -12,8 +12,13 @@ from collections.abc import Callable
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, trip_after: int | None = None, on_trip: Callable[[], None] | None = None,
-                 cut: bool = False):
+    def __init__(
+        self,
+        target_port: int,
+        trip_after: int | None = None,
+        on_trip: Callable[[], None] | None = None,
+        cut: bool = False,
+    ):
         self.target_port = target_port
         self.trip_after = trip_after
         self.on_trip = on_trip

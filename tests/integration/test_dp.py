@@ -27,8 +27,16 @@ def budget_run(tmp_path_factory, weed):
     tmp = tmp_path_factory.mktemp("dp_budget")
     model_id = str(uuid.uuid4())
     budget = (epsilon_after(2, Z, 1e-5) + epsilon_after(3, Z, 1e-5)) / 2
-    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=4, dp_noise_multiplier=Z,
-                    dp_max_epsilon=budget, dp_clip_norm=1.0, uncertainty="ensemble")
+    job = write_job(
+        "standard",
+        tmp / "jobs",
+        model_id=model_id,
+        num_rounds=4,
+        dp_noise_multiplier=Z,
+        dp_max_epsilon=budget,
+        dp_clip_norm=1.0,
+        uncertainty="ensemble",
+    )
     run = simulate(tmp, job, weed, SITES, threads=2)
     final = run.statuses(model_id)[-1]
     manifest, objects = run_objects(weed, run_prefix(model_id, final["run_id"]))

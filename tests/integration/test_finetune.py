@@ -47,7 +47,7 @@ def _pretrain(cohorts) -> dict:
     for _ in range(15):
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), 32):
-            batch = order[start:start + 32]
+            batch = order[start : start + 32]
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
             optimizer.step()
@@ -70,12 +70,44 @@ def finetune(tmp_path_factory, weed):
     torch.jit.script(Scale()).save(str(pre))
     model_id = str(uuid.uuid4())
     with environ(**weed.env):
-        assert flip_cli(["models", "upload", str(model_file), "--model-id", model_id, "--name", "digits pretrained",
-                         "--description", "trained on pooled digits", "--owner", "alice", "--preprocessing", str(pre),
-                         "--input-shape", "8,8", "--models", DEMO_MODELS, "--job", "upload-1"]) == 0
-    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=2, min_clients=2,
-                    initial_model=f"{model_id}/upload-1", keep_round_models=True, keep_best="accuracy",
-                    delete_local_models_after_aggregation=False, uncertainty="ensemble")
+        assert (
+            flip_cli(
+                [
+                    "models",
+                    "upload",
+                    str(model_file),
+                    "--model-id",
+                    model_id,
+                    "--name",
+                    "digits pretrained",
+                    "--description",
+                    "trained on pooled digits",
+                    "--owner",
+                    "alice",
+                    "--preprocessing",
+                    str(pre),
+                    "--input-shape",
+                    "8,8",
+                    "--models",
+                    DEMO_MODELS,
+                    "--job",
+                    "upload-1",
+                ]
+            )
+            == 0
+        )
+    job = write_job(
+        "standard",
+        tmp / "jobs",
+        model_id=model_id,
+        num_rounds=2,
+        min_clients=2,
+        initial_model=f"{model_id}/upload-1",
+        keep_round_models=True,
+        keep_best="accuracy",
+        delete_local_models_after_aggregation=False,
+        uncertainty="ensemble",
+    )
     run = simulate(tmp, job, weed, SITES, threads=2, cohorts_ready=True)
     # what the cohorts were, before the run's cleanup: 10 digits of site-1 (one per label) and noise images
     inputs = tmp / "inputs"
@@ -90,8 +122,15 @@ def finetune(tmp_path_factory, weed):
         path = inputs / f"noise-{i}.png"
         Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(path)
         noise.append(path)
-    return {"model_id": model_id, "state": state, "run": run, "cohorts": cohorts, "digits": digits, "noise": noise,
-            "tmp": tmp}
+    return {
+        "model_id": model_id,
+        "state": state,
+        "run": run,
+        "cohorts": cohorts,
+        "digits": digits,
+        "noise": noise,
+        "tmp": tmp,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +186,15 @@ def test_rounds_and_local_models_are_listed_and_downloadable(finetune, uploaded,
         final = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), weights_only=True)
         got = torch.load(second, weights_only=True)
         assert all(torch.equal(got[k], final[k]) for k in final)
-        first = torch.load(tmp_path / _cli(["models", "download", model_id, "--round", "1", "-o", str(tmp_path)],
-                                           capsys).strip(), weights_only=True)
+        first = torch.load(
+            tmp_path / _cli(["models", "download", model_id, "--round", "1", "-o", str(tmp_path)], capsys).strip(),
+            weights_only=True,
+        )
         assert not all(torch.equal(first[k], final[k]) for k in final)
-        local = torch.load(_cli(["models", "download", model_id, "--local", "site-2", "-o", str(tmp_path / "l.pt")],
-                                capsys).strip(), weights_only=True)
+        local = torch.load(
+            _cli(["models", "download", model_id, "--local", "site-2", "-o", str(tmp_path / "l.pt")], capsys).strip(),
+            weights_only=True,
+        )
         members = torch.load(io.BytesIO(objects[RunFile.ENSEMBLE]), weights_only=True)
         assert all(torch.equal(local[k], members["site-2"][k]) for k in members["site-2"])
         best = _cli(["models", "download", model_id, "--best", "-o", str(tmp_path / "b.pt")], capsys).strip()
@@ -162,9 +205,15 @@ def test_show_and_metrics_describe_the_fine_tuned_model(finetune, uploaded, weed
     model_id = finetune["model_id"]
     with environ(**weed.env):
         shown = _cli(["models", "show", model_id], capsys)
-        for line in ("name:          digits pretrained", "owner:         alice", "parameters:    4,810",
-                     "rounds:        2", "sites:         site-1, site-2, site-3",
-                     f"started from:  registry model {model_id} run upload-1", "input shape:   8×8"):
+        for line in (
+            "name:          digits pretrained",
+            "owner:         alice",
+            "parameters:    4,810",
+            "rounds:        2",
+            "sites:         site-1, site-2, site-3",
+            f"started from:  registry model {model_id} run upload-1",
+            "input shape:   8×8",
+        ):
             assert line in shown, shown
         table = json.loads(_cli(["models", "metrics", model_id, "--json"], capsys))
         tests = [(r["round"], r["reporter"]) for r in table["rows"] if r["kind"] == "test"]
@@ -180,8 +229,9 @@ def test_predict_applies_the_preprocessing_and_the_ensemble_is_less_sure_on_nois
     _, objects = uploaded
     files = [str(p) for p, _ in finetune["digits"]] + [str(p) for p in finetune["noise"]]
     with environ(**weed.env):
-        result = json.loads(_cli(["models", "predict", finetune["model_id"], *files, "--models", DEMO_MODELS,
-                                  "--json"], capsys))
+        result = json.loads(
+            _cli(["models", "predict", finetune["model_id"], *files, "--models", DEMO_MODELS, "--json"], capsys)
+        )
         table = _cli(["models", "predict", finetune["model_id"], files[0], "--models", DEMO_MODELS], capsys)
     assert result["uncertainty"] == "ensemble" and result["preprocessing"] is True
     rows = {r["input"]: r for r in result["predictions"]}

@@ -34,8 +34,12 @@ def flip_app_run(tmp: Path, weed, num_rounds: int, break_site: str | None = None
     app = apps.write_app(tmp / "app", trainer=apps.EXECUTOR_TRAINER, validator=apps.EXECUTOR_VALIDATOR)
     data, offset = {}, 0
     for site, accessions in SITES.items():
-        csv, images = apps.write_cohort(tmp / "data" / site, accessions, offset,
-                                        accession_column="patient_id" if site == break_site else "accession_id")
+        csv, images = apps.write_cohort(
+            tmp / "data" / site,
+            accessions,
+            offset,
+            accession_column="patient_id" if site == break_site else "accession_id",
+        )
         data[site] = SiteData(dataframe=csv, images=images)
         offset += accessions
     model_id = str(uuid.uuid4())
@@ -47,8 +51,15 @@ def flip_app_run(tmp: Path, weed, num_rounds: int, break_site: str | None = None
             executor["executor"]["args"].update({"project_id": "project-7", "query": "SELECT * FROM cohort"})
     client_config.write_text(json.dumps(config, indent=2))
     local_dir = tmp / "flip"
-    env = {**weed.env, "FLIP_LOCAL_DIR": str(local_dir), "FLIP_ENV": "dev", "FLIP_SITE_DATA": None,
-           "LOCAL_DEV": None, "DEV_DATAFRAME": None, "DEV_IMAGES_DIR": None}
+    env = {
+        **weed.env,
+        "FLIP_LOCAL_DIR": str(local_dir),
+        "FLIP_ENV": "dev",
+        "FLIP_SITE_DATA": None,
+        "LOCAL_DEV": None,
+        "DEV_DATAFRAME": None,
+        "DEV_IMAGES_DIR": None,
+    }
     with environ(**env):
         rc = run_simulator(job, tmp / "workspace", sites=list(SITES), threads=2, site_data=data)
     return model_id, SimRun(rc, list(SITES), local_dir, tmp / "workspace", env)
@@ -66,8 +77,9 @@ def test_flip_app_run_uploads_with_its_metrics_and_a_strictly_loadable_model(goo
     model_id, run = good_run
     statuses = [s["status"] for s in run.statuses(model_id)]
     assert statuses == ["INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED"], run.statuses(model_id)
-    [prefix] = {key.rsplit("/", 1)[0] + "/" for key in objects_of_model(weed, model_id) if
-                key.endswith("manifest.json")}
+    [prefix] = {
+        key.rsplit("/", 1)[0] + "/" for key in objects_of_model(weed, model_id) if key.endswith("manifest.json")
+    }
     _, objects = run_objects(weed, prefix)
     metrics = strict_json(objects["metrics.json"])
     flip_metrics = {entry["round"]: entry["sites"] for entry in metrics["flip_metrics"]}
@@ -103,7 +115,9 @@ def test_flip_app_wrong_at_one_site_ends_in_error_naming_it_and_uploads_nothing(
     statuses = run.statuses(model_id)
     assert [s["status"] for s in statuses][-1] == "ERROR"
     reason = statuses[-1]["reason"]
-    assert reason.startswith("site site-2: custom/trainer.py: FLIP_TRAINER(") and "raised ValueError: the dev " \
-        "dataframe <path> has no 'accession_id' column" in reason, reason
+    assert (
+        reason.startswith("site site-2: custom/trainer.py: FLIP_TRAINER(")
+        and "raised ValueError: the dev dataframe <path> has no 'accession_id' column" in reason
+    ), reason
     assert "Traceback" not in reason and str(run.workspace) not in reason
     assert objects_of_model(weed, model_id) == []

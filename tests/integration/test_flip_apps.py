@@ -55,15 +55,32 @@ class AppRun:
         return run_objects(weed, run_prefix(self.model_id, self.statuses()[-1]["run_id"]))
 
 
-def run_app(tmp: Path, weed, app: Path, *create_args: str, site_data: dict | None = None,
-            env: dict | None = None) -> AppRun:
+def run_app(
+    tmp: Path, weed, app: Path, *create_args: str, site_data: dict | None = None, env: dict | None = None
+) -> AppRun:
     """``flip job create app --out tmp/job ...`` then ``flip simulate tmp/job --sites 2 [--site-data ...]``."""
     model_id = str(uuid.uuid4())
     job = tmp / "job"
     output = io.StringIO()
     with redirect_stdout(output):
-        create_rc = flip_cli(["job", "create", str(app), "--out", str(job), "--model-id", model_id,
-                              "--min-clients", "2", "--project-id", "test-project", "--query", "SELECT *", *create_args])
+        create_rc = flip_cli(
+            [
+                "job",
+                "create",
+                str(app),
+                "--out",
+                str(job),
+                "--model-id",
+                model_id,
+                "--min-clients",
+                "2",
+                "--project-id",
+                "test-project",
+                "--query",
+                "SELECT *",
+                *create_args,
+            ]
+        )
     if create_rc != 0:
         return AppRun(create_rc, output.getvalue(), -1, model_id, job, tmp / "flip", tmp / "workspace")
     args = ["simulate", str(job), "--workspace", str(tmp / "workspace"), "--sites", str(len(SITES))]
@@ -77,8 +94,10 @@ def run_app(tmp: Path, weed, app: Path, *create_args: str, site_data: dict | Non
 
 def strict_json(body: bytes):
     """Parse JSON that must be strict: a NaN or Infinity fails."""
+
     def refuse(token):
         raise AssertionError(f"not strict JSON: {token}")
+
     return json.loads(body, parse_constant=refuse)
 
 
@@ -198,8 +217,11 @@ def _no_trainer_class(app: Path, data: dict) -> None:
 
 def _constructor_raises(app: Path, data: dict) -> None:
     source = (app / "trainer.py").read_text()
-    (app / "trainer.py").write_text(source.replace("        super().__init__()\n",
-                                                   "        super().__init__()\n        raise RuntimeError('no GPU')\n", 1))
+    (app / "trainer.py").write_text(
+        source.replace(
+            "        super().__init__()\n", "        super().__init__()\n        raise RuntimeError('no GPU')\n", 1
+        )
+    )
 
 
 def _no_accession_column(app: Path, data: dict) -> None:
@@ -207,11 +229,15 @@ def _no_accession_column(app: Path, data: dict) -> None:
         csv.write_text(csv.read_text().replace("accession_id,label", "study,label", 1))
 
 
-@pytest.mark.parametrize("edit, cause", [
-    (_no_trainer_class, "FLIP_TRAINER"),
-    (_constructor_raises, "RuntimeError"),
-    (_no_accession_column, "accession_id"),
-], ids=["no FLIP_TRAINER", "constructor raises", "dataframe without accession_id"])
+@pytest.mark.parametrize(
+    "edit, cause",
+    [
+        (_no_trainer_class, "FLIP_TRAINER"),
+        (_constructor_raises, "RuntimeError"),
+        (_no_accession_column, "accession_id"),
+    ],
+    ids=["no FLIP_TRAINER", "constructor raises", "dataframe without accession_id"],
+)
 def test_a_bad_app_ends_in_error_naming_the_cause_and_uploads_nothing(tmp_path, weed, edit, cause):
     app = tmp_path / "app"
     shutil.copytree(DICOM_APP, app, ignore=shutil.ignore_patterns("__pycache__"))

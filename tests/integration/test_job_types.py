@@ -53,7 +53,11 @@ def evaluation_run(tmp_path_factory, weed, standard_run):
 def test_evaluation_job_lifecycle_and_upload(evaluation_run, weed):
     assert evaluation_run.rc == 0
     assert [s["status"] for s in evaluation_run.statuses(DEFAULT_MODEL_ID)] == [
-        "INITIATED", "PREPARED", "TRAINING_STARTED", "RESULTS_UPLOADED"]
+        "INITIATED",
+        "PREPARED",
+        "TRAINING_STARTED",
+        "RESULTS_UPLOADED",
+    ]
     manifest, objects = _run_objects(weed, DEFAULT_MODEL_ID, evaluation_run)
     assert RunFile.EVALUATION_RESULTS in objects
     assert RunFile.GLOBAL_MODEL not in objects  # nothing was trained: no model is uploaded
@@ -65,11 +69,17 @@ def test_evaluation_results_match_a_direct_evaluation_at_every_site(evaluation_r
     results = json.loads(objects[RunFile.EVALUATION_RESULTS])
     assert set(results) == set(SITES)
     trained_run = standard_run.statuses(DEFAULT_MODEL_ID)[-1]["run_id"]
-    trained = torch.load(io.BytesIO(weed._client().get_object(
-        Bucket=weed.bucket, Key=f"{DEFAULT_MODEL_ID}/{trained_run}/{RunFile.GLOBAL_MODEL}")["Body"].read()),
-        weights_only=True)
-    untrained = torch.load(evaluation_run.local_dir / "safehouse" / SAFEHOUSE_ONLY / "initial_model.pt",
-                           weights_only=True)
+    trained = torch.load(
+        io.BytesIO(
+            weed._client()
+            .get_object(Bucket=weed.bucket, Key=f"{DEFAULT_MODEL_ID}/{trained_run}/{RunFile.GLOBAL_MODEL}")["Body"]
+            .read()
+        ),
+        weights_only=True,
+    )
+    untrained = torch.load(
+        evaluation_run.local_dir / "safehouse" / SAFEHOUSE_ONLY / "initial_model.pt", weights_only=True
+    )
     for site in SITES:
         assert set(results[site]) == {DEFAULT_MODEL_ID, SAFEHOUSE_ONLY}
         cohort = evaluation_run.local_dir / "cohorts" / site
@@ -144,8 +154,17 @@ def test_each_stage_is_filtered_with_its_own_threshold_at_every_site(multi_stage
             lines = re.findall(rf"stage {stage}: percentile 10 threshold \S+, shared ([\d.]+)% of (\d+) values", log)
             assert len(lines) == 2, (site, stage)
             assert all(0 < float(shared) <= 90.0 for shared, _ in lines)
-        sizes = {stage: {int(n) for _, n in re.findall(rf"stage {stage}: percentile \S+ threshold \S+, shared "
-                                                         rf"([\d.]+)% of (\d+) values", log)} for stage in ("denoise", "classify")}
+        sizes = {
+            stage: {
+                int(n)
+                for _, n in re.findall(
+                    rf"stage {stage}: percentile \S+ threshold \S+, shared "
+                    rf"([\d.]+)% of (\d+) values",
+                    log,
+                )
+            }
+            for stage in ("denoise", "classify")
+        }
         assert sizes["denoise"] != sizes["classify"]  # each update held only its own stage's parameters
 
 

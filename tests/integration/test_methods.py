@@ -62,9 +62,19 @@ def feddc_run(tmp_path_factory, weed):
     tmp = tmp_path_factory.mktemp("feddc")
     model_id = str(uuid.uuid4())
     # DLR's count: 2 aggregations, one every 2 rounds: 4 training rounds; local models kept (not DLR's default)
-    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=2, min_clients=3, aggregation="feddc",
-                    daisy_chain_period=2, seed=5, uncertainty="ensemble", model_test_after_each_round=True,
-                    delete_local_models_after_aggregation=False)
+    job = write_job(
+        "standard",
+        tmp / "jobs",
+        model_id=model_id,
+        num_rounds=2,
+        min_clients=3,
+        aggregation="feddc",
+        daisy_chain_period=2,
+        seed=5,
+        uncertainty="ensemble",
+        model_test_after_each_round=True,
+        delete_local_models_after_aggregation=False,
+    )
     return (model_id, *_run_then_resume(tmp, weed, job, model_id, FEDDC_SITES, threads=3))
 
 
@@ -144,9 +154,18 @@ PROX_SITES = ["site-1", "site-2"]
 def prox_swag_run(tmp_path_factory, weed):
     tmp = tmp_path_factory.mktemp("prox_swag")
     model_id = str(uuid.uuid4())
-    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=2, aggregation="fedprox", fedprox_mu=0.1,
-                    uncertainty="swag", swag_epochs=3, skip_model_tests=True,
-                    delete_local_models_after_aggregation=True)
+    job = write_job(
+        "standard",
+        tmp / "jobs",
+        model_id=model_id,
+        num_rounds=2,
+        aggregation="fedprox",
+        fedprox_mu=0.1,
+        uncertainty="swag",
+        swag_epochs=3,
+        skip_model_tests=True,
+        delete_local_models_after_aggregation=True,
+    )
     return (model_id, *_run_then_resume(tmp, weed, job, model_id, PROX_SITES, threads=2))
 
 
@@ -167,7 +186,9 @@ def test_swag_round_stores_mean_and_clamped_variance(prox_swag_run):
     assert resumed == 0
     posterior = torch.load(io.BytesIO(objects[RunFile.SWAG]), weights_only=True)
     final = torch.load(io.BytesIO(objects[RunFile.GLOBAL_MODEL]), weights_only=True)
-    assert set(posterior["mean"]) == set(posterior["variance"]) == {k for k, v in final.items() if v.is_floating_point()}
+    assert (
+        set(posterior["mean"]) == set(posterior["variance"]) == {k for k, v in final.items() if v.is_floating_point()}
+    )
     assert posterior["sites"] == PROX_SITES and posterior["swag_epochs"] == 3 and posterior["num_samples"] > 0
     assert all((v >= 0).all() for v in posterior["variance"].values())
     assert any((v > 0).any() for v in posterior["variance"].values())
@@ -215,8 +236,15 @@ def _with_late_site(job: Path, site: str) -> None:
 def late_run(tmp_path_factory, weed):
     tmp = tmp_path_factory.mktemp("late")
     model_id = str(uuid.uuid4())
-    job = write_job("standard", tmp / "jobs", model_id=model_id, num_rounds=LATE_ROUND + 2, min_clients=2,
-                    wait_after_min_clients=WAIT_AFTER_MIN_CLIENTS, skip_model_tests=True)
+    job = write_job(
+        "standard",
+        tmp / "jobs",
+        model_id=model_id,
+        num_rounds=LATE_ROUND + 2,
+        min_clients=2,
+        wait_after_min_clients=WAIT_AFTER_MIN_CLIENTS,
+        skip_model_tests=True,
+    )
     _with_late_site(job, "site-3")
     return model_id, simulate(tmp, job, weed, ["site-1", "site-2", "site-3"], threads=3)
 
@@ -230,7 +258,8 @@ def test_a_late_update_is_dropped_and_the_site_takes_part_again(late_run, weed):
     assert final["status"] == "RESULTS_UPLOADED", final
     prefix = run_prefix(model_id, final["run_id"])
     rounds = json.loads(weed._client().get_object(Bucket=weed.bucket, Key=prefix + RunFile.METRICS)["Body"].read())[
-        "rounds"]
+        "rounds"
+    ]
     accepted = [sorted(r["accepted"]) for r in rounds]
     assert accepted[LATE_ROUND] == ["site-1", "site-2"]  # its update came after the round had closed
     for i in (LATE_ROUND - 1, LATE_ROUND + 1):

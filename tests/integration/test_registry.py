@@ -42,19 +42,34 @@ def _upload_run(registry, model_id, run_id, state, tmp_path, metrics=None):
     if metrics is not None:
         (tmp_path / f"{run_id}.json").write_text(json.dumps(metrics))
         files[RunFile.METRICS] = tmp_path / f"{run_id}.json"
-    upload_run(registry.client, registry.bucket, run_prefix(model_id, run_id), files,
-                  {"model_id": model_id, "run_id": run_id, "rounds": 2, "sites": ["site-1", "site-2"]})
+    upload_run(
+        registry.client,
+        registry.bucket,
+        run_prefix(model_id, run_id),
+        files,
+        {"model_id": model_id, "run_id": run_id, "rounds": 2, "sites": ["site-1", "site-2"]},
+    )
 
 
 def test_latest_verified_run_is_served_and_unverified_ones_never(registry, tmp_path):
     model_id = str(uuid.uuid4())
     first, second = Net().state_dict(), Net().state_dict()
-    _upload_run(registry, model_id, "job-a", first, tmp_path,
-                {"rounds": [{"round": 2, "global": {"accuracy": 0.9, "num_samples": 10}}]})
+    _upload_run(
+        registry,
+        model_id,
+        "job-a",
+        first,
+        tmp_path,
+        {"rounds": [{"round": 2, "global": {"accuracy": 0.9, "num_samples": 10}}]},
+    )
     _upload_run(registry, model_id, "job-b", second, tmp_path)
     # a third run whose upload never finished: objects but no manifest
     registry.client.put_object(Bucket=registry.bucket, Key=f"{model_id}/job-c/{RunFile.GLOBAL_MODEL}", Body=b"partial")
-    assert {(r.run_id, r.verified) for r in registry.runs(model_id)} == {("job-a", True), ("job-b", True), ("job-c", False)}
+    assert {(r.run_id, r.verified) for r in registry.runs(model_id)} == {
+        ("job-a", True),
+        ("job-b", True),
+        ("job-c", False),
+    }
     assert registry.run(model_id).run_id == "job-b"
     loaded = registry.load(model_id)
     assert torch.equal(loaded["fc.weight"], second["fc.weight"])
@@ -136,8 +151,13 @@ def test_cli_downloads_other_artifacts_and_the_report(weed, tmp_path, capsys):
     torch.save(Net().state_dict(), model)
     page.write_text('<!doctype html><img src="curves.png">')
     curves.write_bytes(b"\x89PNG fake but hashed")
-    upload_run(registry.client, registry.bucket, run_prefix(model_id, "job-r"),
-                  {RunFile.GLOBAL_MODEL: model, "report/index.html": page, "report/curves.png": curves}, {})
+    upload_run(
+        registry.client,
+        registry.bucket,
+        run_prefix(model_id, "job-r"),
+        {RunFile.GLOBAL_MODEL: model, "report/index.html": page, "report/curves.png": curves},
+        {},
+    )
     with environ(**weed.env):
         assert flip_cli(["models", "download", model_id, "--report", str(tmp_path / "got")]) == 0
         assert capsys.readouterr().out.strip() == str(tmp_path / "got" / "index.html")
@@ -196,20 +216,50 @@ def test_upload_with_name_description_and_preprocessing_then_show_and_preprocess
     the preprocessing model validated by running it (before: an unchecked preprocessing.py copied to S3)."""
     model, pre = _demo_files(tmp_path)
     with environ(**weed.env):
-        assert flip_cli(["models", "upload", str(model), "--name", "digits MLP", "--description", "8x8 digits",
-                         "--preprocessing", str(pre), "--input-shape", "8,8", "--models", DEMO_MODELS,
-                         "--owner", "alice", "--json"]) == 0
+        assert (
+            flip_cli(
+                [
+                    "models",
+                    "upload",
+                    str(model),
+                    "--name",
+                    "digits MLP",
+                    "--description",
+                    "8x8 digits",
+                    "--preprocessing",
+                    str(pre),
+                    "--input-shape",
+                    "8,8",
+                    "--models",
+                    DEMO_MODELS,
+                    "--owner",
+                    "alice",
+                    "--json",
+                ]
+            )
+            == 0
+        )
         manifest = json.loads(capsys.readouterr().out)
         model_id = manifest["model_id"]
         assert (manifest["name"], manifest["description"], manifest["owner"]) == ("digits MLP", "8x8 digits", "alice")
         assert manifest["parameter_count"] == 64 * 64 + 64 + 64 * 10 + 10
         assert manifest["input_shape"] == [8, 8] and manifest["output_shape"] == [10]
-        assert manifest["preprocessing"] == {"format": "torchscript", "parameter_count": 0, "input_shape": [8, 8],
-                                             "output_shape": [8, 8]}
+        assert manifest["preprocessing"] == {
+            "format": "torchscript",
+            "parameter_count": 0,
+            "input_shape": [8, 8],
+            "output_shape": [8, 8],
+        }
         assert flip_cli(["models", "show", model_id]) == 0
         shown = capsys.readouterr().out
-        for line in ("name:          digits MLP", "owner:         alice", "parameters:    4,810",
-                     "input shape:   8×8", "output shape:  10", "preprocessing: torchscript, input 8×8 -> 8×8"):
+        for line in (
+            "name:          digits MLP",
+            "owner:         alice",
+            "parameters:    4,810",
+            "input shape:   8×8",
+            "output shape:  10",
+            "preprocessing: torchscript, input 8×8 -> 8×8",
+        ):
             assert line in shown, shown
         assert flip_cli(["models", "list"]) == 0
         listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(model_id)]
@@ -239,34 +289,55 @@ def _bad_state(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("argv, message", [
-    (lambda t, m: ["models", "show", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"],
-     "model 6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f has no runs in s3://"),
-    (lambda t, m: ["models", "show", "not-a-uuid"], "model_id must be a UUID"),
-    (lambda t, m: ["models", "metrics", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"], "has no runs"),
-    (lambda t, m: ["models", "rounds", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"], "has no runs"),
-    (lambda t, m: ["models", "preprocessing", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"], "has no runs"),
-    (lambda t, m: ["models", "predict", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f", str(m)], "has no runs"),
-    (lambda t, m: ["models", "remove", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f", "--yes"], "has no objects"),
-    (lambda t, m: ["models", "upload", str(t / "garbage.pt"), "--name", "x"],
-     "garbage.pt is neither a weights-only torch.save file nor TorchScript"),
-    (lambda t, m: ["models", "upload", str(t / "absent.pt"), "--name", "x"], "absent.pt' not found"),
-    (lambda t, m: ["models", "upload", str(_bad_state(t)), "--name", "x", "--models", DEMO_MODELS],
-     "bad-shape.pt: key 'layers.1.weight' has shape (3, 3), models.get_model() has (64, 64)"),
-    (lambda t, m: ["models", "upload", str(m), "--name", "x", "--models", DEMO_MODELS, "--input-shape", "3,3"],
-     "demo.pt does not run on an input of shape (3, 3) (batch of 1)"),
-    (lambda t, m: ["models", "upload", str(m), "--name", "x", "--input-shape", "8,0"],
-     "input shape must be 1 to 8 whole numbers in [1, 100000]"),
-    (lambda t, m: ["models", "upload", str(m), "--name", "x", "--preprocessing", str(m)],
-     "a preprocessing model needs the input shape it takes"),
-    (lambda t, m: ["models", "upload", str(m), "--name", "x\ny"], "name must not contain control characters"),
-    (lambda t, m: ["models", "download", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f", "--best", "--round", "2"],
-     "give one of --best, --round, --local, --report, --artifact, got --best and --round"),
-    (lambda t, m: ["models", "download", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f", "--round", "0"],
-     "--round must be a round number >= 1, got 0"),
-    (lambda t, m: ["models", "download", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f", "--local", "../x"],
-     "site name '../x' is invalid"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            lambda t, m: ["models", "show", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"],
+            "model 6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f has no runs in s3://",
+        ),
+        (lambda t, m: ["models", "show", "not-a-uuid"], "model_id must be a UUID"),
+        (lambda t, m: ["models", "metrics", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"], "has no runs"),
+        (lambda t, m: ["models", "rounds", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"], "has no runs"),
+        (lambda t, m: ["models", "preprocessing", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f"], "has no runs"),
+        (lambda t, m: ["models", "predict", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f", str(m)], "has no runs"),
+        (lambda t, m: ["models", "remove", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f", "--yes"], "has no objects"),
+        (
+            lambda t, m: ["models", "upload", str(t / "garbage.pt"), "--name", "x"],
+            "garbage.pt is neither a weights-only torch.save file nor TorchScript",
+        ),
+        (lambda t, m: ["models", "upload", str(t / "absent.pt"), "--name", "x"], "absent.pt' not found"),
+        (
+            lambda t, m: ["models", "upload", str(_bad_state(t)), "--name", "x", "--models", DEMO_MODELS],
+            "bad-shape.pt: key 'layers.1.weight' has shape (3, 3), models.get_model() has (64, 64)",
+        ),
+        (
+            lambda t, m: ["models", "upload", str(m), "--name", "x", "--models", DEMO_MODELS, "--input-shape", "3,3"],
+            "demo.pt does not run on an input of shape (3, 3) (batch of 1)",
+        ),
+        (
+            lambda t, m: ["models", "upload", str(m), "--name", "x", "--input-shape", "8,0"],
+            "input shape must be 1 to 8 whole numbers in [1, 100000]",
+        ),
+        (
+            lambda t, m: ["models", "upload", str(m), "--name", "x", "--preprocessing", str(m)],
+            "a preprocessing model needs the input shape it takes",
+        ),
+        (lambda t, m: ["models", "upload", str(m), "--name", "x\ny"], "name must not contain control characters"),
+        (
+            lambda t, m: ["models", "download", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f", "--best", "--round", "2"],
+            "give one of --best, --round, --local, --report, --artifact, got --best and --round",
+        ),
+        (
+            lambda t, m: ["models", "download", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f", "--round", "0"],
+            "--round must be a round number >= 1, got 0",
+        ),
+        (
+            lambda t, m: ["models", "download", "6a3b9c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f", "--local", "../x"],
+            "site name '../x' is invalid",
+        ),
+    ],
+)
 def test_every_registry_command_names_a_bad_input_and_exits_2(weed, tmp_path, capsys, argv, message):
     model, _ = _demo_files(tmp_path)
     (tmp_path / "garbage.pt").write_bytes(b"not a model at all")
@@ -284,14 +355,20 @@ def test_bad_inputs_of_an_existing_model_are_named(weed, tmp_path, capsys):
         model_id = json.loads(capsys.readouterr().out)["model_id"]
         cases = [
             (["models", "rounds", model_id, "--job", "nope"], f"model {model_id} has no run 'nope'"),
-            (["models", "download", model_id, "--round", "3"], f"model {model_id} has no verified run with "
-                                                                "rounds/global_model_round_3.pt"),
+            (
+                ["models", "download", model_id, "--round", "3"],
+                f"model {model_id} has no verified run with rounds/global_model_round_3.pt",
+            ),
             (["models", "download", model_id, "--best"], "has no verified run with best_global_model.pt"),
             (["models", "metrics", model_id], "has no verified run with metrics.json"),
-            (["models", "predict", model_id, str(tmp_path / "notes.txt"), "--models", DEMO_MODELS],
-             "input notes.txt: expected an image"),
-            (["models", "predict", model_id, str(tmp_path / "missing.png"), "--models", DEMO_MODELS],
-             "input '" + str(tmp_path / "missing.png") + "' not found"),
+            (
+                ["models", "predict", model_id, str(tmp_path / "notes.txt"), "--models", DEMO_MODELS],
+                "input notes.txt: expected an image",
+            ),
+            (
+                ["models", "predict", model_id, str(tmp_path / "missing.png"), "--models", DEMO_MODELS],
+                "input '" + str(tmp_path / "missing.png") + "' not found",
+            ),
             (["models", "predict", model_id, str(model)], "global_model.pt of run"),
         ]
         for argv, message in cases:

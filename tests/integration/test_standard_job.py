@@ -31,8 +31,9 @@ def uploaded(standard_run, weed):
     prefix = run_prefix(DEFAULT_MODEL_ID, run_id)
     client = weed._client()
     listing = client.list_objects_v2(Bucket=weed.bucket, Prefix=prefix).get("Contents", [])
-    objects = {o["Key"][len(prefix):]: client.get_object(Bucket=weed.bucket, Key=o["Key"])["Body"].read()
-               for o in listing}
+    objects = {
+        o["Key"][len(prefix) :]: client.get_object(Bucket=weed.bucket, Key=o["Key"])["Body"].read() for o in listing
+    }
     return prefix, json.loads(objects[RunFile.MANIFEST]), objects
 
 
@@ -129,7 +130,9 @@ def test_images_are_gone_at_every_site_even_with_more_sites_than_threads(standar
 
 def test_every_site_filtered_every_update(standard_run):
     for site in standard_run.sites:
-        lines = re.findall(r"update: percentile 10 threshold \S+, shared ([\d.]+)% of (\d+) values", standard_run.log_text(site))
+        lines = re.findall(
+            r"update: percentile 10 threshold \S+, shared ([\d.]+)% of (\d+) values", standard_run.log_text(site)
+        )
         assert len(lines) == 3, site  # one filtered update per round
         for shared, total in lines:
             assert 0 < float(shared) <= 90.0 and int(total) > 0

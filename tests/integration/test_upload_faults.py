@@ -50,7 +50,9 @@ def big_app(tmp_path_factory):
     app = tmp_path_factory.mktemp("big_app") / "app"
     shutil.copytree(DEMO_APP_DIR, app, ignore=shutil.ignore_patterns("__pycache__"))
     models = app / "models.py"
-    models.write_text(models.read_text() + f'''
+    models.write_text(
+        models.read_text()
+        + f"""
 
 class BigDigitsNet(DigitsNet):
     def __init__(self):
@@ -61,7 +63,8 @@ class BigDigitsNet(DigitsNet):
 def get_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return BigDigitsNet()
-''')
+"""
+    )
     return app
 
 
@@ -70,8 +73,9 @@ class FaultRun:
 
     def __init__(self, tmp: Path, big_app: Path, server: WeedS3, env: dict, before_run=None):
         self.model_id = str(uuid.uuid4())
-        job = write_job("standard", tmp / "jobs", model_id=self.model_id, num_rounds=1, skip_model_tests=True,
-                        app_dir=big_app)
+        job = write_job(
+            "standard", tmp / "jobs", model_id=self.model_id, num_rounds=1, skip_model_tests=True, app_dir=big_app
+        )
         self.env = {**server.env, "FLIP_ENV": "dev", "FLIP_LOCAL_DIR": str(tmp / "flip"), **FAST_FAIL, **env}
         self.s3 = server
         with environ(**self.env):

@@ -29,6 +29,7 @@ def decrypt_project_id(token: str, key_b64: str) -> str:
     if not isinstance(envelope, dict) or envelope.get("v") != 1:
         raise ValueError("not a v1 envelope")
     kid = envelope["kid"]
-    plain = AESGCM(base64.b64decode(key_b64)).decrypt(base64.b64decode(envelope["iv"]), base64.b64decode(envelope["ct"]),
-                                                      f"FLIP|v1|{kid}".encode())
+    plain = AESGCM(base64.b64decode(key_b64)).decrypt(
+        base64.b64decode(envelope["iv"]), base64.b64decode(envelope["ct"]), f"FLIP|v1|{kid}".encode()
+    )
     return plain.decode()

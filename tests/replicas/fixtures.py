@@ -50,8 +50,13 @@ class Hub:
 
 
 @contextlib.contextmanager
-def running_hub(tmp: Path, key: str | None = HUB_KEY, header: str = "X-Internal-Service-Key",
-                model_id: str = MODEL_ID, s3: dict | None = None) -> Iterator[Hub]:
+def running_hub(
+    tmp: Path,
+    key: str | None = HUB_KEY,
+    header: str = "X-Internal-Service-Key",
+    model_id: str = MODEL_ID,
+    s3: dict | None = None,
+) -> Iterator[Hub]:
     """A hub replica with one trust per site (FL kit slot = the site's name) and ``model_id`` on both."""
     tmp.mkdir(parents=True, exist_ok=True)
     replica = HubReplica(tmp / "hub.sqlite", key, header=header, user_token=USER_TOKEN, s3=s3)
@@ -77,16 +82,28 @@ class Trust:
     net_id: str = "net-1"
 
     def client(self, **changes) -> TrustClient:
-        values = dict(data_access_api_url=self.data_served.url, imaging_api_url=self.imaging_served.url,
-                      net_id=self.net_id, key=SecretStr(self.key), images_dir=str(self.images), timeout=2.0,
-                      attempts=2, backoff=0.05)
+        values = dict(
+            data_access_api_url=self.data_served.url,
+            imaging_api_url=self.imaging_served.url,
+            net_id=self.net_id,
+            key=SecretStr(self.key),
+            images_dir=str(self.images),
+            timeout=2.0,
+            attempts=2,
+            backoff=0.05,
+        )
         values.update(changes)
         return TrustClient(**values)
 
     def site_env(self) -> dict[str, str]:
         """The site's trust variables (a FLIP_SITE_ENV entry)."""
-        return {"DATA_ACCESS_API_URL": self.data_served.url, "IMAGING_API_URL": self.imaging_served.url,
-                "NET_ID": self.net_id, "TRUST_INTERNAL_SERVICE_KEY": self.key, "IMAGES_DIR": str(self.images)}
+        return {
+            "DATA_ACCESS_API_URL": self.data_served.url,
+            "IMAGING_API_URL": self.imaging_served.url,
+            "NET_ID": self.net_id,
+            "TRUST_INTERNAL_SERVICE_KEY": self.key,
+            "IMAGES_DIR": str(self.images),
+        }
 
 
 def digits_cohort(prefix: str, start: int, count: int) -> tuple[list[tuple[str, int]], list[tuple[str, np.ndarray]]]:
@@ -103,9 +120,17 @@ def digits_cohort(prefix: str, start: int, count: int) -> tuple[list[tuple[str, 
 
 
 @contextlib.contextmanager
-def running_trust(tmp: Path, name: str = "A", key: str | None = None, start: int = 0, count: int = 24,
-                  aes_key: str | None = None, project_id: str | None = None, net_id: str = "net-1",
-                  threshold: int = 10) -> Iterator[Trust]:
+def running_trust(
+    tmp: Path,
+    name: str = "A",
+    key: str | None = None,
+    start: int = 0,
+    count: int = 24,
+    aes_key: str | None = None,
+    project_id: str | None = None,
+    net_id: str = "net-1",
+    threshold: int = 10,
+) -> Iterator[Trust]:
     """A trust with ``count`` accessions (real DICOM files, labels in an OMOP-shaped SQLite database)."""
     tmp.mkdir(parents=True, exist_ok=True)
     key = key or f"trust-{name}-key"
@@ -118,8 +143,18 @@ def running_trust(tmp: Path, name: str = "A", key: str | None = None, start: int
     imaging = ImagingReplica(tmp / "images", store, key, aes_key)
     (tmp / "images").mkdir(exist_ok=True)
     with Served(data.app, f"data-access-{name}") as data_served, Served(imaging.app, f"imaging-{name}") as img_served:
-        yield Trust(data, imaging, data_served, img_served, key, tmp / "images", project_id,
-                    encrypt_project_id(project_id, aes_key), cohort, net_id)
+        yield Trust(
+            data,
+            imaging,
+            data_served,
+            img_served,
+            key,
+            tmp / "images",
+            project_id,
+            encrypt_project_id(project_id, aes_key),
+            cohort,
+            net_id,
+        )
 
 
 @pytest.fixture
@@ -134,5 +169,17 @@ def trust(tmp_path) -> Iterator[Trust]:
         yield running
 
 
-__all__ = ["COHORT_QUERY", "HUB_KEY", "MODEL_ID", "SITES", "USER_TOKEN", "Hub", "Trust", "digits_cohort", "hub",
-           "running_hub", "running_trust", "trust"]
+__all__ = [
+    "COHORT_QUERY",
+    "HUB_KEY",
+    "MODEL_ID",
+    "SITES",
+    "USER_TOKEN",
+    "Hub",
+    "Trust",
+    "digits_cohort",
+    "hub",
+    "running_hub",
+    "running_trust",
+    "trust",
+]

@@ -54,9 +54,12 @@ _AUDITED = {"PREPARED", "RUNNING", "RESULTS_UPLOADED"}
 _FAILED = {"ERROR", "STOPPED", "RESULTS_UPLOAD_FAILED"}
 # the replica's own sentences for the model-level log row a status change writes
 _SENTENCES = {
-    "ERROR": "The model's job failed.", "STOPPED": "The model's job was stopped.",
-    "INITIATED": "The model left the queue and is being set up.", "PREPARED": "The model's job is ready to start.",
-    "RUNNING": "The model's job is running.", "RESULTS_UPLOADED": "The model's results are ready to download.",
+    "ERROR": "The model's job failed.",
+    "STOPPED": "The model's job was stopped.",
+    "INITIATED": "The model left the queue and is being set up.",
+    "PREPARED": "The model's job is ready to start.",
+    "RUNNING": "The model's job is running.",
+    "RESULTS_UPLOADED": "The model's results are ready to download.",
     "RESULTS_UPLOAD_FAILED": "The model's job finished but its results could not be uploaded.",
 }
 
@@ -149,8 +152,14 @@ class HubReplica:
         s3: for the results listing: ``{"bucket_url": "s3://<bucket>", "endpoint": ..., "key": ..., "secret": ...}``.
     """
 
-    def __init__(self, db_path: Path, internal_key: str | None, header: str = "X-Internal-Service-Key",
-                 user_token: str = "user-token", s3: dict | None = None):
+    def __init__(
+        self,
+        db_path: Path,
+        internal_key: str | None,
+        header: str = "X-Internal-Service-Key",
+        user_token: str = "user-token",
+        s3: dict | None = None,
+    ):
         self.db_path = Path(db_path)
         self.key_hash = hashlib.sha256(internal_key.encode()).hexdigest() if internal_key else ""
         self.header = header
@@ -182,14 +191,18 @@ class HubReplica:
 
     def add_model(self, model_id: str, trust_ids: list[str], name: str = "model", status: str = "PENDING") -> None:
         with self._lock, self.db() as db:
-            db.execute("INSERT INTO model (id, name, project_id, status, creation_timestamp) VALUES (?, ?, ?, ?, ?)",
-                       (model_id, name, str(uuid.uuid4()), status, _now()))
+            db.execute(
+                "INSERT INTO model (id, name, project_id, status, creation_timestamp) VALUES (?, ?, ?, ?, ?)",
+                (model_id, name, str(uuid.uuid4()), status, _now()),
+            )
             for trust_id in trust_ids:
                 db.execute("INSERT INTO model_trust_intersect (model_id, trust_id) VALUES (?, ?)", (model_id, trust_id))
 
     def statuses(self, model_id: str) -> list[str]:
-        return [r["status"] for r in self.query("SELECT status FROM status_history WHERE model_id = ? ORDER BY seq",
-                                                model_id)]
+        return [
+            r["status"]
+            for r in self.query("SELECT status FROM status_history WHERE model_id = ? ORDER BY seq", model_id)
+        ]
 
     def metrics(self, model_id: str) -> list[dict]:
         return self.query("SELECT * FROM fl_metrics WHERE model_id = ? ORDER BY id", model_id)
@@ -205,23 +218,48 @@ class HubReplica:
 
     def _resolve(self, db: sqlite3.Connection, model_id: str, client: str) -> tuple[str | None, str | None]:
         """(trust id, None) or (None, FLIP's reason it cannot be attributed)."""
-        row = db.execute("SELECT t.id, t.name FROM fl_kit_slot s JOIN trust t ON t.id = s.assigned_to_trust_id "
-                         "WHERE s.slot_name = ?", (client,)).fetchone()
+        row = db.execute(
+            "SELECT t.id, t.name FROM fl_kit_slot s JOIN trust t ON t.id = s.assigned_to_trust_id "
+            "WHERE s.slot_name = ?",
+            (client,),
+        ).fetchone()
         if row is None:
             return None, f"FL client '{client}' could not be resolved to a trust (model: {model_id})"
-        on_model = db.execute("SELECT 1 FROM model_trust_intersect WHERE model_id = ? AND trust_id = ?",
-                              (model_id, row["id"])).fetchone()
+        on_model = db.execute(
+            "SELECT 1 FROM model_trust_intersect WHERE model_id = ? AND trust_id = ?", (model_id, row["id"])
+        ).fetchone()
         if on_model is None:
             return None, f"The trust: {row['name']} is not associated with model: {model_id}"
         return row["id"], None
 
-    def _add_log(self, db, model_id: str, text: str | None, success: bool, trust: str | None = None,
-                 client: str | None = None, event: str | None = None, round_: int | None = None,
-                 details: dict | None = None) -> None:
-        db.execute("INSERT INTO fl_logs (id, model_id, log_date, success, trust, fl_client_name, log, event_type, "
-                   "global_round, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (str(uuid.uuid4()), model_id, _now(), int(success), trust, client, text, event, round_,
-                    json.dumps(details) if details is not None else None))
+    def _add_log(
+        self,
+        db,
+        model_id: str,
+        text: str | None,
+        success: bool,
+        trust: str | None = None,
+        client: str | None = None,
+        event: str | None = None,
+        round_: int | None = None,
+        details: dict | None = None,
+    ) -> None:
+        db.execute(
+            "INSERT INTO fl_logs (id, model_id, log_date, success, trust, fl_client_name, log, event_type, "
+            "global_round, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                str(uuid.uuid4()),
+                model_id,
+                _now(),
+                int(success),
+                trust,
+                client,
+                text,
+                event,
+                round_,
+                json.dumps(details) if details is not None else None,
+            ),
+        )
 
     # -- the app --------------------------------------------------------------------------------------------
     def _build(self) -> FastAPI:
@@ -234,8 +272,10 @@ class HubReplica:
         async def record_and_fault(request: Request, call_next):
             body = await request.body()
             with hub.db() as db:
-                db.execute("INSERT INTO requests (method, path, headers, body, at) VALUES (?, ?, ?, ?, ?)",
-                           (request.method, request.url.path, json.dumps(dict(request.headers)), body, _now()))
+                db.execute(
+                    "INSERT INTO requests (method, path, headers, body, at) VALUES (?, ?, ?, ?, ?)",
+                    (request.method, request.url.path, json.dumps(dict(request.headers)), body, _now()),
+                )
             faults = hub.faults
             with hub._lock:
                 fail = faults.fail > 0
@@ -283,11 +323,14 @@ class HubReplica:
                     return {"success": "status set"}
                 changed = row["status"] != new
                 db.execute("UPDATE model SET status = ? WHERE id = ?", (new, str(model_id)))
-                db.execute("INSERT INTO status_history (model_id, status, at) VALUES (?, ?, ?)",
-                           (str(model_id), new, _now()))
+                db.execute(
+                    "INSERT INTO status_history (model_id, status, at) VALUES (?, ?, ?)", (str(model_id), new, _now())
+                )
                 if changed and new in _AUDITED:
-                    db.execute("INSERT INTO models_audit (model_id, action, audit_date) VALUES (?, ?, ?)",
-                               (str(model_id), new, _now()))
+                    db.execute(
+                        "INSERT INTO models_audit (model_id, action, audit_date) VALUES (?, ?, ?)",
+                        (str(model_id), new, _now()),
+                    )
                 if new in _SENTENCES:  # FLIP writes no sentence for PENDING
                     hub._add_log(db, str(model_id), _SENTENCES[new], success=new not in _FAILED)
             return {"success": "status set"}
@@ -298,10 +341,21 @@ class HubReplica:
                 trust, why = hub._resolve(db, str(model_id), body.fl_client_name)
                 if trust is None:
                     raise HTTPException(400, why)
-                db.execute("INSERT INTO fl_metrics (trust, fl_client_name, model_id, global_round, x_value, x_label, "
-                           "timestamp, label, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (trust, body.fl_client_name, str(model_id), body.global_round, body.x_value, body.x_label,
-                            _now(), body.label, body.result))
+                db.execute(
+                    "INSERT INTO fl_metrics (trust, fl_client_name, model_id, global_round, x_value, x_label, "
+                    "timestamp, label, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        trust,
+                        body.fl_client_name,
+                        str(model_id),
+                        body.global_round,
+                        body.x_value,
+                        body.x_label,
+                        _now(),
+                        body.label,
+                        body.result,
+                    ),
+                )
             return Response(status_code=204)
 
         @app.post(f"{API}/model/{{model_id}}/logs", dependencies=[Depends(internal)])
@@ -316,8 +370,17 @@ class HubReplica:
                                 text = f"[unattributed client '{body.fl_client_name}' — {why}] {body.log}"
                             else:
                                 raise HTTPException(400, why)
-                    hub._add_log(db, str(model_id), text, body.success, trust, body.fl_client_name, body.event_type,
-                                 body.global_round, body.details)
+                    hub._add_log(
+                        db,
+                        str(model_id),
+                        text,
+                        body.success,
+                        trust,
+                        body.fl_client_name,
+                        body.event_type,
+                        body.global_round,
+                        body.details,
+                    )
             except sqlite3.IntegrityError:
                 raise HTTPException(500, "An internal server error occurred while adding the log.") from None
             return {"detail": "Created"}
@@ -333,41 +396,76 @@ class HubReplica:
         def retrieve_model(model_id: uuid.UUID) -> dict:
             with hub.db() as db:
                 row = model_row(db, model_id)
-                dates = {a["action"]: a["d"] for a in db.execute(
-                    "SELECT action, MAX(audit_date) AS d FROM models_audit WHERE model_id = ? GROUP BY action",
-                    (str(model_id),))}
-            return {"modelId": row["id"], "modelName": row["name"], "modelDescription": row["description"],
-                    "projectId": row["project_id"], "status": row["status"], "query": None, "files": [],
-                    "creationTimestamp": row["creation_timestamp"], "preparedAt": dates.get("PREPARED"),
-                    "trainingStartedAt": dates.get("RUNNING"), "resultsUploadedAt": dates.get("RESULTS_UPLOADED")}
+                dates = {
+                    a["action"]: a["d"]
+                    for a in db.execute(
+                        "SELECT action, MAX(audit_date) AS d FROM models_audit WHERE model_id = ? GROUP BY action",
+                        (str(model_id),),
+                    )
+                }
+            return {
+                "modelId": row["id"],
+                "modelName": row["name"],
+                "modelDescription": row["description"],
+                "projectId": row["project_id"],
+                "status": row["status"],
+                "query": None,
+                "files": [],
+                "creationTimestamp": row["creation_timestamp"],
+                "preparedAt": dates.get("PREPARED"),
+                "trainingStartedAt": dates.get("RUNNING"),
+                "resultsUploadedAt": dates.get("RESULTS_UPLOADED"),
+            }
 
         @app.get(f"{API}/model/{{model_id}}/metrics", dependencies=[Depends(user)])
         def get_metrics(model_id: uuid.UUID) -> list:
             with hub.db() as db:
                 model_row(db, model_id)
-                rows = db.execute("SELECT m.*, t.name AS trust_name, t.code AS trust_code FROM fl_metrics m "
-                                  "LEFT JOIN trust t ON t.id = m.trust WHERE m.model_id = ? ORDER BY m.id",
-                                  (str(model_id),)).fetchall()
+                rows = db.execute(
+                    "SELECT m.*, t.name AS trust_name, t.code AS trust_code FROM fl_metrics m "
+                    "LEFT JOIN trust t ON t.id = m.trust WHERE m.model_id = ? ORDER BY m.id",
+                    (str(model_id),),
+                ).fetchall()
             charts: dict[tuple, dict[str, list]] = {}
             for r in rows:
                 series = charts.setdefault((r["label"], r["x_label"]), {})
                 series.setdefault(r["trust_code"] or r["trust_name"] or "?", []).append(
-                    {"xValue": r["x_value"], "yValue": r["result"]})
-            return [{"yLabel": label, "xLabel": x_label,
-                     "metrics": [{"seriesLabel": name, "data": sorted(points, key=lambda p: p["xValue"])}
-                                 for name, points in series.items()]}
-                    for (label, x_label), series in charts.items()]
+                    {"xValue": r["x_value"], "yValue": r["result"]}
+                )
+            return [
+                {
+                    "yLabel": label,
+                    "xLabel": x_label,
+                    "metrics": [
+                        {"seriesLabel": name, "data": sorted(points, key=lambda p: p["xValue"])}
+                        for name, points in series.items()
+                    ],
+                }
+                for (label, x_label), series in charts.items()
+            ]
 
         @app.get(f"{API}/model/{{model_id}}/logs", dependencies=[Depends(user)])
         def get_logs(model_id: uuid.UUID) -> list:
             with hub.db() as db:
                 model_row(db, model_id)
-                rows = db.execute("SELECT l.*, t.name AS trust_name, t.code AS trust_code FROM fl_logs l "
-                                  "LEFT JOIN trust t ON t.id = l.trust WHERE l.model_id = ? ORDER BY l.seq",
-                                  (str(model_id),)).fetchall()
-            return [{"id": r["id"], "modelId": r["model_id"], "logDate": r["log_date"], "success": bool(r["success"]),
-                     "trustName": r["trust_name"], "trustCode": r["trust_code"], "globalRound": r["global_round"],
-                     "log": r["log"] if r["log"] is not None else _render(r)} for r in rows]
+                rows = db.execute(
+                    "SELECT l.*, t.name AS trust_name, t.code AS trust_code FROM fl_logs l "
+                    "LEFT JOIN trust t ON t.id = l.trust WHERE l.model_id = ? ORDER BY l.seq",
+                    (str(model_id),),
+                ).fetchall()
+            return [
+                {
+                    "id": r["id"],
+                    "modelId": r["model_id"],
+                    "logDate": r["log_date"],
+                    "success": bool(r["success"]),
+                    "trustName": r["trust_name"],
+                    "trustCode": r["trust_code"],
+                    "globalRound": r["global_round"],
+                    "log": r["log"] if r["log"] is not None else _render(r),
+                }
+                for r in rows
+            ]
 
         @app.get(f"{API}/files/model/{{model_id}}/fl/results", dependencies=[Depends(user)])
         def fl_results(model_id: uuid.UUID) -> list:
@@ -377,13 +475,20 @@ class HubReplica:
                 raise HTTPException(500, "An error occurred when finding the result data")
             import boto3
 
-            bucket, _, prefix = hub.s3["bucket_url"][len("s3://"):].partition("/")
+            bucket, _, prefix = hub.s3["bucket_url"][len("s3://") :].partition("/")
             key_prefix = "/".join(p for p in (prefix.strip("/"), str(model_id)) if p)
-            client = boto3.client("s3", endpoint_url=hub.s3["endpoint"], aws_access_key_id=hub.s3["key"],
-                                  aws_secret_access_key=hub.s3["secret"], region_name="us-east-1")
+            client = boto3.client(
+                "s3",
+                endpoint_url=hub.s3["endpoint"],
+                aws_access_key_id=hub.s3["key"],
+                aws_secret_access_key=hub.s3["secret"],
+                region_name="us-east-1",
+            )
             listed = client.list_objects_v2(Bucket=bucket, Prefix=key_prefix)
-            return [client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": o["Key"]},
-                                                  ExpiresIn=3600) for o in listed.get("Contents", [])]
+            return [
+                client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": o["Key"]}, ExpiresIn=3600)
+                for o in listed.get("Contents", [])
+            ]
 
         return app
 

@@ -39,27 +39,47 @@ def test_replica_checks_the_key_before_path_and_body(hub):
     status_path = f"/api/model/{MODEL_ID}/status/RUNNING"
     assert raw(hub, "PUT", status_path) == (401, {"detail": "Not authenticated: internal service key is missing."})
     assert raw(hub, "PUT", "/api/model/not-a-uuid/status/NOPE", headers={"X-Internal-Service-Key": "x"}) == (
-        401, {"detail": "Invalid internal service key."})
+        401,
+        {"detail": "Invalid internal service key."},
+    )
     key = {"X-Internal-Service-Key": HUB_KEY}
     assert raw(hub, "PUT", "/api/model/not-a-uuid/status/RUNNING", headers=key)[0] == 422
     assert raw(hub, "PUT", f"/api/model/{MODEL_ID}/status/TRAINING_STARTED", headers=key)[0] == 422  # renamed
     other = "11111111-2222-3333-4444-555555555555"
     assert raw(hub, "PUT", f"/api/model/{other}/status/RUNNING", headers=key) == (
-        404, {"detail": f"Model ID: {other} does not exist"})
+        404,
+        {"detail": f"Model ID: {other} does not exist"},
+    )
     assert raw(hub, "POST", f"/api/model/{MODEL_ID}/metrics", {"label": "x"}, key)[0] == 422
-    assert raw(hub, "POST", f"/api/model/{MODEL_ID}/logs", {"log": "a", "event_type": "ROUND_STARTED",
-                                                            "global_round": 1}, key)[0] == 422
+    assert (
+        raw(
+            hub,
+            "POST",
+            f"/api/model/{MODEL_ID}/logs",
+            {"log": "a", "event_type": "ROUND_STARTED", "global_round": 1},
+            key,
+        )[0]
+        == 422
+    )
     assert raw(hub, "POST", f"/api/model/{MODEL_ID}/logs", {"event_type": "ROUND_STARTED"}, key)[0] == 422
-    assert raw(hub, "POST", f"/api/model/{other}/metrics", {"fl_client_name": "site-1", "global_round": 1,
-                                                             "label": "loss", "result": 1.0}, key)[0] == 400
+    assert (
+        raw(
+            hub,
+            "POST",
+            f"/api/model/{other}/metrics",
+            {"fl_client_name": "site-1", "global_round": 1, "label": "loss", "result": 1.0},
+            key,
+        )[0]
+        == 400
+    )
     assert hub.replica.statuses(MODEL_ID) == []
 
 
 def test_replica_without_a_configured_key_refuses_everything(tmp_path):
     with running_hub(tmp_path, key=None) as unconfigured:
-        assert raw(unconfigured, "PUT", f"/api/model/{MODEL_ID}/status/RUNNING",
-                   headers={"X-Internal-Service-Key": "anything"}) == (
-            401, {"detail": "Internal service auth not configured."})
+        assert raw(
+            unconfigured, "PUT", f"/api/model/{MODEL_ID}/status/RUNNING", headers={"X-Internal-Service-Key": "anything"}
+        ) == (401, {"detail": "Internal service auth not configured."})
 
 
 # -- our lifecycle on FLIP's wire ------------------------------------------------------------------------------------
@@ -70,7 +90,8 @@ def test_statuses_reach_the_hub_by_flips_names(hub):
     assert hub.replica.statuses(MODEL_ID) == ["INITIATED", "PREPARED", "RUNNING", "RESULTS_UPLOADED"]
     sent = hub.replica.requests()
     assert [(r["method"], r["path"]) for r in sent] == [
-        ("PUT", f"/api/model/{MODEL_ID}/status/{s}") for s in ("INITIATED", "PREPARED", "RUNNING", "RESULTS_UPLOADED")]
+        ("PUT", f"/api/model/{MODEL_ID}/status/{s}") for s in ("INITIATED", "PREPARED", "RUNNING", "RESULTS_UPLOADED")
+    ]
     for r in sent:
         headers = json.loads(r["headers"])
         assert headers["x-internal-service-key"] == HUB_KEY and "authorization" not in headers and r["body"] == b""
@@ -90,10 +111,13 @@ def test_metrics_one_request_per_label_and_not_the_mean(hub):
     p.report_metrics(MODEL_ID, "job-1", 2, "site-1", {"num_samples": 120, "loss": 0.52, "accuracy": 0.91})
     p.report_metrics(MODEL_ID, "job-1", 2, "global", {"loss": 0.5})  # FLIP's hub has no such client
     rows = hub.replica.metrics(MODEL_ID)
-    assert [(r["fl_client_name"], r["global_round"], r["label"], r["result"], r["x_value"], r["x_label"])
-            for r in rows] == [("site-1", 2, "num_samples", 120.0, 2.0, "Global Round"),
-                               ("site-1", 2, "loss", 0.52, 2.0, "Global Round"),
-                               ("site-1", 2, "accuracy", 0.91, 2.0, "Global Round")]
+    assert [
+        (r["fl_client_name"], r["global_round"], r["label"], r["result"], r["x_value"], r["x_label"]) for r in rows
+    ] == [
+        ("site-1", 2, "num_samples", 120.0, 2.0, "Global Round"),
+        ("site-1", 2, "loss", 0.52, 2.0, "Global Round"),
+        ("site-1", 2, "accuracy", 0.91, 2.0, "Global Round"),
+    ]
     assert {r["trust"] for r in rows} == {hub.trusts["site-1"]}
     bodies = [json.loads(r["body"]) for r in hub.replica.requests()]
     assert bodies[0] == {"fl_client_name": "site-1", "global_round": 2, "label": "num_samples", "result": 120.0}
@@ -106,14 +130,20 @@ def test_round_events_and_site_failures_are_training_logs(hub):
     p.report_event(MODEL_ID, "job-1", FLLogEvent.ROUND_AGGREGATED, 1, details={"returned": 1, "expected": 2})
     p.report_failure(MODEL_ID, "job-1", "site-1", "train failed: trainer.py raised KeyError")
     logs = hub.replica.logs(MODEL_ID)
-    assert [(r["event_type"], r["global_round"], r["fl_client_name"], r["trust"], r["details"], r["log"],
-             r["success"]) for r in logs] == [
+    assert [
+        (r["event_type"], r["global_round"], r["fl_client_name"], r["trust"], r["details"], r["log"], r["success"])
+        for r in logs
+    ] == [
         ("ROUND_STARTED", 1, None, None, {"total_rounds": 2}, None, 1),
         ("CLIENT_RESULT_RECEIVED", 1, "site-2", hub.trusts["site-2"], None, None, 1),
         ("ROUND_AGGREGATED", 1, None, None, {"returned": 1, "expected": 2}, None, 1),
-        (None, None, "site-1", hub.trusts["site-1"], None, "train failed: trainer.py raised KeyError", 0)]
-    with pytest.raises(PlatformError, match=r"not sent to the hub .*global_round of a ROUND_STARTED event must be "
-                                            r"an integer from 1"):
+        (None, None, "site-1", hub.trusts["site-1"], None, "train failed: trainer.py raised KeyError", 0),
+    ]
+    with pytest.raises(
+        PlatformError,
+        match=r"not sent to the hub .*global_round of a ROUND_STARTED event must be "
+        r"an integer from 1",
+    ):
         p.report_event(MODEL_ID, "job-1", FLLogEvent.ROUND_STARTED, 0)
     with pytest.raises(PlatformError, match=r"event_type must be one of"):
         p.report_event(MODEL_ID, "job-1", FLLogEvent.QUEUE_POSITION, 1)
@@ -129,7 +159,8 @@ def test_flips_own_hub_calls_send_flips_shapes(hub, caplog):
     p.send_event(MODEL_ID, "ROUND_STARTED", 1, details={"total_rounds": 3})
     assert hub.replica.statuses(MODEL_ID) == ["RESULTS_UPLOAD_FAILED", "RUNNING"]
     assert [(m["label"], m["result"], m["global_round"]) for m in hub.replica.metrics(MODEL_ID)] == [
-        ("DL_RESULT", 0.75, 3)]
+        ("DL_RESULT", 0.75, 3)
+    ]
     logs = [r for r in hub.replica.logs(MODEL_ID) if r["fl_client_name"] == "site-2"]
     assert logs[0]["log"] == "KeyError: 'label'" and logs[0]["success"] == 0  # no trace, no path
     assert "PATIENT-1" not in json.dumps(hub.replica.logs(MODEL_ID))
@@ -159,8 +190,11 @@ def test_the_key_can_come_from_a_file_only_the_server_reads(hub, tmp_path):
 
 def test_an_unknown_model_is_named(hub):
     other = "11111111-2222-3333-4444-555555555555"
-    with pytest.raises(PlatformError, match=rf"hub rejected PUT /api/model/{other}/status/PREPARED \(HTTP 404: the "
-                                            r"hub has no such model\)"):
+    with pytest.raises(
+        PlatformError,
+        match=rf"hub rejected PUT /api/model/{other}/status/PREPARED \(HTTP 404: the "
+        r"hub has no such model\)",
+    ):
         hub.platform().report_status(other, "job-1", RunStatus.PREPARED)
 
 
@@ -204,10 +238,13 @@ def test_flip_status_reads_statuses_metrics_and_failures_from_the_hub(hub, monke
     p.report_failure(MODEL_ID, "job-1", "site-2", "validate failed: validator.py raised KeyError")
     p.report_status(MODEL_ID, "job-1", RunStatus.RESULTS_UPLOADED)
     assert [s["status"] for s in p.read_statuses(MODEL_ID)] == ["PENDING", "PREPARED", "RUNNING", "RESULTS_UPLOADED"]
-    assert {(m["round"], m["site"]) for m in p.read_metrics(MODEL_ID)} == {(r, f"T{s}") for r in (1, 2)
-                                                                           for s in (1, 2)}
-    for var, value in {"FLIP_ENV": "prod", "FLIP_API_INTERNAL_URL": hub.url, "FLIP_HUB_USER_TOKEN": USER_TOKEN,
-                       "FLIP_LOCAL_DIR": str(hub.tmp / "server")}.items():
+    assert {(m["round"], m["site"]) for m in p.read_metrics(MODEL_ID)} == {(r, f"T{s}") for r in (1, 2) for s in (1, 2)}
+    for var, value in {
+        "FLIP_ENV": "prod",
+        "FLIP_API_INTERNAL_URL": hub.url,
+        "FLIP_HUB_USER_TOKEN": USER_TOKEN,
+        "FLIP_LOCAL_DIR": str(hub.tmp / "server"),
+    }.items():
         monkeypatch.setenv(var, value)
     assert flip_cli(["status", MODEL_ID]) == 0
     out = capsys.readouterr().out
@@ -224,14 +261,22 @@ def test_an_undelivered_final_status_is_recorded_shown_and_resent(hub, monkeypat
     hub.replica.faults.reject_status = {"RESULTS_UPLOADED"}
     p = hub.platform(attempts=2)
     p.report_status(MODEL_ID, "job-1", RunStatus.TRAINING_STARTED)
-    with pytest.raises(StatusNotDelivered, match=r"hub unreachable after 2 attempts \(HTTP 500\).*final status "
-                                                 r"RESULTS_UPLOADED recorded in .*hub_outbox.json") as err:
+    with pytest.raises(
+        StatusNotDelivered,
+        match=r"hub unreachable after 2 attempts \(HTTP 500\).*final status "
+        r"RESULTS_UPLOADED recorded in .*hub_outbox.json",
+    ) as err:
         p.report_status(MODEL_ID, "job-1", RunStatus.RESULTS_UPLOADED)
     assert err.value.recorded == hub.tmp / "server" / "hub_outbox.json"
     assert [(r["run_id"], r["status"]) for r in p.undelivered(MODEL_ID)] == [("job-1", "RESULTS_UPLOADED")]
-    for var, value in {"FLIP_ENV": "prod", "FLIP_API_INTERNAL_URL": hub.url, "FLIP_HUB_USER_TOKEN": USER_TOKEN,
-                       "INTERNAL_SERVICE_KEY": HUB_KEY, "FLIP_LOCAL_DIR": str(hub.tmp / "server"),
-                       "FLIP_HUB_RETRIES": "1"}.items():
+    for var, value in {
+        "FLIP_ENV": "prod",
+        "FLIP_API_INTERNAL_URL": hub.url,
+        "FLIP_HUB_USER_TOKEN": USER_TOKEN,
+        "INTERNAL_SERVICE_KEY": HUB_KEY,
+        "FLIP_LOCAL_DIR": str(hub.tmp / "server"),
+        "FLIP_HUB_RETRIES": "1",
+    }.items():
         monkeypatch.setenv(var, value)
     assert flip_cli(["status", MODEL_ID]) == 0
     out = capsys.readouterr().out
@@ -247,8 +292,7 @@ def test_an_undelivered_final_status_is_recorded_shown_and_resent(hub, monkeypat
 
 
 def test_hub_platform_repr_and_errors_never_hold_the_keys(hub):
-    p = HubPlatform(hub.url, SecretStr(HUB_KEY), hub.tmp, user_token=SecretStr(USER_TOKEN), timeout=1.0,
-                    attempts=1)
+    p = HubPlatform(hub.url, SecretStr(HUB_KEY), hub.tmp, user_token=SecretStr(USER_TOKEN), timeout=1.0, attempts=1)
     assert HUB_KEY not in repr(p) and USER_TOKEN not in repr(p)
     with pytest.raises(PlatformError) as err:
         HubPlatform(hub.url, SecretStr("wrong"), hub.tmp, attempts=1).report_status(MODEL_ID, "j", RunStatus.PREPARED)

@@ -40,8 +40,10 @@ def test_get_by_accession_number_copies_the_dicom_files_into_the_images_folder(t
     (received,) = trust.imaging.received
     assert (received["method"], received["path"]) == ("POST", "/download/images/net-1")
     assert received["query"] == "assessor_type=scan&resource_type=DICOM"
-    assert json.loads(received["body"]) == {"encrypted_central_hub_project_id": trust.encrypted_project_id,
-                                            "accession_id": accession}
+    assert json.loads(received["body"]) == {
+        "encrypted_central_hub_project_id": trust.encrypted_project_id,
+        "accession_id": accession,
+    }
 
 
 def test_each_resource_type_is_asked_for_with_flips_parameters(trust):
@@ -49,11 +51,14 @@ def test_each_resource_type_is_asked_for_with_flips_parameters(trust):
     for resource in ("SEG", "NIFTI"):  # the replica has these too
         (trust.imaging.store / trust.project_id / accession / resource).mkdir()
         (trust.imaging.store / trust.project_id / accession / resource / f"x.{resource.lower()}").write_bytes(b"x")
-    trust.client().download_images(trust.encrypted_project_id, accession,
-                                   [ResourceType.DICOM, ResourceType.SEGMENTATION, ResourceType.NIFTI])
+    trust.client().download_images(
+        trust.encrypted_project_id, accession, [ResourceType.DICOM, ResourceType.SEGMENTATION, ResourceType.NIFTI]
+    )
     assert [r["query"] for r in trust.imaging.received] == [
-        "assessor_type=scan&resource_type=DICOM", "assessor_type=assessor&resource_type=SEG",
-        "assessor_type=scan&resource_type=NIFTI"]
+        "assessor_type=scan&resource_type=DICOM",
+        "assessor_type=assessor&resource_type=SEG",
+        "assessor_type=scan&resource_type=NIFTI",
+    ]
 
 
 def test_add_resource_uploads_files_of_the_upload_folder(trust):
@@ -62,17 +67,23 @@ def test_add_resource_uploads_files_of_the_upload_folder(trust):
     (upload / "seg.nii.gz").write_bytes(b"segmentation")
     accession = trust.cohort[0][0]
     trust.client().add_resource(trust.encrypted_project_id, accession, "1", "SEG", ["seg.nii.gz"])
-    assert (trust.imaging.store / trust.project_id / accession / "uploads" / "1" / "SEG" / "seg.nii.gz").read_bytes() \
-        == b"segmentation"
+    assert (
+        trust.imaging.store / trust.project_id / accession / "uploads" / "1" / "SEG" / "seg.nii.gz"
+    ).read_bytes() == b"segmentation"
     assert json.loads(trust.imaging.received[-1]["body"])["files"] == ["seg.nii.gz"]
 
 
 def test_a_refused_query_is_named_and_nothing_is_written(trust):
-    for query, meaning in (("DELETE FROM omop.person", "the query was refused"),
-                           ("SELECT 1; DROP TABLE omop.person", "the query was refused"),
-                           ("SELECT accession_id FROM omop.image_occurrence LIMIT 3", "the trust releases no row-level data")):
-        with pytest.raises(TrustServiceError, match=rf"data-access service rejected POST /cohort/dataframe \(HTTP "
-                                                    rf"40[03]: {meaning}"):
+    for query, meaning in (
+        ("DELETE FROM omop.person", "the query was refused"),
+        ("SELECT 1; DROP TABLE omop.person", "the query was refused"),
+        ("SELECT accession_id FROM omop.image_occurrence LIMIT 3", "the trust releases no row-level data"),
+    ):
+        with pytest.raises(
+            TrustServiceError,
+            match=rf"data-access service rejected POST /cohort/dataframe \(HTTP "
+            rf"40[03]: {meaning}",
+        ):
             trust.client().get_dataframe(trust.encrypted_project_id, query)
     assert len(trust.client().get_dataframe(trust.encrypted_project_id, COHORT_QUERY)) == len(trust.cohort)
 
@@ -86,14 +97,18 @@ def test_the_prod_platform_gives_each_simulated_site_its_own_trust(tmp_path, mon
                 flip = FLIP()
                 frame = flip.get_dataframe(own.encrypted_project_id, COHORT_QUERY)
                 assert sorted(frame["accession_id"]) == sorted(acc for acc, _ in own.cohort)
-                folder = flip.get_by_accession_number(own.encrypted_project_id, frame["accession_id"][0],
-                                                      ResourceType.DICOM)
+                folder = flip.get_by_accession_number(
+                    own.encrypted_project_id, frame["accession_id"][0], ResourceType.DICOM
+                )
                 assert folder.is_relative_to(own.images.resolve())
                 assert flip.site_images_dir(site, "job-1") == own.images.resolve() / "net-1"
         assert len(a.data.received) == len(b.data.received) == 1
         flip = FLIP()
-        with pytest.raises(SettingsError, match="FLIP_SITE_ENV gives simulated sites their own trust variables, but "
-                                                "the site this process serves is not known"):
+        with pytest.raises(
+            SettingsError,
+            match="FLIP_SITE_ENV gives simulated sites their own trust variables, but "
+            "the site this process serves is not known",
+        ):
             flip.get_dataframe(a.encrypted_project_id, COHORT_QUERY)
         for received in a.data.received + a.imaging.received + b.data.received + b.imaging.received:
             assert HUB_KEY not in json.dumps({k: v for k, v in received.items() if k != "body"})

@@ -36,8 +36,22 @@ TRUST_HEADER = "X-Trust-Internal-Service-Key"
 LABEL_CONCEPT = 1147304  # OMOP: image_feature_event_field_concept_id of an observation
 MAX_QUERY_LENGTH = 10_240
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_FUNCTIONS = {"count", "sum", "avg", "min", "max", "lower", "upper", "coalesce", "abs", "round", "length", "substr",
-              "date", "cast"}
+_FUNCTIONS = {
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "lower",
+    "upper",
+    "coalesce",
+    "abs",
+    "round",
+    "length",
+    "substr",
+    "date",
+    "cast",
+}
 
 
 @dataclass
@@ -102,7 +116,8 @@ COHORT_QUERY = (
     "FROM omop.image_occurrence io "
     "JOIN omop.image_feature f ON f.image_occurrence_id = io.image_occurrence_id "
     f"JOIN omop.observation o ON o.observation_id = f.image_feature_event_id "
-    f"WHERE f.image_feature_event_field_concept_id = {LABEL_CONCEPT} ORDER BY io.accession_id")
+    f"WHERE f.image_feature_event_field_concept_id = {LABEL_CONCEPT} ORDER BY io.accession_id"
+)
 
 
 def write_dicom(path: Path, pixels: np.ndarray, accession_id: str) -> Path:
@@ -143,8 +158,15 @@ class _TrustService:
         async def record_and_fault(request: Request, call_next):
             body = await request.body()
             with service._lock:
-                service.received.append({"method": request.method, "path": request.url.path,
-                                         "query": request.url.query, "headers": dict(request.headers), "body": body})
+                service.received.append(
+                    {
+                        "method": request.method,
+                        "path": request.url.path,
+                        "query": request.url.query,
+                        "headers": dict(request.headers),
+                        "body": body,
+                    }
+                )
                 fail = service.faults.fail > 0
                 service.faults.fail -= fail
             if fail:
@@ -164,6 +186,7 @@ class _TrustService:
                         part = min(1 << 20, size - sent)
                         sent += part
                         yield b" " * part
+
                 return StreamingResponse(chunks(), media_type="application/json")
             return await call_next(request)
 
@@ -184,6 +207,7 @@ class _TrustService:
                 raise HTTPException(401, "Trust-internal service auth not configured.")
             if not hmac.compare_digest(key.encode(), service.key.encode()):
                 raise HTTPException(401, "Invalid trust-internal service key.")
+
         return check
 
     def project(self, token: str) -> str:
@@ -196,8 +220,7 @@ class _TrustService:
 class DataAccessReplica(_TrustService):
     """FLIP's data-access service: ``POST /cohort/dataframe`` runs the query against ``db_path`` (read-only)."""
 
-    def __init__(self, db_path: Path, key: str | None, aes_key: str, header: str = TRUST_HEADER,
-                 threshold: int = 10):
+    def __init__(self, db_path: Path, key: str | None, aes_key: str, header: str = TRUST_HEADER, threshold: int = 10):
         super().__init__(key, aes_key, header)
         self.db_path, self.threshold = Path(db_path), threshold
         self.app = self._build()
@@ -221,8 +244,11 @@ class DataAccessReplica(_TrustService):
                 return sqlite3.SQLITE_DENY
             if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _FUNCTIONS:
                 return sqlite3.SQLITE_OK
-            denied.append("Data-modifying statements are not allowed." if action in _WRITES else
-                          f"The query uses something that is not allowed (action {action}, {arg1 or arg2}).")
+            denied.append(
+                "Data-modifying statements are not allowed."
+                if action in _WRITES
+                else f"The query uses something that is not allowed (action {action}, {arg1 or arg2})."
+            )
             return sqlite3.SQLITE_DENY
 
         conn = sqlite3.connect(":memory:", uri=True)
@@ -263,9 +289,18 @@ class DataAccessReplica(_TrustService):
         return app
 
 
-_WRITES = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_CREATE_TABLE,
-           sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH, sqlite3.SQLITE_PRAGMA,
-           sqlite3.SQLITE_ALTER_TABLE, sqlite3.SQLITE_TRANSACTION}
+_WRITES = {
+    sqlite3.SQLITE_INSERT,
+    sqlite3.SQLITE_UPDATE,
+    sqlite3.SQLITE_DELETE,
+    sqlite3.SQLITE_CREATE_TABLE,
+    sqlite3.SQLITE_DROP_TABLE,
+    sqlite3.SQLITE_ATTACH,
+    sqlite3.SQLITE_DETACH,
+    sqlite3.SQLITE_PRAGMA,
+    sqlite3.SQLITE_ALTER_TABLE,
+    sqlite3.SQLITE_TRANSACTION,
+}
 
 
 class ImagingReplica(_TrustService):
@@ -284,14 +319,22 @@ class ImagingReplica(_TrustService):
         service = self
 
         @app.post("/download/images/{net_id}", dependencies=[Depends(self.auth())])
-        def download(net_id: str, body: DownloadImagesRequestData, assessor_type: str = "scan",
-                     resource_type: str = "NIFTI", force_refresh: bool = False) -> dict:
+        def download(
+            net_id: str,
+            body: DownloadImagesRequestData,
+            assessor_type: str = "scan",
+            resource_type: str = "NIFTI",
+            force_refresh: bool = False,
+        ) -> dict:
             try:
                 project = service.project(body.encrypted_central_hub_project_id)
             except RuntimeError as exc:
                 raise HTTPException(500, "Failed to decrypt Central Hub Project ID: undecryptable") from exc
-            for what, value in (("net_id", net_id), ("accession_id", body.accession_id),
-                                ("resource_type", resource_type)):
+            for what, value in (
+                ("net_id", net_id),
+                ("accession_id", body.accession_id),
+                ("resource_type", resource_type),
+            ):
                 if not _SAFE.fullmatch(value) or value in (".", ".."):
                     raise HTTPException(400, f"Invalid download request: {what} escapes the download folder")
             if assessor_type not in ("scan", "assessor"):
@@ -337,8 +380,10 @@ class ImagingReplica(_TrustService):
                     raise HTTPException(500, "Failed to upload files")
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(local, target / local.name)
-                urls.append(f"/data/experiments/{body.accession_id}/scans/{body.scan_id}/resources/"
-                            f"{body.resource_id}/files/{local.name}?inbody=true")
+                urls.append(
+                    f"/data/experiments/{body.accession_id}/scans/{body.scan_id}/resources/"
+                    f"{body.resource_id}/files/{local.name}?inbody=true"
+                )
             return urls
 
         return app

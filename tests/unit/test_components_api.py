@@ -22,10 +22,20 @@ EMPTY = inspect.Parameter.empty
 SPEC = {
     "CleanupImages": (Executor, {}),
     "PercentilePrivacy": (DXOFilter, {"percentile": 10, "gamma": 0.01, "data_kinds": None, "off": False}),
-    "ValidationJsonGenerator": (FLComponent, {"results_dir": "cross_site_val", "json_file_name": "cross_val_results.json"}),
+    "ValidationJsonGenerator": (
+        FLComponent,
+        {"results_dir": "cross_site_val", "json_file_name": "cross_val_results.json"},
+    ),
     "ClientEventHandler": (FLComponent, {}),
-    "ServerEventHandler": (FLComponent, {"model_id": "", "validation_json_generator_id": "json_generator",
-                                         "persist_and_cleanup_id": "persist_and_cleanup", "flip": None}),
+    "ServerEventHandler": (
+        FLComponent,
+        {
+            "model_id": "",
+            "validation_json_generator_id": "json_generator",
+            "persist_and_cleanup_id": "persist_and_cleanup",
+            "flip": None,
+        },
+    ),
     "PersistToS3AndCleanup": (FLComponent, {"model_id": EMPTY, "persistor_id": "persistor", "flip": None}),
     "PTModelLocator": (ModelLocator, {"exclude_vars": None, "model": None}),
 }
@@ -82,8 +92,15 @@ def test_server_event_handler_attributes():
 
 def test_persist_attributes_and_methods():
     persist = components.PersistToS3AndCleanup(model_id=MODEL_ID)
-    assert (persist.model_id, persist.persistor_id, persist.model_persistor, persist.model_inventory,
-            persist.model_dir, persist.bucket_name, persist.flip) == (MODEL_ID, "persistor", None, {}, "", "", None)
+    assert (
+        persist.model_id,
+        persist.persistor_id,
+        persist.model_persistor,
+        persist.model_inventory,
+        persist.model_dir,
+        persist.bucket_name,
+        persist.flip,
+    ) == (MODEL_ID, "persistor", None, {}, "", "", None)
     for method in ("execute", "upload_results_to_s3_bucket", "cleanup"):  # SPEC: method(fl_ctx); the rest optional
         params = list(inspect.signature(getattr(persist, method)).parameters.values())
         assert params[0].name == "fl_ctx"

@@ -21,8 +21,24 @@ from tests.replicas.fixtures import HUB_KEY, running_hub
 def project(tmp_path_factory):
     out = tmp_path_factory.mktemp("kits")
     fed, admin = free_ports(2)
-    assert flip_cli(["provision", "--sites", "hospital-a,hospital-b", "--server", "localhost", "--fed-port", str(fed),
-                     "--admin-port", str(admin), "--out", str(out)]) == 0
+    assert (
+        flip_cli(
+            [
+                "provision",
+                "--sites",
+                "hospital-a,hospital-b",
+                "--server",
+                "localhost",
+                "--fed-port",
+                str(fed),
+                "--admin-port",
+                str(admin),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out, out / "workspace" / "flip" / "prod_00", fed, admin
 
 
@@ -83,8 +99,10 @@ def test_a_certificate_of_another_root_fails(project, env, tmp_path):
     other = tmp_path / "other"
     assert flip_cli(["provision", "--sites", "hospital-a", "--out", str(other)]) == 0
     kit = _copy(project[1], "hospital-a", tmp_path)
-    shutil.copy(other / "workspace" / "flip" / "prod_00" / "hospital-a" / "startup" / "rootCA.pem",
-                kit / "startup" / "rootCA.pem")
+    shutil.copy(
+        other / "workspace" / "flip" / "prod_00" / "hospital-a" / "startup" / "rootCA.pem",
+        kit / "startup" / "rootCA.pem",
+    )
     assert any("client.crt is not signed by the kit's rootCA.pem" in s for s in _lines(diagnose(kit), FAIL))
 
 
@@ -106,8 +124,9 @@ def test_the_env_file_must_be_private_and_is_applied(project, env, tmp_path):
     assert f"FAIL env file: {env_file} is open to other users (mode 0644): chmod 600 {env_file}" in _lines(checks, FAIL)
     assert "ok   settings: FLIP_ENV=prod" in _lines(checks, OK)
     assert any("/nowhere/cohorts/hospital-a" in s for s in _lines(checks, FAIL))
-    assert _lines(checks, WARN) == ["WARN secrets: this site's environment holds AWS_SECRET_ACCESS_KEY: only the "
-                                    "server needs them"]
+    assert _lines(checks, WARN) == [
+        "WARN secrets: this site's environment holds AWS_SECRET_ACCESS_KEY: only the server needs them"
+    ]
     assert all("s3cr3t" not in str(c) for c in checks)
 
 
@@ -117,7 +136,8 @@ def test_a_server_on_the_prod_platform_needs_its_hub_settings(project, env):
     env.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # nothing listens: S3 fails fast
     checks = diagnose(project[1] / "localhost")
     assert "FAIL hub: FLIP_ENV=prod needs FLIP_HUB_URL and FLIP_HUB_API_KEY in the server's environment" in _lines(
-        checks, FAIL)
+        checks, FAIL
+    )
     assert any(s.startswith("FAIL S3: models bucket 'flip-models': ") for s in _lines(checks, FAIL))
 
 
@@ -141,7 +161,9 @@ def test_the_server_reaches_its_bucket_with_its_credentials(project, env, weed):
     with TlsServer(prod / "localhost", port=fed), TlsServer(prod / "localhost", port=admin):
         checks = diagnose(prod / "localhost")
     assert _lines(checks, FAIL) == [], checks
-    assert f"ok   S3: models bucket 'flip-models' at {weed.endpoint} answers with these credentials" in _lines(checks, OK)
+    assert f"ok   S3: models bucket 'flip-models' at {weed.endpoint} answers with these credentials" in _lines(
+        checks, OK
+    )
     assert len([c for c in checks if c.what == "connection"]) == 2  # the fed and the admin port
     env.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     (failed,) = [c for c in diagnose(prod / "localhost") if c.what == "S3"]

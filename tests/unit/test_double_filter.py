@@ -60,8 +60,9 @@ def test_defer_to_site_leaves_the_update_to_the_site_policy(caplog):
     np.testing.assert_array_equal(dxo.data["w"], once)  # the job's filter changed nothing
     site, job = dxo.get_meta_prop(FlipMeta.PRIVACY)
     assert job == {"filter": "PercentilePrivacy", "percentile": 10, "gamma": 0.01, "deferred": True}
-    assert privacy_note([site, job]) == ("site policy applies PercentilePrivacy(10, 0.01); the job's "
-                                         "PercentilePrivacy(10, 0.01) left the update to it")
+    assert privacy_note([site, job]) == (
+        "site policy applies PercentilePrivacy(10, 0.01); the job's PercentilePrivacy(10, 0.01) left the update to it"
+    )
     assert any("leaves this update to it (defer_to_site)" in r.getMessage() for r in caplog.records)
 
 
@@ -96,12 +97,14 @@ def test_the_server_records_the_note_and_the_report_shows_it(tmp_path):
     dxo = _through(_site_filter(), PercentilePrivacy())
     metrics = RunMetrics("m", "j", "r")
     metrics.add_contribution(0, "hospital-a", {"accuracy": 0.5}, dxo.get_meta_prop(FlipMeta.PRIVACY), None, 3)
-    metrics.add_contribution(0, "hospital-b", {"accuracy": 0.5}, _through(PercentilePrivacy()).get_meta_prop(
-        FlipMeta.PRIVACY), None, 3)
+    metrics.add_contribution(
+        0, "hospital-b", {"accuracy": 0.5}, _through(PercentilePrivacy()).get_meta_prop(FlipMeta.PRIVACY), None, 3
+    )
     metrics.round_done(0)
     assert metrics.privacy_notes() == {"hospital-a": NOTE}
-    page = html.unescape(write_summary({**metrics.document(), "sites": metrics.sites()}, tmp_path / "index.html",
-                                       None).read_text())
+    page = html.unescape(
+        write_summary({**metrics.document(), "sites": metrics.sites()}, tmp_path / "index.html", None).read_text()
+    )
     assert f"hospital-a: {NOTE}" in page and "hospital-b: site policy" not in page
     assert "PercentilePrivacy (site policy)" in page
 

@@ -64,9 +64,12 @@ def test_execute_with_only_fl_ctx_uploads_under_the_job_id(run, weed):
 def test_execute_takes_run_id_artifacts_and_info_as_arguments(run, weed):
     ctx, persist, _, folder = run
     (folder / "notes.json").write_text("{}")
-    manifest = persist.execute(ctx, run_id="run-7", artifacts={"results/notes.json": folder / "notes.json",
-                                                               "absent.json": folder / "absent.json"},
-                               info={"rounds": 2, "sites": ["site-1"]})
+    manifest = persist.execute(
+        ctx,
+        run_id="run-7",
+        artifacts={"results/notes.json": folder / "notes.json", "absent.json": folder / "absent.json"},
+        info={"rounds": 2, "sites": ["site-1"]},
+    )
     assert manifest["prefix"] == run_prefix(persist.model_id, "run-7")
     assert manifest["rounds"] == 2 and manifest["sites"] == ["site-1"] and "versions" in manifest
     assert _keys(weed, manifest["prefix"]) == {RunFile.PREPROCESSING, "results/notes.json"}  # a missing file: skipped

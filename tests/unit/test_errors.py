@@ -21,8 +21,11 @@ def _flip_modules():
 
 
 def _exceptions_defined_in(module):
-    return [cls for _, cls in inspect.getmembers(module, inspect.isclass)
-            if issubclass(cls, BaseException) and cls.__module__ == module.__name__]
+    return [
+        cls
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, BaseException) and cls.__module__ == module.__name__
+    ]
 
 
 @pytest.mark.unit
@@ -39,8 +42,15 @@ def test_every_error_of_flip_is_a_flip_error_defined_in_flip_errors():
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("name, other_base", [("SiteMessageError", ValueError), ("JSONValueError", ValueError),
-                                              ("NonFiniteModelError", ValueError), ("PrivacyError", ValueError),
-                                              ("SettingsError", ValueError)])
+@pytest.mark.parametrize(
+    "name, other_base",
+    [
+        ("SiteMessageError", ValueError),
+        ("JSONValueError", ValueError),
+        ("NonFiniteModelError", ValueError),
+        ("PrivacyError", ValueError),
+        ("SettingsError", ValueError),
+    ],
+)
 def test_errors_caught_as_value_errors_keep_that_base(name, other_base):
     assert issubclass(getattr(importlib.import_module("flip.errors"), name), other_base)

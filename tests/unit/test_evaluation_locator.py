@@ -128,5 +128,4 @@ def test_evaluate_models_locates_each_name(tmp_path, models):
     workflow.start_controller(ctx)
     workflow.control_flow(Signal(), ctx)
     assert locator.calls == [registered, initial_only]
-    assert workflow.sent == [(registered, {"w": [1.0, 2.0], "b": [0.5]}),
-                             (initial_only, {"w": [7.0, 8.0], "b": [9.0]})]
+    assert workflow.sent == [(registered, {"w": [1.0, 2.0], "b": [0.5]}), (initial_only, {"w": [7.0, 8.0], "b": [9.0]})]

@@ -33,16 +33,23 @@ def test_sgd_momentum_by_hand():
 
 def test_adam_first_step_by_hand():
     # m_hat = g, v_hat = g^2: the first step moves every coordinate by lr * sign(update)
-    w = fedopt_step({"w": np.array([1.0, 1.0, 1.0])}, {"w": np.array([0.3, -2.0, 0.0])}, FedOptState(), "adam",
-                    lr=0.1, eps=1e-12)
+    w = fedopt_step(
+        {"w": np.array([1.0, 1.0, 1.0])}, {"w": np.array([0.3, -2.0, 0.0])}, FedOptState(), "adam", lr=0.1, eps=1e-12
+    )
     np.testing.assert_allclose(w["w"], [1.1, 0.9, 1.0])
 
 
-@pytest.mark.parametrize("kind, kwargs, torch_opt", [
-    ("sgd", {"lr": 0.7, "momentum": 0.6}, lambda p: torch.optim.SGD(p, lr=0.7, momentum=0.6)),
-    ("adam", {"lr": 0.05, "beta1": 0.8, "beta2": 0.95, "eps": 1e-6},
-     lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.95), eps=1e-6)),
-])
+@pytest.mark.parametrize(
+    "kind, kwargs, torch_opt",
+    [
+        ("sgd", {"lr": 0.7, "momentum": 0.6}, lambda p: torch.optim.SGD(p, lr=0.7, momentum=0.6)),
+        (
+            "adam",
+            {"lr": 0.05, "beta1": 0.8, "beta2": 0.95, "eps": 1e-6},
+            lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.95), eps=1e-6),
+        ),
+    ],
+)
 def test_matches_torch_optim_over_several_steps(kind, kwargs, torch_opt):
     rng = np.random.default_rng(0)
     start = rng.normal(size=(4, 3))
@@ -62,12 +69,15 @@ def test_integer_buffers_are_averaged_not_optimized():
     assert w["n"].tolist() == [5] and w["n"].dtype == np.int64
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"optimizer": "rmsprop"}, r"optimizer must be one of \['sgd', 'adam'\], got 'rmsprop'"),
-    ({"lr": 0}, r"lr must be a finite number > 0, got 0"),
-    ({"momentum": 1.0}, r"momentum must be a finite number in \[0, 1\), got 1.0"),
-    ({"beta2": -0.1}, r"beta2 must be a finite number in \[0, 1\), got -0.1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"optimizer": "rmsprop"}, r"optimizer must be one of \['sgd', 'adam'\], got 'rmsprop'"),
+        ({"lr": 0}, r"lr must be a finite number > 0, got 0"),
+        ({"momentum": 1.0}, r"momentum must be a finite number in \[0, 1\), got 1.0"),
+        ({"beta2": -0.1}, r"beta2 must be a finite number in \[0, 1\), got -0.1"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FedOptShareableGenerator(**kwargs)

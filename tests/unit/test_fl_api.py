@@ -25,12 +25,25 @@ KEY = "k" * 24
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("native, expected", [
-    ("SUBMITTED", "PENDING"), ("APPROVED", "PENDING"), ("DISPATCHED", "PENDING"), ("RUNNING", "RUNNING"),
-    ("FINISHED:COMPLETED", "FINISHED"), ("FINISHED:ABORTED", "STOPPED"), ("FINISHED:EXECUTION_EXCEPTION", "FAILED"),
-    ("FINISHED:ABNORMAL", "FAILED"), ("FINISHED:CAN_NOT_SCHEDULE", "FAILED"), ("FINISHED:FAILED_TO_RUN", "FAILED"),
-    ("FINISHED:ABANDONED", "FAILED"), (" running ", "RUNNING"), ("SOMETHING_NEW", "FAILED"), (None, "FAILED"),
-])
+@pytest.mark.parametrize(
+    "native, expected",
+    [
+        ("SUBMITTED", "PENDING"),
+        ("APPROVED", "PENDING"),
+        ("DISPATCHED", "PENDING"),
+        ("RUNNING", "RUNNING"),
+        ("FINISHED:COMPLETED", "FINISHED"),
+        ("FINISHED:ABORTED", "STOPPED"),
+        ("FINISHED:EXECUTION_EXCEPTION", "FAILED"),
+        ("FINISHED:ABNORMAL", "FAILED"),
+        ("FINISHED:CAN_NOT_SCHEDULE", "FAILED"),
+        ("FINISHED:FAILED_TO_RUN", "FAILED"),
+        ("FINISHED:ABANDONED", "FAILED"),
+        (" running ", "RUNNING"),
+        ("SOMETHING_NEW", "FAILED"),
+        (None, "FAILED"),
+    ],
+)
 def test_nvflare_statuses_become_the_hubs_five(native, expected):
     assert job_status(native) == expected
 
@@ -45,8 +58,13 @@ def test_every_nvflare_run_status_is_mapped():
 
 @pytest.mark.unit
 def test_list_jobs_items_have_exactly_the_hubs_fields():
-    jobs = [{"job_id": "a", "job_name": "m", "status": "RUNNING", "submit_time": "t"},
-            {"job_id": "b", "status": "FINISHED:COMPLETED"}, {"status": "RUNNING"}, "junk", {"job_id": ""}]
+    jobs = [
+        {"job_id": "a", "job_name": "m", "status": "RUNNING", "submit_time": "t"},
+        {"job_id": "b", "status": "FINISHED:COMPLETED"},
+        {"status": "RUNNING"},
+        "junk",
+        {"job_id": ""},
+    ]
     assert job_list(jobs) == [{"job_id": "a", "status": "RUNNING"}, {"job_id": "b", "status": "FINISHED"}]
     assert job_list(None) == []
 
@@ -54,13 +72,17 @@ def test_list_jobs_items_have_exactly_the_hubs_fields():
 @pytest.mark.unit
 def test_a_site_without_an_answer_is_offline_for_the_hub():
     clients = [("site-a", 1.5), ("site-b", 2.5), ("site-c", None)]
-    rows = [{"client_name": "site-a", "status": "RUNNING", "job_id": "j1"},
-            {"client_name": "site-a", "status": "no_jobs"},  # a second row of a site: the first one counts
-            {"client_name": "site-b", "status": "no_jobs"}, {"client_name": "elsewhere", "status": "no_jobs"}]
+    rows = [
+        {"client_name": "site-a", "status": "RUNNING", "job_id": "j1"},
+        {"client_name": "site-a", "status": "no_jobs"},  # a second row of a site: the first one counts
+        {"client_name": "site-b", "status": "no_jobs"},
+        {"client_name": "elsewhere", "status": "no_jobs"},
+    ]
     assert client_statuses(clients, rows) == [
         {"name": "site-a", "last_connect_time": 1.5, "status": "RUNNING"},
         {"name": "site-b", "last_connect_time": 2.5, "status": "no_jobs"},
-        {"name": "site-c", "last_connect_time": None, "status": "no_reply"}]
+        {"name": "site-c", "last_connect_time": None, "status": "no_reply"},
+    ]
     assert "no_reply" in OFFLINE and "DISCONNECTED" in OFFLINE
     assert [c["status"] for c in client_statuses(clients, None)] == ["no_reply"] * 3
 
@@ -68,11 +90,13 @@ def test_a_site_without_an_answer_is_offline_for_the_hub():
 @pytest.mark.unit
 def test_trusts_map_to_sites_by_name_or_by_the_mapping():
     mapping = {"Trust_1": "hospital-a"}
-    assert map_trusts(["Trust_1", "hospital-b"], mapping, ["hospital-a", "hospital-b"]) == ["hospital-a",
-                                                                                          "hospital-b"]
+    assert map_trusts(["Trust_1", "hospital-b"], mapping, ["hospital-a", "hospital-b"]) == ["hospital-a", "hospital-b"]
     assert trust_names(mapping) == {"hospital-a": "Trust_1"}
-    with pytest.raises(ApiError, match=r"'Trust_2' not in the network: the sites connected to the FL server are "
-                                       r"Trust_1 \(site hospital-a\), hospital-b") as caught:
+    with pytest.raises(
+        ApiError,
+        match=r"'Trust_2' not in the network: the sites connected to the FL server are "
+        r"Trust_1 \(site hospital-a\), hospital-b",
+    ) as caught:
         map_trusts(["Trust_1", "Trust_2"], mapping, ["hospital-b", "hospital-a"])
     assert caught.value.status == 400
     with pytest.raises(ApiError, match="name a site twice"):
@@ -80,13 +104,16 @@ def test_trusts_map_to_sites_by_name_or_by_the_mapping():
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("value, error", [
-    ('{"Trust_1": "hospital-a", "Trust_2": "hospital-a"}', "several trusts to site"),
-    ('{"Trust_1": "../x"}', "site name '../x' is invalid"),
-    ('["hospital-a"]', "JSON object of trust names"),
-    ("{not json", "must be a JSON object"),
-    ('{"Trust\\n1": "hospital-a"}', "control characters"),
-])
+@pytest.mark.parametrize(
+    "value, error",
+    [
+        ('{"Trust_1": "hospital-a", "Trust_2": "hospital-a"}', "several trusts to site"),
+        ('{"Trust_1": "../x"}', "site name '../x' is invalid"),
+        ('["hospital-a"]', "JSON object of trust names"),
+        ("{not json", "must be a JSON object"),
+        ('{"Trust\\n1": "hospital-a"}', "control characters"),
+    ],
+)
 def test_a_bad_trust_mapping_is_refused_naming_it(value, error):
     with pytest.raises(ValueError, match=error):
         check_trust_sites(value)
@@ -96,8 +123,13 @@ def test_a_bad_trust_mapping_is_refused_naming_it(value, error):
 
 @pytest.mark.unit
 def test_the_settings_read_flip_api_variables(tmp_path):
-    with environ(FLIP_API_TRUST_SITES='{"Trust_1": "hospital-a"}', FLIP_API_BUNDLE_BUCKET="flip-bundles",
-                 FLIP_API_KEY_HEADER="X-Other-Key", FLIP_API_KEY=KEY, FLIP_API_BUNDLE_ROOT=str(tmp_path)):
+    with environ(
+        FLIP_API_TRUST_SITES='{"Trust_1": "hospital-a"}',
+        FLIP_API_BUNDLE_BUCKET="flip-bundles",
+        FLIP_API_KEY_HEADER="X-Other-Key",
+        FLIP_API_KEY=KEY,
+        FLIP_API_BUNDLE_ROOT=str(tmp_path),
+    ):
         config = service_config(load_api_settings(), "0.0.0.0")
     assert config.trust_sites == {"Trust_1": "hospital-a"} and config.bundle_bucket == "flip-bundles"
     assert config.key == KEY and config.key_header == "X-Other-Key" and config.bundle_root == tmp_path.resolve()
@@ -129,11 +161,21 @@ def test_no_key_is_served_only_on_loopback_with_the_flag():
 @pytest.mark.unit
 def test_older_hub_fields_flip_cannot_honour_are_refused_not_ignored():
     base = {"project_id": "p", "cohort_query": "q", "trusts": ["t"], "bundle_urls": ["s3://b/k"]}
-    check_older_fields(UploadAppRequest(**base, aggregator="AccumulateWeightedAggregator", aggregation_weights={},
-                                        ignore_result_error=False, global_rounds=2, local_rounds=3))
-    for extra, error in (({"ignore_result_error": True}, "ignore_result_error true is not supported"),
-                         ({"aggregator": "Krum"}, "aggregator must be one of"),
-                         ({"aggregation_weights": {"site-1": 0.5}}, "aggregation_weights are not supported")):
+    check_older_fields(
+        UploadAppRequest(
+            **base,
+            aggregator="AccumulateWeightedAggregator",
+            aggregation_weights={},
+            ignore_result_error=False,
+            global_rounds=2,
+            local_rounds=3,
+        )
+    )
+    for extra, error in (
+        ({"ignore_result_error": True}, "ignore_result_error true is not supported"),
+        ({"aggregator": "Krum"}, "aggregator must be one of"),
+        ({"aggregation_weights": {"site-1": 0.5}}, "aggregation_weights are not supported"),
+    ):
         with pytest.raises(ApiError, match=error):
             check_older_fields(UploadAppRequest(**base, **extra))
 
@@ -145,11 +187,18 @@ def _config(tmp_path: Path, **kwargs) -> ServiceConfig:
 @pytest.mark.unit
 def test_paths_are_relative_to_the_bundles_common_folder(tmp_path):
     config = _config(tmp_path)
-    hub = check_urls(["s3://flip-bundles/m1/app/custom/trainer.py", "s3://flip-bundles/m1/app/config/c.json",
-                      "s3://flip-bundles/m1/meta.json"], config)
+    hub = check_urls(
+        [
+            "s3://flip-bundles/m1/app/custom/trainer.py",
+            "s3://flip-bundles/m1/app/config/c.json",
+            "s3://flip-bundles/m1/meta.json",
+        ],
+        config,
+    )
     assert [str(rel) for _, rel in layout(hub)] == ["app/custom/trainer.py", "app/config/c.json", "meta.json"]
-    flat = check_urls(["s3://flip-bundles/m1/app/custom/trainer.py", "s3://flip-bundles/m1/app/custom/models.py"],
-                      config)
+    flat = check_urls(
+        ["s3://flip-bundles/m1/app/custom/trainer.py", "s3://flip-bundles/m1/app/custom/models.py"], config
+    )
     assert [str(rel) for _, rel in layout(flat)] == ["trainer.py", "models.py"]
 
 
@@ -186,8 +235,13 @@ def test_a_bundle_larger_than_allowed_is_refused_before_it_is_copied(tmp_path):
 def test_a_hub_bundle_in_s3_gives_its_app_custom_folder_and_checkpoints(tmp_path, weed):
     client = weed._client()
     client.create_bucket(Bucket="flip-bundles-unit")
-    objects = {"m1/app/custom/trainer.py": b"T", "m1/app/custom/config.json": b"{}", "m1/meta.json": b"{}",
-               "m1/app/config/config_fed_client.json": b"{}", "m1/server_checkpoints/model.pt": b"W"}
+    objects = {
+        "m1/app/custom/trainer.py": b"T",
+        "m1/app/custom/config.json": b"{}",
+        "m1/meta.json": b"{}",
+        "m1/app/config/config_fed_client.json": b"{}",
+        "m1/server_checkpoints/model.pt": b"W",
+    }
     for key, body in objects.items():
         client.put_object(Bucket="flip-bundles-unit", Key=key, Body=body)
     config = ServiceConfig(key=KEY, bundle_bucket="flip-bundles-unit")
@@ -196,8 +250,11 @@ def test_a_hub_bundle_in_s3_gives_its_app_custom_folder_and_checkpoints(tmp_path
     with environ(**weed.env):
         app = fetch_bundle(check_urls([f"s3://flip-bundles-unit/{k}" for k in objects], config), dest, config)
     assert app == dest / "app" / "custom"
-    assert {p.name: p.read_bytes() for p in app.iterdir()} == {"trainer.py": b"T", "config.json": b"{}",
-                                                              "model.pt": b"W"}
+    assert {p.name: p.read_bytes() for p in app.iterdir()} == {
+        "trainer.py": b"T",
+        "config.json": b"{}",
+        "model.pt": b"W",
+    }
     missing = check_urls(["s3://flip-bundles-unit/m1/absent.py"], config)
     other = tmp_path / "other"
     other.mkdir()
@@ -243,8 +300,9 @@ def test_a_lost_connection_reconnects_once_and_repeats_the_call():
 @pytest.mark.unit
 def test_a_second_lost_connection_is_a_502_with_the_cause():
     flare, log, sessions = _flare([NoConnection("cannot connect to server"), NoConnection("still down")])
-    with pytest.raises(FlareError, match="list_jobs: the connection to the FL server was lost: NoConnection: "
-                                         "still down") as caught:
+    with pytest.raises(
+        FlareError, match="list_jobs: the connection to the FL server was lost: NoConnection: still down"
+    ) as caught:
         flare.call("list_jobs", lambda s: s.list_jobs())
     assert caught.value.status == 502 and len(log) == 2
 
@@ -260,8 +318,9 @@ def test_other_flare_errors_are_502_without_a_retry():
 
 @pytest.mark.unit
 def test_an_unreachable_kit_is_a_502_naming_it(tmp_path):
-    with pytest.raises(FlareError, match=f"cannot reach the FL server with the admin kit {tmp_path.name} as x@y") \
-            as caught:
+    with pytest.raises(
+        FlareError, match=f"cannot reach the FL server with the admin kit {tmp_path.name} as x@y"
+    ) as caught:
         Flare(tmp_path, "x@y", connect_timeout=1).connect()
     assert caught.value.status == 502
 

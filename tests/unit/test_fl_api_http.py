@@ -22,8 +22,14 @@ pytestmark = pytest.mark.http
 KEY = "a-key-of-the-fl-api-0123456789"
 HEADER = "X-Internal-Service-Key"
 #: the routes FLIP's hub calls (fl_service.py), with the method it uses
-HUB_ROUTES = {("/upload_app/{model_id}", "post"), ("/submit_job/{job_folder}", "post"), ("/list_jobs", "get"),
-              ("/abort_job/{job_id}", "delete"), ("/check_server_status", "get"), ("/check_client_status", "get")}
+HUB_ROUTES = {
+    ("/upload_app/{model_id}", "post"),
+    ("/submit_job/{job_folder}", "post"),
+    ("/list_jobs", "get"),
+    ("/abort_job/{job_id}", "delete"),
+    ("/check_server_status", "get"),
+    ("/check_client_status", "get"),
+}
 BODY = {"project_id": "p", "cohort_query": "SELECT 1", "trusts": ["Trust_1"], "bundle_urls": []}
 
 
@@ -61,11 +67,16 @@ def test_health_and_the_description_are_open_everything_else_needs_the_key(servi
     status, spec = call(served, "GET", "/openapi.json", key=None)
     assert status == 200 and spec["info"]["title"] == "FLIP FL API (flip on NVFlare)"
     for path, method in sorted(HUB_ROUTES):
-        concrete = path.replace("{model_id}", "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90").replace(
-            "{job_folder}", "x").replace("{job_id}", "x")
+        concrete = (
+            path.replace("{model_id}", "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90")
+            .replace("{job_folder}", "x")
+            .replace("{job_id}", "x")
+        )
         for key in (None, "wrong-key", KEY + "x", KEY[:-1]):
             assert call(served, method.upper(), concrete, BODY, key=key) == (
-                401, {"detail": f"missing or wrong {HEADER} header"}), (path, key)
+                401,
+                {"detail": f"missing or wrong {HEADER} header"},
+            ), (path, key)
     assert call(served, "GET", "/no/such/route", key=None)[0] == 401  # routes are not even revealed
 
 
@@ -74,8 +85,7 @@ def test_the_openapi_description_lists_the_hubs_routes_with_their_schemas_and_th
     _, spec = call(served, "GET", "/openapi.json", key=None)
     routes = {(path, method) for path, ops in spec["paths"].items() for method in ops}
     assert HUB_ROUTES <= routes and ("/health/", "get") in routes
-    assert spec["components"]["securitySchemes"] == {"ServiceKey": {"type": "apiKey", "in": "header",
-                                                                    "name": HEADER}}
+    assert spec["components"]["securitySchemes"] == {"ServiceKey": {"type": "apiKey", "in": "header", "name": HEADER}}
     for path, method in HUB_ROUTES:
         operation = spec["paths"][path][method]
         assert operation["security"] == [{"ServiceKey": []}], path
@@ -84,13 +94,23 @@ def test_the_openapi_description_lists_the_hubs_routes_with_their_schemas_and_th
     schemas = spec["components"]["schemas"]
     upload = schemas["UploadAppRequest"]
     assert set(upload["required"]) == {"project_id", "cohort_query", "trusts", "bundle_urls"}
-    assert {"global_rounds", "local_rounds", "aggregator", "aggregation_weights", "ignore_result_error",
-            "job_type"} <= set(upload["properties"])
+    assert {
+        "global_rounds",
+        "local_rounds",
+        "aggregator",
+        "aggregation_weights",
+        "ignore_result_error",
+        "job_type",
+    } <= set(upload["properties"])
     assert schemas["JobMetadata"]["properties"]["status"] == {"$ref": "#/components/schemas/JobStatus"}
     assert schemas["JobStatus"]["enum"] == ["PENDING", "RUNNING", "FINISHED", "FAILED", "STOPPED"]
     assert set(schemas["ClientInfoModel"]["required"]) == {"name", "status"}
-    assert spec["paths"]["/submit_job/{job_folder}"]["post"]["responses"]["200"]["content"]["application/json"][
-        "schema"]["type"] == "string"
+    assert (
+        spec["paths"]["/submit_job/{job_folder}"]["post"]["responses"]["200"]["content"]["application/json"]["schema"][
+            "type"
+        ]
+        == "string"
+    )
     listed = spec["paths"]["/list_jobs"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert listed["type"] == "array" and listed["items"] == {"$ref": "#/components/schemas/JobMetadata"}
 
@@ -99,9 +119,12 @@ def test_a_request_that_reaches_an_unreachable_fl_server_is_a_502_with_the_cause
     served, root = service
     (root / "app.py").write_text("x")
     body = {**BODY, "bundle_urls": [f"file://{root}/app.py"]}
-    for method, path, sent in (("GET", "/list_jobs", None), ("GET", "/check_server_status", None),
-                               ("GET", "/check_client_status?targets=Trust_1", None),
-                               ("POST", "/upload_app/0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90", body)):
+    for method, path, sent in (
+        ("GET", "/list_jobs", None),
+        ("GET", "/check_server_status", None),
+        ("GET", "/check_client_status?targets=Trust_1", None),
+        ("POST", "/upload_app/0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90", body),
+    ):
         status, reply = call(served, method, path, sent)
         assert status == 502, (path, reply)
         assert reply["detail"].startswith("cannot reach the FL server with the admin kit "), path
@@ -111,8 +134,12 @@ def test_a_request_that_reaches_an_unreachable_fl_server_is_a_502_with_the_cause
 def test_a_body_of_the_wrong_shape_is_422_naming_the_field_never_echoing_it(service):
     served, _ = service
     secret = "ENCRYPTED-PROJECT-ENVELOPE"
-    status, reply = call(served, "POST", "/upload_app/0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90",
-                         {"project_id": ["x"], "cohort_query": secret, "trusts": secret})
+    status, reply = call(
+        served,
+        "POST",
+        "/upload_app/0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90",
+        {"project_id": ["x"], "cohort_query": secret, "trusts": secret},
+    )
     assert status == 422
     assert reply["detail"].startswith("body.project_id: Input should be a valid string; body.trusts: ")
     assert "body.bundle_urls: Field required" in reply["detail"] and secret not in json.dumps(reply)
@@ -123,9 +150,17 @@ def test_a_body_of_the_wrong_shape_is_422_naming_the_field_never_echoing_it(serv
 def test_an_older_hubs_body_is_taken_and_unknown_fields_ignored(service):
     served, root = service
     (root / "app.py").write_text("x")
-    older = {**BODY, "bundle_urls": [f"file://{root}/app.py"], "global_rounds": 2, "local_rounds": 1,
-             "ignore_result_error": False, "aggregator": "InTimeAccumulateWeightedAggregator",
-             "aggregation_weights": {}, "job_type": "standard", "something_new": {"a": 1}}
+    older = {
+        **BODY,
+        "bundle_urls": [f"file://{root}/app.py"],
+        "global_rounds": 2,
+        "local_rounds": 1,
+        "ignore_result_error": False,
+        "aggregator": "InTimeAccumulateWeightedAggregator",
+        "aggregation_weights": {},
+        "job_type": "standard",
+        "something_new": {"a": 1},
+    }
     status, reply = call(served, "POST", "/upload_app/0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90", older)
     assert status == 502 and "cannot reach the FL server" in reply["detail"]  # past every check, to the FL server
 

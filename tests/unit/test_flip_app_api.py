@@ -49,10 +49,26 @@ from flip.utils.flip_dataset import FLIPDataset
 
 pytestmark = pytest.mark.unit
 
-FLIP_VARS = ["LOCAL_DEV", "FLIP_ENV", "DEV_DATAFRAME", "DEV_IMAGES_DIR", "FLIP_SITE_DATA", "FLIP_LOCAL_DIR",
-             "FLIP_HUB_URL", "FLIP_HUB_API_KEY", "NET_ID", "MIN_CLIENTS", "UPLOADED_FEDERATED_DATA_BUCKET",
-             "FLIP_API_INTERNAL_URL", "INTERNAL_SERVICE_KEY", "INTERNAL_SERVICE_KEY_FILE", "TRUST_INTERNAL_SERVICE_KEY",
-             "DATA_ACCESS_API_URL", "IMAGING_API_URL", "IMAGES_DIR"]
+FLIP_VARS = [
+    "LOCAL_DEV",
+    "FLIP_ENV",
+    "DEV_DATAFRAME",
+    "DEV_IMAGES_DIR",
+    "FLIP_SITE_DATA",
+    "FLIP_LOCAL_DIR",
+    "FLIP_HUB_URL",
+    "FLIP_HUB_API_KEY",
+    "NET_ID",
+    "MIN_CLIENTS",
+    "UPLOADED_FEDERATED_DATA_BUCKET",
+    "FLIP_API_INTERNAL_URL",
+    "INTERNAL_SERVICE_KEY",
+    "INTERNAL_SERVICE_KEY_FILE",
+    "TRUST_INTERNAL_SERVICE_KEY",
+    "DATA_ACCESS_API_URL",
+    "IMAGING_API_URL",
+    "IMAGES_DIR",
+]
 MODEL_ID = "0b4f3c5e-8d3a-4c55-9a5e-2f1d6c7b8a90"
 
 
@@ -113,8 +129,14 @@ BASE_METHODS = {  # FLIPBase's interface (FLIP: flip-utils/flip/core/base.py): p
     "update_status": [("model_id", E), ("new_model_status", E)],
     "send_metrics": [("client_name", E), ("model_id", E), ("label", E), ("value", E), ("round", E)],
     "send_handled_exception": [("formatted_exception", E), ("client_name", E), ("model_id", E)],
-    "send_event": [("model_id", E), ("event_type", E), ("global_round", E), ("client_name", None),
-                   ("details", None), ("success", True)],
+    "send_event": [
+        ("model_id", E),
+        ("event_type", E),
+        ("global_round", E),
+        ("client_name", None),
+        ("details", None),
+        ("success", True),
+    ],
     "upload_results_to_s3": [("results_folder", E), ("model_id", E)],
     "cleanup": [("path", E)],
     "check_query": [("query", E)],
@@ -126,19 +148,32 @@ BASE_METHODS = {  # FLIPBase's interface (FLIP: flip-utils/flip/core/base.py): p
 
 def _params(function, skip_self=False):
     params = list(inspect.signature(function).parameters.values())
-    return [(p.name, p.default) for p in params[1 if skip_self else 0:]]
+    return [(p.name, p.default) for p in params[1 if skip_self else 0 :]]
 
 
 FUNCTIONS = [
     ("flip.FLIP", FLIP, [("job_type", JobType.STANDARD), ("kwargs", E)]),
     # FLIP's default is flip=FLIP(), built when the module is imported; ours is None (the module's logger)
-    ("send_metrics_value", send_metrics_value,
-     [("label", E), ("value", E), ("fl_ctx", E), ("round", None), ("flip", None)]),
-    ("handle_metrics_event", handle_metrics_event,
-     [("event_data", E), ("global_round", E), ("model_id", E), ("flip", None)]),
-    ("get_model_weights_diff", get_model_weights_diff, [("original_weights", E), ("new_weights", E), ("iterations", E)]),
-    ("FLIPDataset.__init__", FLIPDataset.__init__,
-     [("self", E), ("flip", E), ("project_id", E), ("query", E), ("transform", None)]),
+    (
+        "send_metrics_value",
+        send_metrics_value,
+        [("label", E), ("value", E), ("fl_ctx", E), ("round", None), ("flip", None)],
+    ),
+    (
+        "handle_metrics_event",
+        handle_metrics_event,
+        [("event_data", E), ("global_round", E), ("model_id", E), ("flip", None)],
+    ),
+    (
+        "get_model_weights_diff",
+        get_model_weights_diff,
+        [("original_weights", E), ("new_weights", E), ("iterations", E)],
+    ),
+    (
+        "FLIPDataset.__init__",
+        FLIPDataset.__init__,
+        [("self", E), ("flip", E), ("project_id", E), ("query", E), ("transform", None)],
+    ),
     ("Utils.is_valid_uuid", Utils.is_valid_uuid, [("val", E)]),
     ("Utils.is_string_empty", Utils.is_string_empty, [("val", E)]),
     ("Utils.hash_for_log", Utils.hash_for_log, [("value", E)]),
@@ -165,26 +200,40 @@ def test_our_platforms_are_flipbase_and_flip_returns_them():
 
 
 CONSTANTS = [  # (expression, FLIP's value)
-    ("PTConstants.PTServerName", "server"), ("PTConstants.PTModelName", "model.pt"),
-    ("PTConstants.PTFileModelName", "FL_global_model.pt"), ("PTConstants.BestModelFilename", "best_FL_global_model.pt"),
+    ("PTConstants.PTServerName", "server"),
+    ("PTConstants.PTModelName", "model.pt"),
+    ("PTConstants.PTFileModelName", "FL_global_model.pt"),
+    ("PTConstants.BestModelFilename", "best_FL_global_model.pt"),
     ("PTConstants.PTLocalModelName", "local_model.pt"),
     ("PTConstants.CrossValResultsJsonFilename", "cross_val_results.json"),
     ("PTConstants.EvalResultsFilename", "evaluation_results.json"),
-    ("PTConstants.EvalFailuresFilename", "evaluation_failures.json"), ("PTConstants.EvalDir", "evaluation_results"),
+    ("PTConstants.EvalFailuresFilename", "evaluation_failures.json"),
+    ("PTConstants.EvalDir", "evaluation_results"),
     ("PTConstants.EvalTaskName", "evaluation"),
-    ("ResourceType.DICOM", "DICOM"), ("ResourceType.NIFTI", "NIFTI"), ("ResourceType.SEGMENTATION", "SEG"),
+    ("ResourceType.DICOM", "DICOM"),
+    ("ResourceType.NIFTI", "NIFTI"),
+    ("ResourceType.SEGMENTATION", "SEG"),
     ("ResourceType.ALL", "ALL"),
-    ("FlipTasks.INIT_TRAINING", "init_training"), ("FlipTasks.POST_VALIDATION", "post_validation"),
-    ("FlipTasks.CLEANUP", "cleanup"), ("FlipTasks.INIT_TASK", "init_task"), ("FlipTasks.POST_TASK", "post_task"),
+    ("FlipTasks.INIT_TRAINING", "init_training"),
+    ("FlipTasks.POST_VALIDATION", "post_validation"),
+    ("FlipTasks.CLEANUP", "cleanup"),
+    ("FlipTasks.INIT_TASK", "init_task"),
+    ("FlipTasks.POST_TASK", "post_task"),
     ("FlipEvents.TRAINING_INITIATED", "_training_initiated"),
     ("FlipEvents.RESULTS_UPLOAD_STARTED", "_results_upload_started"),
-    ("FlipEvents.RESULTS_UPLOAD_COMPLETED", "_results_upload_completed"), ("FlipEvents.SEND_RESULT", "_send_result"),
-    ("FlipEvents.LOG_EXCEPTION", "_log_exception"), ("FlipEvents.ABORTED", "_aborted"),
+    ("FlipEvents.RESULTS_UPLOAD_COMPLETED", "_results_upload_completed"),
+    ("FlipEvents.SEND_RESULT", "_send_result"),
+    ("FlipEvents.LOG_EXCEPTION", "_log_exception"),
+    ("FlipEvents.ABORTED", "_aborted"),
     ("FlipEvents.TASK_INITIATED", "_task_initiated"),
-    ("FlipMetricsLabel.LOSS_FUNCTION", "LOSS_FUNCTION"), ("FlipMetricsLabel.DL_RESULT", "DL_RESULT"),
+    ("FlipMetricsLabel.LOSS_FUNCTION", "LOSS_FUNCTION"),
+    ("FlipMetricsLabel.DL_RESULT", "DL_RESULT"),
     ("FlipMetricsLabel.AVERAGE_SCORE", "AVERAGE_SCORE"),
-    ("FlipMetaKey.STAGE", "stage"), ("FlipMetaKey.EVAL_MODEL_NAME", "flip_eval_model_name"),
-    ("JobType.STANDARD", "standard"), ("JobType.EVALUATION", "evaluation"), ("JobType.FED_OPT", "fed_opt"),
+    ("FlipMetaKey.STAGE", "stage"),
+    ("FlipMetaKey.EVAL_MODEL_NAME", "flip_eval_model_name"),
+    ("JobType.STANDARD", "standard"),
+    ("JobType.EVALUATION", "evaluation"),
+    ("JobType.FED_OPT", "fed_opt"),
     ("JobType.DIFFUSION", "diffusion_model"),
     ("ModelStatus.TRAINING_STARTED", "RUNNING"),  # the older name of RUNNING
 ]
@@ -199,8 +248,16 @@ def test_constant_values_are_flips(expression, value):
 
 
 def test_model_status_is_flips_newest_in_order_and_takes_the_older_name():
-    assert [s.value for s in ModelStatus] == ["PENDING", "INITIATED", "PREPARED", "RUNNING", "RESULTS_UPLOADED",
-                                              "ERROR", "STOPPED", "RESULTS_UPLOAD_FAILED"]
+    assert [s.value for s in ModelStatus] == [
+        "PENDING",
+        "INITIATED",
+        "PREPARED",
+        "RUNNING",
+        "RESULTS_UPLOADED",
+        "ERROR",
+        "STOPPED",
+        "RESULTS_UPLOAD_FAILED",
+    ]
     assert ModelStatus("TRAINING_STARTED") is ModelStatus.RUNNING is ModelStatus.TRAINING_STARTED
     with pytest.raises(ValueError):
         ModelStatus("TRAINING")
@@ -210,10 +267,19 @@ def test_model_status_is_flips_newest_in_order_and_takes_the_older_name():
 # 2. The factory and the dev/prod rule (LOCAL_DEV is FLIP's, FLIP_ENV ours)
 # ---------------------------------------------------------------------------------------------------------------
 ENV_RULE = [  # (FLIP_ENV, LOCAL_DEV, decision or None for an error)
-    (None, None, "dev"), (None, "true", "dev"), (None, "1", "dev"), (None, "yes", "dev"),
-    (None, "false", "prod"), (None, "0", "prod"), (None, "no", "prod"),
-    ("dev", None, "dev"), ("prod", None, "prod"), ("dev", "true", "dev"), ("prod", "false", "prod"),
-    ("prod", "true", None), ("dev", "false", None),
+    (None, None, "dev"),
+    (None, "true", "dev"),
+    (None, "1", "dev"),
+    (None, "yes", "dev"),
+    (None, "false", "prod"),
+    (None, "0", "prod"),
+    (None, "no", "prod"),
+    ("dev", None, "dev"),
+    ("prod", None, "prod"),
+    ("dev", "true", "dev"),
+    ("prod", "false", "prod"),
+    ("prod", "true", None),
+    ("dev", "false", None),
 ]
 
 
@@ -236,7 +302,9 @@ def test_local_dev_and_flip_env_each_decide_and_must_agree(monkeypatch, flip_env
 
 
 def test_resolve_env_is_the_one_rule():
-    assert resolve_env(None, None) == "dev" and resolve_env(None, False) == "prod" and resolve_env("prod", None) == "prod"
+    assert (
+        resolve_env(None, None) == "dev" and resolve_env(None, False) == "prod" and resolve_env("prod", None) == "prod"
+    )
     with pytest.raises(SettingsError, match="FLIP_ENV=dev and LOCAL_DEV=false"):
         resolve_env("dev", False)
 
@@ -369,7 +437,9 @@ def test_dev_get_by_accession_number_gives_the_folder(cohort):
     # a tutorial's loop: every accession of the dataframe, as the dataframe gives it
     frame = flip.get_dataframe("p", "q")
     assert [flip.get_by_accession_number("p", a, [ResourceType.DICOM]) for a in frame["accession_id"]] == [
-        images / "00123", images / "ACC-2"]
+        images / "00123",
+        images / "ACC-2",
+    ]
 
 
 def test_dev_missing_accession_folder_is_created_empty(cohort):
@@ -385,8 +455,9 @@ def test_dev_image_root_must_exist(tmp_path, monkeypatch):
     assert not (tmp_path / "typo").exists()
 
 
-@pytest.mark.parametrize("resource_type", ["NIFTI", ("DICOM",), (ResourceType.DICOM,), [ResourceType.DICOM, "SEG"],
-                                           None, 1])
+@pytest.mark.parametrize(
+    "resource_type", ["NIFTI", ("DICOM",), (ResourceType.DICOM,), [ResourceType.DICOM, "SEG"], None, 1]
+)
 def test_resource_type_is_checked_as_flip(cohort, resource_type):
     flip = FLIP()
     with pytest.raises(TypeError, match="resource_type"):
@@ -514,8 +585,11 @@ def test_each_site_reads_its_own_data_others_the_dev_variables(tmp_path, monkeyp
         assert list(flip.get_dataframe("p", "q")["accession_id"]) == ["S2-A"]
     assert current_site() is None
     set_current_site("site-3")  # no entry, no DEV_DATAFRAME: the error names the site and the variables
-    with pytest.raises(PlatformError, match=r"site 'site-3': FLIP_SITE_DATA has no entry for it and "
-                                            r"DEV_DATAFRAME is not set"):
+    with pytest.raises(
+        PlatformError,
+        match=r"site 'site-3': FLIP_SITE_DATA has no entry for it and "
+        r"DEV_DATAFRAME is not set",
+    ):
         flip.get_dataframe("p", "q")
     with pytest.raises(PlatformError, match=r"site 'site-3'.* DEV_IMAGES_DIR is not set"):
         flip.get_by_accession_number("p", "X")
@@ -531,21 +605,25 @@ def test_each_site_reads_its_own_data_others_the_dev_variables(tmp_path, monkeyp
 def test_the_cli_takes_repeated_site_data(tmp_path):
     from flip.cli import build_parser
 
-    args = build_parser().parse_args(["simulate", "job", "--sites", "2", "--site-data", "site-1=a.csv:img1",
-                                      "--site-data", "site-2=b.csv:img2"])
+    args = build_parser().parse_args(
+        ["simulate", "job", "--sites", "2", "--site-data", "site-1=a.csv:img1", "--site-data", "site-2=b.csv:img2"]
+    )
     assert args.site_data == ["site-1=a.csv:img1", "site-2=b.csv:img2"]
     assert build_parser().parse_args(["simulate", "job"]).site_data is None
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("site-1", "must be SITE=CSV:IMAGES_DIR"),
-    ("site-1={csv}", "must be SITE=CSV:IMAGES_DIR"),
-    ("site-1={csv}:{img}:extra", "must be SITE=CSV:IMAGES_DIR"),
-    ("=:", "must be SITE=CSV:IMAGES_DIR"),
-    ("site-9={csv}:{img}", "site 'site-9', which is not simulated"),
-    ("site-1={img}:{img}", "the CSV .* is not a file"),
-    ("site-1={csv}:{csv}", "the image folder .* is not a folder"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("site-1", "must be SITE=CSV:IMAGES_DIR"),
+        ("site-1={csv}", "must be SITE=CSV:IMAGES_DIR"),
+        ("site-1={csv}:{img}:extra", "must be SITE=CSV:IMAGES_DIR"),
+        ("=:", "must be SITE=CSV:IMAGES_DIR"),
+        ("site-9={csv}:{img}", "site 'site-9', which is not simulated"),
+        ("site-1={img}:{img}", "the CSV .* is not a file"),
+        ("site-1={csv}:{csv}", "the image folder .* is not a folder"),
+    ],
+)
 def test_bad_site_data_is_named(tmp_path, spec, message):
     csv, img = _site_files(tmp_path, "site-1", "A")
     with pytest.raises(ValueError, match=message):
@@ -573,7 +651,12 @@ def test_simulate_passes_site_data_and_absolute_dev_paths_to_the_sites(tmp_path,
 def test_site_data_paths_are_made_absolute(tmp_path, monkeypatch):
     _site_files(tmp_path, "site-1", "A")
     monkeypatch.chdir(tmp_path)
-    sites = parse_site_data(["site-1=site-1.csv:site-1-images", ], ["site-1"])
+    sites = parse_site_data(
+        [
+            "site-1=site-1.csv:site-1-images",
+        ],
+        ["site-1"],
+    )
     assert sites["site-1"].dataframe == tmp_path.resolve() / "site-1.csv"
     with pytest.raises(ValueError, match="gives site 'site-1' twice"):
         parse_site_data(["site-1=site-1.csv:site-1-images"] * 2, ["site-1"])
@@ -584,8 +667,9 @@ def test_site_data_paths_are_made_absolute(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------
 def _bn_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.ReLU(),
-                               torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8, 2)
+    )
 
 
 def test_weights_diff_of_a_batchnorm_model_after_training():
@@ -670,8 +754,10 @@ def test_flip_dataset_subclass_end_to_end(tmp_path, monkeypatch):
     transform = Compose([LoadImaged(keys=["image", "label"]), EnsureChannelFirstd(keys=["image", "label"])])
     dataset = SpleenDataset(FLIP(), "p", "q", transform=transform, val_split=0.2)
     assert dataset.built == 1 and len(dataset) == 3 and dataset.val_split == 0.2
-    assert dataset.data[1] == {"image": str(images / "subject_1/scans/input_1.nii.gz"),
-                               "label": str(images / "subject_1/scans/label_1.nii.gz")}
+    assert dataset.data[1] == {
+        "image": str(images / "subject_1/scans/input_1.nii.gz"),
+        "label": str(images / "subject_1/scans/label_1.nii.gz"),
+    }
     assert tuple(dataset[2]["image"].shape) == (1, 4, 4, 2) and float(dataset[2]["label"].max()) == 2.0
     clone = pickle.loads(pickle.dumps(dataset))  # what a spawned DataLoader worker receives
     assert clone.data == dataset.data and isinstance(clone.flip, LocalPlatform)
@@ -725,8 +811,14 @@ class RecordingEngine:
         self.wire = Wire()
 
     def fire_event(self, event_type, fl_ctx):
-        self.fired.append((event_type, fl_ctx.get_prop(FLContextKey.EVENT_DATA),
-                           fl_ctx.get_prop(FLContextKey.EVENT_SCOPE), fl_ctx.get_prop(FLContextKey.EVENT_ORIGIN)))
+        self.fired.append(
+            (
+                event_type,
+                fl_ctx.get_prop(FLContextKey.EVENT_DATA),
+                fl_ctx.get_prop(FLContextKey.EVENT_SCOPE),
+                fl_ctx.get_prop(FLContextKey.EVENT_ORIGIN),
+            )
+        )
         self.wire.handle_event(event_type, fl_ctx)
 
 
@@ -737,10 +829,17 @@ def site_context_of(engine, site="site-1") -> FLContext:
     return fl_ctx
 
 
-@pytest.mark.parametrize(("value", "plain"), [
-    (0.5, 0.5), (3, 3), (np.float32(0.25), 0.25), (np.float64(0.125), 0.125), (np.int64(7), 7),
-    (torch.tensor(1.5), 1.5),
-])
+@pytest.mark.parametrize(
+    ("value", "plain"),
+    [
+        (0.5, 0.5),
+        (3, 3),
+        (np.float32(0.25), 0.25),
+        (np.float64(0.125), 0.125),
+        (np.int64(7), 7),
+        (torch.tensor(1.5), 1.5),
+    ],
+)
 def test_send_metrics_value_fires_send_result_with_a_plain_metrics_dxo(value, plain):
     engine = RecordingEngine()
     send_metrics_value("Train loss (G)", value, site_context_of(engine), round=np.int64(4), flip=FLIP())
@@ -803,24 +902,27 @@ def test_parser_takes_a_metric_and_gives_the_servers_round_when_none_was_sent():
     assert parse_metric_event(_event("site-2", {"label": "x", "value": 1, "round": 9}), current_round=3).round == 9
 
 
-@pytest.mark.parametrize(("site", "data", "kind", "reason"), [
-    ("site-1", {"label": "VAL_DICE", "value": float("nan")}, DataKind.METRICS, "'VAL_DICE' is not finite"),
-    ("site-1", {"label": "VAL_DICE", "value": float("inf")}, DataKind.METRICS, "'VAL_DICE' is not finite"),
-    ("site-1", {"label": "VAL_DICE", "value": "0.5"}, DataKind.METRICS, "of type str: expected a number"),
-    ("site-1", {"label": "VAL_DICE", "value": [1.0]}, DataKind.METRICS, "of type list: expected a number"),
-    ("site-1", {"label": "VAL_DICE", "value": True}, DataKind.METRICS, "of type bool: expected a number"),
-    ("site-1", {"label": "", "value": 1.0}, DataKind.METRICS, "expected 1-128 printable characters"),
-    ("site-1", {"label": "a\nb", "value": 1.0}, DataKind.METRICS, "expected 1-128 printable characters"),
-    ("site-1", {"label": "x" * 129, "value": 1.0}, DataKind.METRICS, "expected 1-128 printable characters"),
-    ("site-1", {"label": 3, "value": 1.0}, DataKind.METRICS, "a label of type int"),
-    ("site-1", {"label": "x", "value": 1.0, "round": -1}, DataKind.METRICS, "round -1: expected an integer >= 0"),
-    ("site-1", {"label": "x", "value": 1.0, "round": 1.5}, DataKind.METRICS, "round 1.5"),
-    ("site-1", {"label": "x", "value": 1.0, "weights": [1]}, DataKind.METRICS, "expected the keys label, value"),
-    ("site-1", {"value": 1.0}, DataKind.METRICS, "expected the keys label, value"),
-    ("site-1", {"label": "x", "value": 1.0}, DataKind.WEIGHTS, "expected a METRICS DXO"),
-    (None, {"label": "x", "value": 1.0}, DataKind.METRICS, "from an unknown site"),
-    ("../site", {"label": "x", "value": 1.0}, DataKind.METRICS, "from an unknown site"),
-])
+@pytest.mark.parametrize(
+    ("site", "data", "kind", "reason"),
+    [
+        ("site-1", {"label": "VAL_DICE", "value": float("nan")}, DataKind.METRICS, "'VAL_DICE' is not finite"),
+        ("site-1", {"label": "VAL_DICE", "value": float("inf")}, DataKind.METRICS, "'VAL_DICE' is not finite"),
+        ("site-1", {"label": "VAL_DICE", "value": "0.5"}, DataKind.METRICS, "of type str: expected a number"),
+        ("site-1", {"label": "VAL_DICE", "value": [1.0]}, DataKind.METRICS, "of type list: expected a number"),
+        ("site-1", {"label": "VAL_DICE", "value": True}, DataKind.METRICS, "of type bool: expected a number"),
+        ("site-1", {"label": "", "value": 1.0}, DataKind.METRICS, "expected 1-128 printable characters"),
+        ("site-1", {"label": "a\nb", "value": 1.0}, DataKind.METRICS, "expected 1-128 printable characters"),
+        ("site-1", {"label": "x" * 129, "value": 1.0}, DataKind.METRICS, "expected 1-128 printable characters"),
+        ("site-1", {"label": 3, "value": 1.0}, DataKind.METRICS, "a label of type int"),
+        ("site-1", {"label": "x", "value": 1.0, "round": -1}, DataKind.METRICS, "round -1: expected an integer >= 0"),
+        ("site-1", {"label": "x", "value": 1.0, "round": 1.5}, DataKind.METRICS, "round 1.5"),
+        ("site-1", {"label": "x", "value": 1.0, "weights": [1]}, DataKind.METRICS, "expected the keys label, value"),
+        ("site-1", {"value": 1.0}, DataKind.METRICS, "expected the keys label, value"),
+        ("site-1", {"label": "x", "value": 1.0}, DataKind.WEIGHTS, "expected a METRICS DXO"),
+        (None, {"label": "x", "value": 1.0}, DataKind.METRICS, "from an unknown site"),
+        ("../site", {"label": "x", "value": 1.0}, DataKind.METRICS, "from an unknown site"),
+    ],
+)
 def test_parser_drops_with_a_reason_naming_the_site(site, data, kind, reason):
     with pytest.raises(MetricDropped, match=reason) as err:
         parse_metric_event(_event(site, data, kind))
@@ -843,10 +945,17 @@ def test_log_keeps_repeated_labels_in_order_and_the_drop_reasons():
     log.extend([_event("site-1", {"label": "TRAIN-F1-SCORE", "value": v, "round": 3}) for v in values])
     log.add(_event("site-2", {"label": "TRAIN-F1-SCORE", "value": 0.1}), current_round=2)
     assert [(e.site, e.label, e.value, e.round) for e in log.events] == [
-        ("site-1", "TRAIN-F1-SCORE", 0.5, 3), ("site-1", "TRAIN-F1-SCORE", 0.7, 3),
-        ("site-1", "TRAIN-F1-SCORE", 0.9, 3), ("site-2", "TRAIN-F1-SCORE", 0.1, 2)]
-    assert log.dropped == [("a metric from site 'site-1' dropped: metric 'TRAIN-F1-SCORE' is not finite (NaN, Inf "
-                            "or beyond the float range)")]
+        ("site-1", "TRAIN-F1-SCORE", 0.5, 3),
+        ("site-1", "TRAIN-F1-SCORE", 0.7, 3),
+        ("site-1", "TRAIN-F1-SCORE", 0.9, 3),
+        ("site-2", "TRAIN-F1-SCORE", 0.1, 2),
+    ]
+    assert log.dropped == [
+        (
+            "a metric from site 'site-1' dropped: metric 'TRAIN-F1-SCORE' is not finite (NaN, Inf "
+            "or beyond the float range)"
+        )
+    ]
 
 
 def test_handle_metrics_event_sends_to_the_platform(caplog):
@@ -873,6 +982,10 @@ def test_a_sent_metric_arrives_as_the_server_reads_it():
     log = MetricEventLog()
     log.extend(engine.wire.sent, current_round=0)
     assert [(e.site, e.value) for e in log.events] == [("hospital-a", 0.5), ("hospital-a", 2)]
-    assert log.dropped == [("a metric from site 'hospital-a' dropped: metric 'TRAIN_LOSS' is not finite (NaN, Inf "
-                            "or beyond the float range)")]
+    assert log.dropped == [
+        (
+            "a metric from site 'hospital-a' dropped: metric 'TRAIN_LOSS' is not finite (NaN, Inf "
+            "or beyond the float range)"
+        )
+    ]
     assert FlipEvents.SEND_RESULT == engine.fired[0][0]

@@ -50,8 +50,12 @@ def _write(folder: Path, files: dict[str, str]) -> Path:
 def _configs(job: Path, app: str = "app") -> tuple[dict, dict]:
     """The app's (server config, client config), {} for one it does not have."""
     config = job / app / "config"
-    return tuple(json.loads((config / f"config_fed_{side}.json").read_text())
-                 if (config / f"config_fed_{side}.json").exists() else {} for side in ("server", "client"))
+    return tuple(
+        json.loads((config / f"config_fed_{side}.json").read_text())
+        if (config / f"config_fed_{side}.json").exists()
+        else {}
+        for side in ("server", "client")
+    )
 
 
 def _executors(client: dict) -> dict[str, dict]:
@@ -68,7 +72,9 @@ def test_job_types_are_flips_and_multi_stage_is_flips_diffusion_model():
     assert JOB_TYPE_CHOICES == (*JOB_TYPES, "multi_stage")
     assert job_type_name("multi_stage") == "diffusion_model"
     assert [job_type_name(t) for t in JOB_TYPES] == list(JOB_TYPES)
-    with pytest.raises(ValueError, match=r"job type must be one of .*'diffusion_model', 'multi_stage'.*got 'segmentation'"):
+    with pytest.raises(
+        ValueError, match=r"job type must be one of .*'diffusion_model', 'multi_stage'.*got 'segmentation'"
+    ):
         job_type_name("segmentation")
 
 
@@ -88,21 +94,31 @@ def test_every_missing_required_file_is_named(tmp_path, job_type):
 
 def test_required_files_are_flips():
     training = ("trainer.py", "validator.py", "config.json", "models.py")
-    assert REQUIRED_FILES == {"standard": training, "fed_opt": training, "diffusion_model": training,
-                              "evaluation": ("config.json", "evaluator.py", "models.py")}
+    assert REQUIRED_FILES == {
+        "standard": training,
+        "fed_opt": training,
+        "diffusion_model": training,
+        "evaluation": ("config.json", "evaluator.py", "models.py"),
+    }
 
 
 def test_an_evaluations_missing_checkpoint_is_named():
-    with pytest.raises(AppError, match=r"unet_evaluation lacks model\.pt: the checkpoint\(s\) config\.json \"models\" "
-                                       "names"):
+    with pytest.raises(
+        AppError,
+        match=r"unet_evaluation lacks model\.pt: the checkpoint\(s\) config\.json \"models\" "
+        "names",
+    ):
         inspect_app(EVALUATION_APP)
 
 
 def test_models_without_get_model_is_refused(tmp_path):
     app = _copy(DICOM_APP, tmp_path)
     (app / "models.py").write_text("import torch\n\ndef build():\n    return torch.nn.Linear(1, 1)\n")
-    with pytest.raises(AppError, match=r"models\.py defines no get_model\(\): the server builds the initial global "
-                                       r"model with models\.get_model\(\)"):
+    with pytest.raises(
+        AppError,
+        match=r"models\.py defines no get_model\(\): the server builds the initial global "
+        r"model with models\.get_model\(\)",
+    ):
         inspect_app(app)
 
 
@@ -123,49 +139,79 @@ def test_job_type_from_config_json_and_an_explicit_job_type_wins_with_a_note(tmp
 # -- contracts ----------------------------------------------------------------------------------------------------
 def test_the_test_apps_contracts():
     assert inspect_app(DICOM_APP).contracts == {"trainer.py": Contract.EXECUTOR, "validator.py": Contract.EXECUTOR}
-    assert inspect_app(SEGMENTATION_APP).contracts == {"trainer.py": Contract.CLIENT_ALGO,
-                                                       "validator.py": Contract.CLIENT_ALGO}
-    assert inspect_app(DEMO_APP_DIR, "standard").contracts == {"trainer.py": Contract.PLAIN,
-                                                              "validator.py": Contract.PLAIN}
+    assert inspect_app(SEGMENTATION_APP).contracts == {
+        "trainer.py": Contract.CLIENT_ALGO,
+        "validator.py": Contract.CLIENT_ALGO,
+    }
+    assert inspect_app(DEMO_APP_DIR, "standard").contracts == {
+        "trainer.py": Contract.PLAIN,
+        "validator.py": Contract.PLAIN,
+    }
 
 
 _EXECUTOR = "from nvflare.apis.executor import Executor\n"
 
 
-@pytest.mark.parametrize("source, expected", [
-    (_EXECUTOR + "class FLIP_TRAINER(Executor):\n    pass\n", Contract.EXECUTOR),
-    ("import nvflare.apis.executor\nclass FLIP_TRAINER(nvflare.apis.executor.Executor):\n    pass\n",
-     Contract.EXECUTOR),
-    ("from nvflare.apis.executor import Executor as Base\nclass FLIP_TRAINER(Base):\n    pass\n", Contract.EXECUTOR),
-    ("from monai.fl.client import ClientAlgo\nclass FLIP_TRAINER(ClientAlgo):\n    pass\n", Contract.CLIENT_ALGO),
-    ("import monai.fl.client.client_algo as ca\nclass FLIP_TRAINER(ca.ClientAlgo):\n    pass\n", Contract.CLIENT_ALGO),
-    (_EXECUTOR + "class FLIP_BASE(Executor):\n    pass\nclass FLIP_TRAINER(FLIP_BASE):\n    pass\n", Contract.EXECUTOR),
-    (_EXECUTOR + "class Base(Executor):\n    pass\nclass Trainer(Base):\n    pass\nFLIP_TRAINER = Trainer\n",
-     Contract.EXECUTOR),
-    ("from helpers import Base\nclass FLIP_TRAINER(Base):\n    pass\n", Contract.CLIENT_ALGO),  # helpers.py below
-    ("from helpers import FLIP_TRAINER\n", Contract.CLIENT_ALGO),
-    ("class FLIP_TRAINER:\n    def __init__(self, config):\n        pass\n", Contract.PLAIN),
-    ("class FLIP_TRAINER(object):\n    pass\n", Contract.PLAIN),
-    ("from somewhere_else import Trainer\nclass FLIP_TRAINER(Trainer):\n    pass\n", Contract.PLAIN),
-    ("class A(B):\n    pass\nclass B(A):\n    pass\nclass FLIP_TRAINER(A):\n    pass\n", Contract.PLAIN),  # a cycle ends
-    ("class MY_TRAINER:\n    pass\n", None),
-    ("FLIP_TRAINER = make_trainer()\n", None),
-    ("if True:\n    class FLIP_TRAINER:\n        pass\n", None),  # only top-level statements are read
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        (_EXECUTOR + "class FLIP_TRAINER(Executor):\n    pass\n", Contract.EXECUTOR),
+        (
+            "import nvflare.apis.executor\nclass FLIP_TRAINER(nvflare.apis.executor.Executor):\n    pass\n",
+            Contract.EXECUTOR,
+        ),
+        (
+            "from nvflare.apis.executor import Executor as Base\nclass FLIP_TRAINER(Base):\n    pass\n",
+            Contract.EXECUTOR,
+        ),
+        ("from monai.fl.client import ClientAlgo\nclass FLIP_TRAINER(ClientAlgo):\n    pass\n", Contract.CLIENT_ALGO),
+        (
+            "import monai.fl.client.client_algo as ca\nclass FLIP_TRAINER(ca.ClientAlgo):\n    pass\n",
+            Contract.CLIENT_ALGO,
+        ),
+        (
+            _EXECUTOR + "class FLIP_BASE(Executor):\n    pass\nclass FLIP_TRAINER(FLIP_BASE):\n    pass\n",
+            Contract.EXECUTOR,
+        ),
+        (
+            _EXECUTOR + "class Base(Executor):\n    pass\nclass Trainer(Base):\n    pass\nFLIP_TRAINER = Trainer\n",
+            Contract.EXECUTOR,
+        ),
+        ("from helpers import Base\nclass FLIP_TRAINER(Base):\n    pass\n", Contract.CLIENT_ALGO),  # helpers.py below
+        ("from helpers import FLIP_TRAINER\n", Contract.CLIENT_ALGO),
+        ("class FLIP_TRAINER:\n    def __init__(self, config):\n        pass\n", Contract.PLAIN),
+        ("class FLIP_TRAINER(object):\n    pass\n", Contract.PLAIN),
+        ("from somewhere_else import Trainer\nclass FLIP_TRAINER(Trainer):\n    pass\n", Contract.PLAIN),
+        (
+            "class A(B):\n    pass\nclass B(A):\n    pass\nclass FLIP_TRAINER(A):\n    pass\n",
+            Contract.PLAIN,
+        ),  # a cycle ends
+        ("class MY_TRAINER:\n    pass\n", None),
+        ("FLIP_TRAINER = make_trainer()\n", None),
+        ("if True:\n    class FLIP_TRAINER:\n        pass\n", None),  # only top-level statements are read
+    ],
+)
 def test_contract_is_read_from_the_source(tmp_path, source, expected):
-    app = _write(tmp_path / "app", {
-        "trainer.py": source,
-        "helpers.py": "from monai.fl.client import ClientAlgo\nclass Base(ClientAlgo):\n    pass\nFLIP_TRAINER = Base\n",
-    })
+    app = _write(
+        tmp_path / "app",
+        {
+            "trainer.py": source,
+            "helpers.py": "from monai.fl.client import ClientAlgo\nclass Base(ClientAlgo):\n    pass\nFLIP_TRAINER = Base\n",
+        },
+    )
     assert detect_contract(app, "trainer.py", "FLIP_TRAINER") == expected
 
 
 def test_a_validator_built_on_the_trainers_base_is_found_across_modules(tmp_path):
     """FLIP's spleen tutorial: ``from trainer import FLIP_BASE`` and ``class FLIP_VALIDATOR(FLIP_BASE)``."""
-    app = _write(tmp_path / "app", {
-        "trainer.py": _EXECUTOR + "class FLIP_BASE(Executor):\n    pass\nclass FLIP_TRAINER(FLIP_BASE):\n    pass\n",
-        "validator.py": "from trainer import FLIP_BASE\nclass FLIP_VALIDATOR(FLIP_BASE):\n    pass\n",
-    })
+    app = _write(
+        tmp_path / "app",
+        {
+            "trainer.py": _EXECUTOR
+            + "class FLIP_BASE(Executor):\n    pass\nclass FLIP_TRAINER(FLIP_BASE):\n    pass\n",
+            "validator.py": "from trainer import FLIP_BASE\nclass FLIP_VALIDATOR(FLIP_BASE):\n    pass\n",
+        },
+    )
     assert detect_contract(app, "validator.py", "FLIP_VALIDATOR") == Contract.EXECUTOR
 
 
@@ -185,16 +231,19 @@ def test_an_entry_file_that_is_not_python_is_refused_with_its_line(tmp_path):
 
 
 # -- config.json and rounds ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, error", [
-    ("{not json", r"config\.json is not valid JSON \(line 1\): expected a JSON object"),
-    ("[1, 2]", r"config\.json holds a JSON list: expected a JSON object"),
-    ('{"GLOBAL_ROUNDS": 0}', r"config\.json GLOBAL_ROUNDS must be an integer >= 1, got 0"),
-    ('{"GLOBAL_ROUNDS": "3"}', r"config\.json GLOBAL_ROUNDS must be an integer >= 1, got '3'"),
-    ('{"GLOBAL_ROUNDS": true}', r"config\.json GLOBAL_ROUNDS must be an integer >= 1, got True"),
-    ('{"GLOBAL_ROUNDS": 2.5}', r"config\.json GLOBAL_ROUNDS must be an integer >= 1, got 2\.5"),
-    ('{"LOCAL_ROUNDS": NaN}', r"config\.json LOCAL_ROUNDS must be an integer >= 1, got nan"),
-    ('{"GLOBAL_ROUNDS_AE": -1}', r"config\.json GLOBAL_ROUNDS_AE must be an integer >= 1, got -1"),
-])
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("{not json", r"config\.json is not valid JSON \(line 1\): expected a JSON object"),
+        ("[1, 2]", r"config\.json holds a JSON list: expected a JSON object"),
+        ('{"GLOBAL_ROUNDS": 0}', r"config\.json GLOBAL_ROUNDS must be an integer >= 1, got 0"),
+        ('{"GLOBAL_ROUNDS": "3"}', r"config\.json GLOBAL_ROUNDS must be an integer >= 1, got '3'"),
+        ('{"GLOBAL_ROUNDS": true}', r"config\.json GLOBAL_ROUNDS must be an integer >= 1, got True"),
+        ('{"GLOBAL_ROUNDS": 2.5}', r"config\.json GLOBAL_ROUNDS must be an integer >= 1, got 2\.5"),
+        ('{"LOCAL_ROUNDS": NaN}', r"config\.json LOCAL_ROUNDS must be an integer >= 1, got nan"),
+        ('{"GLOBAL_ROUNDS_AE": -1}', r"config\.json GLOBAL_ROUNDS_AE must be an integer >= 1, got -1"),
+    ],
+)
 def test_a_bad_config_json_is_named(tmp_path, text, error):
     app = _copy(DICOM_APP, tmp_path)
     (app / "config.json").write_text(text)
@@ -223,8 +272,10 @@ def test_diffusion_stages_are_flips_task_names_and_rounds(tmp_path):
     config.update(job_type="diffusion_model", GLOBAL_ROUNDS_AE=3)
     (app / "config.json").write_text(json.dumps(config))
     plan = plan_job(app)
-    assert plan.stages == [{"name": "ae", "num_rounds": 3, "train_task_name": "train_ae"},
-                           {"name": "dm", "num_rounds": 2, "train_task_name": "train_dm"}]  # dm: GLOBAL_ROUNDS
+    assert plan.stages == [
+        {"name": "ae", "num_rounds": 3, "train_task_name": "train_ae"},
+        {"name": "dm", "num_rounds": 2, "train_task_name": "train_dm"},
+    ]  # dm: GLOBAL_ROUNDS
     assert plan.config_updates == {"GLOBAL_ROUNDS_AE": 3, "GLOBAL_ROUNDS_DM": 2}
 
 
@@ -235,8 +286,11 @@ def test_a_plain_multi_stage_apps_stages_are_models_stages():
 
 @pytest.mark.parametrize("option, value", [("aggregation", "fedprox"), ("uncertainty", "swag")])
 def test_an_option_that_changes_the_plain_contracts_training_is_refused_for_a_flip_trainer(option, value):
-    with pytest.raises(AppError, match=f"{option} '{value}' changes the local training inside flip's plain contract: "
-                                       "trainer.py's FLIP_TRAINER is FLIP's Executor contract"):
+    with pytest.raises(
+        AppError,
+        match=f"{option} '{value}' changes the local training inside flip's plain contract: "
+        "trainer.py's FLIP_TRAINER is FLIP's Executor contract",
+    ):
         plan_job(DICOM_APP, **{option: value})
     assert plan_job(DEMO_APP_DIR, "standard", **{option: value}).rounds == 1  # the plain contract takes it
 
@@ -273,10 +327,18 @@ def test_plain_app_job_folder_holds_the_values_given(tmp_path):
     filters = {f["path"] for entry in client["task_result_filters"] for f in entry["filters"]}
     assert filters == {"flip.nvflare.components.PercentilePrivacy"}
     custom = job / "app" / "custom"
-    assert sorted(p.name for p in custom.iterdir()) == ["config.json", "digits_data.py", "models.py",
-                                                         "requirements.txt", "trainer.py", "validator.py"]
+    assert sorted(p.name for p in custom.iterdir()) == [
+        "config.json",
+        "digits_data.py",
+        "models.py",
+        "requirements.txt",
+        "trainer.py",
+        "validator.py",
+    ]
     assert json.loads((custom / "config.json").read_text()) == {
-        **json.loads((app / "config.json").read_text()), "GLOBAL_ROUNDS": 4}
+        **json.loads((app / "config.json").read_text()),
+        "GLOBAL_ROUNDS": 4,
+    }
 
 
 def test_out_that_is_not_a_new_or_empty_folder_is_refused_untouched(tmp_path):
@@ -296,8 +358,23 @@ def test_cli_job_create_names_what_is_missing(tmp_path, capsys):
 
 
 def test_cli_job_create_prints_the_job(tmp_path, capsys):
-    rc = flip_cli(["job", "create", str(DEMO_APP_DIR), "--job-type", "standard", "--out", str(tmp_path / "job"),
-                   "--model-id", MODEL_ID, "--min-clients", "2", "--rounds", "3"])
+    rc = flip_cli(
+        [
+            "job",
+            "create",
+            str(DEMO_APP_DIR),
+            "--job-type",
+            "standard",
+            "--out",
+            str(tmp_path / "job"),
+            "--model-id",
+            MODEL_ID,
+            "--min-clients",
+            "2",
+            "--rounds",
+            "3",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert f"job folder {tmp_path / 'job'}" in out
@@ -308,15 +385,25 @@ def test_cli_job_create_prints_the_job(tmp_path, capsys):
 
 # -- the job folder of FLIP's contracts (FLIP's executors from flip.nvflare.executors) ----------------------------
 def test_executor_app_job_gives_the_project_and_query_to_flips_executors(tmp_path):
-    created = create_job(DICOM_APP, tmp_path / "xray", model_id=MODEL_ID, project_id="proj-7",
-                         query="SELECT accession_id,\n       label FROM xray;", min_clients=2)
+    created = create_job(
+        DICOM_APP,
+        tmp_path / "xray",
+        model_id=MODEL_ID,
+        project_id="proj-7",
+        query="SELECT accession_id,\n       label FROM xray;",
+        min_clients=2,
+    )
     server, client = _configs(created.path)
     query = "SELECT accession_id,\n       label FROM xray;"
     executors = _executors(client)
-    assert executors["train"] == {"path": "flip.nvflare.executors.RUN_TRAINER",
-                                  "args": {"train_task_name": "train", "project_id": "proj-7", "query": query}}
-    assert executors["validate"] == {"path": "flip.nvflare.executors.RUN_VALIDATOR",
-                                     "args": {"validate_task_name": "validate", "project_id": "proj-7", "query": query}}
+    assert executors["train"] == {
+        "path": "flip.nvflare.executors.RUN_TRAINER",
+        "args": {"train_task_name": "train", "project_id": "proj-7", "query": query},
+    }
+    assert executors["validate"] == {
+        "path": "flip.nvflare.executors.RUN_VALIDATOR",
+        "args": {"validate_task_name": "validate", "project_id": "proj-7", "query": query},
+    }
     assert _component(server, "training")["args"]["num_rounds"] == 2  # config.json GLOBAL_ROUNDS
     custom = created.path / "app" / "custom"
     assert {"query.md", "scores.py", "data_utils.py"} <= {p.name for p in custom.iterdir()}  # every file of the app
@@ -349,7 +436,9 @@ def test_flip_evaluation_is_two_apps_and_the_checkpoint_stays_on_the_server(tmp_
     executors = _executors(client)
     assert executors["evaluation"]["path"] == "flip.nvflare.executors.RUN_EVALUATOR"
     assert executors["evaluation"]["args"]["evaluate_task_name"] == "evaluation"
-    assert {"models.py", "config.json", "evaluator.py", "README.md"} <= {p.name for p in (job / "app" / "custom").iterdir()}
+    assert {"models.py", "config.json", "evaluator.py", "README.md"} <= {
+        p.name for p in (job / "app" / "custom").iterdir()
+    }
 
 
 def test_flip_diffusion_job_runs_one_trainer_per_stage_task(tmp_path):
@@ -361,7 +450,8 @@ def test_flip_diffusion_job_runs_one_trainer_per_stage_task(tmp_path):
     server, client = _configs(created.path)
     assert _component(server, "training")["args"]["stages"] == [
         {"name": "ae", "num_rounds": 1, "train_task_name": "train_ae"},
-        {"name": "dm", "num_rounds": 2, "train_task_name": "train_dm"}]
+        {"name": "dm", "num_rounds": 2, "train_task_name": "train_dm"},
+    ]
     executors = _executors(client)
     assert executors["train_ae"]["args"]["train_task_name"] == "train_ae"
     assert executors["train_dm"]["args"]["train_task_name"] == "train_dm"

@@ -200,8 +200,14 @@ def test_executor_validator_nested_metrics_leave_with_their_shape(tmp_path, flip
 
     server = make_server(tmp_path)
     server.fire(EventType.START_RUN)
-    server.fire(AppEventType.VALIDATION_RESULT_RECEIVED, **{AppConstants.MODEL_OWNER: RunFile.SERVER_MODEL,
-                AppConstants.DATA_CLIENT: "site-1", AppConstants.VALIDATION_RESULT: reply})
+    server.fire(
+        AppEventType.VALIDATION_RESULT_RECEIVED,
+        **{
+            AppConstants.MODEL_OWNER: RunFile.SERVER_MODEL,
+            AppConstants.DATA_CLIENT: "site-1",
+            AppConstants.VALIDATION_RESULT: reply,
+        },
+    )
     written = strict_json(server.json.write_results(server.ctx).read_text())
     assert written == {"site-1": {RunFile.SERVER_MODEL: metrics}}
 
@@ -239,13 +245,14 @@ def test_client_algo_trainer_lifecycle(tmp_path, flip_env, executor_class):
     full = from_shareable(executor.execute("submit_model", Shareable(), site.ctx("submit_model"), Signal()))
     assert full.data_kind == DataKind.WEIGHTS and isinstance(full.data["fc.weight"], np.ndarray)
     algo = executor._app.algo
-    assert [c[0] for c in algo.calls] == ["initialize", "train", "get_weights", "train", "get_weights",
-                                          "get_weights"]
+    assert [c[0] for c in algo.calls] == ["initialize", "train", "get_weights", "train", "get_weights", "get_weights"]
     assert algo.calls[0][1] == ["fl_ctx"] and algo.calls[1][1] == ["abort_signal", "current_round", "fl_ctx"]
     assert (algo.project_id, algo.query, algo.train_task_name) == ("p", "q", "train")
     assert [from_shareable(e).data["label"] for e in site.engine.wire.sent] == ["train_loss", "train_loss"]
-    assert executor.execute("validate", Shareable(), site.ctx("validate"), Signal()).get_return_code() == \
-        ReturnCode.TASK_UNKNOWN
+    assert (
+        executor.execute("validate", Shareable(), site.ctx("validate"), Signal()).get_return_code()
+        == ReturnCode.TASK_UNKNOWN
+    )
 
 
 def test_client_algo_validator_and_evaluator(tmp_path, flip_env):
@@ -254,10 +261,13 @@ def test_client_algo_validator_and_evaluator(tmp_path, flip_env):
     weights = global_weights()
     reply = RUN_MONAI_FL_VALIDATOR().execute("validate", train_task(weights), site.ctx("validate"), Signal())
     assert from_shareable(reply).data == {"val_acc": 0.5, "per_class": [0.25]}
-    collection = DXO(DataKind.COLLECTION, data={"first": DXO(DataKind.WEIGHTS, data=weights),
-                                                "second": DXO(DataKind.WEIGHTS, data=weights)})
-    reply = RUN_MONAI_FL_EVALUATOR().execute("evaluation", wire(collection.to_shareable()), site.ctx("evaluation"),
-                                             Signal())
+    collection = DXO(
+        DataKind.COLLECTION,
+        data={"first": DXO(DataKind.WEIGHTS, data=weights), "second": DXO(DataKind.WEIGHTS, data=weights)},
+    )
+    reply = RUN_MONAI_FL_EVALUATOR().execute(
+        "evaluation", wire(collection.to_shareable()), site.ctx("evaluation"), Signal()
+    )
     assert from_shareable(reply).data == {n: {"mean_dice": 0.5, "raw_dice": [0.25, 0.75]} for n in ("first", "second")}
 
 
@@ -354,8 +364,9 @@ def test_batchnorm_model_end_to_end_at_fakeengine_level(tmp_path, flip_env, capl
         strict = exec_ns["get_model"]()
         strict.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()}, strict=True)
         persistor.save(learnable, ctx)
-    saved = torch.load(Path(persistor.get_model_inventory(ctx)[persistor.global_model_file_name].location),
-                       weights_only=True)["model"]
+    saved = torch.load(
+        Path(persistor.get_model_inventory(ctx)[persistor.global_model_file_name].location), weights_only=True
+    )["model"]
     exec_ns["get_model"]().load_state_dict(saved, strict=True)
     assert int(saved["bn.num_batches_tracked"]) == 6 and saved["bn.num_batches_tracked"].dtype == torch.int64
 
@@ -363,10 +374,13 @@ def test_batchnorm_model_end_to_end_at_fakeengine_level(tmp_path, flip_env, capl
 def test_integer_counters_through_every_filter(tmp_path):
     """PercentilePrivacy and StagePercentilePrivacy pass an int64 counter unchanged and count it in their
     annotation (the percentile is over the floats only); GaussianPrivacy withholds it (noise cannot cover it)."""
+
     def update():
-        return DXO(DataKind.WEIGHT_DIFF, data={"w": (np.arange(1, 51) * 0.01).astype(np.float32),
-                                               "bn.num_batches_tracked": np.array(7, np.int64)},
-                   meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 1}).to_shareable()
+        return DXO(
+            DataKind.WEIGHT_DIFF,
+            data={"w": (np.arange(1, 51) * 0.01).astype(np.float32), "bn.num_batches_tracked": np.array(7, np.int64)},
+            meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 1},
+        ).to_shareable()
 
     ctx = FLContext()
     ctx.set_prop(FLContextKey.TASK_NAME, FlipTask.TRAIN, private=True, sticky=False)
@@ -411,12 +425,25 @@ def test_flip_metrics_reach_metrics_json_the_report_and_the_platform(tmp_path, f
     for site_name in SITES:
         labels = rounds[2][site_name]
         assert labels["TRAIN-F1-SCORE"] == [0.5, 0.75] and len(labels["TRAIN_LOSS"]) == 1
-    assert sum("a metric from site 'site-1' dropped: metric 'TRAIN-F1-SCORE' is not finite" in r.getMessage()
-               for r in caplog.records if r.levelno == logging.WARNING) == 1
-    reported = [r for r in LocalPlatform(tmp_path / "server" / "flip").read_metrics(server.model_id)
-                if "TRAIN-F1-SCORE" in r["metrics"]]
+    assert (
+        sum(
+            "a metric from site 'site-1' dropped: metric 'TRAIN-F1-SCORE' is not finite" in r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING
+        )
+        == 1
+    )
+    reported = [
+        r
+        for r in LocalPlatform(tmp_path / "server" / "flip").read_metrics(server.model_id)
+        if "TRAIN-F1-SCORE" in r["metrics"]
+    ]
     assert [(r["site"], r["round"], r["metrics"]["TRAIN-F1-SCORE"]) for r in reported] == [
-        ("site-1", 2, 0.5), ("site-1", 2, 0.75), ("site-2", 2, 0.5), ("site-2", 2, 0.75)]
+        ("site-1", 2, 0.5),
+        ("site-1", 2, 0.75),
+        ("site-2", 2, 0.5),
+        ("site-2", 2, 0.75),
+    ]
     page = write_report(document, tmp_path / "report")["index.html"].read_text()
     assert "Metrics the app sent" in page and "TRAIN-F1-SCORE" in page
 
@@ -424,8 +451,12 @@ def test_flip_metrics_reach_metrics_json_the_report_and_the_platform(tmp_path, f
 # ---------------------------------------------------------------------------------------------------------------
 # 6. FlipEvaluation
 # ---------------------------------------------------------------------------------------------------------------
-EVALUATION_CONFIG = {"models": {"first": {"checkpoint": "first.pt", "path": "net"},
-                                "second": {"checkpoint": "ckpt/second.pt", "path": "net"}}}
+EVALUATION_CONFIG = {
+    "models": {
+        "first": {"checkpoint": "first.pt", "path": "net"},
+        "second": {"checkpoint": "ckpt/second.pt", "path": "net"},
+    }
+}
 
 
 def _server_app(custom: Path) -> dict[str, dict]:
@@ -436,8 +467,10 @@ def _server_app(custom: Path) -> dict[str, dict]:
     states = {}
     for seed, (name, entry) in enumerate(EVALUATION_CONFIG["models"].items()):
         torch.manual_seed(seed + 10)
-        state = {k: (torch.randn_like(v) if v.is_floating_point() else v + seed) for k, v in
-                 ns["get_model"]().state_dict().items()}
+        state = {
+            k: (torch.randn_like(v) if v.is_floating_point() else v + seed)
+            for k, v in ns["get_model"]().state_dict().items()
+        }
         (custom / entry["checkpoint"]).parent.mkdir(parents=True, exist_ok=True)
         torch.save(state if seed == 0 else {"model": state, "train_conf": {"train": {}}}, custom / entry["checkpoint"])
         states[name] = state
@@ -488,8 +521,10 @@ def test_flip_evaluation_sends_one_collection_and_writes_each_sites_reply(tmp_pa
     [task] = workflow.tasks
     collection = from_shareable(task.data)
     assert task.name == "evaluation" and collection.data_kind == DataKind.COLLECTION
-    assert {n: d.data_kind for n, d in collection.data.items()} == {"first": DataKind.WEIGHTS,
-                                                                     "second": DataKind.WEIGHTS}
+    assert {n: d.data_kind for n, d in collection.data.items()} == {
+        "first": DataKind.WEIGHTS,
+        "second": DataKind.WEIGHTS,
+    }
     written = strict_json(generator.write_results(server.ctx).read_text())
     assert sorted(written) == sorted(SITES)
     for site_name, reply in written.items():
@@ -507,9 +542,13 @@ def test_multi_stage_rounds_carry_each_stages_train_task_name():
     """FLIP's diffusion apps train `train_ae` then `train_dm` (two trainer instances at each site): each round's
     task takes its stage's name; a stage without one keeps the workflow's (NVFlare's round loop running it:
     tests/unit/test_nvflare_internals.py, row 35)."""
-    workflow = MultiStageScatterAndGather(stages=[{"name": "ae", "num_rounds": 1, "train_task_name": "train_ae"},
-                                                  {"name": "dm", "num_rounds": 2, "train_task_name": "train_dm"},
-                                                  {"name": "tune", "num_rounds": 1}])
+    workflow = MultiStageScatterAndGather(
+        stages=[
+            {"name": "ae", "num_rounds": 1, "train_task_name": "train_ae"},
+            {"name": "dm", "num_rounds": 2, "train_task_name": "train_dm"},
+            {"name": "tune", "num_rounds": 1},
+        ]
+    )
     names = []
     for round_num in range(4):
         ctx = FLContext()

@@ -46,8 +46,9 @@ def test_read_only_scalars_and_fortran_arrays_are_clipped_in_a_copy_of_their_own
     scalar = np.array(3.0, dtype=np.float32)
     scalar.setflags(write=False)
     matrix = np.asfortranarray(np.full((3, 4), 1.0, dtype=np.float32))
-    out, stats = clip_and_noise({"s": scalar, "m": matrix}, clip_norm=1.0, noise_multiplier=1e-300,
-                                rng=make_rng(seed=1))
+    out, stats = clip_and_noise(
+        {"s": scalar, "m": matrix}, clip_norm=1.0, noise_multiplier=1e-300, rng=make_rng(seed=1)
+    )
     assert out["s"].shape == () and out["m"].shape == (3, 4)
     assert stats.norm == pytest.approx(math.sqrt(21))
     assert float(out["s"]) == pytest.approx(3 / math.sqrt(21), rel=1e-6)
@@ -72,16 +73,19 @@ def test_unseeded_noise_is_not_repeatable():
     assert not np.array_equal(a["w"], b["w"])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({}, "give exactly one of noise_multiplier or epsilon"),
-    ({"noise_multiplier": 1.0, "epsilon": 1.0, "rounds": 2}, "give exactly one of noise_multiplier or epsilon"),
-    ({"epsilon": 8.0}, "epsilon needs rounds"),
-    ({"noise_multiplier": -1.0}, r"noise_multiplier must be a finite number > 0 or None, got -1.0"),
-    ({"noise_multiplier": 1.0, "clip_norm": 0}, r"clip_norm must be a finite number > 0, got 0"),
-    ({"noise_multiplier": 1.0, "delta": 1.5}, r"delta must be a finite number in \(0, 1\), got 1.5"),
-    ({"epsilon": 8.0, "rounds": 0}, r"rounds must be an integer >= 1 or None, got 0"),
-    ({"noise_multiplier": float("nan")}, r"noise_multiplier must be a finite number > 0 or None, got nan"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "give exactly one of noise_multiplier or epsilon"),
+        ({"noise_multiplier": 1.0, "epsilon": 1.0, "rounds": 2}, "give exactly one of noise_multiplier or epsilon"),
+        ({"epsilon": 8.0}, "epsilon needs rounds"),
+        ({"noise_multiplier": -1.0}, r"noise_multiplier must be a finite number > 0 or None, got -1.0"),
+        ({"noise_multiplier": 1.0, "clip_norm": 0}, r"clip_norm must be a finite number > 0, got 0"),
+        ({"noise_multiplier": 1.0, "delta": 1.5}, r"delta must be a finite number in \(0, 1\), got 1.5"),
+        ({"epsilon": 8.0, "rounds": 0}, r"rounds must be an integer >= 1 or None, got 0"),
+        ({"noise_multiplier": float("nan")}, r"noise_multiplier must be a finite number > 0 or None, got nan"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GaussianPrivacy(**kwargs)
@@ -110,8 +114,11 @@ def test_filter_clips_noises_records_epsilon_and_stops_at_the_budget(tmp_path):
         assert record["filter"] == "GaussianPrivacy" and record["max_epsilon"] == 4.0
     assert spent[0] < spent[1] == pytest.approx(4.0, rel=0.01)
     assert record["next_epsilon"] > 4.0  # the server sees the budget coming
-    with pytest.raises(PrivacyError, match=r"privacy budget exhausted: releasing update 3 would spend ε=\S+ > "
-                                           r"max_epsilon 4"):
+    with pytest.raises(
+        PrivacyError,
+        match=r"privacy budget exhausted: releasing update 3 would spend ε=\S+ > "
+        r"max_epsilon 4",
+    ):
         flt.process(_diff([30.0, 40.0]), ctx)
     # the count survives a restart of the site (a new filter object, the same run folder)
     with pytest.raises(PrivacyError, match="privacy budget exhausted"):

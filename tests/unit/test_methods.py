@@ -30,6 +30,7 @@ GLOBAL = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32
 
 # -- FedAvg by samples and the acceptance rules -------------------------------------------------------------------
 
+
 def test_weighted_mean_uses_sample_counts():
     mean = weighted_mean([({"w": np.array([1.0])}, 1), ({"w": np.array([4.0])}, 3)])
     assert mean["w"].tolist() == [3.25]  # (1*1 + 3*4) / 4; unweighted FedAvg would give 2.5
@@ -57,14 +58,17 @@ def _update(diff, samples=10, round_num=0, kind=DataKind.WEIGHT_DIFF):
 GOOD = {"w": np.array([0.1, -0.1], np.float32), "b": np.array([0.2], np.float32)}
 
 
-@pytest.mark.parametrize("update, reason", [
-    (_update(GOOD, round_num=1), "it is for round 2, this is round 1"),
-    (_update({"w": np.array([np.nan, 0.0], np.float32)}), "parameter 'w' holds NaN or Inf"),
-    (_update({"w": np.zeros(3, np.float32)}), "parameter 'w' has shape (3,), the global model (2,)"),
-    (_update({"extra": np.zeros(2, np.float32)}), "parameter 'extra' is not in the global model"),
-    (_update(GOOD, samples=0), "num_samples must be a positive integer, got 0"),
-    (_update(GOOD, kind=DataKind.WEIGHTS), "it is WEIGHTS, expected WEIGHT_DIFF"),
-])
+@pytest.mark.parametrize(
+    "update, reason",
+    [
+        (_update(GOOD, round_num=1), "it is for round 2, this is round 1"),
+        (_update({"w": np.array([np.nan, 0.0], np.float32)}), "parameter 'w' holds NaN or Inf"),
+        (_update({"w": np.zeros(3, np.float32)}), "parameter 'w' has shape (3,), the global model (2,)"),
+        (_update({"extra": np.zeros(2, np.float32)}), "parameter 'extra' is not in the global model"),
+        (_update(GOOD, samples=0), "num_samples must be a positive integer, got 0"),
+        (_update(GOOD, kind=DataKind.WEIGHTS), "it is WEIGHTS, expected WEIGHT_DIFF"),
+    ],
+)
 def test_bad_updates_are_excluded_with_a_reason(tmp_path, update, reason):
     aggregator = SampleWeightedAggregator(min_accepted=1)
     aggregator.reset(None)
@@ -130,6 +134,7 @@ def test_check_update_accepts_a_good_update():
 
 # -- FedProx -------------------------------------------------------------------------------------------------------
 
+
 def test_proximal_hook_gives_the_fedprox_gradient():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
@@ -145,7 +150,8 @@ def test_proximal_hook_gives_the_fedprox_gradient():
     explicit = torch.nn.Linear(3, 2)
     explicit.load_state_dict(model.state_dict())
     loss = torch.nn.functional.mse_loss(explicit(x), y) + mu / 2 * sum(
-        ((p - anchor[n]) ** 2).sum() for n, p in explicit.named_parameters())
+        ((p - anchor[n]) ** 2).sum() for n, p in explicit.named_parameters()
+    )
     loss.backward()
     # the hook, anchored at the round's start: reset the model to the anchor, move it, then backprop the plain loss
     hooked = torch.nn.Linear(3, 2)
@@ -171,8 +177,11 @@ def site_data(tmp_path_factory):
 def _distance_after_training(site_data, mu):
     model = build_model(DEMO_APP_DIR)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = instantiate(load_class(DEMO_APP_DIR, "trainer.py", "FLIP_TRAINER", ("train",)),
-                          {"LOCAL_ROUNDS": 3, "LEARNING_RATE": 0.05}, "trainer.py")
+    trainer = instantiate(
+        load_class(DEMO_APP_DIR, "trainer.py", "FLIP_TRAINER", ("train",)),
+        {"LOCAL_ROUNDS": 3, "LEARNING_RATE": 0.05},
+        "trainer.py",
+    )
     with proximal_term(model, mu):
         trainer.train(model, TaskContext("site-1", "job", 0, 1, site_data, {}))
     return float(sum(((model.state_dict()[k] - start[k]) ** 2).sum() for k in start) ** 0.5)
@@ -184,6 +193,7 @@ def test_fedprox_keeps_the_local_model_closer_to_the_global_one_with_the_users_t
 
 
 # -- FedDC ---------------------------------------------------------------------------------------------------------
+
 
 def test_daisy_chain_is_a_seeded_derangement():
     sites = ["site-1", "site-2", "site-3", "site-4"]
@@ -202,32 +212,40 @@ def test_aggregation_rounds():
 
 # -- SWAG ----------------------------------------------------------------------------------------------------------
 
+
 def test_swag_moments_and_aggregation_by_hand():
     g = {"w": np.array([1.0, 0.0])}
     mean_a, dev_a = swag.site_moments([{"w": np.array([1.0, 1.0])}, {"w": np.array([3.0, 1.0])}], g)
-    np.testing.assert_allclose(mean_a["w"], [1.0, 1.0])   # mean [2, 1] - [1, 0]
-    np.testing.assert_allclose(dev_a["w"], [1.0, 0.0])    # each weight's std around the site's mean [2, 1]
+    np.testing.assert_allclose(mean_a["w"], [1.0, 1.0])  # mean [2, 1] - [1, 0]
+    np.testing.assert_allclose(dev_a["w"], [1.0, 0.0])  # each weight's std around the site's mean [2, 1]
     mean_b, dev_b = swag.site_moments([{"w": np.array([2.0, 3.0])}], g)  # one snapshot: mean [2, 3], std 0
     mean, var = swag.aggregate(g, [(mean_a, dev_a, 1), (mean_b, dev_b, 3)])
     # E[w] = (1*[2,1] + 3*[2,3]) / 4 = [2, 2.5]; E[w^2] = (1*[5,1] + 3*[4,9]) / 4 = [4.25, 7]
     np.testing.assert_allclose(mean["w"], [2.0, 2.5])
-    np.testing.assert_allclose(var["w"], [0.25, 0.75])    # [4.25 - 4, 7 - 6.25]: the pooled snapshots' variance
+    np.testing.assert_allclose(var["w"], [0.25, 0.75])  # [4.25 - 4, 7 - 6.25]: the pooled snapshots' variance
 
 
 def test_swag_variance_cannot_go_negative_whatever_the_parts_are():
     """Pooled by the law of total variance, any mean and non-negative deviation give a variance >= 0 (the old
     E[w²] − E[w]² went negative when the filter zeroed a second moment, and was clamped at 0)."""
     g = {"w": np.array([1.0, -3.0])}
-    _, var = swag.aggregate(g, [({"w": np.array([0.5, 0.0])}, {"w": np.array([0.0, 0.0])}, 1),
-                                ({"w": np.array([0.0, 0.2])}, {"w": np.array([0.1, 0.0])}, 2)])
-    np.testing.assert_allclose(var["w"], [(0.25 * 1 / 9 * 4 + 2 * (0.01 + 1 / 36)) / 3, 2 / 3 * (0.2 / 3) ** 2
-                                          + 1 / 3 * (0.4 / 3) ** 2])
+    _, var = swag.aggregate(
+        g,
+        [
+            ({"w": np.array([0.5, 0.0])}, {"w": np.array([0.0, 0.0])}, 1),
+            ({"w": np.array([0.0, 0.2])}, {"w": np.array([0.1, 0.0])}, 2),
+        ],
+    )
+    np.testing.assert_allclose(
+        var["w"], [(0.25 * 1 / 9 * 4 + 2 * (0.01 + 1 / 36)) / 3, 2 / 3 * (0.2 / 3) ** 2 + 1 / 3 * (0.4 / 3) ** 2]
+    )
     assert swag.negative_deviation({"w": np.array([0.1, -0.1])}) == "its SWAG deviation 'w' has negative entries"
 
 
 def test_swag_samples_follow_mean_and_variance():
-    samples = swag_sample({"mean": {"w": torch.tensor([1.0, -2.0])}, "variance": {"w": torch.tensor([4.0, 0.0])}},
-                          4000, seed=1)
+    samples = swag_sample(
+        {"mean": {"w": torch.tensor([1.0, -2.0])}, "variance": {"w": torch.tensor([4.0, 0.0])}}, 4000, seed=1
+    )
     stacked = torch.stack([s["w"] for s in samples]).double()
     assert stacked[:, 0].mean().item() == pytest.approx(1.0, abs=0.1)
     assert stacked[:, 0].std().item() == pytest.approx(2.0, rel=0.05)
@@ -235,6 +253,7 @@ def test_swag_samples_follow_mean_and_variance():
 
 
 # -- uncertainty helpers -------------------------------------------------------------------------------------------
+
 
 def test_ensemble_prediction_mean_and_spread():
     def build():
@@ -258,18 +277,28 @@ def test_mc_dropout_needs_dropout_and_spreads_with_it():
 
 # -- options -------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("options, message", [
-    ({"aggregation": "fedmedian"}, r"aggregation must be one of \['fedavg', 'fedprox', 'feddc'\], got 'fedmedian'"),
-    ({"uncertainty": "bayes"}, r"uncertainty must be one of \['none', 'ensemble', 'mc_dropout', 'swag'\]"),
-    ({"aggregation": "fedprox", "fedprox_mu": 0}, r"aggregation 'fedprox' needs fedprox_mu > 0, got 0"),
-    ({"keep_best": "accuracy", "skip_model_tests": True}, "keep_best='accuracy' selects on the per-round tests"),
-    ({"keep_best": "accuracy", "model_test_after_each_round": False}, "needs model_test_after_each_round=True"),
-    ({"keep_best": "loss", "keep_best_mode": "lowest"}, r"keep_best_mode must be one of \['max', 'min'\]"),
-    ({"initial_model": "not-a-model"}, "initial_model must be MODEL_ID or MODEL_ID/RUN_ID: model_id must be a UUID"),
-    ({"initial_model": "5f2b7c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f/../x"}, "initial_model must be MODEL_ID or MODEL_ID/RUN_ID"),
-    ({"keep_round_models": "yes"}, "keep_round_models must be True or False"),
-    ({"aggregation": "feddc", "daisy_chain_period": 0}, r"daisy_chain_period must be an integer >= 1, got 0"),
-])
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"aggregation": "fedmedian"}, r"aggregation must be one of \['fedavg', 'fedprox', 'feddc'\], got 'fedmedian'"),
+        ({"uncertainty": "bayes"}, r"uncertainty must be one of \['none', 'ensemble', 'mc_dropout', 'swag'\]"),
+        ({"aggregation": "fedprox", "fedprox_mu": 0}, r"aggregation 'fedprox' needs fedprox_mu > 0, got 0"),
+        ({"keep_best": "accuracy", "skip_model_tests": True}, "keep_best='accuracy' selects on the per-round tests"),
+        ({"keep_best": "accuracy", "model_test_after_each_round": False}, "needs model_test_after_each_round=True"),
+        ({"keep_best": "loss", "keep_best_mode": "lowest"}, r"keep_best_mode must be one of \['max', 'min'\]"),
+        (
+            {"initial_model": "not-a-model"},
+            "initial_model must be MODEL_ID or MODEL_ID/RUN_ID: model_id must be a UUID",
+        ),
+        (
+            {"initial_model": "5f2b7c1e-9d4a-4e3b-8c6f-1a2b3c4d5e6f/../x"},
+            "initial_model must be MODEL_ID or MODEL_ID/RUN_ID",
+        ),
+        ({"keep_round_models": "yes"}, "keep_round_models must be True or False"),
+        ({"aggregation": "feddc", "daisy_chain_period": 0}, r"daisy_chain_period must be an integer >= 1, got 0"),
+    ],
+)
 def test_bad_method_options_are_named(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         write_job("standard", tmp_path, **options)

@@ -39,8 +39,10 @@ SITES3 = ("site-1", "site-2", "site-3")
 
 
 def _server(tmp_path, locator: InitialPTModelLocator | None, persistor: FlipModelPersistor, model_id: str):
-    components = {ComponentId.PERSISTOR: persistor,
-                  ComponentId.SERVER_EVENT_HANDLER: ServerEventHandler(model_id=model_id)}
+    components = {
+        ComponentId.PERSISTOR: persistor,
+        ComponentId.SERVER_EVENT_HANDLER: ServerEventHandler(model_id=model_id),
+    }
     if locator is not None:
         components[ComponentId.INITIAL_MODEL_LOCATOR] = locator
     engine = Engine(tmp_path / "ws", components)
@@ -51,8 +53,9 @@ def _server(tmp_path, locator: InitialPTModelLocator | None, persistor: FlipMode
 
 
 def _panics(engine) -> list[str]:
-    return [str(data) for name, snap in engine.events if name == EventType.FATAL_SYSTEM_ERROR
-            for data in [snap["data"]]]
+    return [
+        str(data) for name, snap in engine.events if name == EventType.FATAL_SYSTEM_ERROR for data in [snap["data"]]
+    ]
 
 
 def _upload(weed, tmp_path, state, **kwargs):
@@ -68,6 +71,7 @@ class Scale(torch.nn.Module):
 
 # -- the model a run starts from --------------------------------------------------------------------------------------
 
+
 @pytest.mark.s3
 def test_a_run_starts_from_the_registry_model_and_carries_its_preprocessing(tmp_path, weed, monkeypatch):
     """Before: no job used InitialPTModelLocator; the persistor always started from models.get_model()."""
@@ -75,8 +79,13 @@ def test_a_run_starts_from_the_registry_model_and_carries_its_preprocessing(tmp_
         monkeypatch.setenv(key, value)
     pre = tmp_path / "pre.pt"
     torch.jit.script(Scale()).save(str(pre))
-    manifest = _upload(weed, tmp_path, {"weight": torch.tensor([[1.0, 2.0]]), "bias": torch.tensor([3.0])},
-                       preprocessing=pre, input_shape="2")
+    manifest = _upload(
+        weed,
+        tmp_path,
+        {"weight": torch.tensor([[1.0, 2.0]]), "bias": torch.tensor([3.0])},
+        preprocessing=pre,
+        input_shape="2",
+    )
     ref = f"{manifest['model_id']}/{manifest['run_id']}"
     persistor = FlipModelPersistor(model=MODEL)
     engine, fl_ctx = _server(tmp_path, InitialPTModelLocator(registry_model=ref), persistor, str(uuid.uuid4()))
@@ -91,24 +100,35 @@ def test_a_run_starts_from_the_registry_model_and_carries_its_preprocessing(tmp_
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("state, reason", [
-    ({"weight": torch.zeros(1, 3), "bias": torch.zeros(1)}, "key 'weight' has shape (1, 3), models.get_model() has "
-                                                              "(1, 2)"),
-    ({"weight": torch.zeros(1, 2)}, "key 'bias' of models.get_model() is missing (1 of 2 keys)"),
-    ({"weight": torch.zeros(1, 2), "bias": torch.zeros(1), "extra": torch.zeros(1)},
-     "key 'extra' is not in models.get_model()"),
-])
-def test_a_registry_model_that_does_not_fit_ends_the_run_naming_the_first_key(tmp_path, weed, monkeypatch, state,
-                                                                               reason):
+@pytest.mark.parametrize(
+    "state, reason",
+    [
+        (
+            {"weight": torch.zeros(1, 3), "bias": torch.zeros(1)},
+            "key 'weight' has shape (1, 3), models.get_model() has (1, 2)",
+        ),
+        ({"weight": torch.zeros(1, 2)}, "key 'bias' of models.get_model() is missing (1 of 2 keys)"),
+        (
+            {"weight": torch.zeros(1, 2), "bias": torch.zeros(1), "extra": torch.zeros(1)},
+            "key 'extra' is not in models.get_model()",
+        ),
+    ],
+)
+def test_a_registry_model_that_does_not_fit_ends_the_run_naming_the_first_key(
+    tmp_path, weed, monkeypatch, state, reason
+):
     for key, value in weed.env.items():
         monkeypatch.setenv(key, value)
     manifest = _upload(weed, tmp_path, state)
     persistor = FlipModelPersistor(model=MODEL)
-    engine, fl_ctx = _server(tmp_path, InitialPTModelLocator(registry_model=manifest["model_id"]), persistor,
-                             str(uuid.uuid4()))
+    engine, fl_ctx = _server(
+        tmp_path, InitialPTModelLocator(registry_model=manifest["model_id"]), persistor, str(uuid.uuid4())
+    )
     assert persistor.load(fl_ctx) is None
     (panic,) = _panics(engine)
-    assert panic.startswith("cannot start from the initial model: the initial model (registry model ") and reason in panic
+    assert (
+        panic.startswith("cannot start from the initial model: the initial model (registry model ") and reason in panic
+    )
 
 
 @pytest.mark.s3
@@ -119,8 +139,9 @@ def test_an_unknown_registry_model_ends_the_run_instead_of_training_a_fresh_one(
     persistor = FlipModelPersistor(model=MODEL)
     engine, fl_ctx = _server(tmp_path, InitialPTModelLocator(registry_model=missing), persistor, str(uuid.uuid4()))
     assert persistor.load(fl_ctx) is None
-    assert _panics(engine) == [f"cannot start from the initial model: model {missing} has no runs in "
-                               f"s3://{weed.bucket}"]
+    assert _panics(engine) == [
+        f"cannot start from the initial model: model {missing} has no runs in s3://{weed.bucket}"
+    ]
 
 
 @pytest.mark.unit
@@ -128,8 +149,10 @@ def test_without_a_registry_model_the_platforms_initial_model_comes_next(tmp_pat
     model_id = str(uuid.uuid4())
     local = tmp_path / "flip"
     (local / "safehouse" / model_id).mkdir(parents=True)
-    torch.save({"weight": torch.tensor([[5.0, 6.0]]), "bias": torch.tensor([7.0])},
-               local / "safehouse" / model_id / "initial_model.pt")
+    torch.save(
+        {"weight": torch.tensor([[5.0, 6.0]]), "bias": torch.tensor([7.0])},
+        local / "safehouse" / model_id / "initial_model.pt",
+    )
     monkeypatch.setenv("FLIP_LOCAL_DIR", str(local))
     monkeypatch.setenv("FLIP_ENV", "dev")
     persistor = FlipModelPersistor(model=MODEL)
@@ -163,8 +186,12 @@ def test_each_rounds_global_model_is_kept_only_when_asked(tmp_path):
         persistor.load(fl_ctx)
         for round_num in range(2):
             fl_ctx.set_prop(AppConstants.CURRENT_ROUND, round_num, private=True, sticky=False)
-            persistor.save(make_model_learnable({"weight": np.full((1, 2), round_num, np.float32),
-                                                 "bias": np.zeros(1, np.float32)}, {}), fl_ctx)
+            persistor.save(
+                make_model_learnable(
+                    {"weight": np.full((1, 2), round_num, np.float32), "bias": np.zeros(1, np.float32)}, {}
+                ),
+                fl_ctx,
+            )
         kept = tmp_path / str(keep) / "ws" / "job-1" / RunFile.ARTIFACTS_DIR
         if keep:
             second = torch.load(kept / round_model_key(2), weights_only=True)
@@ -175,6 +202,7 @@ def test_each_rounds_global_model_is_kept_only_when_asked(tmp_path):
 
 # -- per-round tests and the best model -------------------------------------------------------------------------------
 
+
 class Recorder(Communicator):
     """The stand-in communicator, recording how each validate task was broadcast."""
 
@@ -182,16 +210,22 @@ class Recorder(Communicator):
         super().__init__(engine, reply, answers={FlipTask.VALIDATE: lambda site, data: reply(site, None)})
         self.validate_calls: list[dict] = []
 
-    def broadcast_and_wait(self, task, fl_ctx, targets=None, min_responses=1, wait_time_after_min_received=0,
-                           abort_signal=None):
+    def broadcast_and_wait(
+        self, task, fl_ctx, targets=None, min_responses=1, wait_time_after_min_received=0, abort_signal=None
+    ):
         if task.name == FlipTask.VALIDATE:
             self.validate_calls.append({"targets": targets, "min_responses": min_responses})
         super().broadcast_and_wait(task, fl_ctx, targets, min_responses, wait_time_after_min_received, abort_signal)
 
 
 def _run(tmp_path, workflow, reply, extra=None, sites=SITES3):
-    components = {ComponentId.PERSISTOR: Persistor(), ComponentId.AGGREGATOR: SampleWeightedAggregator(min_accepted=1),
-                  ComponentId.SHAREABLE_GENERATOR: FullModelShareableGenerator(), "training": workflow, **(extra or {})}
+    components = {
+        ComponentId.PERSISTOR: Persistor(),
+        ComponentId.AGGREGATOR: SampleWeightedAggregator(min_accepted=1),
+        ComponentId.SHAREABLE_GENERATOR: FullModelShareableGenerator(),
+        "training": workflow,
+        **(extra or {}),
+    }
     engine = Engine(tmp_path, components, sites=sites)
     communicator = Recorder(engine, reply)
     workflow.set_communicator(communicator)
@@ -215,6 +249,7 @@ def _replies(accuracy_by_round: dict[int, float], silent: str | None = None):
         if site == silent:
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
         return DXO(DataKind.METRICS, data={"accuracy": accuracy_by_round[n], "num_samples": 10}).to_shareable()
+
     return reply
 
 
@@ -236,8 +271,10 @@ def test_a_site_that_does_not_answer_its_per_round_test_is_named(tmp_path, caplo
     caplog.set_level(logging.WARNING)
     workflow = FlipScatterAndGather(min_clients=1, num_rounds=1, wait_time_after_min_received=0)
     _run(tmp_path, workflow, _replies({1: 0.5}, silent="site-2"))
-    assert "round 1: per-round test: no usable answer from site-2 within 600 s (2 of 3 sites tested the global model)" \
+    assert (
+        "round 1: per-round test: no usable answer from site-2 within 600 s (2 of 3 sites tested the global model)"
         in caplog.text
+    )
 
 
 @pytest.mark.unit

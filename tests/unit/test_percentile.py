@@ -84,7 +84,9 @@ def test_filter_filters_weight_diff_dxo():
 
 
 def test_filter_honours_num_steps_meta():
-    shareable = _shareable(DataKind.WEIGHT_DIFF, {"w": np.array([0.0, 0.4, -4.0])}, {MetaKey.NUM_STEPS_CURRENT_ROUND: 10})
+    shareable = _shareable(
+        DataKind.WEIGHT_DIFF, {"w": np.array([0.0, 0.4, -4.0])}, {MetaKey.NUM_STEPS_CURRENT_ROUND: 10}
+    )
     result = PercentilePrivacy(percentile=0, gamma=0.1).process(shareable, FLContext())
     np.testing.assert_allclose(from_shareable(result).data["w"], [0.0, 0.4, -1.0])
 

@@ -22,14 +22,22 @@ def test_dev_records_events_and_failures_in_order(tmp_path):
     p.report_failure(MODEL_ID, "job-1", "site-2", "train failed: trainer.py raised KeyError")
     logs = p.read_logs(MODEL_ID)
     assert [(r["site"], r["text"], r["success"]) for r in logs] == [
-        (None, "ROUND_STARTED", True), ("site-1", "CLIENT_RESULT_RECEIVED", True),
-        ("site-2", "train failed: trainer.py raised KeyError", False)]
+        (None, "ROUND_STARTED", True),
+        ("site-1", "CLIENT_RESULT_RECEIVED", True),
+        ("site-2", "train failed: trainer.py raised KeyError", False),
+    ]
     assert logs[0]["details"] == {"total_rounds": 2} and p.read_logs("11111111-2222-3333-4444-555555555555") == []
 
 
-@pytest.mark.parametrize("event, round_num, why", [
-    ("QUEUE_POSITION", 1, "event_type must be one of"), ("ROUND_STARTED", 0, "must be an integer from 1"),
-    ("ROUND_STARTED", True, "must be an integer from 1"), ("NOT_AN_EVENT", 1, "event_type must be one of")])
+@pytest.mark.parametrize(
+    "event, round_num, why",
+    [
+        ("QUEUE_POSITION", 1, "event_type must be one of"),
+        ("ROUND_STARTED", 0, "must be an integer from 1"),
+        ("ROUND_STARTED", True, "must be an integer from 1"),
+        ("NOT_AN_EVENT", 1, "event_type must be one of"),
+    ],
+)
 def test_dev_refuses_what_flips_hub_would_refuse(tmp_path, event, round_num, why):
     with pytest.raises(PlatformError, match=rf"not recorded in {LOGS_FILE}: .*{why}"):
         LocalPlatform(tmp_path).report_event(MODEL_ID, "job-1", event, round_num)

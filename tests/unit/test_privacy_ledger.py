@@ -32,7 +32,8 @@ def _run_job(root, job_id: str, target: float = 3.0, total: float = 7.0) -> None
         with policy.training(ctx, "ignored-project", total_rounds=1) as task:
             model = _model()
             private_model, optimizer, loader = make_private(
-                model, torch.optim.SGD(model.parameters(), lr=0.1), torch.utils.data.DataLoader(_data(), BATCH), ctx)
+                model, torch.optim.SGD(model.parameters(), lr=0.1), torch.utils.data.DataLoader(_data(), BATCH), ctx
+            )
             _train(private_model, optimizer, loader)
             task.ok = True
     finally:
@@ -50,8 +51,11 @@ def test_the_ledger_survives_new_jobs_and_restarts_and_refuses_an_over_budget_jo
     assert budget.jobs == 2 and budget.running == 0
     assert 5.8 < budget.spent <= 6.0 and budget.remaining == pytest.approx(7.0 - budget.spent)
     # job-3 needs 3 of the ~1 left: refused at its first training task, naming what is left, before any training
-    with pytest.raises(TaskFailed, match=rf"data set 'digits' has ε={budget.remaining:.4g} left of its total 7 at "
-                                         r"this site \(2 earlier job\(s\) spent .*\); this job needs ε=3: refused"):
+    with pytest.raises(
+        TaskFailed,
+        match=rf"data set 'digits' has ε={budget.remaining:.4g} left of its total 7 at "
+        r"this site \(2 earlier job\(s\) spent .*\); this job needs ε=3: refused",
+    ):
         _run_job(root, "job-3")
     assert PrivacyLedger(path).budget("digits").jobs == 2  # the refused job spent nothing
     assert not list(path.parent.glob("*.tmp"))  # written atomically: no partial file left
@@ -71,9 +75,16 @@ def test_a_running_job_is_charged_what_it_planned_and_admitting_it_again_is_idem
     assert ledger.budget("d").spent == 1.25
 
 
-@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "other"}),
-                                     json.dumps({"format": "flip-privacy-ledger/1", "datasets": {
-                                         "d": {"total_epsilon": 8, "jobs": {"j": {"epsilon": -1}}}}})])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        json.dumps({"format": "other"}),
+        json.dumps(
+            {"format": "flip-privacy-ledger/1", "datasets": {"d": {"total_epsilon": 8, "jobs": {"j": {"epsilon": -1}}}}}
+        ),
+    ],
+)
 def test_an_unreadable_ledger_refuses_every_job(tmp_path, content):
     path = tmp_path / LEDGER_FILE
     path.write_text(content)
@@ -85,14 +96,28 @@ def test_an_unreadable_ledger_refuses_every_job(tmp_path, content):
 def test_flip_privacy_ledger_shows_the_budget(tmp_path):
     root = tmp_path / "hospital-a"
     _run_job(root, "job-1", target=2.0, total=8.0)
-    out = subprocess.run([sys.executable, "-m", "flip.cli", "privacy", "ledger", "--site", str(root)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "flip.cli", "privacy", "ledger", "--site", str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     spent = PrivacyLedger(ledger_path(root)).budget("digits").spent
     assert "digits" in out and f"{spent:.4g}" in out and f"{8.0 - spent:.4g}" in out
     assert "job-1: record-level" in out and "done" in out
-    doc = json.loads(subprocess.run([sys.executable, "-m", "flip.cli", "privacy", "ledger", "--site", str(root),
-                                     "--json"], capture_output=True, text=True, check=True).stdout)
+    doc = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "flip.cli", "privacy", "ledger", "--site", str(root), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert doc["datasets"]["digits"]["jobs"]["job-1"]["level"] == "record"
-    bad = subprocess.run([sys.executable, "-m", "flip.cli", "privacy", "ledger", "--site", str(tmp_path / "nope")],
-                         capture_output=True, text=True, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "flip.cli", "privacy", "ledger", "--site", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bad.returncode == 2 and "--site must be a site's workspace" in bad.stderr

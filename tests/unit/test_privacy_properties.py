@@ -33,7 +33,9 @@ def updates(draw, max_tensors=6, max_size=60):
     elements = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=np.finfo(dtype).bits)
     update = {}
     for i in range(count):
-        shape = draw(st.sampled_from([(draw(st.integers(1, max_size)),), (draw(st.integers(1, 6)), draw(st.integers(1, 6)))]))
+        shape = draw(
+            st.sampled_from([(draw(st.integers(1, max_size)),), (draw(st.integers(1, 6)), draw(st.integers(1, 6)))])
+        )
         update[f"layer{i}.weight"] = draw(arrays(dtype, shape, elements=elements))
     return update
 
@@ -121,7 +123,7 @@ def test_large_updates_take_the_streaming_path_exactly(kind):
         x[rng.random(n) < 0.95] = 0
     elif kind == "huge_range":
         x *= np.float32(10.0) ** rng.integers(-30, 30, size=n).astype(np.float32)
-    update = {"a": x[: n // 3], "b": x[n // 3:].reshape(4, -1)}
+    update = {"a": x[: n // 3], "b": x[n // 3 :].reshape(4, -1)}
     reference = {k: v.copy() for k, v in update.items()}
     if kind == "float16":
         update = {k: v.astype(np.float16) for k, v in update.items()}
@@ -130,7 +132,9 @@ def test_large_updates_take_the_streaming_path_exactly(kind):
         tensors = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in update.items()}
         as_f32 = {k: t.float().numpy() for k, t in tensors.items()}
         for q in (10.0, 90.0):
-            assert percentile_threshold(tensors, q) == np.percentile(np.abs(np.concatenate([v.ravel() for v in as_f32.values()])), q)
+            assert percentile_threshold(tensors, q) == np.percentile(
+                np.abs(np.concatenate([v.ravel() for v in as_f32.values()])), q
+            )
         return
     for q in (0.0, 10.0, 50.0, 99.9):
         assert percentile_threshold(update, q) == _numpy_threshold(reference)(q), q
@@ -156,8 +160,10 @@ def _nvflare(update, q, gamma, steps=None):
 @pytest.mark.parametrize("seed", range(6))
 def test_same_result_as_nvflare_builtin(seed, steps):
     rng = np.random.default_rng(seed)
-    update = {f"w{i}": (rng.normal(size=rng.integers(50, 5000)) * 10.0 ** rng.uniform(-4, 0)).astype(np.float32)
-              for i in range(5)}
+    update = {
+        f"w{i}": (rng.normal(size=rng.integers(50, 5000)) * 10.0 ** rng.uniform(-4, 0)).astype(np.float32)
+        for i in range(5)
+    }
     q, gamma = float(rng.uniform(0, 99)), float(10.0 ** rng.uniform(-3, -1))
     theirs = _nvflare(update, q, gamma, steps)
     ours, stats = percentile_filter(update, q, gamma, num_steps=steps or 1)
@@ -176,12 +182,18 @@ def _diff(data, meta=None):
 
 def test_both_stages_of_a_two_stage_update_are_filtered_with_their_own_threshold_and_steps():
     rng = np.random.default_rng(3)
-    stage1 = {"unet.a": rng.normal(size=4000).astype(np.float32) * 0.5, "unet.b": rng.normal(size=300).astype(np.float32)}
+    stage1 = {
+        "unet.a": rng.normal(size=4000).astype(np.float32) * 0.5,
+        "unet.b": rng.normal(size=300).astype(np.float32),
+    }
     stage2 = {"decoder.c": rng.normal(size=2000).astype(np.float32) * 1e-3}
-    meta = {FlipMeta.STAGE_PARAMS: {"stage1": list(stage1), "stage2": list(stage2)},
-            FlipMeta.STAGE_STEPS: {"stage1": 10, "stage2": 4}}
-    shareable = _diff({**{k: v.copy() for k, v in stage1.items()}, **{k: v.copy() for k, v in stage2.items()}},
-                      meta).to_shareable()
+    meta = {
+        FlipMeta.STAGE_PARAMS: {"stage1": list(stage1), "stage2": list(stage2)},
+        FlipMeta.STAGE_STEPS: {"stage1": 10, "stage2": 4},
+    }
+    shareable = _diff(
+        {**{k: v.copy() for k, v in stage1.items()}, **{k: v.copy() for k, v in stage2.items()}}, meta
+    ).to_shareable()
     out = from_shareable(StagePercentilePrivacy(percentile=20, gamma=0.01).process(shareable, FLContext())).data
     expected1, _ = percentile_filter(stage1, 20, 0.01, num_steps=10)
     expected2, _ = percentile_filter(stage2, 20, 0.01, num_steps=4)
@@ -195,10 +207,19 @@ def test_both_stages_of_a_two_stage_update_are_filtered_with_their_own_threshold
 
 def test_a_collection_of_stage_updates_is_filtered_per_stage():
     rng = np.random.default_rng(4)
-    parts = {s: {f"{s}.w": rng.normal(size=1000).astype(np.float32) * scale} for s, scale in (("s1", 1.0), ("s2", 1e-4))}
-    collection = DXO(DataKind.COLLECTION, data={s: _diff({k: v.copy() for k, v in p.items()},
-                                                          {MetaKey.NUM_STEPS_CURRENT_ROUND: 2}) for s, p in parts.items()})
-    out = from_shareable(StagePercentilePrivacy(percentile=50, gamma=1.0).process(collection.to_shareable(), FLContext()))
+    parts = {
+        s: {f"{s}.w": rng.normal(size=1000).astype(np.float32) * scale} for s, scale in (("s1", 1.0), ("s2", 1e-4))
+    }
+    collection = DXO(
+        DataKind.COLLECTION,
+        data={
+            s: _diff({k: v.copy() for k, v in p.items()}, {MetaKey.NUM_STEPS_CURRENT_ROUND: 2})
+            for s, p in parts.items()
+        },
+    )
+    out = from_shareable(
+        StagePercentilePrivacy(percentile=50, gamma=1.0).process(collection.to_shareable(), FLContext())
+    )
     for stage, part in parts.items():
         expected, _ = percentile_filter(part, 50, 1.0, num_steps=2)
         np.testing.assert_array_equal(out.data[stage].data[f"{stage}.w"], expected[f"{stage}.w"])

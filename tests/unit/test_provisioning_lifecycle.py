@@ -36,14 +36,30 @@ def renewed(tmp_path_factory):
 
 def test_renew_issues_new_keys_and_certificates_under_the_same_root(renewed):
     old, new = _prod(renewed, 0), _prod(renewed, 1)
-    assert (new / "localhost" / "startup" / "rootCA.pem").read_bytes() == (old / "localhost" / "startup" /
-                                                                          "rootCA.pem").read_bytes()
-    for kit, name in [("localhost", "server"), ("hospital-a", "client"), ("hospital-b", "client"),
-                      ("admin@flip.org", "client")]:
-        assert (new / kit / "startup" / f"{name}.key").read_bytes() != (old / kit / "startup" / f"{name}.key").read_bytes()
+    assert (new / "localhost" / "startup" / "rootCA.pem").read_bytes() == (
+        old / "localhost" / "startup" / "rootCA.pem"
+    ).read_bytes()
+    for kit, name in [
+        ("localhost", "server"),
+        ("hospital-a", "client"),
+        ("hospital-b", "client"),
+        ("admin@flip.org", "client"),
+    ]:
+        assert (new / kit / "startup" / f"{name}.key").read_bytes() != (
+            old / kit / "startup" / f"{name}.key"
+        ).read_bytes()
         assert kit_cert(new / kit).not_after >= kit_cert(old / kit).not_after
-        verify = subprocess.run(["openssl", "verify", "-CAfile", str(old / kit / "startup" / "rootCA.pem"),
-                                 str(new / kit / "startup" / f"{name}.crt")], capture_output=True, text=True)
+        verify = subprocess.run(
+            [
+                "openssl",
+                "verify",
+                "-CAfile",
+                str(old / kit / "startup" / "rootCA.pem"),
+                str(new / kit / "startup" / f"{name}.crt"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert verify.returncode == 0, verify.stderr
     root = read_cert(new / "localhost" / "startup" / "rootCA.pem", "root CA")
     assert 3640 <= root.days_left() <= ROOT_VALID_DAYS  # a new project's root CA: ten years
@@ -103,13 +119,15 @@ def test_remove_site_takes_it_out_and_the_server_kit_refuses_it(tmp_path, capsys
     assert "its certificate is not revoked" in said and "stays valid until" in said
     # the others' certificates are unchanged: nobody else needs a new kit
     assert (new / "hospital-a" / "startup" / "client.crt").read_bytes() == (
-        _prod(out, 0) / "hospital-a" / "startup" / "client.crt").read_bytes()
+        _prod(out, 0) / "hospital-a" / "startup" / "client.crt"
+    ).read_bytes()
 
     assert flip_cli(["provision", "--add-site", "hospital-b", "--out", str(out)]) == 2
     assert "site 'hospital-b' was removed from" in capsys.readouterr().err
     assert flip_cli(["provision", "--renew", "--out", str(out)]) == 0  # renewal keeps it refused
     assert json.loads((_prod(out, 2) / "localhost" / DISABLED_CLIENTS_FILE).read_text())["disabled_clients"] == [
-        "hospital-b"]
+        "hospital-b"
+    ]
     assert not (_prod(out, 2) / "hospital-b").exists()
 
 

@@ -46,5 +46,3 @@ def test_the_command_says_so(tmp_path, capsys):
     said = capsys.readouterr().out
     assert f"secrets: every private key and {tmp_path / 'workspace' / 'flip' / 'state'}" in said
     assert "readable by you only (files 0600, folders 0700)" in said
-
-

@@ -24,8 +24,26 @@ pytestmark = pytest.mark.unit
 @pytest.fixture(scope="module")
 def named(tmp_path_factory):
     out = tmp_path_factory.mktemp("named")
-    assert flip_cli(["provision", "--sites", "hospital-a", "--server", "localhost", "--server-name",
-                     "fl.example.org", "--server-ip", "127.0.0.1", "--server-ip", "203.0.113.7", "--out", str(out)]) == 0
+    assert (
+        flip_cli(
+            [
+                "provision",
+                "--sites",
+                "hospital-a",
+                "--server",
+                "localhost",
+                "--server-name",
+                "fl.example.org",
+                "--server-ip",
+                "127.0.0.1",
+                "--server-ip",
+                "203.0.113.7",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out / "workspace" / "flip" / "prod_00"
 
 
@@ -49,8 +67,12 @@ def test_without_options_the_san_is_the_server_name_only(unnamed):
 
 
 def test_duplicates_and_the_server_name_itself_are_not_repeated():
-    config = project_config(["a"], server="fl.example.org", server_names=["fl.example.org", "proxy.example.org"],
-                            server_ips=["10.0.0.5", "10.0.0.5"])
+    config = project_config(
+        ["a"],
+        server="fl.example.org",
+        server_names=["fl.example.org", "proxy.example.org"],
+        server_ips=["10.0.0.5", "10.0.0.5"],
+    )
     assert config["participants"][0]["host_names"] == ["proxy.example.org", "10.0.0.5"]
 
 
@@ -66,8 +88,13 @@ def _site_dialing(prod, tmp_path, host, port):
 
 def test_doctor_warns_when_the_dialled_ip_is_not_in_the_certificate(unnamed, tmp_path):
     with TlsServer(unnamed / "localhost") as server:
-        checks = tls_probe(_site_dialing(unnamed, tmp_path, "127.0.0.1", server.port), "127.0.0.1", server.port,
-                           "127.0.0.1", "localhost")
+        checks = tls_probe(
+            _site_dialing(unnamed, tmp_path, "127.0.0.1", server.port),
+            "127.0.0.1",
+            server.port,
+            "127.0.0.1",
+            "localhost",
+        )
     assert [c.level for c in checks] == [OK, WARN]
     assert "does not name '127.0.0.1'" in checks[1].detail and "--server-ip" in checks[1].detail
     assert server.accepted == ["hospital-a"]
@@ -75,6 +102,7 @@ def test_doctor_warns_when_the_dialled_ip_is_not_in_the_certificate(unnamed, tmp
 
 def test_doctor_is_content_when_the_ip_was_provisioned(named, tmp_path):
     with TlsServer(named / "localhost") as server:
-        checks = tls_probe(_site_dialing(named, tmp_path, "127.0.0.1", server.port), "127.0.0.1", server.port,
-                           "127.0.0.1", "localhost")
+        checks = tls_probe(
+            _site_dialing(named, tmp_path, "127.0.0.1", server.port), "127.0.0.1", server.port, "127.0.0.1", "localhost"
+        )
     assert [c.level for c in checks] == [OK], checks

@@ -111,7 +111,8 @@ def test_recorded_epsilon_is_opacus_accounting_of_the_same_steps():
     for _ in range(2):
         session.begin_round()
         private_model, optimizer, loader = session.make_private(
-            model, torch.optim.SGD(model.parameters(), lr=0.1), torch.utils.data.DataLoader(_data(), BATCH))
+            model, torch.optim.SGD(model.parameters(), lr=0.1), torch.utils.data.DataLoader(_data(), BATCH)
+        )
         _train(private_model, optimizer, loader)
         spend = session.end_round()
         record = session.record()
@@ -129,7 +130,8 @@ def test_steps_beyond_the_planned_ones_are_not_taken_so_the_budget_holds():
     model = _model()
     session.begin_round()
     private_model, optimizer, loader = session.make_private(
-        model, torch.optim.SGD(model.parameters(), lr=0.1), torch.utils.data.DataLoader(_data(), BATCH), epochs=1)
+        model, torch.optim.SGD(model.parameters(), lr=0.1), torch.utils.data.DataLoader(_data(), BATCH), epochs=1
+    )
     before_extra = None
     for epoch in range(3):  # the trainer declared 1 epoch but runs 3
         if epoch == 1:
@@ -144,8 +146,11 @@ def test_steps_beyond_the_planned_ones_are_not_taken_so_the_budget_holds():
 
 def test_batchnorm_is_refused_naming_the_layer_and_the_fix():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 2))
-    with pytest.raises(DPModelError, match=r"layer '1' \(BatchNorm1d\).*flip\.privacy\.fix_model\(model\).*"
-                                           r"ModuleValidator\.fix"):
+    with pytest.raises(
+        DPModelError,
+        match=r"layer '1' \(BatchNorm1d\).*flip\.privacy\.fix_model\(model\).*"
+        r"ModuleValidator\.fix",
+    ):
         check_model(model)
     fixed = fix_model(model)
     check_model(fixed)  # Opacus's fix (GroupNorm) trains privately
@@ -157,20 +162,24 @@ def test_an_epsilon_the_training_cannot_reach_is_refused_naming_it():
     model = _model()
     session.begin_round()
     with pytest.raises(PrivacyError, match=r"ε=1e-06 at δ=1e-05 cannot be reached over 500 steps"):
-        session.make_private(model, torch.optim.SGD(model.parameters(), lr=0.1),
-                             torch.utils.data.DataLoader(_data(), BATCH))
+        session.make_private(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), torch.utils.data.DataLoader(_data(), BATCH)
+        )
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"target_epsilon": 0}, "target_epsilon must be a finite number > 0, got 0"),
-    ({"target_epsilon": float("nan")}, "target_epsilon must be a finite number > 0, got nan"),
-    ({"target_epsilon": 8, "delta": 1.0}, "delta must be a finite number in"),
-    ({"target_epsilon": 8, "max_grad_norm": -1}, "max_grad_norm must be a finite number > 0, got -1"),
-    ({"target_epsilon": 8, "accountant": "gdp"}, "accountant must be one of"),
-    ({"target_epsilon": 8, "total_epsilon": 4}, r"total_epsilon must be >= target_epsilon \(8\), got 4"),
-    ({"level": "patient", "target_epsilon": 8}, "level must be one of"),
-    ({}, "target_epsilon is required"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"target_epsilon": 0}, "target_epsilon must be a finite number > 0, got 0"),
+        ({"target_epsilon": float("nan")}, "target_epsilon must be a finite number > 0, got nan"),
+        ({"target_epsilon": 8, "delta": 1.0}, "delta must be a finite number in"),
+        ({"target_epsilon": 8, "max_grad_norm": -1}, "max_grad_norm must be a finite number > 0, got -1"),
+        ({"target_epsilon": 8, "accountant": "gdp"}, "accountant must be one of"),
+        ({"target_epsilon": 8, "total_epsilon": 4}, r"total_epsilon must be >= target_epsilon \(8\), got 4"),
+        ({"level": "patient", "target_epsilon": 8}, "level must be one of"),
+        ({}, "target_epsilon is required"),
+    ],
+)
 def test_a_bad_policy_is_refused_naming_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SitePrivacyPolicy(**kwargs)
@@ -200,16 +209,25 @@ def _raw_round(ctx: FLContext, model, rounds: int = 2):
     """One training task as a FLIP app runs it: make_private, train, the diff and the raw metrics it reports."""
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    private_model, optimizer, loader = make_private(model, optimizer, torch.utils.data.DataLoader(_data(), BATCH),
-                                                    ctx, epochs=1)
+    private_model, optimizer, loader = make_private(
+        model, optimizer, torch.utils.data.DataLoader(_data(), BATCH), ctx, epochs=1
+    )
     steps = _train(private_model, optimizer, loader)
     diff = {k: (v - before[k]).numpy() for k, v in model.state_dict().items()}
     raw_norm = math.sqrt(sum(float(np.sum(d.astype(np.float64) ** 2)) for d in diff.values()))
-    raw = {"loss": 0.4321, "accuracy": 0.8765, "num_samples": RECORDS - 7, "num_steps": steps,
-           "update_norm": raw_norm, "patients_over_80": 3}
-    reply = DXO(DataKind.WEIGHT_DIFF, diff, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps,
-                                                   FlipMeta.NUM_SAMPLES: RECORDS - 7, "cohort_size": RECORDS}
-                ).to_shareable()
+    raw = {
+        "loss": 0.4321,
+        "accuracy": 0.8765,
+        "num_samples": RECORDS - 7,
+        "num_steps": steps,
+        "update_norm": raw_norm,
+        "patients_over_80": 3,
+    }
+    reply = DXO(
+        DataKind.WEIGHT_DIFF,
+        diff,
+        meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps, FlipMeta.NUM_SAMPLES: RECORDS - 7, "cohort_size": RECORDS},
+    ).to_shareable()
     return reply, raw
 
 
@@ -246,7 +264,8 @@ def test_no_value_computed_on_the_sites_data_reaches_the_server(tmp_path):
     public_weight = (RECORDS // BATCH) * BATCH
     assert set(metrics) == {"update_norm", "num_samples"}  # loss, accuracy, steps, the custom count: withheld
     assert metrics["update_norm"] == pytest.approx(sent_norm) and metrics["update_norm"] != pytest.approx(
-        raw["update_norm"])  # the norm of what left (after both filters), not the trainer's
+        raw["update_norm"]
+    )  # the norm of what left (after both filters), not the trainer's
     assert metrics["num_samples"] == public_weight != raw["num_samples"]
     assert dxo.meta[FlipMeta.NUM_SAMPLES] == public_weight and "cohort_size" not in dxo.meta
     every_number = [v for v in metrics.values()] + [v for v in dxo.meta.values() if isinstance(v, (int, float))]
@@ -254,17 +273,19 @@ def test_no_value_computed_on_the_sites_data_reaches_the_server(tmp_path):
         assert raw[name] not in every_number, name
     record = dxo.meta[FlipMeta.PRIVACY][-1]
     assert record["filter"] == "SitePrivacyPolicy" and record["level"] == "record"
-    assert record["epsilon"] == pytest.approx(_opacus_epsilon(record["noise_multiplier"], record["sample_rate"],
-                                                              record["steps"], 1e-5), abs=1e-6)
-
+    assert record["epsilon"] == pytest.approx(
+        _opacus_epsilon(record["noise_multiplier"], record["sample_rate"], record["steps"], 1e-5), abs=1e-6
+    )
 
 
 def test_a_result_not_trained_through_make_private_is_refused(tmp_path):
     engine, policy = _site(tmp_path)
     ctx = _ctx(engine)
     engine.fire(EventType.START_RUN, ctx)
-    with pytest.raises(TaskFailed, match="did not pass its model, optimizer and data loader through make_private"), \
-            policy.training(ctx, "project-1", total_rounds=2) as task:
+    with (
+        pytest.raises(TaskFailed, match="did not pass its model, optimizer and data loader through make_private"),
+        policy.training(ctx, "project-1", total_rounds=2) as task,
+    ):
         task.ok = True  # the trainer trained without DP-SGD
     # and a result reaching the filters without a private round is replaced by an error carrying no data
     reply = DXO(DataKind.WEIGHT_DIFF, {"w": np.ones(3, np.float32)}).to_shareable()
@@ -273,15 +294,19 @@ def test_a_result_not_trained_through_make_private_is_refused(tmp_path):
     assert sent.get_header(FlipMeta.METRICS) is None
 
 
-
 def test_client_level_within_the_policy_is_released_labelled(tmp_path):
     engine, policy = _site(tmp_path, level="client", target_epsilon=8.0)
     ctx = _ctx(engine)
     engine.fire(EventType.START_RUN, ctx)
     with policy.training(ctx, "project-1", total_rounds=2):
         reply = DXO(DataKind.WEIGHT_DIFF, {"w": np.full(4, 0.1, np.float32)}).to_shareable()
-    sent = _send(engine, ctx, reply, {"loss": 0.5, "num_samples": 123},
-                 job_filters=[GaussianPrivacy(epsilon=8.0, rounds=2, seed=1)])
+    sent = _send(
+        engine,
+        ctx,
+        reply,
+        {"loss": 0.5, "num_samples": 123},
+        job_filters=[GaussianPrivacy(epsilon=8.0, rounds=2, seed=1)],
+    )
     assert sent.get_return_code(ReturnCode.OK) == ReturnCode.OK
     assert set(sent.get_header(FlipMeta.METRICS)) == {"update_norm", "num_samples"}
     assert sent.get_header(FlipMeta.METRICS)["num_samples"] == 1
@@ -324,8 +349,11 @@ def test_fedprox_still_pulls_towards_the_global_model_under_dp_sgd():
         session.begin_round()
         with proximal_term(model, mu, dp_session=session if give_session else None):
             private_model, optimizer, loader = session.make_private(
-                model, torch.optim.SGD(model.parameters(), lr=0.5), torch.utils.data.DataLoader(_data(), BATCH),
-                epochs=3)
+                model,
+                torch.optim.SGD(model.parameters(), lr=0.5),
+                torch.utils.data.DataLoader(_data(), BATCH),
+                epochs=3,
+            )
             _train(private_model, optimizer, loader, epochs=3)
         session.end_round()
         return math.sqrt(sum(float(((v - start[k]) ** 2).sum()) for k, v in model.state_dict().items()))

@@ -12,8 +12,16 @@ pytestmark = pytest.mark.unit
 
 
 def _flip_metrics(labels: list[str], rounds: int = 3) -> list[dict]:
-    return [{"round": r, "sites": {site: {label: [1.0 / r + i, 2.0 / r + i] for label in labels}
-                                    for i, site in enumerate(("site-1", "site-2"))}} for r in range(1, rounds + 1)]
+    return [
+        {
+            "round": r,
+            "sites": {
+                site: {label: [1.0 / r + i, 2.0 / r + i] for label in labels}
+                for i, site in enumerate(("site-1", "site-2"))
+            },
+        }
+        for r in range(1, rounds + 1)
+    ]
 
 
 def test_flip_metrics_become_one_curve_per_label_and_site_with_the_rounds_mean():

@@ -21,10 +21,14 @@ def test_a_round_per_site_and_its_weighted_mean():
     run = RunMetrics("m", "job-1", "run-1")
     # the weight the aggregator accepted (num_samples) replaces what the site claimed in its metrics
     assert run.add_contribution(0, "site-1", {"num_samples": 999, "accuracy": 0.5}, num_samples=10) == (
-        {"num_samples": 10, "accuracy": 0.5}, [])
+        {"num_samples": 10, "accuracy": 0.5},
+        [],
+    )
     metrics, dropped = run.add_contribution(0, "site-2", {"accuracy": 0.8, "loss": 2.0}, PRIVACY, "denoise", 30)
-    assert metrics == {"accuracy": 0.8, "loss": 2.0, "num_samples": 30,
-                       "dp_epsilon/client-level/rdp": 1.5} and dropped == []
+    assert (
+        metrics == {"accuracy": 0.8, "loss": 2.0, "num_samples": 30, "dp_epsilon/client-level/rdp": 1.5}
+        and dropped == []
+    )
     means, removed = run.round_done(0)
     # accuracy: (10*0.5 + 30*0.8) / 40 = 0.725; loss only from site-2; dp_epsilon is the only site's
     assert means["accuracy"] == pytest.approx(0.725) and means["loss"] == pytest.approx(2.0)
@@ -36,8 +40,14 @@ def test_a_round_per_site_and_its_weighted_mean():
 
 def test_what_a_site_may_not_send_is_dropped_and_named():
     run = RunMetrics()
-    metrics, dropped = run.add_contribution(0, "site-1", {"accuracy": 0.9, "loss": float("nan"), "raw": np.zeros(3)},
-                                            privacy=["oops"], stage=np.array("denoise"), num_samples=True)
+    metrics, dropped = run.add_contribution(
+        0,
+        "site-1",
+        {"accuracy": 0.9, "loss": float("nan"), "raw": np.zeros(3)},
+        privacy=["oops"],
+        stage=np.array("denoise"),
+        num_samples=True,
+    )
     assert metrics == {"accuracy": 0.9}  # num_samples=True is not a count
     assert len(dropped) == 4
     assert any("'loss'" in why for why in dropped) and any("'raw'" in why for why in dropped)
@@ -57,8 +67,9 @@ def test_excluded_updates_server_step_and_feddc_report():
     run.add_contribution(0, "site-1", {"accuracy": 0.5}, num_samples=10)
     run.add_contribution(0, "site-2", {"accuracy": 0.9}, PRIVACY, num_samples=10)
     report = {"accepted": ["site-1"], "excluded": {"site-2": "its update norm is too large", "site-3": "late"}}
-    means, removed = run.round_done(0, report, server_step={"optimizer": "sgd", "lr": 1.0},
-                                    feddc_report={"aggregated": True})
+    means, removed = run.round_done(
+        0, report, server_step={"optimizer": "sgd", "lr": 1.0}, feddc_report={"aggregated": True}
+    )
     assert removed == ["site-2"]  # site-3 had no metrics recorded
     assert means == {"accuracy": 0.5, "num_samples": 10}
     entry = run.rounds[0]
@@ -85,8 +96,12 @@ def test_the_metrics_document(tmp_path):
     run.stopped_early = "after round 2: privacy budget"
     doc = run.document()
     assert {k: doc[k] for k in ("model_id", "job_id", "run_id", "num_rounds", "stopped_early")} == {
-        "model_id": "m", "job_id": "job-1", "run_id": "run-1", "num_rounds": 3,
-        "stopped_early": "after round 2: privacy budget"}
+        "model_id": "m",
+        "job_id": "job-1",
+        "run_id": "run-1",
+        "num_rounds": 3,
+        "stopped_early": "after round 2: privacy budget",
+    }
     assert [r["round"] for r in doc["rounds"]] == [1, 2]  # 1-based, in order
     assert run.sites() == ["site-1", "site-2"]
     path = run.write(tmp_path / "metrics.json")
@@ -127,11 +142,29 @@ def test_each_epsilon_is_labelled_with_its_guarantee_delta_and_accountant(tmp_pa
     from flip.platform.flip_api import training_metrics
     from flip.report import write_summary
 
-    record = {"filter": "SitePrivacyPolicy", "site_policy": True, "level": "record", "epsilon": 2.5, "delta": 1e-5,
-              "accountant": "prv", "max_epsilon": 8.0, "max_grad_norm": 1.0, "noise_multiplier": 1.1,
-              "sample_rate": 0.1, "steps": 90}
-    client = {"filter": "GaussianPrivacy", "level": "client", "epsilon": 4.0, "delta": 1e-6, "accountant": "rdp",
-              "max_epsilon": 8.0, "clip_norm": 1.0, "noise_multiplier": 2.0}
+    record = {
+        "filter": "SitePrivacyPolicy",
+        "site_policy": True,
+        "level": "record",
+        "epsilon": 2.5,
+        "delta": 1e-5,
+        "accountant": "prv",
+        "max_epsilon": 8.0,
+        "max_grad_norm": 1.0,
+        "noise_multiplier": 1.1,
+        "sample_rate": 0.1,
+        "steps": 90,
+    }
+    client = {
+        "filter": "GaussianPrivacy",
+        "level": "client",
+        "epsilon": 4.0,
+        "delta": 1e-6,
+        "accountant": "rdp",
+        "max_epsilon": 8.0,
+        "clip_norm": 1.0,
+        "noise_multiplier": 2.0,
+    }
     run = RunMetrics("m", "job-1", "run-1")
     site_1, _ = run.add_contribution(0, "site-1", {"update_norm": 1.0}, [record], num_samples=64)
     site_2, _ = run.add_contribution(0, "site-2", {"update_norm": 1.0}, [client], num_samples=1)
@@ -139,14 +172,21 @@ def test_each_epsilon_is_labelled_with_its_guarantee_delta_and_accountant(tmp_pa
     assert site_1["dp_epsilon/record-level/delta-1e-05/prv"] == 2.5 and "dp_epsilon" not in site_1
     assert site_2["dp_epsilon/client-level/delta-1e-06/rdp"] == 4.0
     doc = json.loads(json.dumps(run.document()))
-    assert doc["differential_privacy"]["site-1"] == {"level": "record", "epsilon": 2.5, "delta": 1e-5,
-                                                     "accountant": "prv", "max_epsilon": 8.0,
-                                                     "filter": "SitePrivacyPolicy"}
+    assert doc["differential_privacy"]["site-1"] == {
+        "level": "record",
+        "epsilon": 2.5,
+        "delta": 1e-5,
+        "accountant": "prv",
+        "max_epsilon": 8.0,
+        "filter": "SitePrivacyPolicy",
+    }
     assert doc["differential_privacy"]["site-2"]["level"] == "client"
     # the hub takes the labelled names as FLIP TrainingMetrics labels
     assert training_metrics("site-1", 1, "dp_epsilon/record-level/delta-1e-05/prv", 2.5)["label"].startswith(
-        "dp_epsilon/record-level")
-    page = html.unescape(write_summary({**run.document(), "sites": run.sites()}, tmp_path / "index.html",
-                                       None).read_text())
+        "dp_epsilon/record-level"
+    )
+    page = html.unescape(
+        write_summary({**run.document(), "sites": run.sites()}, tmp_path / "index.html", None).read_text()
+    )
     assert "record-level (ε, δ)-DP (protects each patient's records): ε spent 2.5 of 8 at δ 1e-05 (prv" in page
     assert "client-level (ε, δ)-DP (protects each hospital's whole contribution): ε spent 4 of 8 at δ 1e-06" in page

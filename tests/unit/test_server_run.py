@@ -47,10 +47,12 @@ def no_task_was_sent(server: Server) -> bool:
 def fatal(server: Server) -> bool:
     """Did the run end as NVFlare ends a failed run: aborted, with the sticky FATAL_SYSTEM_ERROR mark?"""
     return server.runner.abort_signal.triggered and bool(
-        server.engine.new_context().get_prop(FLContextKey.FATAL_SYSTEM_ERROR, False))
+        server.engine.new_context().get_prop(FLContextKey.FATAL_SYSTEM_ERROR, False)
+    )
 
 
 # -- failures at the start of a run (simulator runs they replace: too_few_sites_run, prod_run) ------------------
+
 
 @pytest.mark.unit
 def test_min_clients_above_the_number_of_sites_fails_at_start_naming_it(tmp_path, dev):
@@ -70,14 +72,17 @@ def test_prod_without_hub_settings_fails_at_job_start_naming_them(tmp_path, monk
     caplog.set_level(logging.INFO)
     server.run()
     assert fatal(server)
-    named = ("FLIP_ENV=prod: the server needs FLIP_API_INTERNAL_URL (or FLIP_HUB_URL) and INTERNAL_SERVICE_KEY (or "
-             "FLIP_HUB_API_KEY, or INTERNAL_SERVICE_KEY_FILE) to reach the hub")
+    named = (
+        "FLIP_ENV=prod: the server needs FLIP_API_INTERNAL_URL (or FLIP_HUB_URL) and INTERNAL_SERVICE_KEY (or "
+        "FLIP_HUB_API_KEY, or INTERNAL_SERVICE_KEY_FILE) to reach the hub"
+    )
     assert any(named in r.getMessage() and "Aborting current RUN" in r.getMessage() for r in caplog.records)
     assert server.handler.final_status == RunStatus.ERROR and named in server.handler.error_reason
     assert AppEventType.ROUND_STARTED not in server.engine.fired and no_task_was_sent(server)  # no training
 
 
 # -- the end of a run (simulator run it replaces: undeliverable_final_status) -----------------------------------
+
 
 @pytest.mark.s3
 def test_an_undeliverable_final_status_is_recorded_for_a_resend(tmp_path, s3_env, monkeypatch, caplog):
@@ -87,11 +92,15 @@ def test_an_undeliverable_final_status_is_recorded_for_a_resend(tmp_path, s3_env
     caplog.set_level(logging.INFO)
     with running_hub(tmp_path / "hub") as hub:
         hub.replica.faults.reject_status = {"RESULTS_UPLOADED"}
-        for key, value in {"FLIP_ENV": "prod", "FLIP_API_INTERNAL_URL": hub.url, "INTERNAL_SERVICE_KEY": HUB_KEY,
-                           "FLIP_HUB_RETRIES": "2", "FLIP_LOCAL_DIR": str(tmp_path / "server")}.items():
+        for key, value in {
+            "FLIP_ENV": "prod",
+            "FLIP_API_INTERNAL_URL": hub.url,
+            "INTERNAL_SERVICE_KEY": HUB_KEY,
+            "FLIP_HUB_RETRIES": "2",
+            "FLIP_LOCAL_DIR": str(tmp_path / "server"),
+        }.items():
             monkeypatch.setenv(key, value)
-        server = standard_server(tmp_path, num_rounds=1, skip_model_tests=True, platform="settings",
-                                 model_id=MODEL_ID)
+        server = standard_server(tmp_path, num_rounds=1, skip_model_tests=True, platform="settings", model_id=MODEL_ID)
         server.run(answers={FlipTask.TRAIN: good_update})
         on_the_hub = hub.replica.statuses(server.model_id)
     assert on_the_hub == ["INITIATED", "PREPARED", "RUNNING"]
@@ -104,9 +113,11 @@ def test_an_undeliverable_final_status_is_recorded_for_a_resend(tmp_path, s3_env
 
 # -- updates the aggregator refuses (simulator runs they replace: too_few_run; misbehaving_run's rounds 1-3) -------
 
+
 def misbehaving(bad_site: str, rounds: dict[int, str]):
     """Train answers: every site well-behaved, but ``bad_site`` in the given rounds (0-based): ``nan`` (an update
     holding NaN), ``shape`` (a parameter of the wrong shape) or ``zero`` (num_samples 0)."""
+
     def answer(site, data):
         result = good_update(site, data)
         fault = rounds.get(data.get_header("current_round")) if site == bad_site else None
@@ -122,6 +133,7 @@ def misbehaving(bad_site: str, rounds: dict[int, str]):
                 samples = 0
             result = DXO(DataKind.WEIGHT_DIFF, data=diff, meta={FlipMeta.NUM_SAMPLES: samples}).to_shareable()
         return result
+
     return answer
 
 
@@ -145,8 +157,9 @@ def test_too_few_good_updates_end_the_run_in_error_naming_the_reason(tmp_path, d
 @pytest.mark.s3
 def test_bad_updates_are_excluded_with_reasons_and_the_run_completes(tmp_path, dev, s3_env, caplog):
     caplog.set_level(logging.INFO)
-    server = standard_server(tmp_path, sites=("site-1", "site-2", "site-3"), num_rounds=4, min_clients=2,
-                             skip_model_tests=True)
+    server = standard_server(
+        tmp_path, sites=("site-1", "site-2", "site-3"), num_rounds=4, min_clients=2, skip_model_tests=True
+    )
     server.run(answers={FlipTask.TRAIN: misbehaving("site-3", {0: "nan", 1: "shape", 2: "zero"})})
     final = server.statuses()[-1]
     assert final["status"] == "RESULTS_UPLOADED", final

@@ -22,8 +22,24 @@ def installed(tmp_path_factory):
     """Kits provisioned for a service root in a temporary folder, and the site's and server's kits installed there."""
     root = tmp_path_factory.mktemp("opt")
     out = tmp_path_factory.mktemp("kits")
-    assert flip_cli(["provision", "--sites", "hospital-a", "--server", "localhost", "--service-root", str(root),
-                     "--service-user", "root", "--out", str(out)]) == 0
+    assert (
+        flip_cli(
+            [
+                "provision",
+                "--sites",
+                "hospital-a",
+                "--server",
+                "localhost",
+                "--service-root",
+                str(root),
+                "--service-user",
+                "root",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     prod = out / "workspace" / "flip" / "prod_00"
     for kit in ("hospital-a", "localhost"):
         shutil.copytree(prod / kit, root / kit, symlinks=True)
@@ -34,9 +50,16 @@ def installed(tmp_path_factory):
 def test_a_unit_per_server_and_site(installed, name, role):
     unit = (installed / name / "service" / unit_name(name)).read_text()
     kit = installed / name
-    for line in [f"ExecStart={kit}/startup/sub_start.sh", "Restart=on-failure", "WantedBy=multi-user.target",
-                 f"EnvironmentFile=/etc/flip/{env_name(name)}", f"WorkingDirectory={kit}", "User=root",
-                 f"Environment=PATH={installed}/venv/bin:/usr/local/bin:/usr/bin:/bin", "After=network-online.target"]:
+    for line in [
+        f"ExecStart={kit}/startup/sub_start.sh",
+        "Restart=on-failure",
+        "WantedBy=multi-user.target",
+        f"EnvironmentFile=/etc/flip/{env_name(name)}",
+        f"WorkingDirectory={kit}",
+        "User=root",
+        f"Environment=PATH={installed}/venv/bin:/usr/local/bin:/usr/bin:/bin",
+        "After=network-online.target",
+    ]:
         assert line in unit.splitlines(), line
     assert f"Logs: {kit}/log.txt and error_log.txt" in unit and f"journalctl -u {unit_name(name)}" in unit
     env = installed / name / "service" / env_name(name)
@@ -53,8 +76,12 @@ def test_a_unit_per_server_and_site(installed, name, role):
 @pytest.mark.parametrize("name", ["hospital-a", "localhost"])
 def test_systemd_accepts_the_installed_unit(installed, name):
     unit = installed / name / "service" / unit_name(name)
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
-                            env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"})
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"},
+    )
     assert result.returncode == 0, result.stderr
     assert os.access(installed / name / "startup" / "sub_start.sh", os.X_OK)
 
@@ -62,5 +89,3 @@ def test_systemd_accepts_the_installed_unit(installed, name):
 def test_the_admin_kit_has_no_unit(tmp_path):
     assert flip_cli(["provision", "--sites", "1", "--out", str(tmp_path)]) == 0
     assert not (tmp_path / "workspace" / "flip" / "prod_00" / "admin@flip.org" / "service").exists()
-
-

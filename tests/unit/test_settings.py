@@ -29,7 +29,11 @@ def test_reads_flip_prefixed_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("FLIP_LOCAL_DIR", str(tmp_path))
     monkeypatch.setenv("FLIP_S3_CREATE_BUCKET", "true")
     settings = load_settings()
-    assert (settings.models_bucket, settings.local_dir, settings.s3_create_bucket) == ("hospital-models", tmp_path, True)
+    assert (settings.models_bucket, settings.local_dir, settings.s3_create_bucket) == (
+        "hospital-models",
+        tmp_path,
+        True,
+    )
 
 
 @pytest.mark.parametrize("bucket", ["Bad_Bucket", "ab", "-leading", "a..b", "192.168.1.1", "x" * 64])
@@ -80,9 +84,17 @@ def test_flip_prod_gives_the_hub_platform(monkeypatch, tmp_path):
 
 
 # -- FLIP's variable names and ours (issue 17) --------------------------------------------------------------------
-FLIP_AND_OURS = ["FLIP_API_INTERNAL_URL", "FLIP_HUB_URL", "INTERNAL_SERVICE_KEY", "FLIP_HUB_API_KEY",
-                 "INTERNAL_SERVICE_KEY_FILE", "UPLOADED_FEDERATED_DATA_BUCKET", "FLIP_MODELS_BUCKET",
-                 "INTERNAL_SERVICE_KEY_HEADER", "FLIP_HTTP_HOSTS"]
+FLIP_AND_OURS = [
+    "FLIP_API_INTERNAL_URL",
+    "FLIP_HUB_URL",
+    "INTERNAL_SERVICE_KEY",
+    "FLIP_HUB_API_KEY",
+    "INTERNAL_SERVICE_KEY_FILE",
+    "UPLOADED_FEDERATED_DATA_BUCKET",
+    "FLIP_MODELS_BUCKET",
+    "INTERNAL_SERVICE_KEY_HEADER",
+    "FLIP_HTTP_HOSTS",
+]
 
 
 @pytest.fixture
@@ -91,12 +103,14 @@ def no_flip_names(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-@pytest.mark.parametrize("flip_name, ours, value, field, expected", [
-    ("FLIP_API_INTERNAL_URL", "FLIP_HUB_URL", "https://hub.example/api/", "hub_url", "https://hub.example/api"),
-    ("UPLOADED_FEDERATED_DATA_BUCKET", "FLIP_MODELS_BUCKET", None, "models_bucket", "results-bucket"),
-])
-def test_flips_name_or_ours_alone_sets_the_setting(monkeypatch, no_flip_names, flip_name, ours, value, field,
-                                                  expected):
+@pytest.mark.parametrize(
+    "flip_name, ours, value, field, expected",
+    [
+        ("FLIP_API_INTERNAL_URL", "FLIP_HUB_URL", "https://hub.example/api/", "hub_url", "https://hub.example/api"),
+        ("UPLOADED_FEDERATED_DATA_BUCKET", "FLIP_MODELS_BUCKET", None, "models_bucket", "results-bucket"),
+    ],
+)
+def test_flips_name_or_ours_alone_sets_the_setting(monkeypatch, no_flip_names, flip_name, ours, value, field, expected):
     flip_value = value or "s3://results-bucket"
     our_value = value or "results-bucket"
     monkeypatch.setenv(flip_name, flip_value)

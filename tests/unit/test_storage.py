@@ -42,9 +42,11 @@ def test_checksums_of_a_single_request_and_of_a_multipart_upload(tmp_path):
     single = describe_file(path, "model.pt")
     assert single.sha256 == hashlib.sha256(data).hexdigest()
     assert (single.s3_checksum_algorithm, single.s3_checksum) == (
-        "CRC32", base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode())
+        "CRC32",
+        base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode(),
+    )
     multi = describe_file(path, "model.pt", transfer_config(threshold_mb=5, part_size_mb=5))
-    parts = [hashlib.sha256(data[i:i + 5 * 2**20]).digest() for i in range(0, len(data), 5 * 2**20)]
+    parts = [hashlib.sha256(data[i : i + 5 * 2**20]).digest() for i in range(0, len(data), 5 * 2**20)]
     assert multi.s3_checksum == base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode() + "-3"
     assert multi.sha256 == single.sha256
 
@@ -86,8 +88,11 @@ def test_cleanup_removes_symlinks_without_following_them(tmp_path):
 @pytest.mark.parametrize("case", ["symlinked run folder", "outside the workspace", "the workspace itself"])
 def test_cleanup_refuses_folders_that_are_not_a_run_folder_inside_the_workspace(tmp_path, case):
     workspace, run = _run_folder(tmp_path)
-    target = {"symlinked run folder": workspace / "alias", "outside the workspace": tmp_path / "elsewhere",
-              "the workspace itself": workspace}[case]
+    target = {
+        "symlinked run folder": workspace / "alias",
+        "outside the workspace": tmp_path / "elsewhere",
+        "the workspace itself": workspace,
+    }[case]
     if case == "symlinked run folder":
         target.symlink_to(run, target_is_directory=True)
     elif case == "outside the workspace":

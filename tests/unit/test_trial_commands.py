@@ -40,8 +40,12 @@ def test_trial_data_writes_each_named_sites_images(tmp_path, capsys):
 @pytest.mark.unit
 def test_jobs_export_gives_each_submission_its_own_model_id(tmp_path, capsys):
     chosen = str(uuid.uuid4())
-    assert flip_cli(["jobs", "export", "standard", "--model-id", chosen, "--num-rounds", "1", "--out",
-                     str(tmp_path / "a")]) == 0
+    assert (
+        flip_cli(
+            ["jobs", "export", "standard", "--model-id", chosen, "--num-rounds", "1", "--out", str(tmp_path / "a")]
+        )
+        == 0
+    )
     job = tmp_path / "a" / "standard"
     assert _model_id(job) == chosen
     server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
@@ -54,13 +58,16 @@ def test_jobs_export_gives_each_submission_its_own_model_id(tmp_path, capsys):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("args, message", [
-    (["standard", "--model-id", "not-a-uuid"], "model_id must be a UUID"),
-    (["--new-model-id"], "name the job(s) to write with a model id"),
-    (["standard", "--model-id", str(uuid.uuid4()), "--new-model-id"], "give --model-id UUID or --new-model-id"),
-    (["evaluation", "--num-rounds", "2"], "job 'evaluation' takes no --num-rounds"),
-    (["standard", "--num-rounds", "0"], "num_rounds must be an integer >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["standard", "--model-id", "not-a-uuid"], "model_id must be a UUID"),
+        (["--new-model-id"], "name the job(s) to write with a model id"),
+        (["standard", "--model-id", str(uuid.uuid4()), "--new-model-id"], "give --model-id UUID or --new-model-id"),
+        (["evaluation", "--num-rounds", "2"], "job 'evaluation' takes no --num-rounds"),
+        (["standard", "--num-rounds", "0"], "num_rounds must be an integer >= 1, got 0"),
+    ],
+)
 def test_jobs_export_refuses_bad_options_naming_them(tmp_path, capsys, args, message):
     assert flip_cli(["jobs", "export", *args, "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
@@ -96,17 +103,26 @@ def test_s3_serve_detach_and_stop(tmp_path, capsys):
     env_file = root / "s3.env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     exported = dict(line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines())
-    assert set(exported) == {"AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                             "AWS_DEFAULT_REGION", "FLIP_MODELS_BUCKET"}
+    assert set(exported) == {
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "FLIP_MODELS_BUCKET",
+    }
     assert f"flip s3 stop --dir {root}" in said
     pid = serving_pid(root)
     assert pid and os.path.exists(f"/proc/{pid}")
     try:
         import boto3
 
-        client = boto3.client("s3", endpoint_url=exported["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
-                              aws_access_key_id=exported["AWS_ACCESS_KEY_ID"],
-                              aws_secret_access_key=exported["AWS_SECRET_ACCESS_KEY"].strip("'"))
+        client = boto3.client(
+            "s3",
+            endpoint_url=exported["AWS_ENDPOINT_URL_S3"],
+            region_name="us-east-1",
+            aws_access_key_id=exported["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=exported["AWS_SECRET_ACCESS_KEY"].strip("'"),
+        )
         assert "flip-models" in [b["Name"] for b in client.list_buckets()["Buckets"]]
         assert flip_cli(["s3", "serve", "--dir", str(root), "--detach"]) == 2  # one server per folder
         assert f"an S3 server already serves {root}" in capsys.readouterr().err

@@ -32,13 +32,17 @@ def test_the_demo_app_loads(app):
 
 def test_missing_trainer_file(app):
     (app / "trainer.py").unlink()
-    with pytest.raises(UserCodeError, match=r"custom/trainer.py not found: .* defining class FLIP_TRAINER with method\(s\) train"):
+    with pytest.raises(
+        UserCodeError, match=r"custom/trainer.py not found: .* defining class FLIP_TRAINER with method\(s\) train"
+    ):
         load_class(app, "trainer.py", "FLIP_TRAINER", ("train",))
 
 
 def test_missing_trainer_class(app):
     (app / "trainer.py").write_text("class Trainer:\n    def train(self, model, ctx):\n        return {}\n")
-    with pytest.raises(UserCodeError, match=r"custom/trainer.py does not define FLIP_TRAINER: expected class FLIP_TRAINER"):
+    with pytest.raises(
+        UserCodeError, match=r"custom/trainer.py does not define FLIP_TRAINER: expected class FLIP_TRAINER"
+    ):
         load_class(app, "trainer.py", "FLIP_TRAINER", ("train",))
 
 
@@ -56,7 +60,9 @@ def test_trainer_name_that_is_not_a_class(app):
 
 def test_missing_validator_file(app):
     (app / "validator.py").unlink()
-    with pytest.raises(UserCodeError, match=r"custom/validator.py not found: .* class FLIP_VALIDATOR with method\(s\) validate"):
+    with pytest.raises(
+        UserCodeError, match=r"custom/validator.py not found: .* class FLIP_VALIDATOR with method\(s\) validate"
+    ):
         load_class(app, "validator.py", "FLIP_VALIDATOR", ("validate",))
 
 
@@ -68,7 +74,9 @@ def test_missing_models_file(app):
 
 def test_missing_get_model_function(app):
     (app / "models.py").write_text("def build():\n    return None\n")
-    with pytest.raises(UserCodeError, match=r"custom/models.py does not define get_model\(\): expected function get_model\(\)"):
+    with pytest.raises(
+        UserCodeError, match=r"custom/models.py does not define get_model\(\): expected function get_model\(\)"
+    ):
         build_model(app)
 
 
@@ -109,7 +117,9 @@ def test_config_not_an_object(app):
 
 
 def test_constructor_that_does_not_take_config(app):
-    (app / "trainer.py").write_text("class FLIP_TRAINER:\n    def __init__(self):\n        pass\n    def train(self, m, c):\n        return {}\n")
+    (app / "trainer.py").write_text(
+        "class FLIP_TRAINER:\n    def __init__(self):\n        pass\n    def train(self, m, c):\n        return {}\n"
+    )
     cls = load_class(app, "trainer.py", "FLIP_TRAINER", ("train",))
     with pytest.raises(UserCodeError, match=r"custom/trainer.py: FLIP_TRAINER\(config\) raised TypeError"):
         instantiate(cls, {}, "trainer.py")
@@ -133,5 +143,9 @@ def test_bad_training_results_are_named(returned, message):
 
 
 def test_training_result_splits_counts_from_metrics():
-    assert training_result({"num_samples": 12, "num_steps": 3, "loss": torch.tensor(0.5)}, "t") == (12, 3, {"loss": 0.5})
+    assert training_result({"num_samples": 12, "num_steps": 3, "loss": torch.tensor(0.5)}, "t") == (
+        12,
+        3,
+        {"loss": 0.5},
+    )
     assert training_result({"num_samples": 12}, "t") == (12, 1, {})

@@ -31,8 +31,13 @@ def _updates(sites: int, seed: int = 0, dtype=np.float32) -> list[tuple[dict, in
     """Model-update-like contributions: per layer a scale, sites differing around a common direction."""
     rng = np.random.default_rng(seed)
     common = {f"layer{i}": rng.standard_normal(20_000) * 10.0 ** -rng.integers(2, 5) for i in range(6)}
-    return [({k: (v + rng.standard_normal(v.shape) * 1e-3).astype(dtype) for k, v in common.items()},
-             int(rng.integers(1, 5000))) for _ in range(sites)]
+    return [
+        (
+            {k: (v + rng.standard_normal(v.shape) * 1e-3).astype(dtype) for k, v in common.items()},
+            int(rng.integers(1, 5000)),
+        )
+        for _ in range(sites)
+    ]
 
 
 def _relative(a: dict, b: dict) -> float:
@@ -54,8 +59,10 @@ def test_streaming_mean_equals_the_float64_mean_within_1e_6(sites):
 
 
 def test_streaming_mean_of_float64_and_integer_entries_is_exact():
-    contributions = [({"w": np.array([1.0, 2.0]), "n": np.array(5, np.int64)}, 1),
-                     ({"w": np.array([4.0, -1.0]), "n": np.array(6, np.int64)}, 3)]
+    contributions = [
+        ({"w": np.array([1.0, 2.0]), "n": np.array(5, np.int64)}, 1),
+        ({"w": np.array([4.0, -1.0]), "n": np.array(6, np.int64)}, 3),
+    ]
     streaming = StreamingWeightedMean()
     for arrays, weight in contributions:
         streaming.add(arrays, weight)
@@ -64,10 +71,13 @@ def test_streaming_mean_of_float64_and_integer_entries_is_exact():
     assert result["n"].dtype == np.int64 and int(result["n"]) == int(weighted_mean(contributions)["n"]) == 6
 
 
-@pytest.mark.parametrize("contributions", [
-    [({"w": np.array([1.0], np.float32)}, 1), ({"w": np.array([1e300])}, 1)],  # float64 mean beyond float32
-    [({"w": np.array([1.0, 1.0], np.float16)}, 1), ({"w": np.array([3e5, 3e5], np.float32)}, 1)],
-])
+@pytest.mark.parametrize(
+    "contributions",
+    [
+        [({"w": np.array([1.0], np.float32)}, 1), ({"w": np.array([1e300])}, 1)],  # float64 mean beyond float32
+        [({"w": np.array([1.0, 1.0], np.float16)}, 1), ({"w": np.array([3e5, 3e5], np.float32)}, 1)],
+    ],
+)
 def test_streaming_mean_refuses_what_the_float64_mean_refuses(contributions):
     with pytest.raises(NonFiniteModelError, match="the weighted mean: entry 'w'"):
         weighted_mean(contributions)
@@ -78,15 +88,24 @@ def test_streaming_mean_refuses_what_the_float64_mean_refuses(contributions):
         streaming.result()
 
 
-@pytest.mark.parametrize("arrays", [
-    [np.random.default_rng(1).standard_normal(3_000_001).astype(np.float32) * 1e-3],
-    [np.random.default_rng(2).standard_normal(5000).astype(np.float16), np.arange(7, dtype=np.int64)],
-    [np.array([3e38, -3e38], np.float32), np.array([1.0], np.float32)],  # overflows float32, not float64
-    [torch.ones(10, dtype=torch.bfloat16)],
-])
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        [np.random.default_rng(1).standard_normal(3_000_001).astype(np.float32) * 1e-3],
+        [np.random.default_rng(2).standard_normal(5000).astype(np.float16), np.arange(7, dtype=np.int64)],
+        [np.array([3e38, -3e38], np.float32), np.array([1.0], np.float32)],  # overflows float32, not float64
+        [torch.ones(10, dtype=torch.bfloat16)],
+    ],
+)
 def test_block_norm_equals_squares_summed_in_float64(arrays):
-    reference = math.sqrt(sum(float(np.sum(np.square(np.asarray(a, dtype=np.float64)))) if not isinstance(a, torch.Tensor)
-                              else float(a.double().square().sum()) for a in arrays))
+    reference = math.sqrt(
+        sum(
+            float(np.sum(np.square(np.asarray(a, dtype=np.float64))))
+            if not isinstance(a, torch.Tensor)
+            else float(a.double().square().sum())
+            for a in arrays
+        )
+    )
     assert math.isfinite(l2_norm(arrays))
     assert abs(l2_norm(arrays) - reference) <= 1e-6 * reference
 
@@ -95,12 +114,15 @@ def test_block_norm_is_inf_only_when_float64_overflows():
     assert l2_norm([np.array([1e300, 1e300])]) == math.inf
 
 
-@pytest.mark.parametrize("base, diff", [
-    ({"w": np.array([1.0, 2.0], np.float32)}, {"w": np.array([0.5, -0.5], np.float32)}),
-    ({"w": np.array([3e38], np.float32)}, {"w": np.array([3e38], np.float32)}),  # overflows in float32
-    ({"w": np.array([1.0], np.float32)}, {"w": np.array([1e300])}),  # float64 update beyond float32
-    ({"w": np.array([1.0], np.float32), "x": np.array([np.nan], np.float32)}, {"w": np.array([1.0], np.float32)}),
-])
+@pytest.mark.parametrize(
+    "base, diff",
+    [
+        ({"w": np.array([1.0, 2.0], np.float32)}, {"w": np.array([0.5, -0.5], np.float32)}),
+        ({"w": np.array([3e38], np.float32)}, {"w": np.array([3e38], np.float32)}),  # overflows in float32
+        ({"w": np.array([1.0], np.float32)}, {"w": np.array([1e300])}),  # float64 update beyond float32
+        ({"w": np.array([1.0], np.float32), "x": np.array([np.nan], np.float32)}, {"w": np.array([1.0], np.float32)}),
+    ],
+)
 def test_local_check_without_a_copy_agrees_with_rebuilding_the_local_model(base, diff):
     try:
         check_finite(reconstruct(base, diff), "local")
@@ -124,8 +146,11 @@ def _ctx(tmp_path, site: str, sites: list[str]) -> FLContext:
     ctx.set_peer_context(peer)
     ctx.set_prop(AppConstants.CURRENT_ROUND, 0, private=True)
     ctx.set_prop(AppConstants.NUM_ROUNDS, 3, private=True)
-    ctx.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable(
-        {f"layer{i}": np.zeros(20_000, np.float32) for i in range(6)}, {}), private=True)
+    ctx.set_prop(
+        AppConstants.GLOBAL_MODEL,
+        make_model_learnable({f"layer{i}": np.zeros(20_000, np.float32) for i in range(6)}, {}),
+        private=True,
+    )
     return ctx
 
 
@@ -158,8 +183,11 @@ class _Net(torch.nn.Module):
 
 def _float_weights(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(tuple(v.shape)).astype(np.float32) for k, v in _Net().state_dict().items()
-            if v.is_floating_point()}
+    return {
+        k: rng.standard_normal(tuple(v.shape)).astype(np.float32)
+        for k, v in _Net().state_dict().items()
+        if v.is_floating_point()
+    }
 
 
 def test_reused_model_is_in_the_state_of_a_freshly_built_one():
@@ -177,7 +205,9 @@ def test_reused_model_is_in_the_state_of_a_freshly_built_one():
     fresh = _Net()
     load_weights(fresh, second, "global")
     assert again is model and again.training == fresh.training
-    assert {k: v.tolist() for k, v in again.state_dict().items()} == {k: v.tolist() for k, v in fresh.state_dict().items()}
+    assert {k: v.tolist() for k, v in again.state_dict().items()} == {
+        k: v.tolist() for k, v in fresh.state_dict().items()
+    }
     assert all(p.grad is None and p.requires_grad for p in again.parameters())
 
 

@@ -43,7 +43,9 @@ class FLIP_EVALUATOR(Executor):
             model.eval()
             with torch.no_grad():
                 logits = model(images)
-            results[name] = {"accuracy": (logits.argmax(1) == labels).float().mean().item(),
-                             "loss": torch.nn.functional.cross_entropy(logits, labels).item(),
-                             "num_samples": len(labels)}
+            results[name] = {
+                "accuracy": (logits.argmax(1) == labels).float().mean().item(),
+                "loss": torch.nn.functional.cross_entropy(logits, labels).item(),
+                "num_samples": len(labels),
+            }
         return DXO(data_kind=DataKind.METRICS, data=results).to_shareable()

@@ -20,8 +20,9 @@ from flip.utils import get_model_weights_diff, make_private
 
 
 class FLIP_TRAINER(Executor):
-    def __init__(self, train_task_name="train", submit_model_task_name="submit_model", exclude_vars=None,
-                 project_id="", query=""):
+    def __init__(
+        self, train_task_name="train", submit_model_task_name="submit_model", exclude_vars=None, project_id="", query=""
+    ):
         super().__init__()
         self._train_task_name = train_task_name
         self._submit_model_task_name = submit_model_task_name
@@ -61,8 +62,9 @@ class FLIP_TRAINER(Executor):
         optimizer = torch.optim.SGD(self.model.parameters(), lr=float(self.config["LEARNING_RATE"]), momentum=0.9)
         loss_fn = torch.nn.CrossEntropyLoss()
         generator = torch.Generator().manual_seed(1000 * current_round + 7)
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train, y_train), batch_size=batch_size,
-                                             shuffle=True, generator=generator)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True, generator=generator
+        )
         # under the site's record-level DP policy: Opacus's DP-SGD; elsewhere the three come back unchanged
         self.model, optimizer, loader = make_private(self.model, optimizer, loader, fl_ctx, epochs=self._epochs)
         steps, epoch_loss = 0, 0.0

@@ -43,6 +43,9 @@ class FLIP_VALIDATOR(Executor):
         model.eval()
         with torch.no_grad():
             logits = model(x_val)
-        metrics = {"accuracy": (logits.argmax(1) == y_val).float().mean().item(),
-                   "loss": torch.nn.functional.cross_entropy(logits, y_val).item(), "num_samples": len(y_val)}
+        metrics = {
+            "accuracy": (logits.argmax(1) == y_val).float().mean().item(),
+            "loss": torch.nn.functional.cross_entropy(logits, y_val).item(),
+            "num_samples": len(y_val),
+        }
         return DXO(data_kind=DataKind.METRICS, data=metrics).to_shareable()

@@ -27,8 +27,12 @@ def leaving_norm(dxo: DXO) -> float:
     """The L2 norm of the floating-point entries of an update as it leaves (a WEIGHT_DIFF, or every WEIGHT_DIFF of
     a COLLECTION): a function of what is sent anyway."""
     if dxo.data_kind == DataKind.COLLECTION and isinstance(dxo.data, dict):
-        return l2_norm(a for part in dxo.data.values() if isinstance(part, DXO) and isinstance(part.data, dict)
-                       for a in float_entries(part.data))
+        return l2_norm(
+            a
+            for part in dxo.data.values()
+            if isinstance(part, DXO) and isinstance(part.data, dict)
+            for a in float_entries(part.data)
+        )
     return l2_norm(float_entries(dxo.data)) if isinstance(dxo.data, dict) else 0.0
 
 

@@ -38,7 +38,8 @@ class EvaluationJsonGenerator(ValidationJsonGenerator):
                 if metrics is not None:
                     self._val_results[site] = metrics
                 return
-            fl_ctx.set_prop(AppConstants.VALIDATION_RESULT, fl_ctx.get_prop(FlipProp.EVALUATION_RESULT), private=True,
-                            sticky=False)
+            fl_ctx.set_prop(
+                AppConstants.VALIDATION_RESULT, fl_ctx.get_prop(FlipProp.EVALUATION_RESULT), private=True, sticky=False
+            )
             event_type = AppEventType.VALIDATION_RESULT_RECEIVED  # the parent records it the same way
         super().handle_event(event_type, fl_ctx)

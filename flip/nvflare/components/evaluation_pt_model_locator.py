@@ -75,8 +75,9 @@ class EvaluationPTModelLocator(ModelLocator):
         if isinstance(model_name, FLContext) and fl_ctx is None:
             return self._locate_all(model_name)
         if not isinstance(fl_ctx, FLContext):
-            raise TypeError(f"locate_model takes (model_name, fl_ctx) or (fl_ctx), got a {type(fl_ctx).__name__} "
-                            "as fl_ctx")
+            raise TypeError(
+                f"locate_model takes (model_name, fl_ctx) or (fl_ctx), got a {type(fl_ctx).__name__} as fl_ctx"
+            )
         dxo = self._locate(check_model_id(model_name), fl_ctx)
         if self.models is None:
             self.models = {}
@@ -102,8 +103,10 @@ class EvaluationPTModelLocator(ModelLocator):
         except RegistryError:
             found = initial_state(fl_ctx, model_id)
             if found is None:
-                raise FlipError(f"model {model_id} has no verified run in s3://{registry.bucket} and no "
-                                "initial model in the workspace or the safehouse") from None
+                raise FlipError(
+                    f"model {model_id} has no verified run in s3://{registry.bucket} and no "
+                    "initial model in the workspace or the safehouse"
+                ) from None
             state, source = found
         dxo = weights_dxo(state, self.exclude_vars)
         self.log_info(fl_ctx, f"model {model_id} to evaluate: {source}, {len(dxo.data)} tensors")

@@ -28,8 +28,15 @@ class FedOptShareableGenerator(FullModelShareableGenerator):
         ValueError: naming the bad argument (e.g. an unknown optimizer).
     """
 
-    def __init__(self, optimizer: str = FedOptimizer.SGD, lr: float = 1.0, momentum: float = 0.0, beta1: float = 0.9,
-                 beta2: float = 0.99, eps: float = 1e-8):
+    def __init__(
+        self,
+        optimizer: str = FedOptimizer.SGD,
+        lr: float = 1.0,
+        momentum: float = 0.0,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        eps: float = 1e-8,
+    ):
         super().__init__()
         check_fedopt_args(optimizer, lr, momentum, beta1, beta2, eps)
         self.optimizer = optimizer
@@ -48,8 +55,9 @@ class FedOptShareableGenerator(FullModelShareableGenerator):
         if not base_model:
             raise ValueError("FedOpt needs the current global model (AppConstants.GLOBAL_MODEL) to step from")
         old = base_model[ModelLearnableKey.WEIGHTS]
-        new = fedopt_step(old, dxo.data or {}, self.state, self.optimizer, self.lr, self.momentum, self.beta1,
-                          self.beta2, self.eps)
+        new = fedopt_step(
+            old, dxo.data or {}, self.state, self.optimizer, self.lr, self.momentum, self.beta1, self.beta2, self.eps
+        )
         step = {
             "optimizer": self.optimizer,
             "lr": self.lr,
@@ -57,8 +65,11 @@ class FedOptShareableGenerator(FullModelShareableGenerator):
             "step_norm": l2_norm(np.asarray(new[k], np.float64) - np.asarray(old[k], np.float64) for k in dxo.data),
         }
         fl_ctx.set_prop(FlipProp.SERVER_STEP, step, private=True, sticky=False)
-        self.log_info(fl_ctx, f"server {self.optimizer} step {self.state.step}: averaged update norm "
-                              f"{step['update_norm']:.4g}, global model moved {step['step_norm']:.4g}")
+        self.log_info(
+            fl_ctx,
+            f"server {self.optimizer} step {self.state.step}: averaged update norm "
+            f"{step['update_norm']:.4g}, global model moved {step['step_norm']:.4g}",
+        )
         base_model[ModelLearnableKey.WEIGHTS] = new
         base_model[ModelLearnableKey.META] = dxo.get_meta_props()
         return base_model

@@ -45,11 +45,17 @@ class FlipModelPersistor(PTFileModelPersistor):
         Other arguments: as PTFileModelPersistor.
     """
 
-    def __init__(self, model=None, initial_model_locator_id: str = ComponentId.INITIAL_MODEL_LOCATOR,
-                 keep_round_models: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        model=None,
+        initial_model_locator_id: str = ComponentId.INITIAL_MODEL_LOCATOR,
+        keep_round_models: bool = False,
+        **kwargs: Any,
+    ):
         super().__init__(model=model, **kwargs)
-        self.initial_model_locator_id = check_component_id("initial_model_locator_id", initial_model_locator_id,
-                                                           empty=True)
+        self.initial_model_locator_id = check_component_id(
+            "initial_model_locator_id", initial_model_locator_id, empty=True
+        )
         self.keep_round_models = check_bool("keep_round_models", keep_round_models)
         self.initial_source: str | None = None
         self.initial_info: dict[str, Any] | None = None
@@ -77,8 +83,9 @@ class FlipModelPersistor(PTFileModelPersistor):
         if not self.initial_model_locator_id:
             return None
         try:
-            locator = get_component(fl_ctx, self.initial_model_locator_id, InitialPTModelLocator,
-                                    "initial model locator")
+            locator = get_component(
+                fl_ctx, self.initial_model_locator_id, InitialPTModelLocator, "initial model locator"
+            )
         except LookupFailed as exc:
             raise FlipError(str(exc)) from exc
         return locator.find(fl_ctx, preprocessing_dir=run_dir(fl_ctx) / RunFile.ARTIFACTS_DIR)

@@ -33,8 +33,10 @@ class FlipModelSelector(IntimeModelSelector):
     """
 
     def __init__(self, key_metric: str = DEFAULT_BEST_METRIC, negate_key_metric: bool = False):
-        super().__init__(key_metric=check_str("key_metric", key_metric, max_length=128),
-                         negate_key_metric=check_bool("negate_key_metric", negate_key_metric))
+        super().__init__(
+            key_metric=check_str("key_metric", key_metric, max_length=128),
+            negate_key_metric=check_bool("negate_key_metric", negate_key_metric),
+        )
         self.best_round: int | None = None
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
@@ -49,12 +51,18 @@ class FlipModelSelector(IntimeModelSelector):
             current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
             before = self.best_val_metric
             if not self._before_aggregate(fl_ctx):
-                self.log_warning(fl_ctx, f"round {current + 1}: no site sent a finite {self.key_metric!r}: the round "
-                                         "is not a candidate for the best model")
+                self.log_warning(
+                    fl_ctx,
+                    f"round {current + 1}: no site sent a finite {self.key_metric!r}: the round "
+                    "is not a candidate for the best model",
+                )
             elif self.best_val_metric != before:
                 self.best_round = current + 1
-                self.log_info(fl_ctx, f"round {current + 1}: best global model so far ({self.key_metric} "
-                                      f"{self.best_raw_val_metric:.4g}): saved as the best model")
+                self.log_info(
+                    fl_ctx,
+                    f"round {current + 1}: best global model so far ({self.key_metric} "
+                    f"{self.best_raw_val_metric:.4g}): saved as the best model",
+                )
 
     def _add(self, fl_ctx: FLContext) -> None:
         metrics = fl_ctx.get_prop(FlipProp.ROUND_VALIDATION)

@@ -28,8 +28,6 @@ BUDGET_FILE = "flip_dp_budget.json"
 ACCOUNTANT = "rdp"
 
 
-
-
 class GaussianPrivacy(DXOFilter):
     """Clip each update to L2 norm ``clip_norm`` and add Gaussian noise: client-level (ε, δ)-DP per site.
 
@@ -81,15 +79,28 @@ class GaussianPrivacy(DXOFilter):
             an ``epsilon`` that no noise multiplier reaches over ``rounds`` at ``delta`` (with the range that can).
     """
 
-    def __init__(self, clip_norm: float = 1.0, noise_multiplier: float | None = None, epsilon: float | None = None,
-                 delta: float = 1e-5, rounds: int | None = None, max_epsilon: float | None = None,
-                 seed: int | None = None, public_sample_weight: int = 1, clipping_norm: float | None = None):
+    def __init__(
+        self,
+        clip_norm: float = 1.0,
+        noise_multiplier: float | None = None,
+        epsilon: float | None = None,
+        delta: float = 1e-5,
+        rounds: int | None = None,
+        max_epsilon: float | None = None,
+        seed: int | None = None,
+        public_sample_weight: int = 1,
+        clipping_norm: float | None = None,
+    ):
         super().__init__(supported_data_kinds=None, data_kinds_to_filter=None)
         if clipping_norm is not None and clipping_norm != clip_norm and clip_norm != 1.0:
-            raise ValueError(f"clip_norm {clip_norm!r} and FLIP's clipping_norm {clipping_norm!r} name one setting: give "
-                             "one, or both equal")
-        self.clip_norm = check_positive("clip_norm" if clipping_norm is None else "clipping_norm",
-                                        clip_norm if clipping_norm is None else clipping_norm)
+            raise ValueError(
+                f"clip_norm {clip_norm!r} and FLIP's clipping_norm {clipping_norm!r} name one setting: give "
+                "one, or both equal"
+            )
+        self.clip_norm = check_positive(
+            "clip_norm" if clipping_norm is None else "clipping_norm",
+            clip_norm if clipping_norm is None else clipping_norm,
+        )
         self.public_sample_weight = check_int("public_sample_weight", public_sample_weight, 1)
         self.noise_multiplier = optional(check_positive, "noise_multiplier", noise_multiplier)
         self.epsilon = optional(check_positive, "epsilon", epsilon)
@@ -127,8 +138,11 @@ class GaussianPrivacy(DXOFilter):
         dxo.meta.update(meta)
         dxo.update_shareable(shareable)
         if withheld or dropped:
-            self.log_info(fl_ctx, "under client-level DP, not sent beside the update: "
-                                  + ", ".join(withheld + [f"meta {k}" for k in dropped]))
+            self.log_info(
+                fl_ctx,
+                "under client-level DP, not sent beside the update: "
+                + ", ".join(withheld + [f"meta {k}" for k in dropped]),
+            )
 
     def _state_file(self, fl_ctx: FLContext) -> Path:
         return run_dir(fl_ctx) / BUDGET_FILE
@@ -139,8 +153,9 @@ class GaussianPrivacy(DXOFilter):
         return int(json.loads(path.read_text())["released"]) if path.is_file() else 0
 
     def _record(self, fl_ctx: FLContext, released: int) -> None:
-        write_json_atomic(self._state_file(fl_ctx),
-                          {"released": released, "noise_multiplier": self.sigma, "delta": self.delta})
+        write_json_atomic(
+            self._state_file(fl_ctx), {"released": released, "noise_multiplier": self.sigma, "delta": self.delta}
+        )
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
         if dxo.data_kind != DataKind.WEIGHT_DIFF:
@@ -157,20 +172,34 @@ class GaussianPrivacy(DXOFilter):
             )
         floats, integers = split_integer_entries(dxo.data, counters_only=False)
         if integers:
-            self.log_info(fl_ctx, f"{len(integers)} integer entries (e.g. {next(iter(integers))!r}) withheld: noise "
-                                  "cannot be added to them")
+            self.log_info(
+                fl_ctx,
+                f"{len(integers)} integer entries (e.g. {next(iter(integers))!r}) withheld: noise "
+                "cannot be added to them",
+            )
         data, stats = clip_and_noise(floats, self.clip_norm, self.sigma, self._rng)
         dxo.data = data
         self._record(fl_ctx, released + 1)
         following = epsilon_after(released + 2, self.sigma, self.delta)
-        record = {"filter": type(self).__name__, "level": CLIENT_LEVEL, "clip_norm": self.clip_norm,
-                  "noise_multiplier": self.sigma, "delta": self.delta, "accountant": ACCOUNTANT,
-                  "epsilon": round(spent_next, 6), "next_epsilon": round(following, 6), "max_epsilon": self.budget,
-                  "released": released + 1}
+        record = {
+            "filter": type(self).__name__,
+            "level": CLIENT_LEVEL,
+            "clip_norm": self.clip_norm,
+            "noise_multiplier": self.sigma,
+            "delta": self.delta,
+            "accountant": ACCOUNTANT,
+            "epsilon": round(spent_next, 6),
+            "next_epsilon": round(following, 6),
+            "max_epsilon": self.budget,
+            "released": released + 1,
+        }
         if integers:
             record["integer_entries_withheld"] = len(integers)
         annotate(dxo, record)
-        self.log_info(fl_ctx, f"update {released + 1}: norm {stats.norm:.3g} clipped to {self.clip_norm:g} "
-                              f"(scale {stats.scale:.3g}), noise σ={stats.noise_std:.3g}; ε spent {spent_next:.3g} "
-                              f"at δ={self.delta:g}" + (f" of {self.budget:g}" if self.budget else ""))
+        self.log_info(
+            fl_ctx,
+            f"update {released + 1}: norm {stats.norm:.3g} clipped to {self.clip_norm:g} "
+            f"(scale {stats.scale:.3g}), noise σ={stats.noise_std:.3g}; ε spent {spent_next:.3g} "
+            f"at δ={self.delta:g}" + (f" of {self.budget:g}" if self.budget else ""),
+        )
         return dxo

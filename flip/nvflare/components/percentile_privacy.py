@@ -72,8 +72,15 @@ class PercentilePrivacy(DXOFilter):
     #: written into job configs even at their defaults, so every job shows its privacy setting
     _always_serialize_args = ("percentile", "gamma")
 
-    def __init__(self, percentile=10, gamma=0.01, data_kinds: list[str] | None = None, off: bool = False,
-                 site_policy: bool = False, defer_to_site: bool = False):
+    def __init__(
+        self,
+        percentile=10,
+        gamma=0.01,
+        data_kinds: list[str] | None = None,
+        off: bool = False,
+        site_policy: bool = False,
+        defer_to_site: bool = False,
+    ):
         check_percentile(percentile)
         check_gamma(gamma)
         if data_kinds is not None:
@@ -104,19 +111,37 @@ class PercentilePrivacy(DXOFilter):
         if self.site_policy:
             return False
         applied = dxo.get_meta_prop(FlipMeta.PRIVACY)
-        site = next((r for r in applied if isinstance(r, dict) and r.get("site_policy")
-                     and r.get("filter") in PERCENTILE_FILTERS), None) if isinstance(applied, list) else None
+        site = (
+            next(
+                (
+                    r
+                    for r in applied
+                    if isinstance(r, dict) and r.get("site_policy") and r.get("filter") in PERCENTILE_FILTERS
+                ),
+                None,
+            )
+            if isinstance(applied, list)
+            else None
+        )
         if site is None:
             return False
         if self.defer_to_site:
-            self.log_info(fl_ctx, f"site policy applies {describe_record(site)}; the job's {self.describe()} leaves "
-                                  "this update to it (defer_to_site)")
-            annotate(dxo, {"filter": type(self).__name__, "percentile": self.percentile, "gamma": self.gamma,
-                           "deferred": True})
+            self.log_info(
+                fl_ctx,
+                f"site policy applies {describe_record(site)}; the job's {self.describe()} leaves "
+                "this update to it (defer_to_site)",
+            )
+            annotate(
+                dxo,
+                {"filter": type(self).__name__, "percentile": self.percentile, "gamma": self.gamma, "deferred": True},
+            )
             return True
-        self.log_warning(fl_ctx, f"site policy applies {describe_record(site)}; the job's {self.describe()} also "
-                                 "applies: this update is filtered twice (the job option defer_to_site leaves it to "
-                                 "the site)")
+        self.log_warning(
+            fl_ctx,
+            f"site policy applies {describe_record(site)}; the job's {self.describe()} also "
+            "applies: this update is filtered twice (the job option defer_to_site leaves it to "
+            "the site)",
+        )
         return False
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
@@ -146,9 +171,13 @@ class PercentilePrivacy(DXOFilter):
         """Record on the update what was applied (settings and shared/clipped fractions: never values), and how
         many integer entries passed unchanged (only when there were some)."""
         record = {
-            "filter": type(self).__name__, "percentile": self.percentile, "gamma": self.gamma,
-            "parts": {k: {"shared": round(v.fraction_shared, 4), "clipped": round(v.fraction_clipped, 4)}
-                      for k, v in parts.items()},
+            "filter": type(self).__name__,
+            "percentile": self.percentile,
+            "gamma": self.gamma,
+            "parts": {
+                k: {"shared": round(v.fraction_shared, 4), "clipped": round(v.fraction_clipped, 4)}
+                for k, v in parts.items()
+            },
         }
         if self.site_policy:
             record["site_policy"] = True
@@ -163,9 +192,7 @@ class PercentilePrivacy(DXOFilter):
             raise PrivacyError(f"{label}: a WEIGHT_DIFF DXO must hold a dict of arrays, got {type(dxo.data).__name__}")
         num_steps = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
         floats, integers = split_integer_entries(dxo.data)
-        filtered, stats = percentile_filter(
-            floats, self.percentile, self.gamma, num_steps=num_steps or 1, inplace=True
-        )
+        filtered, stats = percentile_filter(floats, self.percentile, self.gamma, num_steps=num_steps or 1, inplace=True)
         dxo.data = merge_in_order(dxo.data, filtered, integers)
         passed = f", {len(integers)} integer entries unchanged" if integers else ""
         self.log_info(

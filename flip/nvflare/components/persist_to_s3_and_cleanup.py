@@ -94,9 +94,14 @@ class PersistToS3AndCleanup(FLComponent):
             self.bucket_name = settings.models_bucket
 
     # -- the three steps ------------------------------------------------------------------------------------
-    def execute(self, fl_ctx: FLContext, *, run_id: str | None = None,
-                artifacts: Mapping[str, str | Path] | None = None,
-                info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def execute(
+        self,
+        fl_ctx: FLContext,
+        *,
+        run_id: str | None = None,
+        artifacts: Mapping[str, str | Path] | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Upload, verify, then clean up; return the verified manifest.
 
         Args:
@@ -112,9 +117,14 @@ class PersistToS3AndCleanup(FLComponent):
         self.cleanup(fl_ctx)
         return manifest
 
-    def upload_results_to_s3_bucket(self, fl_ctx: FLContext, *, run_id: str | None = None,
-                                    artifacts: Mapping[str, str | Path] | None = None,
-                                    info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def upload_results_to_s3_bucket(
+        self,
+        fl_ctx: FLContext,
+        *,
+        run_id: str | None = None,
+        artifacts: Mapping[str, str | Path] | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Stage the models and artifacts, record ``upload_pending.json``, upload, verify; return the manifest.
 
         Args:
@@ -131,14 +141,30 @@ class PersistToS3AndCleanup(FLComponent):
         prefix = run_prefix(self.model_id, run_id)
         files = self._stage_artifacts(fl_ctx, folder / RunFile.STAGING_DIR, artifacts or {})
         info = {**(info or {}), **self._model_info(), "versions": software_versions()}
-        self.pending = record_pending(folder, model_id=self.model_id, job_id=fl_ctx.get_job_id(), run_id=run_id,
-                                      bucket=self.bucket_name, files=files, info=info)
+        self.pending = record_pending(
+            folder,
+            model_id=self.model_id,
+            job_id=fl_ctx.get_job_id(),
+            run_id=run_id,
+            bucket=self.bucket_name,
+            files=files,
+            info=info,
+        )
         self.log_info(fl_ctx, f"uploading {len(files)} objects to s3://{self.bucket_name}/{prefix}")
-        self.manifest = complete_upload(folder, self.pending, sse=self.settings.s3_sse,
-                                        create_bucket=self.settings.s3_create_bucket, transfer=self.settings.transfer(),
-                                        log=lambda msg: self.log_info(fl_ctx, msg), check_files=False)
-        self.log_info(fl_ctx, f"verified s3://{self.bucket_name}/{prefix}{RunFile.MANIFEST}: "
-                              f"{len(self.manifest['objects'])} objects match")
+        self.manifest = complete_upload(
+            folder,
+            self.pending,
+            sse=self.settings.s3_sse,
+            create_bucket=self.settings.s3_create_bucket,
+            transfer=self.settings.transfer(),
+            log=lambda msg: self.log_info(fl_ctx, msg),
+            check_files=False,
+        )
+        self.log_info(
+            fl_ctx,
+            f"verified s3://{self.bucket_name}/{prefix}{RunFile.MANIFEST}: "
+            f"{len(self.manifest['objects'])} objects match",
+        )
         return self.manifest
 
     def cleanup(self, fl_ctx: FLContext) -> list[str]:
@@ -166,8 +192,9 @@ class PersistToS3AndCleanup(FLComponent):
             info["local_models_round"] = self.local_models_round
         return info
 
-    def _stage_artifacts(self, fl_ctx: FLContext, staging: Path,
-                         artifacts: Mapping[str, str | Path]) -> dict[str, Path]:
+    def _stage_artifacts(
+        self, fl_ctx: FLContext, staging: Path, artifacts: Mapping[str, str | Path]
+    ) -> dict[str, Path]:
         staging.mkdir(parents=True, exist_ok=True)
         files = self._stage_models(fl_ctx, staging) if self.model_persistor is not None else {}
         custom_pre = app_custom_dir(fl_ctx) / RunFile.PREPROCESSING
@@ -189,8 +216,11 @@ class PersistToS3AndCleanup(FLComponent):
     def _latest_local_models(self, folder: Path) -> dict[str, Path]:
         """The latest round's local models the aggregator kept (none unless the job keeps them), by object key."""
         self.local_models_round = None
-        rounds = [(int(p.name.split("_", 1)[1]), p) for p in (folder / RunFile.LOCAL_MODELS_DIR).glob("round_*")
-                  if p.is_dir() and p.name.split("_", 1)[1].isdigit()]
+        rounds = [
+            (int(p.name.split("_", 1)[1]), p)
+            for p in (folder / RunFile.LOCAL_MODELS_DIR).glob("round_*")
+            if p.is_dir() and p.name.split("_", 1)[1].isdigit()
+        ]
         if not rounds:
             return {}
         number, latest = max(rounds)
@@ -209,8 +239,10 @@ class PersistToS3AndCleanup(FLComponent):
             )
         self.model_dir = os.path.dirname(final.location)
         files: dict[str, Path] = {}
-        wanted = [(self.model_persistor.global_model_file_name, RunFile.GLOBAL_MODEL),
-                  (self.model_persistor.best_global_model_file_name, RunFile.BEST_MODEL)]
+        wanted = [
+            (self.model_persistor.global_model_file_name, RunFile.GLOBAL_MODEL),
+            (self.model_persistor.best_global_model_file_name, RunFile.BEST_MODEL),
+        ]
         for inventory_name, key in wanted:
             desc = self.model_inventory.get(inventory_name)
             if desc is None:

@@ -52,8 +52,9 @@ class LocalModelStore:
     def write_ensemble(self, members: dict[str, dict[str, Any]]) -> Path:
         self.artifacts.mkdir(parents=True, exist_ok=True)
         path = self.artifacts / RunFile.ENSEMBLE
-        torch.save({site: {k: torch.as_tensor(np.asarray(v)) for k, v in w.items()} for site, w in members.items()},
-                   path)
+        torch.save(
+            {site: {k: torch.as_tensor(np.asarray(v)) for k, v in w.items()} for site, w in members.items()}, path
+        )
         return path
 
 
@@ -84,8 +85,6 @@ def reconstruct(base: dict[str, Any], diff: dict[str, Any]) -> dict[str, np.ndar
         for name, d in diff.items():
             local[name] = (local[name] + np.asarray(d)).astype(local[name].dtype)
     return local
-
-
 
 
 class SampleWeightedAggregator(Aggregator):
@@ -125,9 +124,15 @@ class SampleWeightedAggregator(Aggregator):
             (>= 1), or None to turn the rule off. Default 10.
     """
 
-    def __init__(self, min_accepted: int = 1, delete_local_models_after_aggregation: bool = True,
-                 ensemble: bool = False, max_num_samples: int = MAX_NUM_SAMPLES, max_update_norm: float | None = None,
-                 norm_ratio_limit: float | None = NORM_RATIO_LIMIT):
+    def __init__(
+        self,
+        min_accepted: int = 1,
+        delete_local_models_after_aggregation: bool = True,
+        ensemble: bool = False,
+        max_num_samples: int = MAX_NUM_SAMPLES,
+        max_update_norm: float | None = None,
+        norm_ratio_limit: float | None = NORM_RATIO_LIMIT,
+    ):
         super().__init__()
         check_positive_int("min_accepted", min_accepted)
         self.max_num_samples = check_positive_int("max_num_samples", max_num_samples)
@@ -172,8 +177,10 @@ class SampleWeightedAggregator(Aggregator):
             return None, f"the site reported {shareable.get_return_code()}"
         contribution = shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND)
         if contribution != current:
-            return None, (f"it is for round {contribution + 1 if isinstance(contribution, int) else contribution}, "
-                          f"this is round {current + 1}")
+            return None, (
+                f"it is for round {contribution + 1 if isinstance(contribution, int) else contribution}, "
+                f"this is round {current + 1}"
+            )
         if site in self.accepted:
             return None, f"{site} already sent its update for round {current + 1}"
         try:
@@ -250,8 +257,9 @@ class SampleWeightedAggregator(Aggregator):
         fl_ctx.set_prop(FlipProp.AGGREGATION_REPORT, report, private=True, sticky=False)
         if len(self.accepted) < self.min_accepted:
             why = "; ".join(f"{site}: {reason}" for site, reason in sorted(self.excluded.items())) or "no update"
-            raise AggregationFailed(f"round {current + 1}: {len(self.accepted)} update(s) accepted, "
-                                    f"{self.min_accepted} needed ({why})")
+            raise AggregationFailed(
+                f"round {current + 1}: {len(self.accepted)} update(s) accepted, {self.min_accepted} needed ({why})"
+            )
 
     def finish_round(self, fl_ctx: FLContext, members: dict[str, dict[str, Any]] | None = None) -> None:
         """After aggregating: the ensemble artifact on the last round (from memory: no local model file is needed)."""

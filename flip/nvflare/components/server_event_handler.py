@@ -77,8 +77,9 @@ class ServerEventHandler(FLComponent):
     ):
         super().__init__()
         self.model_id = check_model_id(model_id)
-        self.validation_json_generator_id = check_component_id("validation_json_generator_id",
-                                                               validation_json_generator_id)
+        self.validation_json_generator_id = check_component_id(
+            "validation_json_generator_id", validation_json_generator_id
+        )
         self.validation_json_generator = None
         self.persist_and_cleanup_id = check_component_id("persist_and_cleanup_id", persist_and_cleanup_id)
         self.persist_and_cleanup = None
@@ -140,8 +141,9 @@ class ServerEventHandler(FLComponent):
             self.metrics.stopped_early = fl_ctx.get_prop(FlipProp.STOP_REASON)
             self.log_warning(fl_ctx, f"training stopped early {self.metrics.stopped_early}")
         elif event_type == FlipEvent.SWAG_STARTED:
-            self.log_info(fl_ctx, "SWAG round started (the DLR demonstrator's SWAG_ROUND; status stays "
-                                  "TRAINING_STARTED)")
+            self.log_info(
+                fl_ctx, "SWAG round started (the DLR demonstrator's SWAG_ROUND; status stays TRAINING_STARTED)"
+            )
         elif event_type == FlipEvent.EVALUATION_STARTED:
             self.report_status(fl_ctx, RunStatus.TRAINING_STARTED)  # an evaluation-only run's "training" phase
         elif event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT:
@@ -195,8 +197,7 @@ class ServerEventHandler(FLComponent):
         self.log_info(fl_ctx, f"round {current + 1}{total} started")
         self.round_returned = set()
         details = {"total_rounds": self.metrics.num_rounds} if self.metrics.num_rounds else None
-        self._to_platform(fl_ctx, "round event", "report_event", FLLogEvent.ROUND_STARTED, current + 1,
-                          details=details)
+        self._to_platform(fl_ctx, "round event", "report_event", FLLogEvent.ROUND_STARTED, current + 1, details=details)
 
     def _arrived(self, fl_ctx: FLContext, where: str, site: str, check, raw, default):
         """``check(raw)`` (a flip.site_messages function), or ``default`` with a logged reason naming the site."""
@@ -216,11 +217,13 @@ class ServerEventHandler(FLComponent):
         site = peer_name(fl_ctx)
         if not isinstance(result, Shareable):
             return
-        self._to_platform(fl_ctx, "round event", "report_event", FLLogEvent.CLIENT_RESULT_RECEIVED, current + 1,
-                          site=site)
+        self._to_platform(
+            fl_ctx, "round event", "report_event", FLLogEvent.CLIENT_RESULT_RECEIVED, current + 1, site=site
+        )
         if not fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED, False):
-            self.log_warning(fl_ctx, f"round {current + 1}: the update of {site} was not aggregated; its metrics "
-                                     "are not recorded")
+            self.log_warning(
+                fl_ctx, f"round {current + 1}: the update of {site} was not aggregated; its metrics are not recorded"
+            )
             return
         try:
             dxo = from_shareable(result)
@@ -229,8 +232,9 @@ class ServerEventHandler(FLComponent):
         except (ValueError, TypeError):
             privacy = stage = num_samples = None
         noted = self.metrics.privacy_notes()
-        metrics, dropped = self.metrics.add_contribution(current, site, result.get_header(FlipMeta.METRICS),
-                                                         privacy, stage, num_samples)
+        metrics, dropped = self.metrics.add_contribution(
+            current, site, result.get_header(FlipMeta.METRICS), privacy, stage, num_samples
+        )
         self._dropped(fl_ctx, f"round {current + 1}", site, dropped)
         note = self.metrics.privacy_notes().get(site)
         if note and site not in noted:  # once per site and run: the site's policy and the job's filter both apply
@@ -241,15 +245,27 @@ class ServerEventHandler(FLComponent):
 
     def _round_done(self, fl_ctx: FLContext) -> None:
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
-        means, removed = self.metrics.round_done(current, fl_ctx.get_prop(FlipProp.AGGREGATION_REPORT),
-                                                 fl_ctx.get_prop(FlipProp.SERVER_STEP),
-                                                 fl_ctx.get_prop(FlipProp.FEDDC_REPORT))
+        means, removed = self.metrics.round_done(
+            current,
+            fl_ctx.get_prop(FlipProp.AGGREGATION_REPORT),
+            fl_ctx.get_prop(FlipProp.SERVER_STEP),
+            fl_ctx.get_prop(FlipProp.FEDDC_REPORT),
+        )
         for site in removed:  # excluded once every update was in (e.g. its norm): not averaged
-            self.log_info(fl_ctx, f"round {current + 1}: the metrics of {site} are not recorded: its update was "
-                                  "excluded from the average")
+            self.log_info(
+                fl_ctx,
+                f"round {current + 1}: the metrics of {site} are not recorded: its update was "
+                "excluded from the average",
+            )
         self.log_info(fl_ctx, f"round {current + 1} done, sites' mean: " + _format(means))
-        self._to_platform(fl_ctx, "round event", "report_event", FLLogEvent.ROUND_AGGREGATED, current + 1,
-                          details={"returned": len(self.round_returned), "expected": _expected_sites(fl_ctx)})
+        self._to_platform(
+            fl_ctx,
+            "round event",
+            "report_event",
+            FLLogEvent.ROUND_AGGREGATED,
+            current + 1,
+            details={"returned": len(self.round_returned), "expected": _expected_sites(fl_ctx)},
+        )
         self._report_metrics(fl_ctx, current, "global", means)
         self._write_metrics(fl_ctx)
 
@@ -263,14 +279,16 @@ class ServerEventHandler(FLComponent):
         self.log_info(fl_ctx, f"round {current + 1} global model at {site}: " + _format(metrics))
         self._write_metrics(fl_ctx)
 
-    def _report_metrics(self, fl_ctx: FLContext, current: int, site: str, metrics: dict,
-                        round_num: int | None = None) -> None:
+    def _report_metrics(
+        self, fl_ctx: FLContext, current: int, site: str, metrics: dict, round_num: int | None = None
+    ) -> None:
         """Report ``metrics`` of ``site`` at round ``current + 1`` (or at ``round_num`` as given)."""
         if self.platform is None or not metrics:
             return
         try:
-            self.platform.report_metrics(self.model_id, self.run_id, current + 1 if round_num is None else round_num,
-                                         site, metrics)
+            self.platform.report_metrics(
+                self.model_id, self.run_id, current + 1 if round_num is None else round_num, site, metrics
+            )
         except FlipError as exc:
             self.log_warning(fl_ctx, f"could not report metrics of {site}: {short_reason(exc)}")
 
@@ -281,8 +299,10 @@ class ServerEventHandler(FLComponent):
             sender = data.get_peer_prop(ReservedKey.IDENTITY_NAME, None)
             claimed = data.get_header(FedEventHeader.ORIGIN)
             if isinstance(sender, str) and sender and claimed != sender:
-                self.log_warning(fl_ctx, f"a metric from {sender} names its origin {short_reason(repr(claimed))}: "
-                                         f"recorded as {sender}")
+                self.log_warning(
+                    fl_ctx,
+                    f"a metric from {sender} names its origin {short_reason(repr(claimed))}: recorded as {sender}",
+                )
                 data.set_header(FedEventHeader.ORIGIN, sender)  # the connection's identity wins over the message
         default_round = 0 if self.current_round is None else self.current_round + 1
         try:
@@ -292,8 +312,11 @@ class ServerEventHandler(FLComponent):
             return
         if not self.metrics.add_flip_metric(event.round, event.site, event.label, event.value, event.seq):
             if self.metrics.flip_metrics_dropped == 1:
-                self.log_warning(fl_ctx, f"metrics of FLIP apps: the run's limit of {self.metrics.flip_metric_values} "
-                                         f"values is reached; later ones (from {event.site} on) are not recorded")
+                self.log_warning(
+                    fl_ctx,
+                    f"metrics of FLIP apps: the run's limit of {self.metrics.flip_metric_values} "
+                    f"values is reached; later ones (from {event.site} on) are not recorded",
+                )
             return
         self.log_debug(fl_ctx, f"{event.site}: {event.label}={event.value:.4g} (round {event.round})")
         self._report_metrics(fl_ctx, 0, event.site, {event.label: event.value}, round_num=event.round)
@@ -331,14 +354,29 @@ class ServerEventHandler(FLComponent):
         peer = peer_name(fl_ctx, default=None)
         if isinstance(data, Shareable):
             claimed = data.get_header(FlipMeta.SITE_NAME)
-            claimed = None if claimed is None else self._arrived(
-                fl_ctx, "site error", peer or "a site", lambda raw: site_messages.name(raw, FlipMeta.SITE_NAME),
-                claimed, None)
+            claimed = (
+                None
+                if claimed is None
+                else self._arrived(
+                    fl_ctx,
+                    "site error",
+                    peer or "a site",
+                    lambda raw: site_messages.name(raw, FlipMeta.SITE_NAME),
+                    claimed,
+                    None,
+                )
+            )
             if peer and claimed and claimed != peer:
                 self.log_warning(fl_ctx, f"site error: {peer} sent it under the name {claimed!r}: recorded as {peer}")
             site = peer or claimed or "?"  # the connection's identity wins over a name in the message
-            reason = self._arrived(fl_ctx, "site error", site, site_messages.error_reason,
-                                   data.get_header(FlipMeta.ERROR_REASON, "error"), "error")
+            reason = self._arrived(
+                fl_ctx,
+                "site error",
+                site,
+                site_messages.error_reason,
+                data.get_header(FlipMeta.ERROR_REASON, "error"),
+                "error",
+            )
             reason = short_reason(reason)
             if site not in self.site_errors:
                 self.site_errors[site] = reason
@@ -359,8 +397,9 @@ class ServerEventHandler(FLComponent):
             # upload and no pending record. Expected failures are handled in _finish; this is for the unexpected
             # (a bug, a library's surprise), and it ends the run in ERROR with a short reason.
             self.log_exception(fl_ctx, f"the end of the run failed: {type(exc).__name__}")
-            self.report_status(fl_ctx, RunStatus.ERROR,
-                               f"the end of the run failed ({type(exc).__name__}: {short_reason(exc)})")
+            self.report_status(
+                fl_ctx, RunStatus.ERROR, f"the end of the run failed ({type(exc).__name__}: {short_reason(exc)})"
+            )
 
     def _finish(self, fl_ctx: FLContext) -> None:
         abort = fl_ctx.get_run_abort_signal()
@@ -377,8 +416,9 @@ class ServerEventHandler(FLComponent):
         if aborted:
             self.report_status(fl_ctx, RunStatus.STOPPED, "the run was aborted")
             return
-        end = finish_run(self, fl_ctx, self.metrics, self.validation_json_generator, self.persist_and_cleanup,
-                         self.reported)
+        end = finish_run(
+            self, fl_ctx, self.metrics, self.validation_json_generator, self.persist_and_cleanup, self.reported
+        )
         self.upload_key = end.upload_key
         self.report_status(fl_ctx, end.status, end.reason)
         if end.advice:

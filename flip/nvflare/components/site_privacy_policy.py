@@ -99,20 +99,37 @@ class SitePrivacyPolicy(FLComponent):
         ValueError: a bad argument (named).
     """
 
-    def __init__(self, level: str = RECORD_LEVEL, target_epsilon: float | None = None, delta: float = 1e-5,
-                 max_grad_norm: float = 1.0, accountant: str = "rdp", total_epsilon: float | None = None,
-                 dataset: str | None = None, public_sample_weight: int | None = None, epsilon: float | None = None):
+    def __init__(
+        self,
+        level: str = RECORD_LEVEL,
+        target_epsilon: float | None = None,
+        delta: float = 1e-5,
+        max_grad_norm: float = 1.0,
+        accountant: str = "rdp",
+        total_epsilon: float | None = None,
+        dataset: str | None = None,
+        public_sample_weight: int | None = None,
+        epsilon: float | None = None,
+    ):
         super().__init__()
         self.level = check_choice("level", level, LEVELS)
         if epsilon is not None and target_epsilon is not None and epsilon != target_epsilon:
-            raise ValueError(f"target_epsilon {target_epsilon!r} and FLIP's epsilon {epsilon!r} name one setting: give "
-                             "one, or both equal")
+            raise ValueError(
+                f"target_epsilon {target_epsilon!r} and FLIP's epsilon {epsilon!r} name one setting: give "
+                "one, or both equal"
+            )
         target_epsilon = target_epsilon if target_epsilon is not None else epsilon
         if target_epsilon is None:
             raise ValueError("target_epsilon is required: the ε one job may spend on a data set at this site")
-        self.policy = RecordLevelPolicy(target_epsilon=target_epsilon, delta=delta, max_grad_norm=max_grad_norm,
-                                        accountant=accountant, total_epsilon=total_epsilon, dataset=dataset,
-                                        public_sample_weight=public_sample_weight)
+        self.policy = RecordLevelPolicy(
+            target_epsilon=target_epsilon,
+            delta=delta,
+            max_grad_norm=max_grad_norm,
+            accountant=accountant,
+            total_epsilon=total_epsilon,
+            dataset=dataset,
+            public_sample_weight=public_sample_weight,
+        )
         self._reset()
 
     def _reset(self) -> None:
@@ -128,8 +145,11 @@ class SitePrivacyPolicy(FLComponent):
 
     def describe(self) -> str:
         p = self.policy
-        what = (f"record-level DP-SGD (max_grad_norm {p.max_grad_norm:g}, {p.accountant} accountant)"
-                if self.level == RECORD_LEVEL else f"client-level DP ({CLIENT_LEVEL_FILTER} required)")
+        what = (
+            f"record-level DP-SGD (max_grad_norm {p.max_grad_norm:g}, {p.accountant} accountant)"
+            if self.level == RECORD_LEVEL
+            else f"client-level DP ({CLIENT_LEVEL_FILTER} required)"
+        )
         return f"{what}, ε={p.target_epsilon:g} per job (total {p.budget:g} per data set), δ={p.delta:g}"
 
     # -- events --------------------------------------------------------------------------------------------
@@ -156,14 +176,21 @@ class SitePrivacyPolicy(FLComponent):
         mine = [cid for cid, comp in components.items() if comp is self]
         others = [cid for cid, comp in components.items() if isinstance(comp, SitePrivacyPolicy) and comp is not self]
         if mine and mine[0] != ComponentId.SITE_PRIVACY:
-            self.refused = (f"a SitePrivacyPolicy with id {mine[0]!r}: the site's policy is declared in its "
-                            f"local/privacy.json with id {ComponentId.SITE_PRIVACY!r}, never by a job")
+            self.refused = (
+                f"a SitePrivacyPolicy with id {mine[0]!r}: the site's policy is declared in its "
+                f"local/privacy.json with id {ComponentId.SITE_PRIVACY!r}, never by a job"
+            )
         elif others:
-            self.refused = (f"the job declares its own SitePrivacyPolicy ({', '.join(map(repr, others))}): the privacy "
-                            "policy is the site's")
+            self.refused = (
+                f"the job declares its own SitePrivacyPolicy ({', '.join(map(repr, others))}): the privacy "
+                "policy is the site's"
+            )
         self.ledger = PrivacyLedger(ledger_path(workspace_root(fl_ctx)), site=fl_ctx.get_identity_name())
-        self.log_info(fl_ctx, f"site privacy policy: {self.describe()}; ledger {self.ledger.path}"
-                      + (f"; REFUSING this job: {self.refused}" if self.refused else ""))
+        self.log_info(
+            fl_ctx,
+            f"site privacy policy: {self.describe()}; ledger {self.ledger.path}"
+            + (f"; REFUSING this job: {self.refused}" if self.refused else ""),
+        )
 
     def _end(self, fl_ctx: FLContext) -> None:
         if self.dataset is None or self.ledger is None:
@@ -174,8 +201,11 @@ class SitePrivacyPolicy(FLComponent):
         except FlipError as exc:
             self.log_error(fl_ctx, f"privacy ledger not updated at the end of the job: {short_reason(exc)}")
             return
-        self.log_info(fl_ctx, f"privacy ledger: this job spent ε={max(spent, self.spent):.4g} on data set "
-                              f"{self.dataset!r}; {budget.remaining:.4g} of {budget.total_epsilon:g} left")
+        self.log_info(
+            fl_ctx,
+            f"privacy ledger: this job spent ε={max(spent, self.spent):.4g} on data set "
+            f"{self.dataset!r}; {budget.remaining:.4g} of {budget.total_epsilon:g} left",
+        )
 
     # -- the runner's calls (RUN_TRAINER, and make_private for the user's code) ------------------------------
     @contextmanager
@@ -216,18 +246,30 @@ class SitePrivacyPolicy(FLComponent):
         try:
             key = check_path_name("data set", key)
         except ValueError as exc:
-            raise TaskFailed(f"privacy policy: the job's project id cannot name a data set in the ledger ({exc}); "
-                             "set the policy's dataset") from exc
+            raise TaskFailed(
+                f"privacy policy: the job's project id cannot name a data set in the ledger ({exc}); "
+                "set the policy's dataset"
+            ) from exc
         try:
-            budget = self.ledger.admit(key, self.job_id, self.policy.target_epsilon, self.policy.delta,
-                                       self.policy.budget, self.accountant, level=self.level)
+            budget = self.ledger.admit(
+                key,
+                self.job_id,
+                self.policy.target_epsilon,
+                self.policy.delta,
+                self.policy.budget,
+                self.accountant,
+                level=self.level,
+            )
         except PrivacyError as exc:
             raise TaskFailed(str(exc)) from exc
         self.dataset = key
         if self.level == RECORD_LEVEL:
             self.session = DPSession(self.policy, total_rounds=max(1, int(total_rounds)))
-        self.log_info(fl_ctx, f"privacy ledger: job admitted to spend ε={self.policy.target_epsilon:g} on data set "
-                              f"{key!r}; {budget.remaining:.4g} of {budget.total_epsilon:g} left after it")
+        self.log_info(
+            fl_ctx,
+            f"privacy ledger: job admitted to spend ε={self.policy.target_epsilon:g} on data set "
+            f"{key!r}; {budget.remaining:.4g} of {budget.total_epsilon:g} left after it",
+        )
 
     @property
     def accountant(self) -> str:
@@ -248,16 +290,24 @@ class SitePrivacyPolicy(FLComponent):
 
     def _after_round(self, fl_ctx: FLContext, spend) -> None:
         if self.session.private_calls == 0:
-            raise TaskFailed("privacy policy: this site trains with record-level DP-SGD, but the trainer did not "
-                             "pass its model, optimizer and data loader through make_private (ctx.make_private, or "
-                             "flip.utils.make_private(model, optimizer, data_loader, fl_ctx)): nothing was sent")
+            raise TaskFailed(
+                "privacy policy: this site trains with record-level DP-SGD, but the trainer did not "
+                "pass its model, optimizer and data loader through make_private (ctx.make_private, or "
+                "flip.utils.make_private(model, optimizer, data_loader, fl_ctx)): nothing was sent"
+            )
         self.trained = True
         if spend.skipped:
-            self.log_warning(fl_ctx, f"DP-SGD: {spend.skipped} steps were not taken: the job's planned steps are "
-                                     "spent (declare the epochs per round to make_private)")
-        self.log_info(fl_ctx, f"DP-SGD round: {spend.steps} steps, ε={spend.epsilon:.4g} of "
-                              f"{self.session.epsilon_target:g} at δ={self.policy.delta:g} after {spend.total_steps} "
-                              f"steps ({self.policy.accountant}); next round would reach {spend.next_epsilon:.4g}")
+            self.log_warning(
+                fl_ctx,
+                f"DP-SGD: {spend.skipped} steps were not taken: the job's planned steps are "
+                "spent (declare the epochs per round to make_private)",
+            )
+        self.log_info(
+            fl_ctx,
+            f"DP-SGD round: {spend.steps} steps, ε={spend.epsilon:.4g} of "
+            f"{self.session.epsilon_target:g} at δ={self.policy.delta:g} after {spend.total_steps} "
+            f"steps ({self.policy.accountant}); next round would reach {spend.next_epsilon:.4g}",
+        )
         self._spend(fl_ctx, spend.epsilon)
 
     def _spend(self, fl_ctx: FLContext, epsilon: float) -> None:
@@ -286,8 +336,10 @@ class SitePrivacyPolicy(FLComponent):
         if dxo.data_kind not in (DataKind.WEIGHT_DIFF, DataKind.COLLECTION):
             raise PrivacyError(f"a training result must be a model difference, got {dxo.data_kind}")
         if not self.trained:
-            raise PrivacyError("this training result was not trained under the site's DP policy (the job's executor "
-                               "did not train through flip's RUN_TRAINER and make_private)")
+            raise PrivacyError(
+                "this training result was not trained under the site's DP policy (the job's executor "
+                "did not train through flip's RUN_TRAINER and make_private)"
+            )
         if self.level == RECORD_LEVEL:
             record = self.session.record()
             weight = self.session.public_sample_weight() or 1
@@ -308,9 +360,12 @@ class SitePrivacyPolicy(FLComponent):
         self.trained = False
         shown = f"; withheld {', '.join(withheld)}" if withheld else ""
         shown += f"; meta dropped {', '.join(dropped)}" if dropped else ""
-        self.log_info(fl_ctx, f"released under {record['level']}-level DP: ε={record['epsilon']:.4g} at "
-                              f"δ={record['delta']:g} ({record['accountant']}), update norm {norm:.4g}, weight "
-                              f"{weight}{shown}")
+        self.log_info(
+            fl_ctx,
+            f"released under {record['level']}-level DP: ε={record['epsilon']:.4g} at "
+            f"δ={record['delta']:g} ({record['accountant']}), update norm {norm:.4g}, weight "
+            f"{weight}{shown}",
+        )
 
     def _client_record(self, dxo: DXO) -> dict[str, Any]:
         applied = dxo.get_meta_prop(FlipMeta.PRIVACY)
@@ -321,13 +376,21 @@ class SitePrivacyPolicy(FLComponent):
         record = found[-1]
         budget, delta, epsilon = record.get("max_epsilon"), record.get("delta"), record.get("epsilon")
         if not isinstance(budget, (int, float)) or budget > self.policy.target_epsilon:
-            raise PrivacyError(f"the job's {CLIENT_LEVEL_FILTER} allows ε up to {budget!r}; this site allows at most "
-                               f"{self.policy.target_epsilon:g}")
+            raise PrivacyError(
+                f"the job's {CLIENT_LEVEL_FILTER} allows ε up to {budget!r}; this site allows at most "
+                f"{self.policy.target_epsilon:g}"
+            )
         if not isinstance(delta, (int, float)) or delta > self.policy.delta:
-            raise PrivacyError(f"the job's {CLIENT_LEVEL_FILTER} has δ={delta!r}; this site allows at most "
-                               f"{self.policy.delta:g}")
-        return {"level": CLIENT_LEVEL, "epsilon": float(epsilon), "delta": float(delta),
-                "accountant": CLIENT_LEVEL_ACCOUNTANT, "max_epsilon": float(budget)}
+            raise PrivacyError(
+                f"the job's {CLIENT_LEVEL_FILTER} has δ={delta!r}; this site allows at most {self.policy.delta:g}"
+            )
+        return {
+            "level": CLIENT_LEVEL,
+            "epsilon": float(epsilon),
+            "delta": float(delta),
+            "accountant": CLIENT_LEVEL_ACCOUNTANT,
+            "max_epsilon": float(budget),
+        }
 
     def _refuse(self, fl_ctx: FLContext, reply: Shareable, reason: str) -> None:
         """Make ``reply`` an error carrying only ``reason`` (in place: NVFlare sends this very object)."""
@@ -361,5 +424,8 @@ class SitePrivacyPolicy(FLComponent):
         data.set_header(FedEventHeader.DIRECTION, "in")
         if event_type not in self._withheld:
             self._withheld.add(event_type)
-            self.log_info(fl_ctx, f"event {event_type!r} withheld: under the site's DP policy only a training result "
-                                  "(and a failure's reason) leaves the site")
+            self.log_info(
+                fl_ctx,
+                f"event {event_type!r} withheld: under the site's DP policy only a training result "
+                "(and a failure's reason) leaves the site",
+            )

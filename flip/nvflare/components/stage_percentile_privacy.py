@@ -57,8 +57,11 @@ class StagePercentilePrivacy(PercentilePrivacy):
         filtered: dict = {}
         stats = {}
         for stage, names in groups.items():
-            part = DXO(data_kind=dxo.data_kind, data={n: dxo.data[n] for n in names if n in dxo.data},
-                       meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps.get(stage, default_steps)})
+            part = DXO(
+                data_kind=dxo.data_kind,
+                data={n: dxo.data[n] for n in names if n in dxo.data},
+                meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps.get(stage, default_steps)},
+            )
             stats[stage] = self.filter_dxo(part, fl_ctx, label=f"stage {stage}")
             filtered.update(part.data)
         dxo.data = {k: filtered[k] for k in dxo.data}

@@ -36,12 +36,15 @@ class UncertaintyPlan(FLComponent):
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.START_RUN:
             self._checked = False
-            plan = {"method": self.method.upper(), "helper": {
-                Uncertainty.NONE: None,
-                Uncertainty.ENSEMBLE: f"flip.uncertainty.ensemble_predict (members in {RunFile.ENSEMBLE})",
-                Uncertainty.MC_DROPOUT: "flip.uncertainty.mc_dropout_predict",
-                Uncertainty.SWAG: f"flip.uncertainty.swag_predict ({RunFile.SWAG})",
-            }[self.method]}
+            plan = {
+                "method": self.method.upper(),
+                "helper": {
+                    Uncertainty.NONE: None,
+                    Uncertainty.ENSEMBLE: f"flip.uncertainty.ensemble_predict (members in {RunFile.ENSEMBLE})",
+                    Uncertainty.MC_DROPOUT: "flip.uncertainty.mc_dropout_predict",
+                    Uncertainty.SWAG: f"flip.uncertainty.swag_predict ({RunFile.SWAG})",
+                }[self.method],
+            }
             if self.method == Uncertainty.MC_DROPOUT:
                 plan["samples"] = self.mc_dropout_samples
             folder = run_dir(fl_ctx) / RunFile.ARTIFACTS_DIR

@@ -98,6 +98,8 @@ class ValidationJsonGenerator(_NVFlareGenerator):
         path = self.results_path(fl_ctx)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, self._val_results)
-        self.log_info(fl_ctx, f"wrote {sum(len(m) for m in self._val_results.values())} validation results to "
-                              f"{os.path.basename(path)}")
+        self.log_info(
+            fl_ctx,
+            f"wrote {sum(len(m) for m in self._val_results.values())} validation results to {os.path.basename(path)}",
+        )
         return path

@@ -17,6 +17,7 @@ class FlipController(Controller):
     def stop_controller(self, fl_ctx: FLContext) -> None:
         self.cancel_all_tasks(fl_ctx=fl_ctx)
 
-    def process_result_of_unknown_task(self, client: Client, task_name: str, client_task_id: str, result: Shareable,
-                                       fl_ctx: FLContext) -> None:
+    def process_result_of_unknown_task(
+        self, client: Client, task_name: str, client_task_id: str, result: Shareable, fl_ctx: FLContext
+    ) -> None:
         self.log_warning(fl_ctx, f"ignored a late {task_name} result from {client.name}{self.late_result_note}")

@@ -33,8 +33,14 @@ class EvaluateModels(FlipController):
         model_locator_id: id of the EvaluationPTModelLocator. Default ``model_locator``.
     """
 
-    def __init__(self, model_ids: list[str] | None = None, min_clients: int = 1, timeout: int = 600,
-                 wait_time_after_min_received: int = 60, model_locator_id: str = ComponentId.MODEL_LOCATOR):
+    def __init__(
+        self,
+        model_ids: list[str] | None = None,
+        min_clients: int = 1,
+        timeout: int = 600,
+        wait_time_after_min_received: int = 60,
+        model_locator_id: str = ComponentId.MODEL_LOCATOR,
+    ):
         super().__init__()
         if model_ids is not None and (not isinstance(model_ids, list) or not model_ids):
             raise ValueError(f"model_ids must be a non-empty list of model ids or None, got {model_ids!r}")
@@ -42,7 +48,8 @@ class EvaluateModels(FlipController):
         self.min_clients = check_positive_int("min_clients", min_clients)
         self.timeout = check_positive_int("timeout", timeout)
         self.wait_time_after_min_received = check_positive_int(
-            "wait_time_after_min_received", wait_time_after_min_received, minimum=0)
+            "wait_time_after_min_received", wait_time_after_min_received, minimum=0
+        )
         self.model_locator_id = check_component_id("model_locator_id", model_locator_id)
         self.locator = None
         self._ok: dict[str, set[str]] = {}
@@ -55,8 +62,10 @@ class EvaluateModels(FlipController):
             return
         clients = self._engine.get_clients()
         if len(clients) < self.min_clients:
-            self.system_panic(f"EvaluateModels: min_clients is {self.min_clients} but only {len(clients)} sites "
-                              "joined the run", fl_ctx)
+            self.system_panic(
+                f"EvaluateModels: min_clients is {self.min_clients} but only {len(clients)} sites joined the run",
+                fl_ctx,
+            )
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         if self.model_ids:
@@ -79,14 +88,26 @@ class EvaluateModels(FlipController):
             data = dxo.to_shareable()
             data.set_header(AppConstants.MODEL_OWNER, name)
             self._ok[name] = set()
-            task = Task(name=FlipTask.EVALUATE, data=data, props={AppConstants.MODEL_OWNER: name},
-                        timeout=self.timeout, result_received_cb=self._result_received)
-            self.broadcast_and_wait(task=task, fl_ctx=fl_ctx, min_responses=self.min_clients,
-                                    wait_time_after_min_received=self.wait_time_after_min_received,
-                                    abort_signal=abort_signal)
+            task = Task(
+                name=FlipTask.EVALUATE,
+                data=data,
+                props={AppConstants.MODEL_OWNER: name},
+                timeout=self.timeout,
+                result_received_cb=self._result_received,
+            )
+            self.broadcast_and_wait(
+                task=task,
+                fl_ctx=fl_ctx,
+                min_responses=self.min_clients,
+                wait_time_after_min_received=self.wait_time_after_min_received,
+                abort_signal=abort_signal,
+            )
             if len(self._ok[name]) < self.min_clients:
-                self.system_panic(f"model {name} was evaluated by {len(self._ok[name])} sites, fewer than "
-                                  f"min_clients ({self.min_clients})", fl_ctx)
+                self.system_panic(
+                    f"model {name} was evaluated by {len(self._ok[name])} sites, fewer than "
+                    f"min_clients ({self.min_clients})",
+                    fl_ctx,
+                )
                 return
             self.log_info(fl_ctx, f"model {name} evaluated at {', '.join(sorted(self._ok[name]))}")
 

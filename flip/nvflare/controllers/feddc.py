@@ -49,14 +49,29 @@ class FedDCController(FlipController):
 
     late_result_note = ": it is stale"
 
-    def __init__(self, num_rounds: int = 5, daisy_chain_period: int = 2, min_clients: int = 1, seed: int = 0,
-                 aggregator_id: str = ComponentId.AGGREGATOR, persistor_id: str = ComponentId.PERSISTOR,
-                 train_timeout: int = 0, model_test_after_each_round: bool = True, validation_timeout: int = 600):
+    def __init__(
+        self,
+        num_rounds: int = 5,
+        daisy_chain_period: int = 2,
+        min_clients: int = 1,
+        seed: int = 0,
+        aggregator_id: str = ComponentId.AGGREGATOR,
+        persistor_id: str = ComponentId.PERSISTOR,
+        train_timeout: int = 0,
+        model_test_after_each_round: bool = True,
+        validation_timeout: int = 600,
+    ):
         super().__init__()
-        check_rounds_args(min_clients=min_clients, num_rounds=num_rounds, wait_time_after_min_received=0,
-                          train_timeout=train_timeout, validation_timeout=validation_timeout,
-                          model_test_after_each_round=model_test_after_each_round, aggregator_id=aggregator_id,
-                          persistor_id=persistor_id)
+        check_rounds_args(
+            min_clients=min_clients,
+            num_rounds=num_rounds,
+            wait_time_after_min_received=0,
+            train_timeout=train_timeout,
+            validation_timeout=validation_timeout,
+            model_test_after_each_round=model_test_after_each_round,
+            aggregator_id=aggregator_id,
+            persistor_id=persistor_id,
+        )
         self.num_rounds = num_rounds
         self.daisy_chain_period = check_positive_int("daisy_chain_period", daisy_chain_period)
         self.min_clients = min_clients
@@ -87,8 +102,11 @@ class FedDCController(FlipController):
         models = {site: learnable[ModelLearnableKey.WEIGHTS] for site in sites}
         fl_ctx.set_prop(AppConstants.NUM_ROUNDS, self.training_rounds, private=True, sticky=True)
         fl_ctx.set_prop(AppConstants.START_ROUND, 0, private=True, sticky=True)
-        self.log_info(fl_ctx, f"FedDC: {self.num_rounds} aggregations, every {self.daisy_chain_period} rounds: "
-                              f"{self.training_rounds} training rounds")
+        self.log_info(
+            fl_ctx,
+            f"FedDC: {self.num_rounds} aggregations, every {self.daisy_chain_period} rounds: "
+            f"{self.training_rounds} training rounds",
+        )
         self.fire_event(AppEventType.TRAINING_STARTED, fl_ctx)
         for round_num in range(self.training_rounds):
             if abort_signal.triggered:
@@ -108,15 +126,18 @@ class FedDCController(FlipController):
                 return
             accepted = self.aggregator.accepted
             local = {s: reconstruct(models[s], accepted[s][0]) if s in accepted else models[s] for s in sites}
-            report = {"aggregated": is_aggregation_round(round_num, self.daisy_chain_period, self.training_rounds),
-                      "sent_checksums": {s: checksum(models[s]) for s in sites},
-                      "local_checksums": {s: checksum(local[s]) for s in sites}}
+            report = {
+                "aggregated": is_aggregation_round(round_num, self.daisy_chain_period, self.training_rounds),
+                "sent_checksums": {s: checksum(models[s]) for s in sites},
+                "local_checksums": {s: checksum(local[s]) for s in sites},
+            }
             if report["aggregated"]:
                 try:
                     merged = weighted_mean([(local[s], accepted[s][1]) for s in sorted(accepted)])
                 except NonFiniteModelError as exc:
-                    self.system_panic(f"round {round_num + 1}: {exc}: the average of the local models is refused",
-                                      fl_ctx)
+                    self.system_panic(
+                        f"round {round_num + 1}: {exc}: the average of the local models is refused", fl_ctx
+                    )
                     return
                 learnable = make_model_learnable(merged, {})
                 models = {s: merged for s in sites}
@@ -130,13 +151,16 @@ class FedDCController(FlipController):
                 models = {receiver: local[sender] for receiver, sender in routing.items()}
                 report["routing"] = routing
                 self.aggregator.finish_round(fl_ctx)
-                self.log_info(fl_ctx, f"round {round_num + 1}: daisy chain " +
-                              ", ".join(f"{s}→{r}" for r, s in sorted(routing.items())))
+                self.log_info(
+                    fl_ctx,
+                    f"round {round_num + 1}: daisy chain " + ", ".join(f"{s}→{r}" for r, s in sorted(routing.items())),
+                )
             fl_ctx.set_prop(FlipProp.FEDDC_REPORT, report, private=True, sticky=False)
             self.fire_event(AppEventType.ROUND_DONE, fl_ctx)
             if report["aggregated"] and self.model_test_after_each_round:
-                validate_at_sites(self, learnable[ModelLearnableKey.WEIGHTS], round_num, self.validation_timeout,
-                                  fl_ctx, abort_signal)
+                validate_at_sites(
+                    self, learnable[ModelLearnableKey.WEIGHTS], round_num, self.validation_timeout, fl_ctx, abort_signal
+                )
         self.aggregator.bases = None
 
     def _train(self, models: dict, round_num: int, abort_signal: Signal, fl_ctx: FLContext) -> None:
@@ -146,8 +170,9 @@ class FedDCController(FlipController):
             data.set_header(AppConstants.NUM_ROUNDS, self.training_rounds)
             data.set_header(FlipMeta.REPORT_CHECKSUM, True)
             data.add_cookie(AppConstants.CONTRIBUTION_ROUND, round_num)
-            task = Task(name=FlipTask.TRAIN, data=data, timeout=self.train_timeout,
-                        result_received_cb=self._result_received)
+            task = Task(
+                name=FlipTask.TRAIN, data=data, timeout=self.train_timeout, result_received_cb=self._result_received
+            )
             self.broadcast(task=task, fl_ctx=fl_ctx, targets=[site], min_responses=1)
         while self.get_num_standing_tasks() and not abort_signal.triggered:
             time.sleep(0.2)

@@ -30,11 +30,15 @@ MODEL_PATHS = "model_paths"
 
 def _state_dict(loaded: Any, where: str) -> dict[str, torch.Tensor]:
     """The state dict in a checkpoint: the file's dict of tensors, or NVFlare's ``{"model": state_dict, ...}``."""
-    if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict) and not any(
-            isinstance(v, torch.Tensor) for v in loaded.values()):
+    if (
+        isinstance(loaded, dict)
+        and isinstance(loaded.get("model"), dict)
+        and not any(isinstance(v, torch.Tensor) for v in loaded.values())
+    ):
         loaded = loaded["model"]
-    if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                               for k, v in loaded.items()):
+    if not isinstance(loaded, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
         raise UserCodeError(f"{where} does not hold a state dict (names to tensors)")
     return loaded
 
@@ -46,8 +50,10 @@ def _first_mismatch(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
         if name not in state:
             return f"the model's entry {name!r} is not in the checkpoint"
         if tuple(state[name].shape) != tuple(tensor.shape):
-            return (f"entry {name!r} has shape {tuple(state[name].shape)} in the checkpoint, the model expects "
-                    f"{tuple(tensor.shape)}")
+            return (
+                f"entry {name!r} has shape {tuple(state[name].shape)} in the checkpoint, the model expects "
+                f"{tuple(tensor.shape)}"
+            )
     extra = next((name for name in state if name not in expected), None)
     return None if extra is None else f"the checkpoint's entry {extra!r} is not in the model"
 
@@ -65,17 +71,20 @@ def load_evaluation_models(custom_dir: Path) -> dict[str, dict[str, np.ndarray]]
     models = config.get(MODELS_KEY)
     shown = display_path(UserFile.CONFIG)
     if not isinstance(models, dict) or not models:
-        raise UserCodeError(f"{shown} must hold \"{MODELS_KEY}\": {{name: {{\"{CHECKPOINT}\": file, \"{PATH}\": "
-                            f"key of models.{MODEL_PATHS}}}}} with at least one model")
-    paths = getattr(load_module(custom_dir, UserFile.MODELS, f"{MODEL_PATHS} = {{key: torch.nn.Module}}"),
-                    MODEL_PATHS, None)
+        raise UserCodeError(
+            f'{shown} must hold "{MODELS_KEY}": {{name: {{"{CHECKPOINT}": file, "{PATH}": '
+            f"key of models.{MODEL_PATHS}}}}} with at least one model"
+        )
+    paths = getattr(
+        load_module(custom_dir, UserFile.MODELS, f"{MODEL_PATHS} = {{key: torch.nn.Module}}"), MODEL_PATHS, None
+    )
     if not isinstance(paths, dict):
         raise UserCodeError(f"{display_path(UserFile.MODELS)} must define {MODEL_PATHS} = {{key: torch.nn.Module}}")
     weights: dict[str, dict[str, np.ndarray]] = {}
     for name, entry in models.items():
         where = f"{shown} model {name!r}"
         if not isinstance(entry, dict) or not {CHECKPOINT, PATH} <= set(entry):
-            raise UserCodeError(f"{where} must be {{\"{CHECKPOINT}\": file, \"{PATH}\": key}}, got {entry!r}")
+            raise UserCodeError(f'{where} must be {{"{CHECKPOINT}": file, "{PATH}": key}}, got {entry!r}')
         try:
             check_component_id(f"{where} name", name)
             file = check_object_key(entry[CHECKPOINT])
@@ -83,24 +92,32 @@ def load_evaluation_models(custom_dir: Path) -> dict[str, dict[str, np.ndarray]]
             raise UserCodeError(f"{where}: {exc}") from None
         module = paths.get(entry[PATH])
         if not isinstance(module, torch.nn.Module):
-            raise UserCodeError(f"{where}: models.{MODEL_PATHS}[{entry[PATH]!r}] is not a torch.nn.Module "
-                                f"(it holds {sorted(map(str, paths))})")
+            raise UserCodeError(
+                f"{where}: models.{MODEL_PATHS}[{entry[PATH]!r}] is not a torch.nn.Module "
+                f"(it holds {sorted(map(str, paths))})"
+            )
         path = Path(custom_dir) / file
         if not path.is_file():
             raise UserCodeError(f"{where}: checkpoint {display_path(file)} not found")
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
-            raise UserCodeError(f"{where}: checkpoint {display_path(file)} cannot be loaded with weights_only=True "
-                                f"({type(exc).__name__})") from exc
+            raise UserCodeError(
+                f"{where}: checkpoint {display_path(file)} cannot be loaded with weights_only=True "
+                f"({type(exc).__name__})"
+            ) from exc
         state = _state_dict(loaded, f"{where}: checkpoint {display_path(file)}")
         mismatch = _first_mismatch(module, state)
         if mismatch:
-            raise UserCodeError(f"{where}: checkpoint {display_path(file)} does not fit models.{MODEL_PATHS}"
-                                f"[{entry[PATH]!r}]: {mismatch}")
+            raise UserCodeError(
+                f"{where}: checkpoint {display_path(file)} does not fit models.{MODEL_PATHS}"
+                f"[{entry[PATH]!r}]: {mismatch}"
+            )
         module.load_state_dict(state, strict=True)
-        weights[name] = {k: (v.float() if v.dtype == torch.bfloat16 else v).detach().cpu().numpy().copy()
-                         for k, v in module.state_dict().items()}
+        weights[name] = {
+            k: (v.float() if v.dtype == torch.bfloat16 else v).detach().cpu().numpy().copy()
+            for k, v in module.state_dict().items()
+        }
     return weights
 
 
@@ -127,22 +144,30 @@ class FlipEvaluation(FlipController):
         ValueError: an argument out of range (named).
     """
 
-    def __init__(self, min_clients: int = 1, timeout: int = 600, evaluate_task_name: str = PTConstants.EvalTaskName,
-                 wait_time_after_min_received: int = 60):
+    def __init__(
+        self,
+        min_clients: int = 1,
+        timeout: int = 600,
+        evaluate_task_name: str = PTConstants.EvalTaskName,
+        wait_time_after_min_received: int = 60,
+    ):
         super().__init__()
         self.min_clients = check_positive_int("min_clients", min_clients)
         self.timeout = check_positive_int("timeout", timeout)
         self.evaluate_task_name = check_component_id("evaluate_task_name", evaluate_task_name)
         self.wait_time_after_min_received = check_positive_int(
-            "wait_time_after_min_received", wait_time_after_min_received, minimum=0)
+            "wait_time_after_min_received", wait_time_after_min_received, minimum=0
+        )
         self._ok: set[str] = set()
         self._names: list[str] = []
 
     def start_controller(self, fl_ctx: FLContext) -> None:
         clients = self._engine.get_clients()
         if len(clients) < self.min_clients:
-            self.system_panic(f"FlipEvaluation: min_clients is {self.min_clients} but only {len(clients)} sites "
-                              "joined the run", fl_ctx)
+            self.system_panic(
+                f"FlipEvaluation: min_clients is {self.min_clients} but only {len(clients)} sites joined the run",
+                fl_ctx,
+            )
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         try:
@@ -153,18 +178,30 @@ class FlipEvaluation(FlipController):
         self._names = sorted(models)
         self.log_info(fl_ctx, f"evaluating {len(models)} model(s) at every site: {', '.join(self._names)}")
         self.fire_event(FlipEvent.EVALUATION_STARTED, fl_ctx)
-        collection = DXO(data_kind=DataKind.COLLECTION,
-                         data={name: DXO(data_kind=DataKind.WEIGHTS, data=w) for name, w in models.items()})
-        task = Task(name=self.evaluate_task_name, data=collection.to_shareable(), timeout=self.timeout,
-                    result_received_cb=self._result_received)
-        self.broadcast_and_wait(task=task, fl_ctx=fl_ctx, min_responses=self.min_clients,
-                                wait_time_after_min_received=self.wait_time_after_min_received,
-                                abort_signal=abort_signal)
+        collection = DXO(
+            data_kind=DataKind.COLLECTION,
+            data={name: DXO(data_kind=DataKind.WEIGHTS, data=w) for name, w in models.items()},
+        )
+        task = Task(
+            name=self.evaluate_task_name,
+            data=collection.to_shareable(),
+            timeout=self.timeout,
+            result_received_cb=self._result_received,
+        )
+        self.broadcast_and_wait(
+            task=task,
+            fl_ctx=fl_ctx,
+            min_responses=self.min_clients,
+            wait_time_after_min_received=self.wait_time_after_min_received,
+            abort_signal=abort_signal,
+        )
         if abort_signal.triggered:
             return
         if len(self._ok) < self.min_clients:
-            self.system_panic(f"the models were evaluated by {len(self._ok)} sites, fewer than min_clients "
-                              f"({self.min_clients})", fl_ctx)
+            self.system_panic(
+                f"the models were evaluated by {len(self._ok)} sites, fewer than min_clients ({self.min_clients})",
+                fl_ctx,
+            )
             return
         self.log_info(fl_ctx, f"evaluated at {', '.join(sorted(self._ok))}")
 

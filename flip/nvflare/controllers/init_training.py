@@ -48,9 +48,13 @@ class InitTraining(FlipController):
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         task = Task(name=FlipTask.INIT_TRAINING, data=Shareable(), timeout=self.timeout)
-        self.broadcast_and_wait(task=task, fl_ctx=fl_ctx, min_responses=self.min_clients,
-                                wait_time_after_min_received=self.wait_time_after_min_received,
-                                abort_signal=abort_signal)
+        self.broadcast_and_wait(
+            task=task,
+            fl_ctx=fl_ctx,
+            min_responses=self.min_clients,
+            wait_time_after_min_received=self.wait_time_after_min_received,
+            abort_signal=abort_signal,
+        )
         if abort_signal.triggered:
             return
         ready, failed = [], {}

@@ -24,8 +24,10 @@ def check_stages(stages) -> list[dict]:
     names = []
     for i, stage in enumerate(stages):
         if not isinstance(stage, dict) or not _STAGE_KEYS <= set(stage) <= _STAGE_KEYS | {_STAGE_TASK}:
-            raise ValueError(f"stages[{i}] must be {{'name': ..., 'num_rounds': ...}} (and optionally "
-                             f"'{_STAGE_TASK}'), got {stage!r}")
+            raise ValueError(
+                f"stages[{i}] must be {{'name': ..., 'num_rounds': ...}} (and optionally "
+                f"'{_STAGE_TASK}'), got {stage!r}"
+            )
         names.append(check_path_name(f"stages[{i}].name", stage["name"]))
         check_positive_int(f"stages[{i}].num_rounds", stage["num_rounds"])
         if _STAGE_TASK in stage:
@@ -53,18 +55,34 @@ class MultiStageScatterAndGather(FlipScatterAndGather):
         Other arguments: as FlipScatterAndGather (``num_rounds`` is the sum of the stages' rounds).
     """
 
-    def __init__(self, stages: list[dict], min_clients: int = 1, wait_time_after_min_received: int = 10,
-                 aggregator_id=ComponentId.AGGREGATOR, persistor_id=ComponentId.PERSISTOR,
-                 shareable_generator_id=ComponentId.SHAREABLE_GENERATOR, train_task_name=FlipTask.TRAIN,
-                 train_timeout: int = 0, fedprox_mu: float = 0.0, model_test_after_each_round: bool = True,
-                 validation_timeout: int = 600):
+    def __init__(
+        self,
+        stages: list[dict],
+        min_clients: int = 1,
+        wait_time_after_min_received: int = 10,
+        aggregator_id=ComponentId.AGGREGATOR,
+        persistor_id=ComponentId.PERSISTOR,
+        shareable_generator_id=ComponentId.SHAREABLE_GENERATOR,
+        train_task_name=FlipTask.TRAIN,
+        train_timeout: int = 0,
+        fedprox_mu: float = 0.0,
+        model_test_after_each_round: bool = True,
+        validation_timeout: int = 600,
+    ):
         self.stages = check_stages(stages)
-        super().__init__(min_clients=min_clients, num_rounds=sum(s["num_rounds"] for s in stages),
-                         wait_time_after_min_received=wait_time_after_min_received, aggregator_id=aggregator_id,
-                         persistor_id=persistor_id, shareable_generator_id=shareable_generator_id,
-                         train_task_name=train_task_name, train_timeout=train_timeout, fedprox_mu=fedprox_mu,
-                         model_test_after_each_round=model_test_after_each_round,
-                         validation_timeout=validation_timeout)
+        super().__init__(
+            min_clients=min_clients,
+            num_rounds=sum(s["num_rounds"] for s in stages),
+            wait_time_after_min_received=wait_time_after_min_received,
+            aggregator_id=aggregator_id,
+            persistor_id=persistor_id,
+            shareable_generator_id=shareable_generator_id,
+            train_task_name=train_task_name,
+            train_timeout=train_timeout,
+            fedprox_mu=fedprox_mu,
+            model_test_after_each_round=model_test_after_each_round,
+            validation_timeout=validation_timeout,
+        )
         self._default_task_name = train_task_name
 
     def stage_of(self, round_num: int) -> tuple[str, int, int]:

@@ -44,14 +44,21 @@ class SwagRound(FlipController):
         wait_time_after_min_received: seconds to wait for the others once min_clients answered. Default 10.
     """
 
-    def __init__(self, swag_epochs: int = 3, min_clients: int = 1, timeout: int = 0,
-                 wait_time_after_min_received: int = 10, persistor_id: str = ComponentId.PERSISTOR):
+    def __init__(
+        self,
+        swag_epochs: int = 3,
+        min_clients: int = 1,
+        timeout: int = 0,
+        wait_time_after_min_received: int = 10,
+        persistor_id: str = ComponentId.PERSISTOR,
+    ):
         super().__init__()
         self.swag_epochs = check_positive_int("swag_epochs", swag_epochs, minimum=2)
         self.min_clients = check_positive_int("min_clients", min_clients)
         self.timeout = check_positive_int("timeout", timeout, minimum=0)
-        self.wait_time_after_min_received = check_positive_int("wait_time_after_min_received",
-                                                               wait_time_after_min_received, minimum=0)
+        self.wait_time_after_min_received = check_positive_int(
+            "wait_time_after_min_received", wait_time_after_min_received, minimum=0
+        )
         self.persistor_id = check_component_id("persistor_id", persistor_id)
         self.persistor = None
         self._moments: dict[str, tuple[dict, dict, int]] = {}
@@ -75,15 +82,20 @@ class SwagRound(FlipController):
         data = DXO(data_kind=DataKind.WEIGHTS, data=self._global).to_shareable()
         data.set_header(FlipMeta.SWAG_EPOCHS, self.swag_epochs)
         task = Task(name=FlipTask.SWAG, data=data, timeout=self.timeout, result_received_cb=self._result_received)
-        self.broadcast_and_wait(task=task, fl_ctx=fl_ctx, min_responses=self.min_clients,
-                                wait_time_after_min_received=self.wait_time_after_min_received,
-                                abort_signal=abort_signal)
+        self.broadcast_and_wait(
+            task=task,
+            fl_ctx=fl_ctx,
+            min_responses=self.min_clients,
+            wait_time_after_min_received=self.wait_time_after_min_received,
+            abort_signal=abort_signal,
+        )
         if abort_signal.triggered:
             return
         self._exclude_outliers(fl_ctx)
         if len(self._moments) < self.min_clients:
-            self.system_panic(f"SWAG round: {len(self._moments)} sites sent usable moments, "
-                              f"{self.min_clients} needed", fl_ctx)
+            self.system_panic(
+                f"SWAG round: {len(self._moments)} sites sent usable moments, {self.min_clients} needed", fl_ctx
+            )
             return
         try:
             mean, variance = swag.aggregate(self._global, list(self._moments.values()))
@@ -92,13 +104,22 @@ class SwagRound(FlipController):
             return
         folder = run_dir(fl_ctx) / RunFile.ARTIFACTS_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save({"mean": {k: torch.as_tensor(v) for k, v in mean.items()},
-                    "variance": {k: torch.as_tensor(v) for k, v in variance.items()},
-                    "num_samples": sum(n for _, _, n in self._moments.values()),
-                    "sites": sorted(self._moments), "swag_epochs": self.swag_epochs}, folder / RunFile.SWAG)
+        torch.save(
+            {
+                "mean": {k: torch.as_tensor(v) for k, v in mean.items()},
+                "variance": {k: torch.as_tensor(v) for k, v in variance.items()},
+                "num_samples": sum(n for _, _, n in self._moments.values()),
+                "sites": sorted(self._moments),
+                "swag_epochs": self.swag_epochs,
+            },
+            folder / RunFile.SWAG,
+        )
         total_var = float(sum(np.sum(v) for v in variance.values()))
-        self.log_info(fl_ctx, f"SWAG from {len(self._moments)} sites: mean and variance of {len(mean)} tensors "
-                              f"(total variance {total_var:.3g}) saved as {RunFile.SWAG}")
+        self.log_info(
+            fl_ctx,
+            f"SWAG from {len(self._moments)} sites: mean and variance of {len(mean)} tensors "
+            f"(total variance {total_var:.3g}) saved as {RunFile.SWAG}",
+        )
 
     def _result_received(self, client_task: ClientTask, fl_ctx: FLContext) -> None:
         site, result = client_task.client.name, client_task.result
@@ -114,8 +135,11 @@ class SwagRound(FlipController):
         except (ValueError, KeyError, TypeError):
             self.log_error(fl_ctx, f"SWAG round: {site}'s result is not a collection of {MEAN!r} and {DEVIATION!r}")
             return
-        reason = (check_update(mean.data, self._global, n) or check_update(deviation.data, self._global, n)
-                  or negative_deviation(deviation.data))
+        reason = (
+            check_update(mean.data, self._global, n)
+            or check_update(deviation.data, self._global, n)
+            or negative_deviation(deviation.data)
+        )
         if reason:
             self.log_warning(fl_ctx, f"SWAG round: the moments of {site} are excluded: {reason}")
             return

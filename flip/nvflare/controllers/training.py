@@ -37,8 +37,9 @@ def budget_exceeded_next(result: Shareable, site: str, next_round: int) -> str |
     for record in applied:
         following, budget = record.get("next_epsilon"), record.get("max_epsilon")
         if isinstance(following, (int, float)) and isinstance(budget, (int, float)) and following > budget:
-            return (f"privacy budget: {site} would spend ε={following:.3g} > max_epsilon {budget:g} in round "
-                    f"{next_round}")
+            return (
+                f"privacy budget: {site} would spend ε={following:.3g} > max_epsilon {budget:g} in round {next_round}"
+            )
     return None
 
 
@@ -47,8 +48,16 @@ def check_mu(fedprox_mu) -> float:
     return check_number("fedprox_mu", fedprox_mu, 0)
 
 
-def check_rounds_args(*, min_clients: int, num_rounds: int, wait_time_after_min_received: int, train_timeout: int,
-                      validation_timeout: int, model_test_after_each_round: bool, **component_ids: str) -> None:
+def check_rounds_args(
+    *,
+    min_clients: int,
+    num_rounds: int,
+    wait_time_after_min_received: int,
+    train_timeout: int,
+    validation_timeout: int,
+    model_test_after_each_round: bool,
+    **component_ids: str,
+) -> None:
     """Check the arguments every scatter-gather style workflow of ours takes (each named in its error)."""
     check_positive_int("min_clients", min_clients)
     check_positive_int("num_rounds", num_rounds)
@@ -79,20 +88,42 @@ class FlipScatterAndGather(ScatterAndGather):
         Other arguments: as ScatterAndGather.
     """
 
-    def __init__(self, min_clients: int = 1, num_rounds: int = 5, wait_time_after_min_received: int = 10,
-                 aggregator_id=ComponentId.AGGREGATOR, persistor_id=ComponentId.PERSISTOR,
-                 shareable_generator_id=ComponentId.SHAREABLE_GENERATOR, train_task_name=FlipTask.TRAIN,
-                 train_timeout: int = 0, fedprox_mu: float = 0.0, model_test_after_each_round: bool = True,
-                 validation_timeout: int = 600):
-        check_rounds_args(min_clients=min_clients, num_rounds=num_rounds,
-                          wait_time_after_min_received=wait_time_after_min_received, train_timeout=train_timeout,
-                          validation_timeout=validation_timeout, model_test_after_each_round=model_test_after_each_round,
-                          aggregator_id=aggregator_id, persistor_id=persistor_id,
-                          shareable_generator_id=shareable_generator_id, train_task_name=train_task_name)
-        super().__init__(min_clients=min_clients, num_rounds=num_rounds,
-                         wait_time_after_min_received=wait_time_after_min_received, aggregator_id=aggregator_id,
-                         persistor_id=persistor_id, shareable_generator_id=shareable_generator_id,
-                         train_task_name=train_task_name, train_timeout=train_timeout)
+    def __init__(
+        self,
+        min_clients: int = 1,
+        num_rounds: int = 5,
+        wait_time_after_min_received: int = 10,
+        aggregator_id=ComponentId.AGGREGATOR,
+        persistor_id=ComponentId.PERSISTOR,
+        shareable_generator_id=ComponentId.SHAREABLE_GENERATOR,
+        train_task_name=FlipTask.TRAIN,
+        train_timeout: int = 0,
+        fedprox_mu: float = 0.0,
+        model_test_after_each_round: bool = True,
+        validation_timeout: int = 600,
+    ):
+        check_rounds_args(
+            min_clients=min_clients,
+            num_rounds=num_rounds,
+            wait_time_after_min_received=wait_time_after_min_received,
+            train_timeout=train_timeout,
+            validation_timeout=validation_timeout,
+            model_test_after_each_round=model_test_after_each_round,
+            aggregator_id=aggregator_id,
+            persistor_id=persistor_id,
+            shareable_generator_id=shareable_generator_id,
+            train_task_name=train_task_name,
+        )
+        super().__init__(
+            min_clients=min_clients,
+            num_rounds=num_rounds,
+            wait_time_after_min_received=wait_time_after_min_received,
+            aggregator_id=aggregator_id,
+            persistor_id=persistor_id,
+            shareable_generator_id=shareable_generator_id,
+            train_task_name=train_task_name,
+            train_timeout=train_timeout,
+        )
         self.fedprox_mu = check_mu(fedprox_mu)
         self.model_test_after_each_round = model_test_after_each_round
         self.validation_timeout = validation_timeout
@@ -130,12 +161,19 @@ class FlipScatterAndGather(ScatterAndGather):
             if self.model_test_after_each_round:
                 model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
                 if model:
-                    validate_at_sites(self, model[ModelLearnableKey.WEIGHTS], current, self.validation_timeout,
-                                      fl_ctx, self._abort_signal)
+                    validate_at_sites(
+                        self,
+                        model[ModelLearnableKey.WEIGHTS],
+                        current,
+                        self.validation_timeout,
+                        fl_ctx,
+                        self._abort_signal,
+                    )
             if self._stops_after == current:
                 self.log_warning(fl_ctx, f"training stops after round {current + 1}: {self._stop_reason}")
-                fl_ctx.set_prop(FlipProp.STOP_REASON, f"after round {current + 1}: {self._stop_reason}", private=True,
-                                sticky=False)
+                fl_ctx.set_prop(
+                    FlipProp.STOP_REASON, f"after round {current + 1}: {self._stop_reason}", private=True, sticky=False
+                )
                 self.fire_event(FlipEvent.TRAINING_STOPPED, fl_ctx)
 
     def _check_global_model(self, fl_ctx: FLContext) -> None:
@@ -150,8 +188,9 @@ class FlipScatterAndGather(ScatterAndGather):
             self.system_panic(f"{exc}: it is neither saved nor sent", fl_ctx)
 
 
-def validate_at_sites(controller, weights: dict, round_num: int, timeout: int, fl_ctx: FLContext,
-                      abort_signal: Signal) -> list[str]:
+def validate_at_sites(
+    controller, weights: dict, round_num: int, timeout: int, fl_ctx: FLContext, abort_signal: Signal
+) -> list[str]:
     """Send the round's global model to every participating site's validator and wait for every answer (DLR waits
     for all participants), at most ``timeout`` seconds; fire ROUND_VALIDATED for each answer, then
     ROUND_VALIDATION_DONE. A site that did not answer in time, or answered with an error, is named in the log.
@@ -174,8 +213,9 @@ def validate_at_sites(controller, weights: dict, round_num: int, timeout: int, f
         try:
             metrics = from_shareable(result).data
         except (ValueError, TypeError):
-            controller.log_warning(fl_ctx, f"round {round_num + 1}: {site} sent a validation result that is not a "
-                                           "DXO: dropped")
+            controller.log_warning(
+                fl_ctx, f"round {round_num + 1}: {site} sent a validation result that is not a DXO: dropped"
+            )
             return
         answered.add(site)
         fl_ctx.set_prop(AppConstants.DATA_CLIENT, site, private=True, sticky=False)
@@ -184,13 +224,17 @@ def validate_at_sites(controller, weights: dict, round_num: int, timeout: int, f
         controller.fire_event(FlipEvent.ROUND_VALIDATED, fl_ctx)
 
     task = Task(name=FlipTask.VALIDATE, data=data, timeout=timeout, result_received_cb=received)
-    controller.broadcast_and_wait(task=task, fl_ctx=fl_ctx, targets=sites, min_responses=len(sites),
-                                  abort_signal=abort_signal)
+    controller.broadcast_and_wait(
+        task=task, fl_ctx=fl_ctx, targets=sites, min_responses=len(sites), abort_signal=abort_signal
+    )
     missing = missing_answers(sites, answered)
     if missing and not (abort_signal and abort_signal.triggered):
-        controller.log_warning(fl_ctx, f"round {round_num + 1}: per-round test: no usable answer from "
-                                       f"{', '.join(missing)} within {timeout} s ({len(answered)} of {len(sites)} "
-                                       "sites tested the global model)")
+        controller.log_warning(
+            fl_ctx,
+            f"round {round_num + 1}: per-round test: no usable answer from "
+            f"{', '.join(missing)} within {timeout} s ({len(answered)} of {len(sites)} "
+            "sites tested the global model)",
+        )
     fl_ctx.set_prop(AppConstants.CURRENT_ROUND, round_num, private=True, sticky=False)
     controller.fire_event(FlipEvent.ROUND_VALIDATION_DONE, fl_ctx)
     return missing

@@ -79,8 +79,10 @@ def check_project_id(value: Any) -> str:
 def check_query(value: Any) -> str:
     """Return FLIP's cohort ``query`` if it is a string (empty allowed; SQL may span lines)."""
     if not isinstance(value, str) or len(value) > 100_000:
-        raise ValueError(f"query must be a string of at most 100000 characters, got {type(value).__name__}"
-                         + (f" of {len(value)}" if isinstance(value, str) else ""))
+        raise ValueError(
+            f"query must be a string of at most 100000 characters, got {type(value).__name__}"
+            + (f" of {len(value)}" if isinstance(value, str) else "")
+        )
     return value
 
 
@@ -154,11 +156,14 @@ class UserCodeExecutor(Executor):
 
     def user_instance(self, file_name: str, class_name: str, method: str) -> Any:
         """The user's ``class_name(config)`` from ``file_name`` (created once per run), checked for ``method``."""
-        return self.user_object(class_name, lambda: instantiate(
-            load_class(self.custom_dir, file_name, class_name, (method,)), self.config, file_name))
+        return self.user_object(
+            class_name,
+            lambda: instantiate(load_class(self.custom_dir, file_name, class_name, (method,)), self.config, file_name),
+        )
 
-    def model_from_task(self, task_name: str, shareable: Shareable, device: str,
-                        site: str = "") -> tuple[dict, torch.nn.Module]:
+    def model_from_task(
+        self, task_name: str, shareable: Shareable, device: str, site: str = ""
+    ) -> tuple[dict, torch.nn.Module]:
         """The WEIGHTS the task carries, and ``models.get_model()`` holding them on ``device``: the site's model is
         built once and reused by every task and executor of the site (flip.nvflare.models.ReusedModel: the same
         state as a freshly built model holding the weights), dropped at END_RUN.
@@ -211,7 +216,8 @@ class UserCodeExecutor(Executor):
             should_abort=lambda: abort_signal.triggered,
             log=lambda msg: get_obj_logger(self).info(str(msg)),
             make_private=lambda model, optimizer, data_loader, epochs=1: make_private(
-                model, optimizer, data_loader, fl_ctx, epochs=epochs),
+                model, optimizer, data_loader, fl_ctx, epochs=epochs
+            ),
         )
 
     # -- the contract ---------------------------------------------------------------------------------------
@@ -231,8 +237,10 @@ class UserCodeExecutor(Executor):
         if self.required_contract == CLIENT_ALGO:
             cls = load_class(self.custom_dir, self.user_file, self.user_class, self.monai_methods())
             if contract_of(cls) != CLIENT_ALGO:
-                raise UserCodeError(f"{display_path(self.user_file)}: {self.user_class} must subclass MONAI's "
-                                    f"ClientAlgo (monai.fl.client.ClientAlgo) for {type(self).__name__}")
+                raise UserCodeError(
+                    f"{display_path(self.user_file)}: {self.user_class} must subclass MONAI's "
+                    f"ClientAlgo (monai.fl.client.ClientAlgo) for {type(self).__name__}"
+                )
         else:
             cls = getattr(load_module(self.custom_dir, self.user_file, expected), self.user_class, None)
             if not isinstance(cls, type):
@@ -244,8 +252,11 @@ class UserCodeExecutor(Executor):
             self._app = FlipExecutorApp(cls, self.user_file, self.flip_keywords(), self.custom_dir)
         else:
             self._app = ClientAlgoApp(cls, self.user_file, self.monai_keywords(), self.custom_dir, self)
-        self.log_info(fl_ctx, f"{display_path(self.user_file)}: {self.user_class} follows FLIP's "
-                              f"{'Executor' if self._app.kind == FLIP_EXECUTOR else 'MONAI FL ClientAlgo'} contract")
+        self.log_info(
+            fl_ctx,
+            f"{display_path(self.user_file)}: {self.user_class} follows FLIP's "
+            f"{'Executor' if self._app.kind == FLIP_EXECUTOR else 'MONAI FL ClientAlgo'} contract",
+        )
         return self._app
 
     # -- the boundary ---------------------------------------------------------------------------------------

@@ -80,8 +80,11 @@ def samples_from_steps(executor, fl_ctx: FLContext, dxo: DXO) -> None:
     elif is_int(steps) and steps >= 1:
         dxo.set_meta_prop(FlipMeta.NUM_SAMPLES, int(steps))
     else:
-        executor.log_warning(fl_ctx, f"the update's NUM_STEPS_CURRENT_ROUND is {steps!r}, not a positive integer: "
-                                     "the server will not average it")
+        executor.log_warning(
+            fl_ctx,
+            f"the update's NUM_STEPS_CURRENT_ROUND is {steps!r}, not a positive integer: "
+            "the server will not average it",
+        )
 
 
 def finish_reply(executor, fl_ctx: FLContext, task_name: str, reply: Any, who: str) -> Shareable:
@@ -97,8 +100,9 @@ def finish_reply(executor, fl_ctx: FLContext, task_name: str, reply: Any, who: s
         return make_reply(ReturnCode.TASK_ABORTED)
     if rc != ReturnCode.OK:
         clean = make_reply(rc)
-        clean.set_header(FlipMeta.ERROR_REASON, log_site_failure(executor, fl_ctx, f"{task_name} failed",
-                                                                 f"{who} replied {rc}"))
+        clean.set_header(
+            FlipMeta.ERROR_REASON, log_site_failure(executor, fl_ctx, f"{task_name} failed", f"{who} replied {rc}")
+        )
         return clean
     try:
         dxo = from_shareable(reply)
@@ -114,8 +118,10 @@ def finish_reply(executor, fl_ctx: FLContext, task_name: str, reply: Any, who: s
         except ValueError as exc:
             raise UserCodeError(f"{who} returned metrics that cannot leave the site: {exc}") from exc
         if checked.problems:
-            raise UserCodeError(f"{who} returned metrics that cannot leave the site: {checked.problems[0]} (only "
-                                "numbers, in dicts and lists, leave a site)")
+            raise UserCodeError(
+                f"{who} returned metrics that cannot leave the site: {checked.problems[0]} (only "
+                "numbers, in dicts and lists, leave a site)"
+            )
         for line in checked.notes(f"{task_name} metrics"):
             executor.log_warning(fl_ctx, line)
         dxo.data = checked.data
@@ -153,8 +159,9 @@ class FlipExecutorApp:
             self.user = call_user(f"{self.shown}({names})", self.cls, custom_dir=self.custom_dir, **self.keywords)
         return self.user
 
-    def execute(self, executor, task_name: str, shareable: Shareable, fl_ctx: FLContext,
-                abort_signal: Signal) -> Shareable:
+    def execute(
+        self, executor, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal
+    ) -> Shareable:
         user = self.build()
         who = f"{self.shown}.execute({task_name!r})"
         reply = call_user(who, user.execute, task_name, shareable, fl_ctx, abort_signal, custom_dir=self.custom_dir)
@@ -202,14 +209,16 @@ class ClientAlgoApp:
     def _call(self, method: str, *args) -> Any:
         return call_user(f"{self.shown}.{method}", getattr(self.algo, method), *args, custom_dir=self.custom_dir)
 
-    def execute(self, executor, task_name: str, shareable: Shareable, fl_ctx: FLContext,
-                abort_signal: Signal) -> Shareable:
+    def execute(
+        self, executor, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal
+    ) -> Shareable:
         from monai.fl.utils.constants import WeightType
 
         action = self.tasks.get(task_name)
         if action is None:
-            executor.log_error(fl_ctx, f"{type(executor).__name__} cannot run task {task_name!r} (it runs "
-                                       f"{sorted(self.tasks)})")
+            executor.log_error(
+                fl_ctx, f"{type(executor).__name__} cannot run task {task_name!r} (it runs {sorted(self.tasks)})"
+            )
             return make_reply(ReturnCode.TASK_UNKNOWN)
         self.build(fl_ctx)
         if action == TRAIN:
@@ -242,11 +251,14 @@ class ClientAlgoApp:
             raise TaskFailed(f"the {task_name} task carried no model ({type(exc).__name__})") from exc
         kinds = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF) + ((DataKind.COLLECTION,) if collection else ())
         if dxo.data_kind not in kinds or not isinstance(dxo.data, dict):
-            raise TaskFailed(f"the {task_name} task carried {getattr(dxo.data_kind, 'value', dxo.data_kind)}: "
-                             f"expected {' or '.join(getattr(k, 'value', k) for k in kinds)}")
+            raise TaskFailed(
+                f"the {task_name} task carried {getattr(dxo.data_kind, 'value', dxo.data_kind)}: "
+                f"expected {' or '.join(getattr(k, 'value', k) for k in kinds)}"
+            )
         current_round = shareable.get_header(AppConstants.CURRENT_ROUND, 0) or 0
-        data = ExchangeObject(weights=dxo.data, weight_type=WeightType.WEIGHTS,
-                              statistics={"current_round": current_round})
+        data = ExchangeObject(
+            weights=dxo.data, weight_type=WeightType.WEIGHTS, statistics={"current_round": current_round}
+        )
         return data, current_round
 
     def _weights_reply(self, out: Any) -> Shareable:
@@ -259,8 +271,9 @@ class ClientAlgoApp:
         kind = DataKind.WEIGHT_DIFF if out.weight_type == WeightType.WEIGHT_DIFF else DataKind.WEIGHTS
         statistics = out.statistics or {}
         steps = statistics.get("num_steps", statistics.get(FlStatistics.NUM_EXECUTED_ITERATIONS, 1))
-        return DXO(data_kind=kind, data=to_numpy(out.weights, who),
-                   meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps}).to_shareable()
+        return DXO(
+            data_kind=kind, data=to_numpy(out.weights, who), meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps}
+        ).to_shareable()
 
 
 def _is_exchange(value: Any) -> bool:

@@ -31,10 +31,19 @@ class RUN_MONAI_FL_TRAINER(RUN_TRAINER):  # noqa: N801 - FLIP's documented execu
 
     required_contract = CLIENT_ALGO
 
-    def __init__(self, train_task_name: str = FlipTask.TRAIN, submit_model_task_name: str = SUBMIT_MODEL,
-                 project_id: str = "", query: str = ""):
-        super().__init__(train_task_name=train_task_name, submit_model_task_name=submit_model_task_name,
-                         project_id=project_id, query=query)
+    def __init__(
+        self,
+        train_task_name: str = FlipTask.TRAIN,
+        submit_model_task_name: str = SUBMIT_MODEL,
+        project_id: str = "",
+        query: str = "",
+    ):
+        super().__init__(
+            train_task_name=train_task_name,
+            submit_model_task_name=submit_model_task_name,
+            project_id=project_id,
+            query=query,
+        )
 
 
 class RUN_MONAI_FL_VALIDATOR(RUN_VALIDATOR):  # noqa: N801 - FLIP's documented executor name

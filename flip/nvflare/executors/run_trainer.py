@@ -114,18 +114,28 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
     user_file, user_class = UserFile.TRAINER, UserFile.TRAINER_CLASS
     plain_methods = ("train",)
 
-    def __init__(self, train_task_name: str = FlipTask.TRAIN, submit_model_task_name: str = SUBMIT_MODEL,
-                 exclude_vars: Any = None, project_id: str = "", query: str = ""):
+    def __init__(
+        self,
+        train_task_name: str = FlipTask.TRAIN,
+        submit_model_task_name: str = SUBMIT_MODEL,
+        exclude_vars: Any = None,
+        project_id: str = "",
+        query: str = "",
+    ):
         super().__init__(project_id=project_id, query=query)
         self.train_task_name = check_task_name("train_task_name", train_task_name)
-        self.submit_model_task_name = check_component_id("submit_model_task_name", submit_model_task_name,
-                                                         empty=True)
+        self.submit_model_task_name = check_component_id("submit_model_task_name", submit_model_task_name, empty=True)
         self.exclude_vars = check_exclude_vars(exclude_vars)
         self.tasks = tuple(dict.fromkeys((self.train_task_name, FlipTask.SWAG)))
 
     def flip_keywords(self) -> dict[str, Any]:
-        return {"train_task_name": self.train_task_name, "submit_model_task_name": self.submit_model_task_name,
-                "exclude_vars": self.exclude_vars, "project_id": self.project_id, "query": self.query}
+        return {
+            "train_task_name": self.train_task_name,
+            "submit_model_task_name": self.submit_model_task_name,
+            "exclude_vars": self.exclude_vars,
+            "project_id": self.project_id,
+            "query": self.query,
+        }
 
     def monai_keywords(self) -> dict[str, Any]:
         return {"project_id": self.project_id, "query": self.query, "train_task_name": self.train_task_name}
@@ -180,7 +190,9 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
             metrics["received_checksum"] = checksum(global_weights)
         # the ClientEventHandler checks these and sends them with the result (see ClientEventHandler)
         fl_ctx.set_prop(FlipProp.TASK_METRICS, {NUM_SAMPLES: num_samples, **metrics}, private=True, sticky=False)
-        summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "received_checksum")
+        summary = " ".join(
+            f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "received_checksum"
+        )
         stage = f" (stage {ctx.stage})" if ctx.stage else ""
         prox = f", FedProx mu={mu:g}" if mu else ""
         self.log_info(
@@ -202,26 +214,35 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
             snapshots.append(state_to_numpy(model, names))
         mean, deviation = swag.site_moments(snapshots, {n: global_weights[n] for n in names})
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: steps}
-        parts = {MEAN: DXO(DataKind.WEIGHT_DIFF, data=mean, meta=dict(meta)),
-                 DEVIATION: DXO(DataKind.WEIGHT_DIFF, data=deviation, meta=dict(meta))}
+        parts = {
+            MEAN: DXO(DataKind.WEIGHT_DIFF, data=mean, meta=dict(meta)),
+            DEVIATION: DXO(DataKind.WEIGHT_DIFF, data=deviation, meta=dict(meta)),
+        }
         self.log_info(fl_ctx, f"SWAG: {epochs} snapshots over {steps} steps on {samples} samples")
         return DXO(DataKind.COLLECTION, data=parts, meta={FlipMeta.NUM_SAMPLES: samples}).to_shareable()
 
     def _stage_part(self, fl_ctx: FLContext, stage: str, diff: dict) -> dict:
         """Only the stage's parameters (``STAGES[stage]`` name prefixes in models.py) leave the site."""
-        stages = getattr(load_module(self.custom_dir, UserFile.MODELS, "STAGES = {stage: [parameter prefixes]}"),
-                         "STAGES", None)
+        stages = getattr(
+            load_module(self.custom_dir, UserFile.MODELS, "STAGES = {stage: [parameter prefixes]}"), "STAGES", None
+        )
         if not isinstance(stages, dict) or stage not in stages:
             known = sorted(stages) if isinstance(stages, dict) else "none"
-            raise UserCodeError(f"{display_path(UserFile.MODELS)} must define STAGES = "
-                                f"{{stage: [parameter name prefixes]}} with stage {stage!r} (defined: {known})")
+            raise UserCodeError(
+                f"{display_path(UserFile.MODELS)} must define STAGES = "
+                f"{{stage: [parameter name prefixes]}} with stage {stage!r} (defined: {known})"
+            )
         prefixes = tuple(stages[stage])
         part = {n: d for n, d in diff.items() if n.startswith(prefixes)}
         if not part:
-            raise UserCodeError(f"{display_path(UserFile.MODELS)}: STAGES[{stage!r}] = {list(prefixes)} "
-                                "matches no parameter")
+            raise UserCodeError(
+                f"{display_path(UserFile.MODELS)}: STAGES[{stage!r}] = {list(prefixes)} matches no parameter"
+            )
         moved = [n for n, d in diff.items() if n not in part and np.any(d)]
         if moved:
-            self.log_warning(fl_ctx, f"stage {stage}: {len(moved)} parameters outside the stage changed (e.g. "
-                                     f"{moved[0]!r}); they are not sent: freeze them in the trainer")
+            self.log_warning(
+                fl_ctx,
+                f"stage {stage}: {len(moved)} parameters outside the stage changed (e.g. "
+                f"{moved[0]!r}); they are not sent: freeze them in the trainer",
+            )
         return part

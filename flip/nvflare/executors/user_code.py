@@ -171,7 +171,9 @@ def load_config(custom_dir: Path) -> dict[str, Any]:
     path = Path(custom_dir) / UserFile.CONFIG
     shown = display_path(UserFile.CONFIG)
     if not path.is_file():
-        raise UserCodeError(f"{shown} not found: the job's custom/ folder must contain {UserFile.CONFIG} (a JSON object)")
+        raise UserCodeError(
+            f"{shown} not found: the job's custom/ folder must contain {UserFile.CONFIG} (a JSON object)"
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:

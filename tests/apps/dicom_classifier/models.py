@@ -12,8 +12,9 @@ CONFIG = json.loads((Path(__file__).parent.resolve() / "config.json").read_text(
 class SmallCNN(nn.Module):
     def __init__(self, num_classes: int):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, kernel_size=3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.MaxPool2d(2))
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, kernel_size=3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2)
+        )
         self.classifier = nn.Linear(8 * 4 * 4, num_classes)
 
     def forward(self, x):

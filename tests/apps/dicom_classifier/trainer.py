@@ -22,8 +22,9 @@ from flip.utils import get_model_weights_diff
 
 
 class FLIP_TRAINER(Executor):
-    def __init__(self, train_task_name="train", submit_model_task_name="submit_model", exclude_vars=None,
-                 project_id="", query=""):
+    def __init__(
+        self, train_task_name="train", submit_model_task_name="submit_model", exclude_vars=None, project_id="", query=""
+    ):
         super().__init__()
         self._train_task_name = train_task_name
         self._submit_model_task_name = submit_model_task_name
@@ -57,10 +58,12 @@ class FLIP_TRAINER(Executor):
         global_weights = dxo.data
         global_round = shareable.get_header(AppConstants.CURRENT_ROUND) or 0
         self.model.load_state_dict({k: torch.as_tensor(v) for k, v in global_weights.items()})
-        train_items, val_items = split_items(cohort_items(self.flip, self.project_id, self.dataframe),
-                                             self.config["VAL_SPLIT"])
-        train_loader = DataLoader(DicomDataset(train_items), batch_size=self.config["BATCH_SIZE"], shuffle=True,
-                                  num_workers=1)
+        train_items, val_items = split_items(
+            cohort_items(self.flip, self.project_id, self.dataframe), self.config["VAL_SPLIT"]
+        )
+        train_loader = DataLoader(
+            DicomDataset(train_items), batch_size=self.config["BATCH_SIZE"], shuffle=True, num_workers=1
+        )
         val_loader = DataLoader(DicomDataset(val_items), batch_size=self.config["BATCH_SIZE"], num_workers=1)
         steps = 0
         for epoch in range(self._epochs):

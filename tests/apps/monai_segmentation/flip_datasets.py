@@ -13,8 +13,9 @@ class SegmentationDataset(FLIPDataset):
     def _build_datalist(self, dataframe):
         items = []
         for accession_id in dataframe["accession_id"]:
-            folder = self.flip.get_by_accession_number(self.project_id, accession_id,
-                                                       resource_type=[ResourceType.NIFTI])
+            folder = self.flip.get_by_accession_number(
+                self.project_id, accession_id, resource_type=[ResourceType.NIFTI]
+            )
             for image in sorted(folder.rglob("input_*.nii.gz")):
                 items.append({"image": str(image), "label": str(image).replace("/input_", "/label_")})
         every = max(2, round(1 / self.val_split))

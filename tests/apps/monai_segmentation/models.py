@@ -11,5 +11,11 @@ NET = json.loads((Path(__file__).parent.resolve() / "config.json").read_text())[
 
 def get_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return UNet(spatial_dims=NET["spatial_dims"], in_channels=1, out_channels=2, channels=tuple(NET["channels"]),
-                strides=tuple(NET["strides"]), num_res_units=0)
+    return UNet(
+        spatial_dims=NET["spatial_dims"],
+        in_channels=1,
+        out_channels=2,
+        channels=tuple(NET["channels"]),
+        strides=tuple(NET["strides"]),
+        num_res_units=0,
+    )

@@ -32,8 +32,14 @@ class FLIP_TRAINER(ClientAlgo):
         self.model = get_model()
         self.loss_fn = DiceLoss(to_onehot_y=True, softmax=True)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config["LEARNING_RATE"])
-        self.dataset = SegmentationDataset(self.flip, self.project_id, self.query, transform=get_transforms(),
-                                           part="train", val_split=self.config["VAL_SPLIT"])
+        self.dataset = SegmentationDataset(
+            self.flip,
+            self.project_id,
+            self.query,
+            transform=get_transforms(),
+            part="train",
+            val_split=self.config["VAL_SPLIT"],
+        )
         self.global_weights = None
         self.num_steps = 0
         self.initialized = True
@@ -58,15 +64,21 @@ class FLIP_TRAINER(ClientAlgo):
                 losses.append(loss.item())
                 self.num_steps += 1
             if fl_ctx is not None:
-                send_metrics_value("train_loss", np.float32(np.mean(losses)), fl_ctx,
-                                   round=current_round * epochs + epoch + 1, flip=self.flip)
+                send_metrics_value(
+                    "train_loss",
+                    np.float32(np.mean(losses)),
+                    fl_ctx,
+                    round=current_round * epochs + epoch + 1,
+                    flip=self.flip,
+                )
 
     def get_weights(self, extra=None):
         weight_type = (extra or {}).get("weight_type", WeightType.WEIGHTS)
         if weight_type == WeightType.WEIGHT_DIFF:
             diff = get_model_weights_diff(self.global_weights, self.model.state_dict(), self.num_steps)
-            return ExchangeObject(weights=diff.data, weight_type=WeightType.WEIGHT_DIFF,
-                                  statistics={"num_steps": self.num_steps})
+            return ExchangeObject(
+                weights=diff.data, weight_type=WeightType.WEIGHT_DIFF, statistics={"num_steps": self.num_steps}
+            )
         weights = {k: v.cpu().numpy() for k, v in self.model.state_dict().items()}
         return ExchangeObject(weights=weights, weight_type=WeightType.WEIGHTS)
 

@@ -4,9 +4,11 @@ from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImag
 
 
 def get_transforms():
-    return Compose([
-        LoadImaged(keys=["image", "label"], image_only=True),
-        EnsureChannelFirstd(keys=["image", "label"]),
-        ScaleIntensityd(keys="image"),
-        EnsureTyped(keys=["image", "label"]),
-    ])
+    return Compose(
+        [
+            LoadImaged(keys=["image", "label"], image_only=True),
+            EnsureChannelFirstd(keys=["image", "label"]),
+            ScaleIntensityd(keys="image"),
+            EnsureTyped(keys=["image", "label"]),
+        ]
+    )

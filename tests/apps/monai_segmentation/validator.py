@@ -27,8 +27,14 @@ class FLIP_VALIDATOR(ClientAlgo):
     def initialize(self, extra=None):
         self.config = json.loads((Path(__file__).parent.resolve() / "config.json").read_text())
         self.flip = FLIP()
-        self.dataset = SegmentationDataset(self.flip, self.project_id, self.query, transform=get_transforms(),
-                                           part="val", val_split=self.config["VAL_SPLIT"])
+        self.dataset = SegmentationDataset(
+            self.flip,
+            self.project_id,
+            self.query,
+            transform=get_transforms(),
+            part="val",
+            val_split=self.config["VAL_SPLIT"],
+        )
 
     def evaluate(self, data, extra=None):
         model = get_model()

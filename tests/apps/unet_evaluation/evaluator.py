@@ -29,14 +29,20 @@ class FLIP_EVALUATOR(Executor):
         self.query = query
         self.flip = FLIP()
         self.dataframe = self.flip.get_dataframe(self.project_id, self.query)
-        self.transforms = Compose([LoadImaged(keys=["image", "label"], image_only=True),
-                                   EnsureChannelFirstd(keys=["image", "label"]), ScaleIntensityd(keys="image")])
+        self.transforms = Compose(
+            [
+                LoadImaged(keys=["image", "label"], image_only=True),
+                EnsureChannelFirstd(keys=["image", "label"]),
+                ScaleIntensityd(keys="image"),
+            ]
+        )
 
     def datalist(self):
         items = []
         for accession_id in self.dataframe["accession_id"]:
-            folder = self.flip.get_by_accession_number(self.project_id, accession_id,
-                                                       resource_type=[ResourceType.NIFTI])
+            folder = self.flip.get_by_accession_number(
+                self.project_id, accession_id, resource_type=[ResourceType.NIFTI]
+            )
             for image in sorted(folder.rglob("input_*.nii.gz")):
                 items.append({"image": str(image), "label": str(image).replace("/input_", "/label_")})
         return items

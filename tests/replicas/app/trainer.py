@@ -22,7 +22,7 @@ class FLIP_TRAINER:
         for _ in range(self.epochs):
             for start in range(0, len(y_train), 16):
                 optimizer.zero_grad()
-                batch_loss = loss_fn(model(x_train[start:start + 16]), y_train[start:start + 16])
+                batch_loss = loss_fn(model(x_train[start : start + 16]), y_train[start : start + 16])
                 batch_loss.backward()
                 optimizer.step()
                 loss, steps = batch_loss.item(), steps + 1

@@ -20,5 +20,8 @@ class FLIP_VALIDATOR:
         model.eval()
         with torch.no_grad():
             logits = model(x_val)
-        return {"accuracy": (logits.argmax(1) == y_val).float().mean().item(),
-                "loss": torch.nn.functional.cross_entropy(logits, y_val).item(), "num_samples": len(y_val)}
+        return {
+            "accuracy": (logits.argmax(1) == y_val).float().mean().item(),
+            "loss": torch.nn.functional.cross_entropy(logits, y_val).item(),
+            "num_samples": len(y_val),
+        }
