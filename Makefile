@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: demo test check venv jobs bench clean
+.PHONY: demo test check lint format venv jobs bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -21,13 +21,24 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/flip demo
 
-# every test: unit, S3, the simulator, end to end (POC, the demo, provisioning); what CI runs (.ci/run)
-test: $(STAMP)
+# every test: lint, then unit, S3, the simulator, end to end (POC, the demo, provisioning); what CI runs (.ci/run)
+test: lint
 	$(PY) -m pytest
 
-# the fast tier for development: unit, S3 and local-HTTP tests, no simulator and no end-to-end run
-check: $(STAMP)
+# the fast tier for development: lint, then unit, S3 and local-HTTP tests, no simulator and no end-to-end run
+check: lint
 	$(PY) -m pytest -m "(unit or s3 or http) and not simulator and not e2e"
+
+# ruff (rules and format, pyproject.toml) and the import contracts between flip's layers (import-linter)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check flip tests benchmarks
+	$(VENV)/bin/ruff format --check flip tests benchmarks
+	$(VENV)/bin/lint-imports
+
+# rewrite the tree as the lint step wants it (import order, safe fixes, format)
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix flip tests benchmarks
+	$(VENV)/bin/ruff format flip tests benchmarks
 
 jobs: $(STAMP)
 	$(VENV)/bin/flip jobs export --out jobs
