@@ -1,7 +1,6 @@
 """The demo's evaluator (evaluation-only jobs): a model's accuracy and loss on all of this site's images."""
 
 import torch
-
 from digits_data import load_folder
 
 

@@ -1,7 +1,6 @@
 """The demo's trainer: plain PyTorch, no nvflare import. Replace with your own FLIP_TRAINER."""
 
 import torch
-
 from digits_data import load_folder, train_val_split
 
 
@@ -18,8 +17,12 @@ class FLIP_TRAINER:
         x_train, y_train, x_val, y_val = self.data
         generator = torch.Generator().manual_seed(1000 * ctx.round + 7)
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9)
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train, y_train),
-                                             batch_size=self.batch_size, shuffle=True, generator=generator)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x_train, y_train),
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+        )
         # under the site's record-level DP policy: Opacus's DP-SGD; elsewhere the three come back unchanged
         model, optimizer, loader = ctx.make_private(model, optimizer, loader, epochs=self.epochs)
         loss_fn = torch.nn.CrossEntropyLoss()

@@ -1,7 +1,6 @@
 """Trains the stage the server asks for (ctx.stage); the other stage's parameters stay frozen."""
 
 import torch
-
 from digits_data import load_folder, train_val_split
 
 

@@ -1,7 +1,6 @@
 """Accuracy of the whole two-stage model and the denoiser's reconstruction error, on local validation images."""
 
 import torch
-
 from digits_data import load_folder, train_val_split
 
 

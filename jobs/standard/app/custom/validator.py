@@ -1,7 +1,6 @@
 """The demo's validator: accuracy and loss of a model on this site's local validation images."""
 
 import torch
-
 from digits_data import load_folder, train_val_split
 
 
