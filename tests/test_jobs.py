@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import filecmp
 import importlib.util
+import inspect
 import json
 
 import pytest
@@ -167,3 +168,19 @@ def test_an_unused_entry_file_that_the_app_imports_is_kept(tmp_path):
 
 def test_job_folders_are_marked_generated():
     assert "jobs/** linguist-generated=true" in (REPO / ".gitattributes").read_text().splitlines()
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_every_job_has_the_server_poll_sites_every_half_second(tmp_path, name):
+    """A site with no task waits ``task_request_interval`` before asking again (NVFlare's default: 2 s): every gap in a
+    run (after InitTraining, between rounds, before cross-site validation) cost up to 2 s per site."""
+    from nvflare.private.fed.server.server_json_config import ServerJsonConfigurator
+
+    from flip.jobs.common import TASK_REQUEST_INTERVAL
+
+    config = write_job(name, tmp_path) / "app" / "config" / "config_fed_server.json"
+    assert json.loads(config.read_text())["server"] == {"task_request_interval": TASK_REQUEST_INTERVAL}
+    assert TASK_REQUEST_INTERVAL < 2
+    # NVFlare's server config reader takes it from there (internals row 45)
+    source = inspect.getsource(ServerJsonConfigurator.process_config_element)
+    assert 'path == "server.task_request_interval"' in source and "self.task_request_interval = element" in source

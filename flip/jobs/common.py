@@ -53,6 +53,21 @@ def explicit(component, *args: str):
     return component
 
 
+#: seconds a site waits before asking again when the server has no task for it (NVFlare's default: 2). Every run has
+#: such gaps (after InitTraining, between rounds, before cross-site validation); a poll is a few hundred bytes.
+TASK_REQUEST_INTERVAL = 0.5
+
+
+class ServerSettings:
+    """The server app's own settings (``"server": {...}`` in config_fed_server.json), added with ``job.to_server``."""
+
+    def __init__(self, task_request_interval: float = TASK_REQUEST_INTERVAL):
+        self.task_request_interval = task_request_interval
+
+    def add_to_fed_job(self, job: FedJob, ctx) -> None:
+        job.add_params({"server": {"task_request_interval": self.task_request_interval}}, ctx)
+
+
 def new_job(name: str, model_id: str, min_clients: int, wait_after_min_clients: int) -> FedJob:
     """A job with the checks every job makes on its arguments."""
     check_path_name("job name", name)
@@ -61,6 +76,7 @@ def new_job(name: str, model_id: str, min_clients: int, wait_after_min_clients: 
     check_positive_int("wait_after_min_clients", wait_after_min_clients, minimum=0)
     job = FedJob(name=name, min_clients=min_clients)
     job.set_app_packages(["flip"])
+    job.to_server(ServerSettings())
     return job
 
 
