@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
+# pytest-xdist workers: tests wait on servers and subprocesses, so 3 on 2 cores beats 2; 0 runs in one process
+WORKERS ?= 3
+PYTEST := $(PY) -m pytest -n $(WORKERS) --dist loadgroup
 
 .PHONY: demo test check lint format venv jobs bench clean
 
@@ -23,11 +26,11 @@ demo: $(STAMP)
 
 # every test: lint, then unit, S3, the simulator, end to end (POC, the demo, provisioning); what CI runs (.ci/run)
 test: lint
-	$(PY) -m pytest
+	$(PYTEST)
 
 # the fast tier for development: lint, then unit, S3 and local-HTTP tests, no simulator and no end-to-end run
 check: lint
-	$(PY) -m pytest -m "(unit or s3 or http) and not simulator and not e2e"
+	$(PYTEST) -m "(unit or s3 or http) and not simulator and not e2e"
 
 # ruff (rules and format, pyproject.toml) and the import contracts between flip's layers (import-linter)
 lint: $(STAMP)
