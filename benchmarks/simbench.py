@@ -249,7 +249,9 @@ def our_job_folder(workdir: Path, app: Path, sites: int, rounds: int, model_id: 
     return workdir / "bench_ours"
 
 
-def stock_job_folder(workdir: Path, app: Path, sites: int, rounds: int) -> Path:
+def stock_job_folder(
+    workdir: Path, app: Path, sites: int, rounds: int, task_request_interval: float | None = None, name="bench_stock"
+) -> Path:
     """Export stock NVFlare's job: FedAvgRecipe (ScatterAndGather-style FedAvg), the Client API sending weight
     differences, the final global model evaluated at every site. No flip component."""
     sys.path.insert(0, str(app))
@@ -258,7 +260,7 @@ def stock_job_folder(workdir: Path, app: Path, sites: int, rounds: int) -> Path:
     from nvflare.recipe.utils import add_final_global_evaluation
 
     recipe = FedAvgRecipe(
-        name="bench_stock",
+        name=name,
         model={"path": "models.BenchNet", "args": {}},
         min_clients=sites,
         num_rounds=rounds,
@@ -267,7 +269,12 @@ def stock_job_folder(workdir: Path, app: Path, sites: int, rounds: int) -> Path:
     )
     add_final_global_evaluation(recipe)
     recipe.export(str(workdir))
-    folder = workdir / "bench_stock"
+    folder = workdir / name
+    if task_request_interval is not None:  # the server setting our jobs carry (flip/jobs/common.py ServerSettings)
+        for config in folder.glob("app*/config/config_fed_server.json"):
+            settings = json.loads(config.read_text())
+            settings["server"] = {**settings.get("server", {}), "task_request_interval": task_request_interval}
+            config.write_text(json.dumps(settings, indent=2))
     # the script imports models.py: ship it beside the script
     for app_folder in folder.glob("app*"):
         (app_folder / "custom").mkdir(exist_ok=True)

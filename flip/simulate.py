@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flip.checks import check_path_name
@@ -20,6 +22,37 @@ from flip.platform.site import (
 )
 
 _LOG_CONFIG = "log_config.json"
+
+#: the variable torch (OpenMP) reads at import for its number of threads
+THREADS_VAR = "OMP_NUM_THREADS"
+
+
+def site_threads(threads: int, cores: int | None = None) -> int:
+    """Torch threads for each simulated site when ``threads`` sites train at once on ``cores`` cores (default: the
+    cores this process may use): the cores shared out, at least one each."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // threads)
+
+
+@contextmanager
+def shared_cores(threads: int) -> Iterator[str]:
+    """Within the block, processes started from this one (the simulator's sites) run torch on their share of the
+    cores (:func:`site_threads`; ``OMP_NUM_THREADS``), unless the caller set ``OMP_NUM_THREADS`` itself. Yield the
+    value the sites get.
+
+    Each site's torch otherwise starts one thread per core: N sites on one machine run N× the threads there are
+    cores, and a step that takes 0.3 s alone takes 4-6 s when two sites train at once on 2 cores (measured with a
+    100M-parameter model; benchmarks/round_overhead.py)."""
+    own = os.environ.get(THREADS_VAR)
+    if own:
+        yield own
+        return
+    os.environ[THREADS_VAR] = value = str(site_threads(threads))
+    try:
+        yield value
+    finally:
+        os.environ.pop(THREADS_VAR, None)
 
 
 def prepare_serialization() -> None:
@@ -170,7 +203,7 @@ def run_simulator(
         job_dir: the job folder (e.g. ``jobs/standard``).
         workspace: the simulator's workspace (wiped at start, but its startup/ and local/).
         sites: number of sites or their names.
-        threads: sites running at once (default: all).
+        threads: sites running at once (default: all); they share the machine's cores (:func:`shared_cores`).
         end_run_for_all: deliver END_RUN to every site even when threads < sites (CleanupImages needs it).
         quiet: console shows flip's lines and warnings only (full logs stay in the workspace).
         site_data: each listed site's dev CSV and image folder (``FLIP_SITE_DATA``, see flip.platform.site); the
@@ -205,4 +238,5 @@ def run_simulator(
         threads=threads,
         end_run_for_all=end_run_for_all,
     )
-    return runner.run()
+    with shared_cores(threads):
+        return runner.run()

@@ -1,0 +1,49 @@
+"""Simulated sites share the machine's cores: ``run_simulator`` starts the sites with ``OMP_NUM_THREADS`` set to
+their share (cores // sites training at once, at least 1), unless the caller set it. Before: every site's torch
+started one thread per core, and two sites training at once on 2 cores took 4-6 s for a 0.3 s step
+(benchmarks/round_overhead.py at 100M parameters)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flip.simulate import THREADS_VAR, shared_cores, site_threads
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    "threads, cores, share",
+    [(1, 8, 8), (2, 8, 4), (3, 8, 2), (2, 2, 1), (3, 2, 1), (8, 2, 1), (1, 1, 1)],
+)
+def test_each_site_gets_its_share_of_the_cores(threads, cores, share):
+    assert site_threads(threads, cores) == share
+
+
+def test_the_share_counts_the_cores_this_process_may_use():
+    assert site_threads(1) == len(os.sched_getaffinity(0))
+
+
+def test_a_process_started_inside_runs_torch_on_its_share_and_the_variable_is_gone_after(monkeypatch):
+    monkeypatch.delenv(THREADS_VAR, raising=False)
+    with shared_cores(len(os.sched_getaffinity(0)) + 1) as value:
+        assert value == "1"
+        started = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    assert started.stdout.strip() == "1"
+    assert THREADS_VAR not in os.environ
+
+
+def test_the_callers_own_setting_is_kept(monkeypatch):
+    monkeypatch.setenv(THREADS_VAR, "3")
+    with shared_cores(2) as value:
+        assert value == "3" and os.environ[THREADS_VAR] == "3"
+    assert os.environ[THREADS_VAR] == "3"
