@@ -4,9 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
-# pytest-xdist workers: tests wait on servers and subprocesses, so 3 on 2 cores beats 2; 0 runs in one process
+# pytest-xdist workers, each test module on one (its simulator run or provisioned kits start once): tests wait on
+# servers and subprocesses, so 3 on 2 cores beat 2; WORKERS=0 runs in one process
 WORKERS ?= 3
-PYTEST := $(PY) -m pytest -n $(WORKERS) --dist loadgroup
+PYTEST := $(PY) -m pytest -n $(WORKERS) --dist loadfile
 
 .PHONY: demo test check lint format venv jobs bench clean
 

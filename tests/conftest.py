@@ -34,26 +34,6 @@ def pytest_collection_modifyitems(config, items):
             f"{len(missing)} test(s) carry no tier marker (one of {', '.join(TIERS)}; see pyproject.toml): "
             + ", ".join(missing)
         )
-    for item, group in worker_groups(items).items():
-        item.add_marker(pytest.mark.xdist_group(name=group))
-
-
-#: session fixtures that start a simulator run: the modules that use one share a worker, so it runs once
-SHARED_RUNS = ("standard_run",)
-
-
-def worker_groups(items) -> dict:
-    """Each item's pytest-xdist group (``make`` runs ``--dist loadgroup``): its module, so module fixtures (a
-    simulator run, a provisioned kit) start once per run, or the name of a shared session run its module uses."""
-    modules: dict[str, list] = {}
-    for item in items:
-        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
-    groups = {}
-    for module, members in modules.items():
-        shared = [run for run in SHARED_RUNS if any(run in item.fixturenames for item in members)]
-        for item in members:
-            groups[item] = shared[0] if shared else module
-    return groups
 
 
 def clean_env(*prefixes: str) -> dict:

@@ -1,4 +1,5 @@
-"""Every job type end to end in the simulator: evaluation-only, FedOpt and multi-stage, results verified in S3."""
+"""FedOpt and multi-stage end to end in the simulator, results verified in S3 (the evaluation-only job, which evaluates
+the standard run's model, is in test_standard_job.py: one module per simulator run it needs)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import torch
 
 from flip.constants import RunFile
 from flip.demo.data import holdout_accuracy
-from flip.jobs import DEFAULT_MODEL_ID, DEMO_APP_DIR, MULTISTAGE_APP_DIR, write_job
+from flip.jobs import DEFAULT_MODEL_ID, MULTISTAGE_APP_DIR
 from flip.storage.layout import run_prefix
 from tests.conftest import REPO
-from tests.integration.conftest import direct_evaluation, load_app_module, run_objects, simulate
+from tests.integration.conftest import load_app_module, run_objects, simulate
 
 pytestmark = [pytest.mark.simulator, pytest.mark.s3]
 SITES = ["site-1", "site-2"]
@@ -31,65 +32,6 @@ def _run_objects(weed, model_id, run):
         final = run.statuses(model_id)[-1]
         _uploaded[key] = run_objects(weed, run_prefix(model_id, final["run_id"]))
     return _uploaded[key]
-
-
-# -- evaluation-only ---------------------------------------------------------------------------------------------
-
-SAFEHOUSE_ONLY = "7c9d1e2f-3a4b-4c5d-8e6f-0a1b2c3d4e5f"
-
-
-@pytest.fixture(scope="module")
-def evaluation_run(tmp_path_factory, weed, standard_run):
-    """Evaluate the standard job's model (from the registry) and a model that only has a safehouse copy."""
-    tmp = tmp_path_factory.mktemp("evaluation")
-    safehouse = tmp / "flip" / "safehouse" / SAFEHOUSE_ONLY
-    safehouse.mkdir(parents=True)
-    untrained = load_app_module(DEMO_APP_DIR, "models").DigitsNet()
-    torch.save(untrained.state_dict(), safehouse / "initial_model.pt")
-    job = write_job("evaluation", tmp / "jobs", model_id=DEFAULT_MODEL_ID, model_ids=[DEFAULT_MODEL_ID, SAFEHOUSE_ONLY])
-    return simulate(tmp, job, weed, SITES, threads=2)
-
-
-def test_evaluation_job_lifecycle_and_upload(evaluation_run, weed):
-    assert evaluation_run.rc == 0
-    assert [s["status"] for s in evaluation_run.statuses(DEFAULT_MODEL_ID)] == [
-        "INITIATED",
-        "PREPARED",
-        "TRAINING_STARTED",
-        "RESULTS_UPLOADED",
-    ]
-    manifest, objects = _run_objects(weed, DEFAULT_MODEL_ID, evaluation_run)
-    assert RunFile.EVALUATION_RESULTS in objects
-    assert RunFile.GLOBAL_MODEL not in objects  # nothing was trained: no model is uploaded
-    assert not list((evaluation_run.workspace / "server" / "simulate_job").glob(RunFile.EVALUATION_DIR))
-
-
-def test_evaluation_results_match_a_direct_evaluation_at_every_site(evaluation_run, weed, standard_run):
-    _, objects = _run_objects(weed, DEFAULT_MODEL_ID, evaluation_run)
-    results = json.loads(objects[RunFile.EVALUATION_RESULTS])
-    assert set(results) == set(SITES)
-    trained_run = standard_run.statuses(DEFAULT_MODEL_ID)[-1]["run_id"]
-    trained = torch.load(
-        io.BytesIO(
-            weed._client()
-            .get_object(Bucket=weed.bucket, Key=f"{DEFAULT_MODEL_ID}/{trained_run}/{RunFile.GLOBAL_MODEL}")["Body"]
-            .read()
-        ),
-        weights_only=True,
-    )
-    untrained = torch.load(
-        evaluation_run.local_dir / "safehouse" / SAFEHOUSE_ONLY / "initial_model.pt", weights_only=True
-    )
-    for site in SITES:
-        assert set(results[site]) == {DEFAULT_MODEL_ID, SAFEHOUSE_ONLY}
-        cohort = evaluation_run.local_dir / "cohorts" / site
-        for model_id, state in ((DEFAULT_MODEL_ID, trained), (SAFEHOUSE_ONLY, untrained)):
-            expected = direct_evaluation(state, cohort)
-            got = results[site][model_id]
-            assert got["num_samples"] == expected["num_samples"]
-            assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
-            assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
-        assert results[site][DEFAULT_MODEL_ID]["accuracy"] > results[site][SAFEHOUSE_ONLY]["accuracy"] + 0.3
 
 
 # -- FedOpt ------------------------------------------------------------------------------------------------------

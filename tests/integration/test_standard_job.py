@@ -1,4 +1,6 @@
-"""jobs/standard end to end: the real simulator (3 sites, 2 threads), a real S3 server, real files."""
+"""jobs/standard end to end: the real simulator (3 sites, 2 threads), a real S3 server, real files; then the
+evaluation-only job on the model it trained (the one module using the session's standard run, so that
+``--dist loadfile`` runs it once)."""
 
 from __future__ import annotations
 
@@ -13,12 +15,12 @@ import torch
 from flip.cli import main as flip_cli
 from flip.constants import RunFile
 from flip.demo.data import holdout_accuracy
-from flip.jobs import DEFAULT_MODEL_ID
+from flip.jobs import DEFAULT_MODEL_ID, DEMO_APP_DIR, write_job
 from flip.storage.layout import run_prefix
 from flip.storage.manifest import verify_run
 from flip.storage.pending import is_log_file
 from tests.conftest import environ
-from tests.integration.conftest import direct_evaluation
+from tests.integration.conftest import direct_evaluation, load_app_module, run_objects, simulate
 
 pytestmark = [pytest.mark.simulator, pytest.mark.s3]
 
@@ -145,3 +147,70 @@ def test_flip_status_reads_the_dev_platform(standard_run, capsys):
     assert "RESULTS_UPLOADED" in out and "metrics of round 3:" in out
     for site in standard_run.sites + ["global"]:
         assert re.search(rf"{site}: .*accuracy=.*num_samples=\d+", out), site
+
+
+# -- the evaluation-only job on this run's model -----------------------------------------------------------------------
+
+EVALUATION_SITES = ["site-1", "site-2"]
+
+
+def _evaluation_objects(weed, run):
+    """The evaluation run's manifest and objects (verified)."""
+    return run_objects(weed, run_prefix(DEFAULT_MODEL_ID, run.statuses(DEFAULT_MODEL_ID)[-1]["run_id"]))
+
+
+SAFEHOUSE_ONLY = "7c9d1e2f-3a4b-4c5d-8e6f-0a1b2c3d4e5f"
+
+
+@pytest.fixture(scope="module")
+def evaluation_run(tmp_path_factory, weed, standard_run):
+    """Evaluate the standard job's model (from the registry) and a model that only has a safehouse copy."""
+    tmp = tmp_path_factory.mktemp("evaluation")
+    safehouse = tmp / "flip" / "safehouse" / SAFEHOUSE_ONLY
+    safehouse.mkdir(parents=True)
+    untrained = load_app_module(DEMO_APP_DIR, "models").DigitsNet()
+    torch.save(untrained.state_dict(), safehouse / "initial_model.pt")
+    job = write_job("evaluation", tmp / "jobs", model_id=DEFAULT_MODEL_ID, model_ids=[DEFAULT_MODEL_ID, SAFEHOUSE_ONLY])
+    return simulate(tmp, job, weed, EVALUATION_SITES, threads=2)
+
+
+def test_evaluation_job_lifecycle_and_upload(evaluation_run, weed):
+    assert evaluation_run.rc == 0
+    assert [s["status"] for s in evaluation_run.statuses(DEFAULT_MODEL_ID)] == [
+        "INITIATED",
+        "PREPARED",
+        "TRAINING_STARTED",
+        "RESULTS_UPLOADED",
+    ]
+    manifest, objects = _evaluation_objects(weed, evaluation_run)
+    assert RunFile.EVALUATION_RESULTS in objects
+    assert RunFile.GLOBAL_MODEL not in objects  # nothing was trained: no model is uploaded
+    assert not list((evaluation_run.workspace / "server" / "simulate_job").glob(RunFile.EVALUATION_DIR))
+
+
+def test_evaluation_results_match_a_direct_evaluation_at_every_site(evaluation_run, weed, standard_run):
+    _, objects = _evaluation_objects(weed, evaluation_run)
+    results = json.loads(objects[RunFile.EVALUATION_RESULTS])
+    assert set(results) == set(EVALUATION_SITES)
+    trained_run = standard_run.statuses(DEFAULT_MODEL_ID)[-1]["run_id"]
+    trained = torch.load(
+        io.BytesIO(
+            weed._client()
+            .get_object(Bucket=weed.bucket, Key=f"{DEFAULT_MODEL_ID}/{trained_run}/{RunFile.GLOBAL_MODEL}")["Body"]
+            .read()
+        ),
+        weights_only=True,
+    )
+    untrained = torch.load(
+        evaluation_run.local_dir / "safehouse" / SAFEHOUSE_ONLY / "initial_model.pt", weights_only=True
+    )
+    for site in EVALUATION_SITES:
+        assert set(results[site]) == {DEFAULT_MODEL_ID, SAFEHOUSE_ONLY}
+        cohort = evaluation_run.local_dir / "cohorts" / site
+        for model_id, state in ((DEFAULT_MODEL_ID, trained), (SAFEHOUSE_ONLY, untrained)):
+            expected = direct_evaluation(state, cohort)
+            got = results[site][model_id]
+            assert got["num_samples"] == expected["num_samples"]
+            assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+            assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+        assert results[site][DEFAULT_MODEL_ID]["accuracy"] > results[site][SAFEHOUSE_ONLY]["accuracy"] + 0.3
