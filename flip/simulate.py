@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,24 @@ def site_threads(threads: int, cores: int | None = None) -> int:
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores // threads)
+
+
+@contextmanager
+def isolated_path() -> Iterator[None]:
+    """Within the block, ``sys.path`` holds none of the app folders flip imported user code from in this process;
+    after it, ``sys.path`` is as before (NVFlare's simulator appends the job's server custom/ folder to it).
+
+    NVFlare builds each simulated site's ``PYTHONPATH`` from this process's ``sys.path`` with the job's custom/ folder
+    last, so an app folder left there by an earlier job (or an earlier simulator run) comes first, and the site
+    imports that app's ``models.py`` instead of this job's (seen as a shape error in the site's forward pass)."""
+    from flip.nvflare.executors.user_code import USER_DIRS
+
+    before = list(sys.path)
+    sys.path[:] = [p for p in before if p not in USER_DIRS]
+    try:
+        yield
+    finally:
+        sys.path[:] = before
 
 
 @contextmanager
@@ -238,5 +257,5 @@ def run_simulator(
         threads=threads,
         end_run_for_all=end_run_for_all,
     )
-    with shared_cores(threads):
+    with shared_cores(threads), isolated_path():
         return runner.run()

@@ -1,4 +1,4 @@
-"""Simulated sites share the machine's cores: ``run_simulator`` starts the sites with ``OMP_NUM_THREADS`` set to
+"""Simulated sites share the machine's cores and get no app folder of an earlier job: ``run_simulator`` starts the sites with ``OMP_NUM_THREADS`` set to
 their share (cores // sites training at once, at least 1), unless the caller set it. Before: every site's torch
 started one thread per core, and two sites training at once on 2 cores took 4-6 s for a 0.3 s step
 (benchmarks/round_overhead.py at 100M parameters)."""
@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from flip.simulate import THREADS_VAR, shared_cores, site_threads
+from flip.nvflare.executors.user_code import load_module
+from flip.simulate import THREADS_VAR, isolated_path, shared_cores, site_threads
 
 pytestmark = pytest.mark.unit
 
@@ -47,3 +48,20 @@ def test_the_callers_own_setting_is_kept(monkeypatch):
     with shared_cores(2) as value:
         assert value == "3" and os.environ[THREADS_VAR] == "3"
     assert os.environ[THREADS_VAR] == "3"
+
+
+def test_a_simulator_run_hands_its_sites_no_app_folder_of_an_earlier_job(tmp_path):
+    """NVFlare builds each simulated site's PYTHONPATH from this process's sys.path: an app folder flip imported
+    user code from earlier (an in-process test, an earlier job) would come before the job's own custom/ folder, and
+    the site would import that app's models.py. Before: a FLIP app run after the demo app's in-process tests
+    trained the demo's model on its own images (``mat1 and mat2 shapes cannot be multiplied``)."""
+    earlier = tmp_path / "earlier_app"
+    earlier.mkdir()
+    (earlier / "helper_of_an_earlier_app.py").write_text("VALUE = 1\n")
+    load_module(earlier, "helper_of_an_earlier_app.py", "VALUE")
+    assert str(earlier) in sys.path
+    before = list(sys.path)
+    with isolated_path():
+        assert str(earlier) not in sys.path
+        sys.path.append(str(tmp_path / "server_custom"))  # as NVFlare's simulator does with the job's custom/
+    assert sys.path == before

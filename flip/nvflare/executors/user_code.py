@@ -33,6 +33,10 @@ import torch
 from flip.constants import UserFile
 from flip.errors import CohortValueError, UserCodeError
 
+#: the folders :func:`load_module` put on ``sys.path`` in this process (a simulator started later from it must
+#: not hand them to its sites: see flip.simulate.isolated_path)
+USER_DIRS: list[str] = []
+
 
 def _unchanged(model, optimizer, data_loader, epochs: int = 1):
     """``ctx.make_private`` where no site policy asks for DP-SGD: everything as it was given."""
@@ -119,6 +123,7 @@ def load_module(custom_dir: Path, file_name: str, expected: str) -> ModuleType:
         return existing
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
+        USER_DIRS.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
