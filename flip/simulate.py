@@ -38,20 +38,35 @@ def site_threads(threads: int, cores: int | None = None) -> int:
 
 @contextmanager
 def isolated_path() -> Iterator[None]:
-    """Within the block, ``sys.path`` holds none of the app folders flip imported user code from in this process;
-    after it, ``sys.path`` is as before (NVFlare's simulator appends the job's server custom/ folder to it).
+    """Within the block, neither ``sys.path`` nor ``sys.modules`` holds the app folders (or their modules) that flip
+    imported user code from in this process; after it, both are as before (NVFlare's simulator appends the job's
+    server custom/ folder to ``sys.path`` and imports the job's modules).
 
     NVFlare builds each simulated site's ``PYTHONPATH`` from this process's ``sys.path`` with the job's custom/ folder
-    last, so an app folder left there by an earlier job (or an earlier simulator run) comes first, and the site
-    imports that app's ``models.py`` instead of this job's (seen as a shape error in the site's forward pass)."""
+    last, and its server (started from this process) imports the job's ``models`` by name: an app folder or module
+    left by an earlier job comes first, and the run trains another app's model (seen as a shape error at the sites,
+    or the server's model not fitting the sites')."""
     from flip.nvflare.executors.user_code import USER_DIRS
 
-    before = list(sys.path)
-    sys.path[:] = [p for p in before if p not in USER_DIRS]
+    def from_user_dir(module, folders) -> bool:
+        file = getattr(module, "__file__", None)
+        return bool(file) and str(Path(file).resolve().parent) in folders
+
+    before_path = list(sys.path)
+    folders = {str(Path(p).resolve()) for p in USER_DIRS}
+    stale = {name: module for name, module in list(sys.modules.items()) if from_user_dir(module, folders)}
+    for name in stale:
+        del sys.modules[name]
+    sys.path[:] = [p for p in before_path if p not in USER_DIRS]
     try:
         yield
     finally:
-        sys.path[:] = before
+        added = {str(Path(p).resolve()) for p in sys.path if p and p not in before_path}
+        for name, module in list(sys.modules.items()):
+            if from_user_dir(module, added):
+                del sys.modules[name]
+        sys.path[:] = before_path
+        sys.modules.update(stale)
 
 
 @contextmanager

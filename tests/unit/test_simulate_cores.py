@@ -65,3 +65,23 @@ def test_a_simulator_run_hands_its_sites_no_app_folder_of_an_earlier_job(tmp_pat
         assert str(earlier) not in sys.path
         sys.path.append(str(tmp_path / "server_custom"))  # as NVFlare's simulator does with the job's custom/
     assert sys.path == before
+
+
+def test_a_simulator_run_imports_no_module_of_an_earlier_job(tmp_path):
+    """The simulator's server imports the job's ``models`` by name in this process: a ``models`` module flip loaded
+    from an earlier app is out of ``sys.modules`` during the run and back after; what the run imported from its own
+    custom/ folder is gone after. Before: a run after in-process tests of the demo app built the demo's model at the
+    server ("parameter 'layers.1.weight' is not in the model")."""
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "module_of_an_earlier_app.py").write_text("VALUE = 1\n")
+    module = load_module(earlier, "module_of_an_earlier_app.py", "VALUE")
+    job_custom = tmp_path / "job_custom"
+    job_custom.mkdir()
+    (job_custom / "module_of_this_job.py").write_text("VALUE = 2\n")
+    with isolated_path():
+        assert "module_of_an_earlier_app" not in sys.modules
+        sys.path.append(str(job_custom))  # as NVFlare's simulator does
+        __import__("module_of_this_job")
+    assert sys.modules["module_of_an_earlier_app"] is module
+    assert "module_of_this_job" not in sys.modules and str(job_custom) not in sys.path
