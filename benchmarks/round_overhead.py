@@ -86,6 +86,7 @@ def main() -> None:
             )
             measured = {}
             for name, job in (("stock", stock_dir), ("stock 0.5 s", stock_fast_dir), ("ours", ours_dir)):
+                workspace = folder / f"ws_{name.replace(' ', '_')}"
                 measured[name] = run_child(
                     [
                         str(Path(__file__).resolve()),
@@ -93,7 +94,7 @@ def main() -> None:
                         "--job",
                         str(job),
                         "--workspace",
-                        str(folder / f"ws_{name.replace(' ', '_')}"),
+                        str(workspace),
                         "--sites",
                         str(args.sites),
                     ],
@@ -111,7 +112,7 @@ def main() -> None:
                     continue
                 if failed:
                     kept = Path(tempfile.mkdtemp(prefix="round_overhead-failed-"))
-                    shutil.copytree(folder / f"ws_{name.replace(' ', '_')}", kept / "workspace", symlinks=True)
+                    shutil.copytree(workspace, kept / "workspace", symlinks=True)
                     sys.exit(f"{name} run failed at params={params} (rc {measured[name].rc}): its workspace is {kept}")
             stock, ours = measured["stock"], measured["ours"]
             server_ratio = ours.role_peak("server") / max(stock.role_peak("server"), 1)

@@ -268,13 +268,10 @@ def stock_job_folder(
         params_transfer_type=TransferType.DIFF,
     )
     add_final_global_evaluation(recipe)
+    if task_request_interval is not None:  # the server setting our jobs carry (flip/jobs/common.py ServerSettings)
+        recipe.add_server_config({"server": {"task_request_interval": task_request_interval}})
     recipe.export(str(workdir))
     folder = workdir / name
-    if task_request_interval is not None:  # the server setting our jobs carry (flip/jobs/common.py ServerSettings)
-        for config in folder.glob("app*/config/config_fed_server.json"):
-            settings = json.loads(config.read_text())
-            settings["server"] = {**settings.get("server", {}), "task_request_interval": task_request_interval}
-            config.write_text(json.dumps(settings, indent=2))
     # the script imports models.py: ship it beside the script
     for app_folder in folder.glob("app*"):
         (app_folder / "custom").mkdir(exist_ok=True)

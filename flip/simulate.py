@@ -86,7 +86,10 @@ def shared_cores(threads: int) -> Iterator[str]:
     try:
         yield value
     finally:
-        os.environ.pop(THREADS_VAR, None)
+        if own is None:
+            os.environ.pop(THREADS_VAR, None)
+        else:
+            os.environ[THREADS_VAR] = own
 
 
 def prepare_serialization() -> None:

@@ -154,11 +154,6 @@ def test_flip_status_reads_the_dev_platform(standard_run, capsys):
 EVALUATION_SITES = ["site-1", "site-2"]
 
 
-def _evaluation_objects(weed, run):
-    """The evaluation run's manifest and objects (verified)."""
-    return run_objects(weed, run_prefix(DEFAULT_MODEL_ID, run.statuses(DEFAULT_MODEL_ID)[-1]["run_id"]))
-
-
 SAFEHOUSE_ONLY = "7c9d1e2f-3a4b-4c5d-8e6f-0a1b2c3d4e5f"
 
 
@@ -174,7 +169,13 @@ def evaluation_run(tmp_path_factory, weed, standard_run):
     return simulate(tmp, job, weed, EVALUATION_SITES, threads=2)
 
 
-def test_evaluation_job_lifecycle_and_upload(evaluation_run, weed):
+@pytest.fixture(scope="module")
+def evaluation_uploaded(evaluation_run, weed):
+    """The evaluation run's manifest and objects, verified and fetched once."""
+    return run_objects(weed, run_prefix(DEFAULT_MODEL_ID, evaluation_run.statuses(DEFAULT_MODEL_ID)[-1]["run_id"]))
+
+
+def test_evaluation_job_lifecycle_and_upload(evaluation_run, evaluation_uploaded):
     assert evaluation_run.rc == 0
     assert [s["status"] for s in evaluation_run.statuses(DEFAULT_MODEL_ID)] == [
         "INITIATED",
@@ -182,14 +183,16 @@ def test_evaluation_job_lifecycle_and_upload(evaluation_run, weed):
         "TRAINING_STARTED",
         "RESULTS_UPLOADED",
     ]
-    manifest, objects = _evaluation_objects(weed, evaluation_run)
+    manifest, objects = evaluation_uploaded
     assert RunFile.EVALUATION_RESULTS in objects
     assert RunFile.GLOBAL_MODEL not in objects  # nothing was trained: no model is uploaded
     assert not list((evaluation_run.workspace / "server" / "simulate_job").glob(RunFile.EVALUATION_DIR))
 
 
-def test_evaluation_results_match_a_direct_evaluation_at_every_site(evaluation_run, weed, standard_run):
-    _, objects = _evaluation_objects(weed, evaluation_run)
+def test_evaluation_results_match_a_direct_evaluation_at_every_site(
+    evaluation_run, evaluation_uploaded, weed, standard_run
+):
+    _, objects = evaluation_uploaded
     results = json.loads(objects[RunFile.EVALUATION_RESULTS])
     assert set(results) == set(EVALUATION_SITES)
     trained_run = standard_run.statuses(DEFAULT_MODEL_ID)[-1]["run_id"]

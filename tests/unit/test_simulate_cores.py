@@ -1,7 +1,9 @@
-"""Simulated sites share the machine's cores and get no app folder of an earlier job: ``run_simulator`` starts the sites with ``OMP_NUM_THREADS`` set to
-their share (cores // sites training at once, at least 1), unless the caller set it. Before: every site's torch
-started one thread per core, and two sites training at once on 2 cores took 4-6 s for a 0.3 s step
-(benchmarks/round_overhead.py at 100M parameters)."""
+"""Simulated sites share the machine's cores and get no app folder of an earlier job.
+
+``run_simulator`` starts the sites with ``OMP_NUM_THREADS`` set to their share (cores // sites training at once, at
+least 1), unless the caller set it. Before: every site's torch started one thread per core, and two sites training at
+once on 2 cores took 4-6 s for a 0.3 s step (benchmarks/round_overhead.py at 100M parameters). It also keeps the app
+folders and modules flip loaded earlier in this process out of the run (:func:`flip.simulate.isolated_path`)."""
 
 from __future__ import annotations
 
