@@ -36,6 +36,7 @@ from flip.constants import (
     RunFile,
     RunStatus,
     Uncertainty,
+    UserFile,
 )
 from flip.errors import FlipError
 
@@ -48,7 +49,7 @@ EVALUATED_MODEL, CHECKPOINT = "digits", "model.pt"
 #: written into a folder the demo created; the demo deletes the contents of no other folder
 #: ``--dp-level``: record-level DP-SGD at each site (the site's policy, default) or client-level DP (the job's filter)
 DP_LEVELS = ("record", "client")
-#: the FLIP app's training under record-level DP-SGD (benchmarks/dp_utility.py measured it): larger batches (a
+#: the demo app's training under record-level DP-SGD (benchmarks/dp_utility.py measured it): larger batches (a
 #: larger sampling rate costs less ε per record), more epochs, a larger step
 RECORD_LEVEL_TRAINING = {"LOCAL_ROUNDS": 5, "BATCH_SIZE": 64, "LEARNING_RATE": 0.2}
 #: the sites' max_grad_norm under record-level DP-SGD in the demo (its policy's; --dp-clip-norm overrides)
@@ -102,9 +103,17 @@ class _Demo:
         self.site_data = site_data
         self.run_seconds = 0.0
 
-    def run(self, job: str, model_id: str, app_dir: Path | None = None, **options: Any) -> dict[str, Any]:
+    def run(
+        self,
+        job: str,
+        model_id: str,
+        app_dir: Path | None = None,
+        training: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         """Write and simulate ``job`` (from the FLIP app ``app_dir`` as ``flip job create`` does, else our job
-        folder); return its verified manifest, objects and statuses (or raise FlipError)."""
+        folder, its config.json updated with ``training``); return its verified manifest, objects and statuses (or
+        raise FlipError)."""
         from flip.jobs import write_job
         from flip.jobs.flip_app import create_job
         from flip.platform.dev import LocalPlatform
@@ -131,6 +140,9 @@ class _Demo:
         else:
             job_dir = write_job(job, self.workdir / "jobs", model_id=model_id, min_clients=len(self.names), **options)
             made = "flip's plain contract"
+            if training:
+                config_path = job_dir / "app" / "custom" / UserFile.CONFIG
+                config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **training}, indent=2))
         _say(f"{job} job {job_dir} ({made}; model {model_id}), {len(self.names)} sites in the simulator")
         started = time.monotonic()
         rc = run_simulator(
@@ -431,7 +443,7 @@ def run_demo(
         _say(
             f"each site's own privacy policy: record-level DP-SGD (Opacus), ε={dp_epsilon:g} per job at δ=1e-5, "
             f"max_grad_norm {record_dp['max_grad_norm']:g}"
-            + (f"; the FLIP app trains with {RECORD_LEVEL_TRAINING}" if flip_app else "")
+            + f"; the {'FLIP app' if flip_app else 'app'} trains with {RECORD_LEVEL_TRAINING}"
         )
 
     with WeedS3(root=workdir / "s3") as server:
@@ -441,7 +453,8 @@ def run_demo(
         model_id = str(uuid.uuid4())
         try:
             (train_job, train_options), *after = runs  # training, then the evaluation job if asked
-            result = demo.run(train_job, model_id, app_dir=app_dir, **train_options)
+            training = RECORD_LEVEL_TRAINING if record_dp is not None and not flip_app else None
+            result = demo.run(train_job, model_id, app_dir=app_dir, training=training, **train_options)
             evaluation = None
             for name, options in after:
                 evaluated = _evaluation_app(workdir, result["objects"][RunFile.GLOBAL_MODEL]) if flip_app else None

@@ -222,7 +222,8 @@ class DPSession:
         self.steps = 0  # every step taken (and accounted) in this job
         self.round_steps = 0
         self.round_skipped = 0
-        self.private_calls = 0  # make_private calls this round
+        self.private_calls = 0  # make_private calls this round (or the runner's, flip.privacy.automatic)
+        self.automatic = False  # this round's training was made private by the runner (flip.privacy.automatic)
         self._accountant = None
         self._engine = None
         self._hooks: list[Any] = []
@@ -255,6 +256,7 @@ class DPSession:
     def begin_round(self) -> None:
         """Start counting a new round's steps."""
         self.round_steps = self.round_skipped = self.private_calls = 0
+        self.automatic = False
 
     def make_private(
         self,
@@ -282,21 +284,41 @@ class DPSession:
         Raises:
             DPModelError: the model has a layer DP-SGD cannot train (named, with the fix).
             PrivacyError: the data loader is not a DataLoader with batches, or its batches per epoch differ from
-                the first round's (the noise was calibrated for them), or the ε cannot be reached.
+                the first round's (the noise was calibrated for them), or the ε cannot be reached, or the runner
+                already made this round's training private (:mod:`flip.privacy.automatic`).
         """
-        from opacus import PrivacyEngine
+        if self.automatic:
+            raise PrivacyError(
+                "make_private was called after this round's training DataLoader was iterated: the runner had "
+                "already made the training private; call make_private before iterating, or not at all"
+            )
+        check_model(model)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise PrivacyError(f"make_private needs a torch.optim.Optimizer, got a {type(optimizer).__name__}")
+        self.prepare(data_loader, epochs, log)
+        self.attach(model)
+        private_optimizer = self.private_optimizer(optimizer, model, len(data_loader.dataset))
+        self.private_calls += 1
+        return model, private_optimizer, self.poisson(data_loader)
+
+    # -- the pieces (make_private and flip.privacy.automatic) ------------------------------------------------
+    def prepare(self, data_loader, epochs: int, log: Callable[[str], None] | None = None) -> int:
+        """Check ``data_loader``; at the job's first call calibrate the noise for ``epochs`` passes over it per
+        round. Returns its batches per epoch.
+
+        Raises:
+            PrivacyError: not a DataLoader with batches; batches per epoch unlike the calibrated ones; an ε that
+                cannot be reached.
+        """
         from opacus.accountants import create_accountant
         from opacus.data_loader import DPDataLoader
         from torch.utils.data import DataLoader
 
-        check_model(model)
         check_int("epochs", epochs, 1)
         if not isinstance(data_loader, DataLoader) or isinstance(data_loader, DPDataLoader):
             raise PrivacyError(
                 f"make_private needs the torch DataLoader of the training records, got a {type(data_loader).__name__}"
             )
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise PrivacyError(f"make_private needs a torch.optim.Optimizer, got a {type(optimizer).__name__}")
         batches = len(data_loader)
         if batches < 1:
             raise PrivacyError("make_private got a DataLoader without batches")
@@ -322,30 +344,61 @@ class DPSession:
                 "the noise was calibrated for this job: keep the data set and batch size of the first "
                 "round"
             )
+        return batches
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Put ``model`` in training mode and attach Opacus's per-record gradient hooks to it (removed at
+        :meth:`end_round`); a second accumulation of per-record gradients before a step is refused by Opacus.
+
+        Raises:
+            DPModelError: a layer DP-SGD cannot train. PrivacyError: hooks already attached this round.
+        """
+        from opacus.grad_sample import GradSampleHooks
+
+        check_model(model)
         model.train()  # Opacus attaches its hooks to a model in training mode (a trainer's last round left it in eval)
-        poisson = DPDataLoader.from_data_loader(data_loader, generator=self._generator(2 * self.steps + 1))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "secure RNG turned off": our generators are seeded from the OS
-            engine = PrivacyEngine(accountant=self.policy.accountant)
-            engine.accountant = self._accountant  # one accountant over every round of the job
-            try:
-                hooks, private_optimizer, private_loader = engine.make_private(
-                    module=model,
-                    optimizer=optimizer,
-                    data_loader=poisson,
-                    noise_multiplier=self.noise_multiplier,
-                    max_grad_norm=self.policy.max_grad_norm,
-                    poisson_sampling=False,
-                    wrap_model=False,
-                    noise_generator=self._generator(2 * self.steps + 2),
-                )
-            except ValueError as exc:  # e.g. the optimizer's parameters are not the model's, hooks added twice
-                raise PrivacyError(f"Opacus cannot make this training private: {exc}") from exc
+        try:
+            hooks = GradSampleHooks(model, batch_first=True, loss_reduction="mean")
+        except ValueError as exc:  # e.g. hooks added twice
+            raise PrivacyError(f"Opacus cannot make this training private: {exc}") from exc
         hooks.forbid_grad_accumulation()  # one batch, one step: the accounting counts each step once
         self._hooks.append(hooks)
-        self._guard(private_optimizer)
-        self.private_calls += 1
-        return model, private_optimizer, private_loader
+
+    def private_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, records: int):
+        """Opacus's DPOptimizer around ``optimizer`` (whose parameters must be ``model``'s) for a data set of
+        ``records``: the site's clipping and noise (the clipped sum divided by the expected batch size), this job's
+        accountant, and the guard that counts each step and skips any beyond the plan.
+
+        Raises:
+            PrivacyError: the optimizer steps parameters that are not the model's.
+        """
+        from opacus.optimizers import DPOptimizer
+
+        owned = set(model.parameters())
+        if any(p not in owned for group in optimizer.param_groups for p in group["params"]):
+            raise PrivacyError(
+                "Opacus cannot make this training private: the optimizer's parameters are not all the model's"
+            )
+        private = DPOptimizer(
+            optimizer,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.policy.max_grad_norm,
+            expected_batch_size=int(records * self.sample_rate),
+            loss_reduction="mean",
+            generator=self._generator(2 * self.steps + 2),
+        )
+        private.attach_step_hook(self._accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
+        self._guard(private)
+        return private
+
+    def poisson(self, data_loader):
+        """``data_loader``'s records drawn in Poisson-sampled batches (rate 1 / batches per epoch) from a generator
+        seeded by the operating system."""
+        from opacus.data_loader import DPDataLoader
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return DPDataLoader.from_data_loader(data_loader, generator=self._generator(2 * self.steps + 1))
 
     def _guard(self, optimizer) -> None:
         """Make ``optimizer`` count its steps and skip any beyond the planned ones (the budget is never passed)."""

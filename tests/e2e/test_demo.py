@@ -114,6 +114,8 @@ def test_demo_learns_under_record_level_dp_and_sends_nothing_else(record_dp_demo
     the server (the table of the sites' local scores is empty)."""
     rc, output = record_dp_demo
     assert rc == 0, output[-3000:]
+    # the demo's plain trainer does not ask for DP: the runner makes its unchanged training private
+    assert "make_private" not in (REPO / "flip" / "demo" / "app" / "trainer.py").read_text()
     assert "each site's own privacy policy: record-level DP-SGD (Opacus), ε=8 per job at δ=1e-5" in output
     spent = _line(
         output,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,6 +23,7 @@ from flip.nvflare.components.client_event_handler import leaving_norm, site_erro
 from flip.nvflare.components.percentile_privacy import annotate
 from flip.nvflare.result_policy import is_training_task
 from flip.nvflare.utils import short_reason, workspace_root
+from flip.privacy.automatic import AutomaticDP, epochs_per_round
 from flip.privacy.dp_sgd import CLIENT_LEVEL, LEVELS, RECORD_LEVEL, DPSession, RecordLevelPolicy
 from flip.privacy.ledger import PrivacyLedger, ledger_path
 from flip.privacy.release import release_meta, release_metrics
@@ -61,7 +63,8 @@ class SitePrivacyPolicy(FLComponent):
 
     ``level="record"`` (default): **record-level DP-SGD**. Every training task must train through Opacus with the
     site's settings: the runner admits the job against the site's ledger, then the trainer's model, optimizer and
-    data loader go through ``make_private`` (our plain contract: ``ctx.make_private``; FLIP's contracts:
+    data loader go through ``make_private`` (our plain contract: the runner does it around the unchanged
+    ``train``, :meth:`automatic`, unless the trainer calls ``ctx.make_private``; FLIP's contracts:
     ``flip.utils.make_private(model, optimizer, data_loader, fl_ctx)``); a training result the trainer did not
     make private is refused (nothing leaves). The noise is calibrated once per job for the job's planned steps at
     ``target_epsilon``; one accountant counts every round; a step beyond the plan is not taken.
@@ -288,12 +291,29 @@ class SitePrivacyPolicy(FLComponent):
         log = (lambda line: self.log_info(fl_ctx, line)) if fl_ctx is not None else None
         return self.session.make_private(model, optimizer, data_loader, epochs=epochs, log=log)
 
+    def automatic(self, model, config: dict, stage: str | None, trainer: Any, fl_ctx: FLContext):
+        """Around a plain trainer's ``train(model, ctx)``: the runner's DP-SGD for a trainer that does not call
+        make_private (flip.privacy.automatic), calibrated for the epochs per round in the job's config.json
+        (``LOCAL_ROUNDS``); None at client level.
+
+        Raises:
+            PrivacyError: the epochs per round in config.json are not a positive integer (named).
+        """
+        if self.level != RECORD_LEVEL or self.session is None:
+            return None
+        epochs, source = epochs_per_round(config, stage, trainer)
+        log = functools.partial(self.log_info, fl_ctx)
+        if self.session.noise_multiplier is None:
+            log(f"DP-SGD: {epochs} epochs per round ({source}), unless the trainer calls make_private itself")
+        return AutomaticDP(self.session, model, epochs, log=log)
+
     def _after_round(self, fl_ctx: FLContext, spend) -> None:
         if self.session.private_calls == 0:
             raise TaskFailed(
                 "privacy policy: this site trains with record-level DP-SGD, but the trainer did not "
                 "pass its model, optimizer and data loader through make_private (ctx.make_private, or "
-                "flip.utils.make_private(model, optimizer, data_loader, fl_ctx)): nothing was sent"
+                "flip.utils.make_private(model, optimizer, data_loader, fl_ctx)), nor train the model it was "
+                "given from a torch DataLoader (the runner's DP-SGD): nothing was sent"
             )
         self.trained = True
         if spend.skipped:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -94,7 +95,8 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
     Differential privacy: at a site whose own policy (``SitePrivacyPolicy`` in its ``local/privacy.json``) asks for
     it, every training task, whatever the contract, runs inside the policy's ``training``: the job is admitted
     against the site's privacy ledger first (refused, naming the budget left, before the user's code runs), the
-    user's training goes through ``make_private`` (``ctx.make_private``; FLIP's contracts:
+    user's training goes through ``make_private`` (our plain contract: made by the runner around the unchanged
+    ``train``, flip.privacy.automatic, unless it calls ``ctx.make_private``; FLIP's contracts:
     ``flip.utils.make_private(model, optimizer, data_loader, fl_ctx)``), and a task that did not train privately
     fails (nothing is sent). The update's ``update_norm`` is measured after the filters (ClientEventHandler).
 
@@ -169,14 +171,17 @@ class RUN_TRAINER(UserCodeExecutor):  # noqa: N801 - FLIP's documented executor 
         ctx = self.context(fl_ctx, shareable, abort_signal)
         global_weights, model = self.model_from_task(task_name, shareable, ctx.device, ctx.site_name)
         names = [n for n, v in global_weights.items() if np.asarray(v).dtype.kind == "f"]
-        if task_name == FlipTask.SWAG:
-            return self._swag(fl_ctx, shareable, ctx, trainer, model, global_weights, names, abort_signal)
-
-        started = time.monotonic()
-        mu = float(shareable.get_header(FlipMeta.FEDPROX_MU) or 0.0)
-        policy = site_policy(fl_ctx)  # under record-level DP-SGD the term follows the private gradient
-        with proximal_term(model, mu, dp_session=policy.session if policy is not None else None):
-            raw = call_user(self.where, trainer.train, model, ctx)
+        policy = site_policy(fl_ctx)
+        # under record-level DP-SGD, a trainer that does not call ctx.make_private is made private by the runner
+        private = policy.automatic(model, ctx.config, ctx.stage, trainer, fl_ctx) if policy is not None else None
+        with private or nullcontext():
+            if task_name == FlipTask.SWAG:
+                return self._swag(fl_ctx, shareable, ctx, trainer, model, global_weights, names, abort_signal)
+            started = time.monotonic()
+            mu = float(shareable.get_header(FlipMeta.FEDPROX_MU) or 0.0)
+            # under record-level DP-SGD the term follows the private gradient
+            with proximal_term(model, mu, dp_session=policy.session if policy is not None else None):
+                raw = call_user(self.where, trainer.train, model, ctx)
         if abort_signal.triggered:
             return Shareable()
         num_samples, num_steps, metrics = training_result(raw, self.where)

@@ -11,9 +11,9 @@ The contract (plain PyTorch, no nvflare import):
 - ``config.json`` is a JSON object (e.g. ``{"LOCAL_ROUNDS": 2, "LEARNING_RATE": 0.01}``), given to the
   classes as ``config``.
 
-``ctx`` is a :class:`TaskContext`. Under a site's record-level DP policy the trainer builds its optimizer and
-``torch.utils.data.DataLoader`` and passes them through ``ctx.make_private`` (Opacus's DP-SGD; unchanged at a site
-without such a policy).
+``ctx`` is a :class:`TaskContext`. Under a site's record-level DP policy the runner trains ``train`` as it is with
+DP-SGD (flip.privacy.automatic: the DataLoader it iterates in training mode, its optimizer's steps); a trainer may
+instead pass its model, optimizer and ``torch.utils.data.DataLoader`` through ``ctx.make_private`` itself.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ class TaskContext:
         make_private: ``model, optimizer, data_loader = ctx.make_private(model, optimizer, data_loader,
             epochs=E)``: under the site's record-level DP policy, Opacus's DP-SGD (per-record clipping and noise,
             Poisson-sampled batches) for this round's ``E`` epochs over ``data_loader`` (a torch DataLoader);
-            elsewhere the three come back unchanged. Required at a site with that policy (a training result that
-            did not go through it is refused).
+            elsewhere the three come back unchanged. Optional: without the call the runner makes the same DP-SGD
+            around ``train`` (flip.privacy.automatic).
     """
 
     site_name: str

@@ -1,4 +1,8 @@
-"""The demo's trainer: plain PyTorch, no nvflare import. Replace with your own FLIP_TRAINER."""
+"""The demo's trainer: plain PyTorch, no nvflare import. Replace with your own FLIP_TRAINER.
+
+At a site whose privacy policy asks for record-level DP, the runner trains it with DP-SGD as it is: the batches of
+the DataLoader iterated in training mode are Poisson-sampled, each step's gradient is clipped per record and noised
+(Opacus), for config.json's LOCAL_ROUNDS epochs per round."""
 
 import torch
 from digits_data import load_folder, train_val_split
@@ -23,8 +27,6 @@ class FLIP_TRAINER:
             shuffle=True,
             generator=generator,
         )
-        # under the site's record-level DP policy: Opacus's DP-SGD; elsewhere the three come back unchanged
-        model, optimizer, loader = ctx.make_private(model, optimizer, loader, epochs=self.epochs)
         loss_fn = torch.nn.CrossEntropyLoss()
         model.train()
         steps, epoch_loss = 0, 0.0
@@ -36,7 +38,7 @@ class FLIP_TRAINER:
                 optimizer.zero_grad()
                 loss = loss_fn(model(images.to(ctx.device)), labels.to(ctx.device))
                 loss.backward()
-                optimizer.step()  # every batch steps, an empty Poisson batch too (it adds the noise)
+                optimizer.step()
                 total += loss.item() * len(labels) if len(labels) else 0.0
                 steps += 1
             epoch_loss = total / len(y_train)
