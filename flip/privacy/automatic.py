@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from flip.errors import PrivacyError
+from flip.privacy.dp_sgd import check_model
 
 #: the config.json keys FLIP's apps read as the epochs a site trains per round (a stage's own first)
 EPOCH_KEYS = ("LOCAL_ROUNDS",)
@@ -122,6 +123,9 @@ class _Batches:
 class AutomaticDP:
     """One training task's DP-SGD made by the runner around the user's code (a context manager).
 
+    Raises (on entering):
+        DPModelError: the model has a layer DP-SGD cannot train (named, with the fix), before any training.
+
     Args:
         session: the job's :class:`~flip.privacy.dp_sgd.DPSession` (its round begun).
         model: the model the runner gives the trainer.
@@ -139,6 +143,7 @@ class AutomaticDP:
         self._thread: int | None = None
 
     def __enter__(self) -> AutomaticDP:
+        check_model(self.model)  # a layer DP-SGD cannot train is refused before the user's code runs
         thread = threading.get_ident()
         with _LOCK:
             if thread in _ACTIVE:

@@ -283,3 +283,14 @@ def test_the_standard_jobs_unchanged_trainer_trains_privately_at_a_record_level_
     assert record["level"] == "record" and record["steps"] == session.steps and 0 < record["epsilon"] < 4.0
     assert set(reply.get_header(FlipMeta.METRICS)) == {"update_norm", "num_samples"}  # loss, accuracy withheld
     assert any(np.any(v) for v in released.data.values())
+
+
+def test_a_model_dp_sgd_cannot_train_is_refused_before_the_trainer_runs():
+    from flip.errors import DPModelError
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 2))
+    called = []
+    with pytest.raises(DPModelError, match=r"layer '1' \(BatchNorm1d\).*flip.privacy.fix_model"):
+        with AutomaticDP(_session(), model, epochs=1):
+            called.append(True)
+    assert not called and DataLoader.__iter__.__name__ == "__iter__"
