@@ -211,3 +211,15 @@ def check_timeout_seconds(name: str, value: Any, *, zero_means_none: bool = Fals
         none = " (0: no timeout)" if zero_means_none else ""
         raise ValueError(f"{name} must be a whole number of seconds >= {minimum}{none}, got {value!r}")
     return int(value)
+
+
+def check_percentile(percentile: Any) -> float:
+    """Return ``percentile`` as float if it is a number in [0, 100], else raise ValueError naming it (the percentile
+    privacy policy's share of the largest updates)."""
+    return check_number("percentile", percentile, 0, 100)
+
+
+def check_gamma(gamma: Any) -> float:
+    """Return ``gamma`` as float if it is a finite number > 0, else raise ValueError naming it (the percentile
+    privacy policy's bound on a shared value)."""
+    return check_positive("gamma", gamma)

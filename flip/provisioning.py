@@ -44,13 +44,12 @@ from nvflare.lighter.constants import CtxKey, PropKey
 from nvflare.lighter.spec import Builder
 from nvflare.lighter.utils import update_storage_locations
 
-from flip.checks import check_bool, check_port
+from flip.checks import check_bool, check_gamma, check_percentile, check_port
 from flip.constants import ComponentId
 from flip.errors import FlipError
 from flip.files import write_private
 from flip.ops import service
 from flip.ops.permissions import PRIVATE_DIR, PRIVATE_FILE, check_private, make_private, private_dir
-from flip.privacy.percentile import check_gamma, check_percentile
 
 ALLOW_PREFIX = "flip."
 PROJECT_FILE = "project.yml"

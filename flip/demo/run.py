@@ -189,9 +189,8 @@ def demo_runs(
     Raises:
         ValueError: naming the first bad argument and what is allowed.
     """
-    from flip.checks import check_positive, check_positive_int
+    from flip.checks import check_gamma, check_percentile, check_positive, check_positive_int
     from flip.jobs import DEFAULT_MODEL_ID, JOBS
-    from flip.privacy.percentile import check_gamma, check_percentile
 
     if job not in DEMO_JOBS:
         raise ValueError(f"job must be one of {list(DEMO_JOBS)}, got {job!r}")

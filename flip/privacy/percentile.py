@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flip.checks import check_number, check_positive
+from flip.checks import check_gamma, check_percentile, check_positive
 from flip.errors import PrivacyError
 
 #: elements per chunk of the streaming passes (1 MiB of float32: the buffers stay in cache)
@@ -65,16 +65,6 @@ class FilterStats:
     @property
     def fraction_clipped(self) -> float:
         return self.clipped / self.total if self.total else 0.0
-
-
-def check_percentile(percentile: Any) -> float:
-    """Return ``percentile`` as float if it is a number in [0, 100], else raise ValueError naming it."""
-    return check_number("percentile", percentile, 0, 100)
-
-
-def check_gamma(gamma: Any) -> float:
-    """Return ``gamma`` as float if it is a finite number > 0, else raise ValueError naming it."""
-    return check_positive("gamma", gamma)
 
 
 def check_num_steps(num_steps: Any) -> float:

@@ -9,12 +9,12 @@ from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-from flip.checks import check_bool
+from flip.checks import check_bool, check_gamma, check_percentile
 from flip.constants import FlipMeta
 from flip.errors import PrivacyError
 from flip.nvflare.result_policy import check_result
 from flip.privacy.entries import merge_in_order, split_integer_entries
-from flip.privacy.percentile import FilterStats, check_gamma, check_percentile, percentile_filter
+from flip.privacy.percentile import FilterStats, percentile_filter
 from flip.run_metrics import PERCENTILE_FILTERS, describe_record
 
 #: kinds the policy applies to: it is defined on model *differences*
