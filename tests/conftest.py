@@ -67,7 +67,7 @@ def weed(tmp_path_factory):
     server.start()
     assert server.alive(), "weed mini exited right after start"
     yield server
-    server.stop()
+    server.stop(graceful=False)  # its data goes with the session's temporary folder: nothing to flush
 
 
 @pytest.fixture

@@ -224,8 +224,18 @@ class WeedS3:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
-    def stop(self, remove_data: bool = True) -> None:
-        """Stop the server; remove its folder if it made it (and ``remove_data``)."""
+    def stop(self, remove_data: bool = True, graceful: bool | None = None) -> None:
+        """Stop the server; remove its folder if it made it (and ``remove_data``).
+
+        Args:
+            remove_data: remove the folder the server made (a folder given to it is always kept).
+            graceful: SIGTERM, then SIGKILL if it has not exited within 10 s; False: SIGKILL at once (a throwaway
+                server: nothing to flush). Default: graceful unless its data is removed.
+        """
+        if graceful is None:
+            graceful = not (self._own_root and remove_data)
+        if not graceful:
+            self.kill()
         if self.process is not None and self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)

@@ -107,3 +107,28 @@ def test_find_pending_looks_in_the_folder_and_below(tmp_path):
     assert find_pending(run) == [run]
     assert find_pending(workspace) == [run]
     assert find_pending(tmp_path / "nothing") == []
+
+
+@pytest.mark.s3
+def test_a_weed_whose_data_is_kept_stops_gracefully_and_one_whose_data_goes_is_killed(tmp_path):
+    """A server on a folder it was given stops with SIGTERM (its data is there after a restart); one on a folder it
+    made is killed at once and its folder removed (nothing to flush: a graceful stop waits up to 10 s for clients'
+    open connections)."""
+    from flip.storage.weed import WeedS3
+
+    kept = WeedS3(bucket="flip-models", root=tmp_path / "kept").start()
+    kept._client().put_object(Bucket="flip-models", Key="model/global_model.pt", Body=b"weights")
+    kept.stop()
+    assert kept.process.returncode != -9  # SIGTERM: weed exits on its own
+    try:
+        kept.restart()  # the same data and ports
+        body = kept._client().get_object(Bucket="flip-models", Key="model/global_model.pt")["Body"].read()
+        assert body == b"weights"
+    finally:
+        kept.stop(graceful=False)
+    assert kept.process.returncode == -9 and (tmp_path / "kept" / "data").is_dir()  # killed; a given folder is kept
+
+    throwaway = WeedS3(bucket=None).start()
+    folder = throwaway.root
+    throwaway.stop()
+    assert throwaway.process.returncode == -9 and not folder.exists()
