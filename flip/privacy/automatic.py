@@ -140,6 +140,7 @@ class AutomaticDP:
         self.records = 0  # the training data's records (the DataLoader that engaged the session)
         self.last_batch: bool | None = None  # True: a private batch was drawn since the last step; False: another
         self._optimizers: dict[int, Any] = {}  # id(user's optimizer) -> its DPOptimizer, this task
+        self._owned: set = set()  # the model's parameters (taken on entering)
         self._thread: int | None = None
 
     def __enter__(self) -> AutomaticDP:
@@ -152,6 +153,7 @@ class AutomaticDP:
                 _install()
             _ACTIVE[thread] = self
         self._thread = thread
+        self._owned = set(self.model.parameters())
         self.model.train()
         return self
 
@@ -196,9 +198,8 @@ class AutomaticDP:
     def before_step(self, optimizer, args, kwargs) -> None:
         if self.explicit:
             return
-        owned = set(self.model.parameters())
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        if not any(p in owned for p in params):
+        if not any(p in self._owned for p in params):
             return  # an optimizer of something else: nothing it moves leaves the site
         closure = args[1] if len(args) > 1 else kwargs.get("closure")  # args[0] is the optimizer
         if closure is not None:
