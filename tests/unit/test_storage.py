@@ -109,6 +109,22 @@ def test_find_pending_looks_in_the_folder_and_below(tmp_path):
     assert find_pending(tmp_path / "nothing") == []
 
 
+def _read_when_served(server, key: str, seconds: float = 30.0) -> bytes:
+    """The object, once the restarted server's volume answers (S3 answers first: InternalError until then)."""
+    import time
+
+    from botocore.exceptions import ClientError
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return server._client().get_object(Bucket="flip-models", Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "InternalError" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 @pytest.mark.s3
 def test_a_weed_whose_data_is_kept_stops_gracefully_and_one_whose_data_goes_is_killed(tmp_path):
     """A server on a folder it was given stops with SIGTERM (its data is there after a restart); one on a folder it
@@ -122,8 +138,7 @@ def test_a_weed_whose_data_is_kept_stops_gracefully_and_one_whose_data_goes_is_k
     assert kept.process.returncode != -9  # SIGTERM: weed exits on its own
     try:
         kept.restart()  # the same data and ports
-        body = kept._client().get_object(Bucket="flip-models", Key="model/global_model.pt")["Body"].read()
-        assert body == b"weights"
+        assert _read_when_served(kept, "model/global_model.pt") == b"weights"
     finally:
         kept.stop(graceful=False)
     assert kept.process.returncode == -9 and (tmp_path / "kept" / "data").is_dir()  # killed; a given folder is kept
