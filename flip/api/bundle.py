@@ -1,5 +1,7 @@
-"""An app bundle from the URLs ``POST /upload_app`` names: only ``s3://<bundle bucket>/<key>`` and ``file://`` under
-the bundle root, within a size and file-count bound, each file placed by a safe relative path.
+"""An app bundle from the URLs ``POST /upload_app`` names: only ``s3://<bundle bucket>/<key>``, ``file://`` under
+the bundle root, and ``https://`` on a listed bundle host (FLIP's hub's pre-signed S3 links: fetched as they are, no
+redirect followed, no credential of ours sent), within a size and file-count bound, each file placed by a safe
+relative path.
 
 FLIP's hub sends one URL per object of the bundle it assembled under ``<bucket>/<model_id>/``: its job template
 (``app/config/*.json``, ``meta.json``), the researcher's files in ``app/custom/`` and evaluation checkpoints in
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -40,6 +42,7 @@ class BundleFile:
     bucket: str | None = None
     key: str | None = None
     path: Path | None = None
+    url: str | None = field(default=None, repr=False)  # an http(s) URL (its query: a signature, never shown)
 
 
 def _allowed(config: ServiceConfig) -> str:
@@ -48,7 +51,12 @@ def _allowed(config: ServiceConfig) -> str:
         kinds.append(f"s3://{config.bundle_bucket}/<key> (FLIP_API_BUNDLE_BUCKET)")
     if config.bundle_root:
         kinds.append(f"file:// under {config.bundle_root} (FLIP_API_BUNDLE_ROOT)")
-    return " or ".join(kinds) if kinds else "none: set FLIP_API_BUNDLE_BUCKET or FLIP_API_BUNDLE_ROOT"
+    if config.bundle_hosts:
+        hosts = ", ".join(sorted(map(str, config.bundle_hosts)))
+        kinds.append(f"https:// on {hosts} (FLIP_API_BUNDLE_HOSTS)")
+    if not kinds:
+        return "none: set FLIP_API_BUNDLE_BUCKET, FLIP_API_BUNDLE_ROOT or FLIP_API_BUNDLE_HOSTS"
+    return " or ".join(kinds)
 
 
 def _refuse(url: str, why: str, config: ServiceConfig) -> ApiError:
@@ -74,6 +82,8 @@ def parse_url(url: object, config: ServiceConfig) -> list[BundleFile]:
     except ValueError:
         raise _refuse(url, "it is not a URL", config) from None
     scheme = parts.scheme.lower()
+    if scheme in ("https", "http"):
+        return [_web_file(url, parts, config)]
     if scheme not in ("s3", "file"):
         where = f" (host {host!r})" if host else ""
         raise _refuse(url, f"scheme {scheme or 'none'!r}{where}", config)
@@ -93,6 +103,30 @@ def parse_url(url: object, config: ServiceConfig) -> list[BundleFile]:
             ) from None
         return [BundleFile(redact_url(url), tuple(key.split("/")), bucket=parts.netloc, key=key)]
     return _local_files(url, parts.netloc, unquote(parts.path), config)
+
+
+def _web_file(url: str, parts, config: ServiceConfig) -> BundleFile:
+    """The file an http(s) URL on a bundle host names (a pre-signed link: its query is kept, never shown)."""
+    try:
+        port = parts.port
+    except ValueError:
+        raise _refuse(url, "its port is not a number", config) from None
+    host = parts.hostname or ""
+    if "@" in parts.netloc:
+        raise _refuse(url, "it carries credentials", config)
+    if parts.fragment or "#" in url:
+        raise _refuse(url, "it carries a fragment", config)
+    if not any(h.allows(parts.scheme.lower(), host, port) for h in config.bundle_hosts):
+        shown = f"{host}:{port}" if port else host
+        raise _refuse(url, f"{parts.scheme.lower()}://{shown} is not a bundle host", config)
+    path = unquote(parts.path).removeprefix("/")
+    try:
+        check_object_key(path)
+    except ValueError:
+        raise _refuse(
+            url, "its path is not a relative path of safe names (letters, digits, '.', '_', '-')", config
+        ) from None
+    return BundleFile(redact_url(url), tuple(path.split("/")), url=url)
 
 
 def _local_files(url: str, netloc: str, path: str, config: ServiceConfig) -> list[BundleFile]:
@@ -190,13 +224,13 @@ def fetch_bundle(files: list[BundleFile], dest: Path, config: ServiceConfig, s3_
     total = 0
     sizes: dict[PurePosixPath, int] = {}
     for f, rel in placed:
+        if f.url is not None:
+            continue  # a link's size is known as it is read, within what the others leave
         size = f.path.stat().st_size if f.path is not None else _s3_size(f, s3.get())
         total += size
         sizes[rel] = size
         if total > config.max_bundle_bytes:
-            raise ApiError(
-                f"the bundle is larger than {config.max_bundle_bytes // (1024 * 1024)} MiB (FLIP_API_MAX_BUNDLE_MB)"
-            )
+            raise _too_large(config)
     for f, rel in placed:
         target = dest.joinpath(*rel.parts)
         try:
@@ -205,6 +239,9 @@ def fetch_bundle(files: list[BundleFile], dest: Path, config: ServiceConfig, s3_
             raise ApiError(f"bundle URL {f.shown}: its path {rel} collides with a file of the bundle") from None
         if target.exists():
             raise ApiError(f"bundle URL {f.shown}: its path {rel} collides with another file of the bundle")
+        if f.url is not None:
+            total += _web_download(f, target, config.max_bundle_bytes - total, config)
+            continue
         if f.path is not None:
             shutil.copyfile(f.path, target)
         else:
@@ -261,6 +298,63 @@ def _s3_download(f: BundleFile, target: Path, client) -> None:
         client.download_file(f.bucket, f.key, str(target))
     except BOTO_ERRORS as exc:
         raise _upstream(s3_error(exc, f"cannot download {f.shown}")) from exc
+
+
+def _too_large(config: ServiceConfig) -> ApiError:
+    return ApiError(
+        f"the bundle is larger than {config.max_bundle_bytes // (1024 * 1024)} MiB (FLIP_API_MAX_BUNDLE_MB)"
+    )
+
+
+class _BundleHostError(ApiError):
+    """A bundle host failed or could not be reached (the caller's URL may be fine: 502)."""
+
+    status = 502
+
+
+def _web_download(f: BundleFile, target: Path, left: int, config: ServiceConfig) -> int:
+    """Fetch a link into ``target`` (at most ``left`` bytes: else the bundle is too large); return its size.
+
+    Raises:
+        ApiError: (400) no such object, the signature refused (expired?), the bundle too large; (502) the host
+            failed, was unreachable, or answered with a redirect (not followed).
+    """
+    from flip.platform.http import Retry, Service, request
+
+    class _Larger(ApiError):
+        def __init__(self, message: str):
+            super().__init__(str(_too_large(config)))
+
+    host = urlsplit(f.url).hostname
+    service = Service(
+        name=f"bundle host {host}",
+        url_var="FLIP_API_BUNDLE_HOSTS",
+        key_var="the link's signature",
+        error=_BundleHostError,
+        key_refused=(),
+    )
+    with open(target, "wb") as sink:
+        reply = request(
+            service,
+            "GET",
+            f.url,
+            timeout=60.0,
+            retry=Retry(attempts=3, deadline=900.0),
+            accept=lambda status, attempt: status in (403, 404),
+            max_bytes=max(left, 1),
+            sink=sink,
+            too_large=_Larger,
+        )
+    if reply.status in (403, 404):
+        target.unlink(missing_ok=True)
+        why = (
+            "no such object" if reply.status == 404 else "the host refused its signature (expired, or not this object)"
+        )
+        raise ApiError(f"bundle URL {f.shown}: {why} (HTTP {reply.status})")
+    size = target.stat().st_size
+    if size > left:
+        raise _too_large(config)
+    return size
 
 
 def _upstream(error: StorageError) -> ApiError:

@@ -36,8 +36,8 @@ class UploadAppRequest(BaseModel):
     bundle_urls: list[str] = Field(
         min_length=1,
         max_length=100_000,
-        description="one URL per file of the app bundle: s3://<bundle bucket>/<key> or "
-        "file://<path under the bundle root> (a folder: all its files)",
+        description="one URL per file of the app bundle: an https:// link on a bundle host (the hub's pre-signed "
+        "S3 URLs), s3://<bundle bucket>/<key> or file://<path under the bundle root> (a folder: all its files)",
     )
     global_rounds: int | None = Field(
         default=None,

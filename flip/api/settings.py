@@ -13,13 +13,14 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from flip.checks import check_bucket_name, check_path_name, check_str
 from flip.errors import SettingsError
-from flip.platform.http import check_header_name, is_loopback
+from flip.platform.http import check_header_name, is_host_name, is_loopback
 
 ENV_PREFIX = "FLIP_API_"
 DEFAULT_KEY_HEADER = "X-Internal-Service-Key"
@@ -57,6 +58,64 @@ def check_trust_sites(value: Any) -> dict[str, str]:
     return mapping
 
 
+@dataclass(frozen=True)
+class BundleHost:
+    """A host whose (pre-signed) URLs may name bundle files: ``https://`` (``http://`` only when the entry says so,
+    or for a loopback host), on ``port`` when given, else on any port of that scheme's default."""
+
+    host: str
+    port: int | None = None
+    http: bool = False
+
+    def allows(self, scheme: str, host: str, port: int | None) -> bool:
+        """True if a URL of ``scheme``, ``host`` and ``port`` (None: the scheme's default) is on this host."""
+        if host.lower() != self.host or scheme not in ("https", "http"):
+            return False
+        if scheme == "http" and not (self.http or is_loopback(host)):
+            return False
+        wanted = self.port or (80 if self.http else 443)
+        return (port or (80 if scheme == "http" else 443)) == wanted
+
+    def __str__(self) -> str:
+        return ("http://" if self.http else "") + self.host + (f":{self.port}" if self.port else "")
+
+
+def check_bundle_hosts(value: Any) -> frozenset[BundleHost]:
+    """The hosts of ``FLIP_API_BUNDLE_HOSTS``: comma-separated ``host``, ``host:port`` or ``http://host[:port]``
+    (plain http for that host: a private network's S3), e.g. ``flip-bundles.s3.eu-west-2.amazonaws.com``.
+
+    Raises:
+        ValueError: an entry that is not a host, a port out of range, a path, credentials or another scheme (named).
+    """
+    if value is None or value == "":
+        return frozenset()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    hosts = set()
+    for item in items:
+        entry = item.strip() if isinstance(item, str) else item
+        if not isinstance(entry, str) or not entry:
+            raise ValueError(f"expected a comma-separated list of hosts, got an entry {item!r}")
+        http = entry.lower().startswith("http://")
+        try:
+            parts = urlsplit(entry if "://" in entry else f"https://{entry}")
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{entry!r} is not host[:port]") from None
+        host = (parts.hostname or "").lower()
+        if (
+            parts.scheme.lower() not in ("https", "http")
+            or "@" in parts.netloc
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or not is_host_name(host)
+            or port == 0
+        ):
+            raise ValueError(f"{entry!r} is not host, host:port or http://host[:port] (no path, user or query)")
+        hosts.add(BundleHost(host, port, http))
+    return frozenset(hosts)
+
+
 class ApiSettings(BaseSettings):
     """The FL API service's settings, from ``FLIP_API_*`` variables (the command's options win).
 
@@ -68,6 +127,8 @@ class ApiSettings(BaseSettings):
         bundle_bucket: the S3 bucket ``s3://`` bundle URLs may name (``FLIP_API_BUNDLE_BUCKET``), read with boto3's
             own chain (``AWS_*``).
         bundle_root: the folder ``file://`` bundle URLs must lie under (``FLIP_API_BUNDLE_ROOT``).
+        bundle_hosts: the hosts whose ``https://`` URLs (FLIP's hub's pre-signed S3 links) may name bundle files
+            (``FLIP_API_BUNDLE_HOSTS``, see :func:`check_bundle_hosts`).
         trust_sites: trust name -> site name (``FLIP_API_TRUST_SITES``, a JSON object); a trust not in it is the
             site of the same name (FLIP's hub sends FL kit slot names, the sites' provisioned names).
         trust_sites_file: the same mapping in a JSON file (``FLIP_API_TRUST_SITES_FILE``); one of the two.
@@ -86,6 +147,7 @@ class ApiSettings(BaseSettings):
     key_file: Path | None = None
     bundle_bucket: str | None = None
     bundle_root: Path | None = None
+    bundle_hosts: Annotated[frozenset[BundleHost], NoDecode] = frozenset()
     trust_sites: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     trust_sites_file: Path | None = None
     username: str | None = None
@@ -102,6 +164,11 @@ class ApiSettings(BaseSettings):
     @classmethod
     def _bucket(cls, value: str | None) -> str | None:
         return None if not value else check_bucket_name(value)
+
+    @field_validator("bundle_hosts", mode="before")
+    @classmethod
+    def _bundle_hosts(cls, value: Any) -> frozenset[BundleHost]:
+        return check_bundle_hosts(value)
 
     @field_validator("trust_sites", mode="before")
     @classmethod
@@ -211,7 +278,7 @@ class ServiceConfig:
     Attributes:
         key: the key every protected route requires (None: no key, loopback only).
         key_header: the header that carries it.
-        bundle_bucket, bundle_root: where bundle URLs may point (None: not that kind).
+        bundle_bucket, bundle_root, bundle_hosts: where bundle URLs may point (None, empty: not that kind).
         trust_sites: trust name -> site name.
         max_bundle_bytes, max_bundle_files: a bundle's bounds.
     """
@@ -220,6 +287,7 @@ class ServiceConfig:
     key_header: str = DEFAULT_KEY_HEADER
     bundle_bucket: str | None = None
     bundle_root: Path | None = None
+    bundle_hosts: frozenset[BundleHost] = frozenset()
     trust_sites: dict[str, str] = field(default_factory=dict)
     max_bundle_bytes: int = 4096 * 1024 * 1024
     max_bundle_files: int = 2000
@@ -260,6 +328,7 @@ def service_config(settings: ApiSettings, host: str, insecure_loopback: bool = F
         key_header=settings.key_header,
         bundle_bucket=settings.bundle_bucket,
         bundle_root=root,
+        bundle_hosts=settings.bundle_hosts,
         trust_sites=read_trust_sites(settings),
         max_bundle_bytes=settings.max_bundle_mb * 1024 * 1024,
         max_bundle_files=settings.max_bundle_files,

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 from flip.errors import FlipError, PlatformError
@@ -64,6 +65,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_host_name(host: str) -> bool:
+    """Return True if ``host`` is a DNS name (at most 253 characters) or an IP address."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_DNS_NAME.fullmatch(host)) and len(host) <= 253
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` fit for a message: anything before an ``@`` and any query or fragment replaced, <= 200 chars."""
     scheme, sep, rest = url.partition("://")
@@ -92,11 +102,8 @@ def check_http_hosts(value: object) -> frozenset[str]:
         host = item.strip().lower() if isinstance(item, str) else item
         if not isinstance(host, str) or not host:
             raise ValueError(f"FLIP_HTTP_HOSTS must be a comma-separated list of host names, got an entry {item!r}")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            if not _DNS_NAME.fullmatch(host) or len(host) > 253:
-                raise ValueError(f"FLIP_HTTP_HOSTS: {host!r} is not a host name or an IP address") from None
+        if not is_host_name(host):
+            raise ValueError(f"FLIP_HTTP_HOSTS: {host!r} is not a host name or an IP address")
         hosts.add(host)
     return frozenset(hosts)
 
@@ -146,11 +153,8 @@ def check_service_url(url: object, what: str = "service URL", http_hosts: frozen
     host = parts.hostname or ""
     if not host:
         raise bad("it names no host")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _DNS_NAME.fullmatch(host) or len(host) > 253:
-            raise bad(f"host {host!r} is not a DNS name or an IP address") from None
+    if not is_host_name(host):
+        raise bad(f"host {host!r} is not a DNS name or an IP address")
     if port == 0:
         raise bad("port 0 is not a port")
     if scheme == "http" and not is_loopback(host) and host.lower() not in http_hosts:
@@ -301,8 +305,9 @@ def _cause(exc: BaseException) -> str:
     return type(reason).__name__ if isinstance(reason, BaseException) else type(exc).__name__
 
 
-def _read_bounded(reply, max_bytes: int) -> bytes | None:
-    """The answer's body, or None if it is (or announces being) larger than ``max_bytes``: nothing more is read."""
+def _read_bounded(reply, max_bytes: int, sink: BinaryIO | None = None) -> bytes | None:
+    """The answer's body (written to ``sink`` instead when given: then b""), or None if it is (or announces being)
+    larger than ``max_bytes``: nothing more is read."""
     announced = reply.headers.get("Content-Length") if reply.headers else None
     if announced is not None and announced.strip().isdigit() and int(announced) > max_bytes:
         return None
@@ -311,10 +316,13 @@ def _read_bounded(reply, max_bytes: int) -> bytes | None:
         chunk = reply.read(min(_READ_CHUNK, max_bytes + 1 - size))
         if not chunk:
             return b"".join(chunks)
-        chunks.append(chunk)
         size += len(chunk)
         if size > max_bytes:
             return None
+        if sink is not None:
+            sink.write(chunk)
+        else:
+            chunks.append(chunk)
 
 
 def request(
@@ -328,6 +336,8 @@ def request(
     retry: Retry = Retry(),
     accept: Accept | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    sink: BinaryIO | None = None,
+    too_large: type[FlipError] | None = None,
 ) -> Reply:
     """Send one HTTP request by the rules of this module and return the successful answer.
 
@@ -347,6 +357,9 @@ def request(
             "already in that state" on a retry of a request whose first attempt may have been recorded.
         max_bytes: the largest answer body read (>= 1); a larger one is refused, not retried (it would be as
             large again). Default DEFAULT_MAX_BYTES (16 MiB).
+        sink: a binary file the successful answer's body is written to (emptied before each attempt), instead of
+            ``Reply.body`` (then b""): a download that need not fit in memory.
+        too_large: the error type raised for an answer over ``max_bytes``. Default ``service.error``.
 
     Raises:
         FlipError: of type ``service.error``, with a short cause: a redirect (naming the Location's host), a
@@ -364,11 +377,14 @@ def request(
             attempt, out_of_time = attempt - 1, True
             break
         req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+        if sink is not None:
+            sink.seek(0)
+            sink.truncate()
         try:
             with _OPENER.open(req, timeout=min(timeout, left)) as reply:
-                payload = _read_bounded(reply, max_bytes)
+                payload = _read_bounded(reply, max_bytes, sink)
                 if payload is None:
-                    raise error(
+                    raise (too_large or error)(
                         f"{name} answered {where} with more than {max_bytes} bytes: refused unread (the "
                         f"bound is {max_bytes} bytes)"
                     )

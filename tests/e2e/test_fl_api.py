@@ -223,10 +223,9 @@ class Network:
 
     def start_api(self) -> Api:
         env = {
-            **self.env,
-            **{k: v for k, v in self.weed.env.items() if k.startswith("AWS_")},
+            **{k: v for k, v in self.env.items() if not k.startswith("AWS_")},  # the hub's links need no credential
             "FLIP_API_KEY_FILE": str(self.key_file),
-            "FLIP_API_BUNDLE_BUCKET": BUNDLE_BUCKET,
+            "FLIP_API_BUNDLE_HOSTS": f"127.0.0.1:{self.weed.s3_port}",  # the hub's S3 (https:// in production)
             "FLIP_API_BUNDLE_ROOT": str(self.bundles),
             "FLIP_API_TRUST_SITES": json.dumps(TRUSTS),
             "FLIP_API_CONNECT_TIMEOUT": "120",
@@ -328,7 +327,10 @@ def network(tmp_path_factory, weed):
 
 def _hub_bundle(weed, model_id: str, app: Path) -> list[str]:
     """The bundle as FLIP's hub assembles it under <bucket>/<model_id>/ (its job template's files, the researcher's
-    files in app/custom/), as s3:// URLs of the bundle bucket."""
+    files in app/custom/) and sends it: one pre-signed GET link (SigV4) per object."""
+    import boto3
+    from botocore.config import Config
+
     client = weed._client()
     try:
         client.create_bucket(Bucket=BUNDLE_BUCKET)
@@ -340,7 +342,18 @@ def _hub_bundle(weed, model_id: str, app: Path) -> list[str]:
     objects[f"{model_id}/meta.json"] = json.dumps({"name": model_id, "deploy_map": {"app": ["@ALL"]}}).encode()
     for key, body in objects.items():
         client.put_object(Bucket=BUNDLE_BUCKET, Key=key, Body=body)
-    return [f"s3://{BUNDLE_BUCKET}/{key}" for key in objects]
+    signer = boto3.client(
+        "s3",
+        endpoint_url=weed.endpoint,
+        aws_access_key_id=weed.access_key,
+        aws_secret_access_key=weed.secret_key,
+        region_name="us-east-1",
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    return [
+        signer.generate_presigned_url("get_object", Params={"Bucket": BUNDLE_BUCKET, "Key": key}, ExpiresIn=3600)
+        for key in objects
+    ]
 
 
 def _app(folder: Path, **config) -> Path:

@@ -48,15 +48,15 @@ def _upload(served, *urls: str, model_id: str = MODEL):
 
 
 @pytest.mark.http
-def test_a_presigned_https_url_is_refused_naming_scheme_and_host_never_its_query(service):
+def test_a_presigned_https_url_of_an_unlisted_host_is_refused_naming_it_never_its_query(service):
     """FLIP's hub sends pre-signed https URLs; FLIP's FL API fetches any URL (and writes an error body as a file).
-    Ours takes s3:// of its bucket or file:// under its root only, and never echoes the signature."""
+    Ours fetches links only from the hosts it lists (none here), and never echoes the signature."""
     served, root, _ = service
     status, reply = _upload(served, f"https://bucket.s3.amazonaws.com/{MODEL}/app/custom/trainer.py?{SIGNATURE}")
     assert status == 400
     assert reply["detail"] == (
         f"bundle URL https://bucket.s3.amazonaws.com/{MODEL}/app/custom/trainer.py?... is not "
-        f"allowed: scheme 'https' (host 'bucket.s3.amazonaws.com'); allowed: "
+        f"allowed: https://bucket.s3.amazonaws.com is not a bundle host; allowed: "
         f"s3://flip-bundles/<key> (FLIP_API_BUNDLE_BUCKET) or file:// under {root.resolve()} "
         "(FLIP_API_BUNDLE_ROOT)"
     )
@@ -70,6 +70,33 @@ def test_a_presigned_https_url_is_refused_naming_scheme_and_host_never_its_query
     ):
         status, reply = _upload(served, url)
         assert status == 400 and "is not allowed" in reply["detail"], url
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        ("https://169.254.169.254/latest/meta-data/iam", "https://169.254.169.254 is not a bundle host"),
+        ("https://flip-bundles.s3.example.org.evil.org/m/t.py", "flip-bundles.s3.example.org.evil.org is not a"),
+        ("https://flip-bundles.s3.example.org@evil.org/m/t.py", "it carries credentials"),
+        ("https://user:pw@flip-bundles.s3.example.org/m/t.py", "it carries credentials"),
+        ("https://flip-bundles.s3.example.org:8443/m/t.py", "https://flip-bundles.s3.example.org:8443 is not a bundle"),
+        ("http://flip-bundles.s3.example.org/m/t.py", "http://flip-bundles.s3.example.org is not a bundle host"),
+        ("https://flip-bundles.s3.example.org/m/../../etc/passwd", "its path is not a relative path of safe names"),
+        ("https://flip-bundles.s3.example.org/m/%2e%2e/x", "its path is not a relative path of safe names"),
+        (f"https://flip-bundles.s3.example.org/m/t.py?{SIGNATURE}#frag", "it carries a fragment"),
+        ("https://flip-bundles.s3.example.org:99999/m/t.py", "its port is not a number"),
+    ],
+)
+def test_a_link_elsewhere_than_the_listed_bundle_host_is_refused_before_it_is_fetched(url, why):
+    """With the hub's S3 host listed, a link is fetched from that host (scheme, port) only: the instance metadata
+    address, a look-alike host, credentials hiding another host, another port or plain http are refused unread."""
+    from flip.api.settings import BundleHost
+
+    config = ServiceConfig(key=KEY, bundle_hosts=frozenset({BundleHost("flip-bundles.s3.example.org")}))
+    with pytest.raises(ApiError, match="is not allowed") as caught:
+        check_urls([url], config)
+    assert why in str(caught.value) and "Signature" not in str(caught.value) and "pw" not in str(caught.value)
 
 
 @pytest.mark.http

@@ -263,6 +263,154 @@ def test_a_hub_bundle_in_s3_gives_its_app_custom_folder_and_checkpoints(tmp_path
     assert caught.value.status == 400
 
 
+def _presigned_bundle(weed, bucket: str, objects: dict[str, bytes]) -> list[str]:
+    """The bundle as FLIP's hub sends it: one pre-signed GET link (SigV4) per object."""
+    client = weed._client()
+    client.create_bucket(Bucket=bucket)
+    for key, body in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    return [_presign(weed, bucket, key) for key in objects]
+
+
+def _presign(weed, bucket: str, key: str) -> str:
+    import boto3
+    from botocore.config import Config
+
+    signer = boto3.client(
+        "s3",
+        endpoint_url=weed.endpoint,
+        aws_access_key_id=weed.access_key,
+        aws_secret_access_key=weed.secret_key,
+        region_name="us-east-1",
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    return signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=600)
+
+
+@pytest.mark.s3
+def test_the_hubs_presigned_links_are_fetched_from_a_listed_host_without_credentials(tmp_path, weed):
+    """FLIP's hub sends pre-signed https links: fetched as they are from a host of FLIP_API_BUNDLE_HOSTS (the S3
+    server's own signature authorises the read: no credential of the service is sent or needed)."""
+    from flip.api.settings import BundleHost
+
+    objects = {
+        "m2/app/custom/trainer.py": b"T",
+        "m2/app/custom/config.json": b"{}",
+        "m2/meta.json": b"{}",
+        "m2/server_checkpoints/model.pt": b"W" * 3000,
+    }
+    links = _presigned_bundle(weed, "flip-bundles-links", objects)
+    assert all("X-Amz-Signature=" in link for link in links)
+    config = ServiceConfig(key=KEY, bundle_hosts=frozenset({BundleHost("127.0.0.1", weed.s3_port)}))
+    dest = tmp_path / "bundle"
+    dest.mkdir()
+    no_credentials = {k: None for k in os.environ if k.startswith("AWS_")}
+    with environ(**no_credentials):
+        app = fetch_bundle(check_urls(links, config), dest, config)
+    assert app == dest / "app" / "custom"
+    assert {p.name: p.read_bytes() for p in app.iterdir()} == {
+        "trainer.py": b"T",
+        "config.json": b"{}",
+        "model.pt": b"W" * 3000,
+    }
+
+    def refused(urls, match, status=400, **bounds):
+        bounded = ServiceConfig(key=KEY, bundle_hosts=config.bundle_hosts, **bounds)
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        with pytest.raises(ApiError, match=match) as caught:
+            fetch_bundle(check_urls(urls, bounded), out, bounded)
+        assert (
+            caught.value.status == status
+            and "Amz" not in str(caught.value)
+            and weed.access_key not in str(caught.value)
+        )
+
+    signature = links[0].split("X-Amz-Signature=")[1][:64]
+    tampered = links[0].replace(signature, "0" * len(signature))
+    refused([tampered], r"trainer.py\?\.\.\.: the host refused its signature .* \(HTTP 403\)")
+    absent = _presign(weed, "flip-bundles-links", "m2/no.py")
+    refused([absent], r"m2/no.py\?\.\.\.: no such object \(HTTP 404\)")
+    refused(links, "the bundle is larger than 0 MiB", max_bundle_bytes=2048)  # the checkpoint is 3000 bytes
+    with pytest.raises(ApiError, match=r"http://127.0.0.1:\d+ is not a bundle host; allowed: https:// on example.org"):
+        check_urls(links[:1], ServiceConfig(key=KEY, bundle_hosts=frozenset({BundleHost("example.org")})))
+    with pytest.raises(ApiError, match="it carries credentials"):
+        check_urls([links[0].replace("http://", "http://user:pw@")], config)
+
+
+@pytest.mark.unit
+def test_a_bundle_host_that_redirects_is_not_followed(tmp_path):
+    """A 3xx from a bundle host is a 502 naming where it pointed; the link is never sent on."""
+    import http.server
+    import threading
+
+    from flip.api.settings import BundleHost
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        seen: list = []
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            Redirect.seen.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", "http://elsewhere.example/steal")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        config = ServiceConfig(key=KEY, bundle_hosts=frozenset({BundleHost("127.0.0.1", port)}))
+        dest = tmp_path / "out"
+        dest.mkdir()
+        url = f"http://127.0.0.1:{port}/b/m/app/custom/trainer.py?X-Amz-Signature=abc"
+        with pytest.raises(ApiError, match=r"redirect \(HTTP 302\) to 'elsewhere.example'") as caught:
+            fetch_bundle(check_urls([url], config), dest, config)
+        assert caught.value.status == 502 and len(Redirect.seen) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "value, hosts",
+    [
+        ("s3.eu-west-2.amazonaws.com", {("s3.eu-west-2.amazonaws.com", None, False)}),
+        ("a.example.org:8443, http://minio:9000", {("a.example.org", 8443, False), ("minio", 9000, True)}),
+        ("", set()),
+    ],
+)
+def test_bundle_hosts_are_read_from_the_setting(value, hosts):
+    with environ(FLIP_API_BUNDLE_HOSTS=value):
+        read = load_api_settings().bundle_hosts
+    assert {(h.host, h.port, h.http) for h in read} == hosts
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "value", ["ftp://x", "https://a.org/path", "user@a.org", "a.org:0", "a b", "https://a.org?x=1"]
+)
+def test_a_bad_bundle_host_is_refused_naming_it(value):
+    with environ(FLIP_API_BUNDLE_HOSTS=value), pytest.raises(SettingsError, match="FLIP_API_BUNDLE_HOSTS") as caught:
+        load_api_settings()
+    assert "host" in str(caught.value)
+
+
+@pytest.mark.unit
+def test_plain_http_only_where_the_entry_or_loopback_allows_it():
+    from flip.api.settings import BundleHost
+
+    aws, minio = BundleHost("s3.example.org"), BundleHost("minio", 9000, http=True)
+    assert aws.allows("https", "S3.example.org", None) and aws.allows("https", "s3.example.org", 443)
+    assert not aws.allows("http", "s3.example.org", None) and not aws.allows("https", "s3.example.org", 8443)
+    assert minio.allows("http", "minio", 9000) and not minio.allows("http", "minio", 80)
+    assert BundleHost("127.0.0.1", 8333).allows("http", "127.0.0.1", 8333)
+    assert not aws.allows("https", "evil.org", None)
+
+
 class _Session:
     """A stand-in for NVFlare's admin Session (not flip's code): counts calls, fails as told."""
 
