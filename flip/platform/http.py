@@ -5,8 +5,8 @@
   ``user:password@``, no query or fragment, no whitespace or control character, and names a host.
 - :func:`check_header_name`: a key's header name is an HTTP token (no space, colon or newline).
 - :func:`request`: never follows a redirect (a 3xx is a failure naming the Location's host, never re-sent);
-  retries timeouts, connection errors, dropped connections and 5xx with capped exponential backoff inside a total
-  deadline; never retries 401/403 or another 4xx; ``accept`` says which other answers mean success; an answer
+  retries timeouts, connection errors, dropped connections (an answer cut short of its Content-Length too: http.client
+  does not say so) and 5xx with capped exponential backoff inside a total deadline; never retries 401/403 or another 4xx; ``accept`` says which other answers mean success; an answer
   larger than ``max_bytes`` is refused without being read further.
 - :func:`check_timeout`, :func:`check_attempts` and :class:`Retry` bound the knobs.
 
@@ -307,14 +307,23 @@ def _cause(exc: BaseException) -> str:
 
 def _read_bounded(reply, max_bytes: int, sink: BinaryIO | None = None) -> bytes | None:
     """The answer's body (written to ``sink`` instead when given: then b""), or None if it is (or announces being)
-    larger than ``max_bytes``: nothing more is read."""
+    larger than ``max_bytes``: nothing more is read.
+
+    Raises:
+        http.client.IncompleteRead: the connection ended before the announced Content-Length (http.client's
+            ``read(n)`` returns what came without saying so): a transient failure, retried by :func:`request`.
+    """
     announced = reply.headers.get("Content-Length") if reply.headers else None
-    if announced is not None and announced.strip().isdigit() and int(announced) > max_bytes:
+    length = int(announced) if announced is not None and announced.strip().isdigit() else None
+    if length is not None and length > max_bytes:
         return None
     chunks, size = [], 0
     while True:
         chunk = reply.read(min(_READ_CHUNK, max_bytes + 1 - size))
         if not chunk:
+            bodiless = getattr(reply, "_method", None) == "HEAD" or getattr(reply, "status", None) in (204, 304)
+            if length is not None and size < length and not bodiless:
+                raise http.client.IncompleteRead(b"", length - size)
             return b"".join(chunks)
         size += len(chunk)
         if size > max_bytes:

@@ -375,6 +375,46 @@ def test_a_bundle_host_that_redirects_is_not_followed(tmp_path):
 
 
 @pytest.mark.unit
+def test_a_link_cut_off_mid_file_is_fetched_again_from_the_start(tmp_path):
+    """The download streams to disk; a connection dropped mid-file is retried and the file holds the whole answer
+    once, not the cut-off part followed by it."""
+    import http.server
+    import threading
+
+    from flip.api.settings import BundleHost
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        calls = 0
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            Flaky.calls += 1
+            body = b"0123456789" * 1000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:4000] if Flaky.calls == 1 else body)  # the first answer is cut off
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        config = ServiceConfig(key=KEY, bundle_hosts=frozenset({BundleHost("127.0.0.1", port)}))
+        dest = tmp_path / "out"
+        dest.mkdir()
+        url = f"http://127.0.0.1:{port}/b/m/model.pt?X-Amz-Signature=abc"
+        fetch_bundle(check_urls([url], config), dest, config)
+        assert Flaky.calls == 2 and (dest / "model.pt").read_bytes() == b"0123456789" * 1000
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "value, hosts",
     [
