@@ -133,6 +133,16 @@ class ApiError(FlipError):
             self.status = status
 
 
+class BundleHostError(ApiError):
+    """A bundle host (the hub's S3, through a pre-signed link) failed, could not be reached or redirected: 502."""
+
+    status = 502
+
+
+class BundleTooLarge(ApiError):
+    """A bundle link's answer is larger than what the bundle's bound leaves."""
+
+
 class FlareError(ApiError):
     """The FL server, through NVFlare's FLARE API, failed or could not be reached (HTTP 502 with the short cause)."""
 

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from flip.api.settings import ServiceConfig
 from flip.checks import check_object_key
-from flip.errors import ApiError, StorageError
+from flip.errors import ApiError, BundleHostError, BundleTooLarge, StorageError
 from flip.platform.http import redact_url
 
 #: the longest URL accepted (characters)
@@ -306,12 +306,6 @@ def _too_large(config: ServiceConfig) -> ApiError:
     )
 
 
-class _BundleHostError(ApiError):
-    """A bundle host failed or could not be reached (the caller's URL may be fine: 502)."""
-
-    status = 502
-
-
 def _web_download(f: BundleFile, target: Path, left: int, config: ServiceConfig) -> int:
     """Fetch a link into ``target`` (at most ``left`` bytes: else the bundle is too large); return its size.
 
@@ -321,30 +315,29 @@ def _web_download(f: BundleFile, target: Path, left: int, config: ServiceConfig)
     """
     from flip.platform.http import Retry, Service, request
 
-    class _Larger(ApiError):
-        def __init__(self, message: str):
-            super().__init__(str(_too_large(config)))
-
     host = urlsplit(f.url).hostname
     service = Service(
         name=f"bundle host {host}",
         url_var="FLIP_API_BUNDLE_HOSTS",
         key_var="the link's signature",
-        error=_BundleHostError,
+        error=BundleHostError,
         key_refused=(),
     )
     with open(target, "wb") as sink:
-        reply = request(
-            service,
-            "GET",
-            f.url,
-            timeout=60.0,
-            retry=Retry(attempts=3, deadline=900.0),
-            accept=lambda status, attempt: status in (403, 404),
-            max_bytes=max(left, 1),
-            sink=sink,
-            too_large=_Larger,
-        )
+        try:
+            reply = request(
+                service,
+                "GET",
+                f.url,
+                timeout=60.0,
+                retry=Retry(attempts=3, deadline=900.0),
+                accept=lambda status, attempt: status in (403, 404),
+                max_bytes=max(left, 1),
+                sink=sink,
+                too_large=BundleTooLarge,
+            )
+        except BundleTooLarge:
+            raise _too_large(config) from None
     if reply.status in (403, 404):
         target.unlink(missing_ok=True)
         why = (
