@@ -112,6 +112,8 @@ def _web_file(url: str, parts, config: ServiceConfig) -> BundleFile:
     except ValueError:
         raise _refuse(url, "its port is not a number", config) from None
     host = parts.hostname or ""
+    if not url.isascii():
+        raise _refuse(url, "it holds a non-ASCII character (a link is percent-encoded)", config)
     if "@" in parts.netloc:
         raise _refuse(url, "it carries credentials", config)
     if parts.fragment or "#" in url:

@@ -73,8 +73,8 @@ class BundleHost:
             return False
         if scheme == "http" and not (self.http or is_loopback(host)):
             return False
-        wanted = self.port or (80 if self.http else 443)
-        return (port or (80 if scheme == "http" else 443)) == wanted
+        default = 80 if scheme == "http" else 443
+        return (port or default) == (self.port or default)
 
     def __str__(self) -> str:
         return ("http://" if self.http else "") + self.host + (f":{self.port}" if self.port else "")

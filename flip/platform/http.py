@@ -43,6 +43,8 @@ MAX_DEADLINE = 3600.0
 #: the largest answer read by default, in bytes (a service's client may set its own bound)
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 _READ_CHUNK = 1024 * 1024
+#: the largest body read of an answer ``accept`` takes as a success despite its error status
+_ERROR_BODY_MAX = 1024 * 1024
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
@@ -314,7 +316,8 @@ def _read_bounded(reply, max_bytes: int, sink: BinaryIO | None = None) -> bytes 
             ``read(n)`` returns what came without saying so): a transient failure, retried by :func:`request`.
     """
     announced = reply.headers.get("Content-Length") if reply.headers else None
-    length = int(announced) if announced is not None and announced.strip().isdigit() else None
+    announced = announced.strip() if announced is not None else ""
+    length = int(announced) if announced.isascii() and announced.isdigit() else None
     if length is not None and length > max_bytes:
         return None
     chunks, size = [], 0
@@ -322,7 +325,8 @@ def _read_bounded(reply, max_bytes: int, sink: BinaryIO | None = None) -> bytes 
         chunk = reply.read(min(_READ_CHUNK, max_bytes + 1 - size))
         if not chunk:
             bodiless = getattr(reply, "_method", None) == "HEAD" or getattr(reply, "status", None) in (204, 304)
-            if length is not None and size < length and not bodiless:
+            chunked = getattr(reply, "chunked", False)  # http.client ignores Content-Length then
+            if length is not None and size < length and not bodiless and not chunked:
                 raise http.client.IncompleteRead(b"", length - size)
             return b"".join(chunks)
         size += len(chunk)
@@ -409,7 +413,7 @@ def request(
                 ) from exc
             if accept is not None and accept(code, attempt):
                 try:
-                    payload = _read_bounded(exc, max_bytes) or b""
+                    payload = _read_bounded(exc, min(max_bytes, _ERROR_BODY_MAX)) or b""
                 except (OSError, http.client.HTTPException):
                     payload = b""
                 exc.close()

@@ -11,8 +11,11 @@ While :class:`AutomaticDP` is active (one training task, in the thread that runs
 - the first ``optimizer.step()`` over the model's parameters wraps that optimizer in Opacus's ``DPOptimizer``: before
   each step the gradient becomes the clipped, noised sum of the batch's per-record gradients, counted by the job's
   accountant (a step beyond the planned ones is not taken), and the user's optimizer moves the weights with it;
-- a step must follow a batch drawn that way: a step after a batch from elsewhere (or none) raises
-  :class:`~flip.errors.PrivacyError` before the weights move.
+- a step must follow a batch drawn that way, and its per-record gradients must be of that batch's records: a step
+  after a batch from elsewhere (or none), or computed on other data, raises :class:`~flip.errors.PrivacyError` before
+  the weights move;
+- the model's weights move by those steps only: weights changed otherwise (another model trained and loaded back,
+  a hand-written update, training in another thread) are refused at the next step and when ``train`` returns.
 
 DataLoaders iterated with the model in eval mode (the trainer's own validation) are left as they are. A trainer that
 calls ``ctx.make_private`` itself is left to it. What the automatic mode cannot see (a loss computed on data that did
@@ -40,7 +43,8 @@ EPOCH_KEYS = ("LOCAL_ROUNDS",)
 
 _LOCK = threading.Lock()
 _ACTIVE: dict[int, AutomaticDP] = {}  # thread id -> the session active in it
-_INSTALLED: dict[str, Any] = {}  # what was replaced while any session is active
+_INSTALLED: dict[str, Any] = {}  # the hooks installed while any session is active
+_ORIGINAL_ITER = DataLoader.__iter__  # torch's own, put back when the last session ends
 
 
 def epochs_per_round(config: dict, stage: str | None = None, trainer: Any = None) -> tuple[int, str]:
@@ -70,7 +74,7 @@ def _positive(value: Any, where: str) -> int:
 def _dispatch_iter(loader: DataLoader):
     session = _ACTIVE.get(threading.get_ident())
     if session is None:
-        return _INSTALLED["iter"](loader)
+        return _ORIGINAL_ITER(loader)
     return session.iterate(loader)
 
 
@@ -90,16 +94,27 @@ def _install() -> None:
     """Route DataLoader iteration and optimizer steps through the active sessions (first session only)."""
     from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-    _INSTALLED["iter"] = DataLoader.__iter__
     DataLoader.__iter__ = _dispatch_iter
     _INSTALLED["pre"] = register_optimizer_step_pre_hook(_dispatch_pre_step)
     _INSTALLED["post"] = register_optimizer_step_post_hook(_dispatch_post_step)
 
 
 def _uninstall() -> None:
-    DataLoader.__iter__ = _INSTALLED.pop("iter")
+    DataLoader.__iter__ = _ORIGINAL_ITER
     _INSTALLED.pop("pre").remove()
     _INSTALLED.pop("post").remove()
+
+
+def _batch_size(batch: Any) -> int | None:
+    """The records in a batch: the first dimension of its first tensor (None: no tensor in it)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else None
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for item in items:
+        size = _batch_size(item)
+        if size is not None:
+            return size
+    return None
 
 
 class _Batches:
@@ -114,6 +129,7 @@ class _Batches:
     def __next__(self):
         batch = next(self.inner)
         self.session.last_batch = self.private
+        self.session.last_batch_size = _batch_size(batch)
         return batch
 
     def __len__(self) -> int:
@@ -139,6 +155,8 @@ class AutomaticDP:
         self.engaged = False
         self.records = 0  # the training data's records (the DataLoader that engaged the session)
         self.last_batch: bool | None = None  # True: a private batch was drawn since the last step; False: another
+        self.last_batch_size: int | None = None
+        self._weights: list[torch.Tensor] = []  # the parameters as the last DP step (or the runner) left them
         self._optimizers: dict[int, Any] = {}  # id(user's optimizer) -> its DPOptimizer, this task
         self._owned: set = set()  # the model's parameters (taken on entering)
         self._thread: int | None = None
@@ -154,10 +172,11 @@ class AutomaticDP:
             _ACTIVE[thread] = self
         self._thread = thread
         self._owned = set(self.model.parameters())
+        self._keep_weights()
         self.model.train()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         with _LOCK:
             _ACTIVE.pop(self._thread, None)
             if not _ACTIVE:
@@ -165,17 +184,37 @@ class AutomaticDP:
         for private in self._optimizers.values():
             self._drop_samples(private)
         self._optimizers.clear()
+        if exc_type is None and not self.explicit:
+            self._check_weights("after the trainer returned")
+        self._weights = []
+
+    # -- the weights move by DP steps only -------------------------------------------------------------------
+    def _keep_weights(self) -> None:
+        self._weights = [p.detach().clone() for p in self.model.parameters()]
+
+    def _check_weights(self, when: str) -> None:
+        """Refuse weights that changed other than by a DP-SGD step (a copy trained and loaded back, a hand-written
+        update, training in another thread)."""
+        with torch.no_grad():
+            moved = any(not torch.equal(p, kept) for p, kept in zip(self.model.parameters(), self._weights))
+        if moved:
+            raise PrivacyError(
+                f"the model's weights changed other than by a DP-SGD step ({when}): under the site's record-level DP "
+                "policy the model given to train() moves only by optimizer.step() on batches of its training "
+                "DataLoader (not by load_state_dict of another model, a hand-written update or another thread)"
+            )
 
     @property
     def explicit(self) -> bool:
-        """The trainer called make_private itself this round: Opacus's objects do everything, nothing to add."""
-        return self.session.private_calls > 0 and not self.engaged
+        """The trainer called make_private itself this round (before any step, it may take over from the runner):
+        Opacus's objects do everything, nothing to add."""
+        return self.session.private_calls > 0 and not self.session.automatic
 
     # -- the data --------------------------------------------------------------------------------------------
     def iterate(self, loader: DataLoader):
         from opacus.data_loader import DPDataLoader
 
-        original = _INSTALLED["iter"]
+        original = _ORIGINAL_ITER
         if isinstance(loader, DPDataLoader) or self.explicit or not self.model.training:
             return original(loader)
         if not self.engaged:
@@ -200,7 +239,7 @@ class AutomaticDP:
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if not any(p in self._owned for p in params):
-            return  # an optimizer of something else: nothing it moves leaves the site
+            return  # an optimizer of something else (the model moved by it is caught by the weights check)
         closure = args[1] if len(args) > 1 else kwargs.get("closure")  # args[0] is the optimizer
         if closure is not None:
             raise PrivacyError(
@@ -213,12 +252,19 @@ class AutomaticDP:
                 "DataLoader iterated with the model in training mode (the runner draws its batches for DP-SGD); "
                 "this step followed no such batch"
             )
+        self._check_weights("before this step")
         if self.last_batch is False:
             raise PrivacyError(
                 "this optimizer step followed a batch of a DataLoader that is not the training data (not "
                 f"{self.session.batches_per_epoch} batches per epoch): DP-SGD steps on the training data only"
             )
-        self.last_batch = None
+        expected, self.last_batch, self.last_batch_size = self.last_batch_size, None, None
+        samples = [p.grad_sample for p in params if getattr(p, "grad_sample", None) is not None]
+        if expected is not None and any((s[-1] if isinstance(s, list) else s).shape[0] != expected for s in samples):
+            raise PrivacyError(
+                f"this optimizer step's gradients are not of the {expected} records of the batch drawn before it: "
+                "under the site's record-level DP policy every step trains on the batch the runner drew"
+            )
         private = self._optimizers.get(id(optimizer))
         if private is None:
             private = self.session.private_optimizer(optimizer, self.model, self.records)
@@ -231,6 +277,7 @@ class AutomaticDP:
         private = self._optimizers.get(id(optimizer))
         if private is not None:
             self._drop_samples(private)
+            self._keep_weights()
 
     @staticmethod
     def _drop_samples(private) -> None:

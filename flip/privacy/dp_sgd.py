@@ -285,13 +285,18 @@ class DPSession:
             DPModelError: the model has a layer DP-SGD cannot train (named, with the fix).
             PrivacyError: the data loader is not a DataLoader with batches, or its batches per epoch differ from
                 the first round's (the noise was calibrated for them), or the ε cannot be reached, or the runner
-                already made this round's training private (:mod:`flip.privacy.automatic`).
+                already taken a private step this round (:mod:`flip.privacy.automatic`).
         """
         if self.automatic:
-            raise PrivacyError(
-                "make_private was called after this round's training DataLoader was iterated: the runner had "
-                "already made the training private; call make_private before iterating, or not at all"
-            )
+            if self.round_steps or self.round_skipped:
+                raise PrivacyError(
+                    "make_private was called after this round's first training step: the runner had already made "
+                    "the training private; call make_private before training, or not at all"
+                )
+            for hooks in self._hooks:  # the runner engaged on an early look at the loader: the trainer takes over
+                hooks.cleanup()
+            self._hooks.clear()
+            self.automatic, self.private_calls = False, 0
         check_model(model)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise PrivacyError(f"make_private needs a torch.optim.Optimizer, got a {type(optimizer).__name__}")

@@ -86,6 +86,7 @@ def test_a_presigned_https_url_of_an_unlisted_host_is_refused_naming_it_never_it
         ("https://flip-bundles.s3.example.org/m/%2e%2e/x", "its path is not a relative path of safe names"),
         (f"https://flip-bundles.s3.example.org/m/t.py?{SIGNATURE}#frag", "it carries a fragment"),
         ("https://flip-bundles.s3.example.org:99999/m/t.py", "its port is not a number"),
+        ("https://flip-bundles.s3.example.org/m/t.py?X-Amz-Signature=\u00e9", "it holds a non-ASCII character"),
     ],
 )
 def test_a_link_elsewhere_than_the_listed_bundle_host_is_refused_before_it_is_fetched(url, why):

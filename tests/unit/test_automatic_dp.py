@@ -294,3 +294,61 @@ def test_a_model_dp_sgd_cannot_train_is_refused_before_the_trainer_runs():
         with AutomaticDP(_session(), model, epochs=1):
             called.append(True)
     assert not called and DataLoader.__iter__.__name__ == "__iter__"
+
+
+@pytest.mark.parametrize("how", ["trained_copy_loaded_back", "hand_written_update"])
+def test_weights_moved_other_than_by_a_dp_step_are_refused(how):
+    """A trainer that moves the model without an intercepted step (a copy trained without DP and loaded back, a
+    hand-written update) is refused when train() returns: nothing it trained can be released."""
+    session = _session()
+    session.begin_round()
+    model = _model()
+    with pytest.raises(PrivacyError, match="weights changed other than by a DP-SGD step"):
+        with AutomaticDP(session, model, epochs=1):
+            next(iter(DataLoader(_data(), batch_size=BATCH)))  # the runner engaged
+            if how == "trained_copy_loaded_back":
+                twin = _model()  # a net of its own, trained without DP
+                for x, y in [_data().tensors]:
+                    torch.nn.functional.cross_entropy(twin(x), y).backward()
+                with torch.no_grad():
+                    for p in twin.parameters():
+                        p -= 0.5 * p.grad
+                model.load_state_dict(twin.state_dict())
+            else:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.add_(0.01)
+    session.end_round()
+    assert session.steps == 0
+
+
+def test_a_step_computed_on_other_data_than_the_drawn_batch_is_refused():
+    """A loss on every record after drawing one sampled batch would be accounted at the sampling rate: refused."""
+    session = _session()
+    session.begin_round()
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    x, y = _data().tensors
+    with AutomaticDP(session, model, epochs=1):
+        batch = next(iter(DataLoader(_data(), batch_size=BATCH)))
+        assert len(batch[0]) != len(y)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        with pytest.raises(PrivacyError, match=r"gradients are not of the \d+ records of the batch"):
+            optimizer.step()
+    session.end_round()
+    assert session.steps == 0
+
+
+def test_a_trainer_that_looks_at_its_loader_first_may_still_call_make_private():
+    session = _session()
+    session.begin_round()
+    model = _model()
+    with AutomaticDP(session, model, epochs=1):
+        loader = DataLoader(_data(), batch_size=BATCH)
+        next(iter(loader))  # a look at one batch (the runner engages on it)
+        model, optimizer, loader = session.make_private(model, torch.optim.SGD(model.parameters(), lr=0.3), loader)
+        for x, y in loader:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    assert session.end_round().steps == RECORDS // BATCH and session.private_calls == 1

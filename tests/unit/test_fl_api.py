@@ -448,6 +448,9 @@ def test_plain_http_only_where_the_entry_or_loopback_allows_it():
     assert not aws.allows("http", "s3.example.org", None) and not aws.allows("https", "s3.example.org", 8443)
     assert minio.allows("http", "minio", 9000) and not minio.allows("http", "minio", 80)
     assert BundleHost("127.0.0.1", 8333).allows("http", "127.0.0.1", 8333)
+    assert BundleHost("localhost").allows("http", "localhost", None) and BundleHost("localhost").allows(
+        "https", "localhost", 443
+    )
     assert not aws.allows("https", "evil.org", None)
 
 
