@@ -41,6 +41,22 @@ def clean_env(*prefixes: str) -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
 
 
+def presigned_link(weed: WeedS3, bucket: str, key: str, expires: int = 3600) -> str:
+    """A pre-signed GET link (SigV4, path style) to ``bucket/key`` on ``weed``, as FLIP's hub sends bundle files."""
+    import boto3
+    from botocore.config import Config
+
+    signer = boto3.client(
+        "s3",
+        endpoint_url=weed.endpoint,
+        aws_access_key_id=weed.access_key,
+        aws_secret_access_key=weed.secret_key,
+        region_name="us-east-1",
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    return signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
+
+
 @contextmanager
 def environ(**values: str | None):
     """Set (or, with None, remove) environment variables for the block, restoring them after."""

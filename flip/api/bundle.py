@@ -94,15 +94,19 @@ def parse_url(url: object, config: ServiceConfig) -> list[BundleFile]:
     if scheme == "s3":
         if not config.bundle_bucket or parts.netloc != config.bundle_bucket:
             raise _refuse(url, f"bucket {parts.netloc!r} is not the bundle bucket", config)
-        key = unquote(parts.path).removeprefix("/")
-        try:
-            check_object_key(key)
-        except ValueError:
-            raise _refuse(
-                url, "its key is not a relative path of safe names (letters, digits, '.', '_', '-')", config
-            ) from None
+        key = _safe_path(url, unquote(parts.path).removeprefix("/"), "key", config)
         return [BundleFile(redact_url(url), tuple(key.split("/")), bucket=parts.netloc, key=key)]
     return _local_files(url, parts.netloc, unquote(parts.path), config)
+
+
+def _safe_path(url: str, path: str, what: str, config: ServiceConfig) -> str:
+    """``path`` (an S3 key, a link's path) if it is a relative path of safe names, else the refusal naming ``what``."""
+    try:
+        return check_object_key(path)
+    except ValueError:
+        raise _refuse(
+            url, f"its {what} is not a relative path of safe names (letters, digits, '.', '_', '-')", config
+        ) from None
 
 
 def _web_file(url: str, parts, config: ServiceConfig) -> BundleFile:
@@ -121,13 +125,7 @@ def _web_file(url: str, parts, config: ServiceConfig) -> BundleFile:
     if not any(h.allows(parts.scheme.lower(), host, port) for h in config.bundle_hosts):
         shown = f"{host}:{port}" if port else host
         raise _refuse(url, f"{parts.scheme.lower()}://{shown} is not a bundle host", config)
-    path = unquote(parts.path).removeprefix("/")
-    try:
-        check_object_key(path)
-    except ValueError:
-        raise _refuse(
-            url, "its path is not a relative path of safe names (letters, digits, '.', '_', '-')", config
-        ) from None
+    path = _safe_path(url, unquote(parts.path).removeprefix("/"), "path", config)
     return BundleFile(redact_url(url), tuple(path.split("/")), url=url)
 
 

@@ -152,7 +152,6 @@ class AutomaticDP:
 
     def __init__(self, session, model: torch.nn.Module, epochs: int, log: Callable[[str], None] | None = None):
         self.session, self.model, self.epochs, self.log = session, model, epochs, log
-        self.engaged = False
         self.records = 0  # the training data's records (the DataLoader that engaged the session)
         self.last_batch: bool | None = None  # True: a private batch was drawn since the last step; False: another
         self.last_batch_size: int | None = None
@@ -205,6 +204,11 @@ class AutomaticDP:
             )
 
     @property
+    def engaged(self) -> bool:
+        """This round's training data was found: the runner made the training private."""
+        return self.session.automatic
+
+    @property
     def explicit(self) -> bool:
         """The trainer called make_private itself this round (before any step, it may take over from the runner):
         Opacus's objects do everything, nothing to add."""
@@ -222,7 +226,7 @@ class AutomaticDP:
             self.session.attach(self.model)
             self.records = len(loader.dataset)
             self.session.private_calls += 1
-            self.session.automatic = self.engaged = True
+            self.session.automatic = True
             if self.log:
                 self.log(
                     f"DP-SGD made by the runner (the trainer did not call make_private): the training data is the "

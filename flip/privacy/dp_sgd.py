@@ -352,15 +352,15 @@ class DPSession:
         return batches
 
     def attach(self, model: torch.nn.Module) -> None:
-        """Put ``model`` in training mode and attach Opacus's per-record gradient hooks to it (removed at
-        :meth:`end_round`); a second accumulation of per-record gradients before a step is refused by Opacus.
+        """Put ``model`` (checked by the caller: :func:`check_model`) in training mode and attach Opacus's per-record
+        gradient hooks to it (removed at :meth:`end_round`); a second accumulation of per-record gradients before a
+        step is refused by Opacus.
 
         Raises:
-            DPModelError: a layer DP-SGD cannot train. PrivacyError: hooks already attached this round.
+            PrivacyError: hooks already attached this round.
         """
         from opacus.grad_sample import GradSampleHooks
 
-        check_model(model)
         model.train()  # Opacus attaches its hooks to a model in training mode (a trainer's last round left it in eval)
         try:
             hooks = GradSampleHooks(model, batch_first=True, loss_reduction="mean")

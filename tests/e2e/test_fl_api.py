@@ -34,7 +34,7 @@ from flip.demo.data import write_flip_cohorts
 from flip.platform.dev import LocalPlatform
 from flip.storage.layout import run_prefix
 from flip.storage.weed import free_ports
-from tests.conftest import REPO, clean_env
+from tests.conftest import REPO, clean_env, presigned_link
 from tests.e2e.processes import kill, processes_of, wait_gone
 from tests.integration.conftest import run_objects
 
@@ -328,9 +328,6 @@ def network(tmp_path_factory, weed):
 def _hub_bundle(weed, model_id: str, app: Path) -> list[str]:
     """The bundle as FLIP's hub assembles it under <bucket>/<model_id>/ (its job template's files, the researcher's
     files in app/custom/) and sends it: one pre-signed GET link (SigV4) per object."""
-    import boto3
-    from botocore.config import Config
-
     client = weed._client()
     try:
         client.create_bucket(Bucket=BUNDLE_BUCKET)
@@ -342,18 +339,7 @@ def _hub_bundle(weed, model_id: str, app: Path) -> list[str]:
     objects[f"{model_id}/meta.json"] = json.dumps({"name": model_id, "deploy_map": {"app": ["@ALL"]}}).encode()
     for key, body in objects.items():
         client.put_object(Bucket=BUNDLE_BUCKET, Key=key, Body=body)
-    signer = boto3.client(
-        "s3",
-        endpoint_url=weed.endpoint,
-        aws_access_key_id=weed.access_key,
-        aws_secret_access_key=weed.secret_key,
-        region_name="us-east-1",
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
-    return [
-        signer.generate_presigned_url("get_object", Params={"Bucket": BUNDLE_BUCKET, "Key": key}, ExpiresIn=3600)
-        for key in objects
-    ]
+    return [presigned_link(weed, BUNDLE_BUCKET, key) for key in objects]
 
 
 def _app(folder: Path, **config) -> Path:

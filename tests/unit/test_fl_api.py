@@ -6,8 +6,11 @@ Everything that talks to an FL server is checked against a real provisioned netw
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ from flip.api.schemas import UploadAppRequest
 from flip.api.settings import ServiceConfig, check_trust_sites, load_api_settings, read_key, service_config
 from flip.api.staging import check_older_fields, map_trusts, trust_names
 from flip.errors import ApiError, FlareError, SettingsError
-from tests.conftest import environ
+from tests.conftest import environ, presigned_link
 
 KEY = "k" * 24
 
@@ -269,22 +272,7 @@ def _presigned_bundle(weed, bucket: str, objects: dict[str, bytes]) -> list[str]
     client.create_bucket(Bucket=bucket)
     for key, body in objects.items():
         client.put_object(Bucket=bucket, Key=key, Body=body)
-    return [_presign(weed, bucket, key) for key in objects]
-
-
-def _presign(weed, bucket: str, key: str) -> str:
-    import boto3
-    from botocore.config import Config
-
-    signer = boto3.client(
-        "s3",
-        endpoint_url=weed.endpoint,
-        aws_access_key_id=weed.access_key,
-        aws_secret_access_key=weed.secret_key,
-        region_name="us-east-1",
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
-    return signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=600)
+    return [presigned_link(weed, bucket, key) for key in objects]
 
 
 @pytest.mark.s3
@@ -329,7 +317,7 @@ def test_the_hubs_presigned_links_are_fetched_from_a_listed_host_without_credent
     signature = links[0].split("X-Amz-Signature=")[1][:64]
     tampered = links[0].replace(signature, "0" * len(signature))
     refused([tampered], r"trainer.py\?\.\.\.: the host refused its signature .* \(HTTP 403\)")
-    absent = _presign(weed, "flip-bundles-links", "m2/no.py")
+    absent = presigned_link(weed, "flip-bundles-links", "m2/no.py")
     refused([absent], r"m2/no.py\?\.\.\.: no such object \(HTTP 404\)")
     refused(links, "the bundle is larger than 0 MiB", max_bundle_bytes=2048)  # the checkpoint is 3000 bytes
     with pytest.raises(ApiError, match=r"http://127.0.0.1:\d+ is not a bundle host; allowed: https:// on example.org"):
@@ -338,13 +326,28 @@ def test_the_hubs_presigned_links_are_fetched_from_a_listed_host_without_credent
         check_urls([links[0].replace("http://", "http://user:pw@")], config)
 
 
+@contextmanager
+def _bundle_host(handler):
+    """Serve ``handler`` (an http.server request handler class) on 127.0.0.1; yield a ServiceConfig listing it as the
+    only bundle host, and its base URL."""
+    from flip.api.settings import BundleHost
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        yield (
+            ServiceConfig(key=KEY, bundle_hosts=frozenset({BundleHost("127.0.0.1", port)})),
+            f"http://127.0.0.1:{port}",
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.unit
 def test_a_bundle_host_that_redirects_is_not_followed(tmp_path):
     """A 3xx from a bundle host is a 502 naming where it pointed; the link is never sent on."""
-    import http.server
-    import threading
-
-    from flip.api.settings import BundleHost
 
     class Redirect(http.server.BaseHTTPRequestHandler):
         seen: list = []
@@ -358,30 +361,19 @@ def test_a_bundle_host_that_redirects_is_not_followed(tmp_path):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
-        config = ServiceConfig(key=KEY, bundle_hosts=frozenset({BundleHost("127.0.0.1", port)}))
+    with _bundle_host(Redirect) as (config, base):
         dest = tmp_path / "out"
         dest.mkdir()
-        url = f"http://127.0.0.1:{port}/b/m/app/custom/trainer.py?X-Amz-Signature=abc"
+        url = f"{base}/b/m/app/custom/trainer.py?X-Amz-Signature=abc"
         with pytest.raises(ApiError, match=r"redirect \(HTTP 302\) to 'elsewhere.example'") as caught:
             fetch_bundle(check_urls([url], config), dest, config)
         assert caught.value.status == 502 and len(Redirect.seen) == 1
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.unit
 def test_a_link_cut_off_mid_file_is_fetched_again_from_the_start(tmp_path):
     """The download streams to disk; a connection dropped mid-file is retried and the file holds the whole answer
     once, not the cut-off part followed by it."""
-    import http.server
-    import threading
-
-    from flip.api.settings import BundleHost
 
     class Flaky(http.server.BaseHTTPRequestHandler):
         calls = 0
@@ -399,19 +391,11 @@ def test_a_link_cut_off_mid_file_is_fetched_again_from_the_start(tmp_path):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
-        config = ServiceConfig(key=KEY, bundle_hosts=frozenset({BundleHost("127.0.0.1", port)}))
+    with _bundle_host(Flaky) as (config, base):
         dest = tmp_path / "out"
         dest.mkdir()
-        url = f"http://127.0.0.1:{port}/b/m/model.pt?X-Amz-Signature=abc"
-        fetch_bundle(check_urls([url], config), dest, config)
+        fetch_bundle(check_urls([f"{base}/b/m/model.pt?X-Amz-Signature=abc"], config), dest, config)
         assert Flaky.calls == 2 and (dest / "model.pt").read_bytes() == b"0123456789" * 1000
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.unit
